@@ -1,0 +1,1 @@
+"""The lossdsl grammar, shipped inside the package as ``lossdsl.grammar``."""

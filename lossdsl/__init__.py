@@ -1,0 +1,29 @@
+"""lossdsl: a small language for composing deep-learning training objectives.
+
+    >>> import lossdsl
+    >>> loss_fn = lossdsl.compile("ce(weight=balanced) + 0.1*fairness(fpr_gap, group=sex) + soft_bound(y<=100)")
+"""
+
+from . import terms as _builtin_terms  # noqa: F401  (registers the built-in terms)
+from .ast import Spec
+from .checks import check
+from .compiler import compile, load
+from .errors import Diagnostic, LossSpecError
+from .formatting import format
+from .parsing import parse
+from .registry import REGISTRY
+from .runtime import LossModule
+
+__all__ = [
+    "Diagnostic",
+    "LossModule",
+    "LossSpecError",
+    "REGISTRY",
+    "Spec",
+    "check",
+    "compile",
+    "format",
+    "load",
+    "parse",
+]
+__version__ = "0.1.0"

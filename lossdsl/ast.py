@@ -1,0 +1,195 @@
+"""The abstract syntax tree of a loss spec: frozen pydantic models.
+
+Every node declares its fields and a ``kind`` literal; ``Expr`` and ``Statement``
+are discriminated unions on ``kind``. Each node also carries the source ``span``
+it came from. The span is metadata: it is left out of JSON dumps, of the JSON
+Schema, and of equality, so ``parse(format(parse(x))) == parse(x)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
+
+
+class Span(BaseModel):
+    """A region of source text, 1-based, the end column exclusive."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+    filename: str | None = None
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    span: SkipJsonSchema[Span | None] = Field(default=None, exclude=True, repr=False)
+
+    def _key(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in type(self).model_fields if name != "span")
+
+    def __eq__(self, other: object) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._key()))
+
+
+# --- expressions -------------------------------------------------------------
+
+
+class Number(Node):
+    kind: Literal["number"] = "number"
+    value: int | float
+
+    @field_validator("value")
+    @classmethod
+    def _finite_non_negative(cls, value: int | float) -> int | float:
+        # Negative numbers are Neg(Number(...)), as the parser builds them.
+        if isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise ValueError("a Number is finite and non-negative; wrap it in Neg for a negative value")
+        return value
+
+
+class Name(Node):
+    kind: Literal["name"] = "name"
+    id: str
+
+
+class String(Node):
+    kind: Literal["string"] = "string"
+    value: str
+
+
+class Neg(Node):
+    kind: Literal["neg"] = "neg"
+    operand: Expr
+
+
+class BinOp(Node):
+    kind: Literal["binop"] = "binop"
+    op: Literal["+", "-", "*", "/"]
+    left: Expr
+    right: Expr
+
+
+CompareOp = Literal["<", "<=", ">", ">=", "=="]
+
+
+class Compare(Node):
+    """``a <= b`` or a chain ``a <= b <= c``: one more operand than operators."""
+
+    kind: Literal["compare"] = "compare"
+    operands: tuple[Expr, ...]
+    ops: tuple[CompareOp, ...]
+
+
+class Keyword(Node):
+    kind: Literal["keyword"] = "keyword"
+    name: str
+    value: Expr
+
+
+class Call(Node):
+    kind: Literal["call"] = "call"
+    name: str
+    args: tuple[Expr, ...] = ()
+    keywords: tuple[Keyword, ...] = ()
+
+
+class List(Node):
+    kind: Literal["list"] = "list"
+    items: tuple[Expr, ...] = ()
+
+
+class Tuple(Node):
+    kind: Literal["tuple"] = "tuple"
+    items: tuple[Expr, ...] = Field(min_length=1)
+
+
+Expr = Annotated[
+    Union[Number, Name, String, Neg, BinOp, Compare, Call, List, Tuple],
+    Field(discriminator="kind"),
+]
+
+# --- statements --------------------------------------------------------------
+
+
+class Let(Node):
+    kind: Literal["let"] = "let"
+    name: str
+    value: Expr
+
+
+class LossStmt(Node):
+    """``loss = EXPR``; a spec that is a bare expression parses to one of these."""
+
+    kind: Literal["loss"] = "loss"
+    value: Expr
+    bare: bool = False
+
+
+class Param(Node):
+    kind: Literal["param"] = "param"
+    name: str
+    value: float
+    low: float | None = None
+    high: float | None = None
+
+
+class Include(Node):
+    kind: Literal["include"] = "include"
+    path: str
+
+
+class SubjectTo(Node):
+    kind: Literal["subject_to"] = "subject_to"
+    constraint: Expr
+    name: str | None = None
+    method: Expr | None = None
+
+
+class InputDecl(Node):
+    kind: Literal["input"] = "input"
+    name: str
+    type: str
+    shape: tuple[str | int, ...] | None = None
+    groups: int | None = None
+
+
+class Inputs(Node):
+    kind: Literal["inputs"] = "inputs"
+    decls: tuple[InputDecl, ...] = ()
+
+
+Statement = Annotated[
+    Union[Let, LossStmt, Param, Include, SubjectTo, Inputs],
+    Field(discriminator="kind"),
+]
+
+
+class Spec(Node):
+    """A whole spec: its statements in source order."""
+
+    kind: Literal["spec"] = "spec"
+    statements: tuple[Statement, ...] = ()
+
+    @property
+    def objective(self) -> LossStmt | None:
+        for statement in self.statements:
+            if isinstance(statement, LossStmt):
+                return statement
+        return None
+
+
+for _model in (Neg, BinOp, Compare, Keyword, Call, List, Tuple, Let, LossStmt, SubjectTo, Spec):
+    _model.model_rebuild()

@@ -1,0 +1,483 @@
+"""Static checks: names, terms, arguments and types. AST in, ``Plan`` out.
+
+Every problem in a spec becomes a ``Diagnostic``; all of them are collected
+before ``LossSpecError`` is raised. Error codes are stable and documented in
+``docs/language.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+from collections import Counter
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import ast
+from .errors import Diagnostic, LossSpecError, did_you_mean
+from .formatting import format_expr
+from .parsing import parse
+from .plan import Arithmetic, Constant, LetPlan, LetValue, Negate, ObjectiveExpr, Plan, TermPlan, TermValue
+from .registry import CONDITION, INPUT, REGISTRY, TermDef
+
+_NOT_YET = {
+    ast.Param: ("param", "parameters"),
+    ast.Include: ("include", "includes"),
+    ast.SubjectTo: ("subject to", "constraints with multipliers"),
+    ast.Inputs: ("inputs:", "declared inputs"),
+}
+_RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+class Type(enum.Enum):
+    NUMBER = "a number"
+    LOSS = "a loss"
+    ERROR = "an error"  # already reported; suppresses follow-on diagnostics
+
+
+_INVALID = object()
+
+
+@functools.lru_cache(maxsize=256)
+def plan_for(text: str, filename: str | None = None) -> Plan:
+    """Parse and check spec text; cached by text, so a spec is checked once."""
+    return check(parse(text, filename), text, filename)
+
+
+def check(spec: ast.Spec, source: str = "", filename: str | None = None) -> Plan:
+    return _Checker(spec, source, filename).run()
+
+
+@dataclasses.dataclass
+class _Let:
+    statement: ast.Let
+    type: Type = Type.ERROR
+    value: ObjectiveExpr | None = None
+    checked: bool = False
+
+
+class _Checker:
+    def __init__(self, spec: ast.Spec, source: str, filename: str | None):
+        self.spec = spec
+        self.source = source
+        self.filename = filename
+        self.diagnostics: list[Diagnostic] = []
+        self.lets: dict[str, _Let] = {}
+
+    # -- reporting --
+    def report(self, code: str, message: str, node: ast.Node | ast.Span | None, hint: str | None = None,
+               severity: str = "error") -> None:
+        span = node if isinstance(node, ast.Span) or node is None else node.span
+        self.diagnostics.append(Diagnostic(code, message, span, hint, severity, source=self.source))  # type: ignore[arg-type]
+
+    # -- statements --
+    def run(self) -> Plan:
+        objectives: list[ast.LossStmt] = []
+        for statement in self.spec.statements:
+            if isinstance(statement, ast.Let):
+                if statement.name in self.lets:
+                    first = self.lets[statement.name].statement
+                    self.report("E102", f"'{statement.name}' is defined twice", statement,
+                                hint=f"the first 'let {statement.name}' is at line {first.span.line}" if first.span else None)
+                    continue
+                self.lets[statement.name] = _Let(statement)
+            elif isinstance(statement, ast.LossStmt):
+                objectives.append(statement)
+            else:
+                keyword, feature = _NOT_YET[type(statement)]
+                self.report("E101", f"'{keyword}' ({feature}) is not supported yet", statement,
+                            hint="see the design in docs/language.md; this release compiles let and loss statements")
+        for let in self.lets.values():
+            self._check_let(let)
+        objective: ObjectiveExpr | None = None
+        if not objectives:
+            self.report("E103", "the spec has no objective", self.spec.span if self.spec.statements else None,
+                        hint="add a line 'loss = ...', or write the objective as a bare expression")
+        else:
+            for extra in objectives[1:]:
+                self.report("E103", "the spec has more than one objective", extra,
+                            hint=f"the first is at line {objectives[0].span.line}" if objectives[0].span else None)
+            kind, objective = self.objective(objectives[0].value, defined=set(self.lets))
+            if kind is Type.NUMBER:
+                self.report("E301", "the objective is a constant number, not a loss", objectives[0].value,
+                            hint="build it from terms such as ce() or mse()")
+        if any(d.severity == "error" for d in self.diagnostics):
+            raise LossSpecError(self.diagnostics)
+        assert objective is not None
+        return self._plan(objective)
+
+    def _check_let(self, let: _Let) -> None:
+        if let.checked:
+            return
+        let.checked = True
+        earlier = set()
+        for name, other in self.lets.items():
+            if other is let:
+                break
+            earlier.add(name)
+        let.type, let.value = self.objective(let.statement.value, defined=earlier)
+        if let.type is Type.NUMBER:
+            self.report("E301", f"'{let.statement.name}' is a constant number, not a loss", let.statement.value,
+                        hint="a let names a sub-objective built from terms")
+            let.type = Type.ERROR
+
+    # -- the objective: arithmetic over losses --
+    def objective(self, expr: ast.Node, defined: set[str]) -> tuple[Type, ObjectiveExpr | None]:
+        if isinstance(expr, ast.Number):
+            return Type.NUMBER, Constant(float(expr.value))
+        if isinstance(expr, ast.Call):
+            term = self.call(expr)
+            return (Type.LOSS, TermValue(term)) if term else (Type.ERROR, None)
+        if isinstance(expr, ast.Name):
+            return self._objective_name(expr, defined)
+        if isinstance(expr, ast.Neg):
+            kind, operand = self.objective(expr.operand, defined)
+            return kind, Negate(operand) if operand else None
+        if isinstance(expr, ast.BinOp):
+            return self._objective_binop(expr, defined)
+        if isinstance(expr, ast.Compare):
+            self.report("E304", "a comparison is not a loss", expr,
+                        hint=f"penalise its violation: soft_bound({format_expr(expr)})")
+            return Type.ERROR, None
+        what = {"string": "a string", "list": "a list", "tuple": "a tuple"}[expr.kind]
+        self.report("E301", f"{what} is not a loss", expr, hint="a loss is built from terms such as ce() or mse()")
+        return Type.ERROR, None
+
+    def _objective_name(self, expr: ast.Name, defined: set[str]) -> tuple[Type, ObjectiveExpr | None]:
+        name = expr.id
+        if name in defined:
+            let = self.lets[name]
+            self._check_let(let)
+            return let.type, LetValue(name)
+        if name in self.lets:
+            line = self.lets[name].statement.span.line if self.lets[name].statement.span else "?"
+            self.report("E104", f"'{name}' is used before its definition", expr,
+                        hint=f"move 'let {name}' (line {line}) above this line")
+            return Type.ERROR, None
+        suggestion = did_you_mean(name, defined)
+        if suggestion or name in REGISTRY:
+            hint = suggestion or f"'{name}' is a term: call it, {name}()"
+            self.report("E104", f"undefined name '{name}'", expr, hint=hint)
+            return Type.ERROR, None
+        self.report("E301", f"'{name}' is an input tensor, not a loss", expr,
+                    hint=f"reduce it with a term, e.g. mse(pred={name}) or soft_bound({name} <= 1)")
+        return Type.ERROR, None
+
+    def _objective_binop(self, expr: ast.BinOp, defined: set[str]) -> tuple[Type, ObjectiveExpr | None]:
+        left_type, left = self.objective(expr.left, defined)
+        right_type, right = self.objective(expr.right, defined)
+        if Type.ERROR in (left_type, right_type):
+            return Type.ERROR, None
+        assert left is not None and right is not None
+        value = Arithmetic(expr.op, left, right)
+        if left_type is Type.NUMBER and right_type is Type.NUMBER:
+            if expr.op == "/" and isinstance(right, Constant) and right.value == 0:
+                self.report("E205", "division by zero", expr.right)
+                return Type.ERROR, None
+            return Type.NUMBER, value
+        op = expr.op
+        if op in "+-":
+            if left_type is right_type:
+                return Type.LOSS, value
+            self.report("E302", f"cannot {'add' if op == '+' else 'subtract'} a number and a loss", expr,
+                        hint="a constant does not change the gradients; weight the loss instead: 0.5 * ce()")
+            return Type.ERROR, None
+        if op == "*":
+            if Type.NUMBER in (left_type, right_type):
+                return Type.LOSS, value
+            self.report("E302", "cannot multiply two losses", expr,
+                        hint="weight a loss by a number, e.g. 0.1 * fairness(...), and add losses with +")
+            return Type.ERROR, None
+        if right_type is Type.NUMBER:  # Loss / Number
+            if isinstance(right, Constant) and right.value == 0:
+                self.report("E205", "division by zero", expr.right)
+                return Type.ERROR, None
+            return Type.LOSS, value
+        self.report("E302", "cannot divide by a loss", expr, hint="divide a loss by a number, e.g. ce() / 2")
+        return Type.ERROR, None
+
+    # -- term calls --
+    def call(self, call: ast.Call) -> TermPlan | None:
+        term = REGISTRY.get(call.name)
+        if term is None:
+            self.report("E202", f"unknown term '{call.name}'", _name_span(call),
+                        hint=did_you_mean(call.name, REGISTRY) or "`lossdsl terms` lists the terms")
+            return None
+        fields = term.params.model_fields
+        given: dict[str, ast.Node] = {}
+        ok = True
+        positional = term.params.positional
+        for index, arg in enumerate(call.args):
+            if index >= len(positional):
+                count = len(positional)
+                self.report("E207", f"{call.name}() takes {count} positional argument{'s' * (count != 1)}", arg,
+                            hint="name the argument, e.g. " + _example_keyword(term))
+                ok = False
+                continue
+            given[positional[index]] = arg
+        for keyword in call.keywords:
+            if keyword.name not in fields:
+                self.report("E203", f"unknown argument '{keyword.name}' for {call.name}()", _name_span(keyword),
+                            hint=did_you_mean(keyword.name, fields) or f"{call.name}() takes {', '.join(fields)}")
+                ok = False
+            elif keyword.name in given:
+                self.report("E207", f"argument '{keyword.name}' of {call.name}() is given twice", keyword)
+                ok = False
+            else:
+                given[keyword.name] = keyword.value
+        values: dict[str, Any] = {}
+        for name, node in given.items():
+            value = self.argument(term, name, node)
+            if value is _INVALID:
+                ok = False
+            else:
+                values[name] = value
+        if not ok:
+            return None
+        try:
+            params = term.params(**values)
+        except ValidationError as exc:
+            self._validation_errors(term, call, given, values, exc)
+            return None
+        return TermPlan(term=term, params=params, span=call.span)  # type: ignore[arg-type]
+
+    def argument(self, term: TermDef, name: str, node: ast.Node) -> Any:
+        """The Python value of one argument, before the parameter model validates it."""
+        metadata = term.params.model_fields[name].metadata
+        if CONDITION in metadata:
+            if not isinstance(node, ast.Compare):
+                self.report("E204", f"{term.name}() needs a comparison, such as y <= 100", node)
+                return _INVALID
+            return node if self.condition(node) else _INVALID
+        if INPUT in metadata:
+            if isinstance(node, (ast.Name, ast.String)):
+                input_name = node.id if isinstance(node, ast.Name) else node.value
+                if input_name in self.lets:
+                    self.report("E204", f"'{input_name}' is a loss defined with let, not an input tensor", node,
+                                hint=f"'{name}' of {term.name}() names an input")
+                    return _INVALID
+                return input_name
+            self.report("E204", f"'{name}' of {term.name}() names an input; got {_describe(node)}", node)
+            return _INVALID
+        if isinstance(node, ast.Name):
+            if term.params.options(name):
+                return node.id
+            self.report("E204", f"'{name}' of {term.name}() takes {_expected(term, name)}; got name '{node.id}'", node)
+            return _INVALID
+        if isinstance(node, ast.String):
+            return node.value
+        number = _number(node)
+        if number is not None:
+            return number
+        if isinstance(node, ast.List):
+            items = [_number(item) for item in node.items]
+            if all(item is not None for item in items):
+                return tuple(items)
+            self.report("E204", f"'{name}' of {term.name}() takes a list of numbers", node)
+            return _INVALID
+        self.report("E204", f"'{name}' of {term.name}() takes {_expected(term, name)}; got {_describe(node)}", node)
+        return _INVALID
+
+    def _validation_errors(self, term: TermDef, call: ast.Call, given: dict[str, ast.Node],
+                           values: dict[str, Any], exc: ValidationError) -> None:
+        by_field: dict[str, list[dict[str, Any]]] = {}
+        for error in exc.errors():
+            by_field.setdefault(str(error["loc"][0]) if error["loc"] else "", []).append(error)
+        for name, errors in by_field.items():
+            node = given.get(name)
+            where: ast.Node | ast.Span | None = node if node is not None else _name_span(call)
+            value = values.get(name)
+            types = {e["type"] for e in errors}
+            options = term.params.options(name) if name in term.params.model_fields else ()
+            if "missing" in types:
+                description = term.params.model_fields[name].description
+                self.report("E206", f"{call.name}() is missing its argument '{name}'", where,
+                            hint=f"{name}: {description}" if description else None)
+            elif isinstance(value, str) and options:
+                noun = term.noun if name in term.params.positional else "value"
+                self.report("E201", f"unknown {noun} '{value}' for {call.name}()", where,
+                            hint=did_you_mean(value, options) or f"expected one of: {', '.join(options)}")
+            elif types & _RANGE_ERRORS:
+                error = next(e for e in errors if e["type"] in _RANGE_ERRORS)
+                message = error["msg"].replace("Input should be", "must be")
+                self.report("E205", f"'{name}' of {call.name}() {message}, got {_show(value)}", where)
+            else:
+                self.report("E204", f"'{name}' of {call.name}() takes {_expected(term, name)}; got {_show(value)}",
+                            where)
+
+    # -- comparisons over tensors (soft_bound) --
+    def condition(self, compare: ast.Compare) -> bool:
+        ok = all(self._tensor_expr(operand) for operand in compare.operands)
+        if not ok:
+            return False
+        for index, op in enumerate(compare.ops):
+            left, right = compare.operands[index], compare.operands[index + 1]
+            if not _reads_input(left) and not _reads_input(right):
+                self.report("E303", f"'{format_expr(left)} {op} {format_expr(right)}' compares two constants",
+                            compare, hint="compare an input, e.g. soft_bound(y <= 100)")
+                ok = False
+        return ok
+
+    def _tensor_expr(self, node: ast.Node) -> bool:
+        if isinstance(node, ast.Number):
+            return True
+        if isinstance(node, ast.Name):
+            if node.id in self.lets:
+                self.report("E204", f"'{node.id}' is a loss, not a tensor: it cannot be compared element-wise", node)
+                return False
+            return True
+        if isinstance(node, ast.Neg):
+            return self._tensor_expr(node.operand)
+        if isinstance(node, ast.BinOp):
+            return self._tensor_expr(node.left) & self._tensor_expr(node.right)
+        if isinstance(node, ast.Compare):
+            self.report("E303", "comparisons do not nest", node, hint="write a chain instead: 0 <= y <= 1")
+            return False
+        self.report("E204", f"a comparison takes inputs, numbers and + - * /; got {_describe(node)}", node)
+        return False
+
+    # -- the plan --
+    def _plan(self, objective: ObjectiveExpr) -> Plan:
+        used_lets: list[str] = []
+        terms: list[TermPlan] = []
+
+        def visit(expr: ObjectiveExpr) -> None:
+            if isinstance(expr, TermValue):
+                terms.append(expr.term)
+            elif isinstance(expr, LetValue):
+                if expr.name not in used_lets:
+                    visit(self.lets[expr.name].value)  # type: ignore[arg-type]
+                    used_lets.append(expr.name)
+            elif isinstance(expr, Arithmetic):
+                visit(expr.left)
+                visit(expr.right)
+            elif isinstance(expr, Negate):
+                visit(expr.operand)
+
+        visit(objective)
+        for name, let in self.lets.items():
+            if name not in used_lets:
+                self.report("W001", f"'{name}' is defined but not used in the objective", let.statement,
+                            hint="it is not computed; add it to 'loss = ...' or remove it", severity="warning")
+        terms.sort(key=lambda t: (t.span.line, t.span.column))
+        labelled = self._label(terms, used_lets)
+        let_plans = tuple(
+            LetPlan(name, _relabel(self.lets[name].value, labelled), self.lets[name].statement.span)  # type: ignore[arg-type]
+            for name in used_lets
+        )
+        inputs = tuple(dict.fromkeys(name for term in labelled.values() for name in term.inputs))
+        return Plan(
+            spec=self.spec,
+            source=self.source,
+            filename=self.filename,
+            terms=tuple(labelled.values()),
+            lets=let_plans,
+            objective=_relabel(objective, labelled),
+            inputs=inputs,
+            warnings=tuple(self.diagnostics),
+        )
+
+    def _label(self, terms: list[TermPlan], used_lets: list[str]) -> dict[int, TermPlan]:
+        """Name each term for ``last_terms``: its let's name, or its term name (numbered when repeated)."""
+        whole_let = {}
+        for name in used_lets:
+            value = self.lets[name].value
+            if isinstance(value, TermValue):
+                whole_let[id(value.term)] = name
+        unnamed = Counter(t.term.name for t in terms if id(t) not in whole_let)
+        seen: Counter[str] = Counter()
+        taken = set(used_lets)
+        labelled: dict[int, TermPlan] = {}
+        for term in terms:
+            if id(term) in whole_let:
+                label = whole_let[id(term)]
+            else:
+                seen[term.term.name] += 1
+                label = term.term.name if unnamed[term.term.name] == 1 else f"{term.term.name}_{seen[term.term.name]}"
+                while label in taken:
+                    label += "_"
+            taken.add(label)
+            labelled[id(term)] = dataclasses.replace(term, label=label)
+        return labelled
+
+
+def _relabel(expr: ObjectiveExpr, labelled: dict[int, TermPlan]) -> ObjectiveExpr:
+    if isinstance(expr, TermValue):
+        return TermValue(labelled[id(expr.term)])
+    if isinstance(expr, Arithmetic):
+        return Arithmetic(expr.op, _relabel(expr.left, labelled), _relabel(expr.right, labelled))
+    if isinstance(expr, Negate):
+        return Negate(_relabel(expr.operand, labelled))
+    return expr
+
+
+def _number(node: ast.Node) -> int | float | None:
+    if isinstance(node, ast.Number):
+        return node.value
+    if isinstance(node, ast.Neg) and isinstance(node.operand, ast.Number):
+        return -node.operand.value
+    return None
+
+
+def _reads_input(node: ast.Node) -> bool:
+    if isinstance(node, ast.Name):
+        return True
+    if isinstance(node, ast.Neg):
+        return _reads_input(node.operand)
+    if isinstance(node, ast.BinOp):
+        return _reads_input(node.left) or _reads_input(node.right)
+    return False
+
+
+def _name_span(node: ast.Call | ast.Keyword) -> ast.Span | None:
+    """The span of a call's or keyword's name alone."""
+    span = node.span
+    if span is None:
+        return None
+    return span.model_copy(update={"end_line": span.line, "end_column": span.column + len(node.name)})
+
+
+def _describe(node: ast.Node) -> str:
+    if isinstance(node, ast.Name):
+        return f"name '{node.id}'"
+    if isinstance(node, ast.Call):
+        return f"a call of {node.name}()"
+    if isinstance(node, ast.Compare):
+        return "a comparison"
+    return {"number": "a number", "string": "a string", "list": "a list", "tuple": "a tuple"}.get(
+        node.kind, "an expression"
+    )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    if isinstance(value, str):
+        return f"'{value}'"
+    return str(value)
+
+
+def _expected(term: TermDef, name: str) -> str:
+    """A short description of what a parameter accepts, from its annotation."""
+    annotation = str(term.params.model_fields[name].annotation)
+    parts = []
+    options = term.params.options(name)
+    if options:
+        parts.append("one of " + ", ".join(options))
+    if "tuple" in annotation:
+        parts.append("a list of numbers")
+    elif "float" in annotation:
+        parts.append("a number")
+    elif "int" in annotation:
+        parts.append("an integer")
+    return " or ".join(parts) or "a value"
+
+
+def _example_keyword(term: TermDef) -> str:
+    fields = [
+        name for name in term.params.model_fields
+        if name not in term.params.positional and name not in term.params.fields_marked(INPUT)
+    ]
+    return f"{term.name}({fields[0]}=...)" if fields else f"{term.name}()"

@@ -1,0 +1,111 @@
+"""The ``lossdsl`` command. Exit status: 0 clean, 1 errors in specs, 2 usage errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .checks import plan_for
+from .compiler import read_spec
+from .errors import Diagnostic, LossSpecError
+from .registry import REGISTRY
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lossdsl", description="Check and inspect lossdsl loss specs.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="check .loss files and report every problem")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="files, or directories searched for *.loss")
+    check.add_argument("--format", choices=("text", "json", "github"), default="text", help="output format")
+    check.set_defaults(run=_check)
+
+    terms = commands.add_parser("terms", help="list the terms and their parameters")
+    terms.set_defaults(run=_terms)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # e.g. piped into head
+        return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    files: list[Path] = []
+    for raw in args.paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.loss") if p.is_file())
+        elif path.exists():
+            files.append(path)
+        else:
+            print(f"lossdsl check: no such file or directory: {raw}", file=sys.stderr)
+            return EXIT_USAGE
+    diagnostics: list[Diagnostic] = []
+    failed_files = 0
+    for file in files:
+        found = _check_file(file)
+        diagnostics += found
+        failed_files += any(d.severity == "error" for d in found)
+    errors = sum(d.severity == "error" for d in diagnostics)
+    warnings = len(diagnostics) - errors
+    if args.format == "json":
+        report = {"files_checked": len(files), "errors": errors, "warnings": warnings,
+                  "diagnostics": [d.to_json() for d in diagnostics]}
+        print(json.dumps(report, indent=2))
+    elif args.format == "github":
+        for diagnostic in diagnostics:
+            print(diagnostic.to_github())
+        print(_summary(errors, warnings, failed_files, len(files)), file=sys.stderr)
+    else:
+        color = _use_color(sys.stdout)
+        for diagnostic in diagnostics:
+            print(diagnostic.render(color))
+        print(_summary(errors, warnings, failed_files, len(files)))
+    return EXIT_ERRORS if errors else EXIT_OK
+
+
+def _check_file(path: Path) -> list[Diagnostic]:
+    try:
+        text = read_spec(path)
+        plan = plan_for(text, str(path))
+    except LossSpecError as exc:
+        return list(exc.diagnostics)
+    return list(plan.warnings)
+
+
+def _summary(errors: int, warnings: int, failed_files: int, checked: int) -> str:
+    files = f"{checked} file{'s' * (checked != 1)} checked"
+    parts = []
+    if errors:
+        parts.append(f"{errors} error{'s' * (errors != 1)} in {failed_files} file{'s' * (failed_files != 1)}")
+    if warnings:
+        parts.append(f"{warnings} warning{'s' * (warnings != 1)}")
+    if not parts:
+        return f"no problems ({files})"
+    return f"{', '.join(parts)} ({files})"
+
+
+def _terms(args: argparse.Namespace) -> int:
+    for name, term in sorted(REGISTRY.items()):
+        print(f"{name}: {term.doc}")
+        for field, info in term.params.model_fields.items():
+            default = "required" if info.is_required() else f"default {info.default!r}"
+            print(f"    {field} ({default}): {info.description or ''}")
+    return EXIT_OK
+
+
+def _use_color(stream: object) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

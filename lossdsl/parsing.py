@@ -1,0 +1,377 @@
+"""Text to AST. This module only parses: names, types and terms are checked in ``checks``.
+
+The grammar is ``grammar/loss.lark`` (shipped as ``lossdsl.grammar``), an LALR
+grammar built once. A small post-lexer handles line continuation; a
+non-recursive transformer builds the pydantic AST, so deeply nested input gives
+a diagnostic, never a ``RecursionError``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from lark import Lark, Token, Transformer_NonRecursive, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from . import ast
+from .errors import Diagnostic, LossSpecError
+
+#: Deepest expression nesting accepted (each operator, call or list is one level).
+MAX_NESTING = 100
+
+# A newline after one of these continues the statement on the next line.
+_CONTINUES_AFTER = frozenset({"PLUS", "MINUS", "STAR", "SLASH", "COMPARE_OP", "COMMA", "EQUAL"})
+_OPENERS = {"LPAR": "RPAR", "LSQB": "RSQB"}
+_CLOSERS = frozenset(_OPENERS.values())
+
+_TOKEN_NAMES = {
+    "_NL": "end of line",
+    "$END": "end of input",
+    "NAME": "a name",
+    "INT": "a number",
+    "FLOAT": "a number",
+    "STRING": "a string",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "COMMA": "','",
+    "EQUAL": "'='",
+    "COLON": "':'",
+    "PLUS": "'+'",
+    "MINUS": "'-'",
+    "STAR": "'*'",
+    "SLASH": "'/'",
+    "COMPARE_OP": "a comparison",
+}
+
+
+class _LineJoiner:
+    """Post-lexer: drops newlines that do not end a statement.
+
+    A newline is dropped inside brackets, after a binary operator, comma or '=',
+    after another newline, and at the start of the text. (It cannot be held back
+    to drop a trailing one: the contextual lexer reads the parser's state, so
+    the grammar accepts one trailing newline instead.)
+    """
+
+    always_accept = ("_NL",)
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def open_brackets(self) -> list[Token]:
+        return getattr(self._local, "open_brackets", [])
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        open_brackets: list[Token] = []
+        self._local.open_brackets = open_brackets
+        previous: str | None = None
+        for token in stream:
+            if token.type == "_NL" and (open_brackets or previous in _CONTINUES_AFTER or previous in (None, "_NL")):
+                continue
+            if token.type in _OPENERS:
+                open_brackets.append(token)
+            elif token.type in _CLOSERS and open_brackets and _OPENERS[open_brackets[-1].type] == token.type:
+                open_brackets.pop()
+            previous = token.type
+            yield token
+        if open_brackets:
+            bracket = open_brackets[-1]
+            raise _UnclosedBracket(bracket)
+
+
+class _UnclosedBracket(Exception):
+    def __init__(self, token: Token):
+        self.token = token
+
+
+_LINE_JOINER = _LineJoiner()
+
+
+@functools.cache
+def _parser() -> Lark:
+    return Lark.open_from_package(
+        "lossdsl.grammar",
+        "loss.lark",
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        postlex=_LINE_JOINER,
+    )
+
+
+def parse(text: str, filename: str | None = None) -> ast.Spec:
+    """Parse spec text into a ``Spec``; raise ``LossSpecError`` on a syntax error."""
+    try:
+        tree = _parser().parse(text)
+    except _UnclosedBracket as exc:
+        token = exc.token
+        diagnostic = Diagnostic(
+            "E002",
+            f"'{token.value}' was never closed",
+            _token_span(token, filename),
+            hint="add the matching bracket",
+            source=text,
+        )
+        raise LossSpecError([diagnostic]) from None
+    except UnexpectedInput as exc:
+        raise LossSpecError([_syntax_diagnostic(exc, text, filename)]) from None
+    builder = _AstBuilder(filename, text)
+    try:
+        statements = builder.transform(tree)
+    except VisitError as exc:
+        if isinstance(exc.orig_exc, LossSpecError):
+            raise exc.orig_exc from None
+        raise
+    if builder.diagnostics:
+        raise LossSpecError(builder.diagnostics)
+    return ast.Spec(statements=tuple(statements), span=_whole_text_span(text, filename))
+
+
+def _syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str | None) -> Diagnostic:
+    line, column = exc.line, exc.column
+    if isinstance(exc, UnexpectedCharacters):
+        char = text[exc.pos_in_stream] if 0 <= exc.pos_in_stream < len(text) else "?"
+        span = ast.Span(line=line, column=column, end_line=line, end_column=column + 1, filename=filename)
+        if char == '"':
+            return Diagnostic("E003", "unterminated string", span, hint="close it with '\"' on the same line", source=text)
+        return Diagnostic("E003", f"unexpected character {char!r}", span, source=text)
+    token = getattr(exc, "token", None)
+    expected = sorted({_TOKEN_NAMES.get(name, repr(name)) for name in getattr(exc, "expected", ())})
+    hint = f"expected {_or_list(expected)}" if expected else None
+    if isinstance(exc, UnexpectedEOF) or (token is not None and token.type in ("$END", "_NL")):
+        what = "end of input" if (token is None or token.type == "$END") else "end of line"
+        span = _end_span(text, filename) if what == "end of input" else _token_span(token, filename)
+        return Diagnostic("E001", f"unexpected {what}", span, hint=hint, source=text)
+    assert isinstance(exc, UnexpectedToken)
+    span = _token_span(token, filename)
+    open_brackets = _LINE_JOINER.open_brackets
+    if open_brackets:
+        bracket = open_brackets[-1]
+        hint = f"the '{bracket.value}' at {bracket.line}:{bracket.column} is not closed"
+    return Diagnostic("E001", f"unexpected {_describe(token)}", span, hint=hint, source=text)
+
+
+def _describe(token: Token) -> str:
+    if token.type == "NAME":
+        return f"name '{token.value}'"
+    if token.type in ("INT", "FLOAT"):
+        return f"number {token.value}"
+    return f"'{token.value}'"
+
+
+def _or_list(items: list[str]) -> str:
+    if len(items) > 6:
+        return ", ".join(items[:6]) + ", ..."
+    if len(items) <= 2:
+        return " or ".join(items)
+    return ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _token_span(token: Token, filename: str | None) -> ast.Span:
+    end_line = token.end_line or token.line
+    end_column = token.end_column or token.column + 1
+    if token.type == "_NL":  # point at the line end, not the next line
+        end_line, end_column = token.line, token.column + 1
+    return ast.Span(line=token.line, column=token.column, end_line=end_line, end_column=end_column, filename=filename)
+
+
+def _end_span(text: str, filename: str | None) -> ast.Span:
+    stripped = text.rstrip()
+    line = stripped.count("\n") + 1
+    column = len(stripped) - (stripped.rfind("\n") + 1) + 1
+    return ast.Span(line=line, column=column, end_line=line, end_column=column + 1, filename=filename)
+
+
+def _whole_text_span(text: str, filename: str | None) -> ast.Span:
+    end = _end_span(text, filename)
+    return ast.Span(line=1, column=1, end_line=end.line, end_column=end.column, filename=filename)
+
+
+_ESCAPE = re.compile(r"\\(.)")
+
+
+class _InputsHeader:
+    def __init__(self, span: ast.Span):
+        self.span = span
+
+
+@v_args(meta=True)
+class _AstBuilder(Transformer_NonRecursive):
+    """Lark tree to AST nodes, bottom-up and without recursion."""
+
+    def __init__(self, filename: str | None, text: str):
+        super().__init__()
+        self.filename = filename
+        self.text = text
+        self.diagnostics: list[Diagnostic] = []
+        self._depth: dict[int, int] = {}
+
+    # -- helpers --
+    def _span(self, meta: Any) -> ast.Span:
+        return ast.Span(
+            line=meta.line, column=meta.column, end_line=meta.end_line, end_column=meta.end_column, filename=self.filename
+        )
+
+    def _node(self, cls: type[ast.Node], meta: Any, children: tuple[Any, ...] = (), **fields: Any) -> Any:
+        depth = 1 + max((self._depth.get(id(child), 0) for child in children), default=0)
+        span = self._span(meta)
+        if depth > MAX_NESTING:
+            diagnostic = Diagnostic(
+                "E004",
+                f"expression nested too deeply (the limit is {MAX_NESTING} levels)",
+                span,
+                hint="split it with 'let' statements",
+                source=self.text,
+            )
+            raise LossSpecError([diagnostic])
+        node = cls(span=span, **fields)
+        self._depth[id(node)] = depth
+        return node
+
+    # -- statements --
+    def start(self, meta: Any, children: list[Any]) -> list[Any]:
+        statements: list[Any] = []
+        block: list[ast.InputDecl] | None = None
+        header: _InputsHeader | None = None
+        for child in children:
+            if child is None:
+                continue
+            if isinstance(child, _InputsHeader):
+                if block is not None:
+                    statements.append(ast.Inputs(decls=tuple(block), span=header.span))  # type: ignore[union-attr]
+                header, block = child, []
+            elif isinstance(child, ast.InputDecl):
+                if block is None:
+                    self.diagnostics.append(
+                        Diagnostic(
+                            "E005",
+                            f"input declaration '{child.name}' outside an 'inputs:' block",
+                            child.span,
+                            hint="put it under a line 'inputs:'",
+                            source=self.text,
+                        )
+                    )
+                else:
+                    block.append(child)
+            else:
+                if block is not None:
+                    statements.append(ast.Inputs(decls=tuple(block), span=header.span))  # type: ignore[union-attr]
+                    header, block = None, None
+                statements.append(child)
+        if block is not None:
+            statements.append(ast.Inputs(decls=tuple(block), span=header.span))  # type: ignore[union-attr]
+        return statements
+
+    def let_stmt(self, meta: Any, children: list[Any]) -> ast.Let:
+        name, value = children
+        return ast.Let(name=str(name), value=value, span=self._span(meta))
+
+    def loss_stmt(self, meta: Any, children: list[Any]) -> ast.LossStmt:
+        return ast.LossStmt(value=children[0], span=self._span(meta))
+
+    def bare_stmt(self, meta: Any, children: list[Any]) -> ast.LossStmt:
+        return ast.LossStmt(value=children[0], bare=True, span=self._span(meta))
+
+    def param_stmt(self, meta: Any, children: list[Any]) -> ast.Param:
+        name, value, low, high = children
+        return ast.Param(name=str(name), value=value, low=low, high=high, span=self._span(meta))
+
+    def signed_number(self, meta: Any, children: list[Any]) -> float:
+        *sign, number = children
+        return -number.value if sign else number.value
+
+    def include_stmt(self, meta: Any, children: list[Any]) -> ast.Include:
+        return ast.Include(path=_unquote(children[0]), span=self._span(meta))
+
+    def subject_stmt(self, meta: Any, children: list[Any]) -> ast.SubjectTo:
+        constraint, name, method = children
+        return ast.SubjectTo(
+            constraint=constraint, name=str(name) if name else None, method=method, span=self._span(meta)
+        )
+
+    def inputs_header(self, meta: Any, children: list[Any]) -> _InputsHeader:
+        return _InputsHeader(self._span(meta))
+
+    def input_decl(self, meta: Any, children: list[Any]) -> ast.InputDecl:
+        name, kind, shape, groups = children
+        return ast.InputDecl(
+            name=str(name),
+            type=str(kind),
+            shape=shape,
+            groups=int(groups) if groups is not None else None,
+            span=self._span(meta),
+        )
+
+    def shape(self, meta: Any, children: list[Any]) -> tuple[str | int, ...]:
+        return tuple(int(d) if d.type == "INT" else str(d) for d in children if d is not None)
+
+    # -- expressions --
+    def comparison(self, meta: Any, children: list[Any]) -> ast.Compare:
+        operands, ops = tuple(children[0::2]), tuple(str(op) for op in children[1::2])
+        return self._node(ast.Compare, meta, operands, operands=operands, ops=ops)
+
+    def binop(self, meta: Any, children: list[Any]) -> ast.BinOp:
+        left, op, right = children
+        return self._node(ast.BinOp, meta, (left, right), op=str(op), left=left, right=right)
+
+    def neg(self, meta: Any, children: list[Any]) -> ast.Neg:
+        operand = children[-1]
+        return self._node(ast.Neg, meta, (operand,), operand=operand)
+
+    def number(self, meta: Any, children: list[Any]) -> ast.Number:
+        token = children[0]
+        value: int | float = int(token) if token.type == "INT" else float(token)
+        return self._node(ast.Number, meta, value=value)
+
+    def name(self, meta: Any, children: list[Any]) -> ast.Name:
+        return self._node(ast.Name, meta, id=str(children[0]))
+
+    def string(self, meta: Any, children: list[Any]) -> ast.String:
+        return self._node(ast.String, meta, value=_unquote(children[0]))
+
+    def tuple(self, meta: Any, children: list[Any]) -> ast.Tuple:
+        items = tuple(c for c in children if c is not None)
+        return self._node(ast.Tuple, meta, items, items=items)
+
+    def list(self, meta: Any, children: list[Any]) -> ast.List:
+        items = tuple(c for c in children if c is not None)
+        return self._node(ast.List, meta, items, items=items)
+
+    def keyword(self, meta: Any, children: list[Any]) -> ast.Keyword:
+        name, value = children
+        return self._node(ast.Keyword, meta, (value,), name=str(name), value=value)
+
+    def call(self, meta: Any, children: list[Any]) -> ast.Call:
+        name, *arguments = children
+        args: list[Any] = []
+        keywords: list[ast.Keyword] = []
+        for argument in arguments:
+            if argument is None:
+                continue
+            if isinstance(argument, ast.Keyword):
+                keywords.append(argument)
+            elif keywords:
+                self.diagnostics.append(
+                    Diagnostic(
+                        "E001",
+                        "positional argument after a keyword argument",
+                        argument.span,
+                        hint="put positional arguments first",
+                        source=self.text,
+                    )
+                )
+            else:
+                args.append(argument)
+        children_nodes = (*args, *keywords)
+        return self._node(ast.Call, meta, children_nodes, name=str(name), args=tuple(args), keywords=tuple(keywords))
+
+
+def _unquote(token: Token) -> str:
+    return _ESCAPE.sub(r"\1", str(token)[1:-1])

@@ -1,0 +1,89 @@
+"""The checked plan: what ``checks`` proves about a spec and ``compiler`` turns into modules.
+
+Immutable and free of tensors, so one plan is cached per spec text and every
+compile builds fresh modules from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+from . import ast
+from .errors import Diagnostic
+from .registry import TermDef, TermParams
+
+
+@dataclass(frozen=True, eq=False)
+class TermPlan:
+    """One call of a term in the spec."""
+
+    term: TermDef
+    params: TermParams
+    span: ast.Span
+    label: str = ""
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Input names, in the order the term's module takes them."""
+        return self.params.input_names()
+
+    @property
+    def where(self) -> str:
+        filename = self.span.filename or "<spec>"
+        return f"{self.term.name}() at {filename}:{self.span.line}:{self.span.column}"
+
+
+# The objective is arithmetic over term values, let values and numbers.
+
+
+@dataclass(frozen=True, eq=False)
+class TermValue:
+    term: TermPlan
+
+
+@dataclass(frozen=True, eq=False)
+class LetValue:
+    name: str
+
+
+@dataclass(frozen=True)
+class Constant:
+    value: float
+
+
+@dataclass(frozen=True, eq=False)
+class Arithmetic:
+    op: Literal["+", "-", "*", "/"]
+    left: ObjectiveExpr
+    right: ObjectiveExpr
+
+
+@dataclass(frozen=True, eq=False)
+class Negate:
+    operand: ObjectiveExpr
+
+
+ObjectiveExpr = Union[TermValue, LetValue, Constant, Arithmetic, Negate]
+
+
+@dataclass(frozen=True, eq=False)
+class LetPlan:
+    name: str
+    value: ObjectiveExpr
+    span: ast.Span
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    spec: ast.Spec
+    source: str
+    filename: str | None
+    #: The terms the objective reaches, in source order, labelled.
+    terms: tuple[TermPlan, ...]
+    #: The lets the objective reaches, each after the lets it uses.
+    lets: tuple[LetPlan, ...]
+    objective: ObjectiveExpr
+    #: Every input name the terms read, in first-use order.
+    inputs: tuple[str, ...]
+    warnings: tuple[Diagnostic, ...] = ()

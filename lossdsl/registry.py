@@ -1,0 +1,131 @@
+"""The term registry: every callable term of the language, with its parameter model.
+
+A term is a name, a pydantic model of its parameters (types, ranges, defaults
+and a description each), and the ``nn.Module`` class that computes it. The
+parameters that name input tensors are marked ``Input``; the checker resolves a
+bare identifier given to them as an input name, and one given to a
+``Literal[...]`` parameter as an option. The module is built with the validated
+parameters and called with the input tensors in the order of
+``TermParams.input_roles()``.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from . import ast
+
+
+class _InputMarker:
+    """Marks a parameter whose value is the name of an input tensor."""
+
+    def __repr__(self) -> str:
+        return "Input"
+
+
+class _ConditionMarker:
+    """Marks a parameter that takes a comparison over tensors, such as ``y <= 100``."""
+
+    def __repr__(self) -> str:
+        return "Condition"
+
+
+INPUT = _InputMarker()
+CONDITION = _ConditionMarker()
+
+Input = Annotated[str, INPUT]
+OptionalInput = Annotated[str | None, INPUT]
+Condition = Annotated[ast.Compare, CONDITION]
+Reduction = Literal["mean", "sum"]
+
+
+class TermParams(BaseModel):
+    """Base of every term's parameter model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    #: Parameters that may be given positionally, in order.
+    positional: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def fields_marked(cls, marker: object) -> tuple[str, ...]:
+        return tuple(name for name, field in cls.model_fields.items() if marker in field.metadata)
+
+    @classmethod
+    def options(cls, name: str) -> tuple[str, ...]:
+        """The string options a parameter accepts (its ``Literal`` members)."""
+        return tuple(_literal_strings(cls.model_fields[name].annotation))
+
+    def input_roles(self) -> tuple[str, ...]:
+        """The input parameters this instance reads, in the order its module takes them."""
+        return tuple(role for role in self.fields_marked(INPUT) if getattr(self, role) is not None)
+
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(getattr(self, role) for role in self.input_roles())
+
+
+def _literal_strings(annotation: Any) -> list[str]:
+    if typing.get_origin(annotation) is Literal:
+        return [a for a in typing.get_args(annotation) if isinstance(a, str)]
+    found: list[str] = []
+    for arg in typing.get_args(annotation):
+        found += _literal_strings(arg)
+    return found
+
+
+@dataclass(frozen=True)
+class TermDef:
+    name: str
+    params: type[TermParams]
+    module: type[nn.Module]
+    doc: str
+    #: What the positional parameter is called in messages ("statistic" for fairness).
+    noun: str = "value"
+
+
+REGISTRY: dict[str, TermDef] = {}
+
+
+def register(name: str, params: type[TermParams], doc: str, noun: str = "value"):
+    """Class decorator: register an ``nn.Module`` subclass as the term ``name``."""
+
+    def decorate(module: type[nn.Module]) -> type[nn.Module]:
+        if name in REGISTRY:
+            raise ValueError(f"term '{name}' is registered twice")
+        REGISTRY[name] = TermDef(name=name, params=params, module=module, doc=doc, noun=noun)
+        return module
+
+    return decorate
+
+
+class Term(nn.Module):
+    """Base of term modules: knows where it stands in the spec, for error messages."""
+
+    where: str = ""
+    input_names: tuple[str, ...] = ()
+
+    def bind_context(self, where: str, input_names: tuple[str, ...]) -> None:
+        """``where`` reads like "ce() at specs/a.loss:3:12"; ``input_names`` follow the forward's order."""
+        self.where, self.input_names = where, input_names
+
+    def fail(self, position: int, problem: str) -> typing.NoReturn:
+        """Raise for the input the term's forward takes at ``position``."""
+        from .errors import LossSpecError
+
+        name = self.input_names[position] if position < len(self.input_names) else "?"
+        raise LossSpecError(f"input '{name}' of {self.where}: {problem}", code="E402")
+
+    def expect_float(self, position: int, tensor: torch.Tensor) -> None:
+        if not tensor.is_floating_point():
+            self.fail(position, f"expected a floating-point tensor, got {tensor.dtype}")
+
+    def expect_same_shape(self, a: int, b: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        if x.shape != y.shape:
+            other = self.input_names[b]
+            self.fail(a, f"shape {tuple(x.shape)} differs from {other}'s {tuple(y.shape)}; reshape one of them")

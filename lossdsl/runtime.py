@@ -1,0 +1,134 @@
+"""The compiled loss: ``LossModule``, one ``nn.Module`` with one child per term.
+
+Everything is resolved in ``__init__``: the forward gathers the input tensors,
+calls each term with its inputs by position and combines the values with
+pre-built closures. No parsing, no registry look-ups, no host synchronisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import LossSpecError, did_you_mean
+from .formatting import format as format_spec
+from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, Plan, TermValue
+
+Values = Sequence[torch.Tensor]
+Combine = Callable[[Values, Values], "torch.Tensor | float"]
+
+_OPS: dict[str, Callable] = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+}
+
+
+class LossModule(nn.Module):
+    """A compiled loss spec. Call it with the input tensors; it returns a scalar.
+
+    ``last_terms`` holds the detached value of every term and let of the last
+    call, and ``total``. ``inputs`` names the tensors it reads.
+    """
+
+    def __init__(self, plan: Plan):
+        super().__init__()
+        self.plan = plan
+        self.inputs: tuple[str, ...] = plan.inputs
+        self.terms = nn.ModuleList()
+        position = {name: i for i, name in enumerate(plan.inputs)}
+        term_index: dict[int, int] = {}
+        for index, term in enumerate(plan.terms):
+            module = term.term.module(term.params)
+            module.bind_context(term.where, term.inputs)
+            self.terms.append(module)
+            term_index[id(term)] = index
+        self._term_inputs = tuple(tuple(position[name] for name in term.inputs) for term in plan.terms)
+        let_index = {let.name: i for i, let in enumerate(plan.lets)}
+        self._lets = tuple(_combine(let.value, term_index, let_index) for let in plan.lets)
+        self._objective = _combine(plan.objective, term_index, let_index)
+        # last_terms: every term by label, every let that is more than one term, and the total.
+        self._term_labels = tuple(term.label for term in plan.terms)
+        self._let_labels = tuple(let.name for let in plan.lets if not isinstance(let.value, TermValue))
+        self._let_reported = tuple(not isinstance(let.value, TermValue) for let in plan.lets)
+        self._readers = {
+            name: ", ".join(t.where for t in plan.terms if name in t.inputs) for name in plan.inputs
+        }
+        self.last_terms: dict[str, torch.Tensor] = {}
+
+    def forward(self, pred: torch.Tensor | None = None, target: torch.Tensor | None = None, **inputs: torch.Tensor):
+        if pred is not None:
+            inputs["pred"] = pred
+        if target is not None:
+            inputs["target"] = target
+        tensors = self._gather(inputs)
+        values = [term(*[tensors[i] for i in positions]) for term, positions in zip(self.terms, self._term_inputs)]
+        let_values: list[torch.Tensor] = []
+        for let in self._lets:
+            let_values.append(let(values, let_values))
+        total = self._objective(values, let_values)
+        last = {label: value.detach() for label, value in zip(self._term_labels, values)}
+        for label, value in zip(self._let_labels, [v for v, r in zip(let_values, self._let_reported) if r]):
+            last[label] = value.detach()
+        last["total"] = total.detach()
+        self.last_terms = last
+        return total
+
+    def _gather(self, given: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        tensors = []
+        for name in self.inputs:
+            tensor = given.get(name)
+            if tensor is None:
+                self._missing(name, given)
+            if not isinstance(tensor, torch.Tensor):
+                raise LossSpecError(
+                    f"input '{name}' (read by {self._readers[name]}) must be a torch.Tensor, "
+                    f"got {type(tensor).__name__}",
+                    code="E402",
+                )
+            tensors.append(tensor)
+        return tensors
+
+    def _missing(self, name: str, given: dict[str, torch.Tensor]) -> None:
+        unused = [key for key in given if key not in self.inputs]
+        hint = did_you_mean(name, unused)
+        message = f"missing input '{name}', read by {self._readers[name]}"
+        detail = f"; {hint}" if hint else f"; this loss reads {', '.join(self.inputs)}"
+        raise LossSpecError(message + detail, code="E401")
+
+    @torch.no_grad()
+    def fit(self, target: torch.Tensor | None = None, **inputs: torch.Tensor) -> LossModule:
+        """Set data statistics, such as the class counts of ``ce(weight=balanced)``, from a full data set."""
+        if target is not None:
+            inputs["target"] = target
+        for term, plan in zip(self.terms, self.plan.terms):
+            fit = getattr(term, "fit", None)
+            if fit is not None:
+                fit(*[inputs.get(name) for name in plan.inputs])
+        return self
+
+    def extra_repr(self) -> str:
+        return f"spec={format_spec(self.plan.spec).strip()!r}"
+
+
+def _combine(expr: ObjectiveExpr, term_index: dict[int, int], let_index: dict[str, int]) -> Combine:
+    """A closure computing ``expr`` from the term values and the let values."""
+    if isinstance(expr, TermValue):
+        i = term_index[id(expr.term)]
+        return lambda terms, lets: terms[i]
+    if isinstance(expr, LetValue):
+        j = let_index[expr.name]
+        return lambda terms, lets: lets[j]
+    if isinstance(expr, Constant):
+        value = expr.value
+        return lambda terms, lets: value
+    if isinstance(expr, Negate):
+        operand = _combine(expr.operand, term_index, let_index)
+        return lambda terms, lets: -operand(terms, lets)
+    assert isinstance(expr, Arithmetic)
+    op = _OPS[expr.op]
+    left, right = _combine(expr.left, term_index, let_index), _combine(expr.right, term_index, let_index)
+    return lambda terms, lets: op(left(terms, lets), right(terms, lets))
