@@ -131,14 +131,19 @@ class CrossEntropy(Term):
             counts.index_add_(0, target.masked_fill(~keep, 0).reshape(-1).long(), keep.reshape(-1).long())
         return balanced_weight(counts, dtype)
 
-    def fit(self, target: torch.Tensor, num_classes: int | None = None) -> None:
-        """Set the class counts from a full set of targets (``LossModule.fit`` calls it)."""
-        if not self.balanced:
+    def fit(self, pred: torch.Tensor | None, target: torch.Tensor | None) -> None:
+        """Set the class counts from a whole data set's targets (``LossModule.fit`` calls it).
+
+        The class count comes from ``pred``'s shape when given, else from the largest target.
+        """
+        if not self.balanced or target is None:
             return
-        target = target.reshape(-1)
-        keep = target != self.ignore_index
-        labels = target[keep].long()
-        self.class_counts = torch.bincount(labels, minlength=num_classes or 0).to(self.class_counts.device)
+        num_classes = 2
+        if pred is not None and pred.dim() >= 2 and pred.shape[1] > 1:
+            num_classes = pred.shape[1]
+        labels = target.reshape(-1)
+        labels = labels[labels != self.ignore_index].long()
+        self.class_counts = torch.bincount(labels, minlength=num_classes).to(self.class_counts.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         # The counts buffer is sized lazily; take the checkpoint's size.
