@@ -74,6 +74,8 @@ class Fairness(Term):
                 self.fail(2, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
             positive = target.reshape(n).to(prob.dtype)
             negative = 1 - positive
+        if n == 0:
+            return prob.sum()
         columns: list[torch.Tensor] = []  # numerator, denominator per rate
         for rate in self.rates:
             if rate == "selection":
