@@ -51,11 +51,13 @@ class Number(Node):
     kind: Literal["number"] = "number"
     value: int | float
 
-    @field_validator("value")
+    @field_validator("value", mode="before")
     @classmethod
-    def _finite_non_negative(cls, value: int | float) -> int | float:
-        # Negative numbers are Neg(Number(...)), as the parser builds them.
-        if isinstance(value, bool) or not math.isfinite(value) or value < 0:
+    def _finite_non_negative(cls, value: Any) -> Any:
+        # Negative numbers are Neg(Number(...)), as the parser builds them; -0.0 too.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("a Number holds an int or a float")
+        if not math.isfinite(value) or math.copysign(1, value) < 0:
             raise ValueError("a Number is finite and non-negative; wrap it in Neg for a negative value")
         return value
 
@@ -68,6 +70,13 @@ class Name(Node):
 class String(Node):
     kind: Literal["string"] = "string"
     value: str
+
+    @field_validator("value")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if "\n" in value or "\r" in value:
+            raise ValueError("a string cannot hold a line break")
+        return value
 
 
 class Neg(Node):

@@ -93,13 +93,13 @@ class _Checker:
             self._check_let(let)
         objective: ObjectiveExpr | None = None
         if not objectives:
-            self.report("E103", "the spec has no objective", self.spec.span if self.spec.statements else None,
+            self.report("E103", "the spec has no objective", self.spec.span,
                         hint="add a line 'loss = ...', or write the objective as a bare expression")
         else:
             for extra in objectives[1:]:
                 self.report("E103", "the spec has more than one objective", extra,
                             hint=f"the first is at line {objectives[0].span.line}" if objectives[0].span else None)
-            kind, objective = self.objective(objectives[0].value, defined=set(self.lets))
+            kind, objective = self.objective(objectives[0].value, defined=self._lets_before(objectives[0]))
             if kind is Type.NUMBER:
                 self.report("E301", "the objective is a constant number, not a loss", objectives[0].value,
                             hint="build it from terms such as ce() or mse()")
@@ -108,16 +108,21 @@ class _Checker:
         assert objective is not None
         return self._plan(objective)
 
+    def _lets_before(self, statement: ast.Node) -> set[str]:
+        """The lets defined above ``statement``: a name can be used only below its definition."""
+        defined = set()
+        for other in self.spec.statements:
+            if other is statement:
+                break
+            if isinstance(other, ast.Let) and other.name in self.lets:
+                defined.add(other.name)
+        return defined
+
     def _check_let(self, let: _Let) -> None:
         if let.checked:
             return
         let.checked = True
-        earlier = set()
-        for name, other in self.lets.items():
-            if other is let:
-                break
-            earlier.add(name)
-        let.type, let.value = self.objective(let.statement.value, defined=earlier)
+        let.type, let.value = self.objective(let.statement.value, defined=self._lets_before(let.statement))
         if let.type is Type.NUMBER:
             self.report("E301", f"'{let.statement.name}' is a constant number, not a loss", let.statement.value,
                         hint="a let names a sub-objective built from terms")

@@ -54,10 +54,10 @@ class Diagnostic:
     def _excerpt(self, paint: _Painter) -> str:
         if self.span is None or self.source is None:
             return ""
-        lines = self.source.splitlines()
+        lines = self.source.split("\n")  # as the lexer counts lines: form feeds and the like do not break them
         if not 1 <= self.span.line <= len(lines):
             return ""
-        text = lines[self.span.line - 1].expandtabs(1)
+        text = lines[self.span.line - 1].rstrip("\r").expandtabs(1)
         start = self.span.column
         end = self.span.end_column if self.span.end_line == self.span.line else len(text) + 1
         width = max(1, min(end, len(text) + 1) - start)

@@ -9,6 +9,7 @@ a diagnostic, never a ``RecursionError``.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import threading
 from collections.abc import Iterator
@@ -152,7 +153,8 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str | None) ->
     assert isinstance(exc, UnexpectedToken)
     span = _token_span(token, filename)
     open_brackets = _LINE_JOINER.open_brackets
-    if open_brackets:
+    # A mismatched closer, or a statement that ran on past its line, points at an open bracket.
+    if open_brackets and (token.type in _CLOSERS or open_brackets[-1].line < token.line):
         bracket = open_brackets[-1]
         hint = f"the '{bracket.value}' at {bracket.line}:{bracket.column} is not closed"
     return Diagnostic("E001", f"unexpected {_describe(token)}", span, hint=hint, source=text)
@@ -327,7 +329,13 @@ class _AstBuilder(Transformer_NonRecursive):
 
     def number(self, meta: Any, children: list[Any]) -> ast.Number:
         token = children[0]
-        value: int | float = int(token) if token.type == "INT" else float(token)
+        try:
+            value: int | float = int(token) if token.type == "INT" else float(token)
+        except ValueError:  # more digits than Python converts
+            value = math.inf
+        if not math.isfinite(value):
+            diagnostic = Diagnostic("E006", "number too large", self._span(meta), source=self.text)
+            raise LossSpecError([diagnostic])
         return self._node(ast.Number, meta, value=value)
 
     def name(self, meta: Any, children: list[Any]) -> ast.Name:
