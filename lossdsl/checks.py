@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
+import operator
 from collections import Counter
 from typing import Any
 
@@ -28,6 +30,7 @@ _NOT_YET = {
     ast.SubjectTo: ("subject to", "constraints with multipliers"),
     ast.Inputs: ("inputs:", "declared inputs"),
 }
+_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 _RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
 
 
@@ -88,7 +91,7 @@ class _Checker:
             else:
                 keyword, feature = _NOT_YET[type(statement)]
                 self.report("E101", f"'{keyword}' ({feature}) is not supported yet", statement,
-                            hint="see the design in docs/language.md; this release compiles let and loss statements")
+                            hint="this release compiles 'let' and 'loss' statements; docs/language.md lists what is planned")
         for let in self.lets.values():
             self._check_let(let)
         objective: ObjectiveExpr | None = None
@@ -139,6 +142,8 @@ class _Checker:
             return self._objective_name(expr, defined)
         if isinstance(expr, ast.Neg):
             kind, operand = self.objective(expr.operand, defined)
+            if isinstance(operand, Constant):
+                return kind, Constant(-operand.value)
             return kind, Negate(operand) if operand else None
         if isinstance(expr, ast.BinOp):
             return self._objective_binop(expr, defined)
@@ -178,10 +183,9 @@ class _Checker:
         assert left is not None and right is not None
         value = Arithmetic(expr.op, left, right)
         if left_type is Type.NUMBER and right_type is Type.NUMBER:
-            if expr.op == "/" and isinstance(right, Constant) and right.value == 0:
-                self.report("E205", "division by zero", expr.right)
-                return Type.ERROR, None
-            return Type.NUMBER, value
+            assert isinstance(left, Constant) and isinstance(right, Constant)  # numbers are folded
+            folded = self._fold(expr, left.value, right.value)
+            return (Type.NUMBER, Constant(folded)) if folded is not None else (Type.ERROR, None)
         op = expr.op
         if op in "+-":
             if left_type is right_type:
@@ -202,6 +206,31 @@ class _Checker:
             return Type.LOSS, value
         self.report("E302", "cannot divide by a loss", expr, hint="divide a loss by a number, e.g. ce() / 2")
         return Type.ERROR, None
+
+    def _fold(self, expr: ast.BinOp, left: float, right: float) -> float | None:
+        """The value of constant arithmetic, or None after reporting a division by zero or an overflow."""
+        if expr.op == "/" and right == 0:
+            self.report("E205", "division by zero", expr.right)
+            return None
+        value = _ARITHMETIC[expr.op](left, right)
+        if not math.isfinite(value):
+            self.report("E205", "the constant overflows", expr)
+            return None
+        return value
+
+    def _constant(self, node: ast.Node) -> float | None:
+        """The value of a constant tensor-expression operand; None if it reads an input or is invalid."""
+        if isinstance(node, ast.Number):
+            return float(node.value)
+        if isinstance(node, ast.Neg):
+            value = self._constant(node.operand)
+            return -value if value is not None else None
+        if isinstance(node, ast.BinOp):
+            left, right = self._constant(node.left), self._constant(node.right)
+            if left is None or right is None:
+                return None
+            return self._fold(node, left, right)
+        return None
 
     # -- term calls --
     def call(self, call: ast.Call) -> TermPlan | None:
@@ -239,14 +268,13 @@ class _Checker:
                 ok = False
             else:
                 values[name] = value
-        if not ok:
-            return None
         try:
             params = term.params(**values)
         except ValidationError as exc:
-            self._validation_errors(term, call, given, values, exc)
+            # After a bad argument, a "missing" report is most likely that same argument again.
+            self._validation_errors(term, call, given, values, exc, report_missing=ok)
             return None
-        return TermPlan(term=term, params=params, span=call.span)  # type: ignore[arg-type]
+        return TermPlan(term=term, params=params, span=call.span) if ok else None  # type: ignore[arg-type]
 
     def argument(self, term: TermDef, name: str, node: ast.Node) -> Any:
         """The Python value of one argument, before the parameter model validates it."""
@@ -286,7 +314,7 @@ class _Checker:
         return _INVALID
 
     def _validation_errors(self, term: TermDef, call: ast.Call, given: dict[str, ast.Node],
-                           values: dict[str, Any], exc: ValidationError) -> None:
+                           values: dict[str, Any], exc: ValidationError, report_missing: bool) -> None:
         by_field: dict[str, list[dict[str, Any]]] = {}
         for error in exc.errors():
             by_field.setdefault(str(error["loc"][0]) if error["loc"] else "", []).append(error)
@@ -297,6 +325,8 @@ class _Checker:
             types = {e["type"] for e in errors}
             options = term.params.options(name) if name in term.params.model_fields else ()
             if "missing" in types:
+                if not report_missing:
+                    continue
                 description = term.params.model_fields[name].description
                 self.report("E206", f"{call.name}() is missing its argument '{name}'", where,
                             hint=f"{name}: {description}" if description else None)
@@ -336,7 +366,14 @@ class _Checker:
         if isinstance(node, ast.Neg):
             return self._tensor_expr(node.operand)
         if isinstance(node, ast.BinOp):
-            return self._tensor_expr(node.left) & self._tensor_expr(node.right)
+            if not self._tensor_expr(node.left) & self._tensor_expr(node.right):
+                return False
+            if not _reads_input(node):
+                return self._constant(node) is not None
+            if node.op == "/" and not _reads_input(node.right) and self._constant(node.right) == 0:
+                self.report("E205", "division by zero", node.right)
+                return False
+            return True
         if isinstance(node, ast.Compare):
             self.report("E303", "comparisons do not nest", node, hint="write a chain instead: 0 <= y <= 1")
             return False

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 from torch import nn
 
 from . import ast
@@ -43,12 +43,17 @@ Input = Annotated[str, INPUT]
 OptionalInput = Annotated[str | None, INPUT]
 Condition = Annotated[ast.Compare, CONDITION]
 Reduction = Literal["mean", "sum"]
+#: A list of positive numbers, one per class or label.
+Weights = Annotated[tuple[PositiveFloat, ...], Field(min_length=1)]
+#: A value a tensor of int64 can hold.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class TermParams(BaseModel):
     """Base of every term's parameter model."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    # strict: a spec's "0.1" is a string, not a number; ints still pass as floats.
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, strict=True)
 
     #: Parameters that may be given positionally, in order.
     positional: ClassVar[tuple[str, ...]] = ()

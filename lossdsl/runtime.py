@@ -51,13 +51,16 @@ class LossModule(nn.Module):
         self._lets = tuple(_combine(let.value, term_index, let_index) for let in plan.lets)
         self._objective = _combine(plan.objective, term_index, let_index)
         # last_terms: every term by label, every let that is more than one term, and the total.
-        self._term_labels = tuple(term.label for term in plan.terms)
-        self._let_labels = tuple(let.name for let in plan.lets if not isinstance(let.value, TermValue))
-        self._let_reported = tuple(not isinstance(let.value, TermValue) for let in plan.lets)
+        self._reported_lets = tuple(i for i, let in enumerate(plan.lets) if not isinstance(let.value, TermValue))
+        self._last_labels = (
+            *(term.label for term in plan.terms),
+            *(plan.lets[i].name for i in self._reported_lets),
+            "total",
+        )
+        self._last: list[tuple[torch.Tensor, ...]] = [()]
         self._readers = {
             name: ", ".join(t.where for t in plan.terms if name in t.inputs) for name in plan.inputs
         }
-        self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(self, pred: torch.Tensor | None = None, target: torch.Tensor | None = None, **inputs: torch.Tensor):
         if pred is not None:
@@ -70,12 +73,15 @@ class LossModule(nn.Module):
         for let in self._lets:
             let_values.append(let(values, let_values))
         total = self._objective(values, let_values)
-        last = {label: value.detach() for label, value in zip(self._term_labels, values)}
-        for label, value in zip(self._let_labels, [v for v, r in zip(let_values, self._let_reported) if r]):
-            last[label] = value.detach()
-        last["total"] = total.detach()
-        self.last_terms = last
+        # Kept as computed and detached when read: no work in the forward for logging.
+        reported = [let_values[i] for i in self._reported_lets]
+        self._last[0] = (*values, *reported, total)  # a list slot: nn.Module.__setattr__ is slow
         return total
+
+    @property
+    def last_terms(self) -> dict[str, torch.Tensor]:
+        """Detached values of the last call: each term, each let of several terms, and ``total``."""
+        return {label: value.detach() for label, value in zip(self._last_labels, self._last[0])}
 
     def _gather(self, given: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         tensors = []

@@ -8,17 +8,17 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveFloat
 
-from ..registry import Input, Reduction, Term, TermParams, register
+from ..registry import Input, Int64, Reduction, Term, TermParams, Weights, register
 
 
 class CEParams(TermParams):
     pred: Input = Field("pred", description="logits: [N, C, ...] for C classes, or [N] / [N, 1] for binary")
     target: Input = Field("target", description="integer class indices [N, ...]; 0/1 for binary logits")
-    weight: Literal["balanced"] | tuple[PositiveFloat, ...] | None = Field(
+    weight: Literal["balanced"] | Weights | None = Field(
         None, description="class weights: none, 'balanced' (from running class counts) or a list, one per class"
     )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="mass spread uniformly over the classes")
-    ignore_index: int = Field(-100, description="targets equal to this are left out, as in F.cross_entropy")
+    ignore_index: Int64 = Field(-100, description="targets equal to this are left out, as in F.cross_entropy")
     reduction: Reduction = Field("mean", description="weighted mean over kept targets, or sum")
 
 
@@ -49,10 +49,11 @@ class CrossEntropy(Term):
         self.expect_float(0, pred)
         binary = pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1)
         if binary:
-            logits = pred.reshape(-1)
+            logits = pred if pred.dim() == 1 else pred[:, 0]
             if target.shape not in (logits.shape, pred.shape):
                 self.fail(1, f"binary logits {tuple(pred.shape)} need 0/1 targets [N], got {tuple(target.shape)}")
-            target = target.reshape(-1)
+            if target.dim() != 1:
+                target = target[:, 0]
             num_classes = 2
         else:
             if pred.dim() < 2:
@@ -66,9 +67,10 @@ class CrossEntropy(Term):
         if target.numel() == 0:
             return pred.sum()
         keep = target != self.ignore_index
-        weight = self._class_weight(target, keep, num_classes, pred.dtype)
+        labels = (target * keep).long()  # ignored targets point at class 0 and weigh 0
+        weight = self._class_weight(labels, keep, num_classes, pred.dtype)
         if binary:
-            total, denominator = self._sigmoid_form(logits, target, keep, weight)
+            total, denominator = self._sigmoid_form(logits, labels, keep, weight)
         else:
             total = F.cross_entropy(
                 pred,
@@ -83,16 +85,15 @@ class CrossEntropy(Term):
             if weight is None:
                 denominator = keep.sum().to(pred.dtype)
             else:
-                denominator = (weight[target.masked_fill(~keep, 0)] * keep).sum()
+                denominator = (weight[labels] * keep).sum()
         if self.reduction == "sum":
             return total
         return total / denominator.clamp_min(torch.finfo(pred.dtype).tiny)
 
     def _sigmoid_form(
-        self, logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor | None
+        self, logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed loss and summed sample weight of the sigmoid form."""
-        labels = target.masked_fill(~keep, 0).long()
         y = labels.to(logits.dtype)
         smoothing = self.label_smoothing
         if weight is None:
@@ -112,7 +113,7 @@ class CrossEntropy(Term):
         return total, sample_weight.sum()
 
     def _class_weight(
-        self, target: torch.Tensor, keep: torch.Tensor, num_classes: int, dtype: torch.dtype
+        self, labels: torch.Tensor, keep: torch.Tensor, num_classes: int, dtype: torch.dtype
     ) -> torch.Tensor | None:
         if self.class_weight is not None:
             if self.class_weight.numel() != num_classes:
@@ -128,7 +129,9 @@ class CrossEntropy(Term):
             if self.training:
                 self.class_counts = counts
         if self.training:
-            counts.index_add_(0, target.masked_fill(~keep, 0).reshape(-1).long(), keep.reshape(-1).long())
+            counts.index_add_(0, labels.reshape(-1), keep.reshape(-1).long())
+            # This batch is counted, so only an all-ignored batch has no counts, and it weighs nothing.
+            return balanced_weight(counts, dtype, guard_empty=False)
         return balanced_weight(counts, dtype)
 
     def fit(self, pred: torch.Tensor | None, target: torch.Tensor | None) -> None:
@@ -153,18 +156,20 @@ class CrossEntropy(Term):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def balanced_weight(counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def balanced_weight(counts: torch.Tensor, dtype: torch.dtype, guard_empty: bool = True) -> torch.Tensor:
     """scikit-learn's balanced weights ``n / (C * count_c)``; an unseen class counts as one, no counts give ones."""
     counts = counts.to(dtype)
     total = counts.sum()
     weight = total / (counts.numel() * counts.clamp_min(1))
+    if not guard_empty:
+        return weight
     return torch.where(total > 0, weight, torch.ones_like(weight))
 
 
 class BCEParams(TermParams):
     pred: Input = Field("pred", description="logits, any shape: [N] binary, [N, C] multi-label")
     target: Input = Field("target", description="0/1 targets (or probabilities) of pred's shape")
-    pos_weight: PositiveFloat | tuple[PositiveFloat, ...] | None = Field(
+    pos_weight: PositiveFloat | Weights | None = Field(
         None, description="weight of positives: one number, or one per label"
     )
     reduction: Reduction = Field("mean", description="mean or sum over elements")

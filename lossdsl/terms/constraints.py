@@ -100,9 +100,9 @@ class SoftBound(Term):
         for left, op, right in self.links:
             difference = left(tensors) - right(tensors)
             if op in ("<=", "<"):
-                violation = F.relu(difference + self.margin)
+                violation = F.relu(difference + self.margin if self.margin else difference)
             elif op in (">=", ">"):
-                violation = F.relu(self.margin - difference)
+                violation = F.relu(self.margin - difference if self.margin else -difference)
             else:
                 violation = difference.abs()
             penalty = violation.square() if self.squared else violation

@@ -72,7 +72,7 @@ class Fairness(Term):
         if target is not None:
             if target.shape not in ((n,), (n, 1)):
                 self.fail(2, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
-            positive = target.reshape(n).to(prob.dtype)
+            positive = (target if target.dim() == 1 else target[:, 0]).to(prob.dtype)
             negative = 1 - positive
         if n == 0:
             return prob.sum()
@@ -84,7 +84,7 @@ class Fairness(Term):
                 columns += [prob * positive, positive]
             else:
                 columns += [prob * negative, negative]
-        slots, num_slots = self._slots(group.reshape(n))
+        slots, num_slots = self._slots(group if group.dim() == 1 else group[:, 0])
         sums = prob.new_zeros(num_slots, len(columns)).index_add_(0, slots, torch.stack(columns, dim=1))
         gaps = [_gap(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(len(self.rates))]
         return gaps[0] if len(gaps) == 1 else torch.maximum(gaps[0], gaps[1])

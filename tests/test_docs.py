@@ -1,0 +1,154 @@
+"""docs/language.md agrees with the code: terms, their parameters, and the error codes with examples."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic_core import PydanticUndefined
+
+import lossdsl
+from lossdsl.parsing import MAX_NESTING
+from lossdsl.registry import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "language.md"
+CODE_PATTERN = re.compile(r'"([EW]\d{3})"')
+NOT_SET = "—"  # how the docs show a parameter whose default is None
+
+
+def _section(text: str, title: str) -> str:
+    """The body of the level-2 section ``## title``, up to the next level-2 heading."""
+    match = re.search(rf"^## {re.escape(title)}[ \t]*$(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"docs/language.md has no '## {title}' section"
+    return match.group(1)
+
+
+def _term_sections() -> dict[str, str]:
+    terms = _section(DOC.read_text(encoding="utf-8"), "Terms")
+    parts = re.split(r"^### +(\S+)[ \t]*$", terms, flags=re.M)
+    return {name: body for name, body in zip(parts[1::2], parts[2::2])}
+
+
+def _table(body: str, header: tuple[str, ...]) -> list[list[str]]:
+    """Rows (cells stripped) of the first markdown table in ``body`` whose header is ``header``."""
+    lines = body.splitlines()
+    for index, line in enumerate(lines):
+        if _cells(line) == list(header):
+            rows = []
+            for row in lines[index + 2 :]:
+                if not row.lstrip().startswith("|"):
+                    break
+                rows.append(_cells(row))
+            return rows
+    raise AssertionError(f"no table with header {' | '.join(header)}")
+
+
+def _cells(line: str) -> list[str]:
+    line = line.strip()
+    if not line.startswith("|"):
+        return []
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def _unquote(cell: str) -> str:
+    return cell.strip().strip("`").strip()
+
+
+def _shown_default(field) -> str:
+    """A parameter's default as the docs write it: as in a spec, '—' for unset, 'required'."""
+    if field.is_required() or field.default is PydanticUndefined:
+        return "required"
+    if field.default is None:
+        return NOT_SET
+    return str(field.default) if isinstance(field.default, str) else repr(field.default)
+
+
+# -- terms ---------------------------------------------------------------------------
+
+
+def test_every_registered_term_has_a_section_and_nothing_else_does():
+    assert set(_term_sections()) == set(REGISTRY)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_term_section_matches_its_parameter_model(name):
+    body = _term_sections().get(name)
+    assert body is not None, f"no '### {name}' section under '## Terms'"
+    term = REGISTRY[name]
+    assert term.doc in body, f"the one-line doc of {name} is missing from its section"
+    rows = _table(body, ("name", "default", "description"))
+    documented = {_unquote(row[0]): row for row in rows}
+    fields = term.params.model_fields
+    assert list(documented) == list(fields), f"{name}: documented parameters differ from the model's"
+    for field_name, field in fields.items():
+        _, default, description = documented[field_name]
+        assert _unquote(default) == _shown_default(field), f"{name}.{field_name}: default"
+        if field.description:
+            assert field.description in description, f"{name}.{field_name}: description"
+
+
+def test_term_examples_compile():
+    for name, body in _term_sections().items():
+        examples = re.findall(r"^Example: `([^`]+)`", body, re.M)
+        assert examples, f"'### {name}' has no 'Example: `...`' line"
+        for example in examples:
+            plan = lossdsl.compile(example).plan
+            assert name in {t.term.name for t in plan.terms}, example
+
+
+# -- error codes ---------------------------------------------------------------------
+
+
+def _codes_in_source() -> set[str]:
+    codes: set[str] = set()
+    for path in (ROOT / "lossdsl").rglob("*.py"):
+        codes |= set(CODE_PATTERN.findall(path.read_text(encoding="utf-8")))
+    return codes
+
+
+def _error_rows() -> list[tuple[str, str]]:
+    rows = _table(_section(DOC.read_text(encoding="utf-8"), "Error codes"), ("code", "meaning", "example"))
+    result = []
+    for row in rows:
+        assert len(row) == 3, f"malformed error-code row: {row}"
+        example = re.fullmatch(r"`([^`]*)`", row[2])
+        assert example, f"{row[0]}: the example must be one `code span`"
+        result.append((_unquote(row[0]), example.group(1)))
+    return result
+
+
+def test_error_table_lists_exactly_the_codes_in_the_source():
+    documented = {code for code, _ in _error_rows()}
+    source = _codes_in_source()
+    assert source - documented == set(), "codes emitted by lossdsl but not documented"
+    assert documented - source == set(), "codes documented but never emitted by lossdsl"
+
+
+def _codes_of(example: str) -> set[str]:
+    """The diagnostic codes an example produces: a spec for lossdsl.compile, or a Python call."""
+    try:
+        if example.startswith("lossdsl."):
+            result = eval(example, {"lossdsl": lossdsl, "torch": torch})  # noqa: S307 - our own docs
+            if isinstance(result, lossdsl.LossSpecError):
+                return {d.code for d in result.diagnostics}
+            plan = result.plan
+        else:
+            plan = lossdsl.compile(example.replace("\\n", "\n")).plan
+    except lossdsl.LossSpecError as exc:
+        return {d.code for d in exc.diagnostics}
+    return {d.code for d in plan.warnings}
+
+
+@pytest.mark.parametrize("code,example", _error_rows())
+def test_error_example_produces_its_code(code, example, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # for the load() examples: missing.loss is absent, latin1.loss is not UTF-8
+    (tmp_path / "latin1.loss").write_bytes("loss = ce()  # café\n".encode("latin-1"))
+    assert code in _codes_of(example), f"`{example}` does not produce {code}"
+
+
+def test_nesting_limit_is_documented():
+    text = DOC.read_text(encoding="utf-8")
+    assert f"MAX_NESTING` = {MAX_NESTING}" in text
