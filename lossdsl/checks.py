@@ -30,6 +30,7 @@ _NOT_YET = {
     ast.SubjectTo: ("subject to", "constraints with multipliers"),
     ast.Inputs: ("inputs:", "declared inputs"),
 }
+_BOOLEANS = {"true": True, "false": False}
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 _RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
 
@@ -295,6 +296,8 @@ class _Checker:
             self.report("E204", f"'{name}' of {term.name}() names an input; got {_describe(node)}", node)
             return _INVALID
         if isinstance(node, ast.Name):
+            if node.id in _BOOLEANS and term.params.accepts_bool(name):
+                return _BOOLEANS[node.id]
             if term.params.options(name):
                 return node.id
             self.report("E204", f"'{name}' of {term.name}() takes {_expected(term, name)}; got name '{node.id}'", node)
@@ -510,6 +513,8 @@ def _expected(term: TermDef, name: str) -> str:
         parts.append("one of " + ", ".join(options))
     if "tuple" in annotation:
         parts.append("a list of numbers")
+    elif "bool" in annotation:
+        parts.append("true or false")
     elif "float" in annotation:
         parts.append("a number")
     elif "int" in annotation:

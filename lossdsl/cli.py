@@ -12,7 +12,7 @@ from pathlib import Path
 from .checks import plan_for
 from .compiler import read_spec
 from .errors import Diagnostic, LossSpecError
-from .registry import REGISTRY
+from .reference import terms_markdown, terms_text
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 
@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.set_defaults(run=_check)
 
     terms = commands.add_parser("terms", help="list the terms and their parameters")
+    terms.add_argument("--markdown", action="store_true", help="print the reference as docs/terms.md holds it")
     terms.set_defaults(run=_terms)
 
     args = parser.parse_args(argv)
@@ -93,11 +94,7 @@ def _summary(errors: int, warnings: int, failed_files: int, checked: int) -> str
 
 
 def _terms(args: argparse.Namespace) -> int:
-    for name, term in sorted(REGISTRY.items()):
-        print(f"{name}: {term.doc}")
-        for field, info in term.params.model_fields.items():
-            default = "required" if info.is_required() else f"default {info.default!r}"
-            print(f"    {field} ({default}): {info.description or ''}")
+    sys.stdout.write(terms_markdown() if args.markdown else terms_text())
     return EXIT_OK
 
 

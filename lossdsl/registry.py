@@ -43,6 +43,14 @@ Input = Annotated[str, INPUT]
 OptionalInput = Annotated[str | None, INPUT]
 Condition = Annotated[ast.Compare, CONDITION]
 Reduction = Literal["mean", "sum"]
+#: The reduction parameter every loss term takes (give the default at the field).
+ReductionParam = Annotated[Reduction, Field(description="mean (weighted by sample_weight, if given) or sum")]
+#: The per-sample weight input every loss term takes.
+SampleWeight = Annotated[
+    str | None,
+    INPUT,
+    Field(description="the input holding per-sample weights [N]; mean becomes sum(w * loss) / sum(w)"),
+]
 #: A list of positive numbers, one per class or label.
 Weights = Annotated[tuple[PositiveFloat, ...], Field(min_length=1)]
 #: A value a tensor of int64 can hold.
@@ -67,6 +75,10 @@ class TermParams(BaseModel):
         """The string options a parameter accepts (its ``Literal`` members)."""
         return tuple(_literal_strings(cls.model_fields[name].annotation))
 
+    @classmethod
+    def accepts_bool(cls, name: str) -> bool:
+        return _mentions(cls.model_fields[name].annotation, bool)
+
     def input_roles(self) -> tuple[str, ...]:
         """The input parameters this instance reads, in the order its module takes them."""
         return tuple(role for role in self.fields_marked(INPUT) if getattr(self, role) is not None)
@@ -84,12 +96,18 @@ def _literal_strings(annotation: Any) -> list[str]:
     return found
 
 
+def _mentions(annotation: Any, kind: type) -> bool:
+    return annotation is kind or any(_mentions(arg, kind) for arg in typing.get_args(annotation))
+
+
 @dataclass(frozen=True)
 class TermDef:
     name: str
     params: type[TermParams]
     module: type[nn.Module]
     doc: str
+    #: A one-line spec that uses the term, for the docs.
+    example: str = ""
     #: What the positional parameter is called in messages ("statistic" for fairness).
     noun: str = "value"
 
@@ -97,13 +115,15 @@ class TermDef:
 REGISTRY: dict[str, TermDef] = {}
 
 
-def register(name: str, params: type[TermParams], doc: str, noun: str = "value"):
+def register(name: str, params: type[TermParams], doc: str, example: str = "", noun: str = "value"):
     """Class decorator: register an ``nn.Module`` subclass as the term ``name``."""
 
     def decorate(module: type[nn.Module]) -> type[nn.Module]:
         if name in REGISTRY:
             raise ValueError(f"term '{name}' is registered twice")
-        REGISTRY[name] = TermDef(name=name, params=params, module=module, doc=doc, noun=noun)
+        REGISTRY[name] = TermDef(
+            name=name, params=params, module=module, doc=doc, example=example or f"{name}()", noun=noun
+        )
         return module
 
     return decorate
@@ -114,6 +134,7 @@ class Term(nn.Module):
 
     where: str = ""
     input_names: tuple[str, ...] = ()
+    reduction: str = "mean"
 
     def bind_context(self, where: str, input_names: tuple[str, ...]) -> None:
         """``where`` reads like "ce() at specs/a.loss:3:12"; ``input_names`` follow the forward's order."""
@@ -129,6 +150,29 @@ class Term(nn.Module):
     def expect_float(self, position: int, tensor: torch.Tensor) -> None:
         if not tensor.is_floating_point():
             self.fail(position, f"expected a floating-point tensor, got {tensor.dtype}")
+
+    def expect_sample_weight(self, position: int, weight: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        """Per-sample weights as a [batch] tensor of ``dtype``."""
+        if weight.shape != (batch,):
+            self.fail(position, f"expected per-sample weights of shape ({batch},), got {tuple(weight.shape)}")
+        return weight.to(dtype)
+
+    def reduce(self, loss: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Reduce an element-wise loss [N, ...] by ``self.reduction``, weighting samples by ``sample_weight`` [N].
+
+        Weighted, ``mean`` is the weighted mean of the per-sample means, ``sum(w * l) / sum(w)``,
+        and 0 when every weight is 0; ``sum`` is ``sum(w * l)``.
+        """
+        if loss.numel() == 0:  # torch's mean of nothing is NaN; an empty batch adds nothing
+            return loss.sum()
+        if sample_weight is None:
+            return loss.mean() if self.reduction == "mean" else loss.sum()
+        per_sample = loss.reshape(loss.shape[0], -1)
+        per_sample = per_sample.mean(dim=1) if self.reduction == "mean" else per_sample.sum(dim=1)
+        total = (sample_weight * per_sample).sum()
+        if self.reduction == "sum":
+            return total
+        return total / sample_weight.sum().clamp_min(torch.finfo(loss.dtype).tiny)
 
     def expect_same_shape(self, a: int, b: int, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.shape != y.shape:

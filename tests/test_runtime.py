@@ -152,8 +152,8 @@ def test_non_tensor_input():
     [
         ("mse()", {"pred": torch.zeros(3), "target": torch.zeros(4)}, "input 'target' of mse() at <spec>:1:1: shape (4,)"),
         ("mse()", {"pred": torch.zeros(3, dtype=torch.long), "target": torch.zeros(3)}, "input 'pred' of mse()"),
-        ("ce()", {"pred": torch.zeros(4, 3), "target": torch.zeros(4)}, "input 'target' of ce() at <spec>:1:1: expected integer"),
-        ("ce()", {"pred": torch.zeros(4, 3), "target": torch.zeros(5, dtype=torch.long)}, "need targets of shape (4,)"),
+        ("ce()", {"pred": torch.zeros(4, 3), "target": torch.zeros(4)}, "input 'target' of ce() at <spec>:1:1: logits (4, 3) need integer class indices of shape (4,)"),
+        ("ce()", {"pred": torch.zeros(4, 3), "target": torch.zeros(5, dtype=torch.long)}, "need integer class indices of shape (4,)"),
         ("ce()", {"pred": torch.zeros(4), "target": torch.zeros(5, dtype=torch.long)}, "binary logits (4,) need 0/1 targets"),
         ("ce(weight=[1, 2, 3])", {"pred": torch.zeros(4, 2), "target": torch.zeros(4, dtype=torch.long)}, "weight has 3 entries"),
         ("bce(pos_weight=[1, 2, 3])", {"pred": torch.zeros(4, 2), "target": torch.zeros(4, 2)}, "pos_weight has 3 entries"),

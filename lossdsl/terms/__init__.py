@@ -1,3 +1,3 @@
 """Built-in terms. Importing this package registers them all in ``lossdsl.registry.REGISTRY``."""
 
-from . import classification, constraints, fairness, regression  # noqa: F401
+from . import classification, constraints, divergence, fairness, metric, regression, segmentation  # noqa: F401

@@ -1,37 +1,56 @@
-"""Classification terms: ``ce`` and ``bce``."""
+"""Classification terms: ``ce``, ``bce``, ``focal``, ``hinge``, ``soft_f1``."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveFloat
+from pydantic import Field, NonNegativeFloat, PositiveFloat
 
-from ..registry import Input, Int64, Reduction, Term, TermParams, Weights, register
+from ..registry import Input, Int64, ReductionParam, SampleWeight, Term, TermParams, Weights, register
 
 
 class CEParams(TermParams):
     pred: Input = Field("pred", description="logits: [N, C, ...] for C classes, or [N] / [N, 1] for binary")
-    target: Input = Field("target", description="integer class indices [N, ...]; 0/1 for binary logits")
+    target: Input = Field(
+        "target", description="integer class indices [N, ...] (0/1 for binary logits), or class probabilities"
+    )
     weight: Literal["balanced"] | Weights | None = Field(
         None, description="class weights: none, 'balanced' (from running class counts) or a list, one per class"
     )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="mass spread uniformly over the classes")
     ignore_index: Int64 = Field(-100, description="targets equal to this are left out, as in F.cross_entropy")
-    reduction: Reduction = Field("mean", description="weighted mean over kept targets, or sum")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
 
 
-@register("ce", CEParams, "Cross-entropy on logits: softmax over classes, or sigmoid on binary logits [N].")
+@register(
+    "ce",
+    CEParams,
+    "Cross-entropy on logits: softmax over classes, or sigmoid on binary logits [N].",
+    example="ce(weight=balanced, label_smoothing=0.05)",
+)
 class CrossEntropy(Term):
     """``F.cross_entropy``; on binary logits ``[N]`` or ``[N, 1]``, the same loss in sigmoid form.
 
-    The sigmoid form equals ``F.cross_entropy`` on the two-class logits ``[0, z]``,
-    weights and label smoothing included. ``mean`` divides by the summed weight
-    of the kept targets, as torch does, but gives 0 (not NaN) when every target
-    is ignored. ``weight=balanced`` is scikit-learn's ``n / (C * count_c)`` over
-    running class counts (a buffer): counted in training mode, set by
-    ``LossModule.fit``, frozen in eval mode.
+    - Logits ``[N, C, ...]`` with integer targets ``[N, ...]``: exactly ``F.cross_entropy(pred,
+      target, weight, ignore_index, label_smoothing)``.
+    - Binary logits ``[N]`` or ``[N, 1]`` with integer 0/1 targets: the sigmoid form, which equals
+      ``F.cross_entropy`` on the two-class logits ``[0, z]``, class weights and label smoothing
+      included; without them it is ``F.binary_cross_entropy_with_logits``. The targets are not
+      checked to be 0 or 1: reading their values would synchronise with the device.
+    - Floating-point targets are class probabilities: of ``pred``'s shape for ``[N, C, ...]``
+      logits, or the probability of class 1 for binary logits. As in torch, ``ignore_index`` does
+      not apply to them and ``mean`` divides by the number of samples.
+    - ``mean`` divides by the summed weight of the kept targets, as torch does, but gives 0 (not
+      NaN) when every target is ignored; an empty batch gives 0. With ``sample_weight``, each
+      sample's loss and its share of that denominator are multiplied by its weight.
+    - ``weight=balanced``: scikit-learn's ``n / (C * max(count_c, 1))`` over running class counts
+      kept in the buffer ``class_counts``. In training mode each call first adds the batch's kept
+      targets, then weighs the batch; in eval mode the counts are frozen; ``LossModule.fit(target=
+      labels)`` replaces them with a data set's. The buffer is sized on first use from the
+      logits; with no counts at all every weight is 1. It is saved in ``state_dict()``.
     """
 
     def __init__(self, params: CEParams):
@@ -45,7 +64,9 @@ class CrossEntropy(Term):
         # Sized on first use: the class count comes from the logits' shape.
         self.register_buffer("class_counts", torch.zeros(0, dtype=torch.long) if self.balanced else None)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         self.expect_float(0, pred)
         binary = pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1)
         if binary:
@@ -58,59 +79,86 @@ class CrossEntropy(Term):
         else:
             if pred.dim() < 2:
                 self.fail(0, f"expected logits [N, C, ...], got shape {tuple(pred.shape)}")
-            if target.is_floating_point():
-                self.fail(1, f"expected integer class indices, got {target.dtype}")
-            expected = (pred.shape[0], *pred.shape[2:])
+            indices = (pred.shape[0], *pred.shape[2:])
+            expected = tuple(pred.shape) if target.is_floating_point() else indices
             if tuple(target.shape) != expected:
-                self.fail(1, f"logits {tuple(pred.shape)} need targets of shape {expected}, got {tuple(target.shape)}")
+                self.fail(1, f"logits {tuple(pred.shape)} need integer class indices of shape {indices} or "
+                             f"probabilities of shape {tuple(pred.shape)}, got {target.dtype} {tuple(target.shape)}")
             num_classes = pred.shape[1]
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
         if target.numel() == 0:
             return pred.sum()
+        if target.is_floating_point():
+            return self._probability_form(pred, target, binary, sample_weight)
         keep = target != self.ignore_index
         labels = (target * keep).long()  # ignored targets point at class 0 and weigh 0
         weight = self._class_weight(labels, keep, num_classes, pred.dtype)
         if binary:
-            total, denominator = self._sigmoid_form(logits, labels, keep, weight)
-        else:
+            total, denominator = self._sigmoid_form(logits, labels, keep, weight, sample_weight)
+        elif sample_weight is None:
             total = F.cross_entropy(
-                pred,
-                target,
-                weight=weight,
-                ignore_index=self.ignore_index,
-                reduction="sum",
+                pred, target, weight=weight, ignore_index=self.ignore_index, reduction="sum",
                 label_smoothing=self.label_smoothing,
             )
             if self.reduction == "sum":
                 return total
-            if weight is None:
-                denominator = keep.sum().to(pred.dtype)
-            else:
-                denominator = (weight[labels] * keep).sum()
+            denominator = keep.sum().to(pred.dtype) if weight is None else (weight[labels] * keep).sum()
+        else:
+            losses = F.cross_entropy(
+                pred, target, weight=weight, ignore_index=self.ignore_index, reduction="none",
+                label_smoothing=self.label_smoothing,
+            )
+            per_element = sample_weight.reshape(-1, *[1] * (losses.dim() - 1))  # a sample's weight, per pixel
+            total = (losses * per_element).sum()
+            share = keep * per_element
+            denominator = (share if weight is None else weight[labels] * share).sum()
         if self.reduction == "sum":
             return total
         return total / denominator.clamp_min(torch.finfo(pred.dtype).tiny)
 
     def _sigmoid_form(
-        self, logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor | None
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        keep: torch.Tensor,
+        weight: torch.Tensor | None,
+        sample_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed loss and summed sample weight of the sigmoid form."""
+        """Summed loss and summed weight of the sigmoid form."""
         y = labels.to(logits.dtype)
         smoothing = self.label_smoothing
-        if weight is None:
-            sample_weight = keep.to(logits.dtype)
+        share = keep.to(logits.dtype) if weight is None else weight[labels] * keep
+        if sample_weight is not None:
+            share = share * sample_weight
+        if weight is None or not smoothing:
             soft_target = y * (1 - smoothing) + smoothing / 2 if smoothing else y
-            total = F.binary_cross_entropy_with_logits(logits, soft_target, weight=sample_weight, reduction="sum")
-            return total, sample_weight.sum()
-        sample_weight = weight[labels] * keep
-        if not smoothing:
-            total = F.binary_cross_entropy_with_logits(logits, y, weight=sample_weight, reduction="sum")
-            return total, sample_weight.sum()
+            total = F.binary_cross_entropy_with_logits(logits, soft_target, weight=share, reduction="sum")
+            return total, share.sum()
         # F.cross_entropy's smoothing term weighs each class by its own weight.
         nll_1, nll_0 = F.softplus(-logits), F.softplus(logits)
         nll_true = torch.where(labels.bool(), nll_1, nll_0)
         smooth = (weight[0] * nll_0 + weight[1] * nll_1) * keep
-        total = (1 - smoothing) * (sample_weight * nll_true).sum() + smoothing / 2 * smooth.sum()
-        return total, sample_weight.sum()
+        if sample_weight is not None:
+            smooth = smooth * sample_weight
+        total = (1 - smoothing) * (share * nll_true).sum() + smoothing / 2 * smooth.sum()
+        return total, share.sum()
+
+    def _probability_form(
+        self, pred: torch.Tensor, target: torch.Tensor, binary: bool, sample_weight: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.balanced:
+            self.fail(1, "weight=balanced counts classes, so it needs integer class indices, not probabilities")
+        if binary:  # the two-class form of F.cross_entropy, as for class indices
+            logits = pred if pred.dim() == 1 else pred[:, 0]
+            pred = torch.stack([torch.zeros_like(logits), logits], dim=1)
+            probability = target.to(logits.dtype)
+            target = torch.stack([1 - probability, probability], dim=1)
+        weight = self._class_weight(None, None, pred.shape[1], pred.dtype)
+        losses = F.cross_entropy(
+            pred, target.to(pred.dtype), weight=weight, reduction="none", label_smoothing=self.label_smoothing
+        )
+        return self.reduce(losses, sample_weight)
 
     def _class_weight(
         self, labels: torch.Tensor, keep: torch.Tensor, num_classes: int, dtype: torch.dtype
@@ -172,30 +220,228 @@ class BCEParams(TermParams):
     pos_weight: PositiveFloat | Weights | None = Field(
         None, description="weight of positives: one number, or one per label"
     )
-    reduction: Reduction = Field("mean", description="mean or sum over elements")
+    label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="targets become y * (1 - e) + e / 2")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
 
 
-@register("bce", BCEParams, "Binary cross-entropy on logits, binary or multi-label, as F.binary_cross_entropy_with_logits.")
+@register(
+    "bce",
+    BCEParams,
+    "Binary cross-entropy on logits, binary or multi-label, as F.binary_cross_entropy_with_logits.",
+    example="bce(pos_weight=[1.0, 4.0, 2.5])",
+)
 class BinaryCrossEntropy(Term):
+    """``F.binary_cross_entropy_with_logits(pred, target, pos_weight=...)``; ``target`` has ``pred``'s shape.
+
+    ``pos_weight`` has one entry, or one per label (``pred.shape[-1]``). ``label_smoothing=e``
+    replaces the targets by ``y * (1 - e) + e / 2`` (torch's function lacks it).
+    """
+
     def __init__(self, params: BCEParams):
         super().__init__()
         self.reduction = params.reduction
+        self.label_smoothing = params.label_smoothing
         pos_weight = params.pos_weight
         if isinstance(pos_weight, float):
             pos_weight = (pos_weight,)
         self.register_buffer("pos_weight", torch.tensor(pos_weight) if pos_weight else None)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         self.expect_float(0, pred)
         self.expect_same_shape(1, 0, target, pred)
-        if pred.numel() == 0:
-            return pred.sum()
         pos_weight = None
         if self.pos_weight is not None:
             width = pred.shape[-1] if pred.dim() > 1 else 1
             if self.pos_weight.numel() not in (1, width):
                 self.fail(0, f"pos_weight has {self.pos_weight.numel()} entries but pred has {width} labels")
             pos_weight = self.pos_weight.to(pred.dtype)
-        return F.binary_cross_entropy_with_logits(
-            pred, target.to(pred.dtype), pos_weight=pos_weight, reduction=self.reduction
-        )
+        target = target.to(pred.dtype)
+        if self.label_smoothing:
+            target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
+        if sample_weight is None and pred.numel():
+            return F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction=self.reduction)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+        losses = F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction="none")
+        return self.reduce(losses, sample_weight)
+
+
+class FocalParams(TermParams):
+    pred: Input = Field("pred", description="logits: [N] / [N, 1] / multi-label [N, C] (sigmoid), or [N, C, ...] (softmax)")
+    target: Input = Field(
+        "target", description="0/1 targets of pred's shape (sigmoid form), or integer class indices [N, ...] (softmax form)"
+    )
+    gamma: NonNegativeFloat = Field(2.0, description="focusing strength; 0 gives cross-entropy")
+    alpha: Annotated[float, Field(ge=0, le=1)] | Weights | None = Field(
+        None, description="sigmoid form: weight of positives (1 - alpha for negatives); softmax form: one weight per class"
+    )
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+@register(
+    "focal",
+    FocalParams,
+    "Focal loss: cross-entropy scaled by (1 - p_t)^gamma, down-weighting easy examples.",
+    example="focal(gamma=2.0, alpha=0.25)",
+)
+class Focal(Term):
+    """Focal loss (Lin et al., 2017).
+
+    - Sigmoid form, for logits and 0/1 (or probability) targets of one shape (``[N]``, ``[N, 1]``,
+      multi-label ``[N, C]``): ``torchvision.ops.sigmoid_focal_loss``,
+      ``BCE(x, y) * (1 - p_t)^gamma`` with ``p_t = p y + (1 - p)(1 - y)``, times
+      ``alpha y + (1 - alpha)(1 - y)`` when ``alpha`` is given; binary logits ``[N, 1]`` also take
+      targets ``[N]``.
+    - Softmax form, for logits ``[N, C, ...]`` and integer targets ``[N, ...]``:
+      ``-alpha_y (1 - p_y)^gamma log p_y`` (MONAI's ``FocalLoss(use_softmax=True)`` summed over
+      classes), with ``alpha`` a list of one weight per class.
+    - ``mean`` averages over elements (samples, and labels or pixels). ``gamma=0`` without
+      ``alpha`` is cross-entropy. ``(1 - p_t)`` is clamped at the smallest positive float before
+      the power, so gradients stay finite for ``gamma < 1`` at saturated logits.
+    """
+
+    def __init__(self, params: FocalParams):
+        super().__init__()
+        self.gamma = params.gamma
+        self.reduction = params.reduction
+        alpha = params.alpha
+        self.scalar_alpha = alpha if isinstance(alpha, float) else None
+        self.register_buffer("class_alpha", torch.tensor(alpha) if isinstance(alpha, tuple) else None)
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.expect_float(0, pred)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0] if pred.dim() else 1, pred.dtype)
+        if target.shape == pred.shape or (pred.dim() == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]):
+            return self.reduce(self._sigmoid_form(pred.reshape(target.shape), target.to(pred.dtype)), sample_weight)
+        if target.is_floating_point() or pred.dim() < 2 or tuple(target.shape) != (pred.shape[0], *pred.shape[2:]):
+            self.fail(1, f"expected 0/1 targets of shape {tuple(pred.shape)} or class indices of shape "
+                         f"{(pred.shape[0], *pred.shape[2:])}, got {tuple(target.shape)} {target.dtype}")
+        return self.reduce(self._softmax_form(pred, target.long()), sample_weight)
+
+    def _modulation(self, one_minus_p: torch.Tensor) -> torch.Tensor | float:
+        if self.gamma == 0:
+            return 1.0
+        return one_minus_p.clamp_min(torch.finfo(one_minus_p.dtype).tiny).pow(self.gamma)
+
+    def _sigmoid_form(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.class_alpha is not None:
+            self.fail(0, "a list alpha weighs classes in the softmax form; the sigmoid form takes one number")
+        prob = torch.sigmoid(logits)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        p_t = prob * target + (1 - prob) * (1 - target)
+        loss = bce * self._modulation(1 - p_t)
+        if self.scalar_alpha is not None:
+            loss = loss * (self.scalar_alpha * target + (1 - self.scalar_alpha) * (1 - target))
+        return loss
+
+    def _softmax_form(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+        loss = -self._modulation(-torch.expm1(log_p)) * log_p
+        if self.class_alpha is not None:
+            if self.class_alpha.numel() != logits.shape[1]:
+                self.fail(0, f"alpha has {self.class_alpha.numel()} entries but the logits have {logits.shape[1]} classes")
+            loss = loss * self.class_alpha.to(logits.dtype)[target]
+        elif self.scalar_alpha is not None:
+            self.fail(0, "the softmax form weighs classes with a list alpha, one per class")
+        return loss
+
+
+class HingeParams(TermParams):
+    pred: Input = Field("pred", description="scores: [N] or [N, 1] (binary), or [N, C] (one per class)")
+    target: Input = Field("target", description="0/1 labels [N] (binary), or integer class indices [N]")
+    margin: PositiveFloat = Field(1.0, description="the margin the right score must win by")
+    squared: bool = Field(False, description="square the hinge")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+@register(
+    "hinge",
+    HingeParams,
+    "Hinge (margin) loss: binary on labels mapped to -1/+1, or multi-class as F.multi_margin_loss.",
+    example="hinge(margin=1.0, squared=true)",
+)
+class Hinge(Term):
+    """Binary: ``relu(margin - s x)`` with ``s = 2 y - 1``. Multi-class: ``F.multi_margin_loss``,
+    ``sum over j != y of relu(margin - x_y + x_j) / C``. ``squared=true`` squares each hinge
+    (``p=2`` for ``F.multi_margin_loss``)."""
+
+    def __init__(self, params: HingeParams):
+        super().__init__()
+        self.margin, self.squared, self.reduction = params.margin, params.squared, params.reduction
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.expect_float(0, pred)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+        if pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1):
+            scores = pred.reshape(-1)
+            if target.shape not in (scores.shape, pred.shape):
+                self.fail(1, f"binary scores {tuple(pred.shape)} need 0/1 labels [N], got {tuple(target.shape)}")
+            sign = 2 * target.reshape(-1).to(pred.dtype) - 1
+            loss = F.relu(self.margin - sign * scores)
+            return self.reduce(loss.square() if self.squared else loss, sample_weight)
+        if pred.dim() != 2 or target.shape != pred.shape[:1] or target.is_floating_point():
+            self.fail(1, f"scores {tuple(pred.shape)} need integer class indices of shape ({pred.shape[0]},), "
+                         f"got {tuple(target.shape)} {target.dtype}")
+        p = 2 if self.squared else 1
+        if sample_weight is None and pred.numel():
+            return F.multi_margin_loss(pred, target, p=p, margin=self.margin, reduction=self.reduction)
+        return self.reduce(F.multi_margin_loss(pred, target, p=p, margin=self.margin, reduction="none"), sample_weight)
+
+
+class SoftF1Params(TermParams):
+    pred: Input = Field("pred", description="logits: [N] / [N, 1] (binary) or [N, C] (multi-label)")
+    target: Input = Field("target", description="0/1 labels of pred's shape ([N] for [N, 1] too)")
+    beta: PositiveFloat = Field(1.0, description="recall counts beta times as much as precision")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+@register(
+    "soft_f1",
+    SoftF1Params,
+    "1 - F_beta from soft true/false positives and negatives: binary, or macro over labels.",
+    example="soft_f1(beta=2.0)",
+)
+class SoftF1(Term):
+    """``1 - (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP)`` with ``TP = sum(p y)``, ``FP = sum(p (1 - y))``,
+    ``FN = sum((1 - p) y)`` and ``p = sigmoid(pred)``, per label. ``mean`` averages the labels
+    (macro), ``sum`` adds them. A label with no positives and no predicted mass scores F = 0, as
+    scikit-learn's ``fbeta_score`` does. ``sample_weight`` weighs each sample's counts."""
+
+    def __init__(self, params: SoftF1Params):
+        super().__init__()
+        self.beta2 = params.beta**2
+        self.reduction = params.reduction
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.expect_float(0, pred)
+        if pred.dim() == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]:
+            pred = pred[:, 0]
+        self.expect_same_shape(1, 0, target, pred)
+        prob = torch.sigmoid(pred)
+        prob, labels = prob.reshape(prob.shape[0], -1), target.reshape(prob.shape[0], -1).to(pred.dtype)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype).unsqueeze(1)
+            prob, positives = prob * sample_weight, labels * sample_weight
+        else:
+            positives = labels
+        true_positive = (prob * labels).sum(0)
+        predicted = prob.sum(0)  # TP + FP
+        actual = positives.sum(0)  # TP + FN
+        denominator = (1 + self.beta2) * true_positive + self.beta2 * (actual - true_positive) + (predicted - true_positive)
+        f_beta = (1 + self.beta2) * true_positive / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+        loss = 1 - f_beta
+        return loss.mean() if self.reduction == "mean" else loss.sum()

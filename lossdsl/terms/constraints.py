@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .. import ast
-from ..registry import Condition, Reduction, Term, TermParams, register
+from ..registry import Condition, ReductionParam, SampleWeight, Term, TermParams, register
 
 TensorFn = Callable[[tuple[torch.Tensor, ...]], Union[torch.Tensor, float]]
 
@@ -20,10 +20,12 @@ class SoftBoundParams(TermParams):
     condition: Condition = Field(description="a comparison over inputs and numbers, e.g. y <= 100 or 0 <= p <= 1")
     penalty: Literal["squared", "hinge"] = Field("squared", description="squared hinge, or hinge, of the violation")
     margin: float = Field(0.0, ge=0.0, description="tighten each inequality by this much")
-    reduction: Reduction = Field("mean", description="mean or sum over elements")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
 
     def input_names(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(names_in(self.condition)))
+        names = tuple(dict.fromkeys(names_in(self.condition)))
+        return (*names, self.sample_weight) if self.sample_weight else names
 
 
 def names_in(expr: ast.Node) -> list[str]:
@@ -65,14 +67,26 @@ def compile_tensor_expr(expr: ast.Node, position: dict[str, int]) -> TensorFn:
     raise TypeError(f"not a tensor expression: {expr.kind}")  # the checker rules this out
 
 
-@register("soft_bound", SoftBoundParams, "Soft penalty on where a comparison over inputs is violated.")
+@register(
+    "soft_bound",
+    SoftBoundParams,
+    "Soft penalty on where a comparison over inputs is violated.",
+    example="soft_bound(0 <= pred <= 10, margin=0.1, penalty=hinge)",
+)
 class SoftBound(Term):
     """Penalises the violation of each comparison, element-wise.
 
-    ``a <= b`` (and ``<``) is violated by ``relu(a - b + margin)``, ``a >= b`` by
-    ``relu(b - a + margin)``, ``a == b`` by ``|a - b|``. The penalty is the
-    square of the violation (``squared``) or the violation itself (``hinge``),
-    reduced over elements; a chain ``0 <= y <= 1`` adds its links.
+    - Each link ``a OP b`` of the comparison is violated by ``relu(a - b + margin)`` for ``a <= b``
+      and ``a < b``, by ``relu(b - a + margin)`` for ``a >= b`` and ``a > b``, and by ``|a - b|``
+      for ``a == b`` (the margin does not apply to ``==``; ``<`` is treated as ``<=``). The
+      penalty is the violation squared (``squared``) or itself (``hinge``), reduced over
+      elements; a chain ``0 <= y <= 1`` adds its links' reduced penalties.
+    - The operands are tensor expressions: input names, numbers, ``+ - * /``, unary minus and
+      parentheses (``soft_bound(upper - lower >= 0)``). A call, string, list or ``let`` name is
+      E204; a link between two constants (``soft_bound(3 <= 4)``) or a nested comparison is E303.
+    - All inputs of one condition have the same shape (E402; no broadcasting). Integer and bool
+      inputs are cast to the default float dtype. An empty input gives 0. The term reads the
+      names of its condition, in order.
     """
 
     def __init__(self, params: SoftBoundParams):
@@ -87,12 +101,19 @@ class SoftBound(Term):
             )
             for i, op in enumerate(condition.ops)
         )
+        self.weighted = params.sample_weight is not None
         self.squared = params.penalty == "squared"
         self.margin = params.margin
         self.reduction = params.reduction
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        sample_weight = None
+        if self.weighted:
+            *tensors, sample_weight = tensors
         tensors = tuple(self._as_float(i, t) for i, t in enumerate(tensors))
+        if sample_weight is not None:
+            batch = tensors[0].shape[0] if tensors[0].dim() else 1
+            sample_weight = self.expect_sample_weight(len(tensors), sample_weight, batch, tensors[0].dtype)
         for i, tensor in enumerate(tensors[1:], start=1):
             if tensor.shape != tensors[0].shape:
                 self.fail(i, f"shape {tuple(tensor.shape)} differs from {self.input_names[0]}'s {tuple(tensors[0].shape)}")
@@ -105,10 +126,7 @@ class SoftBound(Term):
                 violation = F.relu(self.margin - difference if self.margin else -difference)
             else:
                 violation = difference.abs()
-            penalty = violation.square() if self.squared else violation
-            if penalty.numel() == 0:
-                penalty = penalty.sum()
-            reduced = penalty.mean() if self.reduction == "mean" else penalty.sum()
+            reduced = self.reduce(violation.square() if self.squared else violation, sample_weight)
             total = reduced if total is None else total + reduced
         return total
 

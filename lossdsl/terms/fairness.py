@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveInt
 
-from ..registry import Input, Term, TermParams, register
+from ..registry import Input, SampleWeight, Term, TermParams, register
 
 Statistic = Literal["dp_gap", "tpr_gap", "fpr_gap", "eo_gap"]
 
@@ -29,9 +29,11 @@ class FairnessParams(TermParams):
     )
     pred: Input = Field("pred", description="binary logits [N] or [N, 1] (sigmoid), or [N, 2] (softmax, class 1)")
     target: Input = Field("target", description="0/1 labels [N]; not read by dp_gap")
+    sample_weight: SampleWeight = None
 
     def input_roles(self) -> tuple[str, ...]:
-        return ("pred", "group") if self.stat == "dp_gap" else ("pred", "group", "target")
+        roles = ("pred", "group") if self.stat == "dp_gap" else ("pred", "group", "target")
+        return (*roles, "sample_weight") if self.sample_weight else roles
 
 
 # Columns summed per group, as (numerator, denominator) pairs, by statistic.
@@ -47,22 +49,43 @@ _RATES = {
     "fairness",
     FairnessParams,
     "Group-fairness penalty: the gap between the largest and smallest group rate, from soft predictions.",
+    example="fairness(eo_gap, group=race, groups=5)",
     noun="statistic",
 )
 class Fairness(Term):
     """Largest minus smallest group rate (fairlearn's ``between_groups`` difference).
 
-    A group whose rate is undefined in the batch (absent, or without positives
-    for ``tpr``, without negatives for ``fpr``) is left out; with fewer than two
-    groups left the gap is 0. fairlearn instead scores an undefined rate as 0.
+    - With ``p`` the predicted probability of class 1 (``sigmoid(pred)``, or ``softmax(pred)[:, 1]``
+      for ``[N, 2]``) and ``y`` the label, the per-group rates are soft: selection rate
+      ``sum(p) / n_g`` (``dp_gap``), true-positive rate ``sum(p y) / sum(y)`` (``tpr_gap``),
+      false-positive rate ``sum(p (1 - y)) / sum(1 - y)`` (``fpr_gap``); ``eo_gap`` is the larger of
+      the tpr and fpr gaps. On hard 0/1 predictions these equal fairlearn's
+      ``demographic_parity_difference``, ``true_positive_rate_difference``,
+      ``false_positive_rate_difference`` and ``equalized_odds_difference``; on logits they are
+      differentiable.
+    - A group whose rate is undefined in the batch (absent, or without positives for tpr, without
+      negatives for fpr) is left out; with fewer than two groups left the gap is 0, never NaN.
+      fairlearn instead scores an undefined rate as 0, so with such a group the two differ.
+    - Group codes are an integer (or bool) tensor ``[N]`` or ``[N, 1]``. Without ``groups``, the
+      codes are ranked within the batch (sort, then ``index_add`` into N slots): any codes work,
+      sparse, negative or large. With ``groups=K`` they index K slots directly (cheaper) and must
+      lie in ``[0, K)``, which is not checked (that would synchronise with the device).
+    - Group sums use one ``index_add``: no Python loop over groups, no host synchronisation.
+      ``sample_weight`` weighs each sample in the group sums, as fairlearn's ``sample_weight``
+      does. An empty batch gives 0.
     """
 
     def __init__(self, params: FairnessParams):
         super().__init__()
         self.rates = _RATES[params.stat]
         self.num_groups = params.groups
+        self.dp = params.stat == "dp_gap"
+        self.weighted = params.sample_weight is not None
 
-    def forward(self, pred: torch.Tensor, group: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, pred: torch.Tensor, group: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        """``rest`` is ``target`` (unless dp_gap), then ``sample_weight`` (when given)."""
+        target = None if self.dp else rest[0]
+        sample_weight = rest[-1] if self.weighted else None
         prob = self._positive_probability(pred)
         n = prob.shape[0]
         if group.shape not in ((n,), (n, 1)):
@@ -84,6 +107,9 @@ class Fairness(Term):
                 columns += [prob * positive, positive]
             else:
                 columns += [prob * negative, negative]
+        if sample_weight is not None:
+            weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, n, prob.dtype)
+            columns = [column * weight for column in columns]
         slots, num_slots = self._slots(group if group.dim() == 1 else group[:, 0])
         sums = prob.new_zeros(num_slots, len(columns)).index_add_(0, slots, torch.stack(columns, dim=1))
         gaps = [_gap(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(len(self.rates))]

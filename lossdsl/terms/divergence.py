@@ -1,0 +1,76 @@
+"""Divergences: ``kl_normal`` (the VAE term) and ``kl`` between categorical distributions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ..registry import Input, ReductionParam, SampleWeight, Term, TermParams, register
+
+
+class KLNormalParams(TermParams):
+    mu: Input = Field("mu", description="the input holding posterior means [N, D]")
+    logvar: Input = Field("logvar", description="the input holding posterior log-variances [N, D]")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+@register(
+    "kl_normal",
+    KLNormalParams,
+    "KL divergence of N(mu, exp(logvar)) from N(0, I), summed over latent dimensions.",
+    example="kl_normal(mu=mu, logvar=logvar)",
+)
+class KLNormal(Term):
+    """``-0.5 * sum(1 + logvar - mu^2 - exp(logvar))`` over every dimension but the first, then
+    ``mean`` (or ``sum``) over the batch."""
+
+    def __init__(self, params: KLNormalParams):
+        super().__init__()
+        self.reduction = params.reduction
+
+    def forward(
+        self, mu: torch.Tensor, logvar: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.expect_float(0, mu)
+        self.expect_same_shape(1, 0, logvar, mu)
+        if mu.dim() < 1:
+            self.fail(0, "expected latent statistics [N, D], got a scalar")
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, mu.shape[0], mu.dtype)
+        per_element = 1 + logvar - mu.square() - logvar.exp()
+        return self.reduce(-0.5 * per_element.reshape(mu.shape[0], -1).sum(dim=1), sample_weight)
+
+
+class KLParams(TermParams):
+    p: Input = Field(description="logits of P, the reference distribution [N, C] (e.g. a teacher)")
+    q: Input = Field(description="logits of Q, the approximating distribution [N, C] (e.g. the student)")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+@register(
+    "kl",
+    KLParams,
+    "KL(P || Q) between categorical distributions given as logits, averaged over the batch.",
+    example="kl(p=teacher, q=student)",
+)
+class KL(Term):
+    """``F.kl_div(log_softmax(q), log_softmax(p), log_target=True, reduction="batchmean")``: summed
+    over classes (and any further dimensions), then ``mean`` (or ``sum``) over the batch."""
+
+    def __init__(self, params: KLParams):
+        super().__init__()
+        self.reduction = params.reduction
+
+    def forward(self, p: torch.Tensor, q: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+        self.expect_float(0, p)
+        self.expect_same_shape(1, 0, q, p)
+        if p.dim() < 2:
+            self.fail(0, f"expected logits [N, C, ...], got shape {tuple(p.shape)}")
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, p.shape[0], p.dtype)
+        log_p, log_q = F.log_softmax(p, dim=1), F.log_softmax(q, dim=1)
+        per_element = F.kl_div(log_q, log_p, reduction="none", log_target=True)
+        return self.reduce(per_element.reshape(p.shape[0], -1).sum(dim=1), sample_weight)

@@ -1,0 +1,84 @@
+"""Metric learning: ``contrastive`` pairs and ``triplet`` margins."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PositiveInt
+
+from ..registry import Input, ReductionParam, SampleWeight, Term, TermParams, register
+
+
+class ContrastiveParams(TermParams):
+    a: Input = Field("a", description="first embedding of each pair [N, D]")
+    b: Input = Field("b", description="second embedding of each pair [N, D]")
+    same: Input = Field("same", description="1 where the pair should match, 0 where it should not [N]")
+    margin: float = Field(1.0, gt=0, description="distance beyond which dissimilar pairs cost nothing")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+@register(
+    "contrastive",
+    ContrastiveParams,
+    "Contrastive loss: same * d^2 + (1 - same) * relu(margin - d)^2.",
+    example="contrastive(margin=2.0)",
+)
+class Contrastive(Term):
+    """Euclidean distance ``d`` per pair; the square is taken without a square root, so equal embeddings are smooth."""
+
+    def __init__(self, params: ContrastiveParams):
+        super().__init__()
+        self.margin = params.margin
+        self.reduction = params.reduction
+
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.expect_float(0, a)
+        self.expect_same_shape(1, 0, b, a)
+        if a.dim() < 1 or same.shape != a.shape[:1]:
+            self.fail(2, f"expected 0/1 flags of shape ({a.shape[0] if a.dim() else 1},), got {tuple(same.shape)}")
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(3, sample_weight, a.shape[0], a.dtype)
+        squared = (a - b).reshape(a.shape[0], -1).square().sum(dim=1)
+        distance = squared.clamp_min(torch.finfo(a.dtype).tiny).sqrt()
+        same = same.to(a.dtype)
+        per_pair = same * squared + (1 - same) * F.relu(self.margin - distance).square()
+        return self.reduce(per_pair, sample_weight)
+
+
+class TripletParams(TermParams):
+    anchor: Input = Field("anchor", description="anchor embeddings [N, D]")
+    positive: Input = Field("positive", description="embeddings that should be near the anchor [N, D]")
+    negative: Input = Field("negative", description="embeddings that should be far from the anchor [N, D]")
+    margin: float = Field(1.0, gt=0, description="the required gap between the two distances")
+    p: PositiveInt = Field(2, description="the norm of the distance")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+@register("triplet", TripletParams, "Triplet margin loss, as F.triplet_margin_loss.", example="triplet(margin=0.5)")
+class Triplet(Term):
+    def __init__(self, params: TripletParams):
+        super().__init__()
+        self.margin, self.p, self.reduction = params.margin, params.p, params.reduction
+
+    def forward(
+        self,
+        anchor: torch.Tensor,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        sample_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self.expect_float(0, anchor)
+        self.expect_same_shape(1, 0, positive, anchor)
+        self.expect_same_shape(2, 0, negative, anchor)
+        if anchor.dim() != 2:
+            self.fail(0, f"expected embeddings [N, D], got shape {tuple(anchor.shape)}")
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(3, sample_weight, anchor.shape[0], anchor.dtype)
+        if sample_weight is None and anchor.shape[0]:
+            return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, reduction=self.reduction)
+        losses = F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, reduction="none")
+        return self.reduce(losses, sample_weight)

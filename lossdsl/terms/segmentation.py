@@ -1,0 +1,115 @@
+"""Soft overlap losses for segmentation: ``dice`` and ``tversky``, with MONAI's defaults."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat
+
+from ..registry import Input, ReductionParam, SampleWeight, Term, TermParams, register
+
+
+class OverlapParams(TermParams):
+    pred: Input = Field("pred", description="logits [N, C, ...spatial]: sigmoid when C is 1, softmax over C otherwise")
+    target: Input = Field(
+        "target", description="0/1 masks of pred's shape, or integer class indices [N, ...] or [N, 1, ...]"
+    )
+    smooth: NonNegativeFloat = Field(1e-5, description="added to numerator and denominator (MONAI's smooth_nr, smooth_dr)")
+    include_background: bool = Field(True, description="keep channel 0 when there are several")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+class DiceParams(OverlapParams):
+    squared: bool = Field(False, description="square predictions and targets in the denominator")
+
+
+class TverskyParams(OverlapParams):
+    alpha: NonNegativeFloat = Field(0.5, description="weight of false positives")
+    beta: NonNegativeFloat = Field(0.5, description="weight of false negatives")
+
+
+class _Overlap(Term):
+    """Per sample and channel, over the flattened spatial dimensions; ``mean`` averages the (sample,
+    channel) scores as MONAI's ``reduction="mean"`` does. One channel: sigmoid, with 0/1 masks of
+    ``pred``'s shape. Several: softmax, with integer class indices ``[N, ...]`` or ``[N, 1, ...]``
+    made one-hot (MONAI's ``to_onehot_y=True``), or float masks of ``pred``'s shape."""
+
+    def __init__(self, params: OverlapParams):
+        super().__init__()
+        self.smooth = params.smooth
+        self.include_background = params.include_background
+        self.reduction = params.reduction
+
+    def probabilities_and_masks(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class probabilities and 0/1 masks, both [N, C, P] with P the flattened spatial size."""
+        self.expect_float(0, pred)
+        if pred.dim() < 2:
+            self.fail(0, f"expected logits [N, C, ...spatial], got shape {tuple(pred.shape)}")
+        n, channels = pred.shape[:2]
+        if channels == 1:
+            prob = torch.sigmoid(pred)
+        else:
+            prob = torch.softmax(pred, dim=1)
+        if target.shape == pred.shape and (channels == 1 or target.is_floating_point()):
+            mask = target.to(pred.dtype)
+        else:
+            spatial = pred.shape[2:]
+            if target.shape == (n, 1, *spatial):
+                target = target[:, 0]
+            if target.shape != (n, *spatial) or target.is_floating_point():
+                self.fail(1, f"expected masks {tuple(pred.shape)} or class indices {(n, *spatial)}, got "
+                             f"{tuple(target.shape)} {target.dtype}")
+            mask = F.one_hot(target.long(), channels).movedim(-1, 1).to(pred.dtype)
+        if not self.include_background and channels > 1:
+            prob, mask = prob[:, 1:], mask[:, 1:]
+        return prob.reshape(n, prob.shape[1], -1), mask.reshape(n, mask.shape[1], -1)
+
+
+@register(
+    "dice",
+    DiceParams,
+    "Soft Dice loss, 1 - (2|P∩G| + s) / (|P| + |G| + s), as monai.losses.DiceLoss.",
+    example="dice(include_background=false)",
+)
+class Dice(_Overlap):
+    def __init__(self, params: DiceParams):
+        super().__init__(params)
+        self.squared = params.squared
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        prob, mask = self.probabilities_and_masks(pred, target)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+        intersection = (prob * mask).sum(-1)
+        if self.squared:
+            denominator = prob.square().sum(-1) + mask.square().sum(-1)
+        else:
+            denominator = prob.sum(-1) + mask.sum(-1)
+        return self.reduce(1 - (2 * intersection + self.smooth) / (denominator + self.smooth), sample_weight)
+
+
+@register(
+    "tversky",
+    TverskyParams,
+    "Tversky loss, 1 - (TP + s) / (TP + a FP + b FN + s), as monai.losses.TverskyLoss.",
+    example="tversky(alpha=0.3, beta=0.7)",
+)
+class Tversky(_Overlap):
+    def __init__(self, params: TverskyParams):
+        super().__init__(params)
+        self.alpha, self.beta = params.alpha, params.beta
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        prob, mask = self.probabilities_and_masks(pred, target)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+        true_positive = (prob * mask).sum(-1)
+        false_positive = (prob * (1 - mask)).sum(-1)
+        false_negative = ((1 - prob) * mask).sum(-1)
+        denominator = true_positive + self.alpha * false_positive + self.beta * false_negative
+        return self.reduce(1 - (true_positive + self.smooth) / (denominator + self.smooth), sample_weight)
