@@ -22,7 +22,8 @@ from .errors import Diagnostic, LossSpecError, did_you_mean
 from .formatting import format_expr
 from .parsing import parse
 from .plan import Arithmetic, Constant, LetPlan, LetValue, Negate, ObjectiveExpr, Plan, TermPlan, TermValue
-from .registry import CONDITION, INPUT, REGISTRY, TermDef
+from .registry import CONDITION, INPUT, REGISTRY, TENSOR, TermDef
+from .tensor_expr import FUNCTIONS, names_in
 
 _NOT_YET = {
     ast.Param: ("param", "parameters"),
@@ -186,7 +187,7 @@ class _Checker:
         if left_type is Type.NUMBER and right_type is Type.NUMBER:
             assert isinstance(left, Constant) and isinstance(right, Constant)  # numbers are folded
             folded = self._fold(expr, left.value, right.value)
-            return (Type.NUMBER, Constant(folded)) if folded is not None else (Type.ERROR, None)
+            return (Type.NUMBER, Constant(folded)) if folded is not _INVALID else (Type.ERROR, None)
         op = expr.op
         if op in "+-":
             if left_type is right_type:
@@ -208,26 +209,28 @@ class _Checker:
         self.report("E302", "cannot divide by a loss", expr, hint="divide a loss by a number, e.g. ce() / 2")
         return Type.ERROR, None
 
-    def _fold(self, expr: ast.BinOp, left: float, right: float) -> float | None:
-        """The value of constant arithmetic, or None after reporting a division by zero or an overflow."""
+    def _fold(self, expr: ast.BinOp, left: float, right: float) -> Any:
+        """The value of constant arithmetic, or ``_INVALID`` after reporting a division by zero or an overflow."""
         if expr.op == "/" and right == 0:
             self.report("E205", "division by zero", expr.right)
-            return None
+            return _INVALID
         value = _ARITHMETIC[expr.op](left, right)
         if not math.isfinite(value):
             self.report("E205", "the constant overflows", expr)
-            return None
+            return _INVALID
         return value
 
-    def _constant(self, node: ast.Node) -> float | None:
-        """The value of a constant tensor-expression operand; None if it reads an input or is invalid."""
+    def _constant(self, node: ast.Node) -> Any:
+        """The value of pure number arithmetic; None for anything else; ``_INVALID`` once reported."""
         if isinstance(node, ast.Number):
             return float(node.value)
         if isinstance(node, ast.Neg):
             value = self._constant(node.operand)
-            return -value if value is not None else None
+            return -value if isinstance(value, float) else value
         if isinstance(node, ast.BinOp):
             left, right = self._constant(node.left), self._constant(node.right)
+            if _INVALID in (left, right):
+                return _INVALID
             if left is None or right is None:
                 return None
             return self._fold(node, left, right)
@@ -285,6 +288,14 @@ class _Checker:
                 self.report("E204", f"{term.name}() needs a comparison, such as y <= 100", node)
                 return _INVALID
             return node if self.condition(node) else _INVALID
+        if TENSOR in metadata:
+            if not self._tensor_expr(node):
+                return _INVALID
+            if not _reads_input(node):
+                self.report("E303", f"{term.name}() of a constant is a constant, not a loss", node,
+                            hint=f"reduce an input, e.g. {term.name}(abs(pred - target))")
+                return _INVALID
+            return node
         if INPUT in metadata:
             if isinstance(node, (ast.Name, ast.String)):
                 input_name = node.id if isinstance(node, ast.Name) else node.value
@@ -372,16 +383,41 @@ class _Checker:
             if not self._tensor_expr(node.left) & self._tensor_expr(node.right):
                 return False
             if not _reads_input(node):
-                return self._constant(node) is not None
-            if node.op == "/" and not _reads_input(node.right) and self._constant(node.right) == 0:
+                return self._constant(node) is not _INVALID
+            if node.op == "/" and self._constant(node.right) == 0:
                 self.report("E205", "division by zero", node.right)
                 return False
             return True
         if isinstance(node, ast.Compare):
-            self.report("E303", "comparisons do not nest", node, hint="write a chain instead: 0 <= y <= 1")
+            self.report("E303", "a comparison cannot be part of a tensor expression", node,
+                        hint="write a chain as 0 <= y <= 1, and penalise a comparison with soft_bound(...)")
             return False
-        self.report("E204", f"a comparison takes inputs, numbers and + - * /; got {_describe(node)}", node)
+        if isinstance(node, ast.Call):
+            return self._tensor_function(node)
+        self.report("E204", f"a tensor expression takes inputs, numbers, + - * / and functions; got {_describe(node)}",
+                    node)
         return False
+
+    def _tensor_function(self, call: ast.Call) -> bool:
+        """``abs(x)``, ``clamp(x, lo, hi)``, ...: an element-wise function inside a tensor expression."""
+        if call.name not in FUNCTIONS:
+            hint = did_you_mean(call.name, FUNCTIONS) or f"the functions are {', '.join(FUNCTIONS)}"
+            if call.name in REGISTRY:
+                hint = f"{call.name}() is a loss term, not an element-wise function; {hint}"
+            self.report("E202", f"unknown function '{call.name}' in a tensor expression", _name_span(call), hint=hint)
+            return False
+        arity = FUNCTIONS[call.name][0]
+        if call.keywords or len(call.args) != arity:
+            usage = "clamp(x, lo, hi)" if call.name == "clamp" else f"{call.name}(x)"
+            self.report("E207", f"{call.name}() takes {arity} positional argument{'s' * (arity != 1)}: {usage}", call)
+            return False
+        if not self._tensor_expr(call.args[0]):
+            return False
+        for bound in call.args[1:]:
+            if _number(bound) is None:
+                self.report("E204", f"the bounds of {call.name}() are numbers; got {_describe(bound)}", bound)
+                return False
+        return True
 
     # -- the plan --
     def _plan(self, objective: ObjectiveExpr) -> Plan:
@@ -467,13 +503,7 @@ def _number(node: ast.Node) -> int | float | None:
 
 
 def _reads_input(node: ast.Node) -> bool:
-    if isinstance(node, ast.Name):
-        return True
-    if isinstance(node, ast.Neg):
-        return _reads_input(node.operand)
-    if isinstance(node, ast.BinOp):
-        return _reads_input(node.left) or _reads_input(node.right)
-    return False
+    return bool(names_in(node))
 
 
 def _name_span(node: ast.Call | ast.Keyword) -> ast.Span | None:

@@ -16,6 +16,8 @@ FAMILIES = {
     "lossdsl.terms.segmentation": "Segmentation",
     "lossdsl.terms.divergence": "Divergences",
     "lossdsl.terms.metric": "Metric learning",
+    "lossdsl.terms.reductions": "Reductions of tensor expressions",
+    "lossdsl.terms.penalties": "Weight penalties",
     "lossdsl.terms.fairness": "Fairness",
     "lossdsl.terms.constraints": "Constraints",
 }

@@ -36,12 +36,21 @@ class _ConditionMarker:
         return "Condition"
 
 
+class _TensorMarker:
+    """Marks a parameter that takes an element-wise tensor expression, such as ``abs(pred - target)``."""
+
+    def __repr__(self) -> str:
+        return "TensorExpression"
+
+
 INPUT = _InputMarker()
 CONDITION = _ConditionMarker()
+TENSOR = _TensorMarker()
 
 Input = Annotated[str, INPUT]
 OptionalInput = Annotated[str | None, INPUT]
 Condition = Annotated[ast.Compare, CONDITION]
+TensorExpression = Annotated[Any, TENSOR]
 Reduction = Literal["mean", "sum"]
 #: The reduction parameter every loss term takes (give the default at the field).
 ReductionParam = Annotated[Reduction, Field(description="mean (weighted by sample_weight, if given) or sum")]

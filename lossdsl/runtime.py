@@ -105,6 +105,14 @@ class LossModule(nn.Module):
         detail = f"; {hint}" if hint else f"; this loss reads {', '.join(self.inputs)}"
         raise LossSpecError(message + detail, code="E401")
 
+    def bind(self, model: nn.Module) -> LossModule:
+        """Give weight penalties (``l1``, ``l2``) the model whose parameters they read at call time."""
+        for term in self.terms:
+            bind = getattr(term, "bind", None)
+            if bind is not None:
+                bind(model)
+        return self
+
     @torch.no_grad()
     def fit(self, target: torch.Tensor | None = None, **inputs: torch.Tensor) -> LossModule:
         """Set data statistics, such as the class counts of ``ce(weight=balanced)``, from a full data set."""

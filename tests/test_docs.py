@@ -129,6 +129,7 @@ PYTHON_EXAMPLES = {
     'lossdsl.load("latin1.loss")': lambda: lossdsl.load("latin1.loss"),
     'lossdsl.LossSpecError("bad tensor")': lambda: _raise(lossdsl.LossSpecError("bad tensor")),
     'lossdsl.compile("ce()")(torch.randn(4))': lambda: lossdsl.compile("ce()")(torch.randn(4)),
+    'lossdsl.compile("l2()")()': lambda: lossdsl.compile("l2()")(),
     'lossdsl.compile("mse()")(torch.randn(4), torch.randn(3))': (
         lambda: lossdsl.compile("mse()")(torch.randn(4), torch.randn(3))
     ),

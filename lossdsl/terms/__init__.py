@@ -1,3 +1,13 @@
 """Built-in terms. Importing this package registers them all in ``lossdsl.registry.REGISTRY``."""
 
-from . import classification, constraints, divergence, fairness, metric, regression, segmentation  # noqa: F401
+from . import (  # noqa: F401
+    classification,
+    constraints,
+    divergence,
+    fairness,
+    metric,
+    penalties,
+    reductions,
+    regression,
+    segmentation,
+)

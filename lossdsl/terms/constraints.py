@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .. import ast
 from ..registry import Condition, ReductionParam, SampleWeight, Term, TermParams, register
-
-TensorFn = Callable[[tuple[torch.Tensor, ...]], Union[torch.Tensor, float]]
+from ..tensor_expr import compile_tensor_expr, names_in
 
 
 class SoftBoundParams(TermParams):
@@ -26,45 +23,6 @@ class SoftBoundParams(TermParams):
     def input_names(self) -> tuple[str, ...]:
         names = tuple(dict.fromkeys(names_in(self.condition)))
         return (*names, self.sample_weight) if self.sample_weight else names
-
-
-def names_in(expr: ast.Node) -> list[str]:
-    """Input names read by a tensor expression, in source order."""
-    if isinstance(expr, ast.Name):
-        return [expr.id]
-    if isinstance(expr, ast.Neg):
-        return names_in(expr.operand)
-    if isinstance(expr, ast.BinOp):
-        return names_in(expr.left) + names_in(expr.right)
-    if isinstance(expr, ast.Compare):
-        return [name for operand in expr.operands for name in names_in(operand)]
-    return []
-
-
-_ARITHMETIC = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "/": lambda a, b: a / b,
-}
-
-
-def compile_tensor_expr(expr: ast.Node, position: dict[str, int]) -> TensorFn:
-    """Turn a checked tensor expression into a function of the term's input tensors."""
-    if isinstance(expr, ast.Number):
-        value = float(expr.value)
-        return lambda tensors: value
-    if isinstance(expr, ast.Name):
-        index = position[expr.id]
-        return lambda tensors: tensors[index]
-    if isinstance(expr, ast.Neg):
-        operand = compile_tensor_expr(expr.operand, position)
-        return lambda tensors: -operand(tensors)
-    if isinstance(expr, ast.BinOp):
-        op = _ARITHMETIC[expr.op]
-        left, right = compile_tensor_expr(expr.left, position), compile_tensor_expr(expr.right, position)
-        return lambda tensors: op(left(tensors), right(tensors))
-    raise TypeError(f"not a tensor expression: {expr.kind}")  # the checker rules this out
 
 
 @register(
@@ -81,9 +39,10 @@ class SoftBound(Term):
       for ``a == b`` (the margin does not apply to ``==``; ``<`` is treated as ``<=``). The
       penalty is the violation squared (``squared``) or itself (``hinge``), reduced over
       elements; a chain ``0 <= y <= 1`` adds its links' reduced penalties.
-    - The operands are tensor expressions: input names, numbers, ``+ - * /``, unary minus and
-      parentheses (``soft_bound(upper - lower >= 0)``). A call, string, list or ``let`` name is
-      E204; a link between two constants (``soft_bound(3 <= 4)``) or a nested comparison is E303.
+    - The operands are tensor expressions: input names, numbers, ``+ - * /``, unary minus,
+      parentheses and the element-wise functions of ``mean`` (``soft_bound(upper - lower >= 0)``,
+      ``soft_bound(abs(y) <= 3)``). A string, list or ``let`` name is E204; a link between two
+      constants (``soft_bound(3 <= 4)``) or a nested comparison is E303.
     - All inputs of one condition have the same shape (E402; no broadcasting). Integer and bool
       inputs are cast to the default float dtype. An empty input gives 0. The term reads the
       names of its condition, in order.

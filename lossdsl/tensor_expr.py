@@ -1,0 +1,89 @@
+"""Element-wise tensor expressions inside terms: ``y - 100``, ``abs(pred - target)``, ``clamp(p, 0, 1)``.
+
+They appear in ``soft_bound`` comparisons and in ``mean(...)`` / ``sum(...)``. The checker
+(``checks``) validates them; here they are turned into closures over the term's input
+tensors, once, at construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+
+from . import ast
+
+TensorFn = Callable[[tuple[torch.Tensor, ...]], Union[torch.Tensor, float]]
+
+#: Element-wise functions on tensors: name -> (number of arguments, function).
+FUNCTIONS: dict[str, tuple[int, Callable[..., torch.Tensor]]] = {
+    "abs": (1, torch.abs),
+    "square": (1, torch.square),
+    "relu": (1, F.relu),
+    "exp": (1, torch.exp),
+    "log": (1, torch.log),
+    "sigmoid": (1, torch.sigmoid),
+    "softplus": (1, F.softplus),
+    "clamp": (3, torch.clamp),  # clamp(x, lo, hi), lo and hi numbers
+}
+
+_ARITHMETIC = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+}
+
+
+def names_in(expr: ast.Node) -> list[str]:
+    """Input names read by a tensor expression (or comparison), in source order, repeats kept."""
+    if isinstance(expr, ast.Name):
+        return [expr.id]
+    if isinstance(expr, ast.Neg):
+        return names_in(expr.operand)
+    if isinstance(expr, ast.BinOp):
+        return names_in(expr.left) + names_in(expr.right)
+    if isinstance(expr, ast.Compare):
+        return [name for operand in expr.operands for name in names_in(operand)]
+    if isinstance(expr, ast.Call):
+        return [name for arg in expr.args for name in names_in(arg)]
+    return []
+
+
+def compile_tensor_expr(expr: ast.Node, position: dict[str, int]) -> TensorFn:
+    """A function of the term's input tensors computing the checked expression ``expr``."""
+    if isinstance(expr, ast.Number):
+        value = float(expr.value)
+        return lambda tensors: value
+    if isinstance(expr, ast.Name):
+        index = position[expr.id]
+        return lambda tensors: tensors[index]
+    if isinstance(expr, ast.Neg):
+        operand = compile_tensor_expr(expr.operand, position)
+        return lambda tensors: -operand(tensors)
+    if isinstance(expr, ast.BinOp):
+        op = _ARITHMETIC[expr.op]
+        left, right = compile_tensor_expr(expr.left, position), compile_tensor_expr(expr.right, position)
+        return lambda tensors: op(left(tensors), right(tensors))
+    if isinstance(expr, ast.Call):
+        _, function = FUNCTIONS[expr.name]
+        operand = compile_tensor_expr(expr.args[0], position)
+        if expr.name == "clamp":
+            low, high = (_constant(arg) for arg in expr.args[1:])
+            return lambda tensors: torch.clamp(_as_tensor(operand(tensors)), low, high)
+        return lambda tensors: function(_as_tensor(operand(tensors)))
+    raise TypeError(f"not a tensor expression: {expr.kind}")  # the checker rules this out
+
+
+def _as_tensor(value: torch.Tensor | float) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else torch.tensor(value)
+
+
+def _constant(expr: ast.Node) -> float:
+    if isinstance(expr, ast.Number):
+        return float(expr.value)
+    if isinstance(expr, ast.Neg):
+        return -_constant(expr.operand)
+    raise TypeError("clamp bounds are numbers")  # the checker rules this out

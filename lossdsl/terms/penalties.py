@@ -1,0 +1,68 @@
+"""Weight penalties over a bound model's parameters: ``l1`` and ``l2``."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field, NonNegativeFloat
+from torch import nn
+
+from ..registry import Term, TermParams, register
+
+
+class PenaltyParams(TermParams):
+    weight: NonNegativeFloat = Field(1.0, description="the penalty's coefficient")
+    include_bias: bool = Field(False, description="penalise biases too (parameters named '...bias')")
+    include_norm: bool = Field(False, description="penalise normalisation layers too (BatchNorm, LayerNorm, GroupNorm, ...)")
+
+
+_NORMALISATION = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
+
+
+class _Penalty(Term):
+    """Over the parameters of the model given to ``LossModule.bind(model)``: read at call time,
+    never copied, so the penalty always sees the current weights. By default biases and the
+    parameters of normalisation layers are left out. Calling before ``bind`` is error E403."""
+
+    def __init__(self, params: PenaltyParams):
+        super().__init__()
+        self.weight = params.weight
+        self.include_bias = params.include_bias
+        self.include_norm = params.include_norm
+        self._parameters_of_model: tuple[nn.Parameter, ...] | None = None
+
+    def bind(self, model: nn.Module) -> None:
+        """Choose the model's parameters to penalise. Holds references only: no copy, no registration."""
+        chosen: dict[int, nn.Parameter] = {}
+        for module in model.modules():
+            if not self.include_norm and isinstance(module, _NORMALISATION):
+                continue
+            for name, parameter in module.named_parameters(recurse=False):
+                if name.endswith("bias") and not self.include_bias:
+                    continue
+                chosen.setdefault(id(parameter), parameter)
+        self._parameters_of_model = tuple(chosen.values())
+
+    def forward(self) -> torch.Tensor:
+        parameters = self._parameters_of_model
+        if parameters is None:
+            from ..errors import LossSpecError
+
+            raise LossSpecError(f"{self.where} penalises a model's weights: call loss_fn.bind(model) first", code="E403")
+        if not parameters:
+            return torch.zeros(())
+        return self.weight * torch.stack([self.norm(p) for p in parameters]).sum()
+
+    def norm(self, parameter: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register("l1", PenaltyParams, "L1 penalty: weight * sum(|w|) over a bound model's weights.", example="l1(weight=1e-5)")
+class L1(_Penalty):
+    def norm(self, parameter: torch.Tensor) -> torch.Tensor:
+        return parameter.abs().sum()
+
+
+@register("l2", PenaltyParams, "L2 penalty: weight * sum(w^2) over a bound model's weights.", example="l2(weight=1e-4)")
+class L2(_Penalty):
+    def norm(self, parameter: torch.Tensor) -> torch.Tensor:
+        return parameter.square().sum()

@@ -1,0 +1,57 @@
+"""Reductions of element-wise tensor expressions: ``mean(EXPR)`` and ``sum(EXPR)``."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from ..registry import SampleWeight, TensorExpression, Term, TermParams, register
+from ..tensor_expr import compile_tensor_expr, names_in
+
+EXPRESSION_DOC = (
+    "an element-wise expression over inputs: numbers, + - * /, abs, square, relu, exp, log, sigmoid, "
+    "softplus, clamp(x, lo, hi)"
+)
+
+
+class ReductionTermParams(TermParams):
+    positional = ("expr",)
+    expr: TensorExpression = Field(description=EXPRESSION_DOC)
+    sample_weight: SampleWeight = None
+
+    def input_names(self) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(names_in(self.expr)))
+        return (*names, self.sample_weight) if self.sample_weight else names
+
+
+class _Reduce(Term):
+    """Evaluates the expression element-wise on its inputs (which broadcast as in torch; integer
+    inputs are cast to the default float dtype), then reduces it. ``log`` of a non-positive value
+    is ``-inf`` or NaN, as in torch: clamp first (``log(clamp(p, 1e-6, 1))``)."""
+
+    def __init__(self, params: ReductionTermParams):
+        super().__init__()
+        position = {name: i for i, name in enumerate(dict.fromkeys(names_in(params.expr)))}
+        self.expression = compile_tensor_expr(params.expr, position)
+        self.weighted = params.sample_weight is not None
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        sample_weight = None
+        if self.weighted:
+            *tensors, sample_weight = tensors
+        tensors = tuple(t if t.is_floating_point() else t.to(torch.get_default_dtype()) for t in tensors)
+        value = self.expression(tensors)
+        if sample_weight is not None:
+            batch = value.shape[0] if value.dim() else 1
+            sample_weight = self.expect_sample_weight(len(tensors), sample_weight, batch, value.dtype)
+        return self.reduce(value, sample_weight)
+
+
+@register("mean", ReductionTermParams, "The mean of an element-wise tensor expression.", example="mean(abs(pred - target))")
+class Mean(_Reduce):
+    reduction = "mean"
+
+
+@register("sum", ReductionTermParams, "The sum of an element-wise tensor expression.", example="sum(square(pred - target))")
+class Sum(_Reduce):
+    reduction = "sum"
