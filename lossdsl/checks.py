@@ -21,12 +21,23 @@ from . import ast
 from .errors import Diagnostic, LossSpecError, did_you_mean
 from .formatting import format_expr
 from .parsing import parse
-from .plan import Arithmetic, Constant, LetPlan, LetValue, Negate, ObjectiveExpr, Plan, TermPlan, TermValue
+from .plan import (
+    Arithmetic,
+    Constant,
+    LetPlan,
+    LetValue,
+    Negate,
+    ObjectiveExpr,
+    ParamPlan,
+    ParamValue,
+    Plan,
+    TermPlan,
+    TermValue,
+)
 from .registry import CONDITION, INPUT, REGISTRY, TENSOR, TermDef
 from .tensor_expr import FUNCTIONS, names_in
 
 _NOT_YET = {
-    ast.Param: ("param", "parameters"),
     ast.Include: ("include", "includes"),
     ast.SubjectTo: ("subject to", "constraints with multipliers"),
     ast.Inputs: ("inputs:", "declared inputs"),
@@ -70,6 +81,9 @@ class _Checker:
         self.filename = filename
         self.diagnostics: list[Diagnostic] = []
         self.lets: dict[str, _Let] = {}
+        self.params: dict[str, ast.Param] = {}
+        self.used_params: set[str] = set()
+        self._call_param_args: list[tuple[str, str]] = []
 
     # -- reporting --
     def report(self, code: str, message: str, node: ast.Node | ast.Span | None, hint: str | None = None,
@@ -81,13 +95,19 @@ class _Checker:
     def run(self) -> Plan:
         objectives: list[ast.LossStmt] = []
         for statement in self.spec.statements:
-            if isinstance(statement, ast.Let):
-                if statement.name in self.lets:
-                    first = self.lets[statement.name].statement
+            if isinstance(statement, (ast.Let, ast.Param)):
+                first = self.lets[statement.name].statement if statement.name in self.lets else self.params.get(
+                    statement.name
+                )
+                if first is not None:
                     self.report("E102", f"'{statement.name}' is defined twice", statement,
-                                hint=f"the first 'let {statement.name}' is at line {first.span.line}" if first.span else None)
+                                hint=f"it is first defined at line {first.span.line}" if first.span else None)
                     continue
-                self.lets[statement.name] = _Let(statement)
+                if isinstance(statement, ast.Let):
+                    self.lets[statement.name] = _Let(statement)
+                else:
+                    self._check_param(statement)
+                    self.params[statement.name] = statement  # even if invalid: its uses are not inputs
             elif isinstance(statement, ast.LossStmt):
                 objectives.append(statement)
             else:
@@ -114,14 +134,23 @@ class _Checker:
         return self._plan(objective)
 
     def _lets_before(self, statement: ast.Node) -> set[str]:
-        """The lets defined above ``statement``: a name can be used only below its definition."""
+        """The lets and params defined above ``statement``: a name can be used only below its definition."""
         defined = set()
         for other in self.spec.statements:
             if other is statement:
                 break
-            if isinstance(other, ast.Let) and other.name in self.lets:
+            if isinstance(other, (ast.Let, ast.Param)) and (other.name in self.lets or other.name in self.params):
                 defined.add(other.name)
         return defined
+
+    def _check_param(self, param: ast.Param) -> None:
+        if param.low is None or param.high is None:
+            return
+        if param.low > param.high:
+            self.report("E205", f"the range of '{param.name}' is empty: {param.low} > {param.high}", param)
+        elif not param.low <= param.value <= param.high:
+            self.report("E205", f"'{param.name}' = {param.value} lies outside its range [{param.low}, {param.high}]",
+                        param)
 
     def _check_let(self, let: _Let) -> None:
         if let.checked:
@@ -159,14 +188,19 @@ class _Checker:
 
     def _objective_name(self, expr: ast.Name, defined: set[str]) -> tuple[Type, ObjectiveExpr | None]:
         name = expr.id
+        if name in defined and name in self.params:
+            self.used_params.add(name)
+            return Type.NUMBER, ParamValue(name)
         if name in defined:
             let = self.lets[name]
             self._check_let(let)
             return let.type, LetValue(name)
-        if name in self.lets:
-            line = self.lets[name].statement.span.line if self.lets[name].statement.span else "?"
+        if name in self.lets or name in self.params:
+            statement = self.lets[name].statement if name in self.lets else self.params[name]
+            keyword = "let" if name in self.lets else "param"
+            line = statement.span.line if statement.span else "?"
             self.report("E104", f"'{name}' is used before its definition", expr,
-                        hint=f"move 'let {name}' (line {line}) above this line")
+                        hint=f"move '{keyword} {name}' (line {line}) above this line")
             return Type.ERROR, None
         suggestion = did_you_mean(name, defined)
         if suggestion or name in REGISTRY:
@@ -185,7 +219,8 @@ class _Checker:
         assert left is not None and right is not None
         value = Arithmetic(expr.op, left, right)
         if left_type is Type.NUMBER and right_type is Type.NUMBER:
-            assert isinstance(left, Constant) and isinstance(right, Constant)  # numbers are folded
+            if not (isinstance(left, Constant) and isinstance(right, Constant)):
+                return Type.NUMBER, value  # arithmetic over params, computed when the module is built
             folded = self._fold(expr, left.value, right.value)
             return (Type.NUMBER, Constant(folded)) if folded is not _INVALID else (Type.ERROR, None)
         op = expr.op
@@ -246,6 +281,7 @@ class _Checker:
         fields = term.params.model_fields
         given: dict[str, ast.Node] = {}
         ok = True
+        self._call_param_args = []
         positional = term.params.positional
         for index, arg in enumerate(call.args):
             if index >= len(positional):
@@ -278,7 +314,9 @@ class _Checker:
             # After a bad argument, a "missing" report is most likely that same argument again.
             self._validation_errors(term, call, given, values, exc, report_missing=ok)
             return None
-        return TermPlan(term=term, params=params, span=call.span) if ok else None  # type: ignore[arg-type]
+        if not ok:
+            return None
+        return TermPlan(term=term, params=params, span=call.span, param_args=tuple(self._call_param_args))  # type: ignore[arg-type]
 
     def argument(self, term: TermDef, name: str, node: ast.Node) -> Any:
         """The Python value of one argument, before the parameter model validates it."""
@@ -309,6 +347,10 @@ class _Checker:
         if isinstance(node, ast.Name):
             if node.id in _BOOLEANS and term.params.accepts_bool(name):
                 return _BOOLEANS[node.id]
+            if node.id in self.params and node.id not in term.params.options(name):
+                self.used_params.add(node.id)
+                self._call_param_args.append((name, node.id))
+                return self.params[node.id].value  # validated now; an override is validated at compile time
             if term.params.options(name):
                 return node.id
             self.report("E204", f"'{name}' of {term.name}() takes {_expected(term, name)}; got name '{node.id}'", node)
@@ -376,6 +418,10 @@ class _Checker:
             if node.id in self.lets:
                 self.report("E204", f"'{node.id}' is a loss, not a tensor: it cannot be compared element-wise", node)
                 return False
+            if node.id in self.params:
+                self.report("E204", f"param '{node.id}' cannot be used inside a tensor expression yet", node,
+                            hint="write the number, or weigh the term by the param: lam * soft_bound(...)")
+                return False
             return True
         if isinstance(node, ast.Neg):
             return self._tensor_expr(node.operand)
@@ -438,6 +484,10 @@ class _Checker:
                 visit(expr.operand)
 
         visit(objective)
+        for name, param in self.params.items():
+            if name not in self.used_params:
+                self.report("W002", f"param '{name}' is not used", param,
+                            hint="use it as a weight or a term argument, or remove it", severity="warning")
         for name, let in self.lets.items():
             if name not in used_lets:
                 self.report("W001", f"'{name}' is defined but not used in the objective", let.statement,
@@ -457,6 +507,9 @@ class _Checker:
             lets=let_plans,
             objective=_relabel(objective, labelled),
             inputs=inputs,
+            params=tuple(
+                ParamPlan(p.name, p.value, p.low, p.high, p.span) for p in self.params.values()
+            ),
             warnings=tuple(self.diagnostics),
         )
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .ast import Span
 from .checks import plan_for
-from .compiler import read_spec
+from .compiler import check_overrides, read_spec
+from .runtime import LossModule
 from .errors import Diagnostic, LossSpecError
 from .reference import terms_markdown, terms_text
 
@@ -24,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="check .loss files and report every problem")
     check.add_argument("paths", nargs="+", metavar="PATH", help="files, or directories searched for *.loss")
     check.add_argument("--format", choices=("text", "json", "github"), default="text", help="output format")
+    check.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", type=_param,
+                       help="override a param (repeatable); checked against each spec's params and ranges")
     check.set_defaults(run=_check)
 
     terms = commands.add_parser("terms", help="list the terms and their parameters")
@@ -51,7 +56,7 @@ def _check(args: argparse.Namespace) -> int:
     diagnostics: list[Diagnostic] = []
     failed_files = 0
     for file in files:
-        found = _check_file(file)
+        found = _check_file(file, dict(args.param))
         diagnostics += found
         failed_files += any(d.severity == "error" for d in found)
     errors = sum(d.severity == "error" for d in diagnostics)
@@ -72,13 +77,32 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_ERRORS if errors else EXIT_OK
 
 
-def _check_file(path: Path) -> list[Diagnostic]:
+def _check_file(path: Path, params: dict[str, float]) -> list[Diagnostic]:
     try:
         text = read_spec(path)
         plan = plan_for(text, str(path))
+        if params:
+            LossModule(plan, check_overrides(plan, params))  # builds the terms: validates params given to them
     except LossSpecError as exc:
-        return list(exc.diagnostics)
+        return [_in_file(d, path) for d in exc.diagnostics]
     return list(plan.warnings)
+
+
+def _in_file(diagnostic: Diagnostic, path: Path) -> Diagnostic:
+    """A diagnostic without a place (an unknown --param) still names the file."""
+    if diagnostic.span is not None:
+        return diagnostic
+    return dataclasses.replace(diagnostic, span=Span(line=1, column=1, end_line=1, end_column=1, filename=str(path)))
+
+
+def _param(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
 
 
 def _summary(errors: int, warnings: int, failed_files: int, checked: int) -> str:

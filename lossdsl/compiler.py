@@ -2,26 +2,53 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 
 from . import ast
 from .checks import check, plan_for
-from .errors import Diagnostic, LossSpecError
+from .errors import Diagnostic, LossSpecError, did_you_mean
+from .plan import Plan
 from .runtime import LossModule
 
 
 def compile(spec: str | ast.Spec, params: Mapping[str, float] | None = None, *, filename: str | None = None) -> LossModule:  # noqa: A001
     """Compile spec text (or a parsed ``Spec``) into a fresh ``LossModule``.
 
-    Parsing and checking are cached by text; the module is new on every call.
+    ``params`` overrides the spec's ``param`` values by name. Parsing and checking are cached by
+    text; the module is new on every call.
     """
-    if params:
-        names = ", ".join(sorted(params))
-        raise LossSpecError([Diagnostic("E101", f"the spec declares no param to override ({names})",
-                                        hint="param statements are not supported yet")])
     plan = plan_for(spec, filename) if isinstance(spec, str) else check(spec)
-    return LossModule(plan)
+    return LossModule(plan, check_overrides(plan, params or {}))
+
+
+def check_overrides(plan: Plan, params: Mapping[str, float]) -> dict[str, float]:
+    """Validate ``param`` overrides: known names, numbers, inside each param's range."""
+    declared = {p.name: p for p in plan.params}
+    diagnostics = []
+    values: dict[str, float] = {}
+    for name, value in params.items():
+        param = declared.get(name)
+        if param is None:
+            hint = did_you_mean(name, declared) or (
+                f"the spec declares {', '.join(declared)}" if declared else "the spec declares no param"
+            )
+            diagnostics.append(Diagnostic("E105", f"unknown param '{name}'", hint=hint))
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            diagnostics.append(Diagnostic("E204", f"param '{name}' takes a finite number, got {value!r}", param.span))
+            continue
+        if param.low is not None and param.high is not None and not param.low <= value <= param.high:
+            diagnostics.append(
+                Diagnostic("E205", f"param '{name}' = {value} lies outside its range [{param.low}, {param.high}]",
+                           param.span, source=plan.source)
+            )
+            continue
+        values[name] = float(value)
+    if diagnostics:
+        raise LossSpecError(diagnostics)
+    return values
 
 
 def load(path: str | os.PathLike[str], params: Mapping[str, float] | None = None) -> LossModule:

@@ -14,6 +14,17 @@ from .errors import Diagnostic
 from .registry import TermDef, TermParams
 
 
+@dataclass(frozen=True)
+class ParamPlan:
+    """``param NAME = VALUE [in [LOW, HIGH]]``."""
+
+    name: str
+    default: float
+    low: float | None
+    high: float | None
+    span: ast.Span | None
+
+
 @dataclass(frozen=True, eq=False)
 class TermPlan:
     """One call of a term in the spec."""
@@ -22,6 +33,8 @@ class TermPlan:
     params: TermParams
     span: ast.Span
     label: str = ""
+    #: Term parameters given a ``param`` by name: (parameter, param name); set when the module is built.
+    param_args: tuple[tuple[str, str], ...] = ()
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -48,6 +61,13 @@ class LetValue:
 
 
 @dataclass(frozen=True)
+class ParamValue:
+    """A ``param``: a number fixed when the module is built (its default, or an override)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class Constant:
     value: float
 
@@ -64,7 +84,7 @@ class Negate:
     operand: ObjectiveExpr
 
 
-ObjectiveExpr = Union[TermValue, LetValue, Constant, Arithmetic, Negate]
+ObjectiveExpr = Union[TermValue, LetValue, ParamValue, Constant, Arithmetic, Negate]
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,4 +106,5 @@ class Plan:
     objective: ObjectiveExpr
     #: Every input name the terms read, in first-use order.
     inputs: tuple[str, ...]
+    params: tuple[ParamPlan, ...] = ()
     warnings: tuple[Diagnostic, ...] = ()

@@ -7,14 +7,16 @@ pre-built closures. No parsing, no registry look-ups, no host synchronisation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
-from .errors import LossSpecError, did_you_mean
+from .errors import Diagnostic, LossSpecError, did_you_mean
 from .formatting import format as format_spec
-from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, Plan, TermValue
+from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, Plan, TermPlan, TermValue
+from .registry import TermParams
 
 Values = Sequence[torch.Tensor]
 Combine = Callable[[Values, Values], "torch.Tensor | float"]
@@ -34,22 +36,26 @@ class LossModule(nn.Module):
     call, and ``total``. ``inputs`` names the tensors it reads.
     """
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, params: Mapping[str, float] | None = None):
         super().__init__()
         self.plan = plan
         self.inputs: tuple[str, ...] = plan.inputs
+        #: The value of every ``param``: its default, or the override given to ``compile``.
+        self.params: dict[str, float] = {p.name: float(p.default) for p in plan.params}
+        self.params.update(params or {})
         self.terms = nn.ModuleList()
         position = {name: i for i, name in enumerate(plan.inputs)}
         term_index: dict[int, int] = {}
         for index, term in enumerate(plan.terms):
-            module = term.term.module(term.params)
+            module = term.term.module(self._term_params(term))
             module.bind_context(term.where, term.inputs)
             self.terms.append(module)
             term_index[id(term)] = index
         self._term_inputs = tuple(tuple(position[name] for name in term.inputs) for term in plan.terms)
         let_index = {let.name: i for i, let in enumerate(plan.lets)}
-        self._lets = tuple(_combine(let.value, term_index, let_index) for let in plan.lets)
-        self._objective = _combine(plan.objective, term_index, let_index)
+        resolve = _Resolver(term_index, let_index, self.params)
+        self._lets = tuple(resolve(let.value) for let in plan.lets)
+        self._objective = resolve(plan.objective)
         # last_terms: every term by label, every let that is more than one term, and the total.
         self._reported_lets = tuple(i for i, let in enumerate(plan.lets) if not isinstance(let.value, TermValue))
         self._last_labels = (
@@ -82,6 +88,22 @@ class LossModule(nn.Module):
     def last_terms(self) -> dict[str, torch.Tensor]:
         """Detached values of the last call: each term, each let of several terms, and ``total``."""
         return {label: value.detach() for label, value in zip(self._last_labels, self._last[0])}
+
+    def _term_params(self, term: TermPlan) -> TermParams:
+        """The term's parameters, with the values of the params it was given by name."""
+        if not term.param_args:
+            return term.params
+        values = dict(term.params)
+        values.update({field: self.params[param] for field, param in term.param_args})
+        try:
+            return type(term.params)(**values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = str(error["loc"][0])
+            param = dict(term.param_args).get(field, "?")
+            problem = error["msg"].replace("Input should be", "must be")
+            message = f"'{field}' of {term.term.name}() is param '{param}' = {self.params.get(param)}, which {problem}"
+            raise LossSpecError([Diagnostic("E205", message, term.span, source=self.plan.source)]) from None
 
     def _gather(self, given: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         tensors = []
@@ -128,21 +150,42 @@ class LossModule(nn.Module):
         return f"spec={format_spec(self.plan.spec).strip()!r}"
 
 
-def _combine(expr: ObjectiveExpr, term_index: dict[int, int], let_index: dict[str, int]) -> Combine:
-    """A closure computing ``expr`` from the term values and the let values."""
-    if isinstance(expr, TermValue):
-        i = term_index[id(expr.term)]
-        return lambda terms, lets: terms[i]
-    if isinstance(expr, LetValue):
-        j = let_index[expr.name]
-        return lambda terms, lets: lets[j]
-    if isinstance(expr, Constant):
-        value = expr.value
-        return lambda terms, lets: value
-    if isinstance(expr, Negate):
-        operand = _combine(expr.operand, term_index, let_index)
-        return lambda terms, lets: -operand(terms, lets)
-    assert isinstance(expr, Arithmetic)
-    op = _OPS[expr.op]
-    left, right = _combine(expr.left, term_index, let_index), _combine(expr.right, term_index, let_index)
-    return lambda terms, lets: op(left(terms, lets), right(terms, lets))
+class _Resolver:
+    """Turns objective expressions into closures over the term values and the let values."""
+
+    def __init__(self, term_index: dict[int, int], let_index: dict[str, int], params: Mapping[str, float]):
+        self.term_index, self.let_index, self.params = term_index, let_index, params
+
+    def __call__(self, expr: ObjectiveExpr) -> Combine:
+        if isinstance(expr, TermValue):
+            i = self.term_index[id(expr.term)]
+            return lambda terms, lets: terms[i]
+        if isinstance(expr, LetValue):
+            j = self.let_index[expr.name]
+            return lambda terms, lets: lets[j]
+        if isinstance(expr, (Constant, ParamValue)) or self.constant(expr) is not None:
+            value = self.constant(expr)
+            return lambda terms, lets: value
+        if isinstance(expr, Negate):
+            operand = self(expr.operand)
+            return lambda terms, lets: -operand(terms, lets)
+        assert isinstance(expr, Arithmetic)
+        op = _OPS[expr.op]
+        left, right = self(expr.left), self(expr.right)
+        return lambda terms, lets: op(left(terms, lets), right(terms, lets))
+
+    def constant(self, expr: ObjectiveExpr) -> float | None:
+        """The value of number arithmetic (params included), computed once here; None for losses."""
+        if isinstance(expr, Constant):
+            return expr.value
+        if isinstance(expr, ParamValue):
+            return self.params[expr.name]
+        if isinstance(expr, Negate):
+            value = self.constant(expr.operand)
+            return None if value is None else -value
+        if isinstance(expr, Arithmetic):
+            left, right = self.constant(expr.left), self.constant(expr.right)
+            if left is None or right is None:
+                return None
+            return _OPS[expr.op](left, right)
+        return None

@@ -327,3 +327,30 @@ def test_python_m_lossdsl_check_specs():
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"no problems ({N_SPECS} files checked)\n"
     assert result.stderr == ""
+
+
+# --- param overrides ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "status", "fragment"),
+    [
+        ("lam=0.5", 0, "no problems (1 file checked)"),
+        ("lam=5", 1, "error[E205]: param 'lam' = 5.0 lies outside its range [0.0, 1.0]"),
+        ("lamb=1", 1, ":1:1: error[E105]: unknown param 'lamb'"),
+        ("eps=2", 1, "error[E205]: 'label_smoothing' of ce() is param 'eps' = 2.0"),
+    ],
+)
+def test_check_param_overrides(capsys, tmp_path, option, status, fragment):
+    path = tmp_path / "p.loss"
+    path.write_text("param lam = 0.1 in [0, 1]\nparam eps = 0.1\nloss = lam * ce(label_smoothing=eps)\n")
+    got, out, _ = run(capsys, "check", path, "--param", option)
+    assert got == status
+    assert fragment in out
+
+
+def test_check_param_needs_name_equals_number(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["check", str(tmp_path), "--param", "lam=high"])
+    assert info.value.code == 2
+    assert "expected NAME=NUMBER" in capsys.readouterr().err

@@ -130,6 +130,9 @@ PYTHON_EXAMPLES = {
     'lossdsl.LossSpecError("bad tensor")': lambda: _raise(lossdsl.LossSpecError("bad tensor")),
     'lossdsl.compile("ce()")(torch.randn(4))': lambda: lossdsl.compile("ce()")(torch.randn(4)),
     'lossdsl.compile("l2()")()': lambda: lossdsl.compile("l2()")(),
+    'lossdsl.compile("param lam = 1\\nloss = lam * ce()", params={"lamb": 2})': (
+        lambda: lossdsl.compile("param lam = 1\nloss = lam * ce()", params={"lamb": 2})
+    ),
     'lossdsl.compile("mse()")(torch.randn(4), torch.randn(3))': (
         lambda: lossdsl.compile("mse()")(torch.randn(4), torch.randn(3))
     ),

@@ -121,10 +121,50 @@ def test_load_errors_name_the_file(tmp_path):
     assert info.value.diagnostics[0].code == "E010"
 
 
-def test_param_overrides_are_refused_until_params_exist():
+PARAMS_SPEC = """
+param lam = 0.1 in [0, 10]
+param eps = 0.05
+let data = ce(label_smoothing=eps)
+loss = data + lam * 2 * mse(pred=y, target=t) - mae(pred=y, target=t) / (lam + 1)
+"""
+
+
+@pytest.mark.parametrize("overrides", [{}, {"lam": 0.5}, {"lam": 3, "eps": 0.2}])
+def test_params_weigh_terms_and_set_term_arguments(overrides):
+    values = {"lam": 0.1, "eps": 0.05, **overrides}
+    loss_fn = lossdsl.compile(PARAMS_SPEC, params=overrides)
+    assert loss_fn.params == values
+    pred, labels = torch.randn(6, 3), torch.randint(0, 3, (6,))
+    y, t = torch.randn(6), torch.randn(6)
+    expected = (
+        F.cross_entropy(pred, labels, label_smoothing=values["eps"])
+        + values["lam"] * 2 * F.mse_loss(y, t)
+        - F.l1_loss(y, t) / (values["lam"] + 1)
+    )
+    torch.testing.assert_close(loss_fn(pred, labels, y=y, t=t), expected)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code", "fragment"),
+    [
+        ({"lamb": 1.0}, "E105", "did you mean 'lam'?"),
+        ({"lam": 11}, "E205", "outside its range [0.0, 10.0]"),
+        ({"lam": "0.3"}, "E204", "takes a finite number"),
+        ({"eps": 1.5}, "E205", "'label_smoothing' of ce() is param 'eps' = 1.5"),
+    ],
+)
+def test_bad_param_overrides(overrides, code, fragment):
     with pytest.raises(lossdsl.LossSpecError) as info:
-        lossdsl.compile("mse()", params={"lam": 0.3})
-    assert info.value.diagnostics[0].code == "E101"
+        lossdsl.compile(PARAMS_SPEC, params=overrides)
+    assert info.value.diagnostics[0].code == code
+    assert fragment in str(info.value)
+
+
+def test_load_takes_param_overrides(tmp_path):
+    path = tmp_path / "p.loss"
+    path.write_text("param w = 1.0\nloss = w * mse()\n")
+    pred, target = torch.randn(3), torch.randn(3)
+    torch.testing.assert_close(lossdsl.load(path, params={"w": 4.0})(pred, target), 4 * F.mse_loss(pred, target))
 
 
 # --- input errors name the input, the term and the spec line ---
