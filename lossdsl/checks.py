@@ -34,13 +34,12 @@ from .plan import (
     TermPlan,
     TermValue,
 )
-from .registry import CONDITION, INPUT, REGISTRY, TENSOR, TermDef
+from .registry import CONDITION, INPUT, INPUT_KINDS, REGISTRY, TENSOR, TermDef
 from .tensor_expr import FUNCTIONS, names_in
 
 _NOT_YET = {
     ast.Include: ("include", "includes"),
     ast.SubjectTo: ("subject to", "constraints with multipliers"),
-    ast.Inputs: ("inputs:", "declared inputs"),
 }
 _BOOLEANS = {"true": True, "false": False}
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
@@ -82,6 +81,9 @@ class _Checker:
         self.diagnostics: list[Diagnostic] = []
         self.lets: dict[str, _Let] = {}
         self.params: dict[str, ast.Param] = {}
+        #: Declared inputs, or None without an ``inputs:`` block (then names are inferred from use).
+        self.declared: dict[str, ast.InputDecl] | None = None
+        self.used_inputs: set[str] = set()
         self.used_params: set[str] = set()
         self._call_param_args: list[tuple[str, str]] = []
 
@@ -110,6 +112,8 @@ class _Checker:
                     self.params[statement.name] = statement  # even if invalid: its uses are not inputs
             elif isinstance(statement, ast.LossStmt):
                 objectives.append(statement)
+            elif isinstance(statement, ast.Inputs):
+                self._declare(statement)
             else:
                 keyword, feature = _NOT_YET[type(statement)]
                 self.report("E101", f"'{keyword}' ({feature}) is not supported yet", statement,
@@ -142,6 +146,42 @@ class _Checker:
             if isinstance(other, (ast.Let, ast.Param)) and (other.name in self.lets or other.name in self.params):
                 defined.add(other.name)
         return defined
+
+    def _declare(self, block: ast.Inputs) -> None:
+        if self.declared is None:
+            self.declared = {}
+        for decl in block.decls:
+            if decl.name in self.declared:
+                first = self.declared[decl.name].span
+                self.report("E102", f"input '{decl.name}' is declared twice", decl,
+                            hint=f"it is first declared at line {first.line}" if first else None)
+                continue
+            if decl.type not in INPUT_KINDS:
+                self.report("E106", f"unknown input kind '{decl.type}'", decl,
+                            hint=did_you_mean(decl.type, INPUT_KINDS) or f"the kinds are {', '.join(INPUT_KINDS)}")
+            elif decl.groups is not None and decl.type != "group":
+                self.report("E204", f"'of {decl.groups}' counts groups: it applies to group inputs, not {decl.type}",
+                            decl)
+            self.declared[decl.name] = decl
+
+    def _check_input(self, name: str, node: ast.Node | ast.Span | None, reader: str | None = None,
+                     kinds: tuple[str, ...] | None = None) -> bool:
+        """With an ``inputs:`` block, ``name`` must be declared, and of a kind the reader accepts."""
+        self.used_inputs.add(name)
+        if self.declared is None:
+            return True
+        decl = self.declared.get(name)
+        if decl is None:
+            hint = did_you_mean(name, self.declared) or "declare it in the inputs: block"
+            what = f"{reader} reads input '{name}'" if reader else f"input '{name}'"
+            self.report("E104", f"{what}, which is not declared", node, hint=hint)
+            return False
+        if kinds and decl.type not in kinds:
+            line = decl.span.line if decl.span else "?"
+            self.report("E204", f"{reader} takes {' or '.join(kinds)}, but '{name}' is declared {decl.type} "
+                                f"(line {line})", node)
+            return False
+        return True
 
     def _check_param(self, param: ast.Param) -> None:
         if param.low is None or param.high is None:
@@ -206,6 +246,11 @@ class _Checker:
         if suggestion or name in REGISTRY:
             hint = suggestion or f"'{name}' is a term: call it, {name}()"
             self.report("E104", f"undefined name '{name}'", expr, hint=hint)
+            return Type.ERROR, None
+        if self.declared is not None and name not in self.declared:
+            known = [*defined, *self.declared]
+            self.report("E104", f"undefined name '{name}'", expr,
+                        hint=did_you_mean(name, known) or "declare inputs in the inputs: block")
             return Type.ERROR, None
         self.report("E301", f"'{name}' is an input tensor, not a loss", expr,
                     hint=f"reduce it with a term, e.g. mse(pred={name}) or soft_bound({name} <= 1)")
@@ -316,6 +361,14 @@ class _Checker:
             return None
         if not ok:
             return None
+        for role in params.input_roles():
+            name = getattr(params, role)
+            reader = f"{call.name}()" if role in given else f"{call.name}() (by default)"
+            if not self._check_input(name, given.get(role) or _name_span(call), reader, term.params.kinds(role)):
+                return None
+            decl = self.declared.get(name) if self.declared else None
+            if role == "group" and decl is not None and decl.groups and getattr(params, "groups", 0) is None:
+                params = params.model_copy(update={"groups": decl.groups})  # `group[N] of K` sizes the slots
         return TermPlan(term=term, params=params, span=call.span, param_args=tuple(self._call_param_args))  # type: ignore[arg-type]
 
     def argument(self, term: TermDef, name: str, node: ast.Node) -> Any:
@@ -422,7 +475,7 @@ class _Checker:
                 self.report("E204", f"param '{node.id}' cannot be used inside a tensor expression yet", node,
                             hint="write the number, or weigh the term by the param: lam * soft_bound(...)")
                 return False
-            return True
+            return self._check_input(node.id, node)
         if isinstance(node, ast.Neg):
             return self._tensor_expr(node.operand)
         if isinstance(node, ast.BinOp):
@@ -484,6 +537,10 @@ class _Checker:
                 visit(expr.operand)
 
         visit(objective)
+        for name, decl in (self.declared or {}).items():
+            if name not in self.used_inputs:
+                self.report("W003", f"input '{name}' is declared but not read", decl,
+                            hint="remove the declaration, or use the input", severity="warning")
         for name, param in self.params.items():
             if name not in self.used_params:
                 self.report("W002", f"param '{name}' is not used", param,
@@ -510,6 +567,7 @@ class _Checker:
             params=tuple(
                 ParamPlan(p.name, p.value, p.low, p.high, p.span) for p in self.params.values()
             ),
+            declared=tuple(self.declared[name] for name in inputs if self.declared and name in self.declared),
             warnings=tuple(self.diagnostics),
         )
 

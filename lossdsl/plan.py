@@ -107,4 +107,6 @@ class Plan:
     #: Every input name the terms read, in first-use order.
     inputs: tuple[str, ...]
     params: tuple[ParamPlan, ...] = ()
+    #: The ``inputs:`` declarations of the inputs the terms read (none without a block).
+    declared: tuple[ast.InputDecl, ...] = ()
     warnings: tuple[Diagnostic, ...] = ()

@@ -47,6 +47,22 @@ INPUT = _InputMarker()
 CONDITION = _ConditionMarker()
 TENSOR = _TensorMarker()
 
+#: The kinds an ``inputs:`` block may declare.
+INPUT_KINDS = ("logits", "probs", "labels", "binary", "multihot", "real", "group", "weight", "mask", "embedding")
+
+
+@dataclass(frozen=True)
+class Kinds:
+    """The input kinds a parameter accepts, checked against an ``inputs:`` declaration."""
+
+    names: tuple[str, ...]
+
+
+def InputOf(*kinds: str) -> Any:  # noqa: N802 - used as a type annotation
+    """An input parameter that accepts only inputs declared as one of ``kinds``."""
+    assert set(kinds) <= set(INPUT_KINDS), kinds
+    return Annotated[str, INPUT, Kinds(kinds)]
+
 Input = Annotated[str, INPUT]
 OptionalInput = Annotated[str | None, INPUT]
 Condition = Annotated[ast.Compare, CONDITION]
@@ -58,6 +74,7 @@ ReductionParam = Annotated[Reduction, Field(description="mean (weighted by sampl
 SampleWeight = Annotated[
     str | None,
     INPUT,
+    Kinds(("weight", "real", "mask", "binary")),
     Field(description="the input holding per-sample weights [N]; mean becomes sum(w * loss) / sum(w)"),
 ]
 #: A list of positive numbers, one per class or label.
@@ -83,6 +100,14 @@ class TermParams(BaseModel):
     def options(cls, name: str) -> tuple[str, ...]:
         """The string options a parameter accepts (its ``Literal`` members)."""
         return tuple(_literal_strings(cls.model_fields[name].annotation))
+
+    @classmethod
+    def kinds(cls, name: str) -> tuple[str, ...] | None:
+        """The input kinds parameter ``name`` accepts; None for any."""
+        for item in cls.model_fields[name].metadata:
+            if isinstance(item, Kinds):
+                return item.names
+        return None
 
     @classmethod
     def accepts_bool(cls, name: str) -> bool:

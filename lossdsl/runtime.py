@@ -13,6 +13,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from . import ast
 from .errors import Diagnostic, LossSpecError, did_you_mean
 from .formatting import format as format_spec
 from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, Plan, TermPlan, TermValue
@@ -64,6 +65,10 @@ class LossModule(nn.Module):
             "total",
         )
         self._last: list[tuple[torch.Tensor, ...]] = [()]
+        declared = {decl.name: decl for decl in plan.declared}
+        self._declared = tuple(
+            (i, _Declaration(declared[name], plan.filename)) for i, name in enumerate(plan.inputs) if name in declared
+        )
         self._readers = {
             name: ", ".join(t.where for t in plan.terms if name in t.inputs) for name in plan.inputs
         }
@@ -118,6 +123,10 @@ class LossModule(nn.Module):
                     code="E402",
                 )
             tensors.append(tensor)
+        if self._declared:
+            sizes: dict[str, tuple[int, str]] = {}  # symbolic dimension -> (size, the input that set it)
+            for i, declaration in self._declared:
+                declaration.check(tensors[i], sizes)
         return tensors
 
     def _missing(self, name: str, given: dict[str, torch.Tensor]) -> None:
@@ -148,6 +157,45 @@ class LossModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"spec={format_spec(self.plan.spec).strip()!r}"
+
+
+_FLOAT_KINDS = frozenset({"logits", "probs", "real", "embedding", "weight"})
+_INDEX_KINDS = frozenset({"labels", "group"})
+
+
+class _Declaration:
+    """Checks one input against its ``inputs:`` declaration at call time (shapes and dtypes only: no sync)."""
+
+    def __init__(self, decl: ast.InputDecl, filename: str | None):
+        self.name, self.kind, self.shape = decl.name, decl.type, decl.shape
+        line = decl.span.line if decl.span else "?"
+        self.where = f"declared {decl.type}{_shape_text(decl.shape)} at {filename or '<spec>'}:{line}"
+
+    def check(self, tensor: torch.Tensor, sizes: dict[str, tuple[int, str]]) -> None:
+        if self.kind in _FLOAT_KINDS and not tensor.is_floating_point():
+            self.fail(f"expected a floating-point tensor, got {tensor.dtype}")
+        if self.kind in _INDEX_KINDS and (tensor.is_floating_point() or tensor.is_complex()):
+            self.fail(f"expected integer {self.kind}, got {tensor.dtype}")
+        if self.shape is None:
+            return
+        if tensor.dim() != len(self.shape):
+            count = len(self.shape)
+            self.fail(f"expected {count} dimension{'s' * (count != 1)}, got shape {tuple(tensor.shape)}")
+        for axis, (dim, size) in enumerate(zip(self.shape, tensor.shape)):
+            if isinstance(dim, int):
+                if size != dim:
+                    self.fail(f"dimension {axis} must be {dim}, got shape {tuple(tensor.shape)}")
+                continue
+            seen = sizes.setdefault(dim, (size, self.name))
+            if seen[0] != size:
+                self.fail(f"{dim} is {size} here (shape {tuple(tensor.shape)}) but {seen[0]} in '{seen[1]}'")
+
+    def fail(self, problem: str) -> None:
+        raise LossSpecError(f"input '{self.name}' ({self.where}): {problem}", code="E402")
+
+
+def _shape_text(shape: tuple[str | int, ...] | None) -> str:
+    return "" if shape is None else "[" + ", ".join(map(str, shape)) + "]"
 
 
 class _Resolver:

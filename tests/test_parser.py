@@ -249,7 +249,7 @@ def test_every_example_spec_parses_and_compiles(path):
     text = path.read_text(encoding="utf-8")
     spec = parse(text, str(path))
     assert spec.objective is not None
-    assert all(isinstance(s, (ast.Let, ast.LossStmt, ast.Param)) for s in spec.statements)
+    assert all(isinstance(s, (ast.Let, ast.LossStmt, ast.Param, ast.Inputs)) for s in spec.statements)
     assert sum(isinstance(s, ast.LossStmt) for s in spec.statements) == 1
     assert spec.span.filename == str(path)
     module = lossdsl.load(path)
@@ -309,7 +309,6 @@ def test_include_statement_parses():
 @pytest.mark.parametrize(
     ("text", "line", "keyword"),
     [
-        ("loss = ce()\ninputs:\n    y: float\n", 2, "inputs:"),
         ("loss = ce()\n\nsubject to X <= 0.02 as n using penalty(10)", 3, "subject to"),
         ('include "x.loss"\nloss = ce()', 1, "include"),
     ],
@@ -373,7 +372,7 @@ INVALID = [
     ("loss = ce()\ninclude \"base.loss\"", "E101", 2, 1),
     ('loss = ce()\ninclude "x.loss"', "E101", 2, 1),
     ("subject to ce() <= 0.02 as n using penalty(10)\nloss = ce()", "E101", 1, 1),
-    ("loss = ce()\ninputs:\n  y: float", "E101", 2, 1),
+    ("loss = ce()\ninputs:\n  y: float", "E106", 3, 3),
     # E102 duplicate let
     ("let a = ce()\nlet a = mse()\nloss = a", "E102", 2, 1),
     # E103 no objective / two objectives

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat
 
-from ..registry import Input, Int64, ReductionParam, SampleWeight, Term, TermParams, Weights, register
+from ..registry import InputOf, Int64, ReductionParam, SampleWeight, Term, TermParams, Weights, register
 
 
 class CEParams(TermParams):
-    pred: Input = Field("pred", description="logits: [N, C, ...] for C classes, or [N] / [N, 1] for binary")
-    target: Input = Field(
+    pred: InputOf("logits") = Field("pred", description="logits: [N, C, ...] for C classes, or [N] / [N, 1] for binary")
+    target: InputOf("labels", "binary", "probs") = Field(
         "target", description="integer class indices [N, ...] (0/1 for binary logits), or class probabilities"
     )
     weight: Literal["balanced"] | Weights | None = Field(
@@ -215,8 +215,8 @@ def balanced_weight(counts: torch.Tensor, dtype: torch.dtype, guard_empty: bool 
 
 
 class BCEParams(TermParams):
-    pred: Input = Field("pred", description="logits, any shape: [N] binary, [N, C] multi-label")
-    target: Input = Field("target", description="0/1 targets (or probabilities) of pred's shape")
+    pred: InputOf("logits") = Field("pred", description="logits, any shape: [N] binary, [N, C] multi-label")
+    target: InputOf("binary", "multihot", "probs") = Field("target", description="0/1 targets (or probabilities) of pred's shape")
     pos_weight: PositiveFloat | Weights | None = Field(
         None, description="weight of positives: one number, or one per label"
     )
@@ -270,8 +270,8 @@ class BinaryCrossEntropy(Term):
 
 
 class FocalParams(TermParams):
-    pred: Input = Field("pred", description="logits: [N] / [N, 1] / multi-label [N, C] (sigmoid), or [N, C, ...] (softmax)")
-    target: Input = Field(
+    pred: InputOf("logits") = Field("pred", description="logits: [N] / [N, 1] / multi-label [N, C] (sigmoid), or [N, C, ...] (softmax)")
+    target: InputOf("labels", "binary", "multihot", "probs") = Field(
         "target", description="0/1 targets of pred's shape (sigmoid form), or integer class indices [N, ...] (softmax form)"
     )
     gamma: NonNegativeFloat = Field(2.0, description="focusing strength; 0 gives cross-entropy")
@@ -354,8 +354,8 @@ class Focal(Term):
 
 
 class HingeParams(TermParams):
-    pred: Input = Field("pred", description="scores: [N] or [N, 1] (binary), or [N, C] (one per class)")
-    target: Input = Field("target", description="0/1 labels [N] (binary), or integer class indices [N]")
+    pred: InputOf("logits", "real") = Field("pred", description="scores: [N] or [N, 1] (binary), or [N, C] (one per class)")
+    target: InputOf("labels", "binary") = Field("target", description="0/1 labels [N] (binary), or integer class indices [N]")
     margin: PositiveFloat = Field(1.0, description="the margin the right score must win by")
     squared: bool = Field(False, description="square the hinge")
     reduction: ReductionParam = "mean"
@@ -400,8 +400,8 @@ class Hinge(Term):
 
 
 class SoftF1Params(TermParams):
-    pred: Input = Field("pred", description="logits: [N] / [N, 1] (binary) or [N, C] (multi-label)")
-    target: Input = Field("target", description="0/1 labels of pred's shape ([N] for [N, 1] too)")
+    pred: InputOf("logits") = Field("pred", description="logits: [N] / [N, 1] (binary) or [N, C] (multi-label)")
+    target: InputOf("binary", "multihot") = Field("target", description="0/1 labels of pred's shape ([N] for [N, 1] too)")
     beta: PositiveFloat = Field(1.0, description="recall counts beta times as much as precision")
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..registry import Input, ReductionParam, SampleWeight, Term, TermParams, register
+from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, register
 
 
 class KLNormalParams(TermParams):
-    mu: Input = Field("mu", description="the input holding posterior means [N, D]")
-    logvar: Input = Field("logvar", description="the input holding posterior log-variances [N, D]")
+    mu: InputOf("real", "embedding") = Field("mu", description="the input holding posterior means [N, D]")
+    logvar: InputOf("real", "embedding") = Field("logvar", description="the input holding posterior log-variances [N, D]")
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -44,8 +44,8 @@ class KLNormal(Term):
 
 
 class KLParams(TermParams):
-    p: Input = Field(description="logits of P, the reference distribution [N, C] (e.g. a teacher)")
-    q: Input = Field(description="logits of Q, the approximating distribution [N, C] (e.g. the student)")
+    p: InputOf("logits") = Field(description="logits of P, the reference distribution [N, C] (e.g. a teacher)")
+    q: InputOf("logits") = Field(description="logits of Q, the approximating distribution [N, C] (e.g. the student)")
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveInt
 
-from ..registry import Input, SampleWeight, Term, TermParams, register
+from ..registry import InputOf, SampleWeight, Term, TermParams, register
 
 Statistic = Literal["dp_gap", "tpr_gap", "fpr_gap", "eo_gap"]
 
@@ -23,12 +23,12 @@ class FairnessParams(TermParams):
     stat: Statistic = Field(
         description="dp_gap (selection rate), tpr_gap (equal opportunity), fpr_gap, eo_gap (worse of tpr and fpr gaps)"
     )
-    group: Input = Field(description="the input holding integer group codes [N]")
+    group: InputOf("group") = Field(description="the input holding integer group codes [N]")
     groups: PositiveInt | None = Field(
         None, description="number of groups when known (codes in [0, groups)); cheaper than ranking the codes"
     )
-    pred: Input = Field("pred", description="binary logits [N] or [N, 1] (sigmoid), or [N, 2] (softmax, class 1)")
-    target: Input = Field("target", description="0/1 labels [N]; not read by dp_gap")
+    pred: InputOf("logits") = Field("pred", description="binary logits [N] or [N, 1] (sigmoid), or [N, 2] (softmax, class 1)")
+    target: InputOf("binary", "labels") = Field("target", description="0/1 labels [N]; not read by dp_gap")
     sample_weight: SampleWeight = None
 
     def input_roles(self) -> tuple[str, ...]:

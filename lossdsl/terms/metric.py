@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
-from ..registry import Input, ReductionParam, SampleWeight, Term, TermParams, register
+from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, register
 
 
 class ContrastiveParams(TermParams):
-    a: Input = Field("a", description="first embedding of each pair [N, D]")
-    b: Input = Field("b", description="second embedding of each pair [N, D]")
-    same: Input = Field("same", description="1 where the pair should match, 0 where it should not [N]")
+    a: InputOf("embedding", "real") = Field("a", description="first embedding of each pair [N, D]")
+    b: InputOf("embedding", "real") = Field("b", description="second embedding of each pair [N, D]")
+    same: InputOf("binary", "labels", "mask") = Field("same", description="1 where the pair should match, 0 where it should not [N]")
     margin: float = Field(1.0, gt=0, description="distance beyond which dissimilar pairs cost nothing")
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
@@ -49,9 +49,9 @@ class Contrastive(Term):
 
 
 class TripletParams(TermParams):
-    anchor: Input = Field("anchor", description="anchor embeddings [N, D]")
-    positive: Input = Field("positive", description="embeddings that should be near the anchor [N, D]")
-    negative: Input = Field("negative", description="embeddings that should be far from the anchor [N, D]")
+    anchor: InputOf("embedding", "real") = Field("anchor", description="anchor embeddings [N, D]")
+    positive: InputOf("embedding", "real") = Field("positive", description="embeddings that should be near the anchor [N, D]")
+    negative: InputOf("embedding", "real") = Field("negative", description="embeddings that should be far from the anchor [N, D]")
     margin: float = Field(1.0, gt=0, description="the required gap between the two distances")
     p: PositiveInt = Field(2, description="the norm of the distance")
     reduction: ReductionParam = "mean"

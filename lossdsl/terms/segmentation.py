@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat
 
-from ..registry import Input, ReductionParam, SampleWeight, Term, TermParams, register
+from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, register
 
 
 class OverlapParams(TermParams):
-    pred: Input = Field("pred", description="logits [N, C, ...spatial]: sigmoid when C is 1, softmax over C otherwise")
-    target: Input = Field(
+    pred: InputOf("logits") = Field("pred", description="logits [N, C, ...spatial]: sigmoid when C is 1, softmax over C otherwise")
+    target: InputOf("labels", "mask", "binary", "multihot", "probs") = Field(
         "target", description="0/1 masks of pred's shape, or integer class indices [N, ...] or [N, 1, ...]"
     )
     smooth: NonNegativeFloat = Field(1e-5, description="added to numerator and denominator (MONAI's smooth_nr, smooth_dr)")
