@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from . import ast
 from .errors import Diagnostic, LossSpecError, did_you_mean
 from .formatting import format_expr
+from .includes import expand_includes
 from .parsing import parse
 from .plan import (
     Arithmetic,
@@ -38,7 +39,6 @@ from .registry import CONDITION, INPUT, INPUT_KINDS, REGISTRY, TENSOR, TermDef
 from .tensor_expr import FUNCTIONS, names_in
 
 _NOT_YET = {
-    ast.Include: ("include", "includes"),
     ast.SubjectTo: ("subject to", "constraints with multipliers"),
 }
 _BOOLEANS = {"true": True, "false": False}
@@ -55,14 +55,33 @@ class Type(enum.Enum):
 _INVALID = object()
 
 
+def plan_for(text: str, filename: str | None = None, library: bool = False) -> Plan:
+    """Parse and check spec text; cached by text, so a spec is checked once.
+
+    A spec that includes other files is checked afresh each time: those files may have changed.
+    ``library=True`` accepts a file without an objective (one meant to be included), with a
+    warning; its plan has no objective and cannot be compiled.
+    """
+    spec = _parse_cached(text, filename)
+    if any(isinstance(s, ast.Include) for s in spec.statements):
+        return check(spec, text, filename, library)
+    return _plan_cached(text, filename, library)
+
+
 @functools.lru_cache(maxsize=256)
-def plan_for(text: str, filename: str | None = None) -> Plan:
-    """Parse and check spec text; cached by text, so a spec is checked once."""
-    return check(parse(text, filename), text, filename)
+def _parse_cached(text: str, filename: str | None) -> ast.Spec:
+    return parse(text, filename)
 
 
-def check(spec: ast.Spec, source: str = "", filename: str | None = None) -> Plan:
-    return _Checker(spec, source, filename).run()
+@functools.lru_cache(maxsize=256)
+def _plan_cached(text: str, filename: str | None, library: bool) -> Plan:
+    return check(_parse_cached(text, filename), text, filename, library)
+
+
+def check(spec: ast.Spec, source: str = "", filename: str | None = None, library: bool = False) -> Plan:
+    """Check a parsed spec (its includes expanded first) and return its plan."""
+    expanded, sources = expand_includes(spec, filename, source)
+    return _Checker(expanded, source, filename, sources, library).run()
 
 
 @dataclasses.dataclass
@@ -74,10 +93,14 @@ class _Let:
 
 
 class _Checker:
-    def __init__(self, spec: ast.Spec, source: str, filename: str | None):
+    def __init__(
+        self, spec: ast.Spec, source: str, filename: str | None, sources: dict[str | None, str], library: bool = False
+    ):
+        self.library = library
         self.spec = spec
         self.source = source
         self.filename = filename
+        self.sources = sources  # each file's text, for excerpts of statements that came from includes
         self.diagnostics: list[Diagnostic] = []
         self.lets: dict[str, _Let] = {}
         self.params: dict[str, ast.Param] = {}
@@ -91,7 +114,8 @@ class _Checker:
     def report(self, code: str, message: str, node: ast.Node | ast.Span | None, hint: str | None = None,
                severity: str = "error") -> None:
         span = node if isinstance(node, ast.Span) or node is None else node.span
-        self.diagnostics.append(Diagnostic(code, message, span, hint, severity, source=self.source))  # type: ignore[arg-type]
+        source = self.sources.get(span.filename, self.source) if span is not None else self.source
+        self.diagnostics.append(Diagnostic(code, message, span, hint, severity, source=source))  # type: ignore[arg-type]
 
     # -- statements --
     def run(self) -> Plan:
@@ -103,7 +127,7 @@ class _Checker:
                 )
                 if first is not None:
                     self.report("E102", f"'{statement.name}' is defined twice", statement,
-                                hint=f"it is first defined at line {first.span.line}" if first.span else None)
+                                hint=f"it is first defined at {self._where(first.span, statement.span)}")
                     continue
                 if isinstance(statement, ast.Let):
                     self.lets[statement.name] = _Let(statement)
@@ -117,11 +141,14 @@ class _Checker:
             else:
                 keyword, feature = _NOT_YET[type(statement)]
                 self.report("E101", f"'{keyword}' ({feature}) is not supported yet", statement,
-                            hint="this release compiles 'let' and 'loss' statements; docs/language.md lists what is planned")
+                            hint="docs/language.md lists what is planned")
         for let in self.lets.values():
             self._check_let(let)
         objective: ObjectiveExpr | None = None
-        if not objectives:
+        if not objectives and self.library and self.spec.statements:
+            self.report("W004", "no objective: checked as a file to include", self.spec.span,
+                        hint="a spec to compile needs 'loss = ...'", severity="warning")
+        elif not objectives:
             self.report("E103", "the spec has no objective", self.spec.span,
                         hint="add a line 'loss = ...', or write the objective as a bare expression")
         else:
@@ -134,8 +161,16 @@ class _Checker:
                             hint="build it from terms such as ce() or mse()")
         if any(d.severity == "error" for d in self.diagnostics):
             raise LossSpecError(self.diagnostics)
-        assert objective is not None
         return self._plan(objective)
+
+    @staticmethod
+    def _where(span: ast.Span | None, here: ast.Span | None) -> str:
+        """``line 3``, or ``base.loss:3`` when ``span`` is in another file than ``here``."""
+        if span is None:
+            return "?"
+        if here is not None and span.filename != here.filename:
+            return f"{span.filename or '<spec>'}:{span.line}"
+        return f"line {span.line}"
 
     def _lets_before(self, statement: ast.Node) -> set[str]:
         """The lets and params defined above ``statement``: a name can be used only below its definition."""
@@ -536,17 +571,19 @@ class _Checker:
             elif isinstance(expr, Negate):
                 visit(expr.operand)
 
-        visit(objective)
+        if objective is not None:
+            visit(objective)
+        unused_is_expected = objective is None  # a file to include defines things for others
         for name, decl in (self.declared or {}).items():
-            if name not in self.used_inputs:
+            if name not in self.used_inputs and not unused_is_expected:
                 self.report("W003", f"input '{name}' is declared but not read", decl,
                             hint="remove the declaration, or use the input", severity="warning")
         for name, param in self.params.items():
-            if name not in self.used_params:
+            if name not in self.used_params and not unused_is_expected:
                 self.report("W002", f"param '{name}' is not used", param,
                             hint="use it as a weight or a term argument, or remove it", severity="warning")
         for name, let in self.lets.items():
-            if name not in used_lets:
+            if name not in used_lets and not unused_is_expected:
                 self.report("W001", f"'{name}' is defined but not used in the objective", let.statement,
                             hint="it is not computed; add it to 'loss = ...' or remove it", severity="warning")
         terms.sort(key=lambda t: (t.span.line, t.span.column))

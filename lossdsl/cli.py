@@ -80,8 +80,8 @@ def _check(args: argparse.Namespace) -> int:
 def _check_file(path: Path, params: dict[str, float]) -> list[Diagnostic]:
     try:
         text = read_spec(path)
-        plan = plan_for(text, str(path))
-        if params:
+        plan = plan_for(text, str(path), library=True)
+        if params and plan.objective is not None:
             LossModule(plan, check_overrides(plan, params))  # builds the terms: validates params given to them
     except LossSpecError as exc:
         return [_in_file(d, path) for d in exc.diagnostics]

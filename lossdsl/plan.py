@@ -103,7 +103,8 @@ class Plan:
     terms: tuple[TermPlan, ...]
     #: The lets the objective reaches, each after the lets it uses.
     lets: tuple[LetPlan, ...]
-    objective: ObjectiveExpr
+    #: None only for a file checked as one to include (``plan_for(..., library=True)``).
+    objective: ObjectiveExpr | None
     #: Every input name the terms read, in first-use order.
     inputs: tuple[str, ...]
     params: tuple[ParamPlan, ...] = ()

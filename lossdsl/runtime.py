@@ -67,7 +67,7 @@ class LossModule(nn.Module):
         self._last: list[tuple[torch.Tensor, ...]] = [()]
         declared = {decl.name: decl for decl in plan.declared}
         self._declared = tuple(
-            (i, _Declaration(declared[name], plan.filename)) for i, name in enumerate(plan.inputs) if name in declared
+            (i, _Declaration(declared[name])) for i, name in enumerate(plan.inputs) if name in declared
         )
         self._readers = {
             name: ", ".join(t.where for t in plan.terms if name in t.inputs) for name in plan.inputs
@@ -166,9 +166,9 @@ _INDEX_KINDS = frozenset({"labels", "group"})
 class _Declaration:
     """Checks one input against its ``inputs:`` declaration at call time (shapes and dtypes only: no sync)."""
 
-    def __init__(self, decl: ast.InputDecl, filename: str | None):
+    def __init__(self, decl: ast.InputDecl):
         self.name, self.kind, self.shape = decl.name, decl.type, decl.shape
-        line = decl.span.line if decl.span else "?"
+        filename, line = (decl.span.filename, decl.span.line) if decl.span else (None, "?")
         self.where = f"declared {decl.type}{_shape_text(decl.shape)} at {filename or '<spec>'}:{line}"
 
     def check(self, tensor: torch.Tensor, sizes: dict[str, tuple[int, str]]) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lossdsl
+import lossdsl.checks
 from lossdsl.parsing import MAX_NESTING
 from lossdsl.reference import shown_default, terms_markdown
 from lossdsl.registry import REGISTRY
@@ -130,6 +131,9 @@ PYTHON_EXAMPLES = {
     'lossdsl.LossSpecError("bad tensor")': lambda: _raise(lossdsl.LossSpecError("bad tensor")),
     'lossdsl.compile("ce()")(torch.randn(4))': lambda: lossdsl.compile("ce()")(torch.randn(4)),
     'lossdsl.compile("l2()")()': lambda: lossdsl.compile("l2()")(),
+    'lossdsl.checks.plan_for("let data = mse()", library=True)': (
+        lambda: lossdsl.checks.plan_for("let data = mse()", library=True)
+    ),
     'lossdsl.compile("param lam = 1\\nloss = lam * ce()", params={"lamb": 2})': (
         lambda: lossdsl.compile("param lam = 1\nloss = lam * ce()", params={"lamb": 2})
     ),
@@ -148,8 +152,8 @@ def _codes_of(example: str) -> set[str]:
     try:
         if example.startswith("lossdsl."):
             assert example in PYTHON_EXAMPLES, f"add `{example}` to PYTHON_EXAMPLES"
-            PYTHON_EXAMPLES[example]()
-            return set()
+            result = PYTHON_EXAMPLES[example]()
+            return {d.code for d in result.warnings} if result is not None else set()
         plan = lossdsl.compile(example.replace("\\n", "\n")).plan
     except lossdsl.LossSpecError as exc:
         return {d.code for d in exc.diagnostics}
@@ -160,6 +164,7 @@ def _codes_of(example: str) -> set[str]:
 def test_error_example_produces_its_code(code, example, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # for the load() examples: missing.loss is absent, latin1.loss is not UTF-8
     (tmp_path / "latin1.loss").write_bytes("loss = ce()  # café\n".encode("latin-1"))
+    (tmp_path / "cycle.loss").write_text('include "cycle.loss"\n')
     assert code in _codes_of(example), f"`{example}` does not produce {code}"
 
 

@@ -60,7 +60,7 @@ class CrossEntropy(Term):
         self.ignore_index = params.ignore_index
         self.reduction = params.reduction
         fixed = params.weight if isinstance(params.weight, tuple) else None
-        self.register_buffer("class_weight", torch.tensor(fixed) if fixed else None)
+        self.register_buffer("class_weight", torch.tensor(fixed, dtype=torch.float64) if fixed else None)
         # Sized on first use: the class count comes from the logits' shape.
         self.register_buffer("class_counts", torch.zeros(0, dtype=torch.long) if self.balanced else None)
 
@@ -245,7 +245,7 @@ class BinaryCrossEntropy(Term):
         pos_weight = params.pos_weight
         if isinstance(pos_weight, float):
             pos_weight = (pos_weight,)
-        self.register_buffer("pos_weight", torch.tensor(pos_weight) if pos_weight else None)
+        self.register_buffer("pos_weight", torch.tensor(pos_weight, dtype=torch.float64) if pos_weight else None)
 
     def forward(
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
@@ -310,7 +310,7 @@ class Focal(Term):
         self.reduction = params.reduction
         alpha = params.alpha
         self.scalar_alpha = alpha if isinstance(alpha, float) else None
-        self.register_buffer("class_alpha", torch.tensor(alpha) if isinstance(alpha, tuple) else None)
+        self.register_buffer("class_alpha", torch.tensor(alpha, dtype=torch.float64) if isinstance(alpha, tuple) else None)
 
     def forward(
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None

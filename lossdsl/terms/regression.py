@@ -140,7 +140,7 @@ class QuantileLoss(Term):
         super().__init__()
         self.several = isinstance(params.q, tuple)
         quantiles = params.q if isinstance(params.q, tuple) else (params.q,)
-        self.register_buffer("quantiles", torch.tensor(quantiles), persistent=False)
+        self.register_buffer("quantiles", torch.tensor(quantiles, dtype=torch.float64), persistent=False)
         self.q = quantiles[0]
         self.reduction = params.reduction
 
