@@ -586,7 +586,7 @@ class _Checker:
             if name not in used_lets and not unused_is_expected:
                 self.report("W001", f"'{name}' is defined but not used in the objective", let.statement,
                             hint="it is not computed; add it to 'loss = ...' or remove it", severity="warning")
-        terms.sort(key=lambda t: (t.span.line, t.span.column))
+        terms.sort(key=lambda t: (t.span.line, t.span.column) if t.span else (0, 0))  # stable: built specs keep visit order
         labelled = self._label(terms, used_lets)
         let_plans = tuple(
             LetPlan(name, _relabel(self.lets[name].value, labelled), self.lets[name].statement.span)  # type: ignore[arg-type]

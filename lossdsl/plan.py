@@ -31,7 +31,7 @@ class TermPlan:
 
     term: TermDef
     params: TermParams
-    span: ast.Span
+    span: ast.Span | None
     label: str = ""
     #: Term parameters given a ``param`` by name: (parameter, param name); set when the module is built.
     param_args: tuple[tuple[str, str], ...] = ()
@@ -43,6 +43,9 @@ class TermPlan:
 
     @property
     def where(self) -> str:
+        """``ce() at specs/a.loss:3:12``; just ``ce()`` for a spec built in Python."""
+        if self.span is None:
+            return f"{self.term.name}()"
         filename = self.span.filename or "<spec>"
         return f"{self.term.name}() at {filename}:{self.span.line}:{self.span.column}"
 

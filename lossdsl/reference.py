@@ -18,7 +18,7 @@ FAMILIES = {
     "lossdsl.terms.metric": "Metric learning",
     "lossdsl.terms.reductions": "Reductions of tensor expressions",
     "lossdsl.terms.penalties": "Weight penalties",
-    "lossdsl.terms.fairness": "Fairness",
+    "lossdsl.terms.group_fairness": "Fairness",
     "lossdsl.terms.constraints": "Constraints",
 }
 NOT_SET = "—"

@@ -1,0 +1,184 @@
+"""Build specs from Python: ``from lossdsl import terms as T``.
+
+    >>> spec = T.ce(weight="balanced") + 0.1 * T.fairness("fpr_gap", group="sex") + T.soft_bound(T.input("y") <= 100)
+    >>> str(spec)
+    'ce(weight=balanced) + 0.1 * fairness(fpr_gap, group=sex) + soft_bound(y <= 100)'
+    >>> loss_fn = spec.compile()
+
+Every builder value wraps the AST node the parser would produce for the same text, so
+``parse(str(spec)) == spec.spec``. A term call is checked when it is built (unknown terms,
+arguments and options raise ``LossSpecError`` at once, with the same diagnostics as text, but
+without a file); the types of the whole objective are checked by ``compile`` and ``check``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from . import ast
+from .checks import check
+from .formatting import format as format_spec
+from .formatting import format_expr
+from .registry import REGISTRY
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class Expr:
+    """A spec expression under construction. Arithmetic and comparisons build bigger ones."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: ast.Node):
+        self.node = node
+
+    # -- arithmetic --
+    def __add__(self, other: Any) -> Expr:
+        return _binop("+", self, other)
+
+    def __radd__(self, other: Any) -> Expr:
+        return _binop("+", other, self)
+
+    def __sub__(self, other: Any) -> Expr:
+        return _binop("-", self, other)
+
+    def __rsub__(self, other: Any) -> Expr:
+        return _binop("-", other, self)
+
+    def __mul__(self, other: Any) -> Expr:
+        return _binop("*", self, other)
+
+    def __rmul__(self, other: Any) -> Expr:
+        return _binop("*", other, self)
+
+    def __truediv__(self, other: Any) -> Expr:
+        return _binop("/", self, other)
+
+    def __rtruediv__(self, other: Any) -> Expr:
+        return _binop("/", other, self)
+
+    def __neg__(self) -> Expr:
+        return Expr(ast.Neg(operand=self.node))
+
+    # -- comparisons (for soft_bound) --
+    def __le__(self, other: Any) -> Expr:
+        return _compare("<=", self, other)
+
+    def __lt__(self, other: Any) -> Expr:
+        return _compare("<", self, other)
+
+    def __ge__(self, other: Any) -> Expr:
+        return _compare(">=", self, other)
+
+    def __gt__(self, other: Any) -> Expr:
+        return _compare(">", self, other)
+
+    def __eq__(self, other: Any) -> Expr:  # type: ignore[override]
+        return _compare("==", self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "a spec expression has no truth value; Python's chained comparisons (0 <= y <= 1) "
+            "need T.chain(0, '<=', y, '<=', 1)"
+        )
+
+    # -- the spec --
+    @property
+    def spec(self) -> ast.Spec:
+        """The whole spec this expression stands for: a bare objective."""
+        return ast.Spec(statements=(ast.LossStmt(value=self.node, bare=True),))
+
+    def __str__(self) -> str:
+        return format_expr(self.node)
+
+    def __repr__(self) -> str:
+        return f"lossdsl.terms.Expr({str(self)!r})"
+
+    def check(self):  # noqa: ANN201 - a Plan
+        """Check the whole objective; raise ``LossSpecError`` on a mistake."""
+        return check(self.spec, format_spec(self.spec))
+
+    def compile(self, params: dict[str, float] | None = None):  # noqa: ANN201 - a LossModule
+        from .compiler import compile as compile_spec
+
+        return compile_spec(self.spec, params)
+
+
+def node_of(value: Any) -> ast.Node:
+    """The AST node of a Python value, as the text ``str(value)`` would parse."""
+    if isinstance(value, Expr):
+        return value.node
+    if isinstance(value, bool):
+        return ast.Name(id="true" if value else "false")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"a spec number is finite, got {value}")
+        if value < 0 or math.copysign(1, value) < 0:
+            return ast.Neg(operand=ast.Number(value=-value))
+        return ast.Number(value=value)
+    if isinstance(value, str):
+        return ast.Name(id=value) if _IDENTIFIER.match(value) else ast.String(value=value)
+    if isinstance(value, list):
+        return ast.List(items=tuple(node_of(item) for item in value))
+    if isinstance(value, tuple):
+        return ast.Tuple(items=tuple(node_of(item) for item in value))
+    raise TypeError(f"cannot use {type(value).__name__} in a spec: {value!r}")
+
+
+def _binop(op: str, left: Any, right: Any) -> Expr:
+    return Expr(ast.BinOp(op=op, left=node_of(left), right=node_of(right)))
+
+
+def _compare(op: str, left: Any, right: Any) -> Expr:
+    return Expr(ast.Compare(operands=(node_of(left), node_of(right)), ops=(op,)))
+
+
+def input(name: str) -> Expr:  # noqa: A001 - T.input reads well
+    """An input tensor by name, for comparisons and expressions: ``T.input("y") <= 100``."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"an input name is an identifier, got {name!r}")
+    return Expr(ast.Name(id=name))
+
+
+def chain(*parts: Any) -> Expr:
+    """A comparison chain: ``T.chain(0, "<=", T.input("y"), "<=", 1)`` is ``0 <= y <= 1``."""
+    operands, ops = parts[0::2], parts[1::2]
+    if len(operands) != len(ops) + 1 or not ops:
+        raise ValueError("a chain alternates operands and operators: chain(a, '<=', b, '<=', c)")
+    return Expr(ast.Compare(operands=tuple(node_of(o) for o in operands), ops=tuple(ops)))
+
+
+def call(name: str, *args: Any, **kwargs: Any) -> Expr:
+    """A term call, checked now: ``call("ce", weight="balanced")`` is ``T.ce(weight="balanced")``."""
+    node = ast.Call(
+        name=name,
+        args=tuple(node_of(arg) for arg in args),
+        keywords=tuple(ast.Keyword(name=key, value=node_of(value)) for key, value in kwargs.items()),
+    )
+    if name in REGISTRY:  # a term: check its arguments at once (tensor functions are checked in context)
+        check(ast.Spec(statements=(ast.LossStmt(value=node, bare=True),)), library=False)
+    return Expr(node)
+
+
+class _TermBuilder:
+    def __init__(self, name: str):
+        self.name = name
+        self.__doc__ = REGISTRY[name].doc if name in REGISTRY else f"the element-wise function {name}()"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Expr:
+        return call(self.name, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<lossdsl term builder {self.name}()>"
+
+
+def builder(name: str) -> _TermBuilder:
+    from .tensor_expr import FUNCTIONS
+
+    if name not in REGISTRY and name not in FUNCTIONS:
+        raise AttributeError(name)
+    return _TermBuilder(name)

@@ -1,0 +1,95 @@
+"""The Python builder (from lossdsl import terms as T) builds the parser's AST for the same spec."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lossdsl
+from lossdsl import terms as T
+
+y, pred, target = T.input("y"), T.input("pred"), T.input("target")
+
+PAIRS = [
+    (T.ce(), "ce()"),
+    (T.ce(weight="balanced"), "ce(weight=balanced)"),
+    (T.ce(weight=[0.25, 0.75], label_smoothing=0.05), "ce(weight=[0.25, 0.75], label_smoothing=0.05)"),
+    (T.ce(ignore_index=-1, reduction="sum"), "ce(ignore_index=-1, reduction=sum)"),
+    (T.ce(pred="head2", target="label2"), "ce(pred=head2, target=label2)"),
+    (
+        T.ce(weight="balanced") + 0.1 * T.fairness("fpr_gap", group="sex") + T.soft_bound(y <= 100),
+        "ce(weight=balanced) + 0.1*fairness(fpr_gap, group=sex) + soft_bound(y<=100)",
+    ),
+    (T.bce(pos_weight=2.0, label_smoothing=0.1), "bce(pos_weight=2.0, label_smoothing=0.1)"),
+    (T.focal(gamma=2.0, alpha=0.25), "focal(gamma=2.0, alpha=0.25)"),
+    (T.hinge(squared=True), "hinge(squared=true)"),
+    (T.dice(include_background=False) + T.ce(), "dice(include_background=false) + ce()"),
+    (T.huber(0.5), "huber(0.5)"),
+    (T.quantile(q=[0.1, 0.5, 0.9]), "quantile(q=[0.1, 0.5, 0.9])"),
+    (T.mse() - T.mae() / 4, "mse() - mae() / 4"),
+    (-T.mse(), "-mse()"),
+    ((T.mse() + T.mae()) * 2, "(mse() + mae()) * 2"),
+    (T.mse() - (T.mae() - T.huber()), "mse() - (mae() - huber())"),
+    (T.mse() * 2 * 3, "mse() * 2 * 3"),
+    (T.kl_normal(mu="mu", logvar="logvar") * 0.5, "kl_normal(mu=mu, logvar=logvar) * 0.5"),
+    (T.kl(p="teacher", q="student"), "kl(p=teacher, q=student)"),
+    (T.triplet(margin=0.5, p=1), "triplet(margin=0.5, p=1)"),
+    (T.soft_bound(T.chain(0, "<=", y, "<=", 1), margin=0.1), "soft_bound(0 <= y <= 1, margin=0.1)"),
+    (T.soft_bound(T.input("upper") - T.input("lower") >= 0, penalty="hinge"), "soft_bound(upper - lower >= 0, penalty=hinge)"),
+    (T.soft_bound(y == 3), "soft_bound(y == 3)"),
+    (T.mean(T.abs(pred - target)), "mean(abs(pred - target))"),
+    (T.sum(T.clamp(pred, -1, 1)), "sum(clamp(pred, -1, 1))"),
+    (T.mse(sample_weight="w") + T.l2(weight=1e-4), "mse(sample_weight=w) + l2(weight=0.0001)"),
+    (T.fairness("eo_gap", group="race", groups=5), "fairness(eo_gap, group=race, groups=5)"),
+    (T.soft_f1(beta=2.0), 'soft_f1(beta=2.0)'),
+]
+
+
+@pytest.mark.parametrize(("built", "text"), PAIRS, ids=[text for _, text in PAIRS])
+def test_builder_and_parser_give_equal_asts(built, text):
+    assert built.spec == lossdsl.parse(text)
+    assert lossdsl.parse(str(built)) == built.spec  # str() is the canonical text
+    assert str(built) == lossdsl.format(lossdsl.parse(text)).strip()
+
+
+def test_built_spec_compiles_to_the_same_loss():
+    built = T.mse() + 0.5 * T.mean(T.relu(pred - target))
+    text = lossdsl.compile("mse() + 0.5 * mean(relu(pred - target))")
+    p, t = torch.randn(6), torch.randn(6)
+    torch.testing.assert_close(built.compile()(p, t), text(p, t))
+    torch.testing.assert_close(built.compile()(p, t), F.mse_loss(p, t) + 0.5 * F.relu(p - t).mean())
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (lambda: T.fairness("fpr_gp", group="sex"), "E201"),
+        (lambda: T.cee(), None),  # no such term: AttributeError
+        (lambda: T.ce(wieght="balanced"), "E203"),
+        (lambda: T.ce(label_smoothing=2), "E205"),
+        (lambda: T.fairness("fpr_gap"), "E206"),
+        (lambda: (T.ce() * T.ce()).compile(), "E302"),
+        (lambda: (T.ce() + 1).check(), "E302"),
+        (lambda: T.soft_bound(T.chain(3, "<=", 4)), "E303"),
+    ],
+)
+def test_mistakes_raise_the_same_diagnostics(make, code):
+    if code is None:
+        with pytest.raises(AttributeError):
+            make()
+        return
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        make()
+    assert info.value.diagnostics[0].code == code
+    assert info.value.diagnostics[0].span is None  # no file, no place
+    assert str(info.value).startswith(f"error[{code}]")
+
+
+def test_python_chained_comparison_is_refused_with_a_pointer_to_chain():
+    with pytest.raises(TypeError, match="T.chain"):
+        T.soft_bound(0 <= y <= 1)
+
+
+def test_python_values_become_spec_values():
+    assert T.ce(weight="balanced").node.keywords[0].value == lossdsl.parse("balanced").objective.value
+    assert str(T.ce(pred="a b")) == 'ce(pred="a b")'  # not an identifier: a string
+    assert str(T.soft_bound(y <= -2.5)) == "soft_bound(y <= -2.5)"
