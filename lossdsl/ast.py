@@ -150,9 +150,9 @@ class LossStmt(Node):
 class Param(Node):
     kind: Literal["param"] = "param"
     name: str
-    value: float
-    low: float | None = None
-    high: float | None = None
+    value: int | float
+    low: int | float | None = None
+    high: int | float | None = None
 
 
 class Include(Node):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .ast import Span
+from .ast import Span, Spec
 from .checks import plan_for
 from .compiler import check_overrides, read_spec
+from .formatting import format_source
 from .runtime import LossModule
 from .errors import Diagnostic, LossSpecError
 from .reference import terms_markdown, terms_text
@@ -31,6 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="override a param (repeatable); checked against each spec's params and ranges")
     check.set_defaults(run=_check)
 
+    fmt = commands.add_parser("fmt", help="format .loss files canonically, keeping comments")
+    fmt.add_argument("paths", nargs="+", metavar="PATH", help="files, or directories searched for *.loss")
+    fmt.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file would change")
+    fmt.add_argument("--diff", action="store_true", help="write nothing; print the changes as a unified diff")
+    fmt.set_defaults(run=_fmt)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of the AST (Spec.model_dump_json)")
+    schema.set_defaults(run=_schema)
+
     terms = commands.add_parser("terms", help="list the terms and their parameters")
     terms.add_argument("--markdown", action="store_true", help="print the reference as docs/terms.md holds it")
     terms.set_defaults(run=_terms)
@@ -42,17 +53,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _check(args: argparse.Namespace) -> int:
+def _spec_files(command: str, raw_paths: Sequence[str]) -> list[Path] | None:
+    """The .loss files named or found under the directories; None (after a message) if one is missing."""
     files: list[Path] = []
-    for raw in args.paths:
+    for raw in raw_paths:
         path = Path(raw)
         if path.is_dir():
             files += sorted(p for p in path.rglob("*.loss") if p.is_file())
         elif path.exists():
             files.append(path)
         else:
-            print(f"lossdsl check: no such file or directory: {raw}", file=sys.stderr)
-            return EXIT_USAGE
+            print(f"lossdsl {command}: no such file or directory: {raw}", file=sys.stderr)
+            return None
+    return files
+
+
+def _check(args: argparse.Namespace) -> int:
+    files = _spec_files("check", args.paths)
+    if files is None:
+        return EXIT_USAGE
     diagnostics: list[Diagnostic] = []
     failed_files = 0
     for file in files:
@@ -115,6 +134,45 @@ def _summary(errors: int, warnings: int, failed_files: int, checked: int) -> str
     if not parts:
         return f"no problems ({files})"
     return f"{', '.join(parts)} ({files})"
+
+
+def _fmt(args: argparse.Namespace) -> int:
+    files = _spec_files("fmt", args.paths)
+    if files is None:
+        return EXIT_USAGE
+    color = _use_color(sys.stdout)
+    changed = failed = 0
+    for file in files:
+        try:
+            text = read_spec(file)
+            formatted = format_source(text, str(file))
+        except LossSpecError as exc:
+            print(exc.render(color))
+            failed += 1
+            continue
+        if formatted == text:
+            continue
+        changed += 1
+        if args.diff:
+            sys.stdout.writelines(
+                difflib.unified_diff(text.splitlines(True), formatted.splitlines(True), str(file), str(file))
+            )
+        elif args.check:
+            print(f"would reformat {file}")
+        else:
+            file.write_text(formatted, encoding="utf-8")
+            print(f"reformatted {file}")
+    verb = "would be reformatted" if args.check or args.diff else "reformatted"
+    print(f"{changed} file{'s' * (changed != 1)} {verb}, {len(files) - changed - failed} unchanged"
+          + (f", {failed} with errors" if failed else ""), file=sys.stderr)
+    if failed or (changed and (args.check or args.diff)):
+        return EXIT_ERRORS
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(Spec.model_json_schema(), indent=2))
+    return EXIT_OK
 
 
 def _terms(args: argparse.Namespace) -> int:

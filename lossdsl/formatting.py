@@ -94,3 +94,81 @@ def _input(decl: ast.InputDecl) -> str:
     if decl.groups is not None:
         text += f" of {decl.groups}"
     return text
+
+
+def format_source(text: str, filename: str | None = None) -> str:
+    """``lossdsl fmt``: the canonical text of a spec file, keeping its comments and blank lines.
+
+    Each statement is written canonically on one line (an ``inputs:`` block one declaration a
+    line, indented by four spaces). Comment lines stay above the statement they preceded; a
+    comment at the end of a statement's last line stays at its end; a comment inside a
+    multi-line statement moves above it. Runs of blank lines become one.
+    """
+    from .parsing import parse
+
+    spec = parse(text, filename)
+    comments = _comments(text)
+    lines = text.split("\n")
+    out: list[str] = []
+    previous_end = 0
+    for statement in spec.statements:
+        first, last = _line_range(statement)
+        leading = [n for n in sorted(comments) if previous_end < n < first]
+        block_start = min([first, *leading])
+        if out and any(not lines[n - 1].strip() for n in range(previous_end + 1, block_start)):
+            out.append("")
+        for n in leading:
+            if out and n > leading[0] and not lines[n - 2].strip():
+                out.append("")
+            out.append(comments.pop(n))
+        out.extend(_statement_with_comments(statement, comments, first, last))
+        previous_end = last
+    rest = [n for n in sorted(comments) if n > previous_end]
+    if rest and out and any(not lines[n - 1].strip() for n in range(previous_end + 1, rest[0])):
+        out.append("")
+    out.extend(comments.pop(n) for n in rest)
+    return "\n".join(out) + "\n" if out else ""
+
+
+def _statement_with_comments(statement: ast.Node, comments: dict[int, str], first: int, last: int) -> list[str]:
+    if isinstance(statement, ast.Inputs):
+        header = "inputs:" + _trailing(comments, first)
+        body = []
+        for decl in statement.decls:
+            decl_first, decl_last = _line_range(decl)
+            above = [comments.pop(n) for n in sorted(comments) if first < n < decl_first]
+            body += [f"    {c}" for c in above] + [f"    {_input(decl)}" + _trailing(comments, decl_last)]
+            first = decl_last
+        return [header, *body]
+    inside = [comments.pop(n) for n in sorted(comments) if first <= n < last]
+    (text,) = format_statement(statement) if not isinstance(statement, ast.Inputs) else ("",)
+    return [*inside, text + _trailing(comments, last)]
+
+
+def _trailing(comments: dict[int, str], line: int) -> str:
+    return f"  {comments.pop(line)}" if line in comments else ""
+
+
+def _line_range(node: ast.Node) -> tuple[int, int]:
+    span = node.span
+    if isinstance(node, ast.Inputs) and node.decls:
+        return span.line, _line_range(node.decls[-1])[1]  # type: ignore[union-attr]
+    return span.line, span.end_line  # type: ignore[union-attr]
+
+
+def _comments(text: str) -> dict[int, str]:
+    """Line number -> the comment on it (``# ...``), outside string literals."""
+    found = {}
+    for number, line in enumerate(text.split("\n"), start=1):
+        in_string = escaped = False
+        for column, char in enumerate(line):
+            if in_string:
+                escaped = char == "\\" and not escaped
+                if char == '"' and not escaped:
+                    in_string = False
+            elif char == '"':
+                in_string = True
+            elif char == "#":
+                found[number] = line[column:].rstrip()
+                break
+    return found

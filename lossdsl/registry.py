@@ -206,9 +206,18 @@ class Term(nn.Module):
         total = (sample_weight * per_sample).sum()
         if self.reduction == "sum":
             return total
-        return total / sample_weight.sum().clamp_min(torch.finfo(loss.dtype).tiny)
+        return weighted_mean(total, sample_weight.sum())
 
     def expect_same_shape(self, a: int, b: int, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.shape != y.shape:
             other = self.input_names[b]
             self.fail(a, f"shape {tuple(x.shape)} differs from {other}'s {tuple(y.shape)}; reshape one of them")
+
+
+def weighted_mean(total: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``total / weight``, and 0 with zero gradients when the weight is 0 (never NaN or inf).
+
+    Dividing by a clamped tiny weight instead would scale the gradients by 1/tiny, which
+    overflows before the zero weights can cancel it.
+    """
+    return total / torch.where(weight > 0, weight, torch.ones_like(weight))

@@ -336,7 +336,7 @@ def test_python_m_lossdsl_check_specs():
     ("option", "status", "fragment"),
     [
         ("lam=0.5", 0, "no problems (1 file checked)"),
-        ("lam=5", 1, "error[E205]: param 'lam' = 5.0 lies outside its range [0.0, 1.0]"),
+        ("lam=5", 1, "error[E205]: param 'lam' = 5.0 lies outside its range [0, 1]"),
         ("lamb=1", 1, ":1:1: error[E105]: unknown param 'lamb'"),
         ("eps=2", 1, "error[E205]: 'label_smoothing' of ce() is param 'eps' = 2.0"),
     ],

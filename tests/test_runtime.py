@@ -148,7 +148,7 @@ def test_params_weigh_terms_and_set_term_arguments(overrides):
     ("overrides", "code", "fragment"),
     [
         ({"lamb": 1.0}, "E105", "did you mean 'lam'?"),
-        ({"lam": 11}, "E205", "outside its range [0.0, 10.0]"),
+        ({"lam": 11}, "E205", "outside its range [0, 10]"),
         ({"lam": "0.3"}, "E204", "takes a finite number"),
         ({"eps": 1.5}, "E205", "'label_smoothing' of ce() is param 'eps' = 1.5"),
     ],

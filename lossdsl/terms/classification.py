@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat
 
-from ..registry import InputOf, Int64, ReductionParam, SampleWeight, Term, TermParams, Weights, register
+from ..registry import InputOf, Int64, ReductionParam, SampleWeight, Term, TermParams, Weights, register, weighted_mean
 
 
 class CEParams(TermParams):
@@ -39,7 +39,8 @@ class CrossEntropy(Term):
     - Binary logits ``[N]`` or ``[N, 1]`` with integer 0/1 targets: the sigmoid form, which equals
       ``F.cross_entropy`` on the two-class logits ``[0, z]``, class weights and label smoothing
       included; without them it is ``F.binary_cross_entropy_with_logits``. The targets are not
-      checked to be 0 or 1: reading their values would synchronise with the device.
+      checked to be 0 or 1: reading their values would synchronise with the device. Bool or
+      uint8 targets cannot hold a negative ``ignore_index``, so they skip its masking (faster).
     - Floating-point targets are class probabilities: of ``pred``'s shape for ``[N, C, ...]``
       logits, or the probability of class 1 for binary logits. As in torch, ``ignore_index`` does
       not apply to them and ``mean`` divides by the number of samples.
@@ -91,11 +92,17 @@ class CrossEntropy(Term):
             return pred.sum()
         if target.is_floating_point():
             return self._probability_form(pred, target, binary, sample_weight)
+        if binary and self._nothing_to_ignore(target) and self.class_weight is None and not self.balanced:
+            return self._plain_sigmoid_form(logits, target, sample_weight)
+        if not binary and sample_weight is None and not self.label_smoothing and not self.balanced:
+            return self._plain_softmax_form(pred, target)
         keep = target != self.ignore_index
-        labels = (target * keep).long()  # ignored targets point at class 0 and weigh 0
+        labels = None
+        if self.class_weight is not None or self.balanced:  # class indices to look weights up
+            labels = (target * keep).long()  # ignored targets point at class 0 and weigh 0
         weight = self._class_weight(labels, keep, num_classes, pred.dtype)
         if binary:
-            total, denominator = self._sigmoid_form(logits, labels, keep, weight, sample_weight)
+            total, denominator = self._sigmoid_form(logits, target, labels, keep, weight, sample_weight)
         elif sample_weight is None:
             total = F.cross_entropy(
                 pred, target, weight=weight, ignore_index=self.ignore_index, reduction="sum",
@@ -115,18 +122,55 @@ class CrossEntropy(Term):
             denominator = (share if weight is None else weight[labels] * share).sum()
         if self.reduction == "sum":
             return total
-        return total / denominator.clamp_min(torch.finfo(pred.dtype).tiny)
+        return weighted_mean(total, denominator)
+
+    def _nothing_to_ignore(self, target: torch.Tensor) -> bool:
+        """True when no target can equal ignore_index (bool or uint8 targets and a negative index)."""
+        return self.ignore_index < 0 and target.dtype in (torch.bool, torch.uint8)
+
+    def _plain_sigmoid_form(
+        self, logits: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Binary logits, 0/1 targets that cannot be ignored, no class weights: torch's own function."""
+        y = target.to(logits.dtype)
+        if self.label_smoothing:
+            y = y * (1 - self.label_smoothing) + self.label_smoothing / 2
+        if sample_weight is None:
+            return F.binary_cross_entropy_with_logits(logits, y, reduction=self.reduction)
+        return self.reduce(F.binary_cross_entropy_with_logits(logits, y, reduction="none"), sample_weight)
+
+    def _plain_softmax_form(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Class indices without smoothing or running counts: one NLL kernel that also returns the
+        summed weight of the kept targets, so ``mean`` needs no second pass (and is 0, not NaN, when
+        every target is ignored)."""
+        log_prob = F.log_softmax(pred, dim=1)
+        weight = self._class_weight(None, None, pred.shape[1], pred.dtype)
+        if pred.dim() == 2:
+            total, total_weight = torch.ops.aten.nll_loss_forward(log_prob, target, weight, 2, self.ignore_index)
+        else:  # [N, C, ...] as [N, C, L, 1]
+            n, c = pred.shape[:2]
+            total, total_weight = torch.ops.aten.nll_loss2d_forward(
+                log_prob.reshape(n, c, -1, 1), target.reshape(n, -1, 1), weight, 2, self.ignore_index
+            )
+        if self.reduction == "sum":
+            return total
+        return weighted_mean(total, total_weight)
 
     def _sigmoid_form(
         self,
         logits: torch.Tensor,
-        labels: torch.Tensor,
+        target: torch.Tensor,
+        labels: torch.Tensor | None,
         keep: torch.Tensor,
         weight: torch.Tensor | None,
         sample_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed loss and summed weight of the sigmoid form."""
-        y = labels.to(logits.dtype)
+        """Summed loss and summed weight of the sigmoid form.
+
+        An ignored target's value (-100) reaches the loss only times a zero weight, which zeroes
+        its loss and its gradient, so the targets need no masking of their own.
+        """
+        y = target.to(logits.dtype)
         smoothing = self.label_smoothing
         share = keep.to(logits.dtype) if weight is None else weight[labels] * keep
         if sample_weight is not None:

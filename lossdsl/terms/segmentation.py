@@ -60,7 +60,8 @@ class _Overlap(Term):
             if target.shape != (n, *spatial) or target.is_floating_point():
                 self.fail(1, f"expected masks {tuple(pred.shape)} or class indices {(n, *spatial)}, got "
                              f"{tuple(target.shape)} {target.dtype}")
-            mask = F.one_hot(target.long(), channels).movedim(-1, 1).to(pred.dtype)
+            # Scattered into a contiguous float tensor (one_hot would be int64 and channels-last).
+            mask = torch.zeros_like(pred).scatter_(1, target.long().unsqueeze(1), 1.0)
         if not self.include_background and channels > 1:
             prob, mask = prob[:, 1:], mask[:, 1:]
         return prob.reshape(n, prob.shape[1], -1), mask.reshape(n, mask.shape[1], -1)

@@ -1,0 +1,111 @@
+"""The example scripts run, in quick mode, and print their tables.
+
+Every script is started once, all of them at the same time, as a subprocess with
+``LOSSDSL_EXAMPLE_QUICK=1`` (the new examples shrink their data and epochs; quickstart.py has no
+quick mode and runs in full, a few seconds). The tests then read each one's exit status and output.
+"""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TIMEOUT_S = 120
+
+# script -> lines (or parts of lines) it must print
+EXPECTED = {
+    "quickstart.py": [
+        "inputs: pred, target, sex, y",
+        re.compile(r"^\s*epoch\s+ce\s+fairness\s+soft_bound\s+total$", re.M),
+        "accuracy",
+    ],
+    "imbalanced_classification.py": [
+        "held-out recall per class",
+        re.compile(r"^\s*class\s+freq\s+n\s+ce\(\)\s+ce\(weight=balanced\)\s+focal\(gamma=2\.0\)$", re.M),
+        *(re.compile(rf"^\s*{c}\s+{f}%\s+\d+(\s+[01]\.\d{{3}}){{3}}$", re.M) for c, f in enumerate((60, 20, 10, 7, 3))),
+        re.compile(r"^\s*balanced accuracy(\s+[01]\.\d{3}){3}$", re.M),
+    ],
+    "vae.py": [
+        "let recon_loss = mse(pred=recon, target=x)",
+        "inputs: recon, x, mu, logvar",
+        re.compile(r"^\s*epoch\s+recon_loss\s+kl\s+total$", re.M),
+        re.compile(r"^\s*1\s+\d+\.\d{5}\s+\d+\.\d{3}\s+\d+\.\d{5}$", re.M),
+        "held-out reconstruction MSE",
+        "KL per latent dimension (nats):",
+    ],
+    "segmentation.py": [
+        "held-out Dice / IoU per class",
+        re.compile(r"^\s*class\s+pixels\s+ce\(\) Dice\s+IoU\s+dice\(\) \+ ce\(\) Dice\s+IoU$", re.M),
+        *(re.compile(rf"^\s*{name}\s+\d+\.\d%(\s+[01]\.\d{{3}}){{4}}$", re.M) for name in ("background", "disc", "square")),
+    ],
+    "robust_regression.py": [
+        "10% gross outliers",
+        re.compile(r"^\s+true\s+mse\(\)\s+huber\(delta=1\.0\)\s+mae\(\)$", re.M),
+        *(re.compile(rf"^\s*{name}\s+-?\d+\.\d{{3}}(\s+-?\d+\.\d{{3}}){{3}}$", re.M) for name in ("w1", "w2", "w3", "bias")),
+        re.compile(r"^\s*test RMSE\s+0\.300(\s+\d+\.\d{3}){3}$", re.M),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, subprocess.CompletedProcess]:
+    """Run every example at once (they are small, and mostly wait on imports); collect their output."""
+    env = dict(os.environ, LOSSDSL_EXAMPLE_QUICK="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, str(EXAMPLES / name)],
+            cwd=EXAMPLES.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in EXPECTED
+    }
+    results = {}
+    try:
+        for name, process in processes.items():
+            try:
+                stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                stdout, stderr = process.communicate()
+                stderr += f"\n(killed after {TIMEOUT_S} s)"
+            results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return results
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_example_runs_and_prints_its_table(runs, name):
+    result = runs[name]
+    assert result.returncode == 0, f"{name} exited with {result.returncode}:\n{result.stderr[-3000:]}"
+    for expected in EXPECTED[name]:
+        if isinstance(expected, str):
+            assert expected in result.stdout, f"{name} did not print {expected!r}:\n{result.stdout}"
+        else:
+            assert expected.search(result.stdout), f"{name} did not print a line matching {expected.pattern!r}:\n{result.stdout}"
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_example_says_how_to_run_it_and_imports_only_torch_and_lossdsl(name):
+    tree = ast.parse((EXAMPLES / name).read_text(encoding="utf-8"))
+    docstring = ast.get_docstring(tree)
+    assert docstring and f"python examples/{name}" in docstring
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported - set(sys.stdlib_module_names) <= {"torch", "lossdsl"}
+
