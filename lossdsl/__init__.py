@@ -8,10 +8,11 @@ from . import terms as _builtin_terms  # noqa: F401  (registers the built-in ter
 from .ast import Spec
 from .checks import check
 from .compiler import compile, load
+from .custom import load_plugins, term
 from .errors import Diagnostic, LossSpecError
 from .formatting import format
 from .parsing import parse
-from .registry import REGISTRY
+from .registry import REGISTRY, TermParams
 from .runtime import LossModule
 
 __all__ = [
@@ -20,10 +21,14 @@ __all__ = [
     "LossSpecError",
     "REGISTRY",
     "Spec",
+    "TermParams",
     "check",
     "compile",
     "format",
     "load",
     "parse",
+    "term",
 ]
+
+load_plugins()
 __version__ = "0.1.0"

@@ -131,6 +131,7 @@ PYTHON_EXAMPLES = {
     'lossdsl.LossSpecError("bad tensor")': lambda: _raise(lossdsl.LossSpecError("bad tensor")),
     'lossdsl.compile("ce()")(torch.randn(4))': lambda: lossdsl.compile("ce()")(torch.randn(4)),
     'lossdsl.compile("l2()")()': lambda: lossdsl.compile("l2()")(),
+    'lossdsl.compile("elementwise()")(pred=torch.randn(3))': lambda: _custom_elementwise(),
     'lossdsl.checks.plan_for("let data = mse()", library=True)': (
         lambda: lossdsl.checks.plan_for("let data = mse()", library=True)
     ),
@@ -141,6 +142,14 @@ PYTHON_EXAMPLES = {
         lambda: lossdsl.compile("mse()")(torch.randn(4), torch.randn(3))
     ),
 }
+
+
+def _custom_elementwise() -> None:
+    lossdsl.term("elementwise")(lambda pred: pred.abs())
+    try:
+        lossdsl.compile("elementwise()")(pred=torch.randn(3))
+    finally:
+        del REGISTRY["elementwise"]
 
 
 def _raise(error: Exception) -> None:
