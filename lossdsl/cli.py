@@ -39,6 +39,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     fmt.add_argument("--diff", action="store_true", help="write nothing; print the changes as a unified diff")
     fmt.set_defaults(run=_fmt)
 
+    explain = commands.add_parser("explain", help="show a spec's typed tree, terms, inputs and compiled module")
+    explain.add_argument("spec", metavar="SPEC", help="a .loss file")
+    explain.add_argument("--no-trace", action="store_true", help="skip tracing the forward with torch.fx")
+    explain.set_defaults(run=_explain)
+
+    verify = commands.add_parser("verify", help="gradient and stability checks on synthetic inputs")
+    verify.add_argument("spec", metavar="SPEC", help="a .loss file with an inputs: block")
+    verify.add_argument("--steps", type=int, default=300, help="optimisation steps (default 300)")
+    verify.set_defaults(run=_verify)
+
     schema = commands.add_parser("schema", help="print the JSON Schema of the AST (Spec.model_dump_json)")
     schema.set_defaults(run=_schema)
 
@@ -168,6 +178,34 @@ def _fmt(args: argparse.Namespace) -> int:
     if failed or (changed and (args.check or args.diff)):
         return EXIT_ERRORS
     return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+
+    try:
+        plan = plan_for(read_spec(args.spec), args.spec)
+        if plan.objective is None:
+            raise LossSpecError([Diagnostic("E103", "the spec has no objective", plan.spec.span)])
+        report = explain(plan, trace=not args.no_trace)
+    except LossSpecError as exc:
+        print(exc.render(_use_color(sys.stdout)))
+        return EXIT_ERRORS
+    sys.stdout.write(report)
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import render, verify
+
+    try:
+        plan = plan_for(read_spec(args.spec), args.spec)
+        checks = verify(plan, steps=args.steps)
+    except LossSpecError as exc:
+        print(exc.render(_use_color(sys.stdout)))
+        return EXIT_ERRORS
+    sys.stdout.write(render(checks))
+    return EXIT_OK if all(c.passed for c in checks) else EXIT_ERRORS
 
 
 def _schema(args: argparse.Namespace) -> int:

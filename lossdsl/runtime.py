@@ -15,7 +15,7 @@ from torch import nn
 
 from . import ast
 from .errors import Diagnostic, LossSpecError, did_you_mean
-from .formatting import format as format_spec
+from .formatting import format_expr
 from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, Plan, TermPlan, TermValue
 from .registry import TermParams
 
@@ -156,7 +156,9 @@ class LossModule(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"spec={format_spec(self.plan.spec).strip()!r}"
+        objective = next((s for s in self.plan.spec.statements if isinstance(s, ast.LossStmt)), None)
+        text = format_expr(objective.value) if objective is not None else ""
+        return f"objective={text!r}, inputs={self.inputs}"
 
 
 _FLOAT_KINDS = frozenset({"logits", "probs", "real", "embedding", "weight"})

@@ -231,11 +231,14 @@ def sklearn_balanced(targets: torch.Tensor, num_classes: int, dtype: torch.dtype
 
 
 def unseen_rule(counts: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    """The documented rule: n / (C * max(count, 1)); all ones when nothing was counted."""
+    """The documented rule: n / (C * count) for seen classes, the largest of those for a class not
+    seen yet; all ones when nothing was counted."""
     counts = np.asarray(counts, dtype=np.float64)
     if counts.sum() == 0:
         return torch.ones(len(counts), dtype=dtype)
-    return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=dtype)
+    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    weights[counts == 0] = weights[counts > 0].max()
+    return torch.tensor(weights, dtype=dtype)
 
 
 def all_classes(n: int, num_classes: int, shape=None) -> torch.Tensor:
@@ -338,7 +341,7 @@ def test_ce_balanced_eval_without_counts_is_unweighted(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_ce_balanced_unseen_class_counts_as_one(dtype):
+def test_ce_balanced_unseen_class_weighs_as_the_rarest_seen(dtype):
     num_classes = 4
     t = torch.tensor([0, 0, 0, 1, 1, 3, 0, 1, 3])  # class 2 never seen
     pred = leaf(len(t), num_classes, dtype=dtype)

@@ -47,8 +47,8 @@ class CrossEntropy(Term):
     - ``mean`` divides by the summed weight of the kept targets, as torch does, but gives 0 (not
       NaN) when every target is ignored; an empty batch gives 0. With ``sample_weight``, each
       sample's loss and its share of that denominator are multiplied by its weight.
-    - ``weight=balanced``: scikit-learn's ``n / (C * max(count_c, 1))`` over running class counts
-      kept in the buffer ``class_counts``. In training mode each call first adds the batch's kept
+    - ``weight=balanced``: scikit-learn's ``n / (C * count_c)`` over running class counts kept in
+      the buffer ``class_counts``; a class not seen yet weighs as much as the rarest class seen. In training mode each call first adds the batch's kept
       targets, then weighs the batch; in eval mode the counts are frozen; ``LossModule.fit(target=
       labels)`` replaces them with a data set's. The buffer is sized on first use from the
       logits; with no counts at all every weight is 1. It is saved in ``state_dict()``.
@@ -170,12 +170,12 @@ class CrossEntropy(Term):
         An ignored target's value (-100) reaches the loss only times a zero weight, which zeroes
         its loss and its gradient, so the targets need no masking of their own.
         """
-        y = target.to(logits.dtype)
         smoothing = self.label_smoothing
         share = keep.to(logits.dtype) if weight is None else weight[labels] * keep
         if sample_weight is not None:
             share = share * sample_weight
         if weight is None or not smoothing:
+            y = target.to(logits.dtype)
             soft_target = y * (1 - smoothing) + smoothing / 2 if smoothing else y
             total = F.binary_cross_entropy_with_logits(logits, soft_target, weight=share, reduction="sum")
             return total, share.sum()
@@ -249,10 +249,16 @@ class CrossEntropy(Term):
 
 
 def balanced_weight(counts: torch.Tensor, dtype: torch.dtype, guard_empty: bool = True) -> torch.Tensor:
-    """scikit-learn's balanced weights ``n / (C * count_c)``; an unseen class counts as one, no counts give ones."""
+    """scikit-learn's balanced weights ``n / (C * count_c)``.
+
+    A class not seen yet weighs as much as the rarest class seen (``n / C`` would grow without
+    bound as ``n`` does, and only label smoothing would feel it); no counts at all give ones.
+    """
     counts = counts.to(dtype)
     total = counts.sum()
     weight = total / (counts.numel() * counts.clamp_min(1))
+    seen = counts > 0
+    weight = torch.where(seen, weight, weight.masked_fill(~seen, 0).amax())
     if not guard_empty:
         return weight
     return torch.where(total > 0, weight, torch.ones_like(weight))

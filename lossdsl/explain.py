@@ -1,0 +1,106 @@
+"""``lossdsl explain``: what a spec means, term by term, and what it compiles to."""
+
+from __future__ import annotations
+
+from . import ast
+from .formatting import format as format_spec
+from .formatting import format_expr
+from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, Plan, TermValue
+from .runtime import LossModule
+
+
+def explain(plan: Plan, trace: bool = True) -> str:
+    """A report: the canonical spec, the typed tree, each term's parameters, the inputs, the params,
+    the module, and (when every input is declared) the forward traced with torch.fx."""
+    module = LossModule(plan).eval()
+    lets = {let.name: let for let in plan.lets}
+    sections = [
+        ("spec", format_spec(plan.spec).rstrip() or "(empty)"),
+        ("typed tree", "\n".join(_tree(plan.objective, lets, 0)) if plan.objective else "(no objective)"),
+        ("terms", "\n".join(_term_lines(plan)) or "(none)"),
+        ("inputs", "\n".join(_input_lines(plan)) or "(none)"),
+        ("params", "\n".join(_param_lines(plan)) or "(none)"),
+        ("module", repr(module)),
+    ]
+    if trace:
+        sections.append(("forward, traced with torch.fx on synthetic inputs", _traced(plan, module)))
+    return "\n\n".join(f"== {title} ==\n{body}" for title, body in sections) + "\n"
+
+
+def _type(expr: ObjectiveExpr) -> str:
+    if isinstance(expr, (Constant, ParamValue)):
+        return "Number"
+    if isinstance(expr, (Negate,)):
+        return _type(expr.operand)
+    if isinstance(expr, Arithmetic):
+        return "Number" if _type(expr.left) == _type(expr.right) == "Number" else "Loss"
+    return "Loss"
+
+
+def _tree(expr: ObjectiveExpr, lets: dict, depth: int) -> list[str]:
+    pad = "  " * depth
+    if isinstance(expr, TermValue):
+        return [f"{pad}{expr.term.label}: Loss  = {expr.term.term.name}(...) at line {_line(expr.term.span)}"]
+    if isinstance(expr, LetValue):
+        return [f"{pad}let {expr.name}: Loss", *_tree(lets[expr.name].value, lets, depth + 1)]
+    if isinstance(expr, ParamValue):
+        return [f"{pad}param {expr.name}: Number"]
+    if isinstance(expr, Constant):
+        return [f"{pad}{expr.value!r}: Number"]
+    if isinstance(expr, Negate):
+        return [f"{pad}neg: {_type(expr)}", *_tree(expr.operand, lets, depth + 1)]
+    assert isinstance(expr, Arithmetic)
+    return [f"{pad}{expr.op}: {_type(expr)}", *_tree(expr.left, lets, depth + 1), *_tree(expr.right, lets, depth + 1)]
+
+
+def _line(span: ast.Span | None) -> str:
+    return str(span.line) if span else "?"
+
+
+def _term_lines(plan: Plan) -> list[str]:
+    lines = []
+    for term in plan.terms:
+        lines.append(f"{term.label}: {term.where}")
+        for name, value in term.params:
+            if isinstance(value, ast.Node):
+                shown = format_expr(value)
+            elif value is None or isinstance(value, str):
+                shown = "—" if value is None else value
+            else:
+                shown = repr(value)
+            source = dict(term.param_args).get(name)
+            lines.append(f"    {name} = {shown}" + (f"  (param {source})" if source else ""))
+    return lines
+
+
+def _input_lines(plan: Plan) -> list[str]:
+    declared = {decl.name: decl for decl in plan.declared}
+    lines = []
+    for name in plan.inputs:
+        decl = declared.get(name)
+        kind = f"{decl.type}[{', '.join(map(str, decl.shape))}]" if decl and decl.shape else (decl.type if decl else "")
+        readers = ", ".join(t.where for t in plan.terms if name in t.inputs)
+        lines.append(f"{name}: {kind or '(not declared)'}  read by {readers}")
+    return lines
+
+
+def _param_lines(plan: Plan) -> list[str]:
+    return [
+        f"{p.name} = {p.default!r}" + (f" in [{p.low!r}, {p.high!r}]" if p.low is not None else "") for p in plan.params
+    ]
+
+
+def _traced(plan: Plan, module: LossModule) -> str:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from .errors import LossSpecError
+    from .synthetic import synthetic_inputs
+
+    try:
+        inputs = synthetic_inputs(plan)
+    except LossSpecError as exc:
+        return f"(not traced: {exc.diagnostics[0].message})"
+    names = list(inputs)
+    graph = make_fx(lambda *tensors: module(**dict(zip(names, tensors))))(*inputs.values())
+    shapes = ", ".join(f"arg{i}_1 = {name} {tuple(t.shape)}" for i, (name, t) in enumerate(inputs.items()))
+    return f"# {shapes}\n{graph.code.strip()}"
