@@ -96,11 +96,11 @@ def _traced(plan: Plan, module: LossModule) -> str:
     from .errors import LossSpecError
     from .synthetic import synthetic_inputs
 
-    try:
-        inputs = synthetic_inputs(plan)
-    except LossSpecError as exc:
-        return f"(not traced: {exc.diagnostics[0].message})"
+    inputs = synthetic_inputs(plan)
     names = list(inputs)
-    graph = make_fx(lambda *tensors: module(**dict(zip(names, tensors))))(*inputs.values())
+    try:
+        graph = make_fx(lambda *tensors: module(**dict(zip(names, tensors))))(*inputs.values())
+    except LossSpecError as exc:  # inferred inputs that do not fit
+        return f"(not traced: {exc.diagnostics[0].message}; declare the inputs in an inputs: block)"
     shapes = ", ".join(f"arg{i}_1 = {name} {tuple(t.shape)}" for i, (name, t) in enumerate(inputs.items()))
     return f"# {shapes}\n{graph.code.strip()}"

@@ -144,19 +144,29 @@ class TermDef:
     example: str = ""
     #: What the positional parameter is called in messages ("statistic" for fairness).
     noun: str = "value"
+    #: Symbolic shapes of inputs that are not ``[N]``, for synthetic inputs: role -> shape.
+    shapes: tuple[tuple[str, tuple[str | int, ...]], ...] = ()
 
 
 REGISTRY: dict[str, TermDef] = {}
 
 
-def register(name: str, params: type[TermParams], doc: str, example: str = "", noun: str = "value"):
+def register(
+    name: str,
+    params: type[TermParams],
+    doc: str,
+    example: str = "",
+    noun: str = "value",
+    shapes: dict[str, tuple[str | int, ...]] | None = None,
+):
     """Class decorator: register an ``nn.Module`` subclass as the term ``name``."""
 
     def decorate(module: type[nn.Module]) -> type[nn.Module]:
         if name in REGISTRY:
             raise ValueError(f"term '{name}' is registered twice")
         REGISTRY[name] = TermDef(
-            name=name, params=params, module=module, doc=doc, example=example or f"{name}()", noun=noun
+            name=name, params=params, module=module, doc=doc, example=example or f"{name}()", noun=noun,
+            shapes=tuple((shapes or {}).items()),
         )
         return module
 

@@ -1,26 +1,43 @@
-"""Synthetic inputs from an ``inputs:`` block, for ``lossdsl explain`` and ``lossdsl verify``."""
+"""Synthetic inputs for ``lossdsl explain`` and ``lossdsl verify``: from the ``inputs:`` block, or
+inferred from the terms that read each input."""
 
 from __future__ import annotations
 
 import torch
 
-from .errors import Diagnostic, LossSpecError
+from . import ast
 from .plan import Plan
 
 #: Sizes given to symbolic dimensions: N the batch, C 3, anything else 4.
 DEFAULT_SIZES = {"N": 8, "C": 3}
 
 
+def declarations(plan: Plan) -> list[ast.InputDecl]:
+    """The declared inputs, and for the rest a declaration inferred from the terms that read them:
+    the first kind the reading parameter accepts (``real`` inside expressions), shaped ``[N]``
+    (``[N, D]`` for embeddings) unless the term gives a shape for that parameter."""
+    declared = {decl.name: decl for decl in plan.declared}
+    inferred: dict[str, ast.InputDecl] = {}
+    for term in plan.terms:
+        shapes = dict(term.term.shapes)
+        roles = {getattr(term.params, role): role for role in term.params.input_roles()}
+        for name in term.inputs:
+            if name in declared or name in inferred:
+                continue
+            role = roles.get(name)
+            kinds = term.params.kinds(role) if role else None
+            kind = kinds[0] if kinds else ("weight" if role == "sample_weight" else "real")
+            shape = shapes.get(role) or (("N", "D") if kind == "embedding" else ("N",))
+            inferred[name] = ast.InputDecl(name=name, type=kind, shape=shape)
+    return [declared.get(name) or inferred[name] for name in plan.inputs]
+
+
 def synthetic_inputs(
     plan: Plan, batch: int = 8, dtype: torch.dtype = torch.float32, scale: float = 1.0, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """One tensor per declared input, of its kind and shape. ``scale`` multiplies logits (extremes)."""
-    if len(plan.declared) != len(plan.inputs):
-        missing = [name for name in plan.inputs if name not in {d.name for d in plan.declared}]
-        raise LossSpecError(
-            [Diagnostic("E108", f"synthetic inputs need an inputs: block declaring {', '.join(missing)}",
-                        hint="declare every input with its kind and shape, e.g. pred: logits[N, C]")]
-        )
+    """One tensor per input, of its declared (or inferred) kind and shape; ``scale`` multiplies logits
+    and reals (for extremes)."""
+    decls = declarations(plan)
     generator = torch.Generator().manual_seed(seed)
     sizes = {**DEFAULT_SIZES, "N": batch}
 
@@ -28,10 +45,10 @@ def synthetic_inputs(
         return tuple(d if isinstance(d, int) else sizes.get(d, 4) for d in (decl.shape or ("N",)))
 
     # Class labels index the class dimension of the logits (two classes for binary logits).
-    multiclass = [shape_of(d) for d in plan.declared if d.type == "logits" and len(shape_of(d)) > 1]
+    multiclass = [shape_of(d) for d in decls if d.type == "logits" and len(shape_of(d)) > 1]
     classes = multiclass[0][1] if multiclass else 2
     tensors = {}
-    for decl in plan.declared:
+    for decl in decls:
         shape = shape_of(decl)
         kind = decl.type
         if kind == "logits":

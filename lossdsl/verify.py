@@ -7,7 +7,8 @@
 4. a few hundred optimisation steps on a tiny synthetic problem (the logits, reals and
    embeddings are the parameters; everything else is data) must lower the loss.
 
-Synthetic inputs come from the spec's ``inputs:`` block (see ``lossdsl.synthetic``).
+Synthetic inputs come from the spec's ``inputs:`` block, or are inferred from the terms that read
+them (see ``lossdsl.synthetic``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 
 from .plan import Plan
 from .runtime import LossModule
-from .synthetic import synthetic_inputs
+from .errors import LossSpecError
+from .synthetic import declarations, synthetic_inputs
 
 LEARNED_KINDS = frozenset({"logits", "real", "embedding"})
 DOMINANCE = 100.0
@@ -33,14 +35,22 @@ class Check:
 
 def verify(plan: Plan, steps: int = 300) -> list[Check]:
     """Run every check; none stops the others."""
-    kinds = {decl.name: decl.type for decl in plan.declared}
-    return [
-        _finite(plan, kinds, scale=1.0, name="finite at ordinary inputs"),
-        _finite(plan, kinds, scale=1e4, name="finite at extreme inputs (x1e4)"),
-        _gradcheck(plan, kinds),
-        _balance(plan, kinds),
-        _descent(plan, kinds, steps),
+    kinds = {decl.name: decl.type for decl in declarations(plan)}
+    runs = [
+        ("finite at ordinary inputs", lambda name: _finite(plan, kinds, scale=1.0, name=name)),
+        ("finite at extreme inputs (x1e4)", lambda name: _finite(plan, kinds, scale=1e4, name=name)),
+        ("gradcheck (float64)", lambda name: _gradcheck(plan, kinds)),
+        ("gradient balance", lambda name: _balance(plan, kinds)),
+        ("optimisation lowers the loss", lambda name: _descent(plan, kinds, steps)),
     ]
+    checks = []
+    for name, run in runs:
+        try:
+            checks.append(run(name))
+        except LossSpecError as exc:  # e.g. inferred inputs of the wrong shape: declare them
+            problem = exc.diagnostics[0].message
+            checks.append(Check(name, False, f"{problem} (declare the inputs in an inputs: block)"))
+    return checks
 
 
 def _learned(inputs: dict[str, torch.Tensor], kinds: dict[str, str]) -> dict[str, torch.Tensor]:

@@ -10,7 +10,6 @@ import torch
 
 import lossdsl
 import lossdsl.checks
-import lossdsl.synthetic
 from lossdsl.parsing import MAX_NESTING
 from lossdsl.reference import shown_default, terms_markdown
 from lossdsl.registry import REGISTRY
@@ -132,9 +131,6 @@ PYTHON_EXAMPLES = {
     'lossdsl.LossSpecError("bad tensor")': lambda: _raise(lossdsl.LossSpecError("bad tensor")),
     'lossdsl.compile("ce()")(torch.randn(4))': lambda: lossdsl.compile("ce()")(torch.randn(4)),
     'lossdsl.compile("l2()")()': lambda: lossdsl.compile("l2()")(),
-    'lossdsl.synthetic.synthetic_inputs(lossdsl.checks.plan_for("loss = mse()"))': (
-        lambda: _raise_codes_only(lambda: lossdsl.synthetic.synthetic_inputs(lossdsl.checks.plan_for("loss = mse()")))
-    ),
     'lossdsl.compile("elementwise()")(pred=torch.randn(3))': lambda: _custom_elementwise(),
     'lossdsl.checks.plan_for("let data = mse()", library=True)': (
         lambda: lossdsl.checks.plan_for("let data = mse()", library=True)
@@ -154,10 +150,6 @@ def _custom_elementwise() -> None:
         lossdsl.compile("elementwise()")(pred=torch.randn(3))
     finally:
         del REGISTRY["elementwise"]
-
-
-def _raise_codes_only(call) -> None:  # noqa: ANN001 - calls for their diagnostics, not their result
-    call()
 
 
 def _raise(error: Exception) -> None:

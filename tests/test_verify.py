@@ -75,11 +75,22 @@ def test_verify_flags_non_finite_values(tmp_path, capsys):
     assert "finite at ordinary inputs        FAIL" in capsys.readouterr().out
 
 
-def test_verify_needs_declared_inputs(capsys, tmp_path):
+def test_undeclared_inputs_are_inferred_from_the_terms(capsys, tmp_path):
     path = tmp_path / "undeclared.loss"
-    path.write_text("loss = mse()\n")
-    assert cli.main(["verify", str(path)]) == 1
-    assert "error[E108]: synthetic inputs need an inputs: block declaring pred, target" in capsys.readouterr().out
+    path.write_text("loss = ce() + 0.1 * fairness(fpr_gap, group=sex) + dice(pred=seg, target=mask)\n")
+    inputs = synthetic_inputs(plan_for(path.read_text()))
+    assert inputs["pred"].shape == (8,) and inputs["target"].dtype == torch.int64  # binary logits and labels
+    assert inputs["sex"].dtype == torch.int64
+    assert inputs["seg"].shape == (8, 3, 4, 4) and inputs["mask"].shape == (8, 4, 4)
+    assert cli.main(["verify", str(path), "--steps", "20"]) == 0
+    assert "all 5 checks passed" in capsys.readouterr().out
+
+
+def test_inferred_inputs_that_do_not_fit_fail_with_advice(capsys, tmp_path):
+    path = tmp_path / "quantiles.loss"
+    path.write_text("loss = quantile(q=[0.1, 0.9])\n")  # pred needs a column per quantile
+    assert cli.main(["verify", str(path), "--steps", "5"]) == 1
+    assert "declare the inputs in an inputs: block" in capsys.readouterr().out
 
 
 def test_explain_shows_tree_terms_inputs_params_module_and_graph(capsys):
@@ -95,10 +106,10 @@ def test_explain_shows_tree_terms_inputs_params_module_and_graph(capsys):
     assert "torch.ops.aten.binary_cross_entropy_with_logits" in out or "torch.ops.aten" in out
 
 
-def test_explain_without_declarations_skips_the_trace(capsys, tmp_path):
+def test_explain_traces_undeclared_specs_with_inferred_inputs(capsys, tmp_path):
     path = tmp_path / "a.loss"
     path.write_text("loss = mse() + 0.5 * mae()\n")
     assert cli.main(["explain", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "(not traced: synthetic inputs need an inputs: block declaring pred, target)" in out
+    assert "# arg0_1 = pred (8,), arg1_1 = target (8,)" in out and "torch.ops.aten.mse_loss" in out
     assert "pred: (not declared)  read by mse()" in out

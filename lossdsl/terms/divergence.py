@@ -55,6 +55,7 @@ class KLParams(TermParams):
     KLParams,
     "KL(P || Q) between categorical distributions given as logits, averaged over the batch.",
     example="kl(p=teacher, q=student)",
+    shapes={"p": ("N", "C"), "q": ("N", "C")},
 )
 class KL(Term):
     """``F.kl_div(log_softmax(q), log_softmax(p), log_target=True, reduction="batchmean")``: summed

@@ -72,6 +72,7 @@ class _Overlap(Term):
     DiceParams,
     "Soft Dice loss, 1 - (2|P∩G| + s) / (|P| + |G| + s), as monai.losses.DiceLoss.",
     example="dice(include_background=false)",
+    shapes={"pred": ("N", "C", 4, 4), "target": ("N", 4, 4)},
 )
 class Dice(_Overlap):
     def __init__(self, params: DiceParams):
@@ -97,6 +98,7 @@ class Dice(_Overlap):
     TverskyParams,
     "Tversky loss, 1 - (TP + s) / (TP + a FP + b FN + s), as monai.losses.TverskyLoss.",
     example="tversky(alpha=0.3, beta=0.7)",
+    shapes={"pred": ("N", "C", 4, 4), "target": ("N", 4, 4)},
 )
 class Tversky(_Overlap):
     def __init__(self, params: TverskyParams):
