@@ -15,34 +15,53 @@ from pydantic import Field, PositiveInt
 
 from ..registry import InputOf, SampleWeight, Term, TermParams, register
 
-Statistic = Literal["dp_gap", "tpr_gap", "fpr_gap", "eo_gap"]
+# Each rate as (numerator column, denominator column), from p (the soft prediction), y (the label).
+_RATE_COLUMNS = {
+    "dp": ("p", "one"),
+    "tpr": ("p*y", "y"),
+    "fpr": ("p*(1-y)", "1-y"),
+    "fnr": ("(1-p)*y", "y"),
+    "tnr": ("(1-p)*(1-y)", "1-y"),
+    "error_rate": ("p*(1-y)+(1-p)*y", "one"),
+    "mean_pred": ("pred", "one"),
+}
+_STATISTICS = {**{name: (name,) for name in _RATE_COLUMNS}, "eo": ("tpr", "fpr")}
+Statistic = Literal[
+    "dp_gap", "tpr_gap", "fpr_gap", "fnr_gap", "tnr_gap", "error_rate_gap", "eo_gap", "mean_pred_gap",
+    "dp_ratio", "tpr_ratio", "fpr_ratio", "fnr_ratio", "tnr_ratio", "error_rate_ratio", "eo_ratio", "mean_pred_ratio",
+]
 
 
 class FairnessParams(TermParams):
     positional = ("stat",)
     stat: Statistic = Field(
-        description="dp_gap (selection rate), tpr_gap (equal opportunity), fpr_gap, eo_gap (worse of tpr and fpr gaps)"
+        description="a rate (dp, tpr, fpr, fnr, tnr, error_rate, mean_pred; eo = the worse of tpr and fpr) "
+        "and a form: _gap (largest minus smallest) or _ratio (1 - smallest / largest)"
     )
     group: InputOf("group") = Field(description="the input holding integer group codes [N]")
     groups: PositiveInt | None = Field(
         None, description="number of groups when known (codes in [0, groups)); cheaper than ranking the codes"
     )
-    pred: InputOf("logits") = Field("pred", description="binary logits [N] or [N, 1] (sigmoid), or [N, 2] (softmax, class 1)")
-    target: InputOf("binary", "labels") = Field("target", description="0/1 labels [N]; not read by dp_gap")
+    ref: Literal["groups", "overall"] = Field(
+        "groups", description="compare the groups with each other, or each group with the whole batch"
+    )
+    pred: InputOf("logits", "real") = Field(
+        "pred", description="binary logits [N] or [N, 1] (sigmoid), or [N, 2] (softmax, class 1); raw values for mean_pred"
+    )
+    target: InputOf("binary", "labels") = Field("target", description="0/1 labels [N]; not read by dp and mean_pred")
     sample_weight: SampleWeight = None
 
+    @property
+    def rate_names(self) -> tuple[str, ...]:
+        return _STATISTICS[self.stat.rsplit("_", 1)[0]]
+
     def input_roles(self) -> tuple[str, ...]:
-        roles = ("pred", "group") if self.stat == "dp_gap" else ("pred", "group", "target")
+        needs_target = any("y" in "".join(_RATE_COLUMNS[rate]) for rate in self.rate_names)
+        roles = ("pred", "group", "target") if needs_target else ("pred", "group")
         return (*roles, "sample_weight") if self.sample_weight else roles
 
 
-# Columns summed per group, as (numerator, denominator) pairs, by statistic.
-_RATES = {
-    "dp_gap": ("selection",),
-    "tpr_gap": ("tpr",),
-    "fpr_gap": ("fpr",),
-    "eo_gap": ("tpr", "fpr"),
-}
+
 
 
 @register(
@@ -53,19 +72,26 @@ _RATES = {
     noun="statistic",
 )
 class Fairness(Term):
-    """Largest minus smallest group rate (fairlearn's ``between_groups`` difference).
+    """A disparity between group rates, from soft predictions; fairlearn's metrics on hard ones.
 
     - With ``p`` the predicted probability of class 1 (``sigmoid(pred)``, or ``softmax(pred)[:, 1]``
-      for ``[N, 2]``) and ``y`` the label, the per-group rates are soft: selection rate
-      ``sum(p) / n_g`` (``dp_gap``), true-positive rate ``sum(p y) / sum(y)`` (``tpr_gap``),
-      false-positive rate ``sum(p (1 - y)) / sum(1 - y)`` (``fpr_gap``); ``eo_gap`` is the larger of
-      the tpr and fpr gaps. On hard 0/1 predictions these equal fairlearn's
-      ``demographic_parity_difference``, ``true_positive_rate_difference``,
-      ``false_positive_rate_difference`` and ``equalized_odds_difference``; on logits they are
-      differentiable.
-    - A group whose rate is undefined in the batch (absent, or without positives for tpr, without
-      negatives for fpr) is left out; with fewer than two groups left the gap is 0, never NaN.
-      fairlearn instead scores an undefined rate as 0, so with such a group the two differ.
+      for ``[N, 2]``) and ``y`` the label, the per-group rates are soft: ``dp`` the selection rate
+      ``sum(p) / n_g``, ``tpr`` ``sum(p y) / sum(y)``, ``fpr`` ``sum(p (1 - y)) / sum(1 - y)``,
+      ``fnr`` and ``tnr`` their complements, ``error_rate`` ``sum(p (1 - y) + (1 - p) y) / n_g``,
+      and ``mean_pred`` the mean of the raw ``pred`` (regression; no sigmoid).
+    - The form: ``_gap`` is the largest minus the smallest group rate (fairlearn's
+      ``difference(method="between_groups")``), ``_ratio`` is one minus the smallest over the
+      largest (``1 - ratio(method="between_groups")``; for non-negative rates). With
+      ``ref=overall`` each group is compared with the whole batch instead: ``_gap`` is the largest
+      ``|rate_g - overall|`` and ``_ratio`` one minus the smallest ``min(g, o) / max(g, o)``
+      (fairlearn's ``method="to_overall"``). ``eo`` takes the worse of its tpr and fpr values
+      (fairlearn's ``equalized_odds_difference`` and ``_ratio``, ``agg="worst_case"``).
+    - On hard 0/1 predictions every statistic, form and ``ref`` equals fairlearn's
+      ``MetricFrame(...).difference()`` / ``1 - ratio()``, sample weights included.
+    - A group whose rate is undefined in the batch (absent, or without positives for tpr/fnr,
+      without negatives for fpr/tnr) is left out; with fewer than two groups left the value is 0,
+      never NaN; equal rates of 0 give a ratio penalty of 0 (fairlearn: NaN). fairlearn instead
+      scores an undefined rate as 0, so with such a group the two differ.
     - Group codes are an integer (or bool) tensor ``[N]`` or ``[N, 1]``. Without ``groups``, the
       codes are ranked within the batch (sort, then ``index_add`` into N slots): any codes work,
       sparse, negative or large. With ``groups=K`` they index K slots directly (cheaper) and must
@@ -77,16 +103,19 @@ class Fairness(Term):
 
     def __init__(self, params: FairnessParams):
         super().__init__()
-        self.rates = _RATES[params.stat]
+        self.rates = params.rate_names
+        self.ratio = params.stat.endswith("_ratio")
+        self.overall = params.ref == "overall"
+        self.raw = params.stat.startswith("mean_pred")
         self.num_groups = params.groups
-        self.dp = params.stat == "dp_gap"
+        self.reads_target = "target" in params.input_roles()
         self.weighted = params.sample_weight is not None
 
     def forward(self, pred: torch.Tensor, group: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         """``rest`` is ``target`` (unless dp_gap), then ``sample_weight`` (when given)."""
-        target = None if self.dp else rest[0]
+        target = rest[0] if self.reads_target else None
         sample_weight = rest[-1] if self.weighted else None
-        prob = self._positive_probability(pred)
+        prob = self._raw_prediction(pred) if self.raw else self._positive_probability(pred)
         n = prob.shape[0]
         if group.shape not in ((n,), (n, 1)):
             self.fail(1, f"expected group codes of shape ({n},), got {tuple(group.shape)}")
@@ -99,21 +128,53 @@ class Fairness(Term):
             negative = 1 - positive
         if n == 0:
             return prob.sum()
-        columns: list[torch.Tensor] = []  # numerator, denominator per rate
-        for rate in self.rates:
-            if rate == "selection":
-                columns += [prob, torch.ones_like(prob)]
-            elif rate == "tpr":
-                columns += [prob * positive, positive]
-            else:
-                columns += [prob * negative, negative]
+        values = {"p": prob, "pred": prob, "one": torch.ones_like(prob)}
+        if target is not None:
+            values.update({"y": positive, "1-y": negative, "p*y": prob * positive, "p*(1-y)": prob * negative,
+                           "(1-p)*y": (1 - prob) * positive, "(1-p)*(1-y)": (1 - prob) * negative})
+            values["p*(1-y)+(1-p)*y"] = values["p*(1-y)"] + values["(1-p)*y"]
+        columns = [values[column] for rate in self.rates for column in _RATE_COLUMNS[rate]]
         if sample_weight is not None:
             weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, n, prob.dtype)
             columns = [column * weight for column in columns]
         slots, num_slots = self._slots(group if group.dim() == 1 else group[:, 0])
         sums = prob.new_zeros(num_slots, len(columns)).index_add_(0, slots, torch.stack(columns, dim=1))
-        gaps = [_gap(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(len(self.rates))]
+        gaps = [self._disparity(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(len(self.rates))]
         return gaps[0] if len(gaps) == 1 else torch.maximum(gaps[0], gaps[1])
+
+    def _disparity(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+        """The statistic's form over the groups whose rate is defined; 0 with fewer than two of them."""
+        defined = denominator > 0
+        rate = numerator / torch.where(defined, denominator, torch.ones_like(denominator))
+        enough = defined.sum() >= 2
+        if self.overall:
+            total = denominator.sum()
+            overall = numerator.sum() / torch.where(total > 0, total, torch.ones_like(total))
+            if self.ratio:  # fairlearn's to_overall ratio: the smallest of min(g, o) / max(g, o)
+                low, high = torch.minimum(rate, overall), torch.maximum(rate, overall)
+                ratios = low / torch.where(high > 0, high, torch.ones_like(high))
+                ratios = torch.where(high > 0, ratios, torch.ones_like(ratios))  # both 0: equal
+                worst = ratios.masked_fill(~defined, 2.0).amin()
+                return torch.where(enough, 1 - worst, torch.zeros_like(worst))
+            distance = (rate - overall).abs().masked_fill(~defined, -1.0).amax()
+            return torch.where(enough, distance, torch.zeros_like(distance))
+        # Among the defined groups, rate sentinels never win and take no gradient.
+        largest = rate.masked_fill(~defined, float("-inf")).amax()
+        smallest = rate.masked_fill(~defined, float("inf")).amin()
+        largest = torch.where(enough, largest, torch.ones_like(largest))
+        smallest = torch.where(enough, smallest, torch.ones_like(smallest))
+        if self.ratio:
+            ratio = smallest / torch.where(largest > 0, largest, torch.ones_like(largest))
+            return torch.where(largest > 0, 1 - ratio, torch.zeros_like(ratio))
+        return largest - smallest
+
+    def _raw_prediction(self, pred: torch.Tensor) -> torch.Tensor:
+        self.expect_float(0, pred)
+        if pred.dim() == 2 and pred.shape[1] == 1:
+            return pred[:, 0]
+        if pred.dim() != 1:
+            self.fail(0, f"mean_pred needs predictions [N] or [N, 1], got shape {tuple(pred.shape)}")
+        return pred
 
     def _positive_probability(self, pred: torch.Tensor) -> torch.Tensor:
         self.expect_float(0, pred)
@@ -135,13 +196,3 @@ class Fairness(Term):
         starts[1:] = (sorted_codes[1:] != sorted_codes[:-1]).long()
         ranks = starts.cumsum(0) - 1
         return torch.empty_like(ranks).scatter_(0, order, ranks), codes.shape[0]
-
-
-def _gap(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """Largest minus smallest rate over the slots where the rate is defined; 0 if fewer than two."""
-    defined = denominator > 0
-    rate = numerator / torch.where(defined, denominator, torch.ones_like(denominator))
-    # Rates lie in [0, 1]: the fill values never win and take no gradient.
-    largest = rate.masked_fill(~defined, -1.0).amax()
-    smallest = rate.masked_fill(~defined, 2.0).amin()
-    return torch.where(defined.sum() >= 2, largest - smallest, torch.zeros_like(largest))

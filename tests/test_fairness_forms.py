@@ -1,0 +1,133 @@
+"""Every fairness statistic and form against fairlearn's MetricFrame, on hard predictions."""
+
+import numpy as np
+import pytest
+import torch
+from fairlearn.metrics import (
+    MetricFrame,
+    false_negative_rate,
+    false_positive_rate,
+    mean_prediction,
+    selection_rate,
+    true_negative_rate,
+    true_positive_rate,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lossdsl
+
+
+def error_rate(y_true, y_pred, sample_weight=None):
+    return float(np.average(np.asarray(y_true) != np.asarray(y_pred), weights=sample_weight))
+
+
+METRICS = {
+    "dp": selection_rate,
+    "tpr": true_positive_rate,
+    "fpr": false_positive_rate,
+    "fnr": false_negative_rate,
+    "tnr": true_negative_rate,
+    "error_rate": error_rate,
+}
+
+
+def fairlearn_value(stat, form, ref, y, yhat, groups, weights=None):
+    method = "to_overall" if ref == "overall" else "between_groups"
+    kwargs = {"sample_params": {"sample_weight": weights}} if weights is not None else {}
+
+    def measure(metric):
+        frame = MetricFrame(metrics=metric, y_true=y, y_pred=yhat, sensitive_features=groups, **kwargs)
+        return frame.difference(method=method) if form == "gap" else 1 - frame.ratio(method=method)
+
+    if stat == "eo":  # the worse of the two; a 0 / 0 part (NaN in fairlearn) counts as no disparity
+        return max(np.nan_to_num(measure(true_positive_rate)), np.nan_to_num(measure(false_positive_rate)))
+    return measure(METRICS[stat])
+
+
+@st.composite
+def labelled_groups(draw):
+    """Hard predictions where every group has positives and negatives (all rates defined)."""
+    num_groups = draw(st.integers(2, 5))
+    codes = draw(st.lists(st.integers(-50, 50), min_size=num_groups, max_size=num_groups, unique=True))
+    sizes = draw(st.lists(st.integers(4, 12), min_size=num_groups, max_size=num_groups))
+    y, yhat, g = [], [], []
+    for code, size in zip(codes, sizes):
+        labels = [1, 0] + draw(st.lists(st.integers(0, 1), min_size=size - 2, max_size=size - 2))
+        y += labels
+        yhat += draw(st.lists(st.integers(0, 1), min_size=size, max_size=size))
+        g += [code] * size
+    return np.array(y), np.array(yhat), np.array(g)
+
+
+def ours(stat, form, ref, y, yhat, g, weights=None, groups_param=""):
+    spec = f"fairness({stat}_{form}, group=g, ref={ref}{groups_param}" + (", sample_weight=w)" if weights is not None else ")")
+    logits = torch.tensor(np.where(yhat == 1, 40.0, -40.0), dtype=torch.float64)  # sigmoid is exactly 0 or 1
+    inputs = {"pred": logits, "target": torch.tensor(y), "g": torch.tensor(g)}
+    if weights is not None:
+        inputs["w"] = torch.tensor(weights, dtype=torch.float64)
+    return float(lossdsl.compile(spec)(**inputs))
+
+
+STATS = ["dp", "tpr", "fpr", "fnr", "tnr", "error_rate", "eo"]
+
+
+@pytest.mark.parametrize("ref", ["groups", "overall"])
+@pytest.mark.parametrize("form", ["gap", "ratio"])
+@pytest.mark.parametrize("stat", STATS)
+@settings(max_examples=15, deadline=None)
+@given(data=labelled_groups())
+def test_statistics_equal_fairlearn(stat, form, ref, data):
+    y, yhat, g = data
+    expected = fairlearn_value(stat, form, ref, y, yhat, g)
+    if np.isnan(expected):  # fairlearn's 0 / 0 when every rate is 0; ours counts equal rates as no disparity
+        expected = 0.0
+    assert ours(stat, form, ref, y, yhat, g) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("form", ["gap", "ratio"])
+@pytest.mark.parametrize("stat", ["tpr", "error_rate"])
+def test_sample_weights_equal_fairlearn(stat, form):
+    rng = np.random.default_rng(0)
+    g = np.repeat([0, 1, 2], 10)
+    y = np.tile([1, 0, 1, 0, 1, 1, 0, 0, 1, 0], 3)
+    yhat = rng.integers(0, 2, 30)
+    w = rng.random(30) + 0.1
+    for ref in ("groups", "overall"):
+        expected = fairlearn_value(stat, form, ref, y, yhat, g, w)
+        assert ours(stat, form, ref, y, yhat, g, w) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("form", ["gap", "ratio"])
+@pytest.mark.parametrize("ref", ["groups", "overall"])
+def test_mean_pred_equals_fairlearn_on_regression_outputs(form, ref):
+    rng = np.random.default_rng(1)
+    g = rng.integers(0, 4, 40)
+    pred = rng.random(40) * 3  # non-negative, so the ratio form is meaningful
+    frame = MetricFrame(metrics=mean_prediction, y_true=np.zeros(40), y_pred=pred, sensitive_features=g)
+    method = "to_overall" if ref == "overall" else "between_groups"
+    expected = frame.difference(method=method) if form == "gap" else 1 - frame.ratio(method=method)
+    got = lossdsl.compile(f"fairness(mean_pred_{form}, group=g, ref={ref})")(pred=torch.tensor(pred), g=torch.tensor(g))
+    assert float(got) == pytest.approx(expected, abs=1e-9)
+    assert lossdsl.compile("fairness(mean_pred_gap, group=g)").inputs == ("pred", "g")  # no target read
+
+
+@pytest.mark.parametrize("stat", [f"{s}_{f}" for s in STATS for f in ("gap", "ratio")])
+@pytest.mark.parametrize("ref", ["groups", "overall"])
+def test_never_nan_with_one_group_or_missing_labels(stat, ref):
+    for target in (torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.long)):
+        for g in (torch.zeros(6, dtype=torch.long), torch.tensor([0, 0, 0, 1, 1, 1])):
+            pred = torch.randn(6, requires_grad=True)
+            value = lossdsl.compile(f"fairness({stat}, group=g, ref={ref})")(pred=pred, target=target, g=g)
+            (grad,) = torch.autograd.grad(value, pred)
+            assert torch.isfinite(value) and torch.isfinite(grad).all()
+
+
+def test_soft_ratio_gradient_matches_a_hand_written_reference():
+    pred = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    g = torch.tensor([0, 1, 2] * 4)
+    got = lossdsl.compile("fairness(dp_ratio, group=g)")(pred=pred, g=g)
+    rates = torch.stack([torch.sigmoid(pred[g == k]).mean() for k in range(3)])
+    expected = 1 - rates.min() / rates.max()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got, pred)[0], torch.autograd.grad(expected, pred)[0])
