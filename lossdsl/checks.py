@@ -454,6 +454,10 @@ class _Checker:
                 return tuple(items)
             self.report("E204", f"'{name}' of {term.name}() takes a list of numbers", node)
             return _INVALID
+        if isinstance(node, ast.Call) and term.params.options(name) and not node.keywords:
+            numbers = [_number(arg) for arg in node.args]
+            if all(n is not None for n in numbers):  # an option with arguments: penalty=softplus(10)
+                return (node.name, *numbers)
         self.report("E204", f"'{name}' of {term.name}() takes {_expected(term, name)}; got {_describe(node)}", node)
         return _INVALID
 
@@ -463,6 +467,10 @@ class _Checker:
         for error in exc.errors():
             by_field.setdefault(str(error["loc"][0]) if error["loc"] else "", []).append(error)
         for name, errors in by_field.items():
+            if not name:  # a rule across parameters (a model validator)
+                message = errors[0]["msg"].removeprefix("Value error, ")
+                self.report("E204", f"{call.name}(): {message}", call)
+                continue
             node = given.get(name)
             where: ast.Node | ast.Span | None = node if node is not None else _name_span(call)
             value = values.get(name)
@@ -688,7 +696,7 @@ def _expected(term: TermDef, name: str) -> str:
     parts = []
     options = term.params.options(name)
     if options:
-        parts.append("one of " + ", ".join(options))
+        parts.append("one of " + ", ".join(dict.fromkeys(options)))
     if "tuple" in annotation:
         parts.append("a list of numbers")
     elif "bool" in annotation:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, PositiveFloat, model_validator
 
 from ..registry import Condition, ReductionParam, SampleWeight, Term, TermParams, register
 from ..tensor_expr import compile_tensor_expr, names_in
@@ -15,14 +16,27 @@ from ..tensor_expr import compile_tensor_expr, names_in
 class SoftBoundParams(TermParams):
     positional = ("condition",)
     condition: Condition = Field(description="a comparison over inputs and numbers, e.g. y <= 100 or 0 <= p <= 1")
-    penalty: Literal["squared", "hinge"] = Field("squared", description="squared hinge, or hinge, of the violation")
+    penalty: Literal["squared", "hinge", "softplus", "log_barrier"] | tuple[Literal["softplus"], PositiveFloat] = Field(
+        "squared",
+        description="squared (squared hinge), hinge, softplus(k) (smooth hinge, k=1 by default) or log_barrier",
+    )
     margin: float = Field(0.0, ge=0.0, description="tighten each inequality by this much")
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
+    @model_validator(mode="after")
+    def _equality_penalties(self) -> SoftBoundParams:
+        if "==" in self.condition.ops and self.penalty not in ("squared", "hinge"):
+            raise ValueError("an == comparison takes penalty=squared or penalty=hinge")
+        return self
+
     def input_names(self) -> tuple[str, ...]:
         names = tuple(dict.fromkeys(names_in(self.condition)))
         return (*names, self.sample_weight) if self.sample_weight else names
+
+
+#: Where the log barrier turns linear: ``excess = -BARRIER_EDGE``.
+BARRIER_EDGE = 1e-2
 
 
 @register(
@@ -39,6 +53,11 @@ class SoftBound(Term):
       for ``a == b`` (the margin does not apply to ``==``; ``<`` is treated as ``<=``). The
       penalty is the violation squared (``squared``) or itself (``hinge``), reduced over
       elements; a chain ``0 <= y <= 1`` adds its links' reduced penalties.
+    - ``penalty=softplus(k)`` is the smooth hinge ``softplus(k * e) / k`` of the signed excess
+      ``e = a - b + margin`` (k = 1 when written ``softplus``). ``penalty=log_barrier`` is
+      ``-log(-e)``: it grows as a satisfied bound is approached, and from ``e = -0.01`` on it
+      continues as the tangent line, so a violation gets a finite, growing penalty, never inf.
+      ``==`` links take ``squared`` (``(a - b)^2``) or ``hinge`` (``|a - b|``) only.
     - The operands are tensor expressions: input names, numbers, ``+ - * /``, unary minus,
       parentheses and the element-wise functions of ``mean`` (``soft_bound(upper - lower >= 0)``,
       ``soft_bound(abs(y) <= 3)``). A string, list or ``let`` name is E204; a link between two
@@ -61,7 +80,8 @@ class SoftBound(Term):
             for i, op in enumerate(condition.ops)
         )
         self.weighted = params.sample_weight is not None
-        self.squared = params.penalty == "squared"
+        penalty = params.penalty
+        self.penalty, self.sharpness = (penalty[0], penalty[1]) if isinstance(penalty, tuple) else (penalty, 1.0)
         self.margin = params.margin
         self.reduction = params.reduction
 
@@ -79,15 +99,33 @@ class SoftBound(Term):
         total = None
         for left, op, right in self.links:
             difference = left(tensors) - right(tensors)
-            if op in ("<=", "<"):
-                violation = F.relu(difference + self.margin if self.margin else difference)
-            elif op in (">=", ">"):
-                violation = F.relu(self.margin - difference if self.margin else -difference)
+            if op == "==":
+                excess = difference.abs()
+                penalty = excess.square() if self.penalty == "squared" else excess
             else:
-                violation = difference.abs()
-            reduced = self.reduce(violation.square() if self.squared else violation, sample_weight)
+                # How far past the (tightened) bound: positive when violated.
+                excess = difference if op in ("<=", "<") else -difference
+                if self.margin:
+                    excess = excess + self.margin
+                penalty = self._penalty(excess)
+            reduced = self.reduce(penalty, sample_weight)
             total = reduced if total is None else total + reduced
         return total
+
+    def _penalty(self, excess: torch.Tensor) -> torch.Tensor:
+        if self.penalty == "squared":
+            return F.relu(excess).square()
+        if self.penalty == "hinge":
+            return F.relu(excess)
+        if self.penalty == "softplus":
+            return F.softplus(excess, beta=self.sharpness)
+        # log_barrier: -log(-excess) inside the bound, continued linearly (with matching slope) from
+        # excess = -BARRIER_EDGE on, so it never returns inf and still pushes a violation back.
+        inside = -excess
+        safe = torch.clamp(inside, min=BARRIER_EDGE)
+        barrier = -torch.log(safe)
+        linear = -math.log(BARRIER_EDGE) + (excess + BARRIER_EDGE) / BARRIER_EDGE
+        return torch.where(inside > BARRIER_EDGE, barrier, linear)
 
     def _as_float(self, position: int, tensor: torch.Tensor) -> torch.Tensor:
         if tensor.is_floating_point():
