@@ -475,7 +475,7 @@ class _Checker:
             where: ast.Node | ast.Span | None = node if node is not None else _name_span(call)
             value = values.get(name)
             types = {e["type"] for e in errors}
-            options = term.params.options(name) if name in term.params.model_fields else ()
+            options = tuple(dict.fromkeys(term.params.options(name))) if name in term.params.model_fields else ()
             if "missing" in types:
                 if not report_missing:
                     continue

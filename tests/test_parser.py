@@ -469,7 +469,7 @@ def test_invalid_table_is_broad():
         ("let m = mse(\n    pred=aux,\n    tagret=y)\nloss = m", "did you mean 'target'?"),
         ("ce(weight=balancd)", "did you mean 'balanced'?"),
         ("fairness(fpr_gp, group=sex)", "did you mean 'fpr_gap'?"),
-        ("soft_bound(y <= 1, penalty=cubic)", "expected one of: squared, hinge"),
+        ("soft_bound(y <= 1, penalty=cubic)", "expected one of: squared, hinge, softplus, log_barrier"),
         ("let a = ce()\nlet a = mse()\nloss = a", "it is first defined at line 1"),
         ("loss = ce()\nloss = mse()", "the first is at line 1"),
         ("y <= 1", "penalise its violation: soft_bound(y <= 1)"),

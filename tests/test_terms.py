@@ -535,7 +535,7 @@ def test_soft_bound_single_comparison(op, margin, penalty, reduction, shape, dty
     y = (bound + 2.0 * torch.randn(shape, dtype=dtype)).requires_grad_()
     spec = f"soft_bound(y {op} 100, penalty={penalty}, margin={margin}, reduction={reduction})"
     if penalty == "squared" and margin == 0.0 and reduction == "mean":
-        assert lossdsl.compile(f"soft_bound(y {op} 100)").terms[0].squared  # the defaults
+        assert lossdsl.compile(f"soft_bound(y {op} 100)").terms[0].penalty == "squared"  # the defaults
     ours = lossdsl.compile(spec)(y=y)
     with torch.no_grad():
         # violation and its derivative w.r.t. y
