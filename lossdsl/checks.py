@@ -32,10 +32,12 @@ from .plan import (
     ParamPlan,
     ParamValue,
     Plan,
+    ScheduleValue,
     TermPlan,
     TermValue,
 )
 from .registry import CONDITION, INPUT, INPUT_KINDS, REGISTRY, TENSOR, TermDef
+from .schedules import SCHEDULES
 from .tensor_expr import FUNCTIONS, names_in
 
 _NOT_YET = {
@@ -241,6 +243,8 @@ class _Checker:
     def objective(self, expr: ast.Node, defined: set[str]) -> tuple[Type, ObjectiveExpr | None]:
         if isinstance(expr, ast.Number):
             return Type.NUMBER, Constant(float(expr.value))
+        if isinstance(expr, ast.Call) and expr.name in SCHEDULES:
+            return self._schedule(expr)
         if isinstance(expr, ast.Call):
             term = self.call(expr)
             return (Type.LOSS, TermValue(term)) if term else (Type.ERROR, None)
@@ -350,6 +354,35 @@ class _Checker:
                 return None
             return self._fold(node, left, right)
         return None
+
+    def _schedule(self, call: ast.Call) -> tuple[Type, ObjectiveExpr | None]:
+        model, positional, _ = SCHEDULES[call.name]
+        if len(call.args) > len(positional):
+            self.report("E207", f"{call.name}() takes {len(positional)} positional arguments: "
+                                f"{call.name}({', '.join(positional)})", call)
+            return Type.ERROR, None
+        values: dict[str, Any] = {}
+        for name, arg in [*zip(positional, call.args), *((k.name, k.value) for k in call.keywords)]:
+            number = _number(arg)
+            if name not in model.model_fields:
+                self.report("E203", f"unknown argument '{name}' for {call.name}()", arg,
+                            hint=did_you_mean(name, model.model_fields) or f"{call.name}({', '.join(positional)})")
+                return Type.ERROR, None
+            if number is None:
+                self.report("E204", f"'{name}' of {call.name}() takes a number; got {_describe(arg)}", arg)
+                return Type.ERROR, None
+            values[name] = number
+        try:
+            params = model(**values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            code = "E206" if error["type"] == "missing" else "E205" if error["type"] in _RANGE_ERRORS else "E204"
+            field = error["loc"][0] if error["loc"] else "?"
+            problem = "is missing" if code == "E206" else error["msg"].replace("Input should be", "must be")
+            self.report(code, f"'{field}' of {call.name}() {problem}", call,
+                        hint=f"{call.name}({', '.join(positional)})")
+            return Type.ERROR, None
+        return Type.NUMBER, ScheduleValue(call.name, params)
 
     # -- term calls --
     def call(self, call: ast.Call) -> TermPlan | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import ast
 from .formatting import format as format_spec
 from .formatting import format_expr
-from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, Plan, TermValue
+from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, Plan, ScheduleValue, TermValue
 from .runtime import LossModule
 
 
@@ -28,7 +28,7 @@ def explain(plan: Plan, trace: bool = True) -> str:
 
 
 def _type(expr: ObjectiveExpr) -> str:
-    if isinstance(expr, (Constant, ParamValue)):
+    if isinstance(expr, (Constant, ParamValue, ScheduleValue)):
         return "Number"
     if isinstance(expr, (Negate,)):
         return _type(expr.operand)
@@ -47,6 +47,8 @@ def _tree(expr: ObjectiveExpr, lets: dict, depth: int) -> list[str]:
         return [f"{pad}param {expr.name}: Number"]
     if isinstance(expr, Constant):
         return [f"{pad}{expr.value!r}: Number"]
+    if isinstance(expr, ScheduleValue):
+        return [f"{pad}{expr.kind}({', '.join(f'{k}={v!r}' for k, v in expr.params)}): Schedule"]
     if isinstance(expr, Negate):
         return [f"{pad}neg: {_type(expr)}", *_tree(expr.operand, lets, depth + 1)]
     assert isinstance(expr, Arithmetic)

@@ -64,6 +64,14 @@ class LetValue:
 
 
 @dataclass(frozen=True)
+class ScheduleValue:
+    """``warmup(1000)``, ``linear(0, 1, 5000)``, ...: a number that moves with the step counter."""
+
+    kind: str
+    params: object  # the schedule's validated parameter model
+
+
+@dataclass(frozen=True)
 class ParamValue:
     """A ``param``: a number fixed when the module is built (its default, or an override)."""
 
@@ -87,7 +95,7 @@ class Negate:
     operand: ObjectiveExpr
 
 
-ObjectiveExpr = Union[TermValue, LetValue, ParamValue, Constant, Arithmetic, Negate]
+ObjectiveExpr = Union[TermValue, LetValue, ParamValue, ScheduleValue, Constant, Arithmetic, Negate]
 
 
 @dataclass(frozen=True, eq=False)

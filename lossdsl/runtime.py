@@ -16,7 +16,19 @@ from torch import nn
 from . import ast
 from .errors import Diagnostic, LossSpecError, did_you_mean
 from .formatting import format_expr
-from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, Plan, TermPlan, TermValue
+from .plan import (
+    Arithmetic,
+    Constant,
+    LetValue,
+    Negate,
+    ObjectiveExpr,
+    ParamValue,
+    Plan,
+    ScheduleValue,
+    TermPlan,
+    TermValue,
+)
+from .schedules import SCHEDULES
 from .registry import TermParams
 
 Values = Sequence[torch.Tensor]
@@ -54,9 +66,13 @@ class LossModule(nn.Module):
             term_index[id(term)] = index
         self._term_inputs = tuple(tuple(position[name] for name in term.inputs) for term in plan.terms)
         let_index = {let.name: i for i, let in enumerate(plan.lets)}
-        resolve = _Resolver(term_index, let_index, self.params)
+        self._schedule_state: list[torch.Tensor] = [torch.zeros((), dtype=torch.long)]
+        resolve = _Resolver(term_index, let_index, self.params, self._schedule_state)
         self._lets = tuple(resolve(let.value) for let in plan.lets)
         self._objective = resolve(plan.objective)
+        self._scheduled = resolve.schedules > 0
+        if self._scheduled:  # the step counter, saved in state_dict
+            self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
         # last_terms: every term by label, every let that is more than one term, and the total.
         self._reported_lets = tuple(i for i, let in enumerate(plan.lets) if not isinstance(let.value, TermValue))
         self._last_labels = (
@@ -80,6 +96,8 @@ class LossModule(nn.Module):
             inputs["target"] = target
         tensors = self._gather(inputs)
         values = [term(*[tensors[i] for i in positions]) for term, positions in zip(self.terms, self._term_inputs)]
+        if self._scheduled:
+            self._schedule_state[0] = self.step_count
         let_values: list[torch.Tensor] = []
         for let in self._lets:
             let_values.append(let(values, let_values))
@@ -87,7 +105,16 @@ class LossModule(nn.Module):
         # Kept as computed and detached when read: no work in the forward for logging.
         reported = [let_values[i] for i in self._reported_lets]
         self._last[0] = (*values, *reported, total)  # a list slot: nn.Module.__setattr__ is slow
+        if self._scheduled and self.training:
+            self.step_count += 1
         return total
+
+    @torch.no_grad()
+    def step(self, steps: int = 1) -> LossModule:
+        """Advance the schedules' step counter by hand (training-mode calls advance it by one each)."""
+        if self._scheduled:
+            self.step_count += steps
+        return self
 
     @property
     def last_terms(self) -> dict[str, torch.Tensor]:
@@ -203,8 +230,16 @@ def _shape_text(shape: tuple[str | int, ...] | None) -> str:
 class _Resolver:
     """Turns objective expressions into closures over the term values and the let values."""
 
-    def __init__(self, term_index: dict[int, int], let_index: dict[str, int], params: Mapping[str, float]):
+    def __init__(
+        self,
+        term_index: dict[int, int],
+        let_index: dict[str, int],
+        params: Mapping[str, float],
+        schedule_state: list[torch.Tensor],
+    ):
         self.term_index, self.let_index, self.params = term_index, let_index, params
+        self.schedule_state = schedule_state  # slot 0 holds the step counter during a call
+        self.schedules = 0
 
     def __call__(self, expr: ObjectiveExpr) -> Combine:
         if isinstance(expr, TermValue):
@@ -213,6 +248,10 @@ class _Resolver:
         if isinstance(expr, LetValue):
             j = self.let_index[expr.name]
             return lambda terms, lets: lets[j]
+        if isinstance(expr, ScheduleValue):
+            self.schedules += 1
+            function, state = SCHEDULES[expr.kind][2](expr.params), self.schedule_state
+            return lambda terms, lets: function(state[0])
         if isinstance(expr, (Constant, ParamValue)) or self.constant(expr) is not None:
             value = self.constant(expr)
             return lambda terms, lets: value
