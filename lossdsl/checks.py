@@ -24,6 +24,7 @@ from .includes import expand_includes
 from .parsing import parse
 from .plan import (
     Arithmetic,
+    ConstraintPlan,
     Constant,
     LetPlan,
     LetValue,
@@ -40,9 +41,8 @@ from .registry import CONDITION, INPUT, INPUT_KINDS, REGISTRY, TENSOR, TermDef
 from .schedules import SCHEDULES
 from .tensor_expr import FUNCTIONS, names_in
 
-_NOT_YET = {
-    ast.SubjectTo: ("subject to", "constraints with multipliers"),
-}
+#: ``using METHOD(ARG)``: the argument's name and default.
+_METHODS = {"lagrangian": ("lr", 0.01), "penalty": ("weight", 10.0), "augmented": ("rho", 1.0)}
 _BOOLEANS = {"true": True, "false": False}
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 _RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
@@ -122,6 +122,7 @@ class _Checker:
     # -- statements --
     def run(self) -> Plan:
         objectives: list[ast.LossStmt] = []
+        subject_to: list[ast.SubjectTo] = []
         for statement in self.spec.statements:
             if isinstance(statement, (ast.Let, ast.Param)):
                 first = self.lets[statement.name].statement if statement.name in self.lets else self.params.get(
@@ -140,10 +141,8 @@ class _Checker:
                 objectives.append(statement)
             elif isinstance(statement, ast.Inputs):
                 self._declare(statement)
-            else:
-                keyword, feature = _NOT_YET[type(statement)]
-                self.report("E101", f"'{keyword}' ({feature}) is not supported yet", statement,
-                            hint="docs/language.md lists what is planned")
+            elif isinstance(statement, ast.SubjectTo):
+                subject_to.append(statement)
         for let in self.lets.values():
             self._check_let(let)
         objective: ObjectiveExpr | None = None
@@ -161,9 +160,44 @@ class _Checker:
             if kind is Type.NUMBER:
                 self.report("E301", "the objective is a constant number, not a loss", objectives[0].value,
                             hint="build it from terms such as ce() or mse()")
+        self.constraints = [c for c in (self._constraint(s, i) for i, s in enumerate(subject_to, 1)) if c]
         if any(d.severity == "error" for d in self.diagnostics):
             raise LossSpecError(self.diagnostics)
         return self._plan(objective)
+
+    def _constraint(self, statement: ast.SubjectTo, index: int) -> ConstraintPlan | None:
+        compare = statement.constraint
+        usage = "a constraint compares a loss with a number: subject to fairness(eo_gap, group=sex) <= 0.02"
+        if not isinstance(compare, ast.Compare) or len(compare.ops) != 1 or compare.ops[0] in ("<", ">"):
+            self.report("E303", "a constraint is one comparison with <=, >= or ==", compare, hint=usage)
+            return None
+        defined = self._lets_before(statement)
+        kind, value = self.objective(compare.operands[0], defined)
+        bound_kind, bound = self.objective(compare.operands[1], defined)
+        if Type.ERROR in (kind, bound_kind):
+            return None
+        if kind is not Type.LOSS or bound_kind is not Type.NUMBER or isinstance(bound, ScheduleValue):
+            self.report("E302", "a constraint bounds a loss by a number", compare, hint=usage)
+            return None
+        method, rate = "lagrangian", _METHODS["lagrangian"][1]
+        if statement.method is not None:
+            chosen = statement.method
+            name = chosen.id if isinstance(chosen, ast.Name) else chosen.name if isinstance(chosen, ast.Call) else ""
+            if name not in _METHODS:
+                self.report("E201", f"unknown constraint method '{name or format_expr(chosen)}'", chosen,
+                            hint=did_you_mean(name, _METHODS) or "lagrangian(lr=0.01), penalty(10) or augmented(1.0)")
+                return None
+            method, rate = name, _METHODS[name][1]
+            if isinstance(chosen, ast.Call):
+                arguments = [*chosen.args, *(k.value for k in chosen.keywords)]
+                wrong = [k.name for k in chosen.keywords if k.name != _METHODS[name][0]]
+                number = _number(arguments[0]) if len(arguments) == 1 else None
+                if wrong or len(arguments) > 1 or (arguments and (number is None or number <= 0)):
+                    self.report("E204", f"{name}() takes one positive number, {_METHODS[name][0]}", chosen)
+                    return None
+                rate = number if arguments else rate
+        return ConstraintPlan(statement.name or f"constraint_{index}", value, compare.ops[0], bound,  # type: ignore[arg-type]
+                              method, float(rate), statement.span)
 
     @staticmethod
     def _where(span: ast.Span | None, here: ast.Span | None) -> str:
@@ -614,6 +648,8 @@ class _Checker:
 
         if objective is not None:
             visit(objective)
+        for constraint in getattr(self, "constraints", ()):
+            visit(constraint.value)
         unused_is_expected = objective is None  # a file to include defines things for others
         for name, decl in (self.declared or {}).items():
             if name not in self.used_inputs and not unused_is_expected:
@@ -646,6 +682,9 @@ class _Checker:
                 ParamPlan(p.name, p.value, p.low, p.high, p.span) for p in self.params.values()
             ),
             declared=tuple(self.declared[name] for name in inputs if self.declared and name in self.declared),
+            constraints=tuple(
+                dataclasses.replace(c, value=_relabel(c.value, labelled)) for c in getattr(self, "constraints", ())
+            ),
             warnings=tuple(self.diagnostics),
         )
 

@@ -99,6 +99,19 @@ ObjectiveExpr = Union[TermValue, LetValue, ParamValue, ScheduleValue, Constant, 
 
 
 @dataclass(frozen=True, eq=False)
+class ConstraintPlan:
+    """``subject to VALUE OP BOUND [as NAME] [using METHOD]``: ``VALUE`` a loss, ``BOUND`` a number."""
+
+    name: str
+    value: ObjectiveExpr
+    op: Literal["<=", ">=", "=="]
+    bound: ObjectiveExpr
+    method: Literal["lagrangian", "penalty", "augmented"]
+    rate: float  # the multiplier's step (lagrangian), the weight (penalty) or rho (augmented)
+    span: ast.Span | None
+
+
+@dataclass(frozen=True, eq=False)
 class LetPlan:
     name: str
     value: ObjectiveExpr
@@ -119,6 +132,7 @@ class Plan:
     #: Every input name the terms read, in first-use order.
     inputs: tuple[str, ...]
     params: tuple[ParamPlan, ...] = ()
+    constraints: tuple[ConstraintPlan, ...] = ()
     #: The ``inputs:`` declarations of the inputs the terms read (none without a block).
     declared: tuple[ast.InputDecl, ...] = ()
     warnings: tuple[Diagnostic, ...] = ()

@@ -18,6 +18,7 @@ from .errors import Diagnostic, LossSpecError, did_you_mean
 from .formatting import format_expr
 from .plan import (
     Arithmetic,
+    ConstraintPlan,
     Constant,
     LetValue,
     Negate,
@@ -70,6 +71,9 @@ class LossModule(nn.Module):
         resolve = _Resolver(term_index, let_index, self.params, self._schedule_state)
         self._lets = tuple(resolve(let.value) for let in plan.lets)
         self._objective = resolve(plan.objective)
+        self._constraints = tuple((resolve(c.value), resolve(c.bound), c) for c in plan.constraints)
+        if plan.constraints:  # one Lagrange multiplier per constraint, saved in state_dict
+            self.register_buffer("multipliers", torch.zeros(len(plan.constraints)))
         self._scheduled = resolve.schedules > 0
         if self._scheduled:  # the step counter, saved in state_dict
             self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
@@ -78,6 +82,7 @@ class LossModule(nn.Module):
         self._last_labels = (
             *(term.label for term in plan.terms),
             *(plan.lets[i].name for i in self._reported_lets),
+            *(f"{c.name}{part}" for c in plan.constraints for part in ("", ".violation", ".multiplier")),
             "total",
         )
         self._last: list[tuple[torch.Tensor, ...]] = [()]
@@ -102,12 +107,46 @@ class LossModule(nn.Module):
         for let in self._lets:
             let_values.append(let(values, let_values))
         total = self._objective(values, let_values)
+        constraint_values: list[torch.Tensor] = []
+        for index, (value_of, bound_of, constraint) in enumerate(self._constraints):
+            contribution, reported_values = self._constrain(index, constraint, value_of(values, let_values),
+                                                            bound_of(values, let_values))
+            total = total + contribution
+            constraint_values += reported_values
         # Kept as computed and detached when read: no work in the forward for logging.
         reported = [let_values[i] for i in self._reported_lets]
-        self._last[0] = (*values, *reported, total)  # a list slot: nn.Module.__setattr__ is slow
+        self._last[0] = (*values, *reported, *constraint_values, total)  # a list slot: Module.__setattr__ is slow
         if self._scheduled and self.training:
             self.step_count += 1
         return total
+
+    def _constrain(
+        self, index: int, constraint: ConstraintPlan, value: torch.Tensor, bound: torch.Tensor | float
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The constraint's contribution to the loss, and its value, violation and multiplier.
+
+        ``g`` is the signed excess (positive when violated). In training mode the multiplier takes
+        a projected dual-ascent step after it is used: ``lam = max(0, lam + lr * g)`` (unprojected
+        for ``==``).
+        """
+        excess = bound - value if constraint.op == ">=" else value - bound
+        equality = constraint.op == "=="
+        violation = excess.abs() if equality else torch.relu(excess)
+        multiplier = self.multipliers[index].to(excess.dtype, copy=True)  # the buffer is updated below
+        rate = constraint.rate
+        if constraint.method == "penalty":
+            contribution = rate * violation
+        elif constraint.method == "lagrangian":
+            contribution = multiplier * excess
+        elif equality:  # augmented Lagrangian
+            contribution = multiplier * excess + rate / 2 * excess.square()
+        else:
+            contribution = (torch.relu(excess + multiplier / rate).square() - (multiplier / rate).square()) * rate / 2
+        if self.training and constraint.method != "penalty":
+            step = rate * excess.detach()
+            updated = multiplier.detach() + step
+            self.multipliers[index] = updated if equality else torch.relu(updated)
+        return contribution, [value, violation, multiplier]
 
     @torch.no_grad()
     def step(self, steps: int = 1) -> LossModule:

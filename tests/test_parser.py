@@ -306,20 +306,6 @@ def test_include_statement_parses():
     assert spec.statements[0] == ast.Include(path="shared/base.loss")
 
 
-@pytest.mark.parametrize(
-    ("text", "line", "keyword"),
-    [
-        ("loss = ce()\n\nsubject to X <= 0.02 as n using penalty(10)", 3, "subject to"),
-    ],
-)
-def test_unsupported_statements_are_e101_at_their_line(text, line, keyword):
-    diagnostics = diagnostics_of(text)
-    e101 = [d for d in diagnostics if d.code == "E101"]
-    assert len(e101) == 1
-    assert (e101[0].span.line, e101[0].span.column) == (line, 1)
-    assert f"'{keyword}'" in e101[0].message and "not supported yet" in e101[0].message
-
-
 def test_input_declaration_outside_a_block_is_e005():
     (diagnostic,) = diagnostics_of("loss = ce()\ny: float[N]")
     assert diagnostic.code == "E005"
@@ -367,10 +353,10 @@ INVALID = [
     (DEEP_LIST, "E004", 1, 50),
     (DEEP_NEG, "E004", 1, 51),
     (LONG_SUM, "E004", 1, 8),
-    # E101 unsupported statements
+    # constraints: subject to a loss OP a number
     ("loss = ce()\ninclude \"base.loss\"", "E010", 2, 1),
-    ("loss = ce()\nsubject to mse() <= 1", "E101", 2, 1),
-    ("subject to ce() <= 0.02 as n using penalty(10)\nloss = ce()", "E101", 1, 1),
+    ("loss = ce()\nsubject to mse() < 1", "E303", 2, 12),
+    ("subject to ce() <= x as n using penalty(10)\nloss = ce()", "E301", 1, 20),
     ("loss = ce()\ninputs:\n  y: float", "E106", 3, 3),
     # E102 duplicate let
     ("let a = ce()\nlet a = mse()\nloss = a", "E102", 2, 1),
@@ -453,7 +439,7 @@ def test_invalid_spec_reports_code_and_position(text, code, line, column):
 def test_invalid_table_is_broad():
     assert len(INVALID) >= 35
     codes = {code for _, code, _, _ in INVALID}
-    assert codes >= {"E001", "E002", "E003", "E004", "E101", "E102", "E103", "E104",
+    assert codes >= {"E001", "E002", "E003", "E004", "E102", "E103", "E104",
                      "E201", "E202", "E203", "E204", "E205", "E206", "E207",
                      "E301", "E302", "E303", "E304"}
 
