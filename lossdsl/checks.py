@@ -110,6 +110,7 @@ class _Checker:
         self.declared: dict[str, ast.InputDecl] | None = None
         self.used_inputs: set[str] = set()
         self.used_params: set[str] = set()
+        self.constraints: list[ConstraintPlan] = []
         self._call_param_args: list[tuple[str, str]] = []
 
     # -- reporting --
@@ -648,7 +649,7 @@ class _Checker:
 
         if objective is not None:
             visit(objective)
-        for constraint in getattr(self, "constraints", ()):
+        for constraint in self.constraints:
             visit(constraint.value)
         unused_is_expected = objective is None  # a file to include defines things for others
         for name, decl in (self.declared or {}).items():
@@ -683,7 +684,7 @@ class _Checker:
             ),
             declared=tuple(self.declared[name] for name in inputs if self.declared and name in self.declared),
             constraints=tuple(
-                dataclasses.replace(c, value=_relabel(c.value, labelled)) for c in getattr(self, "constraints", ())
+                dataclasses.replace(c, value=_relabel(c.value, labelled)) for c in self.constraints
             ),
             warnings=tuple(self.diagnostics),
         )

@@ -71,7 +71,7 @@ class LossModule(nn.Module):
         resolve = _Resolver(term_index, let_index, self.params, self._schedule_state)
         self._lets = tuple(resolve(let.value) for let in plan.lets)
         self._objective = resolve(plan.objective)
-        self._constraints = tuple((resolve(c.value), resolve(c.bound), c) for c in plan.constraints)
+        self._constraints = tuple((resolve(c.value), resolve(c.bound), _ConstraintRule(c)) for c in plan.constraints)
         if plan.constraints:  # one Lagrange multiplier per constraint, saved in state_dict
             self.register_buffer("multipliers", torch.zeros(len(plan.constraints)))
         self._scheduled = resolve.schedules > 0
@@ -108,8 +108,8 @@ class LossModule(nn.Module):
             let_values.append(let(values, let_values))
         total = self._objective(values, let_values)
         constraint_values: list[torch.Tensor] = []
-        for index, (value_of, bound_of, constraint) in enumerate(self._constraints):
-            contribution, reported_values = self._constrain(index, constraint, value_of(values, let_values),
+        for index, (value_of, bound_of, rule) in enumerate(self._constraints):
+            contribution, reported_values = self._constrain(index, rule, value_of(values, let_values),
                                                             bound_of(values, let_values))
             total = total + contribution
             constraint_values += reported_values
@@ -121,31 +121,20 @@ class LossModule(nn.Module):
         return total
 
     def _constrain(
-        self, index: int, constraint: ConstraintPlan, value: torch.Tensor, bound: torch.Tensor | float
+        self, index: int, rule: _ConstraintRule, value: torch.Tensor, bound: torch.Tensor | float
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The constraint's contribution to the loss, and its value, violation and multiplier.
 
         ``g`` is the signed excess (positive when violated). In training mode the multiplier takes
-        a projected dual-ascent step after it is used: ``lam = max(0, lam + lr * g)`` (unprojected
-        for ``==``).
+        a step after it is used: ``lam = max(0, lam + lr * g)`` (unprojected for ``==``).
         """
-        excess = bound - value if constraint.op == ">=" else value - bound
-        equality = constraint.op == "=="
-        violation = excess.abs() if equality else torch.relu(excess)
+        excess = bound - value if rule.lower_bound else value - bound
+        violation = excess.abs() if rule.equality else torch.relu(excess)
         multiplier = self.multipliers[index].to(excess.dtype, copy=True)  # the buffer is updated below
-        rate = constraint.rate
-        if constraint.method == "penalty":
-            contribution = rate * violation
-        elif constraint.method == "lagrangian":
-            contribution = multiplier * excess
-        elif equality:  # augmented Lagrangian
-            contribution = multiplier * excess + rate / 2 * excess.square()
-        else:
-            contribution = (torch.relu(excess + multiplier / rate).square() - (multiplier / rate).square()) * rate / 2
-        if self.training and constraint.method != "penalty":
-            step = rate * excess.detach()
-            updated = multiplier.detach() + step
-            self.multipliers[index] = updated if equality else torch.relu(updated)
+        contribution = rule.contribution(excess, violation, multiplier)
+        if self.training and rule.learns:
+            updated = multiplier.detach() + rule.rate * excess.detach()
+            self.multipliers[index] = updated if rule.equality else torch.relu(updated)
         return contribution, [value, violation, multiplier]
 
     @torch.no_grad()
@@ -225,6 +214,26 @@ class LossModule(nn.Module):
         objective = next((s for s in self.plan.spec.statements if isinstance(s, ast.LossStmt)), None)
         text = format_expr(objective.value) if objective is not None else ""
         return f"objective={text!r}, inputs={self.inputs}"
+
+
+class _ConstraintRule:
+    """A constraint's method resolved once: the forward compares no strings."""
+
+    def __init__(self, constraint: ConstraintPlan):
+        self.rate = constraint.rate
+        self.equality = constraint.op == "=="
+        self.lower_bound = constraint.op == ">="
+        self.learns = constraint.method != "penalty"
+        if constraint.method == "penalty":
+            self.contribution = lambda g, violation, lam: self.rate * violation
+        elif constraint.method == "lagrangian":
+            self.contribution = lambda g, violation, lam: lam * g
+        elif self.equality:  # augmented Lagrangian
+            self.contribution = lambda g, violation, lam: lam * g + self.rate / 2 * g.square()
+        else:
+            self.contribution = lambda g, violation, lam: (
+                torch.relu(g + lam / self.rate).square() - (lam / self.rate).square()
+            ) * self.rate / 2
 
 
 _FLOAT_KINDS = frozenset({"logits", "probs", "real", "embedding", "weight"})

@@ -71,17 +71,23 @@ class SoftBound(Term):
         super().__init__()
         position = {name: i for i, name in enumerate(params.input_names())}
         condition = params.condition
+        # (left, right, is_equality, is_upper_bound), resolved once: the forward compares no strings.
         self.links = tuple(
             (
                 compile_tensor_expr(condition.operands[i], position),
-                op,
                 compile_tensor_expr(condition.operands[i + 1], position),
+                op == "==",
+                op in ("<=", "<"),
             )
             for i, op in enumerate(condition.ops)
         )
         self.weighted = params.sample_weight is not None
         penalty = params.penalty
         self.penalty, self.sharpness = (penalty[0], penalty[1]) if isinstance(penalty, tuple) else (penalty, 1.0)
+        self._penalty = {
+            "squared": self._squared, "hinge": F.relu, "softplus": self._softplus, "log_barrier": self._log_barrier,
+        }[self.penalty]
+        self._equality_penalty = torch.square if self.penalty == "squared" else (lambda x: x)
         self.margin = params.margin
         self.reduction = params.reduction
 
@@ -97,14 +103,13 @@ class SoftBound(Term):
             if tensor.shape != tensors[0].shape:
                 self.fail(i, f"shape {tuple(tensor.shape)} differs from {self.input_names[0]}'s {tuple(tensors[0].shape)}")
         total = None
-        for left, op, right in self.links:
+        for left, right, equality, upper in self.links:
             difference = left(tensors) - right(tensors)
-            if op == "==":
-                excess = difference.abs()
-                penalty = excess.square() if self.penalty == "squared" else excess
+            if equality:
+                penalty = self._equality_penalty(difference.abs())
             else:
                 # How far past the (tightened) bound: positive when violated.
-                excess = difference if op in ("<=", "<") else -difference
+                excess = difference if upper else -difference
                 if self.margin:
                     excess = excess + self.margin
                 penalty = self._penalty(excess)
@@ -112,15 +117,17 @@ class SoftBound(Term):
             total = reduced if total is None else total + reduced
         return total
 
-    def _penalty(self, excess: torch.Tensor) -> torch.Tensor:
-        if self.penalty == "squared":
-            return F.relu(excess).square()
-        if self.penalty == "hinge":
-            return F.relu(excess)
-        if self.penalty == "softplus":
-            return F.softplus(excess, beta=self.sharpness)
-        # log_barrier: -log(-excess) inside the bound, continued linearly (with matching slope) from
-        # excess = -BARRIER_EDGE on, so it never returns inf and still pushes a violation back.
+    @staticmethod
+    def _squared(excess: torch.Tensor) -> torch.Tensor:
+        return F.relu(excess).square()
+
+    def _softplus(self, excess: torch.Tensor) -> torch.Tensor:
+        return F.softplus(excess, beta=self.sharpness)
+
+    @staticmethod
+    def _log_barrier(excess: torch.Tensor) -> torch.Tensor:
+        """-log(-excess) inside the bound, continued linearly (with matching slope) from
+        excess = -BARRIER_EDGE on, so it never returns inf and still pushes a violation back."""
         inside = -excess
         safe = torch.clamp(inside, min=BARRIER_EDGE)
         barrier = -torch.log(safe)

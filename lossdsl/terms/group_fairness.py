@@ -26,6 +26,19 @@ _RATE_COLUMNS = {
     "mean_pred": ("pred", "one"),
 }
 _STATISTICS = {**{name: (name,) for name in _RATE_COLUMNS}, "eo": ("tpr", "fpr")}
+# How each column is computed from (p, y, 1 - y); resolved once per term, so the forward looks nothing up.
+_COLUMN = {
+    "p": lambda p, y, n: p,
+    "pred": lambda p, y, n: p,
+    "one": lambda p, y, n: torch.ones_like(p),
+    "y": lambda p, y, n: y,
+    "1-y": lambda p, y, n: n,
+    "p*y": lambda p, y, n: p * y,
+    "p*(1-y)": lambda p, y, n: p * n,
+    "(1-p)*y": lambda p, y, n: (1 - p) * y,
+    "(1-p)*(1-y)": lambda p, y, n: (1 - p) * n,
+    "p*(1-y)+(1-p)*y": lambda p, y, n: p * n + (1 - p) * y,
+}
 Statistic = Literal[
     "dp_gap", "tpr_gap", "fpr_gap", "fnr_gap", "tnr_gap", "error_rate_gap", "eo_gap", "mean_pred_gap",
     "dp_ratio", "tpr_ratio", "fpr_ratio", "fnr_ratio", "tnr_ratio", "error_rate_ratio", "eo_ratio", "mean_pred_ratio",
@@ -104,6 +117,7 @@ class Fairness(Term):
     def __init__(self, params: FairnessParams):
         super().__init__()
         self.rates = params.rate_names
+        self.columns = tuple(_COLUMN[column] for rate in self.rates for column in _RATE_COLUMNS[rate])
         self.ratio = params.stat.endswith("_ratio")
         self.overall = params.ref == "overall"
         self.raw = params.stat.startswith("mean_pred")
@@ -128,12 +142,9 @@ class Fairness(Term):
             negative = 1 - positive
         if n == 0:
             return prob.sum()
-        values = {"p": prob, "pred": prob, "one": torch.ones_like(prob)}
-        if target is not None:
-            values.update({"y": positive, "1-y": negative, "p*y": prob * positive, "p*(1-y)": prob * negative,
-                           "(1-p)*y": (1 - prob) * positive, "(1-p)*(1-y)": (1 - prob) * negative})
-            values["p*(1-y)+(1-p)*y"] = values["p*(1-y)"] + values["(1-p)*y"]
-        columns = [values[column] for rate in self.rates for column in _RATE_COLUMNS[rate]]
+        if target is None:
+            positive = negative = None
+        columns = [column(prob, positive, negative) for column in self.columns]
         if sample_weight is not None:
             weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, n, prob.dtype)
             columns = [column * weight for column in columns]

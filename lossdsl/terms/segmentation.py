@@ -66,6 +66,18 @@ class _Overlap(Term):
             prob, mask = prob[:, 1:], mask[:, 1:]
         return prob.reshape(n, prob.shape[1], -1), mask.reshape(n, mask.shape[1], -1)
 
+    def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The loss per sample and channel, from probabilities and masks [N, C, P]."""
+        raise NotImplementedError
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        prob, mask = self.probabilities_and_masks(pred, target)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+        return self.reduce(self.score(prob, mask), sample_weight)
+
 
 @register(
     "dice",
@@ -79,18 +91,13 @@ class Dice(_Overlap):
         super().__init__(params)
         self.squared = params.squared
 
-    def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        prob, mask = self.probabilities_and_masks(pred, target)
-        if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+    def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         intersection = (prob * mask).sum(-1)
         if self.squared:
             denominator = prob.square().sum(-1) + mask.square().sum(-1)
         else:
             denominator = prob.sum(-1) + mask.sum(-1)
-        return self.reduce(1 - (2 * intersection + self.smooth) / (denominator + self.smooth), sample_weight)
+        return 1 - (2 * intersection + self.smooth) / (denominator + self.smooth)
 
 
 @register(
@@ -105,14 +112,9 @@ class Tversky(_Overlap):
         super().__init__(params)
         self.alpha, self.beta = params.alpha, params.beta
 
-    def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        prob, mask = self.probabilities_and_masks(pred, target)
-        if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+    def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         true_positive = (prob * mask).sum(-1)
         false_positive = (prob * (1 - mask)).sum(-1)
         false_negative = ((1 - prob) * mask).sum(-1)
         denominator = true_positive + self.alpha * false_positive + self.beta * false_negative
-        return self.reduce(1 - (true_positive + self.smooth) / (denominator + self.smooth), sample_weight)
+        return 1 - (true_positive + self.smooth) / (denominator + self.smooth)
