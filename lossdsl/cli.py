@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     verify = commands.add_parser("verify", help="gradient and stability checks on synthetic inputs")
     verify.add_argument("spec", metavar="SPEC", help="a .loss file with an inputs: block")
-    verify.add_argument("--steps", type=int, default=300, help="optimisation steps (default 300)")
+    verify.add_argument("--steps", type=_positive_int, default=300, help="optimisation steps (default 300)")
     verify.set_defaults(run=_verify)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the AST (Spec.model_dump_json)")
@@ -122,6 +122,16 @@ def _in_file(diagnostic: Diagnostic, path: Path) -> Diagnostic:
     if diagnostic.span is not None:
         return diagnostic
     return dataclasses.replace(diagnostic, span=Span(line=1, column=1, end_line=1, end_column=1, filename=str(path)))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
 
 def _param(text: str) -> tuple[str, float]:

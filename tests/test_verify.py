@@ -113,3 +113,11 @@ def test_explain_traces_undeclared_specs_with_inferred_inputs(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "# arg0_1 = pred (8,), arg1_1 = target (8,)" in out and "torch.ops.aten.mse_loss" in out
     assert "pred: (not declared)  read by mse()" in out
+
+
+@pytest.mark.parametrize("steps", ["0", "-3", "many"])
+def test_verify_steps_must_be_positive(steps, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["verify", str(ROOT / "specs" / "credit.loss"), "--steps", steps])
+    assert info.value.code == 2
+    assert "expected a positive whole number" in capsys.readouterr().err
