@@ -8,13 +8,14 @@ small VAE with a 4-D latent space is trained with
 
     let recon_loss = mse(pred=recon, target=x)
     let kl = kl_normal(mu=mu, logvar=logvar)
-    loss = recon_loss + 0.01 * kl
+    loss = recon_loss + 0.01 * warmup(800) * kl
 
 ``mse`` averages the squared error over the 64 pixels and the batch; ``kl_normal`` sums the KL
 divergence over the latent dimensions and averages it over the batch, so the weight 0.01 sets
 the balance between the two (a beta-VAE; at 0.02 the posterior collapses and every
-reconstruction is a blur of the mean glyph). It is fixed: lossdsl has no schedules yet, so a KL
-warm-up would have to live outside the spec.
+reconstruction is a blur of the mean glyph). ``warmup(800)`` ramps the KL weight up from 0 over
+the first 800 training steps (about ten epochs), the usual guard against an early collapse; the
+step counter lives in the loss module.
 
 Every few epochs it prints the epoch means of both terms, read from ``loss_fn.last_terms``;
 then the error on held-out glyphs, the KL of each latent dimension, and one held-out glyph, its
@@ -33,7 +34,7 @@ QUICK = os.environ.get("LOSSDSL_EXAMPLE_QUICK") == "1"
 SPEC = """
 let recon_loss = mse(pred=recon, target=x)
 let kl = kl_normal(mu=mu, logvar=logvar)
-loss = recon_loss + 0.01 * kl   # a fixed KL weight: schedules (warm-up) do not exist yet
+loss = recon_loss + 0.01 * warmup(800) * kl   # the KL weight ramps up over the first 800 steps
 """
 
 LATENT = 4
