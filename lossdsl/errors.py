@@ -11,7 +11,6 @@ did-you-mean). It renders like a compiler's::
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -123,10 +122,6 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """``"did you mean 'x'?"`` for the closest candidate, or None."""
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
-
-
-def render_json(diagnostics: Sequence[Diagnostic]) -> str:
-    return json.dumps([d.to_json() for d in diagnostics], indent=2)
 
 
 class _Painter:

@@ -64,7 +64,6 @@ def InputOf(*kinds: str) -> Any:  # noqa: N802 - used as a type annotation
     return Annotated[str, INPUT, Kinds(kinds)]
 
 Input = Annotated[str, INPUT]
-OptionalInput = Annotated[str | None, INPUT]
 Condition = Annotated[ast.Compare, CONDITION]
 TensorExpression = Annotated[Any, TENSOR]
 Reduction = Literal["mean", "sum"]
