@@ -465,11 +465,12 @@ class _Checker:
         if not ok:
             return None
         for role in params.input_roles():
-            name = getattr(params, role)
+            value = getattr(params, role)
             reader = f"{call.name}()" if role in given else f"{call.name}() (by default)"
-            if not self._check_input(name, given.get(role) or _name_span(call), reader, term.params.kinds(role)):
-                return None
-            decl = self.declared.get(name) if self.declared else None
+            for name in value if isinstance(value, tuple) else (value,):
+                if not self._check_input(name, given.get(role) or _name_span(call), reader, term.params.kinds(role)):
+                    return None
+            decl = self.declared.get(value) if self.declared and isinstance(value, str) else None
             if role == "group" and decl is not None and decl.groups and getattr(params, "groups", 0) is None:
                 params = params.model_copy(update={"groups": decl.groups})  # `group[N] of K` sizes the slots
         return TermPlan(term=term, params=params, span=call.span, param_args=tuple(self._call_param_args))  # type: ignore[arg-type]
@@ -491,6 +492,9 @@ class _Checker:
                 return _INVALID
             return node
         if INPUT in metadata:
+            if isinstance(node, ast.Tuple) and term.params.accepts(name, tuple):
+                names = [self.argument(term, name, item) for item in node.items]
+                return _INVALID if _INVALID in names else tuple(names)
             if isinstance(node, (ast.Name, ast.String)):
                 input_name = node.id if isinstance(node, ast.Name) else node.value
                 if input_name in self.lets:

@@ -110,7 +110,12 @@ class TermParams(BaseModel):
 
     @classmethod
     def accepts_bool(cls, name: str) -> bool:
-        return _mentions(cls.model_fields[name].annotation, bool)
+        return cls.accepts(name, bool)
+
+    @classmethod
+    def accepts(cls, name: str, kind: type) -> bool:
+        """Whether parameter ``name``'s annotation admits ``kind`` (bool, tuple, ...)."""
+        return _mentions(cls.model_fields[name].annotation, kind)
 
     def input_roles(self) -> tuple[str, ...]:
         """The input parameters this instance reads, in the order its module takes them."""
@@ -130,7 +135,11 @@ def _literal_strings(annotation: Any) -> list[str]:
 
 
 def _mentions(annotation: Any, kind: type) -> bool:
-    return annotation is kind or any(_mentions(arg, kind) for arg in typing.get_args(annotation))
+    return (
+        annotation is kind
+        or typing.get_origin(annotation) is kind
+        or any(_mentions(arg, kind) for arg in typing.get_args(annotation))
+    )
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ loop over groups and no host synchronisation.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
-from ..registry import InputOf, SampleWeight, Term, TermParams, register
+from ..registry import INPUT, InputOf, Kinds, SampleWeight, Term, TermParams, register
 
 # Each rate as (numerator column, denominator column), from p (the soft prediction), y (the label).
 _RATE_COLUMNS = {
@@ -51,7 +51,9 @@ class FairnessParams(TermParams):
         description="a rate (dp, tpr, fpr, fnr, tnr, error_rate, mean_pred; eo = the worse of tpr and fpr) "
         "and a form: _gap (largest minus smallest) or _ratio (1 - smallest / largest)"
     )
-    group: InputOf("group") = Field(description="the input holding integer group codes [N]")
+    group: Annotated[str | tuple[str, ...], INPUT, Kinds(("group",))] = Field(
+        description="the input holding integer group codes [N], or a tuple of them for intersections: (sex, race)"
+    )
     groups: PositiveInt | None = Field(
         None, description="number of groups when known (codes in [0, groups)); cheaper than ranking the codes"
     )
@@ -67,6 +69,25 @@ class FairnessParams(TermParams):
     @property
     def rate_names(self) -> tuple[str, ...]:
         return _STATISTICS[self.stat.rsplit("_", 1)[0]]
+
+    @model_validator(mode="after")
+    def _one_count_for_one_column(self) -> FairnessParams:
+        if isinstance(self.group, tuple) and self.groups is not None:
+            raise ValueError("groups= counts the codes of one group input, not of an intersection")
+        return self
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        return self.group if isinstance(self.group, tuple) else (self.group,)
+
+    def input_names(self) -> tuple[str, ...]:
+        """``pred``, each group input, then ``target`` and ``sample_weight`` when read."""
+        names = [self.pred, *self.group_names]
+        if "target" in self.input_roles():
+            names.append(self.target)
+        if self.sample_weight:
+            names.append(self.sample_weight)
+        return tuple(names)
 
     def input_roles(self) -> tuple[str, ...]:
         needs_target = any("y" in "".join(_RATE_COLUMNS[rate]) for rate in self.rate_names)
@@ -105,10 +126,12 @@ class Fairness(Term):
       without negatives for fpr/tnr) is left out; with fewer than two groups left the value is 0,
       never NaN; equal rates of 0 give a ratio penalty of 0 (fairlearn: NaN). fairlearn instead
       scores an undefined rate as 0, so with such a group the two differ.
-    - Group codes are an integer (or bool) tensor ``[N]`` or ``[N, 1]``. Without ``groups``, the
-      codes are ranked within the batch (sort, then ``index_add`` into N slots): any codes work,
-      sparse, negative or large. With ``groups=K`` they index K slots directly (cheaper) and must
-      lie in ``[0, K)``, which is not checked (that would synchronise with the device).
+    - Group codes are an integer (or bool) tensor ``[N]`` or ``[N, 1]``; ``group=(sex, race)``
+      makes each combination of codes a group (an intersection, as fairlearn's several
+      sensitive features). Without ``groups``, the codes are ranked within the batch (sort, then
+      ``index_add`` into N slots): any codes work, sparse, negative or large. With ``groups=K``
+      (one group input only) they index K slots directly (cheaper) and must lie in ``[0, K)``,
+      which is not checked (that would synchronise with the device).
     - Group sums use one ``index_add``: no Python loop over groups, no host synchronisation.
       ``sample_weight`` weighs each sample in the group sums, as fairlearn's ``sample_weight``
       does. An empty batch gives 0.
@@ -124,20 +147,25 @@ class Fairness(Term):
         self.num_groups = params.groups
         self.reads_target = "target" in params.input_roles()
         self.weighted = params.sample_weight is not None
+        self.num_columns = len(params.group_names)
 
-    def forward(self, pred: torch.Tensor, group: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        """``rest`` is ``target`` (unless dp_gap), then ``sample_weight`` (when given)."""
+    def forward(self, pred: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        """``rest`` is each group input, then ``target`` (when read), then ``sample_weight`` (when given)."""
+        groups, rest = rest[: self.num_columns], rest[self.num_columns:]
         target = rest[0] if self.reads_target else None
         sample_weight = rest[-1] if self.weighted else None
         prob = self._raw_prediction(pred) if self.raw else self._positive_probability(pred)
         n = prob.shape[0]
-        if group.shape not in ((n,), (n, 1)):
-            self.fail(1, f"expected group codes of shape ({n},), got {tuple(group.shape)}")
-        if group.is_floating_point() or group.is_complex():
-            self.fail(1, f"expected integer group codes, got {group.dtype}")
+        codes = []
+        for position, group in enumerate(groups, start=1):
+            if group.shape not in ((n,), (n, 1)):
+                self.fail(position, f"expected group codes of shape ({n},), got {tuple(group.shape)}")
+            if group.is_floating_point() or group.is_complex():
+                self.fail(position, f"expected integer group codes, got {group.dtype}")
+            codes.append(group if group.dim() == 1 else group[:, 0])
         if target is not None:
             if target.shape not in ((n,), (n, 1)):
-                self.fail(2, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
+                self.fail(1 + self.num_columns, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
             positive = (target if target.dim() == 1 else target[:, 0]).to(prob.dtype)
             negative = 1 - positive
         if n == 0:
@@ -148,7 +176,7 @@ class Fairness(Term):
         if sample_weight is not None:
             weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, n, prob.dtype)
             columns = [column * weight for column in columns]
-        slots, num_slots = self._slots(group if group.dim() == 1 else group[:, 0])
+        slots, num_slots = self._slots(codes)
         sums = prob.new_zeros(num_slots, len(columns)).index_add_(0, slots, torch.stack(columns, dim=1))
         gaps = [self._disparity(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(len(self.rates))]
         return gaps[0] if len(gaps) == 1 else torch.maximum(gaps[0], gaps[1])
@@ -197,13 +225,23 @@ class Fairness(Term):
             return torch.sigmoid(pred[:, 1] - pred[:, 0])  # softmax(pred)[:, 1]
         self.fail(0, f"fairness() needs binary logits [N], [N, 1] or [N, 2], got shape {tuple(pred.shape)}")
 
-    def _slots(self, codes: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Each sample's group slot, and the number of slots: static shapes, no sync."""
+    def _slots(self, codes: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Each sample's group slot, and the number of slots: static shapes, no sync.
+
+        Without a known count the codes are ranked within the batch (a batch of N holds at most N
+        groups): sorted lexicographically over the columns of an intersection, one stable sort
+        per column (a loop over columns, not groups), then numbered where any column changes.
+        """
         if self.num_groups is not None:
-            return codes.long(), self.num_groups
-        # Rank the codes within the batch: a batch of N holds at most N groups.
-        sorted_codes, order = torch.sort(codes)
-        starts = torch.ones_like(sorted_codes, dtype=torch.long)
-        starts[1:] = (sorted_codes[1:] != sorted_codes[:-1]).long()
+            return codes[0].long(), self.num_groups
+        order = torch.argsort(codes[-1], stable=True)
+        for column in reversed(codes[:-1]):
+            order = order[torch.argsort(column[order], stable=True)]
+        changed = torch.zeros_like(order[1:], dtype=torch.bool)
+        for column in codes:
+            ordered = column[order]
+            changed = changed | (ordered[1:] != ordered[:-1])
+        starts = torch.ones_like(order)
+        starts[1:] = changed.long()
         ranks = starts.cumsum(0) - 1
-        return torch.empty_like(ranks).scatter_(0, order, ranks), codes.shape[0]
+        return torch.empty_like(ranks).scatter_(0, order, ranks), order.shape[0]
