@@ -33,7 +33,7 @@ from .schedules import SCHEDULES
 from .registry import TermParams
 
 Values = Sequence[torch.Tensor]
-Combine = Callable[[Values, Values], "torch.Tensor | float"]
+Combine = Callable[[Values, Values, "torch.Tensor | None"], "torch.Tensor | float"]  # terms, lets, step
 
 _OPS: dict[str, Callable] = {
     "+": lambda a, b: a + b,
@@ -67,8 +67,7 @@ class LossModule(nn.Module):
             term_index[id(term)] = index
         self._term_inputs = tuple(tuple(position[name] for name in term.inputs) for term in plan.terms)
         let_index = {let.name: i for i, let in enumerate(plan.lets)}
-        self._schedule_state: list[torch.Tensor] = [torch.zeros((), dtype=torch.long)]
-        resolve = _Resolver(term_index, let_index, self.params, self._schedule_state)
+        resolve = _Resolver(term_index, let_index, self.params)
         self._lets = tuple(resolve(let.value) for let in plan.lets)
         self._objective = resolve(plan.objective)
         self._constraints = tuple((resolve(c.value), resolve(c.bound), _ConstraintRule(c)) for c in plan.constraints)
@@ -101,16 +100,16 @@ class LossModule(nn.Module):
             inputs["target"] = target
         tensors = self._gather(inputs)
         values = [term(*[tensors[i] for i in positions]) for term, positions in zip(self.terms, self._term_inputs)]
-        if self._scheduled:
-            self._schedule_state[0] = self.step_count
+        step = self.step_count if self._scheduled else None
         let_values: list[torch.Tensor] = []
         for let in self._lets:
-            let_values.append(let(values, let_values))
-        total = self._objective(values, let_values)
+            let_values.append(let(values, let_values, step))
+        total = self._objective(values, let_values, step)
         constraint_values: list[torch.Tensor] = []
         for index, (value_of, bound_of, rule) in enumerate(self._constraints):
-            contribution, reported_values = self._constrain(index, rule, value_of(values, let_values),
-                                                            bound_of(values, let_values))
+            contribution, reported_values = self._constrain(
+                index, rule, value_of(values, let_values, step), bound_of(values, let_values, step)
+            )
             total = total + contribution
             constraint_values += reported_values
         # Kept as computed and detached when read: no work in the forward for logging.
@@ -278,38 +277,31 @@ def _shape_text(shape: tuple[str | int, ...] | None) -> str:
 class _Resolver:
     """Turns objective expressions into closures over the term values and the let values."""
 
-    def __init__(
-        self,
-        term_index: dict[int, int],
-        let_index: dict[str, int],
-        params: Mapping[str, float],
-        schedule_state: list[torch.Tensor],
-    ):
+    def __init__(self, term_index: dict[int, int], let_index: dict[str, int], params: Mapping[str, float]):
         self.term_index, self.let_index, self.params = term_index, let_index, params
-        self.schedule_state = schedule_state  # slot 0 holds the step counter during a call
         self.schedules = 0
 
     def __call__(self, expr: ObjectiveExpr) -> Combine:
         if isinstance(expr, TermValue):
             i = self.term_index[id(expr.term)]
-            return lambda terms, lets: terms[i]
+            return lambda terms, lets, step: terms[i]
         if isinstance(expr, LetValue):
             j = self.let_index[expr.name]
-            return lambda terms, lets: lets[j]
+            return lambda terms, lets, step: lets[j]
         if isinstance(expr, ScheduleValue):
             self.schedules += 1
-            function, state = SCHEDULES[expr.kind][2](expr.params), self.schedule_state
-            return lambda terms, lets: function(state[0])
+            function = SCHEDULES[expr.kind][2](expr.params)
+            return lambda terms, lets, step: function(step)
         if isinstance(expr, (Constant, ParamValue)) or self.constant(expr) is not None:
             value = self.constant(expr)
-            return lambda terms, lets: value
+            return lambda terms, lets, step: value
         if isinstance(expr, Negate):
             operand = self(expr.operand)
-            return lambda terms, lets: -operand(terms, lets)
+            return lambda terms, lets, step: -operand(terms, lets, step)
         assert isinstance(expr, Arithmetic)
         op = _OPS[expr.op]
         left, right = self(expr.left), self(expr.right)
-        return lambda terms, lets: op(left(terms, lets), right(terms, lets))
+        return lambda terms, lets, step: op(left(terms, lets, step), right(terms, lets, step))
 
     def constant(self, expr: ObjectiveExpr) -> float | None:
         """The value of number arithmetic (params included), computed once here; None for losses."""

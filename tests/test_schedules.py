@@ -72,3 +72,15 @@ def test_schedule_mistakes(src, code):
     with pytest.raises(lossdsl.LossSpecError) as info:
         lossdsl.compile(src)
     assert info.value.diagnostics[0].code == code
+
+
+def test_a_deep_copy_follows_its_own_step_counter():
+    import copy
+
+    original = lossdsl.compile("warmup(4) * mse()")
+    original.step(4)
+    duplicate = copy.deepcopy(original)
+    duplicate.step_count.zero_()
+    pred, target = torch.randn(3), torch.randn(3)
+    torch.testing.assert_close(original(pred, target), F.mse_loss(pred, target))
+    torch.testing.assert_close(duplicate(pred, target), 0.0 * F.mse_loss(pred, target))
