@@ -456,6 +456,11 @@ class _Checker:
                 ok = False
             else:
                 values[name] = value
+        group = values.get("group")
+        if "groups" in fields and "groups" not in values and isinstance(group, str) and self.declared:
+            decl = self.declared.get(group)
+            if decl is not None and decl.groups:
+                values["groups"] = decl.groups  # `group[N] of K` sizes the group slots
         try:
             params = term.params(**values)
         except ValidationError as exc:
@@ -470,9 +475,6 @@ class _Checker:
             for name in value if isinstance(value, tuple) else (value,):
                 if not self._check_input(name, given.get(role) or _name_span(call), reader, term.params.kinds(role)):
                     return None
-            decl = self.declared.get(value) if self.declared and isinstance(value, str) else None
-            if role == "group" and decl is not None and decl.groups and getattr(params, "groups", 0) is None:
-                params = params.model_copy(update={"groups": decl.groups})  # `group[N] of K` sizes the slots
         return TermPlan(term=term, params=params, span=call.span, param_args=tuple(self._call_param_args))  # type: ignore[arg-type]
 
     def argument(self, term: TermDef, name: str, node: ast.Node) -> Any:
@@ -760,6 +762,8 @@ def _describe(node: ast.Node) -> str:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, tuple) and value and isinstance(value[0], str):  # an option with arguments
+        return f"{value[0]}({', '.join(map(str, value[1:]))})"
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
     if isinstance(value, str):

@@ -171,3 +171,35 @@ def test_intersection_slots_are_the_pairs_of_codes():
     from lossdsl import terms as T
 
     assert str(T.fairness("dp_gap", group=("sex", "race"))) == "fairness(dp_gap, group=(sex, race))"
+
+
+def test_ema_window_combines_the_batch_with_the_detached_history():
+    spec = "fairness(dp_gap, group=g, groups=2, window=ema(0.75))"
+    loss_fn = lossdsl.compile(spec)
+    g = torch.tensor([0, 0, 1, 1, 1])
+    history = torch.zeros(2, 2, dtype=torch.float64)
+    for seed in range(3):
+        pred = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).requires_grad_()
+        batch = torch.zeros(2, 2, dtype=torch.float64).index_add_(
+            0, g, torch.stack([torch.sigmoid(pred), torch.ones(5, dtype=torch.float64)], 1))
+        combined = 0.75 * history + 0.25 * batch
+        rates = combined[:, 0] / combined[:, 1]
+        expected = rates.max() - rates.min()
+        got = loss_fn(pred=pred, g=g)
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(torch.autograd.grad(got, pred)[0], torch.autograd.grad(expected, pred)[0])
+        history = combined.detach()
+    torch.testing.assert_close(loss_fn.terms[0].running_sums, history)
+    loss_fn.eval()
+    loss_fn(pred=torch.randn(5, dtype=torch.float64), g=g)
+    torch.testing.assert_close(loss_fn.terms[0].running_sums, history)  # eval mode changes no state
+    restored = lossdsl.compile(spec)
+    restored.load_state_dict(loss_fn.state_dict())
+    torch.testing.assert_close(restored.terms[0].running_sums, history)
+
+
+def test_ema_window_needs_a_group_count():
+    with pytest.raises(lossdsl.LossSpecError, match="give the group count"):
+        lossdsl.compile("fairness(dp_gap, group=g, window=ema(0.9))")
+    declared = "inputs:\n  pred: logits[N]\n  g: group[N] of 3\nloss = fairness(dp_gap, group=g, window=ema(0.9))"
+    assert lossdsl.compile(declared).terms[0].running_sums.shape == (3, 2)

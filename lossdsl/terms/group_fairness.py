@@ -60,6 +60,9 @@ class FairnessParams(TermParams):
     ref: Literal["groups", "overall"] = Field(
         "groups", description="compare the groups with each other, or each group with the whole batch"
     )
+    window: tuple[Literal["ema"], Annotated[float, Field(ge=0, lt=1)]] | None = Field(
+        None, description="ema(m): rates from running group sums, m * history + (1 - m) * batch (needs groups=K)"
+    )
     pred: InputOf("logits", "real") = Field(
         "pred", description="binary logits [N] or [N, 1] (sigmoid), or [N, 2] (softmax, class 1); raw values for mean_pred"
     )
@@ -74,6 +77,8 @@ class FairnessParams(TermParams):
     def _one_count_for_one_column(self) -> FairnessParams:
         if isinstance(self.group, tuple) and self.groups is not None:
             raise ValueError("groups= counts the codes of one group input, not of an intersection")
+        if self.window is not None and self.groups is None:
+            raise ValueError("window=ema(m) keeps sums per group slot: give the group count, groups=K")
         return self
 
     @property
@@ -135,6 +140,10 @@ class Fairness(Term):
     - Group sums use one ``index_add``: no Python loop over groups, no host synchronisation.
       ``sample_weight`` weighs each sample in the group sums, as fairlearn's ``sample_weight``
       does. An empty batch gives 0.
+    - ``window=ema(m)`` (with ``groups=K``, or a ``group[N] of K`` declaration) computes the rates
+      from running sums ``m * history + (1 - m) * batch``: the batch's part is differentiable, the
+      history (the buffer ``running_sums``, saved in ``state_dict``) is detached and updated in
+      training mode only, so small batches see the rates of many.
     """
 
     def __init__(self, params: FairnessParams):
@@ -148,6 +157,10 @@ class Fairness(Term):
         self.reads_target = "target" in params.input_roles()
         self.weighted = params.sample_weight is not None
         self.num_columns = len(params.group_names)
+        self.momentum = params.window[1] if params.window else None
+        # Running group sums for window=ema(m): one row per group slot, saved in state_dict.
+        shape = (params.groups or 0, len(self.columns))
+        self.register_buffer("running_sums", torch.zeros(shape, dtype=torch.float64) if params.window else None)
 
     def forward(self, pred: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         """``rest`` is each group input, then ``target`` (when read), then ``sample_weight`` (when given)."""
@@ -178,6 +191,10 @@ class Fairness(Term):
             columns = [column * weight for column in columns]
         slots, num_slots = self._slots(codes)
         sums = prob.new_zeros(num_slots, len(columns)).index_add_(0, slots, torch.stack(columns, dim=1))
+        if self.momentum is not None:  # the batch's differentiable sums over the detached history
+            sums = self.momentum * self.running_sums.to(sums.dtype) + (1 - self.momentum) * sums
+            if self.training:
+                self.running_sums.copy_(sums.detach())
         gaps = [self._disparity(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(len(self.rates))]
         return gaps[0] if len(gaps) == 1 else torch.maximum(gaps[0], gaps[1])
 
