@@ -1,5 +1,7 @@
 """Every fairness statistic and form against fairlearn's MetricFrame, on hard predictions."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -112,13 +114,17 @@ def test_mean_pred_equals_fairlearn_on_regression_outputs(form, ref):
     assert lossdsl.compile("fairness(mean_pred_gap, group=g)").inputs == ("pred", "g")  # no target read
 
 
+@pytest.mark.parametrize("agg", ["max", "mean", "smoothmax(0.1)"])
 @pytest.mark.parametrize("stat", [f"{s}_{f}" for s in STATS for f in ("gap", "ratio")])
 @pytest.mark.parametrize("ref", ["groups", "overall"])
-def test_never_nan_with_one_group_or_missing_labels(stat, ref):
+def test_never_nan_with_one_group_or_missing_labels(stat, ref, agg):
+    if stat.startswith("eo"):
+        agg = {"max": "worst_case", "smoothmax(0.1)": "worst_case"}.get(agg, agg)
+    loss_fn = lossdsl.compile(f"fairness({stat}, group=g, ref={ref}, agg={agg})")
     for target in (torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.long)):
-        for g in (torch.zeros(6, dtype=torch.long), torch.tensor([0, 0, 0, 1, 1, 1])):
-            pred = torch.randn(6, requires_grad=True)
-            value = lossdsl.compile(f"fairness({stat}, group=g, ref={ref})")(pred=pred, target=target, g=g)
+        for g in (torch.zeros(6, dtype=torch.long), torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([4])):
+            pred = torch.randn(len(g), requires_grad=True)
+            value = loss_fn(pred=pred, target=target[: len(g)], g=g)
             (grad,) = torch.autograd.grad(value, pred)
             assert torch.isfinite(value) and torch.isfinite(grad).all()
 
@@ -203,3 +209,115 @@ def test_ema_window_needs_a_group_count():
         lossdsl.compile("fairness(dp_gap, group=g, window=ema(0.9))")
     declared = "inputs:\n  pred: logits[N]\n  g: group[N] of 3\nloss = fairness(dp_gap, group=g, window=ema(0.9))"
     assert lossdsl.compile(declared).terms[0].running_sums.shape == (3, 2)
+
+
+def group_rates(prob, g):
+    """Selection rate per group present, by a plain loop (the reference)."""
+    return torch.stack([prob[g == k].mean() for k in torch.unique(g)])
+
+
+def pairwise(rates, form):
+    """Each pair of groups' disparity: |a - b|, or 1 - min / max (equal zeros: 0)."""
+    values = []
+    for i in range(len(rates)):
+        for j in range(i + 1, len(rates)):
+            a, b = rates[i], rates[j]
+            values.append((a - b).abs() if form == "gap" else ratio_disparity(a, b))
+    return torch.stack(values)
+
+
+def ratio_disparity(a, b):
+    """1 - min / max, and 0 where both are 0 (equal)."""
+    high = torch.maximum(a, b)
+    return torch.where(high > 0, 1 - torch.minimum(a, b) / torch.where(high > 0, high, 1), 0)
+
+
+def log_mean_exp(values, t):
+    return t * (torch.logsumexp(values / t, 0) - math.log(len(values)))
+
+
+@pytest.mark.parametrize("form", ["gap", "ratio"])
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), num_groups=st.integers(2, 7), zeros=st.booleans())
+def test_agg_mean_and_smoothmax_equal_their_formulas(form, seed, num_groups, zeros):
+    generator = torch.Generator().manual_seed(seed)
+    g = torch.randint(0, num_groups, (40,), generator=generator) * 3  # sparse codes; some may be absent
+    pred = torch.randn(40, dtype=torch.float64, generator=generator) * 3
+    if zeros:  # two groups with a selection rate of exactly 0
+        pred = torch.where(g <= 3, torch.full_like(pred, -1e4), pred)
+    pred.requires_grad_()
+    prob = torch.sigmoid(pred)
+    rates = group_rates(prob, g)
+    if len(rates) < 2:
+        return
+    overall = prob.mean()
+    if form == "gap":
+        distances = (rates - overall).abs()
+    else:
+        distances = ratio_disparity(rates, overall)
+    expected = {
+        ("mean", "groups"): pairwise(rates, form).mean(),
+        ("mean", "overall"): distances.mean(),
+        ("smoothmax(0.1)", "overall"): log_mean_exp(distances, 0.1),
+    }
+    smooth_max, smooth_min = log_mean_exp(rates, 0.1), -log_mean_exp(-rates, 0.1)
+    expected["smoothmax(0.1)", "groups"] = (
+        smooth_max - smooth_min if form == "gap" else ratio_disparity(smooth_min, smooth_max)
+    )
+    for (agg, ref), value in expected.items():
+        got = lossdsl.compile(f"fairness(dp_{form}, group=g, agg={agg}, ref={ref})")(pred=pred, g=g)
+        torch.testing.assert_close(got, value)
+        if value.requires_grad:
+            expected_grad = torch.autograd.grad(value, pred, retain_graph=True)[0]
+        else:  # every rate is 0: a constant reference
+            expected_grad = torch.zeros_like(pred)
+        torch.testing.assert_close(torch.autograd.grad(got, pred)[0], expected_grad)
+
+
+def test_smoothmax_lies_between_the_mean_and_the_max_and_tends_to_the_max():
+    pred = torch.randn(60, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    g = torch.arange(60) % 5
+    for ref in ("groups", "overall"):
+        value = {
+            agg: float(lossdsl.compile(f"fairness(dp_gap, group=g, ref={ref}, agg={agg})")(pred=pred, g=g))
+            for agg in ("max", "mean", "smoothmax(0.05)", "smoothmax(0.0001)")
+        }
+        assert value["smoothmax(0.05)"] <= value["max"]
+        assert value["smoothmax(0.0001)"] == pytest.approx(value["max"], abs=1e-3)
+        if ref == "overall":
+            assert value["mean"] <= value["smoothmax(0.05)"]
+
+
+@pytest.mark.parametrize("form", ["gap", "ratio"])
+@pytest.mark.parametrize("ref", ["groups", "overall"])
+def test_eo_agg_mean_equals_fairlearn(form, ref):
+    from fairlearn.metrics import equalized_odds_difference, equalized_odds_ratio
+
+    rng = np.random.default_rng(7)
+    g = rng.integers(0, 3, 90)
+    y = rng.integers(0, 2, 90)
+    yhat = rng.integers(0, 2, 90)
+    method = "to_overall" if ref == "overall" else "between_groups"
+    for agg in ("worst_case", "mean"):
+        if form == "gap":
+            expected = equalized_odds_difference(y, yhat, sensitive_features=g, method=method, agg=agg)
+        else:
+            expected = 1 - equalized_odds_ratio(y, yhat, sensitive_features=g, method=method, agg=agg)
+        logits = torch.tensor(np.where(yhat == 1, 40.0, -40.0), dtype=torch.float64)
+        loss_fn = lossdsl.compile(f"fairness(eo_{form}, group=g, ref={ref}, agg={agg})")
+        got = loss_fn(pred=logits, target=torch.tensor(y), g=torch.tensor(g))
+        assert float(got) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("fairness(eo_gap, group=g, agg=max)", "eo takes agg=worst_case or agg=mean"),
+        ("fairness(dp_gap, group=g, agg=worst_case)", "agg=worst_case is eo's"),
+        ("fairness(dp_gap, group=g, agg=smoothmax(0))", "greater than 0"),
+        ("fairness(dp_gap, group=g, agg=avg)", "unknown value 'avg'"),
+    ],
+)
+def test_agg_mistakes_are_diagnosed(spec, message):
+    with pytest.raises(lossdsl.LossSpecError, match=message):
+        lossdsl.compile(spec)

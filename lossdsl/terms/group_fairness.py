@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from ..registry import INPUT, InputOf, Kinds, SampleWeight, Term, TermParams, register
 
@@ -60,6 +60,12 @@ class FairnessParams(TermParams):
     ref: Literal["groups", "overall"] = Field(
         "groups", description="compare the groups with each other, or each group with the whole batch"
     )
+    agg: Literal["max", "mean", "worst_case"] | tuple[Literal["smoothmax"], PositiveFloat] | None = Field(
+        None,
+        description="how disparities combine: max (default), mean (over pairs of groups, or over groups with "
+        "ref=overall) or smoothmax(T) (log-mean-exp at temperature T); for eo, worst_case (default) or mean "
+        "of its tpr and fpr parts",
+    )
     window: tuple[Literal["ema"], Annotated[float, Field(ge=0, lt=1)]] | None = Field(
         None, description="ema(m): rates from running group sums, m * history + (1 - m) * batch (needs groups=K)"
     )
@@ -77,6 +83,11 @@ class FairnessParams(TermParams):
     def _one_count_for_one_column(self) -> FairnessParams:
         if isinstance(self.group, tuple) and self.groups is not None:
             raise ValueError("groups= counts the codes of one group input, not of an intersection")
+        is_eo = self.stat.startswith("eo_")
+        if is_eo and self.agg not in (None, "worst_case", "mean"):
+            raise ValueError(f"eo takes agg=worst_case or agg=mean (of its tpr and fpr parts), not {_agg_text(self.agg)}")
+        if not is_eo and self.agg == "worst_case":
+            raise ValueError("agg=worst_case is eo's; the other statistics take agg=max, mean or smoothmax(T)")
         if self.window is not None and self.groups is None:
             raise ValueError("window=ema(m) keeps sums per group slot: give the group count, groups=K")
         return self
@@ -103,6 +114,10 @@ class FairnessParams(TermParams):
 
 
 
+def _agg_text(agg: str | tuple[str, float]) -> str:
+    return agg if isinstance(agg, str) else f"{agg[0]}({agg[1]:g})"
+
+
 @register(
     "fairness",
     FairnessParams,
@@ -125,6 +140,13 @@ class Fairness(Term):
       ``|rate_g - overall|`` and ``_ratio`` one minus the smallest ``min(g, o) / max(g, o)``
       (fairlearn's ``method="to_overall"``). ``eo`` takes the worse of its tpr and fpr values
       (fairlearn's ``equalized_odds_difference`` and ``_ratio``, ``agg="worst_case"``).
+    - ``agg`` says how the disparities combine. ``max`` (the default) is fairlearn's value above.
+      ``mean`` averages over all pairs of groups (for two groups it equals ``max``; with
+      ``ref=overall``, over the groups' distances to the overall value). ``smoothmax(T)``
+      replaces each largest value by its log-mean-exp ``T log mean exp(v / T)`` and each smallest
+      by the mirror image: a smooth penalty that gives every group a gradient, is never above
+      ``max`` (with ``ref=overall``, never below ``mean``), and tends to ``max`` as ``T`` goes to 0. For ``eo``, ``agg`` combines the
+      tpr and fpr parts as fairlearn's ``agg``: ``worst_case`` (the default) or ``mean``.
     - On hard 0/1 predictions every statistic, form and ``ref`` equals fairlearn's
       ``MetricFrame(...).difference()`` / ``1 - ratio()``, sample weights included.
     - A group whose rate is undefined in the batch (absent, or without positives for tpr/fnr,
@@ -152,6 +174,12 @@ class Fairness(Term):
         self.columns = tuple(_COLUMN[column] for rate in self.rates for column in _RATE_COLUMNS[rate])
         self.ratio = params.stat.endswith("_ratio")
         self.overall = params.ref == "overall"
+        # agg: over groups (max, mean, smoothmax(T)); eo's worst_case or mean combines its two parts.
+        self.eo_mean = len(self.rates) == 2 and params.agg == "mean"
+        self.agg = "max" if params.agg in (None, "worst_case") or self.eo_mean else params.agg
+        self.temperature = params.agg[1] if isinstance(params.agg, tuple) else None
+        if self.temperature is not None:
+            self.agg = "smoothmax"
         self.raw = params.stat.startswith("mean_pred")
         self.num_groups = params.groups
         self.reads_target = "target" in params.input_roles()
@@ -196,33 +224,81 @@ class Fairness(Term):
             if self.training:
                 self.running_sums.copy_(sums.detach())
         gaps = [self._disparity(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(len(self.rates))]
-        return gaps[0] if len(gaps) == 1 else torch.maximum(gaps[0], gaps[1])
+        if len(gaps) == 1:
+            return gaps[0]
+        return (gaps[0] + gaps[1]) / 2 if self.eo_mean else torch.maximum(gaps[0], gaps[1])
 
     def _disparity(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
         """The statistic's form over the groups whose rate is defined; 0 with fewer than two of them."""
         defined = denominator > 0
         rate = numerator / torch.where(defined, denominator, torch.ones_like(denominator))
-        enough = defined.sum() >= 2
+        count = defined.sum()
         if self.overall:
             total = denominator.sum()
             overall = numerator.sum() / torch.where(total > 0, total, torch.ones_like(total))
-            if self.ratio:  # fairlearn's to_overall ratio: the smallest of min(g, o) / max(g, o)
+            if self.ratio:  # fairlearn's to_overall ratio: from min(g, o) / max(g, o) per group
                 low, high = torch.minimum(rate, overall), torch.maximum(rate, overall)
                 ratios = low / torch.where(high > 0, high, torch.ones_like(high))
-                ratios = torch.where(high > 0, ratios, torch.ones_like(ratios))  # both 0: equal
-                worst = ratios.masked_fill(~defined, 2.0).amin()
-                return torch.where(enough, 1 - worst, torch.zeros_like(worst))
-            distance = (rate - overall).abs().masked_fill(~defined, -1.0).amax()
-            return torch.where(enough, distance, torch.zeros_like(distance))
-        # Among the defined groups, rate sentinels never win and take no gradient.
-        largest = rate.masked_fill(~defined, float("-inf")).amax()
-        smallest = rate.masked_fill(~defined, float("inf")).amin()
+                distance = 1 - torch.where(high > 0, ratios, torch.ones_like(ratios))  # both 0: equal
+            else:
+                distance = (rate - overall).abs()
+            value = self._combine_distances(distance, defined, count)
+        elif self.agg == "mean":
+            value = self._mean_over_pairs(rate, defined, count)
+        else:
+            value = self._largest_and_smallest(rate, defined, count)
+        return torch.where(count >= 2, value, torch.zeros_like(value))
+
+    def _combine_distances(self, distance: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """ref=overall: the largest, mean or log-mean-exp of the defined groups' distances."""
+        if self.agg == "max":
+            return distance.masked_fill(~defined, -1.0).amax()
+        if self.agg == "mean":
+            return distance.masked_fill(~defined, 0.0).sum() / count.clamp(min=1)
+        return self._log_mean_exp(distance, defined, count)
+
+    def _largest_and_smallest(self, rate: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """ref=groups: largest minus smallest (or 1 - smallest / largest); smoothmax(T) softens both."""
+        if self.temperature is None:  # sentinels never win and take no gradient
+            largest = rate.masked_fill(~defined, float("-inf")).amax()
+            smallest = rate.masked_fill(~defined, float("inf")).amin()
+        else:
+            largest = self._log_mean_exp(rate, defined, count)
+            smallest = -self._log_mean_exp(-rate, defined, count)
+        enough = count >= 2
         largest = torch.where(enough, largest, torch.ones_like(largest))
         smallest = torch.where(enough, smallest, torch.ones_like(smallest))
         if self.ratio:
             ratio = smallest / torch.where(largest > 0, largest, torch.ones_like(largest))
             return torch.where(largest > 0, 1 - ratio, torch.zeros_like(ratio))
         return largest - smallest
+
+    def _log_mean_exp(self, values: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """``T * log(mean(exp(values / T)))`` over the defined groups: between their mean and their max."""
+        t = self.temperature
+        # With no group defined every slot takes part, so logsumexp's gradient stays finite (unused).
+        scaled = (values / t).masked_fill(~defined & (count > 0), float("-inf"))
+        lme = t * (torch.logsumexp(scaled, dim=0) - torch.log(count.clamp(min=1).to(values.dtype)))
+        return torch.where(count > 0, lme, torch.zeros_like(lme))
+
+    def _mean_over_pairs(self, rate: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """ref=groups, agg=mean: the disparity averaged over all pairs of defined groups, in O(K log K).
+
+        With the defined rates sorted, ``x_0 <= ... <= x_{m-1}``, the pairs' gaps sum to
+        ``sum_k x_k (2k - m + 1)`` and their ratios ``x_i / x_j`` (i < j) to ``sum_j prefix_j / x_j``.
+        """
+        ordered = rate.masked_fill(~defined, float("inf")).sort().values
+        index = torch.arange(rate.shape[0], device=rate.device)
+        valid = index < count
+        ordered = ordered.masked_fill(~valid, 0.0)
+        pairs = (count * (count - 1) // 2).clamp(min=1).to(rate.dtype)
+        if not self.ratio:
+            return (ordered * (2 * index - count + 1).to(rate.dtype)).sum() / pairs
+        before = ordered.cumsum(0) - ordered  # sum of the smaller rates before each
+        positive = ordered > 0
+        ratios = torch.where(positive, before / torch.where(positive, ordered, torch.ones_like(ordered)),
+                             index.to(rate.dtype))  # a rate of 0 equals the zeros before it
+        return 1 - ratios.masked_fill(~valid, 0.0).sum() / pairs
 
     def _raw_prediction(self, pred: torch.Tensor) -> torch.Tensor:
         self.expect_float(0, pred)
