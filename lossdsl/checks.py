@@ -37,7 +37,7 @@ from .plan import (
     TermPlan,
     TermValue,
 )
-from .registry import CONDITION, INPUT, INPUT_KINDS, REGISTRY, TENSOR, TermDef
+from .registry import CONDITION, INPUT, INPUT_KINDS, REGISTRY, TENSOR, InnerLoss, TermDef
 from .schedules import SCHEDULES
 from .tensor_expr import FUNCTIONS, names_in
 
@@ -493,6 +493,8 @@ class _Checker:
                             hint=f"reduce an input, e.g. {term.name}(abs(pred - target))")
                 return _INVALID
             return node
+        if isinstance(node, ast.Call) and node.name in term.params.inner_forms(name):
+            return self._inner_loss(term, node)
         if INPUT in metadata:
             if isinstance(node, ast.Tuple) and term.params.accepts(name, tuple):
                 names = [self.argument(term, name, item) for item in node.items]
@@ -535,6 +537,40 @@ class _Checker:
         self.report("E204", f"'{name}' of {term.name}() takes {_expected(term, name)}; got {_describe(node)}", node)
         return _INVALID
 
+    def _inner_loss(self, term: TermDef, call: ast.Call) -> Any:
+        """``group_loss(mse)``, ``group_loss_gap(huber(delta=2))``: a per-sample loss term inside an argument."""
+        usage = f"{call.name}(mse) or {call.name}(huber(delta=2))"
+        if call.keywords or len(call.args) != 1:
+            self.report("E207", f"{call.name}() takes one loss term: {usage}", call)
+            return _INVALID
+        inner = call.args[0]
+        if isinstance(inner, ast.Name):
+            inner = ast.Call(name=inner.id, span=inner.span)
+        if not isinstance(inner, ast.Call):
+            self.report("E204", f"{call.name}() takes a loss term, as in {usage}; got {_describe(inner)}", inner)
+            return _INVALID
+        inner_term = REGISTRY.get(inner.name)
+        if inner_term is not None and not inner_term.module.per_sample:
+            per_sample = ", ".join(name for name, t in REGISTRY.items() if t.module.per_sample)
+            self.report("E204", f"{call.name}() needs a loss with one value per sample, which {inner.name}() has not",
+                        _name_span(inner), hint=f"these have one: {per_sample}")
+            return _INVALID
+        for keyword in inner.keywords:
+            if keyword.name in ("reduction", "sample_weight"):
+                self.report("E204", f"{call.name}() averages {inner.name}() per group itself: leave out "
+                            f"'{keyword.name}'", keyword, hint=f"give sample_weight= to {term.name}()")
+                return _INVALID
+        outer_param_args = self._call_param_args
+        plan = self.call(inner)
+        inner_param_args, self._call_param_args = self._call_param_args, outer_param_args
+        if plan is None:
+            return _INVALID
+        if inner_param_args:
+            self.report("E204", f"a param cannot set an argument of the term inside {call.name}() yet", inner,
+                        hint="write the number")
+            return _INVALID
+        return InnerLoss(call.name, plan, format_expr(call))
+
     def _validation_errors(self, term: TermDef, call: ast.Call, given: dict[str, ast.Node],
                            values: dict[str, Any], exc: ValidationError, report_missing: bool) -> None:
         by_field: dict[str, list[dict[str, Any]]] = {}
@@ -556,6 +592,8 @@ class _Checker:
                 description = term.params.model_fields[name].description
                 self.report("E206", f"{call.name}() is missing its argument '{name}'", where,
                             hint=f"{name}: {description}" if description else None)
+            elif isinstance(value, str) and value in term.params.inner_forms(name):
+                self.report("E204", f"{value} takes the loss it averages per group, as in {value}(mse)", where)
             elif isinstance(value, str) and options:
                 noun = term.noun if name in term.params.positional else "value"
                 self.report("E201", f"unknown {noun} '{value}' for {call.name}()", where,

@@ -63,6 +63,35 @@ def InputOf(*kinds: str) -> Any:  # noqa: N802 - used as a type annotation
     assert set(kinds) <= set(INPUT_KINDS), kinds
     return Annotated[str, INPUT, Kinds(kinds)]
 
+class InnerLoss:
+    """A loss term called inside another term's argument: ``group_loss_gap(huber(delta=2))``.
+
+    ``form`` is the wrapping call's name and ``inner`` the checked plan of the inner term (a
+    ``TermPlan``). A parameter annotated ``Annotated[InnerLoss, InnerForms(...)]`` accepts it.
+    """
+
+    __slots__ = ("form", "inner", "text")
+
+    def __init__(self, form: str, inner: Any, text: str = ""):
+        self.form, self.inner, self.text = form, inner, text or f"{form}({inner.term.name}(...))"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InnerLoss) and (self.form, self.inner) == (other.form, other.inner)
+
+    def __hash__(self) -> int:
+        return hash((self.form, id(self.inner)))
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class InnerForms:
+    """The call names (``group_loss``, ...) under which a parameter takes an ``InnerLoss``."""
+
+    names: tuple[str, ...]
+
+
 Input = Annotated[str, INPUT]
 Condition = Annotated[ast.Compare, CONDITION]
 TensorExpression = Annotated[Any, TENSOR]
@@ -109,6 +138,14 @@ class TermParams(BaseModel):
         return None
 
     @classmethod
+    def inner_forms(cls, name: str) -> tuple[str, ...]:
+        """The call names under which parameter ``name`` takes an inner loss term (``group_loss``)."""
+        for item in cls.model_fields[name].metadata:
+            if isinstance(item, InnerForms):
+                return item.names
+        return ()
+
+    @classmethod
     def accepts_bool(cls, name: str) -> bool:
         return cls.accepts(name, bool)
 
@@ -123,6 +160,10 @@ class TermParams(BaseModel):
 
     def input_names(self) -> tuple[str, ...]:
         return tuple(getattr(self, role) for role in self.input_roles())
+
+    def nested_terms(self) -> tuple[Any, ...]:
+        """Plans of the terms this one calls (``group_loss(mse)``'s ``mse``); their inputs come first."""
+        return ()
 
 
 def _literal_strings(annotation: Any) -> list[str]:
@@ -187,6 +228,11 @@ class Term(nn.Module):
     where: str = ""
     input_names: tuple[str, ...] = ()
     reduction: str = "mean"
+    #: Whether the term can give one loss per sample (for ``group_loss``): its forward takes
+    #: ``sample_weight`` last and reduces through ``reduce`` when given one.
+    per_sample: ClassVar[bool] = False
+    #: Set on an inner term of ``group_loss``: ``reduce`` keeps the sample axis (see ``reduce``).
+    keeps_samples: bool = False
 
     def bind_context(self, where: str, input_names: tuple[str, ...]) -> None:
         """``where`` reads like "ce() at specs/a.loss:3:12"; ``input_names`` follow the forward's order."""
@@ -212,9 +258,15 @@ class Term(nn.Module):
     def reduce(self, loss: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Reduce an element-wise loss [N, ...] by ``self.reduction``, weighting samples by ``sample_weight`` [N].
 
+        With ``keeps_samples`` set, return ``[N, 2]`` instead: each sample's mean over its
+        elements and its weight (1), the numerator and denominator of a group's mean loss.
+
         Weighted, ``mean`` is the weighted mean of the per-sample means, ``sum(w * l) / sum(w)``,
         and 0 when every weight is 0; ``sum`` is ``sum(w * l)``.
         """
+        if self.keeps_samples:  # group_loss's inner term: [N, 2] of each sample's mean loss, weight 1
+            means = loss.flatten(1).mean(dim=1) if loss.dim() > 1 else loss.reshape(-1)
+            return torch.stack([means, torch.ones_like(means)], dim=1)
         if loss.numel() == 0:  # torch's mean of nothing is NaN; an empty batch adds nothing
             return loss.sum()
         if sample_weight is None:

@@ -18,7 +18,8 @@ def declarations(plan: Plan) -> list[ast.InputDecl]:
     (``[N, D]`` for embeddings) unless the term gives a shape for that parameter."""
     declared = {decl.name: decl for decl in plan.declared}
     inferred: dict[str, ast.InputDecl] = {}
-    for term in plan.terms:
+    terms = [nested for term in plan.terms for nested in (*term.params.nested_terms(), term)]
+    for term in terms:
         shapes = dict(term.term.shapes)
         roles = {getattr(term.params, role): role for role in term.params.input_roles()}
         for name in term.inputs:

@@ -54,6 +54,8 @@ class CrossEntropy(Term):
       logits; with no counts at all every weight is 1. It is saved in ``state_dict()``.
     """
 
+    per_sample = True
+
     def __init__(self, params: CEParams):
         super().__init__()
         self.balanced = params.weight == "balanced"
@@ -88,6 +90,8 @@ class CrossEntropy(Term):
             num_classes = pred.shape[1]
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+        if self.keeps_samples:
+            return self._per_sample(pred, target, binary, num_classes)
         if target.numel() == 0:
             return pred.sum()
         if target.is_floating_point():
@@ -123,6 +127,35 @@ class CrossEntropy(Term):
         if self.reduction == "sum":
             return total
         return weighted_mean(total, denominator)
+
+    def _per_sample(self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int) -> torch.Tensor:
+        """For group_loss: [N, 2] of each sample's weighted loss and weight, summed over its elements,
+        so a group's mean is ce's own mean over the group (class weights and ignored targets alike)."""
+        if binary:  # the two-class softmax of [0, logit] is sigmoid(logit)
+            logits = pred if pred.dim() == 1 else pred[:, 0]
+            pred = torch.stack([torch.zeros_like(logits), logits], dim=1)
+            if target.is_floating_point():
+                target = torch.stack([1 - target, target], dim=1)
+        if target.is_floating_point():
+            if self.balanced:
+                self.fail(1, "weight=balanced counts classes, so it needs integer class indices, not probabilities")
+            weight = self._class_weight(None, None, num_classes, pred.dtype)
+            losses = F.cross_entropy(
+                pred, target.to(pred.dtype), weight=weight, reduction="none", label_smoothing=self.label_smoothing
+            )
+            share = torch.ones_like(losses)  # torch's mean over probability targets counts elements
+        else:
+            keep = target != self.ignore_index
+            labels = (target * keep).long()
+            weight = self._class_weight(labels, keep, num_classes, pred.dtype)
+            losses = F.cross_entropy(
+                pred, target.long(), weight=weight, ignore_index=self.ignore_index, reduction="none",
+                label_smoothing=self.label_smoothing,
+            )
+            share = keep.to(pred.dtype) if weight is None else weight[labels] * keep
+        if losses.dim() > 1:  # pixels: a sample's sums over its elements
+            losses, share = losses.flatten(1).sum(dim=1), share.flatten(1).sum(dim=1)
+        return torch.stack([losses, share], dim=1)
 
     def _nothing_to_ignore(self, target: torch.Tensor) -> bool:
         """True when no target can equal ignore_index (bool or uint8 targets and a negative index)."""
@@ -288,6 +321,8 @@ class BinaryCrossEntropy(Term):
     replaces the targets by ``y * (1 - e) + e / 2`` (torch's function lacks it).
     """
 
+    per_sample = True
+
     def __init__(self, params: BCEParams):
         super().__init__()
         self.reduction = params.reduction
@@ -353,6 +388,8 @@ class Focal(Term):
       ``alpha`` is cross-entropy. ``(1 - p_t)`` is clamped at the smallest positive float before
       the power, so gradients stay finite for ``gamma < 1`` at saturated logits.
     """
+
+    per_sample = True
 
     def __init__(self, params: FocalParams):
         super().__init__()
@@ -422,6 +459,8 @@ class Hinge(Term):
     """Binary: ``relu(margin - s x)`` with ``s = 2 y - 1``. Multi-class: ``F.multi_margin_loss``,
     ``sum over j != y of relu(margin - x_y + x_j) / C``. ``squared=true`` squares each hinge
     (``p=2`` for ``F.multi_margin_loss``)."""
+
+    per_sample = True
 
     def __init__(self, params: HingeParams):
         super().__init__()

@@ -26,6 +26,8 @@ class KLNormal(Term):
     """``-0.5 * sum(1 + logvar - mu^2 - exp(logvar))`` over every dimension but the first, then
     ``mean`` (or ``sum``) over the batch."""
 
+    per_sample = True
+
     def __init__(self, params: KLNormalParams):
         super().__init__()
         self.reduction = params.reduction
@@ -60,6 +62,8 @@ class KLParams(TermParams):
 class KL(Term):
     """``F.kl_div(log_softmax(q), log_softmax(p), log_target=True, reduction="batchmean")``: summed
     over classes (and any further dimensions), then ``mean`` (or ``sum``) over the batch."""
+
+    per_sample = True
 
     def __init__(self, params: KLParams):
         super().__init__()

@@ -8,12 +8,12 @@ loop over groups and no host synchronisation.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from ..registry import INPUT, InputOf, Kinds, SampleWeight, Term, TermParams, register
+from ..registry import INPUT, InnerForms, InnerLoss, InputOf, Kinds, SampleWeight, Term, TermParams, register
 
 # Each rate as (numerator column, denominator column), from p (the soft prediction), y (the label).
 _RATE_COLUMNS = {
@@ -39,6 +39,7 @@ _COLUMN = {
     "(1-p)*(1-y)": lambda p, y, n: (1 - p) * n,
     "p*(1-y)+(1-p)*y": lambda p, y, n: p * n + (1 - p) * y,
 }
+GROUP_LOSS_FORMS = ("group_loss", "group_loss_gap", "group_loss_ratio")
 Statistic = Literal[
     "dp_gap", "tpr_gap", "fpr_gap", "fnr_gap", "tnr_gap", "error_rate_gap", "eo_gap", "mean_pred_gap",
     "dp_ratio", "tpr_ratio", "fpr_ratio", "fnr_ratio", "tnr_ratio", "error_rate_ratio", "eo_ratio", "mean_pred_ratio",
@@ -47,9 +48,10 @@ Statistic = Literal[
 
 class FairnessParams(TermParams):
     positional = ("stat",)
-    stat: Statistic = Field(
+    stat: Annotated[Statistic | InnerLoss, InnerForms(GROUP_LOSS_FORMS)] = Field(
         description="a rate (dp, tpr, fpr, fnr, tnr, error_rate, mean_pred; eo = the worse of tpr and fpr) "
-        "and a form: _gap (largest minus smallest) or _ratio (1 - smallest / largest)"
+        "and a form: _gap (largest minus smallest) or _ratio (1 - smallest / largest); or group_loss(INNER) "
+        "(the worst group's mean INNER loss), group_loss_gap(INNER) or group_loss_ratio(INNER)"
     )
     group: Annotated[str | tuple[str, ...], INPUT, Kinds(("group",))] = Field(
         description="the input holding integer group codes [N], or a tuple of them for intersections: (sex, race)"
@@ -76,14 +78,26 @@ class FairnessParams(TermParams):
     sample_weight: SampleWeight = None
 
     @property
+    def stat_name(self) -> str:
+        """``fpr_gap``, ..., or the group-loss form: ``group_loss``, ``group_loss_gap``, ``group_loss_ratio``."""
+        return self.stat.form if isinstance(self.stat, InnerLoss) else self.stat
+
+    @property
     def rate_names(self) -> tuple[str, ...]:
+        if isinstance(self.stat, InnerLoss):
+            return ()
         return _STATISTICS[self.stat.rsplit("_", 1)[0]]
+
+    def nested_terms(self) -> tuple[Any, ...]:
+        return (self.stat.inner,) if isinstance(self.stat, InnerLoss) else ()
 
     @model_validator(mode="after")
     def _one_count_for_one_column(self) -> FairnessParams:
         if isinstance(self.group, tuple) and self.groups is not None:
             raise ValueError("groups= counts the codes of one group input, not of an intersection")
-        is_eo = self.stat.startswith("eo_")
+        if self.stat_name == "group_loss" and self.ref == "overall":
+            raise ValueError("group_loss() is the worst group's loss; ref=overall takes group_loss_gap or _ratio")
+        is_eo = self.stat_name.startswith("eo_")
         if is_eo and self.agg not in (None, "worst_case", "mean"):
             raise ValueError(f"eo takes agg=worst_case or agg=mean (of its tpr and fpr parts), not {_agg_text(self.agg)}")
         if not is_eo and self.agg == "worst_case":
@@ -97,7 +111,11 @@ class FairnessParams(TermParams):
         return self.group if isinstance(self.group, tuple) else (self.group,)
 
     def input_names(self) -> tuple[str, ...]:
-        """``pred``, each group input, then ``target`` and ``sample_weight`` when read."""
+        """``pred``, each group input, then ``target`` and ``sample_weight`` when read; for
+        group_loss, the inner term's inputs, each group input, then ``sample_weight``."""
+        if isinstance(self.stat, InnerLoss):
+            names = [*self.stat.inner.inputs, *self.group_names]
+            return (*names, self.sample_weight) if self.sample_weight else tuple(names)
         names = [self.pred, *self.group_names]
         if "target" in self.input_roles():
             names.append(self.target)
@@ -106,6 +124,8 @@ class FairnessParams(TermParams):
         return tuple(names)
 
     def input_roles(self) -> tuple[str, ...]:
+        if isinstance(self.stat, InnerLoss):  # the inner term checks and reads its own inputs
+            return ("group", "sample_weight") if self.sample_weight else ("group",)
         needs_target = any("y" in "".join(_RATE_COLUMNS[rate]) for rate in self.rate_names)
         roles = ("pred", "group", "target") if needs_target else ("pred", "group")
         return (*roles, "sample_weight") if self.sample_weight else roles
@@ -147,6 +167,17 @@ class Fairness(Term):
       by the mirror image: a smooth penalty that gives every group a gradient, is never above
       ``max`` (with ``ref=overall``, never below ``mean``), and tends to ``max`` as ``T`` goes to 0. For ``eo``, ``agg`` combines the
       tpr and fpr parts as fairlearn's ``agg``: ``worst_case`` (the default) or ``mean``.
+    - ``group_loss(INNER)`` is bounded group loss: ``INNER`` (a loss term with one value per
+      sample: ce, bce, focal, hinge, mse, mae, huber, smooth_l1, log_cosh, quantile, kl_normal, kl,
+      contrastive, triplet; with its own arguments, ``group_loss(huber(delta=2))``) is averaged
+      within each group, exactly as the term averages a batch (ce's class weights and ignored
+      targets included), and the worst group's mean is the penalty; ``agg=mean`` averages the
+      groups' means instead and ``smoothmax(T)`` softens the worst. ``group_loss_gap(INNER)`` and
+      ``group_loss_ratio(INNER)`` are the largest minus the smallest group mean and one minus
+      their ratio, with ``ref`` and ``agg`` as for the rates. The inner term reads its own inputs
+      (``pred`` and ``target`` by default); give ``sample_weight`` to ``fairness``. With one group,
+      ``group_loss(INNER)`` equals ``INNER`` on the batch. Equal to fairlearn's
+      ``MetricFrame(metrics=mean_squared_error, ...)`` ``group_max()``, ``difference()`` and ``ratio()``.
     - On hard 0/1 predictions every statistic, form and ``ref`` equals fairlearn's
       ``MetricFrame(...).difference()`` / ``1 - ratio()``, sample weights included.
     - A group whose rate is undefined in the batch (absent, or without positives for tpr/fnr,
@@ -170,40 +201,51 @@ class Fairness(Term):
 
     def __init__(self, params: FairnessParams):
         super().__init__()
-        self.rates = params.rate_names
-        self.columns = tuple(_COLUMN[column] for rate in self.rates for column in _RATE_COLUMNS[rate])
-        self.ratio = params.stat.endswith("_ratio")
+        stat = params.stat
+        self.inner: Term | None = None
+        if isinstance(stat, InnerLoss):  # group_loss(INNER): the inner term gives [N, 2] per-sample sums
+            self.inner = stat.inner.term.module(stat.inner.params)
+            self.inner.keeps_samples = True
+            self.inner.bind_context(stat.inner.where, stat.inner.inputs)
+            self.num_inner_inputs = len(stat.inner.inputs)
+            self.worst_group = stat.form == "group_loss"
+            self.columns: tuple = ()
+            num_columns = 2
+        else:
+            self.columns = tuple(_COLUMN[column] for rate in params.rate_names for column in _RATE_COLUMNS[rate])
+            num_columns = len(self.columns)
+        self.num_rates = num_columns // 2
+        form = params.stat_name
+        self.ratio = form.endswith("_ratio")
         self.overall = params.ref == "overall"
         # agg: over groups (max, mean, smoothmax(T)); eo's worst_case or mean combines its two parts.
-        self.eo_mean = len(self.rates) == 2 and params.agg == "mean"
+        self.eo_mean = self.num_rates == 2 and params.agg == "mean"
         self.agg = "max" if params.agg in (None, "worst_case") or self.eo_mean else params.agg
         self.temperature = params.agg[1] if isinstance(params.agg, tuple) else None
         if self.temperature is not None:
             self.agg = "smoothmax"
-        self.raw = params.stat.startswith("mean_pred")
+        self.raw = form.startswith("mean_pred")
         self.num_groups = params.groups
         self.reads_target = "target" in params.input_roles()
         self.weighted = params.sample_weight is not None
         self.num_columns = len(params.group_names)
         self.momentum = params.window[1] if params.window else None
         # Running group sums for window=ema(m): one row per group slot, saved in state_dict.
-        shape = (params.groups or 0, len(self.columns))
+        shape = (params.groups or 0, num_columns)
         self.register_buffer("running_sums", torch.zeros(shape, dtype=torch.float64) if params.window else None)
 
-    def forward(self, pred: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        """``rest`` is each group input, then ``target`` (when read), then ``sample_weight`` (when given)."""
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``pred``, each group input, ``target`` (when read), ``sample_weight`` (when given); for
+        group_loss, the inner term's inputs take ``pred``'s and ``target``'s places before the groups."""
+        if self.inner is not None:
+            return self._group_loss(inputs)
+        pred, rest = inputs[0], inputs[1:]
         groups, rest = rest[: self.num_columns], rest[self.num_columns:]
         target = rest[0] if self.reads_target else None
         sample_weight = rest[-1] if self.weighted else None
         prob = self._raw_prediction(pred) if self.raw else self._positive_probability(pred)
         n = prob.shape[0]
-        codes = []
-        for position, group in enumerate(groups, start=1):
-            if group.shape not in ((n,), (n, 1)):
-                self.fail(position, f"expected group codes of shape ({n},), got {tuple(group.shape)}")
-            if group.is_floating_point() or group.is_complex():
-                self.fail(position, f"expected integer group codes, got {group.dtype}")
-            codes.append(group if group.dim() == 1 else group[:, 0])
+        codes = self._codes(groups, n, first_position=1)
         if target is not None:
             if target.shape not in ((n,), (n, 1)):
                 self.fail(1 + self.num_columns, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
@@ -213,20 +255,64 @@ class Fairness(Term):
             return prob.sum()
         if target is None:
             positive = negative = None
-        columns = [column(prob, positive, negative) for column in self.columns]
+        columns = torch.stack([column(prob, positive, negative) for column in self.columns], dim=1)
+        sums = self._group_sums(columns, codes, sample_weight)
+        gaps = [self._disparity(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(self.num_rates)]
+        if len(gaps) == 1:
+            return gaps[0]
+        return (gaps[0] + gaps[1]) / 2 if self.eo_mean else torch.maximum(gaps[0], gaps[1])
+
+    def _group_loss(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The inner loss's mean per group: the worst group's, or the _gap / _ratio between groups."""
+        inner_inputs = inputs[: self.num_inner_inputs]
+        groups = inputs[self.num_inner_inputs: self.num_inner_inputs + self.num_columns]
+        sample_weight = inputs[-1] if self.weighted else None
+        first = inner_inputs[0]
+        n = first.shape[0] if first.dim() else 1
+        dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
+        per_sample = self.inner(*inner_inputs, torch.ones(n, dtype=dtype, device=first.device))  # [N, 2]
+        codes = self._codes(groups, n, first_position=self.num_inner_inputs)
+        if n == 0:
+            return per_sample.sum()
+        sums = self._group_sums(per_sample, codes, sample_weight)
+        if not self.worst_group:
+            return self._disparity(sums[:, 0], sums[:, 1])
+        defined = sums[:, 1] > 0
+        loss = sums[:, 0] / torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
+        count = defined.sum()
+        if self.agg == "mean":
+            value = loss.masked_fill(~defined, 0.0).sum() / count.clamp(min=1)
+        elif self.agg == "smoothmax":
+            value = self._log_mean_exp(loss, defined, count)
+        else:
+            value = loss.masked_fill(~defined, float("-inf")).amax()
+        return torch.where(count > 0, value, torch.zeros_like(value))
+
+    def _codes(self, groups: tuple[torch.Tensor, ...], n: int, first_position: int) -> list[torch.Tensor]:
+        """Each group input as integer codes [N], checked (shapes and dtypes only: no sync)."""
+        codes = []
+        for position, group in enumerate(groups, start=first_position):
+            if group.shape not in ((n,), (n, 1)):
+                self.fail(position, f"expected group codes of shape ({n},), got {tuple(group.shape)}")
+            if group.is_floating_point() or group.is_complex():
+                self.fail(position, f"expected integer group codes, got {group.dtype}")
+            codes.append(group if group.dim() == 1 else group[:, 0])
+        return codes
+
+    def _group_sums(
+        self, columns: torch.Tensor, codes: list[torch.Tensor], sample_weight: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-sample columns [N, k] summed per group slot with one index_add; the ema window's history mixed in."""
         if sample_weight is not None:
-            weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, n, prob.dtype)
-            columns = [column * weight for column in columns]
+            weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, columns.shape[0], columns.dtype)
+            columns = columns * weight[:, None]
         slots, num_slots = self._slots(codes)
-        sums = prob.new_zeros(num_slots, len(columns)).index_add_(0, slots, torch.stack(columns, dim=1))
+        sums = columns.new_zeros(num_slots, columns.shape[1]).index_add_(0, slots, columns)
         if self.momentum is not None:  # the batch's differentiable sums over the detached history
             sums = self.momentum * self.running_sums.to(sums.dtype) + (1 - self.momentum) * sums
             if self.training:
                 self.running_sums.copy_(sums.detach())
-        gaps = [self._disparity(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(len(self.rates))]
-        if len(gaps) == 1:
-            return gaps[0]
-        return (gaps[0] + gaps[1]) / 2 if self.eo_mean else torch.maximum(gaps[0], gaps[1])
+        return sums
 
     def _disparity(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
         """The statistic's form over the groups whose rate is defined; 0 with fewer than two of them."""

@@ -27,6 +27,8 @@ class ContrastiveParams(TermParams):
 class Contrastive(Term):
     """Euclidean distance ``d`` per pair; the square is taken without a square root, so equal embeddings are smooth."""
 
+    per_sample = True
+
     def __init__(self, params: ContrastiveParams):
         super().__init__()
         self.margin = params.margin
@@ -60,6 +62,8 @@ class TripletParams(TermParams):
 
 @register("triplet", TripletParams, "Triplet margin loss, as F.triplet_margin_loss.", example="triplet(margin=0.5)")
 class Triplet(Term):
+    per_sample = True
+
     def __init__(self, params: TripletParams):
         super().__init__()
         self.margin, self.p, self.reduction = params.margin, params.p, params.reduction

@@ -36,6 +36,8 @@ class _Pointwise(Term):
     ``target`` is cast to ``pred``'s dtype. An empty batch gives 0 (torch gives NaN).
     """
 
+    per_sample = True
+
     def __init__(self, params: RegressionParams):
         super().__init__()
         self.reduction = params.reduction
@@ -135,6 +137,8 @@ class QuantileParams(TermParams):
 class QuantileLoss(Term):
     """With a list of Q quantiles, ``pred`` has a last dimension of Q (one column per quantile), the
     target is compared with each column, and the loss averages over columns and samples."""
+
+    per_sample = True
 
     def __init__(self, params: QuantileParams):
         super().__init__()
