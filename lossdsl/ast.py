@@ -102,6 +102,22 @@ class Compare(Node):
     ops: tuple[CompareOp, ...]
 
 
+class Logic(Node):
+    """``a and b``, ``a or b``, ``a implies b``: comparisons combined (inside ``soft_bound``)."""
+
+    kind: Literal["logic"] = "logic"
+    op: Literal["and", "or", "implies"]
+    left: Expr
+    right: Expr
+
+
+class Not(Node):
+    """``not a``: the negation of a comparison or a combination of them."""
+
+    kind: Literal["not"] = "not"
+    operand: Expr
+
+
 class Keyword(Node):
     kind: Literal["keyword"] = "keyword"
     name: str
@@ -126,7 +142,7 @@ class Tuple(Node):
 
 
 Expr = Annotated[
-    Union[Number, Name, String, Neg, BinOp, Compare, Call, List, Tuple],
+    Union[Number, Name, String, Neg, BinOp, Compare, Logic, Not, Call, List, Tuple],
     Field(discriminator="kind"),
 ]
 
@@ -200,5 +216,5 @@ class Spec(Node):
         return None
 
 
-for _model in (Neg, BinOp, Compare, Keyword, Call, List, Tuple, Let, LossStmt, SubjectTo, Spec):
+for _model in (Neg, BinOp, Compare, Logic, Not, Keyword, Call, List, Tuple, Let, LossStmt, SubjectTo, Spec):
     _model.model_rebuild()

@@ -170,6 +170,8 @@ class _Checker:
         compare = statement.constraint
         usage = "a constraint compares a loss with a number: subject to fairness(eo_gap, group=sex) <= 0.02"
         if not isinstance(compare, ast.Compare) or len(compare.ops) != 1 or compare.ops[0] in ("<", ">"):
+            if isinstance(compare, ast.Logic) and compare.op == "and":
+                usage = "write one 'subject to' line per constraint"
             self.report("E303", "a constraint is one comparison with <=, >= or ==", compare, hint=usage)
             return None
         defined = self._lets_before(statement)
@@ -295,6 +297,10 @@ class _Checker:
         if isinstance(expr, ast.Compare):
             self.report("E304", "a comparison is not a loss", expr,
                         hint=f"penalise its violation: soft_bound({format_expr(expr)})")
+            return Type.ERROR, None
+        if isinstance(expr, (ast.Logic, ast.Not)):
+            self.report("E304", f"'{getattr(expr, 'op', 'not')}' combines comparisons, not losses", expr,
+                        hint="add losses with +; combine comparisons inside soft_bound(y <= 1 or z <= 1)")
             return Type.ERROR, None
         what = {"string": "a string", "list": "a list", "tuple": "a tuple"}[expr.kind]
         self.report("E301", f"{what} is not a loss", expr, hint="a loss is built from terms such as ce() or mse()")
@@ -481,7 +487,7 @@ class _Checker:
         """The Python value of one argument, before the parameter model validates it."""
         metadata = term.params.model_fields[name].metadata
         if CONDITION in metadata:
-            if not isinstance(node, ast.Compare):
+            if not isinstance(node, (ast.Compare, ast.Logic, ast.Not)):
                 self.report("E204", f"{term.name}() needs a comparison, such as y <= 100", node)
                 return _INVALID
             return node if self.condition(node) else _INVALID
@@ -607,7 +613,16 @@ class _Checker:
                             where)
 
     # -- comparisons over tensors (soft_bound) --
-    def condition(self, compare: ast.Compare) -> bool:
+    def condition(self, compare: ast.Node) -> bool:
+        """A comparison over tensors, or comparisons combined with and / or / not / implies."""
+        if isinstance(compare, ast.Logic):
+            return self.condition(compare.left) & self.condition(compare.right)
+        if isinstance(compare, ast.Not):
+            return self.condition(compare.operand)
+        if not isinstance(compare, ast.Compare):
+            self.report("E204", f"'and', 'or', 'not' and 'implies' combine comparisons; got {_describe(compare)}",
+                        compare, hint="compare it: soft_bound(y <= 1 or z <= 1)")
+            return False
         ok = all(self._tensor_expr(operand) for operand in compare.operands)
         if not ok:
             return False
@@ -642,7 +657,7 @@ class _Checker:
                 self.report("E205", "division by zero", node.right)
                 return False
             return True
-        if isinstance(node, ast.Compare):
+        if isinstance(node, (ast.Compare, ast.Logic, ast.Not)):
             self.report("E303", "a comparison cannot be part of a tensor expression", node,
                         hint="write a chain as 0 <= y <= 1, and penalise a comparison with soft_bound(...)")
             return False

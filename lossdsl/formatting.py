@@ -5,8 +5,8 @@ from __future__ import annotations
 from . import ast
 
 # Binding strength: a child binding looser than its slot needs parentheses.
-_COMPARISON, _SUM, _PRODUCT, _UNARY, _ATOM = range(1, 6)
-_LEVEL = {"+": _SUM, "-": _SUM, "*": _PRODUCT, "/": _PRODUCT}
+_IMPLIES, _OR, _AND, _NOT, _COMPARISON, _SUM, _PRODUCT, _UNARY, _ATOM = range(1, 10)
+_LEVEL = {"+": _SUM, "-": _SUM, "*": _PRODUCT, "/": _PRODUCT, "implies": _IMPLIES, "or": _OR, "and": _AND}
 
 
 def format(spec: ast.Spec) -> str:  # noqa: A001 - the public name is lossdsl.format
@@ -42,7 +42,7 @@ def format_statement(statement: ast.Node) -> list[str]:
     raise TypeError(f"not a statement: {statement!r}")
 
 
-def format_expr(node: ast.Node, level: int = _COMPARISON) -> str:
+def format_expr(node: ast.Node, level: int = _IMPLIES) -> str:
     """The canonical text of an expression placed where ``level`` binds."""
     text, own = _format(node)
     return f"({text})" if own < level else text
@@ -62,6 +62,13 @@ def _format(node: ast.Node) -> tuple[str, int]:
         left = format_expr(node.left, level)
         right = format_expr(node.right, level + 1)  # left-associative
         return f"{left} {node.op} {right}", level
+    if isinstance(node, ast.Logic):
+        level = _LEVEL[node.op]
+        if node.op == "implies":  # right-associative
+            return f"{format_expr(node.left, level + 1)} implies {format_expr(node.right, level)}", level
+        return f"{format_expr(node.left, level)} {node.op} {format_expr(node.right, level + 1)}", level
+    if isinstance(node, ast.Not):
+        return "not " + format_expr(node.operand, _NOT), _NOT
     if isinstance(node, ast.Compare):
         parts = [format_expr(node.operands[0], _SUM)]
         for op, operand in zip(node.ops, node.operands[1:]):

@@ -25,7 +25,9 @@ from .errors import Diagnostic, LossSpecError
 MAX_NESTING = 100
 
 # A newline after one of these continues the statement on the next line.
-_CONTINUES_AFTER = frozenset({"PLUS", "MINUS", "STAR", "SLASH", "COMPARE_OP", "COMMA", "EQUAL"})
+_CONTINUES_AFTER = frozenset(
+    {"PLUS", "MINUS", "STAR", "SLASH", "COMPARE_OP", "AND", "OR", "NOT", "IMPLIES", "COMMA", "EQUAL"}
+)
 _OPENERS = {"LPAR": "RPAR", "LSQB": "RSQB"}
 _CLOSERS = frozenset(_OPENERS.values())
 
@@ -48,6 +50,10 @@ _TOKEN_NAMES = {
     "STAR": "'*'",
     "SLASH": "'/'",
     "COMPARE_OP": "a comparison",
+    "AND": "'and'",
+    "OR": "'or'",
+    "NOT": "'not'",
+    "IMPLIES": "'implies'",
 }
 
 
@@ -318,6 +324,14 @@ class _AstBuilder(Transformer_NonRecursive):
     def comparison(self, meta: Any, children: list[Any]) -> ast.Compare:
         operands, ops = tuple(children[0::2]), tuple(str(op) for op in children[1::2])
         return self._node(ast.Compare, meta, operands, operands=operands, ops=ops)
+
+    def logic(self, meta: Any, children: list[Any]) -> ast.Logic:
+        left, op, right = children
+        return self._node(ast.Logic, meta, (left, right), op=str(op), left=left, right=right)
+
+    def logic_not(self, meta: Any, children: list[Any]) -> ast.Not:
+        operand = children[-1]
+        return self._node(ast.Not, meta, (operand,), operand=operand)
 
     def binop(self, meta: Any, children: list[Any]) -> ast.BinOp:
         left, op, right = children

@@ -93,7 +93,7 @@ class InnerForms:
 
 
 Input = Annotated[str, INPUT]
-Condition = Annotated[ast.Compare, CONDITION]
+Condition = Annotated[ast.Compare | ast.Logic | ast.Not, CONDITION]
 TensorExpression = Annotated[Any, TENSOR]
 Reduction = Literal["mean", "sum"]
 #: The reduction parameter every loss term takes (give the default at the field).

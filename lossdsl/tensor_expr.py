@@ -47,6 +47,10 @@ def names_in(expr: ast.Node) -> list[str]:
         return names_in(expr.left) + names_in(expr.right)
     if isinstance(expr, ast.Compare):
         return [name for operand in expr.operands for name in names_in(operand)]
+    if isinstance(expr, ast.Logic):
+        return names_in(expr.left) + names_in(expr.right)
+    if isinstance(expr, ast.Not):
+        return names_in(expr.operand)
     if isinstance(expr, ast.Call):
         return [name for arg in expr.args for name in names_in(arg)]
     return []

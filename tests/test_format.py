@@ -17,7 +17,10 @@ from lossdsl.errors import LossSpecError
 from lossdsl.parsing import parse
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.loss"))
-KEYWORDS = frozenset({"let", "loss", "param", "include", "subject", "inputs", "to", "as", "using", "in", "of"})
+KEYWORDS = frozenset({
+    "let", "loss", "param", "include", "subject", "inputs", "to", "as", "using", "in", "of",
+    "and", "or", "not", "implies",
+})
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- a strategy for whole specs --------------------------------------------------
@@ -57,6 +60,8 @@ def _extend(children: st.SearchStrategy) -> st.SearchStrategy:
         st.lists(children, max_size=3).map(lambda items: ast.List(items=tuple(items))),
         st.lists(children, min_size=1, max_size=3).map(lambda items: ast.Tuple(items=tuple(items))),
         children.map(lambda e: ast.Neg(operand=e)),
+        st.builds(ast.Logic, op=st.sampled_from(["and", "or", "implies"]), left=children, right=children),
+        children.map(lambda e: ast.Not(operand=e)),
     )
 
 

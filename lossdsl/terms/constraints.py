@@ -3,19 +3,46 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, model_validator
 
+from .. import ast
 from ..registry import Condition, ReductionParam, SampleWeight, Term, TermParams, register
 from ..tensor_expr import compile_tensor_expr, names_in
 
 
+def _links(node: ast.Node, negated: bool) -> Iterator[tuple[str, bool]]:
+    """Each comparison operator of a condition, and whether a ``not`` applies to it."""
+    if isinstance(node, ast.Not):
+        yield from _links(node.operand, not negated)
+    elif isinstance(node, ast.Logic):
+        yield from _links(node.left, not negated if node.op == "implies" else negated)
+        yield from _links(node.right, negated)
+    elif isinstance(node, ast.Compare):
+        yield from ((op, negated) for op in node.ops)
+
+
+def _has_product(node: ast.Node, negated: bool) -> bool:
+    """Whether the condition, with negations pushed into the comparisons, holds an ``or``."""
+    if isinstance(node, ast.Not):
+        return _has_product(node.operand, not negated)
+    if isinstance(node, ast.Logic):
+        left_negated = not negated if node.op == "implies" else negated
+        is_or = negated if node.op == "and" else not negated
+        return is_or or _has_product(node.left, left_negated) or _has_product(node.right, negated)
+    return isinstance(node, ast.Compare) and negated and len(node.ops) > 1  # not (a <= b <= c)
+
+
 class SoftBoundParams(TermParams):
     positional = ("condition",)
-    condition: Condition = Field(description="a comparison over inputs and numbers, e.g. y <= 100 or 0 <= p <= 1")
+    condition: Condition = Field(
+        description="a comparison over inputs and numbers, e.g. y <= 100 or 0 <= p <= 1, or comparisons "
+        "combined with and, or, not, implies"
+    )
     penalty: Literal["squared", "hinge", "softplus", "log_barrier"] | tuple[Literal["softplus"], PositiveFloat] = Field(
         "squared",
         description="squared (squared hinge), hinge, softplus(k) (smooth hinge, k=1 by default) or log_barrier",
@@ -25,9 +52,17 @@ class SoftBoundParams(TermParams):
     sample_weight: SampleWeight = None
 
     @model_validator(mode="after")
-    def _equality_penalties(self) -> SoftBoundParams:
-        if "==" in self.condition.ops and self.penalty not in ("squared", "hinge"):
+    def _penalties_that_fit_the_condition(self) -> SoftBoundParams:
+        zero_when_satisfied = self.penalty in ("squared", "hinge")
+        links = list(_links(self.condition, negated=False))
+        if any(op == "==" for op, _ in links) and not zero_when_satisfied:
             raise ValueError("an == comparison takes penalty=squared or penalty=hinge")
+        if any(op == "==" and negated for op, negated in links):
+            raise ValueError("'not (a == b)' has no gradient to follow: write the two bounds, "
+                             "a <= b - 0.1 or a >= b + 0.1")
+        if _has_product(self.condition, negated=False) and not zero_when_satisfied:
+            raise ValueError("'or' and 'implies' multiply their sides' penalties, which must be 0 exactly where "
+                             "they hold: use penalty=squared or penalty=hinge")
         return self
 
     def input_names(self) -> tuple[str, ...]:
@@ -42,7 +77,7 @@ BARRIER_EDGE = 1e-2
 @register(
     "soft_bound",
     SoftBoundParams,
-    "Soft penalty on where a comparison over inputs is violated.",
+    "Soft penalty on where a comparison over inputs (or a combination with and/or/not/implies) is violated.",
     example="soft_bound(0 <= pred <= 10, margin=0.1, penalty=hinge)",
 )
 class SoftBound(Term):
@@ -52,12 +87,21 @@ class SoftBound(Term):
       and ``a < b``, by ``relu(b - a + margin)`` for ``a >= b`` and ``a > b``, and by ``|a - b|``
       for ``a == b`` (the margin does not apply to ``==``; ``<`` is treated as ``<=``). The
       penalty is the violation squared (``squared``) or itself (``hinge``), reduced over
-      elements; a chain ``0 <= y <= 1`` adds its links' reduced penalties.
+      elements; a chain ``0 <= y <= 1`` adds its links' penalties (it is ``0 <= y and y <= 1``).
     - ``penalty=softplus(k)`` is the smooth hinge ``softplus(k * e) / k`` of the signed excess
       ``e = a - b + margin`` (k = 1 when written ``softplus``). ``penalty=log_barrier`` is
       ``-log(-e)``: it grows as a satisfied bound is approached, and from ``e = -0.01`` on it
       continues as the tangent line, so a violation gets a finite, growing penalty, never inf.
       ``==`` links take ``squared`` (``(a - b)^2``) or ``hinge`` (``|a - b|``) only.
+    - Comparisons combine with ``and``, ``or``, ``not`` and ``implies`` (loosest last: ``not`` binds
+      tighter than ``and``, ``and`` than ``or``, ``or`` than ``implies``, which groups to the
+      right), with the semantics of DL2 (Fischer et al., 2019), element-wise before the reduction:
+      ``and`` adds its sides' penalties, ``or`` multiplies them, ``not`` is pushed into the
+      comparisons (``not a <= b`` is ``a > b``; De Morgan for ``and`` and ``or``), and ``p implies
+      q`` is ``not p or q``. Each side is then 0 exactly where it holds, so the combination is too
+      (up to strictness: ``<`` counts as ``<=``). A product needs a penalty that is 0 where a
+      comparison holds, so ``or`` and ``implies`` take ``squared`` or ``hinge`` only; ``not (a ==
+      b)`` is refused (``a != b`` has no gradient); write ``a <= b - 0.1 or a >= b + 0.1``.
     - The operands are tensor expressions: input names, numbers, ``+ - * /``, unary minus,
       parentheses and the element-wise functions of ``mean`` (``soft_bound(upper - lower >= 0)``,
       ``soft_bound(abs(y) <= 3)``). A string, list or ``let`` name is E204; a link between two
@@ -69,18 +113,6 @@ class SoftBound(Term):
 
     def __init__(self, params: SoftBoundParams):
         super().__init__()
-        position = {name: i for i, name in enumerate(params.input_names())}
-        condition = params.condition
-        # (left, right, is_equality, is_upper_bound), resolved once: the forward compares no strings.
-        self.links = tuple(
-            (
-                compile_tensor_expr(condition.operands[i], position),
-                compile_tensor_expr(condition.operands[i + 1], position),
-                op == "==",
-                op in ("<=", "<"),
-            )
-            for i, op in enumerate(condition.ops)
-        )
         self.weighted = params.sample_weight is not None
         penalty = params.penalty
         self.penalty, self.sharpness = (penalty[0], penalty[1]) if isinstance(penalty, tuple) else (penalty, 1.0)
@@ -90,6 +122,9 @@ class SoftBound(Term):
         self._equality_penalty = torch.square if self.penalty == "squared" else (lambda x: x)
         self.margin = params.margin
         self.reduction = params.reduction
+        position = {name: i for i, name in enumerate(params.input_names())}
+        # The condition as one closure over the input tensors, resolved once: the forward compares no strings.
+        self._violation = self._compile(params.condition, position, negated=False)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         sample_weight = None
@@ -102,20 +137,39 @@ class SoftBound(Term):
         for i, tensor in enumerate(tensors[1:], start=1):
             if tensor.shape != tensors[0].shape:
                 self.fail(i, f"shape {tuple(tensor.shape)} differs from {self.input_names[0]}'s {tuple(tensors[0].shape)}")
-        total = None
-        for left, right, equality, upper in self.links:
-            difference = left(tensors) - right(tensors)
-            if equality:
-                penalty = self._equality_penalty(difference.abs())
-            else:
-                # How far past the (tightened) bound: positive when violated.
-                excess = difference if upper else -difference
-                if self.margin:
-                    excess = excess + self.margin
-                penalty = self._penalty(excess)
-            reduced = self.reduce(penalty, sample_weight)
-            total = reduced if total is None else total + reduced
-        return total
+        return self.reduce(self._violation(tensors), sample_weight)
+
+    def _compile(self, node: ast.Node, position: dict[str, int], negated: bool) -> Callable:
+        """The element-wise penalty of a condition, with ``not`` pushed into the comparisons (DL2):
+        ``and`` adds its sides' penalties, ``or`` multiplies them, ``a implies b`` is ``not a or b``."""
+        if isinstance(node, ast.Not):
+            return self._compile(node.operand, position, not negated)
+        if isinstance(node, ast.Logic):
+            left = self._compile(node.left, position, not negated if node.op == "implies" else negated)
+            right = self._compile(node.right, position, negated)
+            is_or = negated if node.op == "and" else not negated  # De Morgan under a negation
+            if is_or:
+                return lambda tensors: left(tensors) * right(tensors)
+            return lambda tensors: left(tensors) + right(tensors)
+        links = [self._link(node, i, position, negated) for i in range(len(node.ops))]
+        if len(links) == 1:
+            return links[0]
+        if negated:  # not (a <= b <= c) is a > b or b > c
+            return lambda tensors: math.prod(link(tensors) for link in links)
+        return lambda tensors: sum(link(tensors) for link in links)
+
+    def _link(self, compare: ast.Compare, index: int, position: dict[str, int], negated: bool) -> Callable:
+        """One comparison ``a OP b`` of a chain: its penalty per element."""
+        left = compile_tensor_expr(compare.operands[index], position)
+        right = compile_tensor_expr(compare.operands[index + 1], position)
+        op = compare.ops[index]
+        if op == "==":
+            equality = self._equality_penalty
+            return lambda tensors: equality((left(tensors) - right(tensors)).abs())
+        upper = (op in ("<=", "<")) != negated  # not (a <= b) is a > b
+        sign, margin, penalty = (1.0 if upper else -1.0), self.margin, self._penalty
+        # How far past the (tightened) bound: positive when violated.
+        return lambda tensors: penalty(sign * (left(tensors) - right(tensors)) + margin)
 
     @staticmethod
     def _squared(excess: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,203 @@
+"""and / or / not / implies inside soft_bound, with DL2's semantics (Fischer et al., 2019).
+
+Each comparison's penalty is its violation (hinge) or the violation squared; ``and`` adds,
+``or`` multiplies, ``not`` is pushed into the comparisons, and ``a implies b`` is ``not a or b``.
+"""
+
+import operator
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lossdsl
+from lossdsl import ast
+
+
+def inputs(seed, n=16, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    return {name: (torch.randn(n, dtype=dtype, generator=generator) * 2).requires_grad_() for name in "abc"}
+
+
+def hinge_le(x, bound):  # violation of x <= bound
+    return torch.relu(x - bound)
+
+
+def hinge_ge(x, bound):  # violation of x >= bound
+    return torch.relu(bound - x)
+
+
+# spec condition (penalty=hinge) -> its DL2 formula
+FORMULAS = {
+    "a <= 1 and b >= 0": lambda a, b, c: hinge_le(a, 1) + hinge_ge(b, 0),
+    "a <= 1 or b >= 0": lambda a, b, c: hinge_le(a, 1) * hinge_ge(b, 0),
+    "not a <= 1": lambda a, b, c: hinge_ge(a, 1),
+    "not a > 1": lambda a, b, c: hinge_le(a, 1),
+    "a >= 0 implies b >= 0": lambda a, b, c: hinge_le(a, 0) * hinge_ge(b, 0),
+    "not (a <= 1 and b >= 0)": lambda a, b, c: hinge_ge(a, 1) * hinge_le(b, 0),
+    "not (a <= 1 or b >= 0)": lambda a, b, c: hinge_ge(a, 1) + hinge_le(b, 0),
+    "not (a >= 0 implies b >= 0)": lambda a, b, c: hinge_ge(a, 0) + hinge_le(b, 0),
+    "a <= 1 or b <= 1 and c <= 1": lambda a, b, c: hinge_le(a, 1) * (hinge_le(b, 1) + hinge_le(c, 1)),
+    "(a <= 1 or b <= 1) and c <= 1": lambda a, b, c: hinge_le(a, 1) * hinge_le(b, 1) + hinge_le(c, 1),
+    "not -1 <= a <= 1": lambda a, b, c: hinge_le(a, -1) * hinge_ge(a, 1),  # a < -1 or a > 1
+    "a == b or c >= 2": lambda a, b, c: (a - b).abs() * hinge_ge(c, 2),
+    "a <= 0 implies b <= 0 implies c <= 0": lambda a, b, c: hinge_ge(a, 0) * hinge_ge(b, 0) * hinge_le(c, 0),
+    "not not a <= 1": lambda a, b, c: hinge_le(a, 1),
+}
+
+
+@pytest.mark.parametrize("condition", FORMULAS)
+@pytest.mark.parametrize("penalty", ["hinge", "squared"])
+def test_logic_equals_the_dl2_formula(condition, penalty):
+    tensors = inputs(0)
+    loss_fn = lossdsl.compile(f"soft_bound({condition}, penalty={penalty})")
+    got = loss_fn(**{name: tensors[name] for name in loss_fn.inputs})
+    if penalty == "hinge":
+        expected = FORMULAS[condition](**tensors).mean()
+    else:  # squared: every comparison's violation is squared before and / or combine them
+        squared = {name: value for name, value in tensors.items()}
+        expected = _squared_formula(condition, squared)
+    torch.testing.assert_close(got, expected)
+    leaves = [tensors[name] for name in loss_fn.inputs]
+    for got_grad, expected_grad in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(expected, leaves)):
+        torch.testing.assert_close(got_grad, expected_grad)
+
+
+def _squared_formula(condition, tensors):
+    """The same formulas with each comparison's violation squared (|a - b| becomes (a - b)^2)."""
+    global hinge_le, hinge_ge
+    saved = hinge_le, hinge_ge
+    hinge_le = lambda x, bound: torch.relu(x - bound).square()  # noqa: E731
+    hinge_ge = lambda x, bound: torch.relu(bound - x).square()  # noqa: E731
+    try:
+        if condition == "a == b or c >= 2":
+            a, b, c = tensors["a"], tensors["b"], tensors["c"]
+            return ((a - b).square() * hinge_ge(c, 2)).mean()
+        return FORMULAS[condition](**tensors).mean()
+    finally:
+        hinge_le, hinge_ge = saved
+
+
+comparisons = st.sampled_from(["a <= 0.5", "b >= -0.5", "c <= 1", "a >= b", "0 <= c <= 2", "a == c", "-1 < b"])
+
+
+def _extend(children):
+    return st.one_of(
+        st.tuples(children, st.sampled_from(["and", "or", "implies"]), children).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        children.map(lambda x: f"not ({x})"),
+    )
+
+
+conditions = st.recursive(comparisons, _extend, max_leaves=4)
+
+
+def value(condition, tensors, penalty="hinge"):
+    spec = f"soft_bound({condition}, penalty={penalty})"
+    try:
+        loss_fn = lossdsl.compile(spec)
+    except lossdsl.LossSpecError as exc:
+        assert "not (a == b)" in str(exc)  # the one condition refused
+        return None
+    return loss_fn(**{name: tensors[name] for name in loss_fn.inputs})
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=conditions, q=conditions, seed=st.integers(0, 1000))
+def test_de_morgan_and_implication_identities(p, q, seed):
+    tensors = inputs(seed)
+    pairs = [
+        (f"not (({p}) and ({q}))", f"(not ({p})) or (not ({q}))"),
+        (f"not (({p}) or ({q}))", f"(not ({p})) and (not ({q}))"),
+        (f"({p}) implies ({q})", f"(not ({p})) or ({q})"),
+        (f"not not ({p})", p),
+        (f"({p}) and ({q})", f"({q}) and ({p})"),
+        (f"({p}) or ({q})", f"({q}) or ({p})"),
+    ]
+    for left, right in pairs:
+        got, expected = value(left, tensors), value(right, tensors)
+        if got is None or expected is None:
+            assert got is None and expected is None
+            continue
+        torch.testing.assert_close(got, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=conditions, seed=st.integers(0, 1000))
+def test_a_condition_costs_nothing_exactly_where_it_holds(p, seed):
+    """The DL2 property: the penalty is 0 on the elements that satisfy the condition, and only there
+    (away from the bounds themselves, where a strict comparison is treated as non-strict)."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.tensor([-2.3, -0.7, 0.3, 0.8, 2.6], dtype=torch.float64)
+    # Offsets keep a, b and c apart, so no element sits on a bound of a >= b (or a == c holds by chance).
+    tensors = {name: values[torch.randperm(5, generator=generator)] + shift for name, shift in zip("abc", (0, 0.05, 0.11))}
+    condition = lossdsl.parse(f"soft_bound({p})").statements[0].value.args[0]
+    for i in range(5):
+        element = {name: tensor[i : i + 1] for name, tensor in tensors.items()}
+        penalty = value(p, element, penalty="hinge")
+        if penalty is None:
+            return
+        holds = _holds(condition, {name: tensor[i].item() for name, tensor in tensors.items()})
+        assert (penalty.item() == 0) == holds
+
+
+def _holds(node, scope):
+    """The condition's truth on plain numbers: the test's own interpreter of the AST."""
+    if isinstance(node, ast.Not):
+        return not _holds(node.operand, scope)
+    if isinstance(node, ast.Logic):
+        left, right = _holds(node.left, scope), _holds(node.right, scope)
+        return {"and": left and right, "or": left or right, "implies": (not left) or right}[node.op]
+    operands = [_number(operand, scope) for operand in node.operands]
+    compare = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
+    return all(compare[op](x, y) for op, x, y in zip(node.ops, operands, operands[1:]))
+
+
+def _number(node, scope):
+    if isinstance(node, ast.Neg):
+        return -_number(node.operand, scope)
+    return scope[node.id] if isinstance(node, ast.Name) else node.value
+
+
+def test_margin_and_sample_weight_apply_to_each_comparison():
+    tensors = inputs(1)
+    a, b = tensors["a"], tensors["b"]
+    w = torch.rand(16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    got = lossdsl.compile("soft_bound(a <= 1 or not b <= 0, penalty=hinge, margin=0.25, sample_weight=w)")(a=a, b=b, w=w)
+    per_element = torch.relu(a - 1 + 0.25) * torch.relu(0 - b + 0.25)
+    torch.testing.assert_close(got, (w * per_element).sum() / w.sum())
+
+
+def test_and_with_any_penalty_adds_the_penalties():
+    tensors = inputs(2)
+    a, b = tensors["a"], tensors["b"]
+    got = lossdsl.compile("soft_bound(a <= 1 and b >= 0, penalty=softplus(4))")(a=a, b=b)
+    torch.testing.assert_close(got, (torch.nn.functional.softplus(4 * (a - 1)) / 4 + torch.nn.functional.softplus(-4 * b) / 4).mean())
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "message"),
+    [
+        ("soft_bound(not a == 1)", "E204", "'not (a == b)' has no gradient"),
+        ("soft_bound(a <= 0 or b <= 0, penalty=log_barrier)", "E204", "use penalty=squared or penalty=hinge"),
+        ("soft_bound(a <= 0 implies b <= 0, penalty=softplus)", "E204", "use penalty=squared or penalty=hinge"),
+        ("soft_bound(not (a <= 0 and b <= 0), penalty=log_barrier)", "E204", "use penalty=squared or penalty=hinge"),
+        ("loss = ce() and mse()", "E304", "'and' combines comparisons, not losses"),
+        ("loss = not ce()", "E304", "'not' combines comparisons, not losses"),
+        ("soft_bound(a and b <= 1)", "E204", "combine comparisons; got name 'a'"),
+        ("loss = ce()\nsubject to ce() <= 1 and mse() <= 1", "E303", "one comparison"),
+        ("soft_bound(a + (b <= 1 or a <= 1) <= 3)", "E303", "cannot be part of a tensor expression"),
+    ],
+)
+def test_logic_mistakes_are_diagnosed(spec, code, message):
+    with pytest.raises(lossdsl.LossSpecError, match=re.escape(message)) as caught:
+        lossdsl.compile(spec)
+    assert f"[{code}]" in str(caught.value)
+
+
+def test_logic_keywords_parse_over_lines_and_names_that_start_with_them():
+    spec = "soft_bound(notice <= 1 and\n    order >= 0 or\n    android <= 2)"
+    loss_fn = lossdsl.compile(spec)
+    assert loss_fn.inputs == ("notice", "order", "android")
+    assert lossdsl.format(lossdsl.parse(spec)) == "soft_bound(notice <= 1 and order >= 0 or android <= 2)\n"
