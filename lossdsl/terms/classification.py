@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat
 
+from .. import distributed
 from ..registry import InputOf, Int64, ReductionParam, SampleWeight, Term, TermParams, Weights, register, weighted_mean
 
 
@@ -51,7 +52,9 @@ class CrossEntropy(Term):
       the buffer ``class_counts``; a class not seen yet weighs as much as the rarest class seen. In training mode each call first adds the batch's kept
       targets, then weighs the batch; in eval mode the counts are frozen; ``LossModule.fit(target=
       labels)`` replaces them with a data set's. The buffer is sized on first use from the
-      logits; with no counts at all every weight is 1. It is saved in ``state_dict()``.
+      logits; with no counts at all every weight is 1. It is saved in ``state_dict()``. Under
+      ``torch.distributed`` the batch's counts are summed over all ranks first, so every rank
+      keeps the global counts (``fit`` is per rank: give each rank the whole label set).
     """
 
     per_sample = True
@@ -254,7 +257,10 @@ class CrossEntropy(Term):
             if self.training:
                 self.class_counts = counts
         if self.training:
-            counts.index_add_(0, labels.reshape(-1), keep.reshape(-1).long())
+            batch_counts = torch.zeros_like(counts).index_add_(0, labels.reshape(-1), keep.reshape(-1).long())
+            if distributed.active():  # every rank counts the global batch
+                distributed.all_reduce_counts_(batch_counts)
+            counts.add_(batch_counts)
             # This batch is counted, so only an all-ignored batch has no counts, and it weighs nothing.
             return balanced_weight(counts, dtype, guard_empty=False)
         return balanced_weight(counts, dtype)

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
+from .. import distributed
+from ..errors import LossSpecError
 from ..registry import INPUT, InnerForms, InnerLoss, InputOf, Kinds, SampleWeight, Term, TermParams, register
 
 # Each rate as (numerator column, denominator column), from p (the soft prediction), y (the label).
@@ -67,6 +69,11 @@ class FairnessParams(TermParams):
         description="how disparities combine: max (default), mean (over pairs of groups, or over groups with "
         "ref=overall) or smoothmax(T) (log-mean-exp at temperature T); for eo, worst_case (default) or mean "
         "of its tpr and fpr parts",
+    )
+    sync: bool = Field(
+        True,
+        description="under torch.distributed, sum the group statistics over all ranks (differentiably), so "
+        "every rank computes the global batch's penalty; needs groups=K",
     )
     window: tuple[Literal["ema"], Annotated[float, Field(ge=0, lt=1)]] | None = Field(
         None, description="ema(m): rates from running group sums, m * history + (1 - m) * batch (needs groups=K)"
@@ -193,6 +200,12 @@ class Fairness(Term):
     - Group sums use one ``index_add``: no Python loop over groups, no host synchronisation.
       ``sample_weight`` weighs each sample in the group sums, as fairlearn's ``sample_weight``
       does. An empty batch gives 0.
+    - Under ``torch.distributed`` (an initialised process group of several ranks) the group sums
+      are all-reduced with the differentiable collective before the rates are formed, so every
+      rank computes the penalty of the global batch; its backward all-reduces the gradient as
+      well, so after DDP averages the parameter gradients they equal the single-process gradient
+      on the concatenated batch. The ranks must agree on the group slots: ``groups=K`` (or
+      ``group[N] of K``) is required, else E403; ``sync=false`` keeps each rank's own batch.
     - ``window=ema(m)`` (with ``groups=K``, or a ``group[N] of K`` declaration) computes the rates
       from running sums ``m * history + (1 - m) * batch``: the batch's part is differentiable, the
       history (the buffer ``running_sums``, saved in ``state_dict``) is detached and updated in
@@ -230,6 +243,7 @@ class Fairness(Term):
         self.weighted = params.sample_weight is not None
         self.num_columns = len(params.group_names)
         self.momentum = params.window[1] if params.window else None
+        self.sync = params.sync
         # Running group sums for window=ema(m): one row per group slot, saved in state_dict.
         shape = (params.groups or 0, num_columns)
         self.register_buffer("running_sums", torch.zeros(shape, dtype=torch.float64) if params.window else None)
@@ -308,6 +322,15 @@ class Fairness(Term):
             columns = columns * weight[:, None]
         slots, num_slots = self._slots(codes)
         sums = columns.new_zeros(num_slots, columns.shape[1]).index_add_(0, slots, columns)
+        if self.sync and distributed.active():
+            if self.num_groups is None:
+                raise LossSpecError(
+                    f"{self.where}: under torch.distributed the ranks sum their group statistics, so they must "
+                    "agree on the group slots: give groups=K (or declare 'group[N] of K'), or sync=false to keep "
+                    "each rank's own batch",
+                    code="E403",
+                )
+            sums = distributed.all_reduce_sum(sums)
         if self.momentum is not None:  # the batch's differentiable sums over the detached history
             sums = self.momentum * self.running_sums.to(sums.dtype) + (1 - self.momentum) * sums
             if self.training:
