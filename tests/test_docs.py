@@ -180,3 +180,16 @@ def test_error_example_produces_its_code(code, example, tmp_path, monkeypatch):
 def test_nesting_limit_is_documented():
     text = DOC.read_text(encoding="utf-8")
     assert f"MAX_NESTING` = {MAX_NESTING}" in text
+
+
+# -- guides ----------------------------------------------------------------------------
+
+GUIDES = [ROOT / "docs" / "fairness.md", ROOT / "docs" / "constraints.md"]
+
+
+@pytest.mark.parametrize("path", GUIDES, ids=lambda p: p.name)
+def test_every_spec_in_the_guides_checks(path):
+    blocks = re.findall(r"^```loss\n(.*?)^```", path.read_text(encoding="utf-8"), re.M | re.S)
+    assert blocks, f"{path.name} shows no spec"
+    for block in blocks:
+        lossdsl.compile(block)  # checks it; raises LossSpecError with the diagnostic
