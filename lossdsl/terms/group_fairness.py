@@ -355,7 +355,7 @@ class Fairness(Term):
         elif self.agg == "mean":
             value = self._mean_over_pairs(rate, defined, count)
         else:
-            value = self._largest_and_smallest(rate, defined, count)
+            return self._largest_and_smallest(rate, defined, count)  # 0 for fewer than two groups already
         return torch.where(count >= 2, value, torch.zeros_like(value))
 
     def _combine_distances(self, distance: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
