@@ -80,6 +80,16 @@ class Expr:
 
     __hash__ = None  # type: ignore[assignment]
 
+    # -- logic over comparisons (for soft_bound): Python's and / or / not cannot be overloaded --
+    def __and__(self, other: Any) -> Expr:
+        return Expr(ast.Logic(op="and", left=self.node, right=node_of(other)))
+
+    def __or__(self, other: Any) -> Expr:
+        return Expr(ast.Logic(op="or", left=self.node, right=node_of(other)))
+
+    def __invert__(self) -> Expr:
+        return Expr(ast.Not(operand=self.node))
+
     def __bool__(self) -> bool:
         raise TypeError(
             "a spec expression has no truth value; Python's chained comparisons (0 <= y <= 1) "
@@ -150,6 +160,16 @@ def chain(*parts: Any) -> Expr:
     if len(operands) != len(ops) + 1 or not ops:
         raise ValueError("a chain alternates operands and operators: chain(a, '<=', b, '<=', c)")
     return Expr(ast.Compare(operands=tuple(node_of(o) for o in operands), ops=tuple(ops)))
+
+
+def implies(premise: Any, conclusion: Any) -> Expr:
+    """``T.implies(x >= 0, y >= 0)`` is ``x >= 0 implies y >= 0``; ``&``, ``|`` and ``~`` are and, or, not."""
+    return Expr(ast.Logic(op="implies", left=node_of(premise), right=node_of(conclusion)))
+
+
+def group_loss(inner: Any, form: str = "group_loss") -> Expr:
+    """``T.group_loss(T.mse())`` (or ``form="group_loss_gap"``), the statistic of ``T.fairness``."""
+    return Expr(ast.Call(name=form, args=(node_of(inner),)))
 
 
 def call(name: str, *args: Any, **kwargs: Any) -> Expr:

@@ -41,6 +41,14 @@ PAIRS = [
     (T.mse(sample_weight="w") + T.l2(weight=1e-4), "mse(sample_weight=w) + l2(weight=0.0001)"),
     (T.fairness("eo_gap", group="race", groups=5), "fairness(eo_gap, group=race, groups=5)"),
     (T.soft_f1(beta=2.0), 'soft_f1(beta=2.0)'),
+    (
+        T.soft_bound(((y <= 1) | (pred <= 1)) & ~(y >= 5), penalty="hinge"),
+        "soft_bound((y <= 1 or pred <= 1) and not y >= 5, penalty=hinge)",
+    ),
+    (T.soft_bound(T.implies(y >= 0, pred >= 0)), "soft_bound(y >= 0 implies pred >= 0)"),
+    (T.fairness(T.group_loss(T.huber(delta=2)), group="g"), "fairness(group_loss(huber(delta=2)), group=g)"),
+    (T.fairness(T.group_loss(T.mse(), form="group_loss_ratio"), group="g"), "fairness(group_loss_ratio(mse()), group=g)"),
+    (T.fairness("dp_gap", group="g", agg=T.call("smoothmax", 0.1)), "fairness(dp_gap, group=g, agg=smoothmax(0.1))"),
 ]
 
 

@@ -19,7 +19,7 @@ from . import (  # noqa: F401
     segmentation,
 )
 
-from ..builder import Expr, call, chain, input  # noqa: E402,A004  (the builder's helpers: T.input, T.chain, T.call)
+from ..builder import Expr, call, chain, group_loss, implies, input  # noqa: E402,A004  (T.input, T.chain, T.call, ...)
 
 
 def __getattr__(name: str):  # noqa: ANN202 - T.ce, T.mse, T.abs, ...: a builder per term
