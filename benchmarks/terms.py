@@ -63,6 +63,7 @@ EMBED = 16  # embedding / latent width
 IMAGE = (4, 64, 64)  # channels, height, width of the segmentation cases
 BATCH_IMAGES = {"small": 1, "large": 16}
 GROUPS = 8
+MANY_GROUPS = 2000  # sparse codes (multiples of 37), ranked within the batch
 MLP = {"small": (64, 2), "large": (256, 8)}  # width, layers of the model that l1 and l2 penalise
 TARGET_RATIO = 1.05
 
@@ -173,6 +174,19 @@ def _fairness_known_groups(groups: int) -> Reference:
         negative = 1 - target.to(pred.dtype)
         sums = prob.new_zeros(groups, 2).index_add_(0, sex, torch.stack([prob * negative, negative], dim=1))
         return _gap(sums)
+
+    return reference
+
+
+def _worst_group_mse(groups: int) -> Reference:
+    """group_loss(mse) with known groups: the largest per-group mean squared error, by index_add."""
+
+    def reference(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
+        squared = (pred - target).square()
+        sums = pred.new_zeros(groups, 2).index_add_(0, sex, torch.stack([squared, torch.ones_like(squared)], dim=1))
+        defined = sums[:, 1] > 0
+        means = sums[:, 0] / torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
+        return means.masked_fill(~defined, float("-inf")).amax()
 
     return reference
 
@@ -307,6 +321,13 @@ def cases_at(size: str) -> list[Case]:
         Case("fairness", f"fairness(fpr_gap, group=sex, groups={GROUPS})", size, _shape(n),
              _inputs(pred=_randn(n), target=_flags(n, dtype=torch.long), sex=_labels(n, classes=GROUPS)),
              _fairness_known_groups(GROUPS), variant=f"{GROUPS} groups"),
+        Case("fairness", "fairness(fpr_gap, group=sex)", size, _shape(n),
+             _inputs(pred=_randn(n), target=_flags(n, dtype=torch.long),
+                     sex=lambda g: 37 * torch.randint(0, MANY_GROUPS, (n,), generator=g)),
+             _fairness_ranked, variant=f"{MANY_GROUPS} sparse groups"),
+        Case("fairness", f"fairness(group_loss(mse), group=sex, groups={GROUPS})", size, _shape(n),
+             _inputs(pred=_randn(n), target=_randn(n), sex=_labels(n, classes=GROUPS)),
+             _worst_group_mse(GROUPS), variant=f"group_loss, {GROUPS} groups"),
         # Constraints.
         Case("soft_bound", "soft_bound(0 <= y <= 1)", size, _shape(n, o),
              _inputs(y=lambda g: 1.4 * torch.rand(n, o, generator=g) - 0.2),

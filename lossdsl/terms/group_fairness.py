@@ -436,13 +436,17 @@ class Fairness(Term):
         """
         if self.num_groups is not None:
             return codes[0].long(), self.num_groups
-        order = torch.argsort(codes[-1], stable=True)
-        for column in reversed(codes[:-1]):
-            order = order[torch.argsort(column[order], stable=True)]
-        changed = torch.zeros_like(order[1:], dtype=torch.bool)
-        for column in codes:
-            ordered = column[order]
-            changed = changed | (ordered[1:] != ordered[:-1])
+        if len(codes) == 1:  # one column: the sort gives the ordered codes too
+            ordered, order = torch.sort(codes[0])
+            changed = ordered[1:] != ordered[:-1]
+        else:
+            order = torch.argsort(codes[-1], stable=True)
+            for column in reversed(codes[:-1]):
+                order = order[torch.argsort(column[order], stable=True)]
+            changed = torch.zeros_like(order[1:], dtype=torch.bool)
+            for column in codes:
+                ordered = column[order]
+                changed = changed | (ordered[1:] != ordered[:-1])
         starts = torch.ones_like(order)
         starts[1:] = changed.long()
         ranks = starts.cumsum(0) - 1
