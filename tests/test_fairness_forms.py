@@ -351,3 +351,49 @@ def test_statistics_equal_fairlearns_named_functions(stat, difference, ratio, re
     assert ours(stat, "gap", ref, y, yhat, g) == pytest.approx(expected_gap, abs=1e-6)
     if not np.isnan(expected_ratio):  # fairlearn's 0 / 0; ours counts equal zero rates as no disparity
         assert ours(stat, "ratio", ref, y, yhat, g) == pytest.approx(expected_ratio, abs=1e-6)
+
+
+@pytest.mark.parametrize("stat", STATS)
+@settings(max_examples=10, deadline=None)
+@given(data=labelled_groups(), seed=st.integers(0, 1000))
+def test_hard_rates_equal_fairlearn_on_any_logits(stat, data, seed):
+    """hard=true: the value is fairlearn's on pred > 0, whatever the logits' scale."""
+    y, _, g = data
+    logits = torch.randn(len(y), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    yhat = (logits > 0).long().numpy()
+    for form in ("gap", "ratio"):
+        for ref in ("groups", "overall"):
+            expected = fairlearn_value(stat, form, ref, y, yhat, g)
+            spec = f"fairness({stat}_{form}, group=g, ref={ref}, hard=true)"
+            got = lossdsl.compile(spec)(pred=logits, target=torch.tensor(y), g=torch.tensor(g))
+            assert float(got) == pytest.approx(0.0 if np.isnan(expected) else expected, abs=1e-9)
+
+
+def test_hard_rates_take_the_soft_gradient_straight_through():
+    generator = torch.Generator().manual_seed(5)
+    pred = torch.randn(30, dtype=torch.float64, generator=generator, requires_grad=True)
+    g = torch.arange(30) % 3
+    got = lossdsl.compile("fairness(dp_gap, group=g, hard=true)")(pred=pred, g=g)
+    soft = torch.sigmoid(pred)
+    straight_through = (pred > 0).double() + soft - soft.detach()
+    rates = torch.stack([straight_through[g == k].mean() for k in range(3)])
+    expected = rates.max() - rates.min()
+    torch.testing.assert_close(got, expected)
+    (expected_grad,) = torch.autograd.grad(expected, pred)
+    torch.testing.assert_close(torch.autograd.grad(got, pred)[0], expected_grad)
+    assert expected_grad.abs().sum() > 0  # the hard value alone would have none
+
+
+def test_a_constraint_on_hard_rates_moves_its_multiplier_by_the_hard_excess():
+    pred = torch.tensor([2.0, 0.1, -0.1, -3.0, 0.2, -0.2], dtype=torch.float64)
+    g = torch.tensor([0, 0, 0, 1, 1, 1])
+    loss_fn = lossdsl.compile("loss = 0 * ce()\nsubject to fairness(dp_gap, group=g, hard=true) <= 0.1 using lagrangian(lr=0.5)")
+    loss_fn(pred=pred, target=torch.zeros(6, dtype=torch.long), g=g)
+    hard_gap = 2 / 3 - 1 / 3  # selection rates of the hard predictions: 2/3 and 1/3
+    torch.testing.assert_close(loss_fn.multipliers[0], torch.tensor(0.5 * (hard_gap - 0.1)))
+
+
+@pytest.mark.parametrize("spec", ["fairness(mean_pred_gap, group=g, hard=true)", "fairness(group_loss(mse), group=g, hard=true)"])
+def test_hard_rates_apply_to_rates_only(spec):
+    with pytest.raises(lossdsl.LossSpecError, match="hard=true thresholds predicted probabilities"):
+        lossdsl.compile(spec)

@@ -70,6 +70,11 @@ class FairnessParams(TermParams):
         "ref=overall) or smoothmax(T) (log-mean-exp at temperature T); for eo, worst_case (default) or mean "
         "of its tpr and fpr parts",
     )
+    hard: bool = Field(
+        False,
+        description="rates from hard predictions pred > 0 (the audited value), with the gradient of the soft "
+        "ones (straight-through)",
+    )
     sync: bool = Field(
         True,
         description="under torch.distributed, sum the group statistics over all ranks (differentiably), so "
@@ -102,6 +107,9 @@ class FairnessParams(TermParams):
     def _one_count_for_one_column(self) -> FairnessParams:
         if isinstance(self.group, tuple) and self.groups is not None:
             raise ValueError("groups= counts the codes of one group input, not of an intersection")
+        if self.hard and (isinstance(self.stat, InnerLoss) or self.stat_name.startswith("mean_pred")):
+            raise ValueError("hard=true thresholds predicted probabilities: it applies to the rates, "
+                             "not to mean_pred or group_loss")
         if self.stat_name == "group_loss" and self.ref == "overall":
             raise ValueError("group_loss() is the worst group's loss; ref=overall takes group_loss_gap or _ratio")
         is_eo = self.stat_name.startswith("eo_")
@@ -206,6 +214,12 @@ class Fairness(Term):
       well, so after DDP averages the parameter gradients they equal the single-process gradient
       on the concatenated batch. The ranks must agree on the group slots: ``groups=K`` (or
       ``group[N] of K``) is required, else E403; ``sync=false`` keeps each rank's own batch.
+    - ``hard=true`` computes the rates from hard predictions ``pred > 0`` in the forward pass, so
+      the value (in ``last_terms``, and what a ``subject to`` multiplier reacts to) is fairlearn's
+      number for the batch, while the backward pass uses the gradient of ``sigmoid(pred)``
+      (straight-through). A soft gap can be near 0 while the hard one is not (one group's
+      positives sit further from the threshold); with a constraint this makes the multiplier
+      follow the audited metric (the proxy-Lagrangian of Cotter et al., 2019).
     - ``window=ema(m)`` (with ``groups=K``, or a ``group[N] of K`` declaration) computes the rates
       from running sums ``m * history + (1 - m) * batch``: the batch's part is differentiable, the
       history (the buffer ``running_sums``, saved in ``state_dict``) is detached and updated in
@@ -244,6 +258,7 @@ class Fairness(Term):
         self.num_columns = len(params.group_names)
         self.momentum = params.window[1] if params.window else None
         self.sync = params.sync
+        self.hard = params.hard
         # Running group sums for window=ema(m): one row per group slot, saved in state_dict.
         shape = (params.groups or 0, num_columns)
         self.register_buffer("running_sums", torch.zeros(shape, dtype=torch.float64) if params.window else None)
@@ -420,12 +435,17 @@ class Fairness(Term):
     def _positive_probability(self, pred: torch.Tensor) -> torch.Tensor:
         self.expect_float(0, pred)
         if pred.dim() == 1:
-            return torch.sigmoid(pred)
-        if pred.dim() == 2 and pred.shape[1] == 1:
-            return torch.sigmoid(pred[:, 0])
-        if pred.dim() == 2 and pred.shape[1] == 2:
-            return torch.sigmoid(pred[:, 1] - pred[:, 0])  # softmax(pred)[:, 1]
-        self.fail(0, f"fairness() needs binary logits [N], [N, 1] or [N, 2], got shape {tuple(pred.shape)}")
+            logit = pred
+        elif pred.dim() == 2 and pred.shape[1] == 1:
+            logit = pred[:, 0]
+        elif pred.dim() == 2 and pred.shape[1] == 2:
+            logit = pred[:, 1] - pred[:, 0]  # softmax(pred)[:, 1] is sigmoid of the difference
+        else:
+            self.fail(0, f"fairness() needs binary logits [N], [N, 1] or [N, 2], got shape {tuple(pred.shape)}")
+        prob = torch.sigmoid(logit)
+        if self.hard:  # straight-through: the hard prediction's value, the soft prediction's gradient
+            return (logit > 0).to(prob.dtype) + (prob - prob.detach())
+        return prob
 
     def _slots(self, codes: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Each sample's group slot, and the number of slots: static shapes, no sync.
