@@ -223,7 +223,9 @@ class Fairness(Term):
     - ``window=ema(m)`` (with ``groups=K``, or a ``group[N] of K`` declaration) computes the rates
       from running sums ``m * history + (1 - m) * batch``: the batch's part is differentiable, the
       history (the buffer ``running_sums``, saved in ``state_dict``) is detached and updated in
-      training mode only, so small batches see the rates of many.
+      training mode only, so small batches see the rates of many. The gradient reaches the
+      model through the batch's share only, so it is about ``1 - m`` times that of one batch's
+      penalty: weigh the term (or set a constraint's rate) about ``1 / (1 - m)`` times higher.
     """
 
     def __init__(self, params: FairnessParams):
