@@ -249,7 +249,7 @@ def test_every_example_spec_parses_and_compiles(path):
     text = path.read_text(encoding="utf-8")
     spec = parse(text, str(path))
     assert spec.objective is not None
-    assert all(isinstance(s, (ast.Let, ast.LossStmt, ast.Param, ast.Inputs)) for s in spec.statements)
+    assert all(isinstance(s, (ast.Let, ast.LossStmt, ast.Param, ast.Inputs, ast.SubjectTo)) for s in spec.statements)
     assert sum(isinstance(s, ast.LossStmt) for s in spec.statements) == 1
     assert spec.span.filename == str(path)
     module = lossdsl.load(path)
