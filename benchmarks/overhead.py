@@ -36,6 +36,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import lossdsl  # noqa: E402
+from harness import add_common_arguments, devices, print_profile  # noqa: E402
 
 SPEC = "ce(weight=balanced) + 0.1*fairness(fpr_gap, group=sex) + soft_bound(y<=100)"
 
@@ -134,55 +135,20 @@ def measure(n: int, groups: int, device: torch.device, reps: int, warmup: int) -
     return statistics.median(times["lossdsl"]), statistics.median(times["hand"])
 
 
-def count_ops(loss_fn: torch.nn.Module, inputs: dict[str, torch.Tensor], pred: torch.Tensor) -> int:
-    """ATen operators dispatched by one forward+backward: on small inputs each costs a few microseconds."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        calls = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-            Count.calls += 1
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        step(loss_fn, inputs, pred)
-    return Count.calls
-
-
 def profile(n: int, groups: int, device: torch.device, reps: int = 50) -> None:
     """Operator-level breakdown of both sides (torch.profiler), to see where any extra time goes."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
     inputs = make_inputs(n, groups, device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for name, loss_fn in (("lossdsl", lossdsl.compile(SPEC).to(device)), ("hand-written", HandWritten().to(device))):
         pred = inputs["pred"].clone().requires_grad_()
-        for _ in range(5):
-            step(loss_fn, inputs, pred)
-        with torch_profile(activities=activities) as prof:
-            for _ in range(reps):
-                step(loss_fn, inputs, pred)
-        sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-        print(f"\n== {name}: N={n}, groups={groups}, {device.type}, {reps} forward+backward ==")
-        print(f"ATen ops per forward+backward: {count_ops(loss_fn, inputs, pred)}")
-        print(prof.key_averages().table(sort_by=sort_by, row_limit=25))
+        print_profile(f"{name}: N={n}, groups={groups}", lambda: step(loss_fn, inputs, pred), device, reps)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few repetitions: a smoke run, not a measurement")
+    add_common_arguments(parser)
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per side afterwards")
-    parser.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, plus cuda if available)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's); 1 is steadier on a busy machine")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    devices = [torch.device(d) for d in args.device] if args.device else [torch.device("cpu")] + (
-        [torch.device("cuda")] if torch.cuda.is_available() else []
-    )
+    chosen = devices(args)
     print(f"spec: {SPEC}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
@@ -191,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     worst = 0.0
-    for device in devices:
+    for device in chosen:
         for n in (4096, 262144):
             for groups in (2, 32):
                 if args.quick:
@@ -207,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
     print(f"\nworst ratio {worst:.2f} (target: at most 1.05)")
     if args.profile:
-        for device in devices:
+        for device in chosen:
             profile(4096, 2, device)
 
 

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import lossdsl  # noqa: E402
+from harness import add_common_arguments, devices, print_profile  # noqa: E402
 
 Inputs = dict[str, torch.Tensor]
 Reference = Callable[..., torch.Tensor]
@@ -463,40 +464,12 @@ def measure(case: Case, device: torch.device, budget_s: float, min_reps: int, ma
     return statistics.median(times["lossdsl"]), statistics.median(times["reference"]), reps
 
 
-def count_ops(loss_fn: Callable[..., torch.Tensor], inputs: Inputs, grads: tuple[torch.Tensor, ...]) -> int:
-    """ATen operators dispatched by one forward+backward."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        calls = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-            Count.calls += 1
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        step(loss_fn, inputs, grads)
-    return Count.calls
-
-
 def profile(case: Case, device: torch.device, reps: int = 20) -> None:
-    """torch.profiler tables of both sides of one case."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    """Operator-level breakdown of both sides (torch.profiler), to see where any extra time goes."""
     for name, side in (("lossdsl", "ours"), ("reference", "reference")):
         setup = materialise(case, device)
         loss_fn, inputs, grads = getattr(setup, side), setup.inputs, setup.grads
-        for _ in range(5):
-            step(loss_fn, inputs, grads)
-        with torch_profile(activities=activities) as prof:
-            for _ in range(reps):
-                step(loss_fn, inputs, grads)
-        sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(f"\n== {name}: {case.label}, {device.type}, {reps} forward+backward ==")
-        print(f"ATen ops per forward+backward: {count_ops(loss_fn, inputs, grads)}")
-        print(prof.key_averages().table(sort_by=sort_by, row_limit=20))
+        print_profile(f"{name}: {case.label}", lambda: step(loss_fn, inputs, grads), device, reps, rows=20)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,10 +477,7 @@ def profile(case: Case, device: torch.device, reps: int = 20) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few repetitions: a smoke run, not a measurement")
-    parser.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, plus cuda if available)")
-    parser.add_argument("--threads", type=int,
-                        help="torch.set_num_threads (default: torch's); 1 is steadier on a busy machine")
+    add_common_arguments(parser)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time (default), or the process's CPU time: steadier on a shared machine, "
                              "CPU devices only, and meaningful with --threads 1")
@@ -517,8 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true",
                         help=f"profile each one-call row above {TARGET_RATIO} at the large size afterwards")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    chosen = devices(args)
 
     every = cases_at("small") + cases_at("large")
     check_coverage(every)
@@ -529,10 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = args.size or ["small", "large"]
     selected = [case for case in every if (not args.term or case.term in args.term) and case.size in sizes]
     selected.sort(key=lambda case: list(lossdsl.REGISTRY).index(case.term))  # registry order, small before large
-    devices = [torch.device(d) for d in args.device] if args.device else [torch.device("cpu")] + (
-        [torch.device("cuda")] if torch.cuda.is_available() else []
-    )
-    if args.clock == "cpu" and any(device.type != "cpu" for device in devices):
+    if args.clock == "cpu" and any(device.type != "cpu" for device in chosen):
         parser.error("--clock cpu times CPU work only: use it with --device cpu")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.quick:
@@ -551,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     started = time.perf_counter()
-    for device in devices:
+    for device in chosen:
         for case in selected:
             check_equal(case, device)
             ours, theirs, reps = measure(case, device, budget_s, min_reps, max_reps, warmup, clock)

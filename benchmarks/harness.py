@@ -1,0 +1,56 @@
+"""What both benchmark scripts share: the common options, ATen op counts and profiler tables."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="few repetitions: a smoke run, not a measurement")
+    parser.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, plus cuda if available)")
+    parser.add_argument("--threads", type=int,
+                        help="torch.set_num_threads (default: torch's); 1 is steadier on a busy machine")
+
+
+def devices(args: argparse.Namespace) -> list[torch.device]:
+    """Apply --threads; the devices of --device, or the CPU plus CUDA when there is one."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device:
+        return [torch.device(d) for d in args.device]
+    return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+
+def count_ops(run: Callable[[], object]) -> int:
+    """ATen operators dispatched by ``run()``: on small inputs each costs a few microseconds."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        run()
+    return Count.calls
+
+
+def print_profile(title: str, run: Callable[[], object], device: torch.device, reps: int, rows: int = 25) -> None:
+    """A torch.profiler table of ``reps`` calls of ``run()`` (after a warm-up), by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for _ in range(5):
+        run()
+    with profile(activities=activities) as prof:
+        for _ in range(reps):
+            run()
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\n== {title}, {device.type}, {reps} forward+backward ==")
+    print(f"ATen ops per forward+backward: {count_ops(run)}")
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=rows))
