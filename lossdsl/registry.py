@@ -79,7 +79,7 @@ class InnerLoss:
         return isinstance(other, InnerLoss) and (self.form, self.inner) == (other.form, other.inner)
 
     def __hash__(self) -> int:
-        return hash((self.form, id(self.inner)))
+        return hash(self.form)  # consistent with __eq__, which compares the inner plans too
 
     def __repr__(self) -> str:
         return self.text
@@ -271,7 +271,7 @@ class Term(nn.Module):
             return loss.sum()
         if sample_weight is None:
             return loss.mean() if self.reduction == "mean" else loss.sum()
-        per_sample = loss.reshape(loss.shape[0], -1)
+        per_sample = loss.flatten(1) if loss.dim() > 1 else loss.reshape(-1, 1)
         per_sample = per_sample.mean(dim=1) if self.reduction == "mean" else per_sample.sum(dim=1)
         total = (sample_weight * per_sample).sum()
         if self.reduction == "sum":

@@ -6,6 +6,7 @@ must equal the single-process gradients. ce(weight=balanced)'s running class cou
 fairness window's running sums, must be the global ones on every rank.
 """
 
+import datetime
 import os
 import sys
 import tempfile
@@ -56,7 +57,9 @@ def run(spec, x, y, g, steps=2):
 
 
 def _worker(rank, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    # A short timeout: a rank that skips a collective fails the test instead of hanging it.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         torch.set_num_threads(1)
         x, y, g = make_batch()
@@ -71,6 +74,13 @@ def _worker(rank, init_file, out_dir):
             results[name] = (outputs, state)
         outputs, state = run("ce(weight=balanced)", x[part], y[part], g[part], steps=1)
         results["balanced"] = state
+        # Rank 1 has an empty batch: it must still take part in every sum, or rank 0 waits forever.
+        mine = slice(0, N) if rank == 0 else slice(0, 0)
+        for name in ("fpr", "group_loss"):
+            outputs, _ = run(SPECS[name], x[mine], y[mine], g[mine], steps=1)
+            results[f"{name}_empty_rank"] = outputs[0][0]
+        outputs, state = run("ce(weight=balanced)", x[mine], y[mine], g[mine], steps=1)
+        results["balanced_empty_rank"] = state
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -108,6 +118,21 @@ def test_balanced_class_counts_are_the_global_counts(ranks):
     assert expected["terms.0.class_counts"].sum() == WORLD * N
     for rank in ranks:
         torch.testing.assert_close(rank["balanced"]["terms.0.class_counts"], expected["terms.0.class_counts"])
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="needs torch.distributed")
+@pytest.mark.parametrize("name", ["fpr", "group_loss"])
+def test_a_rank_with_an_empty_batch_still_takes_part(ranks, name):
+    x, y, g = make_batch()
+    (expected_terms, _), = run(SPECS[name], x[:N], y[:N], g[:N], steps=1)[0][:1]
+    for rank in ranks:
+        terms = rank[f"{name}_empty_rank"]
+        for label, value in expected_terms.items():
+            if label.startswith("fairness"):
+                torch.testing.assert_close(terms[label], value)
+    _, expected_state = run("ce(weight=balanced)", x[:N], y[:N], g[:N], steps=1)
+    for rank in ranks:
+        torch.testing.assert_close(rank["balanced_empty_rank"]["terms.0.class_counts"], expected_state["terms.0.class_counts"])
 
 
 def test_without_a_group_count_the_ranks_cannot_agree(monkeypatch):

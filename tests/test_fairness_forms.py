@@ -397,3 +397,18 @@ def test_a_constraint_on_hard_rates_moves_its_multiplier_by_the_hard_excess():
 def test_hard_rates_apply_to_rates_only(spec):
     with pytest.raises(lossdsl.LossSpecError, match="hard=true thresholds predicted probabilities"):
         lossdsl.compile(spec)
+
+
+def test_half_precision_rates_and_smoothmax_stay_finite():
+    n = 140_000
+    generator = torch.Generator().manual_seed(0)
+    pred = torch.randn(n, generator=generator)
+    g = torch.randint(0, 2, (n,), generator=generator)
+    target = torch.randint(0, 2, (n,), generator=generator)
+    for spec in ("fairness(dp_gap, group=g)", "fairness(tpr_gap, group=g, agg=smoothmax(0.00001))"):
+        expected = lossdsl.compile(spec)(pred=pred, target=target, g=g)
+        half = pred.half().requires_grad_()
+        got = lossdsl.compile(spec)(pred=half, target=target, g=g)
+        assert got.dtype == torch.float16
+        assert float(got) == pytest.approx(float(expected), abs=2e-3)
+        assert torch.isfinite(torch.autograd.grad(got, half)[0]).all()

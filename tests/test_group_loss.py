@@ -182,3 +182,32 @@ def test_group_loss_round_trips_through_format_and_explains():
     spec = "fairness(group_loss_gap(huber(delta=2)), group=g, sample_weight=w)"
     assert lossdsl.format(lossdsl.parse(spec)) == spec + "\n"
     assert str(lossdsl.compile(spec).plan.terms[0].params.stat) == "group_loss_gap(huber(delta=2))"
+
+
+def test_fit_reaches_the_inner_term():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    pred, target, g = torch.tensor([[2.0, 0.0]] * 4), torch.tensor([0, 1, 1, 1]), torch.zeros(4, dtype=torch.long)
+    plain = lossdsl.compile("ce(weight=balanced)").fit(target=labels).eval()
+    grouped = lossdsl.compile("fairness(group_loss(ce(weight=balanced)), group=g)").fit(target=labels).eval()
+    torch.testing.assert_close(grouped.terms[0].inner.class_counts, torch.tensor([90, 10]))
+    torch.testing.assert_close(grouped(pred=pred, target=target, g=g), plain(pred=pred, target=target))
+
+
+def test_half_precision_sums_do_not_overflow():
+    g = torch.tensor([0, 0, 1, 1])
+    pred, target = torch.zeros(4, dtype=torch.float16), torch.tensor([60.0, 60.0, 10.0, 10.0], dtype=torch.float16)
+    for agg in ("max", "smoothmax(0.05)"):
+        value = lossdsl.compile(f"fairness(group_loss(mse), group=g, agg={agg})")(pred=pred, target=target, g=g)
+        assert value.dtype == torch.float16 and float(value) == pytest.approx(3600, rel=1e-3)
+    n = 140_000  # float16 sums of this many ones overflow
+    pred = torch.randn(n, generator=torch.Generator().manual_seed(0)).half().requires_grad_()
+    target, g = torch.zeros(n, dtype=torch.float16), torch.zeros(n, dtype=torch.long)
+    value = lossdsl.compile("fairness(group_loss(mse), group=g)")(pred=pred, target=target, g=g)
+    expected = pred.detach().float().square().mean()
+    assert float(value) == pytest.approx(float(expected), rel=1e-2)
+    assert torch.isfinite(torch.autograd.grad(value, pred)[0]).all()
+
+
+def test_fairness_pred_or_target_with_group_loss_is_diagnosed():
+    with pytest.raises(lossdsl.LossSpecError, match=r"give pred= to it, as in group_loss\(mse\(pred=\.\.\.\)\)"):
+        lossdsl.compile("fairness(group_loss(mse()), group=g, pred=z)")

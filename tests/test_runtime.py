@@ -253,3 +253,29 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(grad_got, grad_expected)
         torch.testing.assert_close(compiled_source.terms[0].class_counts, eager_fn.terms[0].class_counts)
         assert set(compiled_source.last_terms) == {"ce", "fairness", "soft_bound", "total"}
+
+
+NEW_FEATURES = {  # today's features under torch.compile(fullgraph=True): spec -> inputs
+    "soft_bound(not (0 <= y <= 1)) + soft_bound(0 <= y <= 1 implies z <= 0, penalty=hinge)": "yz",
+    "fairness(tpr_gap, group=g, groups=3, agg=smoothmax(0.1), hard=true) + fairness(dp_ratio, group=g, agg=mean)": "pg",
+    "fairness(group_loss_gap(huber(delta=2)), group=g, groups=3)": "pg",
+}
+
+
+@pytest.mark.parametrize("spec", NEW_FEATURES)
+def test_logic_agg_hard_and_group_loss_compile_fullgraph(spec):
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "y": torch.randn(24, generator=generator), "z": torch.randn(24, generator=generator),
+        "pred": torch.randn(24, generator=generator), "target": torch.randint(0, 2, (24,), generator=generator),
+        "g": torch.arange(24) % 3,
+    }
+    eager_fn = lossdsl.compile(spec)
+    compiled_fn = torch.compile(lossdsl.compile(spec), fullgraph=True)
+    inputs = {name: tensors[name] for name in eager_fn.inputs}
+    leaf = "y" if NEW_FEATURES[spec] == "yz" else "pred"
+    eager_leaf, compiled_leaf = inputs[leaf].clone().requires_grad_(), inputs[leaf].clone().requires_grad_()
+    expected = eager_fn(**{**inputs, leaf: eager_leaf})
+    got = compiled_fn(**{**inputs, leaf: compiled_leaf})
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got, compiled_leaf)[0], torch.autograd.grad(expected, eager_leaf)[0])

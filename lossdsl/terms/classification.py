@@ -96,6 +96,8 @@ class CrossEntropy(Term):
         if self.keeps_samples:
             return self._per_sample(pred, target, binary, num_classes)
         if target.numel() == 0:
+            if self.balanced and self.training and distributed.active():  # still take part in the count sum
+                self._class_weight(target.long(), target == target, num_classes, pred.dtype)
             return pred.sum()
         if target.is_floating_point():
             return self._probability_form(pred, target, binary, sample_weight)

@@ -154,9 +154,15 @@ class SoftBound(Term):
         links = [self._link(node, i, position, negated) for i in range(len(node.ops))]
         if len(links) == 1:
             return links[0]
-        if negated:  # not (a <= b <= c) is a > b or b > c
-            return lambda tensors: math.prod(link(tensors) for link in links)
-        return lambda tensors: sum(link(tensors) for link in links)
+        combine = torch.mul if negated else torch.add  # not (a <= b <= c) is a > b or b > c
+
+        def chain(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            total = links[0](tensors)
+            for link in links[1:]:  # a plain loop: torch.compile traces it (not math.prod)
+                total = combine(total, link(tensors))
+            return total
+
+        return chain
 
     def _link(self, compare: ast.Compare, index: int, position: dict[str, int], negated: bool) -> Callable:
         """One comparison ``a OP b`` of a chain: its penalty per element."""

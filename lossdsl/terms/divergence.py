@@ -42,7 +42,7 @@ class KLNormal(Term):
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, mu.shape[0], mu.dtype)
         per_element = 1 + logvar - mu.square() - logvar.exp()
-        return self.reduce(-0.5 * per_element.reshape(mu.shape[0], -1).sum(dim=1), sample_weight)
+        return self.reduce(-0.5 * per_element.flatten(1).sum(dim=1), sample_weight)
 
 
 class KLParams(TermParams):
@@ -78,4 +78,4 @@ class KL(Term):
             sample_weight = self.expect_sample_weight(2, sample_weight, p.shape[0], p.dtype)
         log_p, log_q = F.log_softmax(p, dim=1), F.log_softmax(q, dim=1)
         per_element = F.kl_div(log_q, log_p, reduction="none", log_target=True)
-        return self.reduce(per_element.reshape(p.shape[0], -1).sum(dim=1), sample_weight)
+        return self.reduce(per_element.flatten(1).sum(dim=1), sample_weight)

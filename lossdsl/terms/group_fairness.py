@@ -107,6 +107,10 @@ class FairnessParams(TermParams):
     def _one_count_for_one_column(self) -> FairnessParams:
         if isinstance(self.group, tuple) and self.groups is not None:
             raise ValueError("groups= counts the codes of one group input, not of an intersection")
+        misplaced = sorted(self.model_fields_set & {"pred", "target"}) if isinstance(self.stat, InnerLoss) else []
+        if misplaced:
+            raise ValueError(f"group_loss() reads the inner term's inputs: give {misplaced[0]}= to it, "
+                             f"as in group_loss(mse({misplaced[0]}=...)), not to fairness()")
         if self.hard and (isinstance(self.stat, InnerLoss) or self.stat_name.startswith("mean_pred")):
             raise ValueError("hard=true thresholds predicted probabilities: it applies to the rates, "
                              "not to mean_pred or group_loss")
@@ -147,6 +151,14 @@ class FairnessParams(TermParams):
 
 
 
+
+
+def _is_column(tensor: torch.Tensor, n: int) -> bool:
+    """Whether ``tensor`` is ``[n]`` or ``[n, 1]``; written with size comparisons, which torch.compile
+    traces under dynamic shapes (a membership test of a shape in tuples is misread there)."""
+    if tensor.dim() == 1:
+        return tensor.shape[0] == n
+    return tensor.dim() == 2 and tensor.shape[0] == n and tensor.shape[1] == 1
 
 
 def _agg_text(agg: str | tuple[str, float]) -> str:
@@ -278,11 +290,11 @@ class Fairness(Term):
         n = prob.shape[0]
         codes = self._codes(groups, n, first_position=1)
         if target is not None:
-            if target.shape not in ((n,), (n, 1)):
+            if not _is_column(target, n):
                 self.fail(1 + self.num_columns, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
             positive = (target if target.dim() == 1 else target[:, 0]).to(prob.dtype)
             negative = 1 - positive
-        if n == 0:
+        if n == 0 and not self._syncs():  # an empty rank still takes part in the ranks' sums
             return prob.sum()
         if target is None:
             positive = negative = None
@@ -290,8 +302,15 @@ class Fairness(Term):
         sums = self._group_sums(columns, codes, sample_weight)
         gaps = [self._disparity(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(self.num_rates)]
         if len(gaps) == 1:
-            return gaps[0]
-        return (gaps[0] + gaps[1]) / 2 if self.eo_mean else torch.maximum(gaps[0], gaps[1])
+            return gaps[0].to(prob.dtype)
+        value = (gaps[0] + gaps[1]) / 2 if self.eo_mean else torch.maximum(gaps[0], gaps[1])
+        return value.to(prob.dtype)
+
+    def fit(self, *inputs: torch.Tensor | None) -> None:
+        """``LossModule.fit`` reaches group_loss's inner term (``ce(weight=balanced)``'s class counts)."""
+        fit = getattr(self.inner, "fit", None)
+        if fit is not None:
+            fit(*inputs[: self.num_inner_inputs])
 
     def _group_loss(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The inner loss's mean per group: the worst group's, or the _gap / _ratio between groups."""
@@ -303,11 +322,11 @@ class Fairness(Term):
         dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
         per_sample = self.inner(*inner_inputs, torch.ones(n, dtype=dtype, device=first.device))  # [N, 2]
         codes = self._codes(groups, n, first_position=self.num_inner_inputs)
-        if n == 0:
+        if n == 0 and not self._syncs():
             return per_sample.sum()
         sums = self._group_sums(per_sample, codes, sample_weight)
         if not self.worst_group:
-            return self._disparity(sums[:, 0], sums[:, 1])
+            return self._disparity(sums[:, 0], sums[:, 1]).to(per_sample.dtype)
         defined = sums[:, 1] > 0
         loss = sums[:, 0] / torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
         count = defined.sum()
@@ -317,13 +336,16 @@ class Fairness(Term):
             value = self._log_mean_exp(loss, defined, count)
         else:
             value = loss.masked_fill(~defined, float("-inf")).amax()
-        return torch.where(count > 0, value, torch.zeros_like(value))
+        return torch.where(count > 0, value, torch.zeros_like(value)).to(per_sample.dtype)
+
+    def _syncs(self) -> bool:
+        return self.sync and distributed.active()
 
     def _codes(self, groups: tuple[torch.Tensor, ...], n: int, first_position: int) -> list[torch.Tensor]:
         """Each group input as integer codes [N], checked (shapes and dtypes only: no sync)."""
         codes = []
         for position, group in enumerate(groups, start=first_position):
-            if group.shape not in ((n,), (n, 1)):
+            if not _is_column(group, n):
                 self.fail(position, f"expected group codes of shape ({n},), got {tuple(group.shape)}")
             if group.is_floating_point() or group.is_complex():
                 self.fail(position, f"expected integer group codes, got {group.dtype}")
@@ -333,13 +355,19 @@ class Fairness(Term):
     def _group_sums(
         self, columns: torch.Tensor, codes: list[torch.Tensor], sample_weight: torch.Tensor | None
     ) -> torch.Tensor:
-        """Per-sample columns [N, k] summed per group slot with one index_add; the ema window's history mixed in."""
+        """Per-sample columns [N, k] summed per group slot with one index_add; the ema window's history mixed in.
+
+        Half-precision columns are summed in float32: a batch's sums overflow float16 (and its
+        log-mean-exp would); the caller casts the statistic back.
+        """
+        if columns.dtype in (torch.float16, torch.bfloat16):
+            columns = columns.float()
         if sample_weight is not None:
             weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, columns.shape[0], columns.dtype)
             columns = columns * weight[:, None]
         slots, num_slots = self._slots(codes)
         sums = columns.new_zeros(num_slots, columns.shape[1]).index_add_(0, slots, columns)
-        if self.sync and distributed.active():
+        if self._syncs():
             if self.num_groups is None:
                 raise LossSpecError(
                     f"{self.where}: under torch.distributed the ranks sum their group statistics, so they must "

@@ -43,7 +43,7 @@ class Contrastive(Term):
             self.fail(2, f"expected 0/1 flags of shape ({a.shape[0] if a.dim() else 1},), got {tuple(same.shape)}")
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(3, sample_weight, a.shape[0], a.dtype)
-        squared = (a - b).reshape(a.shape[0], -1).square().sum(dim=1)
+        squared = (a - b).flatten(1).square().sum(dim=1)
         distance = squared.clamp_min(torch.finfo(a.dtype).tiny).sqrt()
         same = same.to(a.dtype)
         per_pair = same * squared + (1 - same) * F.relu(self.margin - distance).square()
