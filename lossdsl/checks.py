@@ -540,6 +540,10 @@ class _Checker:
             numbers = [_number(arg) for arg in node.args]
             if all(n is not None for n in numbers):  # an option with arguments: penalty=softplus(10)
                 return (node.name, *numbers)
+            if node.name in term.params.options(name):
+                self.report("E204", f"the arguments of {node.name}() in '{name}' of {term.name}() are numbers",
+                            node, hint=f"write the number, as in {node.name}(0.1)")
+                return _INVALID
         self.report("E204", f"'{name}' of {term.name}() takes {_expected(term, name)}; got {_describe(node)}", node)
         return _INVALID
 

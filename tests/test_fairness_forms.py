@@ -412,3 +412,8 @@ def test_half_precision_rates_and_smoothmax_stay_finite():
         assert got.dtype == torch.float16
         assert float(got.detach()) == pytest.approx(float(expected), abs=2e-3)
         assert torch.isfinite(torch.autograd.grad(got, half)[0]).all()
+
+
+def test_an_option_with_a_name_for_its_argument_is_diagnosed():
+    with pytest.raises(lossdsl.LossSpecError, match=r"the arguments of smoothmax\(\) in 'agg' of fairness\(\) are numbers"):
+        lossdsl.compile("param t = 0.1\nloss = fairness(dp_gap, group=g, agg=smoothmax(t))")
