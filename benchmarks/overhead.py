@@ -36,7 +36,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import lossdsl  # noqa: E402
-from harness import add_common_arguments, devices, print_profile  # noqa: E402
+from harness import add_common_arguments, devices, fpr_gap_ranked, print_profile  # noqa: E402
 
 SPEC = "ce(weight=balanced) + 0.1*fairness(fpr_gap, group=sex) + soft_bound(y<=100)"
 
@@ -60,18 +60,7 @@ class HandWritten(torch.nn.Module):
         ce = ce / sample_weight.sum()
 
         # fairness(fpr_gap, group=sex): soft false-positive rate per group, largest minus smallest.
-        n = pred.shape[0]
-        prob = torch.sigmoid(pred)
-        negative = 1 - target.to(pred.dtype)
-        sorted_codes, order = torch.sort(sex)
-        starts = torch.ones_like(sorted_codes, dtype=torch.long)
-        starts[1:] = (sorted_codes[1:] != sorted_codes[:-1]).long()
-        slots = torch.empty_like(order).scatter_(0, order, starts.cumsum(0) - 1)
-        sums = prob.new_zeros(n, 2).index_add_(0, slots, torch.stack([prob * negative, negative], dim=1))
-        defined = sums[:, 1] > 0
-        rate = sums[:, 0] / torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
-        gap = rate.masked_fill(~defined, -1.0).amax() - rate.masked_fill(~defined, 2.0).amin()
-        gap = torch.where(defined.sum() >= 2, gap, torch.zeros_like(gap))
+        gap = fpr_gap_ranked(pred, target, sex)
 
         # soft_bound(y <= 100): mean squared hinge.
         bound = F.relu(y - 100).square().mean()

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import lossdsl  # noqa: E402
-from harness import add_common_arguments, devices, print_profile  # noqa: E402
+from harness import add_common_arguments, devices, fpr_gap_ranked, gap_of_sums, print_profile  # noqa: E402
 
 Inputs = dict[str, torch.Tensor]
 Reference = Callable[..., torch.Tensor]
@@ -156,25 +156,12 @@ def _contrastive(a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, margin: f
     return (same * squared + (1 - same) * F.relu(margin - distance).pow(2)).mean()
 
 
-def _fairness_ranked(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
-    """fpr gap with in-batch ranking of the codes, as benchmarks/overhead.py's hand-written loss."""
-    n = pred.shape[0]
-    prob = torch.sigmoid(pred)
-    negative = 1 - target.to(pred.dtype)
-    sorted_codes, order = torch.sort(sex)
-    starts = torch.ones_like(sorted_codes, dtype=torch.long)
-    starts[1:] = (sorted_codes[1:] != sorted_codes[:-1]).long()
-    slots = torch.empty_like(order).scatter_(0, order, starts.cumsum(0) - 1)
-    sums = prob.new_zeros(n, 2).index_add_(0, slots, torch.stack([prob * negative, negative], dim=1))
-    return _gap(sums)
-
-
 def _fairness_known_groups(groups: int) -> Reference:
     def reference(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
         prob = torch.sigmoid(pred)
         negative = 1 - target.to(pred.dtype)
         sums = prob.new_zeros(groups, 2).index_add_(0, sex, torch.stack([prob * negative, negative], dim=1))
-        return _gap(sums)
+        return gap_of_sums(sums)
 
     return reference
 
@@ -214,13 +201,6 @@ def _mlp(width: int, layers: int) -> Callable[[torch.Generator], torch.nn.Module
         return torch.nn.Sequential(*modules[:-1])
 
     return make
-
-
-def _gap(sums: torch.Tensor) -> torch.Tensor:
-    defined = sums[:, 1] > 0
-    rate = sums[:, 0] / torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
-    gap = rate.masked_fill(~defined, -1.0).amax() - rate.masked_fill(~defined, 2.0).amin()
-    return torch.where(defined.sum() >= 2, gap, torch.zeros_like(gap))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,14 +298,14 @@ def cases_at(size: str) -> list[Case]:
         # Fairness.
         Case("fairness", "fairness(fpr_gap, group=sex)", size, _shape(n),
              _inputs(pred=_randn(n), target=_flags(n, dtype=torch.long), sex=_labels(n, classes=GROUPS)),
-             _fairness_ranked, note="benchmarks/overhead.py's hand-written gap", variant=f"{GROUPS} groups"),
+             fpr_gap_ranked, note="benchmarks/overhead.py's hand-written gap", variant=f"{GROUPS} groups"),
         Case("fairness", f"fairness(fpr_gap, group=sex, groups={GROUPS})", size, _shape(n),
              _inputs(pred=_randn(n), target=_flags(n, dtype=torch.long), sex=_labels(n, classes=GROUPS)),
              _fairness_known_groups(GROUPS), variant=f"{GROUPS} groups"),
         Case("fairness", "fairness(fpr_gap, group=sex)", size, _shape(n),
              _inputs(pred=_randn(n), target=_flags(n, dtype=torch.long),
                      sex=lambda g: 37 * torch.randint(0, MANY_GROUPS, (n,), generator=g)),
-             _fairness_ranked, variant=f"{MANY_GROUPS} sparse groups"),
+             fpr_gap_ranked, variant=f"{MANY_GROUPS} sparse groups"),
         Case("fairness", f"fairness(group_loss(mse), group=sex, groups={GROUPS})", size, _shape(n),
              _inputs(pred=_randn(n), target=_randn(n), sex=_labels(n, classes=GROUPS)),
              _worst_group_mse(GROUPS), variant=f"group_loss, {GROUPS} groups"),
