@@ -29,6 +29,17 @@ _CONTINUES_AFTER = frozenset(
     {"PLUS", "MINUS", "STAR", "SLASH", "COMPARE_OP", "AND", "OR", "NOT", "IMPLIES", "COMMA", "EQUAL"}
 )
 _OPENERS = {"LPAR": "RPAR", "LSQB": "RSQB"}
+# The logic operators are reserved words. The contextual lexer reads one as a NAME where no
+# operator can follow (`let and = 1`, `soft_bound(and y <= 1)`); the post-lexer retypes it.
+_RESERVED = {"and": "AND", "or": "OR", "not": "NOT", "implies": "IMPLIES"}
+_RESERVED_USE = {
+    "AND": "joins two conditions inside soft_bound, as in soft_bound(a <= 1 and b >= 0)",
+    "OR": "joins two conditions inside soft_bound, as in soft_bound(a <= 0 or a >= 1)",
+    "NOT": "negates a condition inside soft_bound, as in soft_bound(not a > 1)",
+    "IMPLIES": "joins two conditions inside soft_bound, as in soft_bound(a > 0 implies b >= 1)",
+}
+# An operator that needs an operand after it.
+_NEEDS_OPERAND = frozenset({"PLUS", "MINUS", "STAR", "SLASH", "COMPARE_OP", "AND", "OR", "NOT", "IMPLIES"})
 _CLOSERS = frozenset(_OPENERS.values())
 
 _TOKEN_NAMES = {
@@ -58,7 +69,7 @@ _TOKEN_NAMES = {
 
 
 class _LineJoiner:
-    """Post-lexer: drops newlines that do not end a statement.
+    """Post-lexer: drops newlines that do not end a statement, retypes reserved words.
 
     A newline is dropped inside brackets, after a binary operator, comma or '=',
     after another newline, and at the start of the text. (It cannot be held back
@@ -75,13 +86,22 @@ class _LineJoiner:
     def open_brackets(self) -> list[Token]:
         return getattr(self._local, "open_brackets", [])
 
+    @property
+    def passed(self) -> list[Token]:
+        """The last two tokens handed to the parser (for the diagnostic of a syntax error)."""
+        return getattr(self._local, "passed", [])
+
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         open_brackets: list[Token] = []
-        self._local.open_brackets = open_brackets
+        passed: list[Token] = []
+        self._local.open_brackets, self._local.passed = open_brackets, passed
         previous: str | None = None
         for token in stream:
             if token.type == "_NL" and (open_brackets or previous in _CONTINUES_AFTER or previous in (None, "_NL")):
                 continue
+            if token.type == "NAME" and token.value in _RESERVED:
+                token = Token.new_borrow_pos(_RESERVED[token.value], token.value, token)
+            passed[:] = [*passed[-1:], token]
             if token.type in _OPENERS:
                 open_brackets.append(token)
             elif token.type in _CLOSERS and open_brackets and _OPENERS[open_brackets[-1].type] == token.type:
@@ -159,10 +179,22 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str | None) ->
     assert isinstance(exc, UnexpectedToken)
     span = _token_span(token, filename)
     open_brackets = _LINE_JOINER.open_brackets
-    # A mismatched closer, or a statement that ran on past its line, points at an open bracket.
-    if open_brackets and (token.type in _CLOSERS or open_brackets[-1].line < token.line):
+    # The token before the unexpected one: the contextual lexer raises before the post-lexer
+    # sees the token, the parser after.
+    before = [t for t in _LINE_JOINER.passed if (t.line, t.column) != (token.line, token.column)]
+    operator = before[-1] if before and before[-1].type in _NEEDS_OPERAND else None
+    if token.type in _RESERVED_USE:
+        hint = f"'{token.value}' is a reserved word: it {_RESERVED_USE[token.type]}"
+    elif open_brackets and (
+        (token.type in _CLOSERS and token.type != _OPENERS[open_brackets[-1].type])
+        or open_brackets[-1].line < token.line
+    ):  # a mismatched closer, or a statement that ran on past its line
         bracket = open_brackets[-1]
         hint = f"the '{bracket.value}' at {bracket.line}:{bracket.column} is not closed"
+    elif operator is not None and operator.type in _RESERVED_USE and token.type in ("EQUAL", "COLON"):
+        hint = f"'{operator.value}' is a reserved word, not a name"
+    elif operator is not None:
+        hint = f"'{operator.value}' needs an operand after it"
     return Diagnostic("E001", f"unexpected {_describe(token)}", span, hint=hint, source=text)
 
 

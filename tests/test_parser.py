@@ -462,6 +462,20 @@ def test_invalid_table_is_broad():
         ("let a = ce(weight=[1, 2)\nloss = a", "the '[' at 1:19 is not closed"),
         ("ce(", "add the matching bracket"),
         ("let a = (ce() + [mse()\nloss = a", "the '[' at 1:17 is not closed"),
+        ("ce(]", "the '(' at 1:3 is not closed"),
+        # a closer that matches its bracket is not the mistake: the operator before it is
+        ("soft_bound(y <= 1 and)", "'and' needs an operand after it"),
+        ("soft_bound(not)", "'not' needs an operand after it"),
+        ("loss = ce() + )", "'+' needs an operand after it"),
+        ("ce() * * mse()", "'*' needs an operand after it"),
+        # reserved words, also where the contextual lexer would read them as names
+        ("soft_bound(and y <= 1)",
+         "'and' is a reserved word: it joins two conditions inside soft_bound, as in soft_bound(a <= 1 and b >= 0)"),
+        ("let or = ce()\nloss = or",
+         "'or' is a reserved word: it joins two conditions inside soft_bound, as in soft_bound(a <= 0 or a >= 1)"),
+        ("ce(not=1)", "'not' is a reserved word, not a name"),
+        ("inputs:\n  implies: logits\nloss = ce()",
+         "'implies' is a reserved word: it joins two conditions inside soft_bound, as in soft_bound(a > 0 implies b >= 1)"),
     ],
 )
 def test_hints(text, hint):
