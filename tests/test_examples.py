@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -55,6 +56,7 @@ EXPECTED = {
         re.compile(r"^config\s+seed\s+acc\s+FPR f\s+FPR m\s+FPR gap\s+TPR f\s+TPR m\s+TPR gap\s+EO gap$", re.M),
         re.compile(r"^ce\(\)\s+median(\s+[01]\.\d{4}){8}$", re.M),
         re.compile(r"^subject to .*median(\s+[01]\.\d{4}){8}\s+\(b\) (met|missed)", re.M),
+        re.compile(r"shows an EO gap <= 0\.02 on \d+% of test samples this size\.$", re.M),
         "plot: ",
     ],
 }
@@ -121,3 +123,36 @@ def test_example_says_how_to_run_it_and_imports_only_torch_and_lossdsl(name):
             imported.add(node.module.split(".")[0])
     assert imported - set(sys.stdlib_module_names) <= {"torch", "lossdsl"} | EXTRA_IMPORTS.get(name, set())
 
+
+
+@pytest.fixture(scope="module")
+def adult_example():
+    """examples/adult_fairness.py as a module (its helpers, without running it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("adult_fairness", EXAMPLES / "adult_fairness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_adult_weighted_gaps_equal_fairlearn_with_sample_weights(adult_example, seed):
+    """The bootstrap's gaps of weighted rows are fairlearn's per-group TPR and FPR under the same
+    sample weights (female minus male)."""
+    from fairlearn.metrics import MetricFrame, false_positive_rate, true_positive_rate
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(50, 400))
+    target, sex, predicted = (rng.integers(0, 2, n) for _ in range(3))
+    weights = rng.poisson(1.0, size=(3, n)).astype(np.float32)
+    gaps = adult_example.weighted_gaps(predicted, target, sex, weights)
+    for row, weight in zip(gaps, weights):
+        frame = MetricFrame(
+            metrics={"tpr": true_positive_rate, "fpr": false_positive_rate},
+            y_true=target, y_pred=predicted, sensitive_features=sex,
+            sample_params={"tpr": {"sample_weight": weight}, "fpr": {"sample_weight": weight}},
+        )
+        by_group = frame.by_group
+        np.testing.assert_allclose(row[0], by_group.loc[0, "tpr"] - by_group.loc[1, "tpr"], atol=1e-6)
+        np.testing.assert_allclose(row[1], by_group.loc[0, "fpr"] - by_group.loc[1, "fpr"], atol=1e-6)
