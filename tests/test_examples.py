@@ -57,6 +57,9 @@ EXPECTED = {
         re.compile(r"^ce\(\)\s+median(\s+[01]\.\d{4}){8}$", re.M),
         re.compile(r"^subject to .*median(\s+[01]\.\d{4}){8}\s+\(b\) (met|missed)", re.M),
         re.compile(r"shows an EO gap <= 0\.02 on \d+% of test samples this size\.$", re.M),
+        re.compile(r"^4-fold cross-validation on the training split: out-of-fold predictions, audited over all \d+ rows$", re.M),
+        re.compile(r"^subject to \(window, hard\)\s+median(\s+[01]\.\d{4}){8}\s+\(b\) (met|missed)(.|\n)*"
+                   r"cross-validation(.|\n)*^subject to \(window, hard\)\s+median(\s+[01]\.\d{4}){8}\s+\(b\)", re.M),
         "plot: ",
     ],
 }
@@ -69,7 +72,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Compl
     """Run every example at once (they are small, and mostly wait on imports); collect their output."""
     env = dict(os.environ, LOSSDSL_EXAMPLE_QUICK="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     plots = tmp_path_factory.mktemp("plots")
-    arguments = {"adult_fairness.py": ["--out", str(plots / "adult_fairness.png")]}  # not into the checkout
+    arguments = {"adult_fairness.py": ["--out", str(plots / "adult_fairness.png"), "--cv"]}  # not into the checkout
     processes = {
         name: subprocess.Popen(
             [sys.executable, str(EXAMPLES / name), *arguments.get(name, [])],
