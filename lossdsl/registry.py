@@ -249,6 +249,17 @@ class Term(nn.Module):
         if not tensor.is_floating_point():
             self.fail(position, f"expected a floating-point tensor, got {tensor.dtype}")
 
+    def expect_real(self, position: int, tensor: torch.Tensor) -> None:
+        """Targets and labels may be bool, integer or floating point; complex values are no labels."""
+        if tensor.is_complex():
+            self.fail(position, f"expected bool, integer or floating-point values, got {tensor.dtype}")
+
+    def batch_size(self, position: int, tensor: torch.Tensor, shape: str = "[N, ...]") -> int:
+        """The size of the sample dimension of the input at ``position``; a scalar has none."""
+        if tensor.dim() == 0:
+            self.fail(position, f"expected a batch of shape {shape}, got a scalar")
+        return tensor.shape[0]
+
     def expect_sample_weight(self, position: int, weight: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
         """Per-sample weights as a [batch] tensor of ``dtype``."""
         if weight.shape != (batch,):

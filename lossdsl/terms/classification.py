@@ -42,6 +42,7 @@ class CrossEntropy(Term):
       included; without them it is ``F.binary_cross_entropy_with_logits``. The targets are not
       checked to be 0 or 1: reading their values would synchronise with the device. Bool or
       uint8 targets cannot hold a negative ``ignore_index``, so they skip its masking (faster).
+      Integer targets of any dtype (int32 from numpy, uint8, ...) are read as int64.
     - Floating-point targets are class probabilities: of ``pred``'s shape for ``[N, C, ...]``
       logits, or the probability of class 1 for binary logits. As in torch, ``ignore_index`` does
       not apply to them and ``mean`` divides by the number of samples.
@@ -74,6 +75,7 @@ class CrossEntropy(Term):
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         self.expect_float(0, pred)
+        self.expect_real(1, target)
         binary = pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1)
         if binary:
             logits = pred if pred.dim() == 1 else pred[:, 0]
@@ -91,6 +93,9 @@ class CrossEntropy(Term):
                 self.fail(1, f"logits {tuple(pred.shape)} need integer class indices of shape {indices} or "
                              f"probabilities of shape {tuple(pred.shape)}, got {target.dtype} {tuple(target.shape)}")
             num_classes = pred.shape[1]
+            if num_classes == 1 and not target.is_floating_point():  # every index but 0 is out of range
+                self.fail(0, f"logits {tuple(pred.shape)} have one class; binary logits are [N] or [N, 1] "
+                             "(for [N, 1, ...] masks use bce, focal or dice)")
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
         if self.keeps_samples:
@@ -103,6 +108,7 @@ class CrossEntropy(Term):
             return self._probability_form(pred, target, binary, sample_weight)
         if binary and self._nothing_to_ignore(target) and self.class_weight is None and not self.balanced:
             return self._plain_sigmoid_form(logits, target, sample_weight)
+        target = target.long()  # torch's kernels take int64 indices, and int32 would wrap a large ignore_index
         if not binary and sample_weight is None and not self.label_smoothing and not self.balanced:
             return self._plain_softmax_form(pred, target)
         keep = target != self.ignore_index
@@ -150,11 +156,12 @@ class CrossEntropy(Term):
             )
             share = torch.ones_like(losses)  # torch's mean over probability targets counts elements
         else:
+            target = target.long()
             keep = target != self.ignore_index
-            labels = (target * keep).long()
+            labels = target * keep
             weight = self._class_weight(labels, keep, num_classes, pred.dtype)
             losses = F.cross_entropy(
-                pred, target.long(), weight=weight, ignore_index=self.ignore_index, reduction="none",
+                pred, target, weight=weight, ignore_index=self.ignore_index, reduction="none",
                 label_smoothing=self.label_smoothing,
             )
             share = keep.to(pred.dtype) if weight is None else weight[labels] * keep
@@ -215,7 +222,8 @@ class CrossEntropy(Term):
         if weight is None or not smoothing:
             y = target.to(logits.dtype)
             soft_target = y * (1 - smoothing) + smoothing / 2 if smoothing else y
-            total = F.binary_cross_entropy_with_logits(logits, soft_target, weight=share, reduction="sum")
+            # Weighted here, not by torch's weight=, which passes no gradient to learned sample weights.
+            total = (F.binary_cross_entropy_with_logits(logits, soft_target, reduction="none") * share).sum()
             return total, share.sum()
         # F.cross_entropy's smoothing term weighs each class by its own weight.
         nll_1, nll_0 = F.softplus(-logits), F.softplus(logits)
@@ -277,8 +285,8 @@ class CrossEntropy(Term):
         num_classes = 2
         if pred is not None and pred.dim() >= 2 and pred.shape[1] > 1:
             num_classes = pred.shape[1]
-        labels = target.reshape(-1)
-        labels = labels[labels != self.ignore_index].long()
+        labels = target.reshape(-1).long()
+        labels = labels[labels != self.ignore_index]
         self.class_counts = torch.bincount(labels, minlength=num_classes).to(self.class_counts.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
@@ -344,6 +352,7 @@ class BinaryCrossEntropy(Term):
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         self.expect_float(0, pred)
+        self.expect_real(1, target)
         self.expect_same_shape(1, 0, target, pred)
         pos_weight = None
         if self.pos_weight is not None:
@@ -357,7 +366,7 @@ class BinaryCrossEntropy(Term):
         if sample_weight is None and pred.numel():
             return F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction=self.reduction)
         if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+            sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
         losses = F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction="none")
         return self.reduce(losses, sample_weight)
 
@@ -387,8 +396,8 @@ class Focal(Term):
     - Sigmoid form, for logits and 0/1 (or probability) targets of one shape (``[N]``, ``[N, 1]``,
       multi-label ``[N, C]``): ``torchvision.ops.sigmoid_focal_loss``,
       ``BCE(x, y) * (1 - p_t)^gamma`` with ``p_t = p y + (1 - p)(1 - y)``, times
-      ``alpha y + (1 - alpha)(1 - y)`` when ``alpha`` is given; binary logits ``[N, 1]`` also take
-      targets ``[N]``.
+      ``alpha y + (1 - alpha)(1 - y)`` when ``alpha`` is given; binary logits ``[N, 1, ...]`` also
+      take targets ``[N, ...]``.
     - Softmax form, for logits ``[N, C, ...]`` and integer targets ``[N, ...]``:
       ``-alpha_y (1 - p_y)^gamma log p_y`` (MONAI's ``FocalLoss(use_softmax=True)`` summed over
       classes), with ``alpha`` a list of one weight per class.
@@ -412,12 +421,15 @@ class Focal(Term):
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0] if pred.dim() else 1, pred.dtype)
-        if target.shape == pred.shape or (pred.dim() == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]):
+            sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
+        self.expect_real(1, target)
+        one_channel = pred.dim() >= 2 and pred.shape[1] == 1 and target.shape == (pred.shape[0], *pred.shape[2:])
+        if target.shape == pred.shape or one_channel:
             return self.reduce(self._sigmoid_form(pred.reshape(target.shape), target.to(pred.dtype)), sample_weight)
-        if target.is_floating_point() or pred.dim() < 2 or tuple(target.shape) != (pred.shape[0], *pred.shape[2:]):
+        indices = (self.batch_size(0, pred, "[N], [N, C] or [N, C, ...]"), *pred.shape[2:])
+        if target.is_floating_point() or pred.dim() < 2 or tuple(target.shape) != indices:
             self.fail(1, f"expected 0/1 targets of shape {tuple(pred.shape)} or class indices of shape "
-                         f"{(pred.shape[0], *pred.shape[2:])}, got {tuple(target.shape)} {target.dtype}")
+                         f"{indices}, got {tuple(target.shape)} {target.dtype}")
         return self.reduce(self._softmax_form(pred, target.long()), sample_weight)
 
     def _modulation(self, one_minus_p: torch.Tensor) -> torch.Tensor | float:
@@ -478,8 +490,10 @@ class Hinge(Term):
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         self.expect_float(0, pred)
+        self.expect_real(1, target)
+        n = self.batch_size(0, pred, "[N], [N, 1] or [N, C]")
         if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+            sample_weight = self.expect_sample_weight(2, sample_weight, n, pred.dtype)
         if pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1):
             scores = pred.reshape(-1)
             if target.shape not in (scores.shape, pred.shape):
@@ -488,8 +502,9 @@ class Hinge(Term):
             loss = F.relu(self.margin - sign * scores)
             return self.reduce(loss.square() if self.squared else loss, sample_weight)
         if pred.dim() != 2 or target.shape != pred.shape[:1] or target.is_floating_point():
-            self.fail(1, f"scores {tuple(pred.shape)} need integer class indices of shape ({pred.shape[0]},), "
+            self.fail(1, f"scores {tuple(pred.shape)} need integer class indices of shape ({n},), "
                          f"got {tuple(target.shape)} {target.dtype}")
+        target = target.long()  # int32 labels from numpy too: F.multi_margin_loss takes int64
         p = 2 if self.squared else 1
         if sample_weight is None and pred.numel():
             return F.multi_margin_loss(pred, target, p=p, margin=self.margin, reduction=self.reduction)
@@ -514,7 +529,8 @@ class SoftF1(Term):
     """``1 - (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP)`` with ``TP = sum(p y)``, ``FP = sum(p (1 - y))``,
     ``FN = sum((1 - p) y)`` and ``p = sigmoid(pred)``, per label. ``mean`` averages the labels
     (macro), ``sum`` adds them. A label with no positives and no predicted mass scores F = 0, as
-    scikit-learn's ``fbeta_score`` does. ``sample_weight`` weighs each sample's counts."""
+    scikit-learn's ``fbeta_score`` does; an empty batch gives 0. ``sample_weight`` weighs each
+    sample's counts."""
 
     def __init__(self, params: SoftF1Params):
         super().__init__()
@@ -525,13 +541,18 @@ class SoftF1(Term):
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         self.expect_float(0, pred)
+        self.expect_real(1, target)
+        n = self.batch_size(0, pred, "[N], [N, 1] or [N, C]")
         if pred.dim() == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]:
             pred = pred[:, 0]
         self.expect_same_shape(1, 0, target, pred)
-        prob = torch.sigmoid(pred)
-        prob, labels = prob.reshape(prob.shape[0], -1), target.reshape(prob.shape[0], -1).to(pred.dtype)
         if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype).unsqueeze(1)
+            sample_weight = self.expect_sample_weight(2, sample_weight, n, pred.dtype).unsqueeze(1)
+        if n == 0:  # an empty batch adds nothing
+            return pred.sum()
+        prob = torch.sigmoid(pred)
+        prob, labels = prob.reshape(n, -1), target.reshape(n, -1).to(pred.dtype)
+        if sample_weight is not None:
             prob, positives = prob * sample_weight, labels * sample_weight
         else:
             positives = labels

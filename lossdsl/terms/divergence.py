@@ -10,8 +10,8 @@ from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, 
 
 
 class KLNormalParams(TermParams):
-    mu: InputOf("real", "embedding") = Field("mu", description="the input holding posterior means [N, D]")
-    logvar: InputOf("real", "embedding") = Field("logvar", description="the input holding posterior log-variances [N, D]")
+    mu: InputOf("real", "embedding") = Field("mu", description="the input holding posterior means [N, D] ([N]: D = 1)")
+    logvar: InputOf("real", "embedding") = Field("logvar", description="the input holding posterior log-variances, of mu's shape")
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -24,7 +24,7 @@ class KLNormalParams(TermParams):
 )
 class KLNormal(Term):
     """``-0.5 * sum(1 + logvar - mu^2 - exp(logvar))`` over every dimension but the first, then
-    ``mean`` (or ``sum``) over the batch."""
+    ``mean`` (or ``sum``) over the batch. Statistics ``[N]`` have one latent dimension each."""
 
     per_sample = True
 
@@ -36,13 +36,14 @@ class KLNormal(Term):
         self, mu: torch.Tensor, logvar: torch.Tensor, sample_weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         self.expect_float(0, mu)
+        self.expect_float(1, logvar)
         self.expect_same_shape(1, 0, logvar, mu)
-        if mu.dim() < 1:
-            self.fail(0, "expected latent statistics [N, D], got a scalar")
+        n = self.batch_size(0, mu, "[N, D]")
         if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(2, sample_weight, mu.shape[0], mu.dtype)
+            sample_weight = self.expect_sample_weight(2, sample_weight, n, mu.dtype)
         per_element = 1 + logvar - mu.square() - logvar.exp()
-        return self.reduce(-0.5 * per_element.flatten(1).sum(dim=1), sample_weight)
+        per_sample = per_element.flatten(1).sum(dim=1) if per_element.dim() > 1 else per_element
+        return self.reduce(-0.5 * per_sample, sample_weight)
 
 
 class KLParams(TermParams):
@@ -71,6 +72,7 @@ class KL(Term):
 
     def forward(self, p: torch.Tensor, q: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
         self.expect_float(0, p)
+        self.expect_float(1, q)
         self.expect_same_shape(1, 0, q, p)
         if p.dim() < 2:
             self.fail(0, f"expected logits [N, C, ...], got shape {tuple(p.shape)}")

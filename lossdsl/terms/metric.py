@@ -10,8 +10,8 @@ from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, 
 
 
 class ContrastiveParams(TermParams):
-    a: InputOf("embedding", "real") = Field("a", description="first embedding of each pair [N, D]")
-    b: InputOf("embedding", "real") = Field("b", description="second embedding of each pair [N, D]")
+    a: InputOf("embedding", "real") = Field("a", description="first embedding of each pair [N, D] ([N]: D = 1)")
+    b: InputOf("embedding", "real") = Field("b", description="second embedding of each pair, of a's shape")
     same: InputOf("binary", "labels", "mask") = Field("same", description="1 where the pair should match, 0 where it should not [N]")
     margin: float = Field(1.0, gt=0, description="distance beyond which dissimilar pairs cost nothing")
     reduction: ReductionParam = "mean"
@@ -25,7 +25,8 @@ class ContrastiveParams(TermParams):
     example="contrastive(margin=2.0)",
 )
 class Contrastive(Term):
-    """Euclidean distance ``d`` per pair; the square is taken without a square root, so equal embeddings are smooth."""
+    """Euclidean distance ``d`` per pair, over every dimension but the first (``[N]`` embeddings are
+    numbers, ``d = |a - b|``); the square is taken without a square root, so equal embeddings are smooth."""
 
     per_sample = True
 
@@ -38,12 +39,16 @@ class Contrastive(Term):
         self, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, sample_weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         self.expect_float(0, a)
+        self.expect_float(1, b)
         self.expect_same_shape(1, 0, b, a)
-        if a.dim() < 1 or same.shape != a.shape[:1]:
-            self.fail(2, f"expected 0/1 flags of shape ({a.shape[0] if a.dim() else 1},), got {tuple(same.shape)}")
+        n = self.batch_size(0, a, "[N, D]")
+        if same.shape != (n,):
+            self.fail(2, f"expected 0/1 flags of shape ({n},), got {tuple(same.shape)}")
         if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(3, sample_weight, a.shape[0], a.dtype)
-        squared = (a - b).flatten(1).square().sum(dim=1)
+            sample_weight = self.expect_sample_weight(3, sample_weight, n, a.dtype)
+        squared = (a - b).square()
+        if squared.dim() > 1:
+            squared = squared.flatten(1).sum(dim=1)
         distance = squared.clamp_min(torch.finfo(a.dtype).tiny).sqrt()
         same = same.to(a.dtype)
         per_pair = same * squared + (1 - same) * F.relu(self.margin - distance).square()
@@ -76,6 +81,8 @@ class Triplet(Term):
         sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.expect_float(0, anchor)
+        self.expect_float(1, positive)
+        self.expect_float(2, negative)
         self.expect_same_shape(1, 0, positive, anchor)
         self.expect_same_shape(2, 0, negative, anchor)
         if anchor.dim() != 2:

@@ -54,7 +54,7 @@ class _Pointwise(Term):
         if sample_weight is None and pred.numel():
             return self.elementwise(pred, target, self.reduction)  # torch's fused reduction
         if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0] if pred.dim() else 1, pred.dtype)
+            sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
         return self.reduce(self.elementwise(pred, target, "none"), sample_weight)
 
 
@@ -164,5 +164,5 @@ class QuantileLoss(Term):
             q = self.q
         loss = torch.maximum(q * residual, (q - 1) * residual)
         if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+            sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
         return self.reduce(loss, sample_weight)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat
@@ -12,9 +14,9 @@ from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, 
 class OverlapParams(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits [N, C, ...spatial]: sigmoid when C is 1, softmax over C otherwise")
     target: InputOf("labels", "mask", "binary", "multihot", "probs") = Field(
-        "target", description="0/1 masks of pred's shape, or integer class indices [N, ...] or [N, 1, ...]"
+        "target", description="0/1 masks of pred's shape, or integer class indices [N, ...] or [N, 1, ...] (0/1 when C is 1)"
     )
-    smooth: NonNegativeFloat = Field(1e-5, description="added to numerator and denominator (MONAI's smooth_nr, smooth_dr)")
+    smooth: NonNegativeFloat = Field(1e-5, description="added to numerator and denominator (MONAI's smooth_nr, smooth_dr); 0 / 0 gives loss 0")
     include_background: bool = Field(True, description="keep channel 0 when there are several")
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
@@ -32,8 +34,10 @@ class TverskyParams(OverlapParams):
 class _Overlap(Term):
     """Per sample and channel, over the flattened spatial dimensions; ``mean`` averages the (sample,
     channel) scores as MONAI's ``reduction="mean"`` does. One channel: sigmoid, with 0/1 masks of
-    ``pred``'s shape. Several: softmax, with integer class indices ``[N, ...]`` or ``[N, 1, ...]``
-    made one-hot (MONAI's ``to_onehot_y=True``), or float masks of ``pred``'s shape."""
+    ``pred``'s shape, or integer 0/1 labels ``[N, ...]``. Several: softmax, with integer class
+    indices ``[N, ...]`` or ``[N, 1, ...]`` made one-hot (MONAI's ``to_onehot_y=True``), or float
+    masks of ``pred``'s shape. A score of 0 / 0 (``smooth=0``, an empty class and no predicted
+    mass) counts as a perfect 1, loss 0, the limit of MONAI's smoothed ratio; an empty batch gives 0."""
 
     def __init__(self, params: OverlapParams):
         super().__init__()
@@ -44,6 +48,7 @@ class _Overlap(Term):
     def probabilities_and_masks(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-class probabilities and 0/1 masks, both [N, C, P] with P the flattened spatial size."""
         self.expect_float(0, pred)
+        self.expect_real(1, target)
         if pred.dim() < 2:
             self.fail(0, f"expected logits [N, C, ...spatial], got shape {tuple(pred.shape)}")
         n, channels = pred.shape[:2]
@@ -60,15 +65,25 @@ class _Overlap(Term):
             if target.shape != (n, *spatial) or target.is_floating_point():
                 self.fail(1, f"expected masks {tuple(pred.shape)} or class indices {(n, *spatial)}, got "
                              f"{tuple(target.shape)} {target.dtype}")
-            # Scattered into a contiguous float tensor (one_hot would be int64 and channels-last).
-            mask = torch.zeros_like(pred).scatter_(1, target.long().unsqueeze(1), 1.0)
+            if channels == 1:  # sigmoid: integer 0/1 labels are the mask
+                mask = target.unsqueeze(1).to(pred.dtype)
+            else:  # scattered into a contiguous float tensor (one_hot would be int64 and channels-last)
+                mask = torch.zeros_like(pred).scatter_(1, target.long().unsqueeze(1), 1.0)
         if not self.include_background and channels > 1:
             prob, mask = prob[:, 1:], mask[:, 1:]
-        return prob.reshape(n, prob.shape[1], -1), mask.reshape(n, mask.shape[1], -1)
+        size = math.prod(pred.shape[2:])  # not -1, which an empty batch leaves undetermined
+        return prob.reshape(n, prob.shape[1], size), mask.reshape(n, mask.shape[1], size)
 
     def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The loss per sample and channel, from probabilities and masks [N, C, P]."""
         raise NotImplementedError
+
+    def one_minus_ratio(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+        """``1 - (numerator + smooth) / (denominator + smooth)``, and 0 (with zero gradients) for 0 / 0."""
+        numerator, denominator = numerator + self.smooth, denominator + self.smooth
+        defined = denominator > 0
+        ratio = numerator / torch.where(defined, denominator, torch.ones_like(denominator))
+        return 1 - torch.where(defined, ratio, torch.ones_like(ratio))
 
     def forward(
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
@@ -97,7 +112,7 @@ class Dice(_Overlap):
             denominator = prob.square().sum(-1) + mask.square().sum(-1)
         else:
             denominator = prob.sum(-1) + mask.sum(-1)
-        return 1 - (2 * intersection + self.smooth) / (denominator + self.smooth)
+        return self.one_minus_ratio(2 * intersection, denominator)
 
 
 @register(
@@ -117,4 +132,4 @@ class Tversky(_Overlap):
         false_positive = (prob * (1 - mask)).sum(-1)
         false_negative = ((1 - prob) * mask).sum(-1)
         denominator = true_positive + self.alpha * false_positive + self.beta * false_negative
-        return 1 - (true_positive + self.smooth) / (denominator + self.smooth)
+        return self.one_minus_ratio(true_positive, denominator)
