@@ -98,11 +98,12 @@ def _traced(plan: Plan, module: LossModule) -> str:
     from .errors import LossSpecError
     from .synthetic import synthetic_inputs
 
-    inputs = synthetic_inputs(plan)
-    names = list(inputs)
     try:
+        inputs = synthetic_inputs(plan)
+        names = list(inputs)
         graph = make_fx(lambda *tensors: module(**dict(zip(names, tensors))))(*inputs.values())
     except LossSpecError as exc:  # inferred inputs that do not fit
-        return f"(not traced: {exc.diagnostics[0].message}; declare the inputs in an inputs: block)"
+        advice = "" if plan.declared else "; declare the inputs in an inputs: block"
+        return f"(not traced: {exc.diagnostics[0].message}{advice})"
     shapes = ", ".join(f"arg{i}_1 = {name} {tuple(t.shape)}" for i, (name, t) in enumerate(inputs.items()))
     return f"# {shapes}\n{graph.code.strip()}"

@@ -3,13 +3,18 @@ inferred from the terms that read each input."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import ast
+from .errors import LossSpecError
 from .plan import Plan
 
 #: Sizes given to symbolic dimensions: N the batch, C 3, anything else 4.
 DEFAULT_SIZES = {"N": 8, "C": 3}
+#: The largest synthetic tensor: declared sizes are taken as written.
+MAX_ELEMENTS = 10**7
 
 
 def declarations(plan: Plan) -> list[ast.InputDecl]:
@@ -29,7 +34,8 @@ def declarations(plan: Plan) -> list[ast.InputDecl]:
             kinds = term.params.kinds(role) if role else None
             kind = kinds[0] if kinds else ("weight" if role == "sample_weight" else "real")
             shape = shapes.get(role) or (("N", "D") if kind == "embedding" else ("N",))
-            inferred[name] = ast.InputDecl(name=name, type=kind, shape=shape)
+            groups = getattr(term.params, "groups", None) if kind == "group" else None  # codes in [0, groups)
+            inferred[name] = ast.InputDecl(name=name, type=kind, shape=shape, groups=groups)
     return [declared.get(name) or inferred[name] for name in plan.inputs]
 
 
@@ -51,6 +57,11 @@ def synthetic_inputs(
     tensors = {}
     for decl in decls:
         shape = shape_of(decl)
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise LossSpecError(
+                f"input '{decl.name}' of shape {shape} is too large for synthetic inputs "
+                f"(at most {MAX_ELEMENTS:,} elements)", code="E402",
+            )
         kind = decl.type
         if kind == "logits":
             value = torch.randn(shape, generator=generator, dtype=dtype) * scale

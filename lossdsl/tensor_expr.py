@@ -76,9 +76,16 @@ def compile_tensor_expr(expr: ast.Node, position: dict[str, int]) -> TensorFn:
         operand = compile_tensor_expr(expr.args[0], position)
         if expr.name == "clamp":
             low, high = (_constant(arg) for arg in expr.args[1:])
-            return lambda tensors: torch.clamp(_as_tensor(operand(tensors)), low, high)
+            return lambda tensors: _clamp(_as_tensor(operand(tensors)), low, high)
         return lambda tensors: function(_as_tensor(operand(tensors)))
     raise TypeError(f"not a tensor expression: {expr.kind}")  # the checker rules this out
+
+
+def _clamp(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``torch.clamp`` with bounds beyond the dtype's range moved to its edge (torch refuses them:
+    1e30 does not fit in float16)."""
+    finfo = torch.finfo(value.dtype)
+    return torch.clamp(value, max(low, finfo.min), min(high, finfo.max))
 
 
 def _as_tensor(value: torch.Tensor | float) -> torch.Tensor:

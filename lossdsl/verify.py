@@ -49,7 +49,8 @@ def verify(plan: Plan, steps: int = 300) -> list[Check]:
             checks.append(run(name))
         except LossSpecError as exc:  # e.g. inferred inputs of the wrong shape: declare them
             problem = exc.diagnostics[0].message
-            checks.append(Check(name, False, f"{problem} (declare the inputs in an inputs: block)"))
+            advice = "" if plan.declared else " (declare the inputs in an inputs: block)"
+            checks.append(Check(name, False, f"{problem}{advice}"))
     return checks
 
 

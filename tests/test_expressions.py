@@ -120,3 +120,26 @@ def test_penalty_before_bind_is_a_clear_error():
         lossdsl.compile("mse() + l2()", filename="reg.loss")(torch.zeros(2), torch.zeros(2))
     assert info.value.diagnostics[0].code == "E403"
     assert "l2() at reg.loss:1:9" in str(info.value) and "bind(model)" in str(info.value)
+
+
+def test_inputs_that_do_not_broadcast_name_the_inputs():
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile("mean(y - z)")(y=torch.randn(8), z=torch.randn(3))
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.code == "E402"
+    assert "do not broadcast together: y (8,), z (3,)" in diagnostic.message
+
+
+def test_inputs_that_broadcast_reduce_as_in_torch():
+    y, z = torch.randn(8, 1), torch.randn(3)
+    torch.testing.assert_close(lossdsl.compile("mean(abs(y - z))")(y=y, z=z), (y - z).abs().mean())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_clamp_bounds_beyond_the_dtype_act_as_its_edge(dtype):
+    """torch.clamp refuses a bound the dtype cannot hold (1e30 in float16); mean(clamp(...)) clamps
+    at the dtype's largest finite value instead, which changes no finite value."""
+    y = torch.tensor([-2.0, 0.5, 3.0], dtype=dtype)
+    got = lossdsl.compile("mean(clamp(y, -1e30, 1e30))")(y=y)
+    torch.testing.assert_close(got, y.mean())
+    torch.testing.assert_close(lossdsl.compile("mean(clamp(y, 0, 1e30))")(y=y), y.clamp(min=0).mean())

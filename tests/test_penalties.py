@@ -77,3 +77,19 @@ def test_option_with_argument_formats_and_builds():
     text = "soft_bound(y <= 1, penalty=softplus(10))"
     assert lossdsl.format(lossdsl.parse(text)).strip() == text
     assert T.soft_bound(T.input("y") <= 1, penalty=T.call("softplus", 10)).spec == lossdsl.parse(text)
+
+
+@pytest.mark.parametrize("spec", ["soft_bound(y <= 1, sample_weight=y)", "soft_bound(0 <= y <= z, sample_weight=z)"])
+def test_sample_weight_may_be_an_input_of_the_condition(spec):
+    """The weights may be one of the condition's own inputs (weighting each sample by its size)."""
+    y = torch.tensor([0.5, 2.0, 3.0, -1.0], requires_grad=True)
+    z = torch.tensor([1.0, 1.5, 4.0, 0.5], requires_grad=True)
+    got = lossdsl.compile(spec)(y=y, z=z)
+    if "z)" in spec.split("sample_weight=")[1]:
+        weight, penalty = z, F.relu(-y).square() + F.relu(y - z).square()
+    else:
+        weight, penalty = y, F.relu(y - 1).square()
+    expected = (weight * penalty).sum() / weight.sum()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got, (y, z), allow_unused=True, materialize_grads=True),
+                               torch.autograd.grad(expected, (y, z), allow_unused=True, materialize_grads=True))

@@ -121,3 +121,24 @@ def test_verify_steps_must_be_positive(steps, capsys):
         cli.main(["verify", str(ROOT / "specs" / "credit.loss"), "--steps", steps])
     assert info.value.code == 2
     assert "expected a positive whole number" in capsys.readouterr().err
+
+
+def test_inferred_group_codes_stay_below_the_terms_groups(capsys, tmp_path):
+    """fairness(groups=K) reads codes in [0, K): the synthetic codes respect it."""
+    plan = plan_for("fairness(dp_gap, group=sex, groups=2)")
+    assert int(synthetic_inputs(plan)["sex"].max()) < 2
+    path = tmp_path / "fair.loss"
+    path.write_text("fairness(dp_gap, group=sex, groups=2)\n")
+    assert cli.main(["verify", str(path), "--steps", "5"]) == 0
+    assert cli.main(["explain", str(path)]) == 0
+
+
+def test_declared_inputs_too_large_to_synthesise_fail_without_a_traceback(capsys, tmp_path):
+    path = tmp_path / "huge.loss"
+    path.write_text("inputs:\n  pred: logits[N, 100000, 100000]\n  target: labels[N]\nloss = ce()\n")
+    assert cli.main(["verify", str(path), "--steps", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "input 'pred' of shape (8, 100000, 100000) is too large for synthetic inputs" in out
+    assert "declare the inputs" not in out  # they are declared
+    assert cli.main(["explain", str(path)]) == 0
+    assert "(not traced: input 'pred' of shape (8, 100000, 100000) is too large" in capsys.readouterr().out

@@ -122,7 +122,8 @@ class SoftBound(Term):
         self._equality_penalty = torch.square if self.penalty == "squared" else (lambda x: x)
         self.margin = params.margin
         self.reduction = params.reduction
-        position = {name: i for i, name in enumerate(params.input_names())}
+        # The condition's own names: sample_weight comes last and may repeat one (sample_weight=y).
+        position = {name: i for i, name in enumerate(dict.fromkeys(names_in(params.condition)))}
         # The condition as one closure over the input tensors, resolved once: the forward compares no strings.
         self._violation = self._compile(params.condition, position, negated=False)
 

@@ -25,9 +25,10 @@ class ReductionTermParams(TermParams):
 
 
 class _Reduce(Term):
-    """Evaluates the expression element-wise on its inputs (which broadcast as in torch; integer
-    inputs are cast to the default float dtype), then reduces it. ``log`` of a non-positive value
-    is ``-inf`` or NaN, as in torch: clamp first (``log(clamp(p, 1e-6, 1))``)."""
+    """Evaluates the expression element-wise on its inputs (which broadcast as in torch, E402 when
+    they do not; integer inputs are cast to the default float dtype), then reduces it. ``log`` of
+    a non-positive value is ``-inf`` or NaN, as in torch: clamp first (``log(clamp(p, 1e-6, 1))``).
+    A clamp bound beyond the inputs' dtype acts as the dtype's largest finite value."""
 
     def __init__(self, params: ReductionTermParams):
         super().__init__()
@@ -40,6 +41,11 @@ class _Reduce(Term):
         if self.weighted:
             *tensors, sample_weight = tensors
         tensors = tuple(t if t.is_floating_point() else t.to(torch.get_default_dtype()) for t in tensors)
+        try:
+            torch.broadcast_shapes(*(t.shape for t in tensors))
+        except RuntimeError:
+            shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in zip(self.input_names, tensors))
+            self.fail(len(tensors) - 1, f"the inputs' shapes do not broadcast together: {shapes}")
         value = self.expression(tensors)
         if sample_weight is not None:
             batch = value.shape[0] if value.dim() else 1
@@ -49,9 +55,11 @@ class _Reduce(Term):
 
 @register("mean", ReductionTermParams, "The mean of an element-wise tensor expression.", example="mean(abs(pred - target))")
 class Mean(_Reduce):
+    __doc__ = _Reduce.__doc__
     reduction = "mean"
 
 
 @register("sum", ReductionTermParams, "The sum of an element-wise tensor expression.", example="sum(square(pred - target))")
 class Sum(_Reduce):
+    __doc__ = _Reduce.__doc__
     reduction = "sum"
