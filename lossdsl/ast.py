@@ -15,6 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 
+#: The largest number a spec may hold or compute: float32's. Losses mostly run in float32 (or
+#: narrower), where anything larger is inf.
+LARGEST_NUMBER = 3.4028234663852886e38
+
+
+#: The logic operators: words a name cannot be.
+RESERVED_WORDS = ("and", "or", "not", "implies")
+
+
 class Span(BaseModel):
     """A region of source text, 1-based, the end column exclusive."""
 
@@ -57,8 +66,10 @@ class Number(Node):
         # Negative numbers are Neg(Number(...)), as the parser builds them; -0.0 too.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError("a Number holds an int or a float")
-        if not math.isfinite(value) or math.copysign(1, value) < 0:
-            raise ValueError("a Number is finite and non-negative; wrap it in Neg for a negative value")
+        if not value <= LARGEST_NUMBER or math.copysign(1, value) < 0:
+            raise ValueError(
+                f"a Number is finite, at most {LARGEST_NUMBER:.4g}, and non-negative; wrap it in Neg for a negative value"
+            )
         return value
 
 

@@ -125,16 +125,22 @@ def node_of(value: Any) -> ast.Node:
     if isinstance(value, bool):
         return ast.Name(id="true" if value else "false")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise ValueError(f"a spec number is finite, got {value}")
+        if not abs(value) <= ast.LARGEST_NUMBER:
+            raise ValueError(f"a spec number is finite and at most {ast.LARGEST_NUMBER:.4g} in size, got {value}")
         if value < 0 or math.copysign(1, value) < 0:
             return ast.Neg(operand=ast.Number(value=-value))
         return ast.Number(value=value)
     if isinstance(value, str):
-        return ast.Name(id=value) if _IDENTIFIER.match(value) else ast.String(value=value)
+        if _is_name(value):
+            return ast.Name(id=value)
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"a spec string cannot hold a line break, got {value!r}")
+        return ast.String(value=value)
     if isinstance(value, list):
         return ast.List(items=tuple(node_of(item) for item in value))
     if isinstance(value, tuple):
+        if not value:
+            raise ValueError("an empty tuple has no spec form; a list of numbers is written [1, 2]")
         return ast.Tuple(items=tuple(node_of(item) for item in value))
     raise TypeError(f"cannot use {type(value).__name__} in a spec: {value!r}")
 
@@ -147,11 +153,18 @@ def _compare(op: str, left: Any, right: Any) -> Expr:
     return Expr(ast.Compare(operands=(node_of(left), node_of(right)), ops=(op,)))
 
 
+def _is_name(text: str) -> bool:
+    return bool(_IDENTIFIER.match(text)) and text not in ast.RESERVED_WORDS
+
+
 def input(name: str) -> Expr:  # noqa: A001 - T.input reads well
     """An input tensor by name, for comparisons and expressions: ``T.input("y") <= 100``."""
-    if not _IDENTIFIER.match(name):
-        raise ValueError(f"an input name is an identifier, got {name!r}")
+    if not _is_name(name):
+        raise ValueError(f"an input name is an identifier other than {', '.join(ast.RESERVED_WORDS)}, got {name!r}")
     return Expr(ast.Name(id=name))
+
+
+_COMPARISONS = ("<", "<=", ">", ">=", "==")
 
 
 def chain(*parts: Any) -> Expr:
@@ -159,6 +172,8 @@ def chain(*parts: Any) -> Expr:
     operands, ops = parts[0::2], parts[1::2]
     if len(operands) != len(ops) + 1 or not ops:
         raise ValueError("a chain alternates operands and operators: chain(a, '<=', b, '<=', c)")
+    if unknown := [op for op in ops if op not in _COMPARISONS]:
+        raise ValueError(f"unknown comparison {unknown[0]!r}: one of {', '.join(_COMPARISONS)}")
     return Expr(ast.Compare(operands=tuple(node_of(o) for o in operands), ops=tuple(ops)))
 
 

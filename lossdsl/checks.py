@@ -34,11 +34,12 @@ from .plan import (
     ParamValue,
     Plan,
     ScheduleValue,
+    TOTAL_LABEL,
     TermPlan,
     TermValue,
 )
-from .registry import CONDITION, INPUT, INPUT_KINDS, REGISTRY, TENSOR, InnerLoss, TermDef
-from .schedules import SCHEDULES
+from .registry import CONDITION, INPUT, INPUT_KINDS, MAX_GROUPS, REGISTRY, TENSOR, InnerLoss, TermDef
+from .schedules import SCHEDULES, value_range
 from .tensor_expr import FUNCTIONS, names_in
 
 #: ``using METHOD(ARG)``: the argument's name and default.
@@ -134,6 +135,9 @@ class _Checker:
                                 hint=f"it is first defined at {self._where(first.span, statement.span)}")
                     continue
                 if isinstance(statement, ast.Let):
+                    if statement.name == TOTAL_LABEL:
+                        self.report("E102", f"'{TOTAL_LABEL}' names the whole loss in last_terms", statement,
+                                    hint="choose another name for the let")
                     self.lets[statement.name] = _Let(statement)
                 else:
                     self._check_param(statement)
@@ -162,6 +166,7 @@ class _Checker:
                 self.report("E301", "the objective is a constant number, not a loss", objectives[0].value,
                             hint="build it from terms such as ce() or mse()")
         self.constraints = [c for c in (self._constraint(s, i) for i, s in enumerate(subject_to, 1)) if c]
+        self._check_constraint_names(subject_to)
         if any(d.severity == "error" for d in self.diagnostics):
             raise LossSpecError(self.diagnostics)
         return self._plan(objective)
@@ -202,6 +207,22 @@ class _Checker:
         return ConstraintPlan(statement.name or f"constraint_{index}", value, compare.ops[0], bound,  # type: ignore[arg-type]
                               method, float(rate), statement.span)
 
+    def _check_constraint_names(self, statements: list[ast.SubjectTo]) -> None:
+        """``as NAME`` labels the constraint in last_terms: a let's name or another's would clash."""
+        named: dict[str, ast.SubjectTo] = {}
+        for statement in statements:
+            name = statement.name
+            if name is None:
+                continue
+            if name == TOTAL_LABEL:
+                self.report("E102", f"'{TOTAL_LABEL}' names the whole loss in last_terms", statement,
+                            hint="choose another name for the constraint")
+            elif name in self.lets or name in named:
+                first = self.lets[name].statement if name in self.lets else named[name]
+                self.report("E102", f"'{name}' is defined twice", statement,
+                            hint=f"it is first defined at {self._where(first.span, statement.span)}")
+            named.setdefault(name, statement)
+
     @staticmethod
     def _where(span: ast.Span | None, here: ast.Span | None) -> str:
         """``line 3``, or ``base.loss:3`` when ``span`` is in another file than ``here``."""
@@ -236,6 +257,8 @@ class _Checker:
             elif decl.groups is not None and decl.type != "group":
                 self.report("E204", f"'of {decl.groups}' counts groups: it applies to group inputs, not {decl.type}",
                             decl)
+            elif decl.groups is not None and not 1 <= decl.groups <= MAX_GROUPS:
+                self.report("E205", f"'of {decl.groups}': a group input has 1 to {MAX_GROUPS} groups", decl)
             self.declared[decl.name] = decl
 
     def _check_input(self, name: str, node: ast.Node | ast.Span | None, reader: str | None = None,
@@ -342,7 +365,13 @@ class _Checker:
         if Type.ERROR in (left_type, right_type):
             return Type.ERROR, None
         assert left is not None and right is not None
-        value = Arithmetic(expr.op, left, right)
+        value = Arithmetic(expr.op, left, right, expr.span)
+        if expr.op == "/" and isinstance(right, ScheduleValue):
+            low, high = value_range(right.kind, right.params)
+            if low <= 0 <= high:
+                self.report("E205", f"division by zero: {right.kind}() takes every value from {low:g} to {high:g}",
+                            expr.right, hint=f"multiply by a schedule instead, e.g. ce() * {right.kind}(...)")
+                return Type.ERROR, None
         if left_type is Type.NUMBER and right_type is Type.NUMBER:
             if not (isinstance(left, Constant) and isinstance(right, Constant)):
                 return Type.NUMBER, value  # arithmetic over params, computed when the module is built
@@ -375,7 +404,7 @@ class _Checker:
             self.report("E205", "division by zero", expr.right)
             return _INVALID
         value = _ARITHMETIC[expr.op](left, right)
-        if not math.isfinite(value):
+        if not abs(value) <= ast.LARGEST_NUMBER:  # inf and nan too
             self.report("E205", "the constant overflows", expr)
             return _INVALID
         return value
@@ -465,7 +494,7 @@ class _Checker:
         group = values.get("group")
         if "groups" in fields and "groups" not in values and isinstance(group, str) and self.declared:
             decl = self.declared.get(group)
-            if decl is not None and decl.groups:
+            if decl is not None and decl.groups and decl.groups <= MAX_GROUPS:  # (a larger K is reported there)
                 values["groups"] = decl.groups  # `group[N] of K` sizes the group slots
         try:
             params = term.params(**values)
@@ -761,7 +790,7 @@ class _Checker:
                 whole_let[id(value.term)] = name
         unnamed = Counter(t.term.name for t in terms if id(t) not in whole_let)
         seen: Counter[str] = Counter()
-        taken = set(used_lets)
+        taken = {*used_lets, *(c.name for c in self.constraints), TOTAL_LABEL}  # labels of last_terms
         labelled: dict[int, TermPlan] = {}
         for term in terms:
             if id(term) in whole_let:
@@ -780,7 +809,7 @@ def _relabel(expr: ObjectiveExpr, labelled: dict[int, TermPlan]) -> ObjectiveExp
     if isinstance(expr, TermValue):
         return TermValue(labelled[id(expr.term)])
     if isinstance(expr, Arithmetic):
-        return Arithmetic(expr.op, _relabel(expr.left, labelled), _relabel(expr.right, labelled))
+        return Arithmetic(expr.op, _relabel(expr.left, labelled), _relabel(expr.right, labelled), expr.span)
     if isinstance(expr, Negate):
         return Negate(_relabel(expr.operand, labelled))
     return expr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 
@@ -36,8 +35,9 @@ def check_overrides(plan: Plan, params: Mapping[str, float]) -> dict[str, float]
             )
             diagnostics.append(Diagnostic("E105", f"unknown param '{name}'", hint=hint))
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            diagnostics.append(Diagnostic("E204", f"param '{name}' takes a finite number, got {value!r}", param.span))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= ast.LARGEST_NUMBER:
+            diagnostics.append(Diagnostic("E204", f"param '{name}' takes a finite number up to {ast.LARGEST_NUMBER:.4g}, "
+                                          f"got {value!r}", param.span))
             continue
         if param.low is not None and param.high is not None and not param.low <= value <= param.high:
             diagnostics.append(

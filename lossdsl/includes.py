@@ -39,6 +39,10 @@ def _expand(
             continue
         base = Path(filename).parent if filename else Path.cwd()
         target = base / statement.path
+        if "\0" in statement.path:  # no file system takes one; Path.resolve raises
+            diagnostics.append(Diagnostic("E010", "an include path cannot hold a NUL character", statement.span,
+                                          source=source))
+            continue
         resolved = target.resolve()
         if resolved in stack:
             chain = " -> ".join(_shown(p, stack[0].parent) for p in [*stack[stack.index(resolved):], resolved])

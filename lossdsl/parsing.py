@@ -31,7 +31,7 @@ _CONTINUES_AFTER = frozenset(
 _OPENERS = {"LPAR": "RPAR", "LSQB": "RSQB"}
 # The logic operators are reserved words. The contextual lexer reads one as a NAME where no
 # operator can follow (`let and = 1`, `soft_bound(and y <= 1)`); the post-lexer retypes it.
-_RESERVED = {"and": "AND", "or": "OR", "not": "NOT", "implies": "IMPLIES"}
+_RESERVED = {word: word.upper() for word in ast.RESERVED_WORDS}
 _RESERVED_USE = {
     "AND": "joins two conditions inside soft_bound, as in soft_bound(a <= 1 and b >= 0)",
     "OR": "joins two conditions inside soft_bound, as in soft_bound(a <= 0 or a >= 1)",
@@ -379,8 +379,9 @@ class _AstBuilder(Transformer_NonRecursive):
             value: int | float = int(token) if token.type == "INT" else float(token)
         except ValueError:  # more digits than Python converts
             value = math.inf
-        if not math.isfinite(value):
-            diagnostic = Diagnostic("E006", "number too large", self._span(meta), source=self.text)
+        if not value <= ast.LARGEST_NUMBER:  # inf too
+            diagnostic = Diagnostic("E006", "number too large", self._span(meta), source=self.text,
+                                    hint=f"numbers go up to {ast.LARGEST_NUMBER:.4g} (float32's largest)")
             raise LossSpecError([diagnostic])
         return self._node(ast.Number, meta, value=value)
 

@@ -78,6 +78,10 @@ class ParamValue:
     name: str
 
 
+#: The label of the whole loss in ``LossModule.last_terms``.
+TOTAL_LABEL = "total"
+
+
 @dataclass(frozen=True)
 class Constant:
     value: float
@@ -88,6 +92,8 @@ class Arithmetic:
     op: Literal["+", "-", "*", "/"]
     left: ObjectiveExpr
     right: ObjectiveExpr
+    #: Where it is written: params get their values only when the module is built.
+    span: ast.Span | None = None
 
 
 @dataclass(frozen=True, eq=False)

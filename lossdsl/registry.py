@@ -51,6 +51,11 @@ TENSOR = _TensorMarker()
 INPUT_KINDS = ("logits", "probs", "labels", "binary", "multihot", "real", "group", "weight", "mask", "embedding")
 
 
+#: The most groups a fairness term sizes its per-group buffers for (``groups=K``, ``group[N] of K``):
+#: a typo of a few extra digits is a diagnostic, not an allocation of terabytes.
+MAX_GROUPS = 2**24
+
+
 @dataclass(frozen=True)
 class Kinds:
     """The input kinds a parameter accepts, checked against an ``inputs:`` declaration."""

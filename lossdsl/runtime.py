@@ -7,6 +7,7 @@ pre-built closures. No parsing, no registry look-ups, no host synchronisation.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -26,6 +27,7 @@ from .plan import (
     ParamValue,
     Plan,
     ScheduleValue,
+    TOTAL_LABEL,
     TermPlan,
     TermValue,
 )
@@ -67,7 +69,7 @@ class LossModule(nn.Module):
             term_index[id(term)] = index
         self._term_inputs = tuple(tuple(position[name] for name in term.inputs) for term in plan.terms)
         let_index = {let.name: i for i, let in enumerate(plan.lets)}
-        resolve = _Resolver(term_index, let_index, self.params)
+        resolve = _Resolver(term_index, let_index, self.params, plan.source)
         self._lets = tuple(resolve(let.value) for let in plan.lets)
         self._objective = resolve(plan.objective)
         self._constraints = tuple((resolve(c.value), resolve(c.bound), _ConstraintRule(c)) for c in plan.constraints)
@@ -82,7 +84,7 @@ class LossModule(nn.Module):
             *(term.label for term in plan.terms),
             *(plan.lets[i].name for i in self._reported_lets),
             *(f"{c.name}{part}" for c in plan.constraints for part in ("", ".violation", ".multiplier")),
-            "total",
+            TOTAL_LABEL,
         )
         self._last: list[tuple[torch.Tensor, ...]] = [()]
         declared = {decl.name: decl for decl in plan.declared}
@@ -277,8 +279,10 @@ def _shape_text(shape: tuple[str | int, ...] | None) -> str:
 class _Resolver:
     """Turns objective expressions into closures over the term values and the let values."""
 
-    def __init__(self, term_index: dict[int, int], let_index: dict[str, int], params: Mapping[str, float]):
-        self.term_index, self.let_index, self.params = term_index, let_index, params
+    def __init__(
+        self, term_index: dict[int, int], let_index: dict[str, int], params: Mapping[str, float], source: str
+    ):
+        self.term_index, self.let_index, self.params, self.source = term_index, let_index, params, source
         self.schedules = 0
 
     def __call__(self, expr: ObjectiveExpr) -> Combine:
@@ -299,6 +303,8 @@ class _Resolver:
             operand = self(expr.operand)
             return lambda terms, lets, step: -operand(terms, lets, step)
         assert isinstance(expr, Arithmetic)
+        if expr.op == "/" and self.constant(expr.right) == 0:  # a loss over params that come to 0
+            self._fail(expr, "division by zero")
         op = _OPS[expr.op]
         left, right = self(expr.left), self(expr.right)
         return lambda terms, lets, step: op(left(terms, lets, step), right(terms, lets, step))
@@ -316,5 +322,27 @@ class _Resolver:
             left, right = self.constant(expr.left), self.constant(expr.right)
             if left is None or right is None:
                 return None
-            return _OPS[expr.op](left, right)
+            if expr.op == "/" and right == 0:
+                self._fail(expr, "division by zero")
+            value = _OPS[expr.op](left, right)
+            if not abs(value) <= ast.LARGEST_NUMBER:
+                self._fail(expr, "the constant overflows")
+            return value
         return None
+
+    def _fail(self, expr: Arithmetic, problem: str) -> typing.NoReturn:
+        """Arithmetic the checks could not see: the params' values came with the module."""
+        names = ", ".join(f"{name} = {value:g}" for name, value in self.params.items() if name in _params_in(expr))
+        raise LossSpecError(
+            [Diagnostic("E205", f"{problem} with {names}", expr.span, source=self.source)]
+        ) from None
+
+
+def _params_in(expr: ObjectiveExpr) -> set[str]:
+    if isinstance(expr, ParamValue):
+        return {expr.name}
+    if isinstance(expr, Arithmetic):
+        return _params_in(expr.left) | _params_in(expr.right)
+    if isinstance(expr, Negate):
+        return _params_in(expr.operand)
+    return set()

@@ -48,6 +48,13 @@ def _cosine(params: Ramp) -> Callable[[torch.Tensor], torch.Tensor]:
     )
 
 
+def value_range(kind: str, params: _ScheduleParams) -> tuple[float, float]:
+    """The smallest and the largest value a schedule takes."""
+    if isinstance(params, Ramp):
+        return min(params.start, params.end), max(params.start, params.end)
+    return 0.0, 1.0  # warmup
+
+
 #: name -> (parameter model, positional parameter names, factory of the function of the step).
 SCHEDULES: dict[str, tuple[type[_ScheduleParams], tuple[str, ...], Callable]] = {
     "warmup": (Warmup, ("steps",), _warmup),

@@ -1,5 +1,8 @@
 """The Python builder (from lossdsl import terms as T) builds the parser's AST for the same spec."""
 
+import re
+
+import pydantic
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,3 +104,26 @@ def test_python_values_become_spec_values():
     assert T.ce(weight="balanced").node.keywords[0].value == lossdsl.parse("balanced").objective.value
     assert str(T.ce(pred="a b")) == 'ce(pred="a b")'  # not an identifier: a string
     assert str(T.soft_bound(y <= -2.5)) == "soft_bound(y <= -2.5)"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: T.ce(pred="a\nb"), "a spec string cannot hold a line break"),
+        (lambda: T.ce(weight=()), "an empty tuple has no spec form"),
+        (lambda: T.chain(0, "<<", T.input("y")), "unknown comparison '<<'"),
+        (lambda: T.input("and"), "an input name is an identifier other than and, or, not, implies"),
+        (lambda: T.ce(weight=[1e39, 1.0]), "a spec number is finite and at most 3.403e+38"),
+    ],
+)
+def test_values_with_no_spec_form_are_refused_plainly(build, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        build()
+    assert not isinstance(info.value, pydantic.ValidationError)
+
+
+def test_a_reserved_word_as_a_string_value_round_trips():
+    """A str that is a reserved word becomes a quoted string, which parses back."""
+    spec = T.mse(pred="or")
+    assert str(spec) == 'mse(pred="or")'
+    assert lossdsl.parse(str(spec)) == spec.spec

@@ -28,7 +28,32 @@ def test_constant_division_by_zero_is_found_statically(src, column):
 
 
 def test_constant_overflow_is_found_statically():
-    assert codes("1e300 * 1e300 * ce()") == [("E205", 1, 1)]
+    # beyond float32's range: inf in the float32 loss it weighs
+    assert codes("1e20 * 1e20 * ce()") == [("E205", 1, 1)]
+    assert codes("ce() * (1e30 * 1e30)") == [("E205", 1, 9)]
+
+
+@pytest.mark.parametrize("src", ["1e39 * ce()", "soft_bound(y <= 1, margin=1e300)", "ce(weight=[1e308, 1])"])
+def test_a_number_beyond_float32_is_refused(src):
+    ((code, _, _),) = codes(src)
+    assert code == "E006"
+
+
+@pytest.mark.parametrize(
+    ("spec", "params", "message"),
+    [
+        ("param lam = 0\nloss = (1 / lam) * mse()", None, "division by zero with lam = 0"),
+        ("param lam = 1\nloss = mse() / lam", {"lam": 0}, "division by zero with lam = 0"),
+        ("param lam = 2\nloss = mae()\nsubject to mae() <= 1 / (lam - 2)", None, "division by zero with lam = 2"),
+        ("param lam = 1e30\nloss = (lam * lam) * mse()", None, "the constant overflows with lam = 1e+30"),
+    ],
+)
+def test_param_arithmetic_is_checked_when_the_params_get_their_values(spec, params, message):
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(spec, params)
+    (diagnostic,) = info.value.diagnostics
+    assert (diagnostic.code, diagnostic.message) == ("E205", message)
+    assert diagnostic.span is not None and "^" in diagnostic.render()
 
 
 def test_constants_are_folded_into_one_weight():
@@ -62,3 +87,43 @@ def test_every_argument_problem_of_a_call_is_reported():
 def test_no_missing_report_after_a_misspelt_argument():
     # 'gruop' is unknown; reporting 'group' missing too would say the same thing twice.
     assert codes("fairness(dp_gap, gruop=sex)") == [("E203", 1, 18)]
+
+
+@pytest.mark.parametrize(
+    ("src", "column"),
+    [("mse() / warmup(10)", 9), ("(1 / linear(-1, 1, 10)) * mse()", 6), ("mse() / cosine(0, 1, 10)", 9)],
+)
+def test_division_by_a_schedule_that_reaches_zero(src, column):
+    assert codes(src) == [("E205", 1, column)]
+
+
+def test_division_by_a_schedule_away_from_zero():
+    loss_fn = lossdsl.compile("mse() / linear(2, 4, 10)")
+    pred, target = torch.randn(5), torch.randn(5)
+    torch.testing.assert_close(loss_fn(pred, target), F.mse_loss(pred, target) / 2)
+
+
+@pytest.mark.parametrize(
+    ("src", "line", "message"),
+    [
+        ("let total = ce()\nloss = total + mse(pred=p)", 1, "'total' names the whole loss in last_terms"),
+        ("loss = mse()\nsubject to mae() <= 1 as total", 2, "'total' names the whole loss in last_terms"),
+        ("let fit = mse()\nloss = fit + mae()\nsubject to mae() <= 1 as fit", 3, "'fit' is defined twice"),
+        ("loss = mse()\nsubject to mae() <= 1 as a\nsubject to mae() <= 2 as a", 3, "'a' is defined twice"),
+    ],
+)
+def test_names_that_would_clash_in_last_terms(src, line, message):
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(src)
+    (diagnostic,) = info.value.diagnostics
+    assert (diagnostic.code, diagnostic.span.line, diagnostic.message) == ("E102", line, message)
+
+
+def test_a_term_label_gives_way_to_a_constraint_name():
+    loss_fn = lossdsl.compile("loss = mse()\nsubject to mae() <= 1 as mae")
+    pred, target = torch.randn(6), torch.randn(6)
+    loss_fn(pred, target)
+    terms = loss_fn.last_terms
+    assert set(terms) == {"mse", "mae_", "mae", "mae.violation", "mae.multiplier", "total"}
+    torch.testing.assert_close(terms["mae_"], F.l1_loss(pred, target))
+    torch.testing.assert_close(terms["mae"], F.l1_loss(pred, target))

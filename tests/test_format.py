@@ -29,7 +29,7 @@ identifiers = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,7}", fullmatch=True).filte
 
 numbers = st.one_of(
     st.integers(min_value=0, max_value=10**30),
-    st.floats(min_value=0.0, allow_nan=False, allow_infinity=False).filter(lambda x: math.copysign(1.0, x) > 0),
+    st.floats(min_value=0.0, max_value=ast.LARGEST_NUMBER).filter(lambda x: math.copysign(1.0, x) > 0),
 ).map(lambda v: ast.Number(value=v))
 
 # Strings hold anything but a line break: the language has no escape for one.

@@ -100,3 +100,15 @@ def test_check_command_follows_includes(project, capsys):
     assert "inputs.loss:1:1: warning[W004]: no objective: checked as a file to include" in out
     assert "base.loss:1:1: warning[W002]: param 'lam' is not used" in out  # base.loss alone does not use it
     assert out.splitlines()[-1] == "2 warnings (3 files checked)"
+
+
+def test_an_include_path_with_a_nul_character_is_a_diagnostic(project, capsys):
+    path = project / "exp.loss"
+    path.write_text('include "shared/a\0b.loss"\nloss = mse()\n')
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.load(path)
+    (diagnostic,) = info.value.diagnostics
+    assert (diagnostic.code, diagnostic.span.line, diagnostic.message) == (
+        "E010", 1, "an include path cannot hold a NUL character")
+    assert lossdsl.cli.main(["check", str(path)]) == 1
+    assert "Traceback" not in capsys.readouterr().err

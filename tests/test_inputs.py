@@ -79,6 +79,11 @@ def test_fixed_dimensions_are_checked():
         ("inputs:\n  pred: logit[N]\nloss = mse()", "E106", 2, 3, "did you mean 'logits'?"),
         ("inputs:\n  y: real[N]\n  y: real[N]\nloss = soft_bound(y <= 1)", "E102", 3, 3, "declared twice"),
         ("inputs:\n  y: real[N] of 3\nloss = soft_bound(y <= 1)", "E204", 2, 3, "applies to group inputs"),
+        ("inputs:\n  pred: logits[N]\n  target: binary[N]\n  sex: group[N] of 99999999999\n"
+         "loss = fairness(dp_gap, group=sex)", "E205", 4, 3, "a group input has 1 to 16777216 groups"),
+        ("inputs:\n  pred: logits[N]\n  target: binary[N]\n  sex: group[N] of 0\n"
+         "loss = fairness(dp_gap, group=sex)", "E205", 4, 3, "a group input has 1 to 16777216 groups"),
+        ("fairness(dp_gap, group=sex, groups=16777217)", "E205", 1, 36, "less than or equal to 16777216"),
         ("inputs:\n  y: real[N]\nloss = soft_bound(yy <= 1)", "E104", 3, 19, "did you mean 'y'?"),
         ("inputs:\n  y: real[N]\nloss = mean(abs(y)) + z", "E104", 3, 23, "undefined name 'z'"),
         ("loss = ce()\ny: real[N]", "E005", 2, 1, "outside an 'inputs:' block"),
@@ -101,3 +106,11 @@ def test_declared_specs_format_and_reparse():
     spec = lossdsl.parse(CREDIT)
     assert lossdsl.parse(lossdsl.format(spec)) == spec
     assert lossdsl.format(spec).startswith("inputs:\n    pred: logits[N]\n")
+
+
+def test_too_many_declared_groups_is_one_diagnostic():
+    """The fairness term that reads the input does not repeat the declaration's error."""
+    src = "inputs:\n  pred: logits[N]\n  target: binary[N]\n  sex: group[N] of 99999999999\nloss = fairness(dp_gap, group=sex)"
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(src)
+    assert [(d.code, d.span.line) for d in info.value.diagnostics] == [("E205", 4)]

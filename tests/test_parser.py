@@ -349,6 +349,8 @@ INVALID = [
     ("loss = ce() + \u00fc", "E003", 1, 15),
     ('let a = "abc\nloss = ce()', "E003", 1, 9),
     ('loss = f("open', "E003", 1, 10),
+    ('ce(pred="a\rb")', "E003", 1, 9),  # a carriage return ends a line too
+    ('ce(pred="a\\\rb")', "E003", 1, 9),  # escaped or not
     # E004 nesting too deep
     (DEEP_LIST, "E004", 1, 50),
     (DEEP_NEG, "E004", 1, 51),
@@ -483,7 +485,7 @@ def test_hints(text, hint):
 
 
 def test_e104_did_you_mean_only_offers_lets_defined_earlier():
-    (diagnostic,) = diagnostics_of("let fair = fairness(fpr_gap, group=sex)\nlet total = ce() + fiar\nloss = total")
+    (diagnostic,) = diagnostics_of("let fair = fairness(fpr_gap, group=sex)\nlet whole = ce() + fiar\nloss = whole")
     assert diagnostic.code == "E104"
     assert diagnostic.message == "undefined name 'fiar'"
     assert diagnostic.hint == "did you mean 'fair'?"

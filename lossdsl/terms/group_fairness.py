@@ -15,7 +15,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from .. import distributed
 from ..errors import LossSpecError
-from ..registry import INPUT, InnerForms, InnerLoss, InputOf, Kinds, SampleWeight, Term, TermParams, register
+from ..registry import INPUT, InnerForms, InnerLoss, InputOf, Kinds, MAX_GROUPS, SampleWeight, Term, TermParams, register
 
 # Each rate as (numerator column, denominator column), from p (the soft prediction), y (the label).
 _RATE_COLUMNS = {
@@ -59,7 +59,8 @@ class FairnessParams(TermParams):
         description="the input holding integer group codes [N], or a tuple of them for intersections: (sex, race)"
     )
     groups: PositiveInt | None = Field(
-        None, description="number of groups when known (codes in [0, groups)); cheaper than ranking the codes"
+        None, le=MAX_GROUPS,
+        description="number of groups when known (codes in [0, groups)); cheaper than ranking the codes",
     )
     ref: Literal["groups", "overall"] = Field(
         "groups", description="compare the groups with each other, or each group with the whole batch"
