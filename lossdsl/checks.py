@@ -203,6 +203,10 @@ class _Checker:
                 if wrong or len(arguments) > 1 or (arguments and (number is None or number <= 0)):
                     self.report("E204", f"{name}() takes one positive number, {_METHODS[name][0]}", chosen)
                     return None
+                if arguments and number < 1 / ast.LARGEST_NUMBER:  # augmented divides by it
+                    self.report("E205", f"{name}()'s {_METHODS[name][0]} is too small for float32: {format_expr(arguments[0])}",
+                                chosen)
+                    return None
                 rate = number if arguments else rate
         return ConstraintPlan(statement.name or f"constraint_{index}", value, compare.ops[0], bound,  # type: ignore[arg-type]
                               method, float(rate), statement.span)
@@ -393,6 +397,9 @@ class _Checker:
         if right_type is Type.NUMBER:  # Loss / Number
             if isinstance(right, Constant) and right.value == 0:
                 self.report("E205", "division by zero", expr.right)
+                return Type.ERROR, None
+            if isinstance(right, Constant) and abs(right.value) < 1 / ast.LARGEST_NUMBER:
+                self.report("E205", f"dividing by {format_expr(expr.right)} weighs the loss beyond float32's range", expr.right)
                 return Type.ERROR, None
             return Type.LOSS, value
         self.report("E302", "cannot divide by a loss", expr, hint="divide a loss by a number, e.g. ce() / 2")

@@ -303,8 +303,11 @@ class _Resolver:
             operand = self(expr.operand)
             return lambda terms, lets, step: -operand(terms, lets, step)
         assert isinstance(expr, Arithmetic)
-        if expr.op == "/" and self.constant(expr.right) == 0:  # a loss over params that come to 0
+        divisor = self.constant(expr.right) if expr.op == "/" else None
+        if divisor == 0:  # a loss over params that come to 0
             self._fail(expr, "division by zero")
+        if divisor is not None and abs(divisor) < 1 / ast.LARGEST_NUMBER:
+            self._fail(expr, "the loss's weight overflows")
         op = _OPS[expr.op]
         left, right = self(expr.left), self(expr.right)
         return lambda terms, lets, step: op(left(terms, lets, step), right(terms, lets, step))

@@ -85,7 +85,7 @@ def _clamp(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """``torch.clamp`` with bounds beyond the dtype's range moved to its edge (torch refuses them:
     1e30 does not fit in float16)."""
     finfo = torch.finfo(value.dtype)
-    return torch.clamp(value, max(low, finfo.min), min(high, finfo.max))
+    return torch.clamp(value, min(max(low, finfo.min), finfo.max), min(max(high, finfo.min), finfo.max))
 
 
 def _as_tensor(value: torch.Tensor | float) -> torch.Tensor:

@@ -425,6 +425,20 @@ def test_soft_f1_soft_values_and_gradients(pred_shape, target_shape, beta, dtype
         assert_parity(ours, soft_fbeta_loss(x.reshape(y.shape[0], -1), y, beta, reduction), x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_soft_f1_large_beta_stays_finite_in_half_precision(dtype):
+    """beta = 1000: (1 + beta^2) overflows float16; the term divides it out. Value and gradient
+    as the float64 reference, to half precision."""
+    x = torch.randn(32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 2, (32,), generator=torch.Generator().manual_seed(1))
+    low = x.to(dtype).requires_grad_()
+    ours = lossdsl.compile("soft_f1(beta=1000)")(pred=low, target=y)
+    reference_x = x.to(dtype).double().requires_grad_()
+    expected = soft_fbeta_loss(reference_x, y, 1000.0, "mean")
+    torch.testing.assert_close(ours.double(), expected, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(grad(ours, low)[0].double(), grad(expected, reference_x)[0], atol=1e-3, rtol=5e-2)
+
+
 def test_soft_f1_empty_label_scores_zero_with_finite_gradient():
     """No positives and no predicted mass (sigmoid(-1000) is exactly 0): F = 0, so the loss is 1."""
     x = torch.full((6, 2), -1000.0, dtype=torch.float64, requires_grad=True)

@@ -127,3 +127,17 @@ def test_a_term_label_gives_way_to_a_constraint_name():
     assert set(terms) == {"mse", "mae_", "mae", "mae.violation", "mae.multiplier", "total"}
     torch.testing.assert_close(terms["mae_"], F.l1_loss(pred, target))
     torch.testing.assert_close(terms["mae"], F.l1_loss(pred, target))
+
+
+def test_dividing_by_a_number_too_small_for_float32():
+    assert codes("soft_f1() / 1e-320") == [("E205", 1, 13)]
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile("param lam = 1\nloss = mse() / lam", {"lam": 1e-300})
+    assert info.value.diagnostics[0].message == "the loss's weight overflows with lam = 1e-300"
+    torch.testing.assert_close(lossdsl.compile("mse() / 1e-30")(torch.ones(2), torch.zeros(2)), torch.tensor(1e30))
+
+
+@pytest.mark.parametrize("method", ["augmented(1e-320)", "lagrangian(lr=1e-40)", "penalty(1e-39)"])
+def test_a_constraint_rate_too_small_for_float32(method):
+    ((code, line, _),) = codes(f"loss = mse()\nsubject to mae() <= 1 using {method}")
+    assert (code, line) == ("E205", 2)

@@ -143,3 +143,8 @@ def test_clamp_bounds_beyond_the_dtype_act_as_its_edge(dtype):
     got = lossdsl.compile("mean(clamp(y, -1e30, 1e30))")(y=y)
     torch.testing.assert_close(got, y.mean())
     torch.testing.assert_close(lossdsl.compile("mean(clamp(y, 0, 1e30))")(y=y), y.clamp(min=0).mean())
+
+
+def test_clamp_bounds_beyond_the_dtype_on_either_side():
+    y = torch.tensor([0.5, 2.0], dtype=torch.float16)
+    torch.testing.assert_close(lossdsl.compile("mean(clamp(y, 1e20, 0.999))")(y=y), torch.clamp(y.float(), 1e20, 0.999).mean().half())

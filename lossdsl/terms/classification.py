@@ -534,7 +534,10 @@ class SoftF1(Term):
 
     def __init__(self, params: SoftF1Params):
         super().__init__()
-        self.beta2 = params.beta**2
+        # F = (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP), divided through by 1 + b^2 so that no
+        # factor overflows a half-precision loss for a large beta.
+        beta2 = params.beta**2
+        self.fn_weight, self.fp_weight = beta2 / (1 + beta2), 1 / (1 + beta2)
         self.reduction = params.reduction
 
     def forward(
@@ -559,7 +562,7 @@ class SoftF1(Term):
         true_positive = (prob * labels).sum(0)
         predicted = prob.sum(0)  # TP + FP
         actual = positives.sum(0)  # TP + FN
-        denominator = (1 + self.beta2) * true_positive + self.beta2 * (actual - true_positive) + (predicted - true_positive)
-        f_beta = (1 + self.beta2) * true_positive / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+        denominator = true_positive + self.fn_weight * (actual - true_positive) + self.fp_weight * (predicted - true_positive)
+        f_beta = true_positive / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
         loss = 1 - f_beta
         return loss.mean() if self.reduction == "mean" else loss.sum()
