@@ -222,8 +222,10 @@ class CrossEntropy(Term):
         if weight is None or not smoothing:
             y = target.to(logits.dtype)
             soft_target = y * (1 - smoothing) + smoothing / 2 if smoothing else y
-            # Weighted here, not by torch's weight=, which passes no gradient to learned sample weights.
-            total = (F.binary_cross_entropy_with_logits(logits, soft_target, reduction="none") * share).sum()
+            if share.requires_grad:  # learned sample weights: torch's weight= passes them no gradient
+                total = (F.binary_cross_entropy_with_logits(logits, soft_target, reduction="none") * share).sum()
+            else:  # one fused kernel
+                total = F.binary_cross_entropy_with_logits(logits, soft_target, weight=share, reduction="sum")
             return total, share.sum()
         # F.cross_entropy's smoothing term weighs each class by its own weight.
         nll_1, nll_0 = F.softplus(-logits), F.softplus(logits)
