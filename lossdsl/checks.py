@@ -39,7 +39,7 @@ from .plan import (
     TermValue,
 )
 from .registry import CONDITION, INPUT, INPUT_KINDS, MAX_GROUPS, REGISTRY, TENSOR, InnerLoss, TermDef
-from .schedules import SCHEDULES, value_range
+from .schedules import SCHEDULES
 from .tensor_expr import FUNCTIONS, names_in
 
 #: ``using METHOD(ARG)``: the argument's name and default.
@@ -165,13 +165,13 @@ class _Checker:
             if kind is Type.NUMBER:
                 self.report("E301", "the objective is a constant number, not a loss", objectives[0].value,
                             hint="build it from terms such as ce() or mse()")
-        self.constraints = [c for c in (self._constraint(s, i) for i, s in enumerate(subject_to, 1)) if c]
-        self._check_constraint_names(subject_to)
+        self.constraints = self._name_constraints(subject_to)
         if any(d.severity == "error" for d in self.diagnostics):
             raise LossSpecError(self.diagnostics)
         return self._plan(objective)
 
-    def _constraint(self, statement: ast.SubjectTo, index: int) -> ConstraintPlan | None:
+    def _constraint(self, statement: ast.SubjectTo) -> ConstraintPlan | None:
+        """The checked constraint; unnamed, its name is "" until ``_name_constraints`` gives one."""
         compare = statement.constraint
         usage = "a constraint compares a loss with a number: subject to fairness(eo_gap, group=sex) <= 0.02"
         if not isinstance(compare, ast.Compare) or len(compare.ops) != 1 or compare.ops[0] in ("<", ">"):
@@ -203,29 +203,44 @@ class _Checker:
                 if wrong or len(arguments) > 1 or (arguments and (number is None or number <= 0)):
                     self.report("E204", f"{name}() takes one positive number, {_METHODS[name][0]}", chosen)
                     return None
-                if arguments and number < 1 / ast.LARGEST_NUMBER:  # augmented divides by it
+                if name == "augmented" and arguments and number < 1 / ast.LARGEST_NUMBER:  # it divides lam by rho
                     self.report("E205", f"{name}()'s {_METHODS[name][0]} is too small for float32: {format_expr(arguments[0])}",
                                 chosen)
                     return None
                 rate = number if arguments else rate
-        return ConstraintPlan(statement.name or f"constraint_{index}", value, compare.ops[0], bound,  # type: ignore[arg-type]
+        return ConstraintPlan(statement.name or "", value, compare.ops[0], bound,  # type: ignore[arg-type]
                               method, float(rate), statement.span)
 
-    def _check_constraint_names(self, statements: list[ast.SubjectTo]) -> None:
-        """``as NAME`` labels the constraint in last_terms: a let's name or another's would clash."""
+    def _name_constraints(self, statements: list[ast.SubjectTo]) -> list[ConstraintPlan]:
+        """The checked constraints, each with its label in last_terms: ``as NAME``, which must not be
+        a let's name, another constraint's or ``total`` (E102), else ``constraint_<i>`` (with a
+        trailing ``_`` while that is taken)."""
         named: dict[str, ast.SubjectTo] = {}
         for statement in statements:
             name = statement.name
-            if name is None:
-                continue
             if name == TOTAL_LABEL:
                 self.report("E102", f"'{TOTAL_LABEL}' names the whole loss in last_terms", statement,
                             hint="choose another name for the constraint")
-            elif name in self.lets or name in named:
+            elif name is not None and (name in self.lets or name in named):
                 first = self.lets[name].statement if name in self.lets else named[name]
                 self.report("E102", f"'{name}' is defined twice", statement,
                             hint=f"it is first defined at {self._where(first.span, statement.span)}")
-            named.setdefault(name, statement)
+            if name is not None:
+                named.setdefault(name, statement)
+        taken = {*self.lets, *named, TOTAL_LABEL}
+        constraints = []
+        for index, statement in enumerate(statements, 1):
+            plan = self._constraint(statement)
+            if plan is None:
+                continue
+            if statement.name is None:
+                name = f"constraint_{index}"
+                while name in taken:
+                    name += "_"
+                taken.add(name)
+                plan = dataclasses.replace(plan, name=name)
+            constraints.append(plan)
+        return constraints
 
     @staticmethod
     def _where(span: ast.Span | None, here: ast.Span | None) -> str:
@@ -370,12 +385,6 @@ class _Checker:
             return Type.ERROR, None
         assert left is not None and right is not None
         value = Arithmetic(expr.op, left, right, expr.span)
-        if expr.op == "/" and isinstance(right, ScheduleValue):
-            low, high = value_range(right.kind, right.params)
-            if low <= 0 <= high:
-                self.report("E205", f"division by zero: {right.kind}() takes every value from {low:g} to {high:g}",
-                            expr.right, hint=f"multiply by a schedule instead, e.g. ce() * {right.kind}(...)")
-                return Type.ERROR, None
         if left_type is Type.NUMBER and right_type is Type.NUMBER:
             if not (isinstance(left, Constant) and isinstance(right, Constant)):
                 return Type.NUMBER, value  # arithmetic over params, computed when the module is built

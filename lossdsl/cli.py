@@ -110,8 +110,8 @@ def _check_file(path: Path, params: dict[str, float]) -> list[Diagnostic]:
     try:
         text = read_spec(path)
         plan = plan_for(text, str(path), library=True)
-        if params and plan.objective is not None:
-            LossModule(plan, check_overrides(plan, params))  # builds the terms: validates params given to them
+        if plan.objective is not None:  # building finds what needs the params' values (E205 on their arithmetic)
+            LossModule(plan, check_overrides(plan, params))
     except LossSpecError as exc:
         return [_in_file(d, path) for d in exc.diagnostics]
     return list(plan.warnings)

@@ -39,7 +39,7 @@ _RESERVED_USE = {
     "IMPLIES": "joins two conditions inside soft_bound, as in soft_bound(a > 0 implies b >= 1)",
 }
 # An operator that needs an operand after it.
-_NEEDS_OPERAND = frozenset({"PLUS", "MINUS", "STAR", "SLASH", "COMPARE_OP", "AND", "OR", "NOT", "IMPLIES"})
+_NEEDS_OPERAND = _CONTINUES_AFTER - {"COMMA", "EQUAL"}
 _CLOSERS = frozenset(_OPENERS.values())
 
 _TOKEN_NAMES = {
@@ -381,7 +381,7 @@ class _AstBuilder(Transformer_NonRecursive):
             value = math.inf
         if not value <= ast.LARGEST_NUMBER:  # inf too
             diagnostic = Diagnostic("E006", "number too large", self._span(meta), source=self.text,
-                                    hint=f"numbers go up to {ast.LARGEST_NUMBER:.4g} (float32's largest)")
+                                    hint=f"numbers go up to {ast.LARGEST_NUMBER!r} (float32's largest)")
             raise LossSpecError([diagnostic])
         return self._node(ast.Number, meta, value=value)
 

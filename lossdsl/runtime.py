@@ -31,7 +31,7 @@ from .plan import (
     TermPlan,
     TermValue,
 )
-from .schedules import SCHEDULES
+from .schedules import SCHEDULES, value_range
 from .registry import TermParams
 
 Values = Sequence[torch.Tensor]
@@ -296,49 +296,91 @@ class _Resolver:
             self.schedules += 1
             function = SCHEDULES[expr.kind][2](expr.params)
             return lambda terms, lets, step: function(step)
-        if isinstance(expr, (Constant, ParamValue)) or self.constant(expr) is not None:
-            value = self.constant(expr)
+        value = self.constant(expr)
+        if value is not None:
             return lambda terms, lets, step: value
         if isinstance(expr, Negate):
             operand = self(expr.operand)
             return lambda terms, lets, step: -operand(terms, lets, step)
         assert isinstance(expr, Arithmetic)
-        divisor = self.constant(expr.right) if expr.op == "/" else None
-        if divisor == 0:  # a loss over params that come to 0
-            self._fail(expr, "division by zero")
-        if divisor is not None and abs(divisor) < 1 / ast.LARGEST_NUMBER:
-            self._fail(expr, "the loss's weight overflows")
+        is_number = self._range(expr) is not None  # (reports a division through 0, or a number beyond float32)
+        if not is_number and not self._weight(expr) <= ast.LARGEST_NUMBER:
+            self._fail(expr, "the loss's weight overflows float32")
         op = _OPS[expr.op]
         left, right = self(expr.left), self(expr.right)
         return lambda terms, lets, step: op(left(terms, lets, step), right(terms, lets, step))
 
     def constant(self, expr: ObjectiveExpr) -> float | None:
-        """The value of number arithmetic (params included), computed once here; None for losses."""
+        """The value of number arithmetic over params, computed once here; None for losses and schedules."""
+        if _moves(expr):
+            return None
+        bounds = self._range(expr)
+        return None if bounds is None else bounds[0]
+
+    def _range(self, expr: ObjectiveExpr) -> tuple[float, float] | None:
+        """The smallest and largest value of number arithmetic: params at their values, schedules over
+        all their steps; None for a loss. Reports a divisor whose range holds 0, and a number beyond
+        float32. The checks did the same for literals; params get their values only now."""
         if isinstance(expr, Constant):
-            return expr.value
+            return expr.value, expr.value
         if isinstance(expr, ParamValue):
-            return self.params[expr.name]
+            return self.params[expr.name], self.params[expr.name]
+        if isinstance(expr, ScheduleValue):
+            return value_range(expr.kind, expr.params)
         if isinstance(expr, Negate):
-            value = self.constant(expr.operand)
-            return None if value is None else -value
-        if isinstance(expr, Arithmetic):
-            left, right = self.constant(expr.left), self.constant(expr.right)
-            if left is None or right is None:
-                return None
-            if expr.op == "/" and right == 0:
-                self._fail(expr, "division by zero")
-            value = _OPS[expr.op](left, right)
-            if not abs(value) <= ast.LARGEST_NUMBER:
-                self._fail(expr, "the constant overflows")
-            return value
-        return None
+            inner = self._range(expr.operand)
+            return None if inner is None else (-inner[1], -inner[0])
+        if not isinstance(expr, Arithmetic):
+            return None
+        left, right = self._range(expr.left), self._range(expr.right)
+        if expr.op == "/" and right is not None and right[0] <= 0 <= right[1]:
+            low, high = right
+            self._fail(expr, "division by zero" if low == high else f"division by zero: the divisor goes from {low + 0:g} to {high + 0:g}")  # (no -0)
+        if left is None or right is None:
+            return None
+        if expr.op == "+":
+            bounds = left[0] + right[0], left[1] + right[1]
+        elif expr.op == "-":
+            bounds = left[0] - right[1], left[1] - right[0]
+        else:
+            factors = (1 / right[1], 1 / right[0]) if expr.op == "/" else right
+            products = [a * b for a in left for b in factors]
+            bounds = min(products), max(products)
+        if not max(abs(bounds[0]), abs(bounds[1])) <= ast.LARGEST_NUMBER:  # inf and nan too
+            self._fail(expr, "the constant overflows")
+        return bounds
+
+    def _weight(self, expr: ObjectiveExpr) -> float:
+        """The largest factor a loss in ``expr`` is multiplied by (divisors hold no 0 by now)."""
+        if isinstance(expr, (TermValue, LetValue)):
+            return 1.0
+        if isinstance(expr, Negate):
+            return self._weight(expr.operand)
+        if not isinstance(expr, Arithmetic):
+            return 0.0
+        left, right = self._range(expr.left), self._range(expr.right)
+        if left is None and right is None:  # loss + loss, loss - loss
+            return max(self._weight(expr.left), self._weight(expr.right))
+        loss, number = (expr.right, left) if right is None else (expr.left, right)
+        smallest, largest = sorted(abs(bound) for bound in number)
+        return self._weight(loss) * (1 / smallest if expr.op == "/" else largest)
 
     def _fail(self, expr: Arithmetic, problem: str) -> typing.NoReturn:
         """Arithmetic the checks could not see: the params' values came with the module."""
         names = ", ".join(f"{name} = {value:g}" for name, value in self.params.items() if name in _params_in(expr))
-        raise LossSpecError(
-            [Diagnostic("E205", f"{problem} with {names}", expr.span, source=self.source)]
-        ) from None
+        message = f"{problem} with {names}" if names else problem
+        raise LossSpecError([Diagnostic("E205", message, expr.span, source=self.source)]) from None
+
+
+def _moves(expr: ObjectiveExpr) -> bool:
+    """Whether number arithmetic holds a schedule."""
+    if isinstance(expr, ScheduleValue):
+        return True
+    if isinstance(expr, Arithmetic):
+        return _moves(expr.left) or _moves(expr.right)
+    if isinstance(expr, Negate):
+        return _moves(expr.operand)
+    return False
 
 
 def _params_in(expr: ObjectiveExpr) -> set[str]:

@@ -90,11 +90,37 @@ def test_no_missing_report_after_a_misspelt_argument():
 
 
 @pytest.mark.parametrize(
-    ("src", "column"),
-    [("mse() / warmup(10)", 9), ("(1 / linear(-1, 1, 10)) * mse()", 6), ("mse() / cosine(0, 1, 10)", 9)],
+    ("src", "column", "message"),
+    [
+        ("mse() / warmup(10)", 1, "division by zero: the divisor goes from 0 to 1"),
+        ("(1 / linear(-1, 1, 10)) * mse()", 2, "division by zero: the divisor goes from -1 to 1"),
+        ("mse() / cosine(0, 1, 10)", 1, "division by zero: the divisor goes from 0 to 1"),
+        # inside arithmetic, and over params
+        ("mse() / (2 * warmup(10))", 1, "division by zero: the divisor goes from 0 to 2"),
+        ("mse() / -warmup(10)", 1, "division by zero: the divisor goes from -1 to 0"),
+        ("mse() / (warmup(10) - 1)", 1, "division by zero: the divisor goes from -1 to 0"),
+        ("param lam = 1\nloss = mse() / (lam * warmup(10))", 8, "division by zero: the divisor goes from 0 to 1 with lam = 1"),
+    ],
 )
-def test_division_by_a_schedule_that_reaches_zero(src, column):
-    assert codes(src) == [("E205", 1, column)]
+def test_division_by_a_schedule_that_reaches_zero(src, column, message):
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(src)
+    (diagnostic,) = info.value.diagnostics
+    assert (diagnostic.code, diagnostic.span.column, diagnostic.message) == ("E205", column, message)
+
+
+@pytest.mark.parametrize(
+    ("spec", "params", "message"),
+    [
+        ("param lam = 1\nloss = mse() * lam * lam", {"lam": 1e20}, "the loss's weight overflows float32 with lam = 1e+20"),
+        ("param lam = 1\nloss = mse() / lam / lam", {"lam": 1e-20}, "the loss's weight overflows float32 with lam = 1e-20"),
+        ("loss = mse() * 1e20 * linear(1, 1e20, 10)", None, "the loss's weight overflows float32"),
+    ],
+)
+def test_a_loss_weight_beyond_float32_over_several_factors(spec, params, message):
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(spec, params)
+    assert [(d.code, d.message) for d in info.value.diagnostics] == [("E205", message)]
 
 
 def test_division_by_a_schedule_away_from_zero():
@@ -133,11 +159,31 @@ def test_dividing_by_a_number_too_small_for_float32():
     assert codes("soft_f1() / 1e-320") == [("E205", 1, 13)]
     with pytest.raises(lossdsl.LossSpecError) as info:
         lossdsl.compile("param lam = 1\nloss = mse() / lam", {"lam": 1e-300})
-    assert info.value.diagnostics[0].message == "the loss's weight overflows with lam = 1e-300"
+    assert info.value.diagnostics[0].message == "the loss's weight overflows float32 with lam = 1e-300"
     torch.testing.assert_close(lossdsl.compile("mse() / 1e-30")(torch.ones(2), torch.zeros(2)), torch.tensor(1e30))
 
 
-@pytest.mark.parametrize("method", ["augmented(1e-320)", "lagrangian(lr=1e-40)", "penalty(1e-39)"])
-def test_a_constraint_rate_too_small_for_float32(method):
-    ((code, line, _),) = codes(f"loss = mse()\nsubject to mae() <= 1 using {method}")
+def test_a_constraint_rho_too_small_for_float32():
+    """augmented divides the multiplier by rho: a rho whose reciprocal float32 cannot hold is refused."""
+    ((code, line, _),) = codes("loss = mse()\nsubject to mae() <= 1 using augmented(1e-320)")
     assert (code, line) == ("E205", 2)
+    for method in ("lagrangian(lr=1e-40)", "penalty(1e-39)"):  # these only multiply
+        lossdsl.compile(f"loss = mse()\nsubject to mae() <= 1 using {method}")
+
+
+@pytest.mark.parametrize(
+    ("src", "labels"),
+    [
+        ("loss = mse()\nsubject to mae() <= 1\nsubject to mae() <= 2 as constraint_1", ["constraint_1_", "constraint_1"]),
+        ("let constraint_1 = mae()\nloss = mse() + constraint_1\nsubject to mae() <= 1", ["constraint_1", "constraint_1_"]),
+    ],
+)
+def test_a_default_constraint_name_gives_way(src, labels):
+    loss_fn = lossdsl.compile(src)
+    pred, target = torch.randn(6), torch.randn(6)
+    loss_fn(pred, target)
+    terms = loss_fn.last_terms
+    assert [label for label in terms if label.startswith("constraint_") and "." not in label] == labels
+    for label in labels:  # each constraint is there, with its own value
+        torch.testing.assert_close(terms[label], F.l1_loss(pred, target))
+    assert len(terms) == len(loss_fn._last_labels)  # nothing overwritten

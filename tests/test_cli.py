@@ -354,3 +354,14 @@ def test_check_param_needs_name_equals_number(capsys, tmp_path):
         cli.main(["check", str(tmp_path), "--param", "lam=high"])
     assert info.value.code == 2
     assert "expected NAME=NUMBER" in capsys.readouterr().err
+
+
+def test_check_finds_what_needs_the_params_values(capsys, tmp_path):
+    """check builds the module as compile does: a param that divides to zero is E205 without --param."""
+    path = tmp_path / "a.loss"
+    path.write_text("param lam = 0\nloss = mse() / lam\n")
+    status, out, _ = run(capsys, "check", str(path))
+    assert status == 1
+    assert f"{path}:2:8: error[E205]: division by zero with lam = 0" in out
+    status, _, _ = run(capsys, "check", str(path), "--param", "lam=2")
+    assert status == 0

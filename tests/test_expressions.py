@@ -148,3 +148,10 @@ def test_clamp_bounds_beyond_the_dtype_act_as_its_edge(dtype):
 def test_clamp_bounds_beyond_the_dtype_on_either_side():
     y = torch.tensor([0.5, 2.0], dtype=torch.float16)
     torch.testing.assert_close(lossdsl.compile("mean(clamp(y, 1e20, 0.999))")(y=y), torch.clamp(y.float(), 1e20, 0.999).mean().half())
+
+
+def test_the_input_that_does_not_broadcast_is_named():
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile("mean(y + w - z)")(y=torch.randn(8), w=torch.randn(8, 1), z=torch.randn(3))
+    assert info.value.diagnostics[0].message.startswith("input 'z' of mean()")
+    assert "y (8,), w (8, 1), z (3,)" in info.value.diagnostics[0].message

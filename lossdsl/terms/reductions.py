@@ -44,13 +44,21 @@ class _Reduce(Term):
         try:
             torch.broadcast_shapes(*(t.shape for t in tensors))
         except RuntimeError:
-            shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in zip(self.input_names, tensors))
-            self.fail(len(tensors) - 1, f"the inputs' shapes do not broadcast together: {shapes}")
+            self._fail_to_broadcast(tensors)
         value = self.expression(tensors)
         if sample_weight is not None:
             batch = value.shape[0] if value.dim() else 1
             sample_weight = self.expect_sample_weight(len(tensors), sample_weight, batch, value.dtype)
         return self.reduce(value, sample_weight)
+
+    def _fail_to_broadcast(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        """Name the first input that does not broadcast with the ones before it."""
+        for i in range(1, len(tensors)):
+            try:
+                torch.broadcast_shapes(*(t.shape for t in tensors[: i + 1]))
+            except RuntimeError:
+                shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in zip(self.input_names, tensors[: i + 1]))
+                self.fail(i, f"the inputs' shapes do not broadcast together: {shapes}")
 
 
 @register("mean", ReductionTermParams, "The mean of an element-wise tensor expression.", example="mean(abs(pred - target))")
