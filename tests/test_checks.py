@@ -13,6 +13,14 @@ def codes(src):
     return [(d.code, d.span.line, d.span.column) for d in info.value.diagnostics]
 
 
+def only_diagnostic(src, params=None):
+    """The one diagnostic that compiling ``src`` raises."""
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(src, params)
+    (diagnostic,) = info.value.diagnostics
+    return diagnostic
+
+
 @pytest.mark.parametrize(
     ("src", "column"),
     [
@@ -49,9 +57,7 @@ def test_a_number_beyond_float32_is_refused(src):
     ],
 )
 def test_param_arithmetic_is_checked_when_the_params_get_their_values(spec, params, message):
-    with pytest.raises(lossdsl.LossSpecError) as info:
-        lossdsl.compile(spec, params)
-    (diagnostic,) = info.value.diagnostics
+    diagnostic = only_diagnostic(spec, params)
     assert (diagnostic.code, diagnostic.message) == ("E205", message)
     assert diagnostic.span is not None and "^" in diagnostic.render()
 
@@ -103,9 +109,7 @@ def test_no_missing_report_after_a_misspelt_argument():
     ],
 )
 def test_division_by_a_schedule_that_reaches_zero(src, column, message):
-    with pytest.raises(lossdsl.LossSpecError) as info:
-        lossdsl.compile(src)
-    (diagnostic,) = info.value.diagnostics
+    diagnostic = only_diagnostic(src)
     assert (diagnostic.code, diagnostic.span.column, diagnostic.message) == ("E205", column, message)
 
 
@@ -118,9 +122,8 @@ def test_division_by_a_schedule_that_reaches_zero(src, column, message):
     ],
 )
 def test_a_loss_weight_beyond_float32_over_several_factors(spec, params, message):
-    with pytest.raises(lossdsl.LossSpecError) as info:
-        lossdsl.compile(spec, params)
-    assert [(d.code, d.message) for d in info.value.diagnostics] == [("E205", message)]
+    diagnostic = only_diagnostic(spec, params)
+    assert (diagnostic.code, diagnostic.message) == ("E205", message)
 
 
 def test_division_by_a_schedule_away_from_zero():
@@ -139,9 +142,7 @@ def test_division_by_a_schedule_away_from_zero():
     ],
 )
 def test_names_that_would_clash_in_last_terms(src, line, message):
-    with pytest.raises(lossdsl.LossSpecError) as info:
-        lossdsl.compile(src)
-    (diagnostic,) = info.value.diagnostics
+    diagnostic = only_diagnostic(src)
     assert (diagnostic.code, diagnostic.span.line, diagnostic.message) == ("E102", line, message)
 
 
