@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+
+from lark import Lark, Token
+
 from . import ast
 
 # Binding strength: a child binding looser than its slot needs parentheses.
@@ -164,18 +169,30 @@ def _line_range(node: ast.Node) -> tuple[int, int]:
 
 
 def _comments(text: str) -> dict[int, str]:
-    """Line number -> the comment on it (``# ...``), outside string literals."""
-    found = {}
-    for number, line in enumerate(text.split("\n"), start=1):
-        in_string = escaped = False
-        for column, char in enumerate(line):
-            if in_string:
-                escaped = char == "\\" and not escaped
-                if char == '"' and not escaped:
-                    in_string = False
-            elif char == '"':
-                in_string = True
-            elif char == "#":
-                found[number] = line[column:].rstrip()
-                break
-    return found
+    """Line number -> the comment on it (``# ...``), as the grammar's own lexer reads it: a ``#``
+    inside a string (``"a\\"#"`` too) is no comment."""
+    found: list[Token] = []
+    _COLLECTED.comments = found
+    try:
+        for _ in _comment_lexer().lex(text):
+            pass
+    finally:
+        _COLLECTED.comments = None
+    return {token.line: str(token).rstrip() for token in found}
+
+
+# The comments the lexer passes to its callback, per thread (the lexer is built once and shared).
+_COLLECTED = threading.local()
+
+
+def _collect_comment(token: Token) -> Token:
+    _COLLECTED.comments.append(token)
+    return token
+
+
+@functools.cache
+def _comment_lexer() -> Lark:
+    """The grammar's terminals in a plain lexer that hands each ignored comment to a callback."""
+    return Lark.open_from_package(
+        "lossdsl.grammar", "loss.lark", parser="lalr", lexer="basic", lexer_callbacks={"COMMENT": _collect_comment}
+    )
