@@ -68,6 +68,36 @@ _TOKEN_NAMES = {
 }
 
 
+def _expected_terminals(exc: UnexpectedInput) -> set[str]:
+    """The terminals that can follow where the parse stopped. The parser's own list holds every
+    lookahead of the state, some of which only fit elsewhere (LALR merges them: ')' after
+    ``param a = 1``); asking the parser which it accepts gives the ones that fit here."""
+    expected = set(getattr(exc, "expected", ()))
+    interactive = getattr(exc, "interactive_parser", None)
+    if interactive is not None:
+        try:
+            expected = set(interactive.accepts())
+        except UnexpectedInput:  # pragma: no cover - the parser's state is valid up to the token
+            pass
+    if "_NL" in expected:  # 'end of line' covers the end of the input too
+        expected.discard("$END")
+    return expected
+
+
+def _expected_name(terminal: str) -> str:
+    """How a hint names a terminal the parser expected: a keyword or symbol as it is written
+    (``_OF`` is 'of'), the others by what they are; never Lark's own name for it."""
+    if terminal in _TOKEN_NAMES:
+        return _TOKEN_NAMES[terminal]
+    try:
+        pattern = _parser().get_terminal(terminal).pattern
+    except KeyError:  # a name Lark made up that no terminal has
+        return "more input"
+    if pattern.type == "str":
+        return f"'{pattern.value}'"
+    return terminal.strip("_").lower().replace("_", " ")
+
+
 class _LineJoiner:
     """Post-lexer: drops newlines that do not end a statement, retypes reserved words.
 
@@ -170,7 +200,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str | None) ->
             return Diagnostic("E003", "unterminated string", span, hint="close it with '\"' on the same line", source=text)
         return Diagnostic("E003", f"unexpected character {char!r}", span, source=text)
     token = getattr(exc, "token", None)
-    expected = sorted({_TOKEN_NAMES.get(name, repr(name)) for name in getattr(exc, "expected", ())})
+    expected = sorted({_expected_name(name) for name in _expected_terminals(exc)})
     hint = f"expected {_or_list(expected)}" if expected else None
     if isinstance(exc, UnexpectedEOF) or (token is not None and token.type in ("$END", "_NL")):
         what = "end of input" if (token is None or token.type == "$END") else "end of line"
