@@ -12,8 +12,9 @@ parameters and called with the input tensors in the order of
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
@@ -188,6 +189,43 @@ def _mentions(annotation: Any, kind: type) -> bool:
     )
 
 
+#: A symbolic shape: "N" the batch, "C" the classes, other names 4, numbers as they are.
+Shape = tuple[str | int, ...]
+
+
+class Fit(NamedTuple):
+    """An input's shape in one of a term's layouts, and the kinds (of those its parameter accepts)
+    that fit there: ``Fit(("N", 4, 4), ("labels",))`` for class indices beside logits [N, C, 4, 4]."""
+
+    shape: Shape
+    kinds: tuple[str, ...] = ()
+
+
+#: How a term's inputs may be shaped together: role -> shape (or Fit); roles left out are [N].
+Layout = Mapping[str, Shape | Fit]
+
+
+def same_shape_layouts(*roles: str, kinds: Mapping[str, tuple[str, ...]] | None = None,
+                       last: int | None = None) -> tuple[Layout, ...]:
+    """Layouts of an element-wise term whose ``roles`` share one shape: [N], [N, C], [N, C, 4, 4]; or
+    [N, last] and [N, C, last] when an argument fixes the last dimension (one entry per label)."""
+    shapes: tuple[Shape, ...] = (("N",), ("N", "C"), ("N", "C", 4, 4)) if last is None else (("N", last), ("N", "C", last))
+    kinds = kinds or {}
+    return tuple({role: Fit(shape, kinds.get(role, ())) for role in roles} for shape in shapes)
+
+
+def class_layouts(classes: int | str = "C", binary: bool = True, pred: str = "pred",
+                  target: str = "target") -> tuple[Layout, ...]:
+    """Layouts of logits with integer class indices: binary logits [N] with 0/1 labels (when
+    ``binary``), then logits [N, classes] and [N, classes, 4, 4] with class indices."""
+    layouts: list[Layout] = [{pred: ("N",), target: Fit(("N",), ("labels", "binary"))}] if binary else []
+    layouts += [
+        {pred: ("N", classes), target: Fit(("N",), ("labels",))},
+        {pred: ("N", classes, 4, 4), target: Fit(("N", 4, 4), ("labels",))},
+    ]
+    return tuple(layouts)
+
+
 @dataclass(frozen=True)
 class TermDef:
     name: str
@@ -198,8 +236,17 @@ class TermDef:
     example: str = ""
     #: What the positional parameter is called in messages ("statistic" for fairness).
     noun: str = "value"
-    #: Symbolic shapes of inputs that are not ``[N]``, for synthetic inputs: role -> shape.
-    shapes: tuple[tuple[str, tuple[str | int, ...]], ...] = ()
+    #: How the inputs are shaped, for synthetic inputs (``lossdsl verify`` and ``explain``): the
+    #: shapes of the roles that are not [N] (role -> shape), or a function of the term's parameters
+    #: that gives the layouts it accepts, most preferred first (``lossdsl.synthetic`` picks one per
+    #: term so that inputs shared between terms agree).
+    shapes: tuple[tuple[str, Shape], ...] | Callable[[Any], Sequence[Layout]] = ()
+
+    def layouts(self, params: TermParams) -> tuple[Layout, ...]:
+        """The layouts this term accepts with these parameters, most preferred first."""
+        if callable(self.shapes):
+            return tuple(self.shapes(params)) or ({},)
+        return (dict(self.shapes),)
 
 
 REGISTRY: dict[str, TermDef] = {}
@@ -211,7 +258,7 @@ def register(
     doc: str,
     example: str = "",
     noun: str = "value",
-    shapes: dict[str, tuple[str | int, ...]] | None = None,
+    shapes: dict[str, Shape] | Callable[[Any], Sequence[Layout]] | None = None,
 ):
     """Class decorator: register an ``nn.Module`` subclass as the term ``name``."""
 
@@ -220,7 +267,7 @@ def register(
             raise ValueError(f"term '{name}' is registered twice")
         REGISTRY[name] = TermDef(
             name=name, params=params, module=module, doc=doc, example=example or f"{name}()", noun=noun,
-            shapes=tuple((shapes or {}).items()),
+            shapes=shapes if callable(shapes) else tuple((shapes or {}).items()),
         )
         return module
 

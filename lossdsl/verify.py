@@ -91,18 +91,20 @@ def _gradcheck(plan: Plan, kinds: dict[str, str]) -> Check:
 
 
 def _balance(plan: Plan, kinds: dict[str, str]) -> Check:
+    """Each term's gradient norm with respect to the learned inputs: the terms only, not the lets
+    that add them up nor a constraint's value, violation and multiplier."""
     inputs = synthetic_inputs(plan)
     learned = _learned(inputs, kinds)
     module = LossModule(plan).eval()
-    module(**inputs)
+    module(**inputs)  # the whole loss runs first: its checks name the input that does not fit
     norms = {}
-    for label, value in zip(module._last_labels, module._last[0]):
-        if label == "total" or not value.requires_grad:
-            norms[label] = 0.0
+    for term, term_module in zip(plan.terms, module.terms):
+        value = term_module(*(inputs[name] for name in term.inputs))
+        if not value.requires_grad:
+            norms[term.label] = 0.0
             continue
-        grads = torch.autograd.grad(value, list(learned.values()), retain_graph=True, allow_unused=True)
-        norms[label] = float(torch.sqrt(sum((g.square().sum() for g in grads if g is not None), torch.zeros(()))))
-    norms.pop("total", None)
+        grads = torch.autograd.grad(value, list(learned.values()), allow_unused=True)
+        norms[term.label] = float(torch.sqrt(sum((g.square().sum() for g in grads if g is not None), torch.zeros(()))))
     shown = ", ".join(f"{label} {norm:.3g}" for label, norm in norms.items())
     positive = {label: norm for label, norm in norms.items() if norm > 0}
     if len(positive) >= 2 and max(positive.values()) > DOMINANCE * min(positive.values()):

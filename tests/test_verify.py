@@ -1,9 +1,11 @@
 """lossdsl verify and lossdsl explain, on the shipped specs and on a deliberately broken custom term."""
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import lossdsl
 from lossdsl import cli
@@ -87,10 +89,94 @@ def test_undeclared_inputs_are_inferred_from_the_terms(capsys, tmp_path):
 
 
 def test_inferred_inputs_that_do_not_fit_fail_with_advice(capsys, tmp_path):
-    path = tmp_path / "quantiles.loss"
-    path.write_text("loss = quantile(q=[0.1, 0.9])\n")  # pred needs a column per quantile
+    path = tmp_path / "classes.loss"
+    path.write_text("loss = ce(weight=[1, 2, 3]) + focal(alpha=[0.1, 0.2, 0.3, 0.4])\n")  # 3 or 4 classes?
     assert cli.main(["verify", str(path), "--steps", "5"]) == 1
     assert "declare the inputs in an inputs: block" in capsys.readouterr().out
+
+
+# Correct specs whose inputs must follow the terms' arguments (three classes from a weight list, a pred
+# column per quantile, ...) and agree between the terms that share them.
+UNDECLARED = [
+    "bce(pos_weight=[1, 4, 9, 19])",
+    "dice() + bce()",
+    "quantile(q=[0.1, 0.5, 0.9])",
+    "ce() + dice()",
+    "mse() + dice()",
+    "ce(weight=[1, 2, 3])",
+    "ce(weight=[1, 2])",
+    "focal(alpha=[0.2, 0.3, 0.5])",
+    "focal(alpha=0.25) + bce(pos_weight=[1, 2])",
+    "hinge() + ce(weight=[1, 2, 3])",
+    "quantile(q=[0.1, 0.9]) + 0.5 * mae(pred=aux)",
+    "fairness(dp_gap, group=(sex, race)) + bce()",
+    "fairness(group_loss(ce(weight=[1, 2, 3])), group=site)",
+    "kl(p=teacher, q=student) + ce(pred=student, target=target)",
+]
+
+
+@pytest.mark.parametrize("spec", UNDECLARED)
+def test_verify_passes_correct_specs_without_an_inputs_block(spec, tmp_path, capsys):
+    path = tmp_path / "spec.loss"
+    path.write_text(spec + "\n")
+    assert cli.main(["verify", str(path), "--steps", "20"]) == 0, capsys.readouterr().out
+    assert "all 5 checks passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
+def test_every_shipped_spec_verifies_without_its_inputs_block(path, tmp_path):
+    text = re.sub(r"^inputs:\n(?:[ \t]+.*\n)+", "", path.read_text(), flags=re.M)
+    assert "inputs:" not in text
+    checks = verify(plan_for(text), steps=60)
+    assert [(c.name, c.detail) for c in checks if not c.passed] == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "shapes"),
+    [
+        ("bce(pos_weight=[1, 4, 9, 19])", {"pred": ((8, 4), torch.float32), "target": ((8, 4), torch.int64)}),
+        ("quantile(q=[0.1, 0.5, 0.9])", {"pred": ((8, 3), torch.float32), "target": ((8,), torch.float32)}),
+        # bce needs targets of pred's shape, so dice takes float masks rather than class indices
+        ("dice() + bce()", {"pred": ((8, 3, 4, 4), torch.float32), "target": ((8, 3, 4, 4), torch.float32)}),
+        ("ce() + dice()", {"pred": ((8, 3, 4, 4), torch.float32), "target": ((8, 4, 4), torch.int64)}),
+        ("ce(weight=[1, 2, 3, 4, 5])", {"pred": ((8, 5), torch.float32), "target": ((8,), torch.int64)}),
+        ("focal(alpha=[0.2, 0.8])", {"pred": ((8, 2), torch.float32), "target": ((8,), torch.int64)}),
+    ],
+)
+def test_synthetic_inputs_follow_the_terms_arguments(spec, shapes):
+    inputs = synthetic_inputs(plan_for(spec))
+    assert {name: (tuple(t.shape), t.dtype) for name, t in inputs.items()} == shapes
+
+
+def test_synthetic_class_indices_stay_below_the_class_count():
+    inputs = synthetic_inputs(plan_for("ce(weight=[1, 2, 3, 4, 5])"), batch=400)
+    assert set(inputs["target"].tolist()) == {0, 1, 2, 3, 4}
+    inputs = synthetic_inputs(plan_for("ce() + dice()"), batch=100)
+    assert set(inputs["target"].unique().tolist()) == {0, 1, 2}  # dice's C = 3 classes
+    masks = synthetic_inputs(plan_for("dice() + bce()"), batch=50)["target"]
+    assert set(masks.unique().tolist()) == {0.0, 1.0}
+
+
+def test_gradient_balance_lists_the_terms_only(tmp_path):
+    """A constraint's value, violation and multiplier, and a let that adds terms up, are no terms;
+    each term's norm is its gradient's with respect to the learned inputs, as torch computes it."""
+    plan = plan_for("let fit = mse() + huber()\nsubject to mae() <= 0.1\nloss = fit + 0.5 * log_cosh()\n")
+    balance = {c.name: c for c in verify(plan, steps=5)}["gradient balance"]
+    inputs = synthetic_inputs(plan)
+    pred, target = (inputs[n].clone().requires_grad_() for n in ("pred", "target"))
+    residual = pred - target
+    references = {
+        "mse": F.mse_loss(pred, target),
+        "huber": F.huber_loss(pred, target),
+        "mae": F.l1_loss(pred, target),
+        "log_cosh": torch.log(torch.cosh(residual)).mean(),
+    }
+    norms = {}
+    for label, value in references.items():
+        grads = torch.autograd.grad(value, (pred, target))
+        norms[label] = float(torch.sqrt(sum(g.square().sum() for g in grads)))
+    assert balance.passed
+    assert balance.detail == ", ".join(f"{label} {norm:.3g}" for label, norm in norms.items())
 
 
 def test_explain_shows_tree_terms_inputs_params_module_and_graph(capsys):

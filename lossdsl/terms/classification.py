@@ -9,7 +9,10 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat
 
 from .. import distributed
-from ..registry import InputOf, Int64, ReductionParam, SampleWeight, Term, TermParams, Weights, register, weighted_mean
+from ..registry import (
+    InputOf, Int64, Layout, ReductionParam, SampleWeight, Term, TermParams, Weights, class_layouts, register,
+    same_shape_layouts, weighted_mean,
+)
 
 
 class CEParams(TermParams):
@@ -26,11 +29,19 @@ class CEParams(TermParams):
     sample_weight: SampleWeight = None
 
 
+def _ce_layouts(params: CEParams) -> tuple[Layout, ...]:
+    """A list of class weights fixes the class count (two: binary logits fit too)."""
+    if isinstance(params.weight, tuple):
+        return class_layouts(len(params.weight), binary=len(params.weight) == 2)
+    return class_layouts()
+
+
 @register(
     "ce",
     CEParams,
     "Cross-entropy on logits: softmax over classes, or sigmoid on binary logits [N].",
     example="ce(weight=balanced, label_smoothing=0.05)",
+    shapes=_ce_layouts,
 )
 class CrossEntropy(Term):
     """``F.cross_entropy``; on binary logits ``[N]`` or ``[N, 1]``, the same loss in sigmoid form.
@@ -326,11 +337,18 @@ class BCEParams(TermParams):
     sample_weight: SampleWeight = None
 
 
+def _bce_layouts(params: BCEParams) -> tuple[Layout, ...]:
+    """pred and target of one shape; a list of several pos_weight entries is one per label (last dimension)."""
+    labels = len(params.pos_weight) if isinstance(params.pos_weight, tuple) and len(params.pos_weight) > 1 else None
+    return same_shape_layouts("pred", "target", last=labels)
+
+
 @register(
     "bce",
     BCEParams,
     "Binary cross-entropy on logits, binary or multi-label, as F.binary_cross_entropy_with_logits.",
     example="bce(pos_weight=[1.0, 4.0, 2.5])",
+    shapes=_bce_layouts,
 )
 class BinaryCrossEntropy(Term):
     """``F.binary_cross_entropy_with_logits(pred, target, pos_weight=...)``; ``target`` has ``pred``'s shape.
@@ -386,11 +404,21 @@ class FocalParams(TermParams):
     sample_weight: SampleWeight = None
 
 
+def _focal_layouts(params: FocalParams) -> tuple[Layout, ...]:
+    """The sigmoid form (0/1 targets of pred's shape) takes a number alpha, the softmax form (class
+    indices) a list of one per class."""
+    if isinstance(params.alpha, tuple):
+        return class_layouts(len(params.alpha), binary=False)
+    sigmoid = same_shape_layouts("pred", "target", kinds={"target": ("binary", "multihot", "probs")})
+    return sigmoid if params.alpha is not None else (*sigmoid, *class_layouts(binary=False))
+
+
 @register(
     "focal",
     FocalParams,
     "Focal loss: cross-entropy scaled by (1 - p_t)^gamma, down-weighting easy examples.",
     example="focal(gamma=2.0, alpha=0.25)",
+    shapes=_focal_layouts,
 )
 class Focal(Term):
     """Focal loss (Lin et al., 2017).
@@ -471,11 +499,17 @@ class HingeParams(TermParams):
     sample_weight: SampleWeight = None
 
 
+def _hinge_layouts(params: HingeParams) -> tuple[Layout, ...]:
+    """Binary scores [N] with 0/1 labels, or one score per class [N, C] with class indices."""
+    return class_layouts()[:2]
+
+
 @register(
     "hinge",
     HingeParams,
     "Hinge (margin) loss: binary on labels mapped to -1/+1, or multi-class as F.multi_margin_loss.",
     example="hinge(margin=1.0, squared=true)",
+    shapes=_hinge_layouts,
 )
 class Hinge(Term):
     """Binary: ``relu(margin - s x)`` with ``s = 2 y - 1``. Multi-class: ``F.multi_margin_loss``,
@@ -521,11 +555,16 @@ class SoftF1Params(TermParams):
     sample_weight: SampleWeight = None
 
 
+def _soft_f1_layouts(params: SoftF1Params) -> tuple[Layout, ...]:
+    return same_shape_layouts("pred", "target")
+
+
 @register(
     "soft_f1",
     SoftF1Params,
     "1 - F_beta from soft true/false positives and negatives: binary, or macro over labels.",
     example="soft_f1(beta=2.0)",
+    shapes=_soft_f1_layouts,
 )
 class SoftF1(Term):
     """``1 - (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP)`` with ``TP = sum(p y)``, ``FP = sum(p (1 - y))``,

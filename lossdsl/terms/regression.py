@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..registry import Input, ReductionParam, SampleWeight, Term, TermParams, register
+from ..registry import Input, Layout, ReductionParam, SampleWeight, Term, TermParams, register, same_shape_layouts
 
 
 class RegressionParams(TermParams):
@@ -27,6 +27,10 @@ class HuberParams(RegressionParams):
 class SmoothL1Params(RegressionParams):
     positional = ("beta",)
     beta: float = Field(1.0, ge=0, description="where the loss turns from quadratic to linear; 0 gives mae")
+
+
+def _pointwise_layouts(params: RegressionParams) -> tuple[Layout, ...]:
+    return same_shape_layouts("pred", "target")
 
 
 class _Pointwise(Term):
@@ -58,13 +62,15 @@ class _Pointwise(Term):
         return self.reduce(self.elementwise(pred, target, "none"), sample_weight)
 
 
-@register("mse", RegressionParams, "Mean squared error, as F.mse_loss.", example="mse(pred=aux_pred, target=aux_target)")
+@register("mse", RegressionParams, "Mean squared error, as F.mse_loss.", example="mse(pred=aux_pred, target=aux_target)",
+          shapes=_pointwise_layouts)
 class MSE(_Pointwise):
     def elementwise(self, pred: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
         return F.mse_loss(pred, target, reduction=reduction)
 
 
-@register("mae", RegressionParams, "Mean absolute error, as F.l1_loss.", example="mae(reduction=sum)")
+@register("mae", RegressionParams, "Mean absolute error, as F.l1_loss.", example="mae(reduction=sum)",
+          shapes=_pointwise_layouts)
 class MAE(_Pointwise):
     def elementwise(self, pred: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
         return F.l1_loss(pred, target, reduction=reduction)
@@ -75,6 +81,7 @@ class MAE(_Pointwise):
     HuberParams,
     "Huber loss, quadratic within delta and linear beyond, as F.huber_loss.",
     example="huber(0.5)",
+    shapes=_pointwise_layouts,
 )
 class Huber(_Pointwise):
     def __init__(self, params: HuberParams):
@@ -85,7 +92,8 @@ class Huber(_Pointwise):
         return F.huber_loss(pred, target, reduction=reduction, delta=self.delta)
 
 
-@register("smooth_l1", SmoothL1Params, "Smooth L1 loss, as F.smooth_l1_loss.", example="smooth_l1(beta=0.5)")
+@register("smooth_l1", SmoothL1Params, "Smooth L1 loss, as F.smooth_l1_loss.", example="smooth_l1(beta=0.5)",
+          shapes=_pointwise_layouts)
 class SmoothL1(_Pointwise):
     """``F.smooth_l1_loss``: ``huber(delta) / delta`` for ``beta = delta > 0``, ``mae`` for ``beta = 0``."""
 
@@ -102,6 +110,7 @@ class SmoothL1(_Pointwise):
     RegressionParams,
     "log(cosh(pred - target)): quadratic near zero, linear far away.",
     example="log_cosh()",
+    shapes=_pointwise_layouts,
 )
 class LogCosh(_Pointwise):
     """Computed as ``|x| + softplus(-2|x|) - log(2)``, finite for any residual ``x``."""
@@ -128,11 +137,20 @@ class QuantileParams(TermParams):
     sample_weight: SampleWeight = None
 
 
+def _quantile_layouts(params: QuantileParams) -> tuple[Layout, ...]:
+    """A list of Q quantiles takes one pred column each: pred [..., Q] beside targets [...]."""
+    if not isinstance(params.q, tuple):
+        return same_shape_layouts("pred", "target")
+    columns = len(params.q)
+    return ({"pred": ("N", columns), "target": ("N",)}, {"pred": ("N", "C", columns), "target": ("N", "C")})
+
+
 @register(
     "quantile",
     QuantileParams,
     "Pinball loss max(q r, (q - 1) r) of the residual r = target - pred; several quantiles at once.",
     example="quantile(q=[0.1, 0.5, 0.9])",
+    shapes=_quantile_layouts,
 )
 class QuantileLoss(Term):
     """With a list of Q quantiles, ``pred`` has a last dimension of Q (one column per quantile), the

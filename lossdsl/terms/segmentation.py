@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat
 
-from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, register
+from ..registry import Fit, InputOf, Layout, ReductionParam, SampleWeight, Term, TermParams, register
 
 
 class OverlapParams(TermParams):
@@ -29,6 +29,16 @@ class DiceParams(OverlapParams):
 class TverskyParams(OverlapParams):
     alpha: NonNegativeFloat = Field(0.5, description="weight of false positives")
     beta: NonNegativeFloat = Field(0.5, description="weight of false negatives")
+
+
+def _overlap_layouts(params: OverlapParams) -> tuple[Layout, ...]:
+    """Logits [N, C, 4, 4] with class indices [N, 4, 4], or with float masks of their shape (which
+    bce shares); one channel with 0/1 masks."""
+    return (
+        {"pred": ("N", "C", 4, 4), "target": Fit(("N", 4, 4), ("labels",))},
+        {"pred": ("N", "C", 4, 4), "target": Fit(("N", "C", 4, 4), ("multihot", "probs"))},
+        {"pred": ("N", 1, 4, 4), "target": Fit(("N", 1, 4, 4), ("binary", "mask", "multihot", "probs"))},
+    )
 
 
 class _Overlap(Term):
@@ -99,7 +109,7 @@ class _Overlap(Term):
     DiceParams,
     "Soft Dice loss, 1 - (2|P∩G| + s) / (|P| + |G| + s), as monai.losses.DiceLoss.",
     example="dice(include_background=false)",
-    shapes={"pred": ("N", "C", 4, 4), "target": ("N", 4, 4)},
+    shapes=_overlap_layouts,
 )
 class Dice(_Overlap):
     def __init__(self, params: DiceParams):
@@ -120,7 +130,7 @@ class Dice(_Overlap):
     TverskyParams,
     "Tversky loss, 1 - (TP + s) / (TP + a FP + b FN + s), as monai.losses.TverskyLoss.",
     example="tversky(alpha=0.3, beta=0.7)",
-    shapes={"pred": ("N", "C", 4, 4), "target": ("N", 4, 4)},
+    shapes=_overlap_layouts,
 )
 class Tversky(_Overlap):
     def __init__(self, params: TverskyParams):
