@@ -64,12 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _spec_files(command: str, raw_paths: Sequence[str]) -> list[Path] | None:
-    """The .loss files named or found under the directories; None (after a message) if one is missing."""
+    """The .loss files named or found under the directories; None (after a message) if one is missing
+    or a directory holds none."""
     files: list[Path] = []
     for raw in raw_paths:
         path = Path(raw)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*.loss") if p.is_file())
+            found = sorted(p for p in path.rglob("*.loss") if p.is_file())
+            if not found:  # a mistyped or wrong directory: checking nothing must not pass as clean
+                print(f"lossdsl {command}: no .loss files in directory: {raw}", file=sys.stderr)
+                return None
+            files += found
         elif path.exists():
             files.append(path)
         else:

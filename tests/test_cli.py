@@ -105,10 +105,18 @@ def test_check_several_paths(capsys, project):
     assert out == f"no problems ({N_SPECS + 1} files checked)\n"
 
 
-def test_check_empty_directory(capsys, tmp_path):
-    status, out, _ = run(capsys, "check", tmp_path)
-    assert status == 0
-    assert out == "no problems (0 files checked)\n"
+@pytest.mark.parametrize("command", ["check", "fmt"])
+def test_a_directory_without_loss_files_is_a_usage_error(capsys, tmp_path, command):
+    """Checking nothing must not pass as clean (as mypy: a message, exit 2)."""
+    (tmp_path / "notes.txt").write_text("not a spec")
+    (tmp_path / "nested").mkdir()
+    status, out, err = run(capsys, command, tmp_path)
+    assert status == 2
+    assert out == ""
+    assert err == f"lossdsl {command}: no .loss files in directory: {tmp_path}\n"
+    # a directory with specs beside it does not make the empty one fine
+    status, _, err = run(capsys, command, SPECS, tmp_path / "nested")
+    assert status == 2 and err == f"lossdsl {command}: no .loss files in directory: {tmp_path / 'nested'}\n"
 
 
 def test_nonexistent_path_is_a_usage_error(capsys, tmp_path):
