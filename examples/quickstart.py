@@ -4,14 +4,18 @@
 
 Synthetic data: a binary label that depends on five features, a protected
 attribute ``sex`` that leaks into the features, and a second model head
-``y`` (say, a predicted exposure) that must stay at or below 100.
+``y`` (say, a predicted exposure) that must stay at or below 100. Set
+``LOSSDSL_EXAMPLE_QUICK=1`` for a run of a few seconds on less data.
 """
+
+import os
 
 import torch
 
 import lossdsl
 
 SPEC = "ce(weight=balanced) + 0.1*fairness(fpr_gap, group=sex) + soft_bound(y<=100)"
+QUICK = os.environ.get("LOSSDSL_EXAMPLE_QUICK") == "1"
 
 
 def make_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -26,7 +30,8 @@ def make_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.T
 def main() -> None:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    features, labels, sex = make_data(4096, generator)
+    n_samples, epochs = (2048, 5) if QUICK else (4096, 20)
+    features, labels, sex = make_data(n_samples, generator)
 
     model = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
     loss_fn = lossdsl.compile(SPEC)
@@ -34,7 +39,7 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
 
     print(f"{'epoch':>5} " + " ".join(f"{name:>10}" for name in ("ce", "fairness", "soft_bound", "total")))
-    for epoch in range(1, 21):
+    for epoch in range(1, epochs + 1):
         for batch in torch.randperm(len(labels)).split(256):
             out = model(features[batch])
             logits, exposure = out[:, 0], 60 + 100 * torch.sigmoid(out[:, 1] + 1)
@@ -42,7 +47,7 @@ def main() -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        if epoch == 1 or epoch % 5 == 0:
+        if epoch in (1, epochs) or epoch % 5 == 0:
             values = loss_fn.last_terms
             print(f"{epoch:>5} " + " ".join(f"{values[k].item():>10.4f}" for k in ("ce", "fairness", "soft_bound", "total")))
 

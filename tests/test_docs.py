@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import shlex
+import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import torch
 
 import lossdsl
 import lossdsl.checks
+from lossdsl import cli
 from lossdsl.parsing import MAX_NESTING
 from lossdsl.reference import shown_default, terms_markdown
 from lossdsl.registry import REGISTRY
@@ -193,3 +198,117 @@ def test_every_spec_in_the_guides_checks(path):
     assert blocks, f"{path.name} shows no spec"
     for block in blocks:
         lossdsl.compile(block)  # checks it; raises LossSpecError with the diagnostic
+
+
+# -- README and the CI snippet: the commands and outputs shown are the real ones -----------
+
+README = ROOT / "README.md"
+CI_RUN = ROOT / ".ci" / "run"
+
+
+def _blocks(body: str, language: str = "") -> list[str]:
+    """The fenced code blocks of ``body`` opened with ```language (plain ``` blocks for "")."""
+    return re.findall(rf"^```{re.escape(language)}\n(.*?)^```", body, re.M | re.S)
+
+
+def _readme() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+def test_readme_commands_are_the_ones_ci_runs():
+    """.ci/run runs the README's test command as written, then the main job's steps in the same
+    environment (whose install, with the dev extra, covers the main job's)."""
+    main_job, tests = (block.strip() for block in _blocks(_section(_readme(), "Two commands"), "bash"))
+    ci = [line for line in CI_RUN.read_text(encoding="utf-8").splitlines()
+          if line and not line.startswith(("#", "set ", "cd "))]
+    assert ci[0] == tests
+    main_steps, test_steps = main_job.split(" && "), tests.split(" && ")
+    assert main_steps[:2] == test_steps[:2]  # the venv, activated
+    assert main_steps[2] == test_steps[2].replace('-e ".[dev]"', "-e .")
+    assert ci[1:] == [" && ".join(main_steps[3:])] == ["lossdsl check specs/ && python examples/quickstart.py"]
+
+
+def test_readme_check_sample_is_the_real_output(tmp_path, monkeypatch, capsys):
+    """The `$ lossdsl check` sample, run on a copy of specs/ with the typo the README describes."""
+    body = _section(_readme(), "Check specs in CI")
+    where, typo, right = re.search(r"typo in `([^`]+)` \(`(\w+)` for `(\w+)`\)", body).groups()
+    (sample,) = [block for block in _blocks(body) if block.startswith("$ lossdsl ")]
+    command, *expected = sample.rstrip("\n").split("\n")
+    shutil.copytree(ROOT / "specs", tmp_path / "specs")
+    spec = tmp_path / where
+    text = spec.read_text(encoding="utf-8")
+    assert text.count(right) == 1
+    spec.write_text(text.replace(right, typo), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    argv = shlex.split(command.removeprefix("$ "))
+    assert argv[0] == "lossdsl"
+    status = cli.main(argv[1:])
+    assert capsys.readouterr().out.splitlines() == expected
+    assert status == 1  # "1 on errors"
+
+
+def _credit_inputs(n: int = 8) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {"pred": torch.randn(n, generator=generator), "target": torch.randint(0, 2, (n,), generator=generator),
+            "sex": torch.randint(0, 2, (n,), generator=generator), "y": torch.randn(n, generator=generator)}
+
+
+def test_readme_python_sample_shows_the_real_inputs_and_terms(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    (block,) = _blocks(_section(_readme(), "Use it from Python"), "python")
+    loss_fn = lossdsl.load("specs/credit.loss")
+    loss_fn(**_credit_inputs())
+    shown_inputs = re.search(r"^loss_fn\.inputs +# (.*)$", block, re.M).group(1)
+    assert ast.literal_eval(shown_inputs) == loss_fn.inputs
+    shown_terms = re.search(r"^loss_fn\.last_terms +# (\{.*\}), detached$", block, re.M).group(1)
+    assert list(ast.literal_eval(shown_terms)) == list(loss_fn.last_terms)
+
+
+def test_readme_error_samples_are_the_real_messages(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    shown = re.findall(r"`(error\[E40\d\]: [^`]*)`", _section(_readme(), "Use it from Python"))
+    loss_fn = lossdsl.load("specs/credit.loss")
+    inputs = _credit_inputs()
+    calls = {
+        "E401": {k: v for k, v in inputs.items() if k != "target"},  # "without target"
+        "E402": {**inputs, "target": inputs["target"][:, None].expand(8, 2)},  # "a target of shape (N, 2)"
+    }
+    real = []
+    for code, given in calls.items():
+        with pytest.raises(lossdsl.LossSpecError) as info:
+            loss_fn(**given)
+        assert info.value.diagnostics[0].code == code
+        real.append(str(info.value))
+    assert shown == real
+
+
+def test_readme_specs_compile():
+    text = _readme()
+    card = _blocks(text)[0]
+    one_screen = _blocks(_section(text, "The language in one screen"))[0]
+    for spec in (card, one_screen):
+        assert lossdsl.compile(spec).inputs == ("pred", "target", "sex", "y")
+
+
+def test_ci_snippet_installs_lossdsl_from_its_checkout_and_its_commands_pass(monkeypatch, capsys):
+    """lossdsl is not on PyPI: the GitHub Actions snippet checks its repository out and installs it
+    from there, and the lossdsl commands it runs pass on this repository's specs."""
+    workflow = next(block for block in _blocks(DOC.read_text(encoding="utf-8"), "yaml") if "jobs:" in block)
+    checkout = re.search(r"repository: [^,}]+, path: ([^\s,}]+)", workflow).group(1)
+    install, *commands = re.findall(r"^\s*- run: (.*)$", workflow, re.M)
+    assert install.endswith(f"pip install ./{checkout}")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["name"] == "lossdsl" and "lossdsl" in project["scripts"]  # what ./<checkout> installs
+    monkeypatch.chdir(ROOT)
+    assert commands and all(command.startswith("lossdsl ") for command in commands)
+    for command in commands:
+        assert cli.main(shlex.split(command)[1:]) == 0, command
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("path", [README, *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_no_doc_installs_lossdsl_from_an_index(path):
+    """`pip install lossdsl` would fetch whatever an index serves under that name."""
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"pip install(?: [^\s`&|;]+)* lossdsl(?:[\s`=<>\[]|$)", text, re.M)
