@@ -64,9 +64,9 @@ def _needs(term: TermPlan, layout: dict) -> dict[str, _Need]:
     return needs
 
 
-def _sized(shape: tuple[str | int, ...], bindings: dict[str, int]) -> tuple[str | int, ...]:
-    """Every dimension a number but the batch N: bound symbols as bound, C 3, the others 4."""
-    return tuple(d if d == "N" or isinstance(d, int) else bindings.get(d, DEFAULT_SIZES.get(d, OTHER_SIZE)) for d in shape)
+def _sized(shape: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Every dimension a number but the batch N: C 3, the other symbols 4."""
+    return tuple(d if d == "N" or isinstance(d, int) else DEFAULT_SIZES.get(d, OTHER_SIZE) for d in shape)
 
 
 def _merge(kinds: tuple[str, ...] | None, other: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -154,7 +154,7 @@ def _solve(plan: Plan) -> tuple[dict[str, _Need], list[dict[str, _Need]]]:
     """
     terms = _reading_terms(plan)
     options = [[_needs(term, dict(layout)) for layout in term.term.layouts(term.params)] for term in terms]
-    fixed = {decl.name: _Need(_sized(tuple(decl.shape or ("N",)), {}), (decl.type,)) for decl in plan.declared}
+    fixed = {decl.name: _Need(_sized(tuple(decl.shape or ("N",))), (decl.type,)) for decl in plan.declared}
     search = _Search(fixed)
     chosen: list[int] = []
     undo: list[tuple[dict, list]] = []
@@ -179,7 +179,7 @@ def _solve(plan: Plan) -> tuple[dict[str, _Need], list[dict[str, _Need]]]:
     assigned = dict(fixed)  # no agreement: first layouts, the first reader's need for each input
     for layouts in options:
         for name, need in layouts[0].items():
-            assigned.setdefault(name, _Need(_sized(need.shape, {}), need.kinds))
+            assigned.setdefault(name, _Need(_sized(need.shape), need.kinds))
     return assigned, [layouts[0] for layouts in options]
 
 
@@ -212,7 +212,7 @@ def synthetic_inputs(
     and reals (for extremes)."""
     decls = declarations(plan)
     generator = torch.Generator().manual_seed(seed)
-    shapes = {decl.name: tuple(batch if d == "N" else d for d in _sized(tuple(decl.shape or ("N",)), {}))
+    shapes = {decl.name: tuple(batch if d == "N" else d for d in _sized(tuple(decl.shape or ("N",))))
               for decl in decls}
     kinds = {decl.name: decl.type for decl in decls}
     classes = _class_counts(plan, shapes, kinds)
