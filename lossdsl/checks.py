@@ -414,6 +414,12 @@ class _Checker:
             return (Type.NUMBER, Constant(folded)) if folded is not _INVALID else (Type.ERROR, None)
         op = expr.op
         if op in "+-":
+            unreduced = self._unreduced_term(left) or self._unreduced_term(right) if left_type is right_type else None
+            if unreduced is not None:  # [N] and [N, C, H, W] would broadcast, or worse, silently
+                self.report("E302", f"cannot {'add' if op == '+' else 'subtract'} losses when one is per sample: "
+                            f"{unreduced.term.name}() has reduction=none", expr,
+                            hint="loss_fn.per_sample(...) gives each sample's sum of the terms; or reduce the term")
+                return Type.ERROR, None
             if left_type is right_type:
                 return Type.LOSS, value
             self.report("E302", f"cannot {'add' if op == '+' else 'subtract'} a number and a loss", expr,

@@ -247,6 +247,24 @@ def test_a_constraint_takes_no_per_sample_term():
     assert "mse() has reduction=none" in found.message
 
 
+@pytest.mark.parametrize("spec", [
+    "ce(reduction=none) + mse(pred=y, target=z, reduction=none)",
+    "let per = mse(reduction=none)\nloss = mae() - 2 * per",
+])
+def test_a_per_sample_loss_adds_to_no_other_loss(spec: str) -> None:
+    """[N] and [N, C, H, W] losses would broadcast (or, for N = C, silently misalign)."""
+    found = diagnostic(spec)
+    assert found.code == "E302"
+    assert "has reduction=none" in found.message and "per_sample" in (found.hint or "")
+
+
+def test_a_per_sample_loss_takes_weights_and_schedules():
+    g = torch.Generator().manual_seed(9)
+    x, t = leaf(6, 3, gen=g), labels(3, 6, gen=g)
+    loss_fn = lossdsl.compile("param lam = 0.5\nloss = lam * warmup(4) * ce(reduction=none) / 2").step(1)
+    torch.testing.assert_close(loss_fn(x, t), 0.5 * 0.25 * F.cross_entropy(x, t, reduction="none") / 2)
+
+
 def test_per_sample_terms_take_reduction_none_and_the_rest_do_not():
     from lossdsl.registry import REGISTRY
 
