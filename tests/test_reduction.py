@@ -417,7 +417,10 @@ def _half_cases(g: torch.Generator) -> list[tuple[str, dict]]:
         ("ce()", {"pred": r(N, 4), "target": labels(4, N, gen=g)}),
         ("ce(weight=[1.0, 2.0, 3.0, 4.0])", {"pred": r(N, 4), "target": labels(4, N, gen=g)}),
         ("ce(label_smoothing=0.1, sample_weight=w)", {"pred": r(N, 4), "target": labels(4, N, gen=g), "w": w}),
+        ("ce(ignore_index=2)", {"pred": r(4, 3, 150, 150), "target": labels(3, 4, 150, 150, gen=g)}),  # N pixels
         ("mse(sample_weight=w)", {"pred": r(N), "target": r(N), "w": w}),
+        ("mse()", {"pred": r(N), "target": r(N)}),
+        ("bce()", {"pred": r(N, 2), "target": labels(2, N, 2, gen=g)}),
         ("bce(sample_weight=w)", {"pred": r(N), "target": labels(2, N, gen=g).float(), "w": w}),
         ("focal(sample_weight=w)", {"pred": r(N), "target": labels(2, N, gen=g).float(), "w": w}),
         ("soft_f1()", {"pred": r(WIDE), "target": labels(2, WIDE, gen=g)}),
