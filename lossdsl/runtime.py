@@ -32,7 +32,7 @@ from .plan import (
     TermValue,
 )
 from .schedules import SCHEDULES, value_range
-from .registry import TermParams
+from .registry import TermParams, weighted_mean
 
 Values = Sequence[torch.Tensor]
 Combine = Callable[[Values, Values, "torch.Tensor | None"], "torch.Tensor | float"]  # terms, lets, step
@@ -251,6 +251,61 @@ class LossModule(nn.Module):
 
     def __copy__(self) -> LossModule:
         return pickling.shallow_copy(self)
+
+    def per_sample(
+        self, pred: torch.Tensor | None = None, target: torch.Tensor | None = None, **inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """Each sample's loss, ``[N]``: the objective's weighted sum of its terms' per-sample values.
+
+        A term's value for sample ``i`` is its own reduction over that sample's elements alone
+        (``mean``: its mean over the non-batch dimensions, ``ce``'s over the kept targets with
+        their class weights, 0 when all are ignored; ``sum``: their sum), times the sample's
+        ``sample_weight`` when the term has one. Weights, params and schedules apply as in the
+        forward, at the current step. Nothing is updated: the step counter does not move and
+        ``ce(weight=balanced)`` reads its class counts without adding the batch. Differentiable.
+        A spec with a batch-level term (fairness, dice, soft_f1, l1/l2, custom terms) or a
+        constraint has no per-sample form: E403 naming it.
+        """
+        if pred is not None:
+            inputs["pred"] = pred
+        if target is not None:
+            inputs["target"] = target
+        for plan, term in zip(self.plan.terms, self.terms):
+            if not term.has_sample_losses():
+                raise LossSpecError(f"per_sample(): {plan.where} is computed over the whole batch, so this loss has "
+                                    "no per-sample form; per_sample() needs a sum of per-sample terms", code="E403")
+        if self.plan.constraints:
+            name = self.plan.constraints[0].name
+            raise LossSpecError(f"per_sample(): the constraint '{name}' bounds a batch's value, so this loss has no "
+                                "per-sample form", code="E403")
+        tensors = self._gather(inputs)
+        values: list[torch.Tensor] = []
+        for term, plan, positions in zip(self.terms, self.plan.terms, self._term_inputs):
+            given = [tensors[i] for i in positions]
+            weighted = getattr(plan.params, "sample_weight", None) is not None
+            if term.per_sample and not weighted:  # such a forward reduces through reduce when weighted
+                first = given[0]
+                n = first.shape[0] if first.dim() else 1
+                dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
+                given.append(torch.ones(n, dtype=dtype, device=first.device))
+            training = term.training
+            term.keeps_samples, term.training = True, False  # [N, 2] sums; no counts added
+            try:
+                sums = term(*given)  # each sample's numerator and denominator
+            finally:
+                term.keeps_samples, term.training = False, training
+            value = weighted_mean(sums[:, 0], sums[:, 1])
+            if weighted:
+                value = value * given[-1].to(value.dtype)
+            if values and value.shape != values[0].shape:
+                raise LossSpecError(f"per_sample(): {plan.where} has {value.shape[0]} samples but "
+                                    f"{self.plan.terms[0].where} has {values[0].shape[0]}", code="E402")
+            values.append(value)
+        step = self.step_count if self._scheduled else None
+        let_values: list[torch.Tensor] = []
+        for let in self._lets:
+            let_values.append(let(values, let_values, step))
+        return self._objective(values, let_values, step)
 
     def extra_repr(self) -> str:
         objective = next((s for s in self.plan.spec.statements if isinstance(s, ast.LossStmt)), None)
