@@ -439,3 +439,35 @@ def test_a_declared_group_count_beyond_the_limit_is_diagnosed():
     with pytest.raises(lossdsl.LossSpecError) as info:
         lossdsl.compile(spec)
     assert (info.value.diagnostics[0].code, info.value.diagnostics[0].span.line) == ("E205", 3)
+
+
+# -- properties ----------------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_RATES = ["dp", "tpr", "fpr", "error_rate", "eo"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    rate=st.sampled_from(_RATES), form=st.sampled_from(["gap", "ratio"]), ref=st.sampled_from(["groups", "overall"]),
+    agg=st.sampled_from([None, "mean", "smoothmax(0.1)"]), poisoned=st.sampled_from(["pred", "w"]),
+    where=st.integers(0, 11), seed=st.integers(0, 2**16),
+)
+def test_fairness_gives_nan_for_any_nan_input_and_finite_gradients_otherwise(rate, form, ref, agg, poisoned, where, seed):
+    if rate == "eo" and agg == "smoothmax(0.1)":
+        agg = "mean"  # eo's agg combines its two parts: worst_case or mean
+    spec = f"fairness({rate}_{form}, group=g, ref={ref}, sample_weight=w" + (f", agg={agg})" if agg else ")")
+    generator = _generator(seed)
+    inputs = {"pred": torch.randn(12, generator=generator), "target": torch.arange(12) % 2,
+              "g": torch.randint(0, 3, (12,), generator=generator), "w": torch.rand(12, generator=generator) + 0.1}
+    loss_fn = lossdsl.compile(spec)
+    inputs = {name: inputs[name] for name in loss_fn.inputs}
+    leaf = inputs["pred"].clone().requires_grad_()
+    value = loss_fn(**{**inputs, "pred": leaf})
+    (grad,) = torch.autograd.grad(value, leaf)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+    inputs[poisoned] = inputs[poisoned].clone()
+    inputs[poisoned][where] = float("nan")
+    assert torch.isnan(loss_fn(**inputs)), f"{spec} hid a NaN in '{poisoned}'"

@@ -183,6 +183,12 @@ def _above_zero(values: torch.Tensor) -> torch.Tensor:
     return ~(values <= 0)
 
 
+def _nan_if_any_nan(sums: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """NaN when any group sum is: a NaN prediction, label or weight in a group whose rate is left
+    out (undefined, or sorted past the others) would else give a finite value over NaN gradients."""
+    return torch.where(sums.isnan().any(), float("nan"), value)
+
+
 def _is_column(tensor: torch.Tensor, n: int) -> bool:
     """Whether ``tensor`` is ``[n]`` or ``[n, 1]``; written with size comparisons, which torch.compile
     traces under dynamic shapes (a membership test of a shape in tuples is misread there)."""
@@ -335,9 +341,9 @@ class Fairness(Term):
         sums = self._group_sums(columns, codes, sample_weight)
         gaps = [self._disparity(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(self.num_rates)]
         if len(gaps) == 1:
-            return gaps[0].to(prob.dtype)
+            return _nan_if_any_nan(sums, gaps[0]).to(prob.dtype)
         value = (gaps[0] + gaps[1]) / 2 if self.eo_mean else torch.maximum(gaps[0], gaps[1])
-        return value.to(prob.dtype)
+        return _nan_if_any_nan(sums, value).to(prob.dtype)
 
     def fit(self, *inputs: torch.Tensor | None) -> None:
         """``LossModule.fit`` reaches group_loss's inner term (``ce(weight=balanced)``'s class counts)."""
@@ -359,7 +365,7 @@ class Fairness(Term):
             return per_sample.sum()
         sums = self._group_sums(per_sample, codes, sample_weight)
         if not self.worst_group:
-            return self._disparity(sums[:, 0], sums[:, 1]).to(per_sample.dtype)
+            return _nan_if_any_nan(sums, self._disparity(sums[:, 0], sums[:, 1])).to(per_sample.dtype)
         defined = _above_zero(sums[:, 1])
         loss = sums[:, 0] / torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
         count = defined.sum()
@@ -369,7 +375,7 @@ class Fairness(Term):
             value = self._log_mean_exp(loss, defined, count)
         else:
             value = loss.masked_fill(~defined, float("-inf")).amax()
-        return torch.where(count > 0, value, torch.zeros_like(value)).to(per_sample.dtype)
+        return _nan_if_any_nan(sums, torch.where(count > 0, value, torch.zeros_like(value))).to(per_sample.dtype)
 
     def _syncs(self) -> bool:
         return self.sync and distributed.active()
