@@ -54,6 +54,8 @@ class State:
     bound_model: nn.Module | None = None
     #: The parameters each penalty term reads, by the term's name in ``named_modules()``.
     bound_parameters: dict[str, tuple[nn.Parameter, ...]] = field(default_factory=dict)
+    #: ``LossModule.check_finite``, an attribute outside ``state_dict``.
+    check_finite: bool = False
     format: int = FORMAT
 
 
@@ -110,6 +112,7 @@ def capture(module: LossModule, keep_binding: bool) -> State:
         tensors=tensors,
         custom_modules=custom,
         last=tuple(value.detach() for value in module._last[0]),
+        check_finite=module.check_finite,
     )
     if keep_binding:
         state.bound_model = module._bound_model
@@ -142,6 +145,7 @@ def restore(module: LossModule, state: State) -> None:
     for sub, training in zip(modules, state.training):
         sub.training = training
     module._last[0] = tuple(state.last)
+    module.check_finite = state.check_finite
     if state.bound_model is not None:
         object.__setattr__(module, "_bound_model", state.bound_model)  # not a submodule
         for name, parameters in state.bound_parameters.items():

@@ -54,6 +54,10 @@ class LossModule(nn.Module):
     rebuild it from its checked spec and carry its state (see ``lossdsl.pickling``).
     """
 
+    #: Opt-in: raise E405 naming the term (and its inputs) whose value is NaN or infinite. Checking
+    #: reads the values on the host, a synchronisation per term on CUDA, so it is off by default.
+    check_finite: bool = False
+
     def __init__(self, plan: Plan, params: Mapping[str, float] | None = None):
         super().__init__()
         self.plan = plan
@@ -78,6 +82,9 @@ class LossModule(nn.Module):
         self._constraints = tuple((resolve(c.value), resolve(c.bound), _ConstraintRule(c)) for c in plan.constraints)
         if plan.constraints:  # one Lagrange multiplier per constraint, saved in state_dict
             self.register_buffer("multipliers", torch.zeros(len(plan.constraints)))
+        #: Per term: None, or a function of the step giving True (a bool tensor) while every weight
+        #: the term is under is 0; its inputs then pass no gradient (see ``_Resolver.silencers``).
+        self._silencers = resolve.silencers(plan)
         self._scheduled = resolve.schedules > 0
         if self._scheduled:  # the step counter, saved in state_dict
             self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
@@ -104,8 +111,20 @@ class LossModule(nn.Module):
         if target is not None:
             inputs["target"] = target
         tensors = self._gather(inputs)
-        values = [term(*[tensors[i] for i in positions]) for term, positions in zip(self.terms, self._term_inputs)]
         step = self.step_count if self._scheduled else None
+        values: list[torch.Tensor] = []
+        for index, (term, positions) in enumerate(zip(self.terms, self._term_inputs)):
+            arguments = [tensors[i] for i in positions]
+            if self._silencers[index] is not None:  # under a weight that can be 0: no gradient while it is
+                arguments = _silence(arguments, self._silencers[index](step))
+            try:  # free when nothing is raised: the happy path gains no check and no sync
+                values.append(term(*arguments))
+            except (IndexError, RuntimeError) as exc:
+                if isinstance(exc, (NotImplementedError, RecursionError)):
+                    raise
+                raise self._torch_error(index, arguments, exc) from None
+        if self.check_finite:
+            self._check_finite(values, [[tensors[i] for i in positions] for positions in self._term_inputs])
         let_values: list[torch.Tensor] = []
         for let in self._lets:
             let_values.append(let(values, let_values, step))
@@ -121,7 +140,9 @@ class LossModule(nn.Module):
         reported = [let_values[i] for i in self._reported_lets]
         self._last[0] = (*values, *reported, *constraint_values, total)  # a list slot: Module.__setattr__ is slow
         if self._scheduled and self.training:
-            self.step_count += 1
+            # A new tensor, not += 1: under torch.compile the backward recomputes the schedules from
+            # the counter, and read the advanced one (warmup(3) at step 0 passed 1/3 of the gradient).
+            self.step_count = self.step_count + 1
         return total
 
     def _constrain(
@@ -187,6 +208,36 @@ class LossModule(nn.Module):
             for i, declaration in self._declared:
                 declaration.check(tensors[i], sizes)
         return tensors
+
+    def _torch_error(self, index: int, arguments: list[torch.Tensor], exc: Exception) -> LossSpecError:
+        """torch's error inside a term (an index out of range, mostly) as E402 naming the term's
+        index inputs (its integer and bool tensors; all its inputs when it has none) and its place."""
+        term = self.plan.terms[index]
+        names = [name for name, tensor in zip(term.inputs, arguments) if not tensor.is_floating_point()]
+        names = names or list(term.inputs)
+        subject = f"input '{names[0]}' of " if len(names) == 1 else "".join(
+            ["inputs ", ", ".join(f"'{n}'" for n in names), " of "] if names else [])  # l2() reads none
+        lines = str(exc).strip().splitlines()
+        problem = f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+        hint = None
+        if any(word in problem.lower() for word in ("index", "bounds", "range")):
+            hint = ("class indices lie in [0, C) or equal ignore_index; with groups=K, group codes lie in [0, K) "
+                    "(leave groups= out for any codes)")
+        return LossSpecError([Diagnostic("E402", f"{subject}{term.where}: torch raised {problem}", hint=hint)])
+
+    def _check_finite(self, values: list[torch.Tensor], arguments: list[list[torch.Tensor]]) -> None:
+        """``check_finite``: the first term whose value is NaN or infinite is E405, with its inputs that are."""
+        for term, value, tensors in zip(self.plan.terms, values, arguments):
+            if bool(torch.isfinite(value).all()):  # a host synchronisation: opt-in
+                continue
+            kind = "NaN" if bool(torch.isnan(value).any()) else "infinite"
+            bad = [
+                name for name, tensor in zip(term.inputs, tensors)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+            ]
+            listed = ", ".join(f"'{n}'" for n in bad)
+            cause = f"; its input{'s' * (len(bad) > 1)} {listed} hold{'s' * (len(bad) == 1)} NaN or inf" if bad else ""
+            raise LossSpecError(f"{term.where} is {kind}{cause}", code="E405")
 
     def _missing(self, name: str, given: dict[str, torch.Tensor]) -> None:
         unused = [key for key in given if key not in self.inputs]
@@ -279,9 +330,12 @@ class LossModule(nn.Module):
             raise LossSpecError(f"per_sample(): the constraint '{name}' bounds a batch's value, so this loss has no "
                                 "per-sample form", code="E403")
         tensors = self._gather(inputs)
+        step = self.step_count if self._scheduled else None
         values: list[torch.Tensor] = []
-        for term, plan, positions in zip(self.terms, self.plan.terms, self._term_inputs):
+        for index, (term, plan, positions) in enumerate(zip(self.terms, self.plan.terms, self._term_inputs)):
             given = [tensors[i] for i in positions]
+            if self._silencers[index] is not None:  # as in the forward: a weight of 0 passes no NaN back
+                given = _silence(given, self._silencers[index](step))
             weighted = getattr(plan.params, "sample_weight", None) is not None
             if term.per_sample and not weighted:  # such a forward reduces through reduce when weighted
                 first = given[0]
@@ -301,7 +355,6 @@ class LossModule(nn.Module):
                 raise LossSpecError(f"per_sample(): {plan.where} has {value.shape[0]} samples but "
                                     f"{self.plan.terms[0].where} has {values[0].shape[0]}", code="E402")
             values.append(value)
-        step = self.step_count if self._scheduled else None
         let_values: list[torch.Tensor] = []
         for let in self._lets:
             let_values.append(let(values, let_values, step))
@@ -409,6 +462,7 @@ class _Resolver:
     ):
         self.term_index, self.let_index, self.params, self.source = term_index, let_index, params, source
         self.schedules = 0
+        self.weights: dict[int, Combine] = {}  # the weights that move (schedules), for ``silencers``
 
     def __call__(self, expr: ObjectiveExpr) -> Combine:
         if isinstance(expr, TermValue):
@@ -433,7 +487,91 @@ class _Resolver:
             self._fail(expr, "the loss's weight overflows float32")
         op = _OPS[expr.op]
         left, right = self(expr.left), self(expr.right)
+        if expr.op == "*" and not is_number:
+            return self._weigh(expr, left, right)
         return lambda terms, lets, step: op(left(terms, lets, step), right(terms, lets, step))
+
+    def _weigh(self, expr: Arithmetic, left: Combine, right: Combine) -> Combine:
+        """Number * Loss (either way round). A weight of 0 silences the loss: 0, not 0 * inf = NaN.
+        (Its gradient is cut at the term's inputs: see ``silencers``.)"""
+        number_first = self._range(expr.left) is not None
+        number, loss = (left, right) if number_first else (right, left)
+        fixed = self.constant(expr.left if number_first else expr.right)
+        if fixed == 0:  # a literal or a param of 0: still in the graph, so gradients are 0 (as 0 * loss), not None
+            return lambda terms, lets, step: _zero_keeping_graph(loss(terms, lets, step))
+        if fixed is not None:
+            return lambda terms, lets, step: fixed * loss(terms, lets, step)
+
+        def weighed(terms: Values, lets: Values, step: torch.Tensor | None) -> torch.Tensor:
+            weight = number(terms, lets, step)
+            return torch.where(weight == 0, 0.0, weight * loss(terms, lets, step))  # no sync
+
+        return weighed
+
+    def silencers(self, plan: Plan) -> tuple[Callable[[torch.Tensor | None], torch.Tensor | bool] | None, ...]:
+        """Per term: None, or a function of the step that is True while the term's every use in the
+        objective is weighed by a number that is 0 (``warmup(50) * kl`` at step 0, ``lam * fair`` with
+        lam = 0). The forward then passes the term inputs without their gradient: the weighed value
+        is 0, but the term's own backward would still give 0 * inf = NaN where its derivative is inf.
+        A term a constraint reads is never silenced (its multiplier weighs it, not a number)."""
+        let_uses: dict[str, _Uses] = {}
+        for let in plan.lets:  # in dependency order: each let's lets come first
+            let_uses[let.name] = self._uses(let.value, let_uses) or {}
+        uses = self._uses(plan.objective, let_uses) or {}
+        for constraint in plan.constraints:
+            for expr in (constraint.value, constraint.bound):
+                uses = _merge_uses(uses, {term: None for term in self._uses(expr, let_uses) or {}})
+        silencers: list = [None] * len(self.term_index)
+        for term, weights in uses.items():
+            if weights is not None:
+                silencers[term] = self._silencer(weights)
+        return tuple(silencers)
+
+    def _uses(self, expr: ObjectiveExpr, let_uses: dict[str, _Uses]) -> _Uses | None:
+        """The terms in ``expr``, each with the weights that can be 0 over each of its uses; None for a number."""
+        if isinstance(expr, TermValue):
+            return {self.term_index[id(expr.term)]: None}
+        if isinstance(expr, LetValue):
+            return let_uses[expr.name]
+        if isinstance(expr, Negate):
+            return self._uses(expr.operand, let_uses)
+        if not isinstance(expr, Arithmetic):
+            return None  # a number
+        left, right = self._uses(expr.left, let_uses), self._uses(expr.right, let_uses)
+        if left is None and right is None:
+            return None
+        if left is not None and right is not None:
+            return _merge_uses(left, right)
+        loss, weight = (right, expr.left) if left is None else (left, expr.right)
+        if expr.op == "/":  # a divisor is never 0
+            return loss
+        fixed = self.constant(weight)
+        if fixed is not None:  # 0: every use is silent; any other number silences nothing
+            return {term: frozenset() for term in loss} if fixed == 0 else loss
+        self.weights[id(weight)] = self(weight)
+        key = frozenset({id(weight)})
+        return {
+            term: _bounded(frozenset({key}) if weights is None else frozenset(w | key for w in weights))
+            for term, weights in loss.items()
+        }
+
+    def _silencer(self, weights: frozenset[frozenset[int]]) -> Callable[[torch.Tensor | None], torch.Tensor | bool]:
+        """True (a bool tensor) while each use has a weight at 0; a term whose every use is silent always: True."""
+        if not weights:
+            return lambda step: True
+        uses = [[self.weights[key] for key in use] for use in weights]
+
+        def silent(step: torch.Tensor | None) -> torch.Tensor:
+            result = None
+            for use in uses:
+                zero = None
+                for weight in use:
+                    is_zero = weight((), (), step) == 0
+                    zero = is_zero if zero is None else zero | is_zero
+                result = zero if result is None else result & zero
+            return result
+
+        return silent
 
     def constant(self, expr: ObjectiveExpr) -> float | None:
         """The value of number arithmetic over params, computed once here; None for losses and schedules."""
@@ -495,6 +633,44 @@ class _Resolver:
         names = ", ".join(f"{name} = {value:g}" for name, value in self.params.items() if name in _params_in(expr))
         message = f"{problem} with {names}" if names else problem
         raise LossSpecError([Diagnostic("E205", message, expr.span, source=self.source)]) from None
+
+
+#: Per term index: None when some use of the term is under no weight that can be 0, else the set of
+#: its uses, each the set of its weights that move (by id); an empty set: every use is weighed by 0.
+_Uses = dict[int, "frozenset[frozenset[int]] | None"]
+_MAX_USES = 16  # beyond this a term is simply not silenced (a spec that large weighs little at 0)
+
+
+def _merge_uses(a: _Uses, b: _Uses) -> _Uses:
+    merged = dict(a)
+    for term, weights in b.items():
+        if term not in merged:
+            merged[term] = weights
+        else:
+            other = merged[term]
+            merged[term] = None if weights is None or other is None else _bounded(other | weights)
+    return merged
+
+
+def _bounded(weights: frozenset[frozenset[int]]) -> frozenset[frozenset[int]] | None:
+    if len(weights) > _MAX_USES or any(len(use) > _MAX_USES for use in weights):
+        return None
+    return weights
+
+
+def _silence(arguments: list[torch.Tensor], silent: torch.Tensor | bool) -> list[torch.Tensor]:
+    """The term's inputs, passing no gradient where ``silent``: ``where`` gives the masked branch a
+    zero gradient without multiplying, so a NaN from inside the term does not reach the model."""
+    if silent is True:  # kept in the graph: the inputs get gradient 0, not None, as under 0 * loss
+        silent = torch.ones((), dtype=torch.bool, device=arguments[0].device) if arguments else True
+    if silent is True:
+        return arguments
+    return [torch.where(silent, tensor.detach(), tensor) if tensor.requires_grad else tensor for tensor in arguments]
+
+
+def _zero_keeping_graph(value: torch.Tensor) -> torch.Tensor:
+    """0 in ``value``'s shape, with gradient 0 to it (``0 * value`` would be NaN for an infinite value)."""
+    return torch.where(torch.ones_like(value, dtype=torch.bool), 0.0, value)
 
 
 def _moves(expr: ObjectiveExpr) -> bool:

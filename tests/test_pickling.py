@@ -505,3 +505,15 @@ def test_a_spawned_process_computes_the_same_values(custom_terms):
             torch.testing.assert_close(last[label], want_last[label], rtol=0, atol=0)
         for key in want_state:
             torch.testing.assert_close(state[key], want_state[key], rtol=0, atol=0)
+
+
+def test_check_finite_survives_copies():
+    """``check_finite`` is an attribute outside ``state_dict``: copies keep it, and still raise E405."""
+    loss_fn = lossdsl.compile("mse()")
+    loss_fn.check_finite = True
+    for round_trip in (through_pickle, copy.deepcopy, through_torch_save, copy.copy):
+        copied = round_trip(loss_fn)
+        assert copied.check_finite
+        with pytest.raises(lossdsl.LossSpecError, match="E405"):
+            copied(torch.tensor([float("nan")]), torch.zeros(1))
+    assert not copy.deepcopy(lossdsl.compile("mse()")).check_finite

@@ -24,13 +24,20 @@ from ..registry import (
 )
 
 
+#: ce's class weights: ``mean`` divides by the batch's summed weights, which overflowed float32 to
+#: inf / inf = NaN at ``[1e38, 1e38, 1e38]``; 1e15 leaves room for 3e23 targets.
+MAX_CLASS_WEIGHT = 1e15
+ClassWeights = Annotated[tuple[Annotated[float, Field(gt=0, le=MAX_CLASS_WEIGHT)], ...], Field(min_length=1)]
+
+
 class CEParams(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits: [N, C, ...] for C classes, or [N] / [N, 1] for binary")
     target: InputOf("labels", "binary", "probs") = Field(
         "target", description="integer class indices [N, ...] (0/1 for binary logits), or class probabilities"
     )
-    weight: Literal["balanced"] | Weights | None = Field(
-        None, description="class weights: none, 'balanced' (from running class counts) or a list, one per class"
+    weight: Literal["balanced"] | ClassWeights | None = Field(
+        None, description="class weights: none, 'balanced' (from running class counts) or a list, one per class, "
+        "each at most 1e15 (a batch's summed weights must stay within float32; only their ratios matter to mean)"
     )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="mass spread uniformly over the classes")
     ignore_index: Int64 = Field(-100, description="targets equal to this are left out, as in F.cross_entropy")
@@ -260,7 +267,8 @@ class CrossEntropy(Term):
         its loss and its gradient, so the targets need no masking of their own.
         """
         smoothing = self.label_smoothing
-        share = keep.to(logits.dtype) if weight is None else weight[labels] * keep
+        # index_select, not weight[labels]: a target of -1 (not ignore_index) raises instead of wrapping to weight[1]
+        share = keep.to(logits.dtype) if weight is None else weight.index_select(0, labels) * keep
         if sample_weight is not None:
             share = share * sample_weight
         if weight is None or not smoothing:

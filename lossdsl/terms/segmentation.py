@@ -86,7 +86,7 @@ class _Overlap(Term):
     def one_minus_ratio(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
         """``1 - (numerator + smooth) / (denominator + smooth)``, and 0 (with zero gradients) for 0 / 0."""
         numerator, denominator = numerator + self.smooth, denominator + self.smooth
-        defined = denominator > 0
+        defined = ~(denominator <= 0)  # not `> 0`: NaN (from a NaN logit) must give NaN, not a hidden 0
         ratio = numerator / torch.where(defined, denominator, torch.ones_like(denominator))
         return 1 - torch.where(defined, ratio, torch.ones_like(ratio))
 
