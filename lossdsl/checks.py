@@ -38,7 +38,7 @@ from .plan import (
     TermPlan,
     TermValue,
 )
-from .registry import CONDITION, INPUT, INPUT_KINDS, MAX_GROUPS, REGISTRY, TENSOR, InnerLoss, TermDef
+from .registry import CONDITION, INPUT, INPUT_KINDS, MAX_GROUP_STATE, MAX_GROUPS, REGISTRY, TENSOR, InnerLoss, TermDef
 from .schedules import SCHEDULES
 from .tensor_expr import FUNCTIONS, names_in
 
@@ -170,6 +170,23 @@ class _Checker:
             raise LossSpecError(self.diagnostics)
         return self._plan(objective)
 
+    def _unreduced_term(self, expr: ObjectiveExpr | None) -> TermPlan | None:
+        """The first term with ``reduction=none`` in an objective expression, lets followed."""
+        pending = [expr]
+        while pending:
+            node = pending.pop()
+            if isinstance(node, TermValue):
+                if getattr(node.term.params, "reduction", None) == "none":
+                    return node.term
+            elif isinstance(node, LetValue):
+                let = self.lets.get(node.name)
+                pending.append(let.value if let is not None else None)
+            elif isinstance(node, Arithmetic):
+                pending += [node.right, node.left]
+            elif isinstance(node, Negate):
+                pending.append(node.operand)
+        return None
+
     def _constraint(self, statement: ast.SubjectTo) -> ConstraintPlan | None:
         """The checked constraint; unnamed, its name is "" until ``_name_constraints`` gives one."""
         compare = statement.constraint
@@ -186,6 +203,11 @@ class _Checker:
             return None
         if kind is not Type.LOSS or bound_kind is not Type.NUMBER or isinstance(bound, ScheduleValue):
             self.report("E302", "a constraint bounds a loss by a number", compare, hint=usage)
+            return None
+        unreduced = self._unreduced_term(value)
+        if unreduced is not None:
+            self.report("E302", f"a constraint bounds one number, but {unreduced.term.name}() has reduction=none "
+                        "(a loss per sample)", unreduced.span, hint="bound its mean: leave out reduction=none")
             return None
         method, rate = "lagrangian", _METHODS["lagrangian"][1]
         if statement.method is not None:
@@ -392,6 +414,12 @@ class _Checker:
             return (Type.NUMBER, Constant(folded)) if folded is not _INVALID else (Type.ERROR, None)
         op = expr.op
         if op in "+-":
+            unreduced = self._unreduced_term(left) or self._unreduced_term(right) if left_type is right_type else None
+            if unreduced is not None:  # [N] and [N, C, H, W] would broadcast, or worse, silently
+                self.report("E302", f"cannot {'add' if op == '+' else 'subtract'} losses when one is per sample: "
+                            f"{unreduced.term.name}() has reduction=none", expr,
+                            hint="loss_fn.per_sample(...) gives each sample's sum of the terms; or reduce the term")
+                return Type.ERROR, None
             if left_type is right_type:
                 return Type.LOSS, value
             self.report("E302", f"cannot {'add' if op == '+' else 'subtract'} a number and a loss", expr,
@@ -491,7 +519,10 @@ class _Checker:
                 continue
             given[positional[index]] = arg
         for keyword in call.keywords:
-            if keyword.name not in fields:
+            if keyword.name == "reduction" and _names_none(keyword.value) and not term.module.has_sample_losses():
+                self._no_sample_losses(term, keyword)
+                ok = False
+            elif keyword.name not in fields:
                 self.report("E203", f"unknown argument '{keyword.name}' for {call.name}()", _name_span(keyword),
                             hint=did_you_mean(keyword.name, fields) or f"{call.name}() takes {', '.join(fields)}")
                 ok = False
@@ -591,6 +622,12 @@ class _Checker:
                 return _INVALID
         self.report("E204", f"'{name}' of {term.name}() takes {_expected(term, name)}; got {_describe(node)}", node)
         return _INVALID
+
+    def _no_sample_losses(self, term: TermDef, keyword: ast.Keyword) -> None:
+        """``reduction=none`` on a batch-level term (fairness, dice, l2, ...)."""
+        have = ", ".join(name for name, t in REGISTRY.items() if t.module.has_sample_losses() and "reduction" in t.params.model_fields)
+        self.report("E204", f"{term.name}() has no per-sample form: it is computed over the whole batch, so it "
+                    "takes no reduction=none", keyword, hint=f"reduction=none is for terms that average over samples: {have}")
 
     def _inner_loss(self, term: TermDef, call: ast.Call) -> Any:
         """``group_loss(mse)``, ``group_loss_gap(huber(delta=2))``: a per-sample loss term inside an argument."""
@@ -702,8 +739,12 @@ class _Checker:
                 return False
             if not _reads_input(node):
                 return self._constant(node) is not _INVALID
-            if node.op == "/" and self._constant(node.right) == 0:
+            divisor = self._constant(node.right) if node.op == "/" else None
+            if divisor == 0:
                 self.report("E205", "division by zero", node.right)
+                return False
+            if isinstance(divisor, float) and abs(divisor) < 1 / ast.LARGEST_NUMBER:  # 0 in float32
+                self.report("E205", f"dividing by {format_expr(node.right)} is beyond float32's range", node.right)
                 return False
             return True
         if isinstance(node, (ast.Compare, ast.Logic, ast.Not)):
@@ -773,6 +814,9 @@ class _Checker:
                 self.report("W001", f"'{name}' is defined but not used in the objective", let.statement,
                             hint="it is not computed; add it to 'loss = ...' or remove it", severity="warning")
         terms.sort(key=lambda t: (t.span.line, t.span.column) if t.span else (0, 0))  # stable: built specs keep visit order
+        self._check_group_state(terms)
+        if any(d.severity == "error" for d in self.diagnostics):
+            raise LossSpecError(self.diagnostics)
         labelled = self._label(terms, used_lets)
         let_plans = tuple(
             LetPlan(name, _relabel(self.lets[name].value, labelled), self.lets[name].statement.span)  # type: ignore[arg-type]
@@ -796,6 +840,19 @@ class _Checker:
             ),
             warnings=tuple(self.diagnostics),
         )
+
+    def _check_group_state(self, terms: list[TermPlan]) -> None:
+        """The per-group state of all the terms (``state_size``: window=ema's running sums) is bounded:
+        eight eo terms over 2^24 groups allocated 4.3 GB when the module was built."""
+        kept = 0
+        for term in terms:
+            size = getattr(term.params, "state_size", lambda: 0)()
+            kept += size
+            if size and kept > MAX_GROUP_STATE:
+                self.report("E205", f"the spec's window=ema terms keep {kept} running sums (groups x 2 per rate, "
+                            f"per term), beyond the limit of {MAX_GROUP_STATE} (128 MiB)", term.span,
+                            hint="give fewer groups, or fewer terms a window")
+                return
 
     def _label(self, terms: list[TermPlan], used_lets: list[str]) -> dict[int, TermPlan]:
         """Name each term for ``last_terms``: its let's name, or its term name (numbered when repeated)."""
@@ -897,3 +954,8 @@ def _example_keyword(term: TermDef) -> str:
         if name not in term.params.positional and name not in term.params.fields_marked(INPUT)
     ]
     return f"{term.name}({fields[0]}=...)" if fields else f"{term.name}()"
+
+
+def _names_none(node: ast.Node) -> bool:
+    """``reduction=none`` (or ``reduction="none"``)."""
+    return (isinstance(node, ast.Name) and node.id == "none") or (isinstance(node, ast.String) and node.value == "none")

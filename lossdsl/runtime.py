@@ -14,7 +14,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from . import ast
+from . import ast, pickling
 from .errors import Diagnostic, LossSpecError, did_you_mean
 from .formatting import format_expr
 from .plan import (
@@ -32,7 +32,7 @@ from .plan import (
     TermValue,
 )
 from .schedules import SCHEDULES, value_range
-from .registry import TermParams
+from .registry import TermParams, weighted_mean
 
 Values = Sequence[torch.Tensor]
 Combine = Callable[[Values, Values, "torch.Tensor | None"], "torch.Tensor | float"]  # terms, lets, step
@@ -49,16 +49,23 @@ class LossModule(nn.Module):
     """A compiled loss spec. Call it with the input tensors; it returns a scalar.
 
     ``last_terms`` holds the detached value of every term and let of the last
-    call, and ``total``. ``inputs`` names the tensors it reads.
+    call, and ``total``. ``inputs`` names the tensors it reads. ``params`` is read-only:
+    ``with_params`` builds a module with other values. Copies, pickles and ``torch.save``
+    rebuild it from its checked spec and carry its state (see ``lossdsl.pickling``).
     """
+
+    #: Opt-in: raise E405 naming the term (and its inputs) whose value is NaN or infinite. Checking
+    #: reads the values on the host, a synchronisation per term on CUDA, so it is off by default.
+    check_finite: bool = False
 
     def __init__(self, plan: Plan, params: Mapping[str, float] | None = None):
         super().__init__()
         self.plan = plan
         self.inputs: tuple[str, ...] = plan.inputs
-        #: The value of every ``param``: its default, or the override given to ``compile``.
-        self.params: dict[str, float] = {p.name: float(p.default) for p in plan.params}
-        self.params.update(params or {})
+        # The value of every ``param``: its default, or the override given to ``compile``.
+        self._param_values: dict[str, float] = {p.name: float(p.default) for p in plan.params}
+        self._param_values.update(params or {})
+        self._bound_model: nn.Module | None = None  # what bind() was given, for copies
         self.terms = nn.ModuleList()
         position = {name: i for i, name in enumerate(plan.inputs)}
         term_index: dict[int, int] = {}
@@ -69,12 +76,15 @@ class LossModule(nn.Module):
             term_index[id(term)] = index
         self._term_inputs = tuple(tuple(position[name] for name in term.inputs) for term in plan.terms)
         let_index = {let.name: i for i, let in enumerate(plan.lets)}
-        resolve = _Resolver(term_index, let_index, self.params, plan.source)
+        resolve = _Resolver(term_index, let_index, self._param_values, plan.source)
         self._lets = tuple(resolve(let.value) for let in plan.lets)
         self._objective = resolve(plan.objective)
         self._constraints = tuple((resolve(c.value), resolve(c.bound), _ConstraintRule(c)) for c in plan.constraints)
         if plan.constraints:  # one Lagrange multiplier per constraint, saved in state_dict
             self.register_buffer("multipliers", torch.zeros(len(plan.constraints)))
+        #: Per term: None, or a function of the step giving True (a bool tensor) while every weight
+        #: the term is under is 0; its inputs then pass no gradient (see ``_Resolver.silencers``).
+        self._silencers = resolve.silencers(plan)
         self._scheduled = resolve.schedules > 0
         if self._scheduled:  # the step counter, saved in state_dict
             self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
@@ -101,8 +111,20 @@ class LossModule(nn.Module):
         if target is not None:
             inputs["target"] = target
         tensors = self._gather(inputs)
-        values = [term(*[tensors[i] for i in positions]) for term, positions in zip(self.terms, self._term_inputs)]
         step = self.step_count if self._scheduled else None
+        values: list[torch.Tensor] = []
+        for index, (term, positions) in enumerate(zip(self.terms, self._term_inputs)):
+            arguments = [tensors[i] for i in positions]
+            if self._silencers[index] is not None:  # under a weight that can be 0: no gradient while it is
+                arguments = _silence(arguments, self._silencers[index](step))
+            try:  # free when nothing is raised: the happy path gains no check and no sync
+                values.append(term(*arguments))
+            except (IndexError, RuntimeError) as exc:
+                if isinstance(exc, (NotImplementedError, RecursionError)):
+                    raise
+                raise self._torch_error(index, arguments, exc) from None
+        if self.check_finite:
+            self._check_finite(values, [[tensors[i] for i in positions] for positions in self._term_inputs])
         let_values: list[torch.Tensor] = []
         for let in self._lets:
             let_values.append(let(values, let_values, step))
@@ -118,7 +140,9 @@ class LossModule(nn.Module):
         reported = [let_values[i] for i in self._reported_lets]
         self._last[0] = (*values, *reported, *constraint_values, total)  # a list slot: Module.__setattr__ is slow
         if self._scheduled and self.training:
-            self.step_count += 1
+            # A new tensor, not += 1: under torch.compile the backward recomputes the schedules from
+            # the counter, and read the advanced one (warmup(3) at step 0 passed 1/3 of the gradient).
+            self.step_count = self.step_count + 1
         return total
 
     def _constrain(
@@ -185,6 +209,36 @@ class LossModule(nn.Module):
                 declaration.check(tensors[i], sizes)
         return tensors
 
+    def _torch_error(self, index: int, arguments: list[torch.Tensor], exc: Exception) -> LossSpecError:
+        """torch's error inside a term (an index out of range, mostly) as E402 naming the term's
+        index inputs (its integer and bool tensors; all its inputs when it has none) and its place."""
+        term = self.plan.terms[index]
+        names = [name for name, tensor in zip(term.inputs, arguments) if not tensor.is_floating_point()]
+        names = names or list(term.inputs)
+        subject = f"input '{names[0]}' of " if len(names) == 1 else "".join(
+            ["inputs ", ", ".join(f"'{n}'" for n in names), " of "] if names else [])  # l2() reads none
+        lines = str(exc).strip().splitlines()
+        problem = f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+        hint = None
+        if any(word in problem.lower() for word in ("index", "bounds", "range")):
+            hint = ("class indices lie in [0, C) or equal ignore_index; with groups=K, group codes lie in [0, K) "
+                    "(leave groups= out for any codes)")
+        return LossSpecError([Diagnostic("E402", f"{subject}{term.where}: torch raised {problem}", hint=hint)])
+
+    def _check_finite(self, values: list[torch.Tensor], arguments: list[list[torch.Tensor]]) -> None:
+        """``check_finite``: the first term whose value is NaN or infinite is E405, with its inputs that are."""
+        for term, value, tensors in zip(self.plan.terms, values, arguments):
+            if bool(torch.isfinite(value).all()):  # a host synchronisation: opt-in
+                continue
+            kind = "NaN" if bool(torch.isnan(value).any()) else "infinite"
+            bad = [
+                name for name, tensor in zip(term.inputs, tensors)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+            ]
+            listed = ", ".join(f"'{n}'" for n in bad)
+            cause = f"; its input{'s' * (len(bad) > 1)} {listed} hold{'s' * (len(bad) == 1)} NaN or inf" if bad else ""
+            raise LossSpecError(f"{term.where} is {kind}{cause}", code="E405")
+
     def _missing(self, name: str, given: dict[str, torch.Tensor]) -> None:
         unused = [key for key in given if key not in self.inputs]
         hint = did_you_mean(name, unused)
@@ -194,6 +248,7 @@ class LossModule(nn.Module):
 
     def bind(self, model: nn.Module) -> LossModule:
         """Give weight penalties (``l1``, ``l2``) the model whose parameters they read at call time."""
+        object.__setattr__(self, "_bound_model", model)  # a reference, not a submodule
         for term in self.terms:
             bind = getattr(term, "bind", None)
             if bind is not None:
@@ -211,10 +266,133 @@ class LossModule(nn.Module):
                 fit(*[inputs.get(name) for name in plan.inputs])
         return self
 
+    @property
+    def params(self) -> ParamValues:
+        """The value of every ``param`` (read-only: the module was built with them)."""
+        return ParamValues(self._param_values)
+
+    @params.setter
+    def params(self, values: object) -> None:
+        raise AttributeError(ParamValues.READ_ONLY)
+
+    def with_params(self, values: Mapping[str, float] | None = None, /, **params: float) -> LossModule:
+        """A new module of the same spec with these params changed (the others keep their values here).
+
+        It is fresh, as ``compile`` makes it: its state starts anew and it is unbound; carry state
+        over with ``new.load_state_dict(old.state_dict())``. Names and ranges are checked as for
+        ``compile(..., params=...)``.
+        """
+        from .compiler import check_overrides  # (the compiler imports this module)
+
+        overrides = check_overrides(self.plan, {**(values or {}), **params})
+        return type(self)(self.plan, {**self._param_values, **overrides})
+
+    # Copies and pickles rebuild the module from its checked spec and carry its state.
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        return pickling.reduce(self)
+
+    def __setstate__(self, state: object) -> None:
+        if isinstance(state, pickling.State):
+            pickling.restore(self, state)
+        else:  # nn.Module's own form
+            super().__setstate__(state)
+
+    def __deepcopy__(self, memo: dict) -> LossModule:
+        return pickling.deep_copy(self, memo)
+
+    def __copy__(self) -> LossModule:
+        return pickling.shallow_copy(self)
+
+    def per_sample(
+        self, pred: torch.Tensor | None = None, target: torch.Tensor | None = None, **inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """Each sample's loss, ``[N]``: the objective's weighted sum of its terms' per-sample values.
+
+        A term's value for sample ``i`` is its own reduction over that sample's elements alone
+        (``mean``: its mean over the non-batch dimensions, ``ce``'s over the kept targets with
+        their class weights, 0 when all are ignored; ``sum``: their sum), times the sample's
+        ``sample_weight`` when the term has one. Weights, params and schedules apply as in the
+        forward, at the current step. Nothing is updated: the step counter does not move and
+        ``ce(weight=balanced)`` reads its class counts without adding the batch. Differentiable.
+        A spec with a batch-level term (fairness, dice, soft_f1, l1/l2, custom terms) or a
+        constraint has no per-sample form: E403 naming it.
+        """
+        if pred is not None:
+            inputs["pred"] = pred
+        if target is not None:
+            inputs["target"] = target
+        for plan, term in zip(self.plan.terms, self.terms):
+            if not term.has_sample_losses():
+                raise LossSpecError(f"per_sample(): {plan.where} is computed over the whole batch, so this loss has "
+                                    "no per-sample form; per_sample() needs a sum of per-sample terms", code="E403")
+        if self.plan.constraints:
+            name = self.plan.constraints[0].name
+            raise LossSpecError(f"per_sample(): the constraint '{name}' bounds a batch's value, so this loss has no "
+                                "per-sample form", code="E403")
+        tensors = self._gather(inputs)
+        step = self.step_count if self._scheduled else None
+        values: list[torch.Tensor] = []
+        for index, (term, plan, positions) in enumerate(zip(self.terms, self.plan.terms, self._term_inputs)):
+            given = [tensors[i] for i in positions]
+            if self._silencers[index] is not None:  # as in the forward: a weight of 0 passes no NaN back
+                given = _silence(given, self._silencers[index](step))
+            weighted = getattr(plan.params, "sample_weight", None) is not None
+            if term.per_sample and not weighted:  # such a forward reduces through reduce when weighted
+                first = given[0]
+                n = first.shape[0] if first.dim() else 1
+                dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
+                given.append(torch.ones(n, dtype=dtype, device=first.device))
+            training = term.training
+            term.keeps_samples, term.training = True, False  # [N, 2] sums; no counts added
+            try:
+                sums = term(*given)  # each sample's numerator and denominator
+            finally:
+                term.keeps_samples, term.training = False, training
+            value = weighted_mean(sums[:, 0], sums[:, 1])
+            if weighted:
+                value = value * given[-1].to(value.dtype)
+            if values and value.shape != values[0].shape:
+                raise LossSpecError(f"per_sample(): {plan.where} has {value.shape[0]} samples but "
+                                    f"{self.plan.terms[0].where} has {values[0].shape[0]}", code="E402")
+            values.append(value)
+        let_values: list[torch.Tensor] = []
+        for let in self._lets:
+            let_values.append(let(values, let_values, step))
+        return self._objective(values, let_values, step)
+
     def extra_repr(self) -> str:
         objective = next((s for s in self.plan.spec.statements if isinstance(s, ast.LossStmt)), None)
         text = format_expr(objective.value) if objective is not None else ""
         return f"objective={text!r}, inputs={self.inputs}"
+
+
+class ParamValues(Mapping):
+    """``LossModule.params``: a read-only view of the values the module was built with."""
+
+    READ_ONLY = (
+        "LossModule.params is read-only: the values are built into the module. Use "
+        "loss_fn.with_params(lam=0.3) for a module with other values, or lossdsl.compile(spec, params={...})"
+    )
+
+    def __init__(self, values: Mapping[str, float]):
+        self._values = values
+
+    def __getitem__(self, name: str) -> float:
+        return self._values[name]
+
+    def __iter__(self) -> typing.Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return repr(dict(self._values))
+
+    def _refuse(self, *args: object, **kwargs: object) -> typing.NoReturn:
+        raise TypeError(self.READ_ONLY)
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
 
 
 class _ConstraintRule:
@@ -284,6 +462,7 @@ class _Resolver:
     ):
         self.term_index, self.let_index, self.params, self.source = term_index, let_index, params, source
         self.schedules = 0
+        self.weights: dict[int, Combine] = {}  # the weights that move (schedules), for ``silencers``
 
     def __call__(self, expr: ObjectiveExpr) -> Combine:
         if isinstance(expr, TermValue):
@@ -308,7 +487,91 @@ class _Resolver:
             self._fail(expr, "the loss's weight overflows float32")
         op = _OPS[expr.op]
         left, right = self(expr.left), self(expr.right)
+        if expr.op == "*" and not is_number:
+            return self._weigh(expr, left, right)
         return lambda terms, lets, step: op(left(terms, lets, step), right(terms, lets, step))
+
+    def _weigh(self, expr: Arithmetic, left: Combine, right: Combine) -> Combine:
+        """Number * Loss (either way round). A weight of 0 silences the loss: 0, not 0 * inf = NaN.
+        (Its gradient is cut at the term's inputs: see ``silencers``.)"""
+        number_first = self._range(expr.left) is not None
+        number, loss = (left, right) if number_first else (right, left)
+        fixed = self.constant(expr.left if number_first else expr.right)
+        if fixed == 0:  # a literal or a param of 0: still in the graph, so gradients are 0 (as 0 * loss), not None
+            return lambda terms, lets, step: _zero_keeping_graph(loss(terms, lets, step))
+        if fixed is not None:
+            return lambda terms, lets, step: fixed * loss(terms, lets, step)
+
+        def weighed(terms: Values, lets: Values, step: torch.Tensor | None) -> torch.Tensor:
+            weight = number(terms, lets, step)
+            return torch.where(weight == 0, 0.0, weight * loss(terms, lets, step))  # no sync
+
+        return weighed
+
+    def silencers(self, plan: Plan) -> tuple[Callable[[torch.Tensor | None], torch.Tensor | bool] | None, ...]:
+        """Per term: None, or a function of the step that is True while the term's every use in the
+        objective is weighed by a number that is 0 (``warmup(50) * kl`` at step 0, ``lam * fair`` with
+        lam = 0). The forward then passes the term inputs without their gradient: the weighed value
+        is 0, but the term's own backward would still give 0 * inf = NaN where its derivative is inf.
+        A term a constraint reads is never silenced (its multiplier weighs it, not a number)."""
+        let_uses: dict[str, _Uses] = {}
+        for let in plan.lets:  # in dependency order: each let's lets come first
+            let_uses[let.name] = self._uses(let.value, let_uses) or {}
+        uses = self._uses(plan.objective, let_uses) or {}
+        for constraint in plan.constraints:
+            for expr in (constraint.value, constraint.bound):
+                uses = _merge_uses(uses, {term: None for term in self._uses(expr, let_uses) or {}})
+        silencers: list = [None] * len(self.term_index)
+        for term, weights in uses.items():
+            if weights is not None:
+                silencers[term] = self._silencer(weights)
+        return tuple(silencers)
+
+    def _uses(self, expr: ObjectiveExpr, let_uses: dict[str, _Uses]) -> _Uses | None:
+        """The terms in ``expr``, each with the weights that can be 0 over each of its uses; None for a number."""
+        if isinstance(expr, TermValue):
+            return {self.term_index[id(expr.term)]: None}
+        if isinstance(expr, LetValue):
+            return let_uses[expr.name]
+        if isinstance(expr, Negate):
+            return self._uses(expr.operand, let_uses)
+        if not isinstance(expr, Arithmetic):
+            return None  # a number
+        left, right = self._uses(expr.left, let_uses), self._uses(expr.right, let_uses)
+        if left is None and right is None:
+            return None
+        if left is not None and right is not None:
+            return _merge_uses(left, right)
+        loss, weight = (right, expr.left) if left is None else (left, expr.right)
+        if expr.op == "/":  # a divisor is never 0
+            return loss
+        fixed = self.constant(weight)
+        if fixed is not None:  # 0: every use is silent; any other number silences nothing
+            return {term: frozenset() for term in loss} if fixed == 0 else loss
+        self.weights[id(weight)] = self(weight)
+        key = frozenset({id(weight)})
+        return {
+            term: _bounded(frozenset({key}) if weights is None else frozenset(w | key for w in weights))
+            for term, weights in loss.items()
+        }
+
+    def _silencer(self, weights: frozenset[frozenset[int]]) -> Callable[[torch.Tensor | None], torch.Tensor | bool]:
+        """True (a bool tensor) while each use has a weight at 0; a term whose every use is silent always: True."""
+        if not weights:
+            return lambda step: True
+        uses = [[self.weights[key] for key in use] for use in weights]
+
+        def silent(step: torch.Tensor | None) -> torch.Tensor:
+            result = None
+            for use in uses:
+                zero = None
+                for weight in use:
+                    is_zero = weight((), (), step) == 0
+                    zero = is_zero if zero is None else zero | is_zero
+                result = zero if result is None else result & zero
+            return result
+
+        return silent
 
     def constant(self, expr: ObjectiveExpr) -> float | None:
         """The value of number arithmetic over params, computed once here; None for losses and schedules."""
@@ -370,6 +633,44 @@ class _Resolver:
         names = ", ".join(f"{name} = {value:g}" for name, value in self.params.items() if name in _params_in(expr))
         message = f"{problem} with {names}" if names else problem
         raise LossSpecError([Diagnostic("E205", message, expr.span, source=self.source)]) from None
+
+
+#: Per term index: None when some use of the term is under no weight that can be 0, else the set of
+#: its uses, each the set of its weights that move (by id); an empty set: every use is weighed by 0.
+_Uses = dict[int, "frozenset[frozenset[int]] | None"]
+_MAX_USES = 16  # beyond this a term is simply not silenced (a spec that large weighs little at 0)
+
+
+def _merge_uses(a: _Uses, b: _Uses) -> _Uses:
+    merged = dict(a)
+    for term, weights in b.items():
+        if term not in merged:
+            merged[term] = weights
+        else:
+            other = merged[term]
+            merged[term] = None if weights is None or other is None else _bounded(other | weights)
+    return merged
+
+
+def _bounded(weights: frozenset[frozenset[int]]) -> frozenset[frozenset[int]] | None:
+    if len(weights) > _MAX_USES or any(len(use) > _MAX_USES for use in weights):
+        return None
+    return weights
+
+
+def _silence(arguments: list[torch.Tensor], silent: torch.Tensor | bool) -> list[torch.Tensor]:
+    """The term's inputs, passing no gradient where ``silent``: ``where`` gives the masked branch a
+    zero gradient without multiplying, so a NaN from inside the term does not reach the model."""
+    if silent is True:  # kept in the graph: the inputs get gradient 0, not None, as under 0 * loss
+        silent = torch.ones((), dtype=torch.bool, device=arguments[0].device) if arguments else True
+    if silent is True:
+        return arguments
+    return [torch.where(silent, tensor.detach(), tensor) if tensor.requires_grad else tensor for tensor in arguments]
+
+
+def _zero_keeping_graph(value: torch.Tensor) -> torch.Tensor:
+    """0 in ``value``'s shape, with gradient 0 to it (``0 * value`` would be NaN for an infinite value)."""
+    return torch.where(torch.ones_like(value, dtype=torch.bool), 0.0, value)
 
 
 def _moves(expr: ObjectiveExpr) -> bool:

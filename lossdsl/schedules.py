@@ -20,18 +20,29 @@ class _ScheduleParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
+#: The most steps a schedule takes: the step counter is an int64, which counts no further.
+MAX_STEPS = 2**63 - 1
+_STEPS_DESCRIPTION = "at most 2^63 - 1, as far as the int64 step counter counts"
+
+
 class Warmup(_ScheduleParams):
-    steps: PositiveInt = Field(description="steps to rise from 0 to 1")
+    steps: PositiveInt = Field(le=MAX_STEPS, description=f"steps to rise from 0 to 1 ({_STEPS_DESCRIPTION})")
 
 
 class Ramp(_ScheduleParams):
     start: float = Field(description="the value at step 0")
     end: float = Field(description="the value from `steps` on")
-    steps: PositiveInt = Field(description="steps to move from start to end")
+    steps: PositiveInt = Field(le=MAX_STEPS, description=f"steps to move from start to end ({_STEPS_DESCRIPTION})")
 
 
 def _progress(step: torch.Tensor, steps: int) -> torch.Tensor:
-    return torch.clamp(step.to(torch.get_default_dtype()) / steps, max=1.0)
+    return torch.clamp(step.to(torch.get_default_dtype()) / float(steps), max=1.0)
+
+
+def _between(start: float, end: float, share: torch.Tensor) -> torch.Tensor:
+    """``start`` moved ``share`` of the way to ``end``, as a weighted mean of the two: the
+    difference ``end - start`` would overflow float32 for ``linear(3e38, -3e38, 10)``."""
+    return start * (1 - share) + end * share
 
 
 def _warmup(params: Warmup) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -39,12 +50,12 @@ def _warmup(params: Warmup) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _linear(params: Ramp) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda step: params.start + (params.end - params.start) * _progress(step, params.steps)
+    return lambda step: _between(params.start, params.end, _progress(step, params.steps))
 
 
 def _cosine(params: Ramp) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda step: params.end + (params.start - params.end) * 0.5 * (
-        1 + torch.cos(math.pi * _progress(step, params.steps))
+    return lambda step: _between(
+        params.start, params.end, 0.5 * (1 - torch.cos(math.pi * _progress(step, params.steps)))
     )
 
 

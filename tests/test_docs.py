@@ -146,7 +146,14 @@ PYTHON_EXAMPLES = {
     'lossdsl.compile("mse()")(torch.randn(4), torch.randn(3))': (
         lambda: lossdsl.compile("mse()")(torch.randn(4), torch.randn(3))
     ),
+    'lossdsl.compile("mse()")(torch.tensor([float("nan")]), torch.zeros(1))': lambda: _checking_finite(
+        lossdsl.compile("mse()"))(torch.tensor([float("nan")]), torch.zeros(1)),
 }
+
+
+def _checking_finite(loss_fn):
+    loss_fn.check_finite = True
+    return loss_fn
 
 
 def _custom_elementwise() -> None:

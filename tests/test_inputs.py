@@ -80,10 +80,10 @@ def test_fixed_dimensions_are_checked():
         ("inputs:\n  y: real[N]\n  y: real[N]\nloss = soft_bound(y <= 1)", "E102", 3, 3, "declared twice"),
         ("inputs:\n  y: real[N] of 3\nloss = soft_bound(y <= 1)", "E204", 2, 3, "applies to group inputs"),
         ("inputs:\n  pred: logits[N]\n  target: binary[N]\n  sex: group[N] of 99999999999\n"
-         "loss = fairness(dp_gap, group=sex)", "E205", 4, 3, "a group input has 1 to 16777216 groups"),
+         "loss = fairness(dp_gap, group=sex)", "E205", 4, 3, "a group input has 1 to 65536 groups"),
         ("inputs:\n  pred: logits[N]\n  target: binary[N]\n  sex: group[N] of 0\n"
-         "loss = fairness(dp_gap, group=sex)", "E205", 4, 3, "a group input has 1 to 16777216 groups"),
-        ("fairness(dp_gap, group=sex, groups=16777217)", "E205", 1, 36, "less than or equal to 16777216"),
+         "loss = fairness(dp_gap, group=sex)", "E205", 4, 3, "a group input has 1 to 65536 groups"),
+        ("fairness(dp_gap, group=sex, groups=65537)", "E205", 1, 36, "less than or equal to 65536"),
         ("inputs:\n  y: real[N]\nloss = soft_bound(yy <= 1)", "E104", 3, 19, "did you mean 'y'?"),
         ("inputs:\n  y: real[N]\nloss = mean(abs(y)) + z", "E104", 3, 23, "undefined name 'z'"),
         ("loss = ce()\ny: real[N]", "E005", 2, 1, "outside an 'inputs:' block"),

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import AfterValidator, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic_core import PydanticCustomError
 
 from .. import distributed
 from ..errors import LossSpecError
@@ -48,6 +49,20 @@ Statistic = Literal[
 ]
 
 
+_SMALLEST_TEMPERATURE = float(torch.finfo(torch.float32).tiny)  # 1.2e-38
+
+
+def _normal_in_float32(t: float) -> float:
+    """smoothmax(T) divides by T in float32, where a smaller T is a subnormal (few digits) or 0."""
+    if t < _SMALLEST_TEMPERATURE:
+        raise PydanticCustomError("greater_than_equal", "Input should be greater than or equal to {ge}",
+                                  {"ge": f"{_SMALLEST_TEMPERATURE:.2g} (float32's smallest normal number)"})
+    return t
+
+
+Temperature = Annotated[PositiveFloat, AfterValidator(_normal_in_float32)]
+
+
 class FairnessParams(TermParams):
     positional = ("stat",)
     stat: Annotated[Statistic | InnerLoss, InnerForms(GROUP_LOSS_FORMS)] = Field(
@@ -60,16 +75,17 @@ class FairnessParams(TermParams):
     )
     groups: PositiveInt | None = Field(
         None, le=MAX_GROUPS,
-        description="number of groups when known (codes in [0, groups)); cheaper than ranking the codes",
+        description=f"number of groups when known (codes in [0, groups), at most {MAX_GROUPS}: each call works "
+        "over every slot); cheaper than ranking the codes while groups is near the batch size or below",
     )
     ref: Literal["groups", "overall"] = Field(
         "groups", description="compare the groups with each other, or each group with the whole batch"
     )
-    agg: Literal["max", "mean", "worst_case"] | tuple[Literal["smoothmax"], PositiveFloat] | None = Field(
+    agg: Literal["max", "mean", "worst_case"] | tuple[Literal["smoothmax"], Temperature] | None = Field(
         None,
         description="how disparities combine: max (default), mean (over pairs of groups, or over groups with "
-        "ref=overall) or smoothmax(T) (log-mean-exp at temperature T); for eo, worst_case (default) or mean "
-        "of its tpr and fpr parts",
+        "ref=overall) or smoothmax(T) (log-mean-exp at temperature T, at least 1.2e-38: a smaller T is 0 or "
+        "loses its digits in float32); for eo, worst_case (default) or mean of its tpr and fpr parts",
     )
     hard: bool = Field(
         False,
@@ -126,6 +142,13 @@ class FairnessParams(TermParams):
             raise ValueError("window=ema(m) keeps sums per group slot: give the group count, groups=K")
         return self
 
+    def state_size(self) -> int:
+        """Values of per-group state the module keeps: the ema window's running sums, K x columns."""
+        if self.window is None or self.groups is None:
+            return 0
+        columns = 2 if isinstance(self.stat, InnerLoss) else 2 * len(self.rate_names)
+        return self.groups * columns
+
     @property
     def group_names(self) -> tuple[str, ...]:
         return self.group if isinstance(self.group, tuple) else (self.group,)
@@ -152,6 +175,18 @@ class FairnessParams(TermParams):
 
 
 
+
+
+def _above_zero(values: torch.Tensor) -> torch.Tensor:
+    """``values > 0``, but True for NaN: a guard against 0 / 0 must not take a NaN for an empty group
+    and hide it (a finite penalty with NaN gradients); NaN in gives NaN out."""
+    return ~(values <= 0)
+
+
+def _nan_if_any_nan(sums: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """NaN when any group sum is: a NaN prediction, label or weight in a group whose rate is left
+    out (undefined, or sorted past the others) would else give a finite value over NaN gradients."""
+    return torch.where(sums.isnan().any(), float("nan"), value)
 
 
 def _is_column(tensor: torch.Tensor, n: int) -> bool:
@@ -211,13 +246,15 @@ class Fairness(Term):
     - A group whose rate is undefined in the batch (absent, or without positives for tpr/fnr,
       without negatives for fpr/tnr) is left out; with fewer than two groups left the value is 0,
       never NaN; equal rates of 0 give a ratio penalty of 0 (fairlearn: NaN). fairlearn instead
-      scores an undefined rate as 0, so with such a group the two differ.
+      scores an undefined rate as 0, so with such a group the two differ. NaN in gives NaN out: a
+      NaN prediction, label or weight is never taken for an empty group.
     - Group codes are an integer (or bool) tensor ``[N]`` or ``[N, 1]``; ``group=(sex, race)``
       makes each combination of codes a group (an intersection, as fairlearn's several
       sensitive features). Without ``groups``, the codes are ranked within the batch (sort, then
       ``index_add`` into N slots): any codes work, sparse, negative or large. With ``groups=K``
-      (one group input only) they index K slots directly (cheaper) and must lie in ``[0, K)``,
-      which is not checked (that would synchronise with the device).
+      (one group input only, K at most 65,536) they index K slots directly (cheaper) and must lie
+      in ``[0, K)``, which is not checked ahead (that would synchronise with the device): on the
+      CPU a code outside is E402 naming the group input, on CUDA torch's device-side assert.
     - Group sums use one ``index_add``: no Python loop over groups, no host synchronisation.
       ``sample_weight`` weighs each sample in the group sums, as fairlearn's ``sample_weight``
       does. An empty batch gives 0.
@@ -236,7 +273,8 @@ class Fairness(Term):
     - ``window=ema(m)`` (with ``groups=K``, or a ``group[N] of K`` declaration) computes the rates
       from running sums ``m * history + (1 - m) * batch``: the batch's part is differentiable, the
       history (the buffer ``running_sums``, saved in ``state_dict``) is detached and updated in
-      training mode only, so small batches see the rates of many. The gradient reaches the
+      training mode only (a batch whose sums are NaN or inf leaves it as it was), so small
+      batches see the rates of many. The gradient reaches the
       model through the batch's share only, so it is about ``1 - m`` times that of one batch's
       penalty: weigh the term (or set a constraint's rate) about ``1 / (1 - m)`` times higher.
     """
@@ -303,9 +341,9 @@ class Fairness(Term):
         sums = self._group_sums(columns, codes, sample_weight)
         gaps = [self._disparity(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(self.num_rates)]
         if len(gaps) == 1:
-            return gaps[0].to(prob.dtype)
+            return _nan_if_any_nan(sums, gaps[0]).to(prob.dtype)
         value = (gaps[0] + gaps[1]) / 2 if self.eo_mean else torch.maximum(gaps[0], gaps[1])
-        return value.to(prob.dtype)
+        return _nan_if_any_nan(sums, value).to(prob.dtype)
 
     def fit(self, *inputs: torch.Tensor | None) -> None:
         """``LossModule.fit`` reaches group_loss's inner term (``ce(weight=balanced)``'s class counts)."""
@@ -327,8 +365,8 @@ class Fairness(Term):
             return per_sample.sum()
         sums = self._group_sums(per_sample, codes, sample_weight)
         if not self.worst_group:
-            return self._disparity(sums[:, 0], sums[:, 1]).to(per_sample.dtype)
-        defined = sums[:, 1] > 0
+            return _nan_if_any_nan(sums, self._disparity(sums[:, 0], sums[:, 1])).to(per_sample.dtype)
+        defined = _above_zero(sums[:, 1])
         loss = sums[:, 0] / torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
         count = defined.sum()
         if self.agg == "mean":
@@ -337,7 +375,7 @@ class Fairness(Term):
             value = self._log_mean_exp(loss, defined, count)
         else:
             value = loss.masked_fill(~defined, float("-inf")).amax()
-        return torch.where(count > 0, value, torch.zeros_like(value)).to(per_sample.dtype)
+        return _nan_if_any_nan(sums, torch.where(count > 0, value, torch.zeros_like(value))).to(per_sample.dtype)
 
     def _syncs(self) -> bool:
         return self.sync and distributed.active()
@@ -379,22 +417,25 @@ class Fairness(Term):
             sums = distributed.all_reduce_sum(sums)
         if self.momentum is not None:  # the batch's differentiable sums over the detached history
             sums = self.momentum * self.running_sums.to(sums.dtype) + (1 - self.momentum) * sums
-            if self.training:
-                self.running_sums.copy_(sums.detach())
+            if self.training:  # a batch of NaN (or inf) gives NaN now, and leaves the history as it was
+                history = sums.detach()
+                finite = history.isfinite().all()  # the whole batch, so the sums stay consistent (no sync)
+                self.running_sums.copy_(torch.where(finite, history, self.running_sums.to(history.dtype)))
         return sums
 
     def _disparity(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
         """The statistic's form over the groups whose rate is defined; 0 with fewer than two of them."""
-        defined = denominator > 0
+        defined = _above_zero(denominator)
         rate = numerator / torch.where(defined, denominator, torch.ones_like(denominator))
         count = defined.sum()
         if self.overall:
             total = denominator.sum()
-            overall = numerator.sum() / torch.where(total > 0, total, torch.ones_like(total))
+            overall = numerator.sum() / torch.where(_above_zero(total), total, torch.ones_like(total))
             if self.ratio:  # fairlearn's to_overall ratio: from min(g, o) / max(g, o) per group
                 low, high = torch.minimum(rate, overall), torch.maximum(rate, overall)
-                ratios = low / torch.where(high > 0, high, torch.ones_like(high))
-                distance = 1 - torch.where(high > 0, ratios, torch.ones_like(ratios))  # both 0: equal
+                positive = _above_zero(high)
+                ratios = low / torch.where(positive, high, torch.ones_like(high))
+                distance = 1 - torch.where(positive, ratios, torch.ones_like(ratios))  # both 0: equal
             else:
                 distance = (rate - overall).abs()
             value = self._combine_distances(distance, defined, count)
@@ -424,16 +465,26 @@ class Fairness(Term):
         largest = torch.where(enough, largest, torch.ones_like(largest))
         smallest = torch.where(enough, smallest, torch.ones_like(smallest))
         if self.ratio:
-            ratio = smallest / torch.where(largest > 0, largest, torch.ones_like(largest))
-            return torch.where(largest > 0, 1 - ratio, torch.zeros_like(ratio))
+            positive = _above_zero(largest)
+            ratio = smallest / torch.where(positive, largest, torch.ones_like(largest))
+            return torch.where(positive, 1 - ratio, torch.zeros_like(ratio))
         return largest - smallest
 
     def _log_mean_exp(self, values: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """``T * log(mean(exp(values / T)))`` over the defined groups: between their mean and their max."""
         t = self.temperature
-        # With no group defined every slot takes part, so logsumexp's gradient stays finite (unused).
-        scaled = (values / t).masked_fill(~defined & (count > 0), float("-inf"))
-        lme = t * (torch.logsumexp(scaled, dim=0) - torch.log(count.clamp(min=1).to(values.dtype)))
+        # With no group defined every slot takes part, so the gradient stays finite (unused).
+        left_out = ~defined & (count > 0)
+        # As largest + T log(1 + mean(expm1((v - largest) / T))): v / T would overflow float32 for a
+        # small T (1e-30), (v - largest) / T only goes to -inf; and exp rounds to 1 for a large T
+        # (1e30), where expm1 keeps (v - largest) / T. The shift is detached: it cancels in value and
+        # gradient (the gradient is softmax((v - largest) / T), whatever the shift).
+        largest = values.masked_fill(left_out, float("-inf")).amax().detach()
+        largest = torch.where(largest.isfinite(), largest, 0.0)  # an inf loss stays inf, not inf - inf
+        scaled = ((values - largest) / t).masked_fill(left_out, 0.0)  # (0: finite, for the gradient)
+        taking_part = torch.where(count > 0, count, values.shape[0]).to(values.dtype)
+        mean_expm1 = torch.expm1(scaled).masked_fill(left_out, 0.0).sum() / taking_part
+        lme = largest + t * torch.log1p(mean_expm1)
         return torch.where(count > 0, lme, torch.zeros_like(lme))
 
     def _mean_over_pairs(self, rate: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -450,7 +501,7 @@ class Fairness(Term):
         if not self.ratio:
             return (ordered * (2 * index - count + 1).to(rate.dtype)).sum() / pairs
         before = ordered.cumsum(0) - ordered  # sum of the smaller rates before each
-        positive = ordered > 0
+        positive = _above_zero(ordered)
         ratios = torch.where(positive, before / torch.where(positive, ordered, torch.ones_like(ordered)),
                              index.to(rate.dtype))  # a rate of 0 equals the zeros before it
         return 1 - ratios.masked_fill(~valid, 0.0).sum() / pairs

@@ -8,12 +8,19 @@ from pydantic import Field, PositiveInt
 
 from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, register
 
+#: A pair costs up to margin^2: 1e30, which a float32 sum of 3e8 pairs still holds.
+MAX_CONTRASTIVE_MARGIN = 1e15
+
 
 class ContrastiveParams(TermParams):
     a: InputOf("embedding", "real") = Field("a", description="first embedding of each pair [N, D] ([N]: D = 1)")
     b: InputOf("embedding", "real") = Field("b", description="second embedding of each pair, of a's shape")
     same: InputOf("binary", "labels", "mask") = Field("same", description="1 where the pair should match, 0 where it should not [N]")
-    margin: float = Field(1.0, gt=0, description="distance beyond which dissimilar pairs cost nothing")
+    margin: float = Field(
+        1.0, gt=0, le=MAX_CONTRASTIVE_MARGIN,
+        description="distance beyond which dissimilar pairs cost nothing; at most 1e15, so that the squared "
+        "margin summed over a batch stays within float32",
+    )
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -26,7 +33,8 @@ class ContrastiveParams(TermParams):
 )
 class Contrastive(Term):
     """Euclidean distance ``d`` per pair, over every dimension but the first (``[N]`` embeddings are
-    numbers, ``d = |a - b|``); the square is taken without a square root, so equal embeddings are smooth."""
+    numbers, ``d = |a - b|``); the square is taken without a square root, so equal embeddings are smooth.
+    ``reduction=none`` gives one loss per pair ``[N]``."""
 
     per_sample = True
 
@@ -60,13 +68,16 @@ class TripletParams(TermParams):
     positive: InputOf("embedding", "real") = Field("positive", description="embeddings that should be near the anchor [N, D]")
     negative: InputOf("embedding", "real") = Field("negative", description="embeddings that should be far from the anchor [N, D]")
     margin: float = Field(1.0, gt=0, description="the required gap between the two distances")
-    p: PositiveInt = Field(2, description="the norm of the distance")
+    p: PositiveInt = Field(2, description="the norm of the distance (any p: beyond 2 it is computed scaled by "
+                           "the largest coordinate, so no power of a distance can overflow)")
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
 
 @register("triplet", TripletParams, "Triplet margin loss, as F.triplet_margin_loss.", example="triplet(margin=0.5)")
 class Triplet(Term):
+    """``reduction=none`` gives one loss per triplet ``[N]``, as torch's."""
+
     per_sample = True
 
     def __init__(self, params: TripletParams):
@@ -89,7 +100,24 @@ class Triplet(Term):
             self.fail(0, f"expected embeddings [N, D], got shape {tuple(anchor.shape)}")
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(3, sample_weight, anchor.shape[0], anchor.dtype)
-        if sample_weight is None and anchor.shape[0]:
+        if sample_weight is None and anchor.shape[0] and self.p <= 2:
             return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, reduction=self.reduction)
-        losses = F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, reduction="none")
+        losses = self._losses(anchor, positive, negative)
         return self.reduce(losses, sample_weight)
+
+    def _losses(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        """Per-triplet losses: ``F.triplet_margin_loss``'s, whose p-norm overflows beyond p = 2 (``|d|^100``
+        is inf in float32 from |d| = 2.5), so there the norm is taken scaled."""
+        if self.p <= 2:
+            return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, reduction="none")
+        near, far = _scaled_distance(anchor, positive, self.p), _scaled_distance(anchor, negative, self.p)
+        return torch.clamp_min(self.margin + near - far, 0)
+
+
+def _scaled_distance(x: torch.Tensor, y: torch.Tensor, p: int) -> torch.Tensor:
+    """``F.pairwise_distance(x, y, p)``, ``||x - y + eps||_p``, as ``m * ||(x - y + eps) / m||_p`` with m
+    the largest coordinate: each power is at most 1, so no p overflows. m is detached: the norm is
+    homogeneous, so the value and the gradient are the norm's for any constant m."""
+    difference = (x - y + 1e-6).abs()  # F.pairwise_distance's eps
+    scale = difference.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(difference.dtype).tiny).detach()
+    return scale[..., 0] * (difference / scale).pow(float(p)).sum(dim=-1).pow(1 / p)
