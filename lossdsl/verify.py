@@ -8,7 +8,7 @@
    embeddings are the parameters; everything else is data) must lower the loss.
 
 Synthetic inputs come from the spec's ``inputs:`` block, or are inferred from the terms that read
-them (see ``lossdsl.synthetic``).
+them (see ``lossdsl.synthetic``). A per-sample loss (``reduction=none``) is checked through its sum.
 """
 
 from __future__ import annotations
@@ -62,8 +62,12 @@ def _finite(plan: Plan, kinds: dict[str, str], scale: float, name: str) -> Check
     inputs = synthetic_inputs(plan, scale=scale)
     learned = _learned(inputs, kinds)
     value = LossModule(plan).eval()(**inputs)
-    if not torch.isfinite(value):
-        return Check(name, False, f"the loss is {value.item()}")
+    finite = torch.isfinite(value)
+    if not finite.all():
+        if value.dim() == 0:
+            return Check(name, False, f"the loss is {value.item()}")
+        return Check(name, False, f"{int((~finite).sum())} of {value.numel()} per-sample losses are not finite")
+    value = value.sum()
     if learned:
         grads = torch.autograd.grad(value, list(learned.values()), allow_unused=True)
         bad = [n for n, g in zip(learned, grads) if g is not None and not torch.isfinite(g).all()]
@@ -81,7 +85,7 @@ def _gradcheck(plan: Plan, kinds: dict[str, str]) -> Check:
     names = list(learned)
 
     def loss(*tensors: torch.Tensor) -> torch.Tensor:
-        return module(**{**inputs, **dict(zip(names, tensors))})
+        return module(**{**inputs, **dict(zip(names, tensors))}).sum()
 
     try:
         ok = torch.autograd.gradcheck(loss, tuple(learned.values()), eps=1e-6, atol=1e-5, rtol=1e-3)
@@ -99,7 +103,7 @@ def _balance(plan: Plan, kinds: dict[str, str]) -> Check:
     module(**inputs)  # the whole loss runs first: its checks name the input that does not fit
     norms = {}
     for term, term_module in zip(plan.terms, module.terms):
-        value = term_module(*(inputs[name] for name in term.inputs))
+        value = term_module(*(inputs[name] for name in term.inputs)).sum()
         if not value.requires_grad:
             norms[term.label] = 0.0
             continue
@@ -123,7 +127,7 @@ def _descent(plan: Plan, kinds: dict[str, str], steps: int) -> Check:
     optimizer = torch.optim.Adam(learned.values(), lr=0.05)
     first = last = None
     for _ in range(steps):
-        loss = module(**{**inputs, **learned})
+        loss = module(**{**inputs, **learned}).sum()
         if not torch.isfinite(loss):
             return Check("optimisation lowers the loss", False, f"the loss became {loss.item()}")
         first = loss.item() if first is None else first

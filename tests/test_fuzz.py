@@ -131,8 +131,9 @@ def _call_is_finite(module: lossdsl.LossModule) -> str | None:
     learned = [t.requires_grad_() for t in inputs.values() if t.is_floating_point()]
     for call in (1, 2):  # the second after a step: schedules and multipliers have moved
         value = module(**inputs)
-        if not torch.isfinite(value):
-            return f"call {call}: the loss is {value.item()}"
+        if not torch.isfinite(value).all():
+            return f"call {call}: the loss is {value.tolist()}"
+        value = value.sum()  # a per-sample loss (reduction=none) through its sum
         if learned and value.requires_grad:
             grads = torch.autograd.grad(value, learned, allow_unused=True)
             bad = [name for name, g in zip(inputs, grads) if g is not None and not torch.isfinite(g).all()]

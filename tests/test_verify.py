@@ -228,3 +228,16 @@ def test_declared_inputs_too_large_to_synthesise_fail_without_a_traceback(capsys
     assert "declare the inputs" not in out  # they are declared
     assert cli.main(["explain", str(path)]) == 0
     assert "(not traced: input 'pred' of shape (8, 100000, 100000) is too large" in capsys.readouterr().out
+
+
+def test_verify_checks_a_per_sample_loss_through_its_sum(capsys, tmp_path):
+    """reduction=none gives one loss per sample: verify took its truth value (a traceback)."""
+    path = tmp_path / "per_sample.loss"
+    path.write_text("mse(reduction=none)\n")
+    assert cli.main(["verify", str(path), "--steps", "5"]) == 0
+    assert "all 5 checks passed" in capsys.readouterr().out
+    plan = plan_for(path.read_text())
+    inputs = synthetic_inputs(plan)
+    expected = F.mse_loss(inputs["pred"], inputs["target"], reduction="none").sum()
+    finite = {c.name: c for c in verify(plan, steps=5)}["finite at ordinary inputs"]
+    assert finite.detail == f"loss {expected.item():.4g}"
