@@ -227,6 +227,23 @@ class _Checker:
             raise LossSpecError(self.diagnostics)
         return self._plan(objective)
 
+    def _unreduced_term(self, expr: ObjectiveExpr | None) -> TermPlan | None:
+        """The first term with ``reduction=none`` in an objective expression, lets followed."""
+        pending = [expr]
+        while pending:
+            node = pending.pop()
+            if isinstance(node, TermValue):
+                if getattr(node.term.params, "reduction", None) == "none":
+                    return node.term
+            elif isinstance(node, LetValue):
+                let = self.lets.get(node.name)
+                pending.append(let.value if let is not None else None)
+            elif isinstance(node, Arithmetic):
+                pending += [node.right, node.left]
+            elif isinstance(node, Negate):
+                pending.append(node.operand)
+        return None
+
     def _constraint(self, statement: ast.SubjectTo) -> ConstraintPlan | None:
         """The checked constraint; unnamed, its name is "" until ``_name_constraints`` gives one."""
         compare = statement.constraint
@@ -243,6 +260,11 @@ class _Checker:
             return None
         if kind is not Type.LOSS or bound_kind is not Type.NUMBER or isinstance(bound, ScheduleValue):
             self.report("E302", "a constraint bounds a loss by a number", compare, hint=usage)
+            return None
+        unreduced = self._unreduced_term(value)
+        if unreduced is not None:
+            self.report("E302", f"a constraint bounds one number, but {unreduced.term.name}() has reduction=none "
+                        "(a loss per sample)", unreduced.span, hint="bound its mean: leave out reduction=none")
             return None
         method, rate = "lagrangian", _METHODS["lagrangian"][1]
         if statement.method is not None:
@@ -450,6 +472,12 @@ class _Checker:
             return (Type.NUMBER, Constant(folded)) if folded is not _INVALID else (Type.ERROR, None)
         op = expr.op
         if op in "+-":
+            unreduced = self._unreduced_term(left) or self._unreduced_term(right) if left_type is right_type else None
+            if unreduced is not None:  # [N] and [N, C, H, W] would broadcast, or worse, silently
+                self.report("E302", f"cannot {'add' if op == '+' else 'subtract'} losses when one is per sample: "
+                            f"{unreduced.term.name}() has reduction=none", expr,
+                            hint="loss_fn.per_sample(...) gives each sample's sum of the terms; or reduce the term")
+                return Type.ERROR, None
             if left_type is right_type:
                 return Type.LOSS, value
             self.report("E302", f"cannot {'add' if op == '+' else 'subtract'} a number and a loss", expr,
@@ -549,7 +577,10 @@ class _Checker:
                 continue
             given[positional[index]] = arg
         for keyword in call.keywords:
-            if keyword.name not in fields:
+            if keyword.name == "reduction" and _names_none(keyword.value) and not term.module.has_sample_losses():
+                self._no_sample_losses(term, keyword)
+                ok = False
+            elif keyword.name not in fields:
                 self.report("E203", f"unknown argument '{keyword.name}' for {call.name}()", _name_span(keyword),
                             hint=did_you_mean(keyword.name, fields) or f"{call.name}() takes {', '.join(fields)}")
                 ok = False
@@ -649,6 +680,12 @@ class _Checker:
                 return _INVALID
         self.report("E204", f"'{name}' of {term.name}() takes {_expected(term, name)}; got {_describe(node)}", node)
         return _INVALID
+
+    def _no_sample_losses(self, term: TermDef, keyword: ast.Keyword) -> None:
+        """``reduction=none`` on a batch-level term (fairness, dice, l2, ...)."""
+        have = ", ".join(name for name, t in REGISTRY.items() if t.module.has_sample_losses() and "reduction" in t.params.model_fields)
+        self.report("E204", f"{term.name}() has no per-sample form: it is computed over the whole batch, so it "
+                    "takes no reduction=none", keyword, hint=f"reduction=none is for terms that average over samples: {have}")
 
     def _inner_loss(self, term: TermDef, call: ast.Call) -> Any:
         """``group_loss(mse)``, ``group_loss_gap(huber(delta=2))``: a per-sample loss term inside an argument."""
@@ -962,3 +999,8 @@ def _example_keyword(term: TermDef) -> str:
         if name not in term.params.positional and name not in term.params.fields_marked(INPUT)
     ]
     return f"{term.name}({fields[0]}=...)" if fields else f"{term.name}()"
+
+
+def _names_none(node: ast.Node) -> bool:
+    """``reduction=none`` (or ``reduction="none"``)."""
+    return (isinstance(node, ast.Name) and node.id == "none") or (isinstance(node, ast.String) and node.value == "none")

@@ -72,7 +72,8 @@ def term(
             f"{name}_term",
             (_CustomTerm,),
             {"__doc__": own_doc or summary, "target": target if is_module else staticmethod(target),
-             "is_module": is_module, "parameters": tuple(sorted(parameter_names))},
+             "is_module": is_module, "parameters": tuple(sorted(parameter_names)),
+             "registration": (name, target, params, doc, example)},
         )
         register(name, model, summary, example=example or f"{name}()")(adapter)
         return target
@@ -86,6 +87,9 @@ class _CustomTerm(Term):
     target: Any = None
     is_module = False
     parameters: tuple[str, ...] = ()
+    #: The decorator's arguments: (name, target, params, doc, example). A pickle of a loss holds
+    #: them (the target by reference) to register the term where it is unpickled.
+    registration: tuple[Any, ...] = ()
 
     def __init__(self, params: TermParams):
         super().__init__()
@@ -96,6 +100,11 @@ class _CustomTerm(Term):
         else:
             function = type(self).target
             self._call = (lambda *tensors: function(*tensors, **kwargs)) if kwargs else function
+
+    def adopt(self, inner: nn.Module) -> None:
+        """Take ``inner``, a copy of the user's module, as this term's: copies keep all its state."""
+        self.inner = inner
+        self._call = inner
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         value = self._call(*tensors)

@@ -100,9 +100,17 @@ class InnerForms:
 Input = Annotated[str, INPUT]
 Condition = Annotated[ast.Compare | ast.Logic | ast.Not, CONDITION]
 TensorExpression = Annotated[Any, TENSOR]
-Reduction = Literal["mean", "sum"]
-#: The reduction parameter every loss term takes (give the default at the field).
-ReductionParam = Annotated[Reduction, Field(description="mean (weighted by sample_weight, if given) or sum")]
+Reduction = Literal["mean", "sum", "none"]
+#: The reduction parameter every loss term takes (give the default at the field). ``none`` is
+#: accepted only by terms with a per-sample form (``Term.has_sample_losses``); the checks refuse it on
+#: batch-level terms.
+ReductionParam = Annotated[
+    Reduction,
+    Field(description="mean (weighted by sample_weight, if given), sum, or none: the unreduced losses, "
+          "of torch's reduction='none' shape (times sample_weight, if given)"),
+]
+#: The reduction parameter of a batch-level term (dice, soft_f1): it has no per-sample form.
+BatchReductionParam = Annotated[Literal["mean", "sum"], Field(description="mean (weighted by sample_weight, if given) or sum")]
 #: The per-sample weight input every loss term takes.
 SampleWeight = Annotated[
     str | None,
@@ -233,11 +241,21 @@ class Term(nn.Module):
     where: str = ""
     input_names: tuple[str, ...] = ()
     reduction: str = "mean"
-    #: Whether the term can give one loss per sample (for ``group_loss``): its forward takes
-    #: ``sample_weight`` last and reduces through ``reduce`` when given one.
+    #: Whether the term can give one loss per sample (for ``group_loss``, ``reduction=none`` and
+    #: ``LossModule.per_sample``): its forward takes ``sample_weight`` last and reduces through
+    #: ``reduce`` when given one.
     per_sample: ClassVar[bool] = False
-    #: Set on an inner term of ``group_loss``: ``reduce`` keeps the sample axis (see ``reduce``).
+    #: Whether the term has per-sample losses although ``group_loss`` cannot take it (its inputs
+    #: are read by name, as soft_bound's and mean's are): ``reduction=none`` and ``LossModule.per_sample``.
+    sample_losses: ClassVar[bool] = False
+    #: Set on an inner term of ``group_loss`` (and during ``LossModule.per_sample``): ``reduce``
+    #: keeps the sample axis (see ``reduce``).
     keeps_samples: bool = False
+
+    @classmethod
+    def has_sample_losses(cls) -> bool:
+        """Whether the term gives one loss per sample: ``reduction=none``, ``LossModule.per_sample``."""
+        return cls.per_sample or cls.sample_losses
 
     def bind_context(self, where: str, input_names: tuple[str, ...]) -> None:
         """``where`` reads like "ce() at specs/a.loss:3:12"; ``input_names`` follow the forward's order."""
@@ -274,30 +292,49 @@ class Term(nn.Module):
     def reduce(self, loss: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Reduce an element-wise loss [N, ...] by ``self.reduction``, weighting samples by ``sample_weight`` [N].
 
-        With ``keeps_samples`` set, return ``[N, 2]`` instead: each sample's mean over its
-        elements and its weight (1), the numerator and denominator of a group's mean loss.
+        With ``keeps_samples`` set, return ``[N, 2]`` instead: each sample's own reduction over
+        its elements (its mean, or its sum for ``reduction=sum``) and its weight (1), the
+        numerator and denominator of a group's mean loss.
 
         Weighted, ``mean`` is the weighted mean of the per-sample means, ``sum(w * l) / sum(w)``,
-        and 0 when every weight is 0; ``sum`` is ``sum(w * l)``.
+        and 0 when every weight is 0; ``sum`` is ``sum(w * l)``; ``none`` is ``l`` itself (times
+        each sample's weight). Sums and counts accumulate in float32 at least (a float16 sum of
+        65,536 ones is inf); the result has the loss's dtype.
         """
         if self.keeps_samples:  # group_loss's inner term: [N, 2] of each sample's mean loss, weight 1
-            means = loss.flatten(1).mean(dim=1) if loss.dim() > 1 else loss.reshape(-1)
+            acc = accumulation_dtype(loss.dtype)
+            flat = loss.flatten(1) if loss.dim() > 1 else loss.reshape(-1, 1)
+            means = flat.sum(dim=1, dtype=acc) if self.reduction == "sum" else flat.mean(dim=1, dtype=acc)
+            means = means.to(loss.dtype)
             return torch.stack([means, torch.ones_like(means)], dim=1)
+        if self.reduction == "none":
+            if sample_weight is None:
+                return loss
+            return loss * sample_weight.reshape(-1, *[1] * (loss.dim() - 1)).to(loss.dtype)
         if loss.numel() == 0:  # torch's mean of nothing is NaN; an empty batch adds nothing
             return loss.sum()
+        acc = accumulation_dtype(loss.dtype)
         if sample_weight is None:
-            return loss.mean() if self.reduction == "mean" else loss.sum()
+            total = loss.mean(dtype=acc) if self.reduction == "mean" else loss.sum(dtype=acc)
+            return total.to(loss.dtype)
         per_sample = loss.flatten(1) if loss.dim() > 1 else loss.reshape(-1, 1)
-        per_sample = per_sample.mean(dim=1) if self.reduction == "mean" else per_sample.sum(dim=1)
+        per_sample = per_sample.mean(dim=1, dtype=acc) if self.reduction == "mean" else per_sample.sum(dim=1, dtype=acc)
+        sample_weight = sample_weight.to(acc)
         total = (sample_weight * per_sample).sum()
         if self.reduction == "sum":
-            return total
-        return weighted_mean(total, sample_weight.sum())
+            return total.to(loss.dtype)
+        return weighted_mean(total, sample_weight.sum()).to(loss.dtype)
 
     def expect_same_shape(self, a: int, b: int, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.shape != y.shape:
             other = self.input_names[b]
             self.fail(a, f"shape {tuple(x.shape)} differs from {other}'s {tuple(y.shape)}; reshape one of them")
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums and counts over a batch accumulate in: float32 for half precision (whose
+    largest value is 65,504, and whose bfloat16 sums stop growing at 256 ones), else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def weighted_mean(total: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

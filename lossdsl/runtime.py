@@ -14,7 +14,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from . import ast
+from . import ast, pickling
 from .errors import Diagnostic, LossSpecError, did_you_mean
 from .formatting import format_expr
 from .plan import (
@@ -32,7 +32,7 @@ from .plan import (
     TermValue,
 )
 from .schedules import SCHEDULES, value_range
-from .registry import TermParams
+from .registry import TermParams, weighted_mean
 
 Values = Sequence[torch.Tensor]
 Combine = Callable[[Values, Values, "torch.Tensor | None"], "torch.Tensor | float"]  # terms, lets, step
@@ -49,16 +49,19 @@ class LossModule(nn.Module):
     """A compiled loss spec. Call it with the input tensors; it returns a scalar.
 
     ``last_terms`` holds the detached value of every term and let of the last
-    call, and ``total``. ``inputs`` names the tensors it reads.
+    call, and ``total``. ``inputs`` names the tensors it reads. ``params`` is read-only:
+    ``with_params`` builds a module with other values. Copies, pickles and ``torch.save``
+    rebuild it from its checked spec and carry its state (see ``lossdsl.pickling``).
     """
 
     def __init__(self, plan: Plan, params: Mapping[str, float] | None = None):
         super().__init__()
         self.plan = plan
         self.inputs: tuple[str, ...] = plan.inputs
-        #: The value of every ``param``: its default, or the override given to ``compile``.
-        self.params: dict[str, float] = {p.name: float(p.default) for p in plan.params}
-        self.params.update(params or {})
+        # The value of every ``param``: its default, or the override given to ``compile``.
+        self._param_values: dict[str, float] = {p.name: float(p.default) for p in plan.params}
+        self._param_values.update(params or {})
+        self._bound_model: nn.Module | None = None  # what bind() was given, for copies
         self.terms = nn.ModuleList()
         position = {name: i for i, name in enumerate(plan.inputs)}
         term_index: dict[int, int] = {}
@@ -69,7 +72,7 @@ class LossModule(nn.Module):
             term_index[id(term)] = index
         self._term_inputs = tuple(tuple(position[name] for name in term.inputs) for term in plan.terms)
         let_index = {let.name: i for i, let in enumerate(plan.lets)}
-        resolve = _Resolver(term_index, let_index, self.params, plan.source)
+        resolve = _Resolver(term_index, let_index, self._param_values, plan.source)
         self._lets = tuple(resolve(let.value) for let in plan.lets)
         self._objective = resolve(plan.objective)
         self._constraints = tuple((resolve(c.value), resolve(c.bound), _ConstraintRule(c)) for c in plan.constraints)
@@ -196,6 +199,7 @@ class LossModule(nn.Module):
 
     def bind(self, model: nn.Module) -> LossModule:
         """Give weight penalties (``l1``, ``l2``) the model whose parameters they read at call time."""
+        object.__setattr__(self, "_bound_model", model)  # a reference, not a submodule
         for term in self.terms:
             bind = getattr(term, "bind", None)
             if bind is not None:
@@ -213,10 +217,131 @@ class LossModule(nn.Module):
                 fit(*[inputs.get(name) for name in plan.inputs])
         return self
 
+    @property
+    def params(self) -> ParamValues:
+        """The value of every ``param`` (read-only: the module was built with them)."""
+        return ParamValues(self._param_values)
+
+    @params.setter
+    def params(self, values: object) -> None:
+        raise AttributeError(ParamValues.READ_ONLY)
+
+    def with_params(self, values: Mapping[str, float] | None = None, /, **params: float) -> LossModule:
+        """A new module of the same spec with these params changed (the others keep their values here).
+
+        It is fresh, as ``compile`` makes it: its state starts anew and it is unbound; carry state
+        over with ``new.load_state_dict(old.state_dict())``. Names and ranges are checked as for
+        ``compile(..., params=...)``.
+        """
+        from .compiler import check_overrides  # (the compiler imports this module)
+
+        overrides = check_overrides(self.plan, {**(values or {}), **params})
+        return type(self)(self.plan, {**self._param_values, **overrides})
+
+    # Copies and pickles rebuild the module from its checked spec and carry its state.
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        return pickling.reduce(self)
+
+    def __setstate__(self, state: object) -> None:
+        if isinstance(state, pickling.State):
+            pickling.restore(self, state)
+        else:  # nn.Module's own form
+            super().__setstate__(state)
+
+    def __deepcopy__(self, memo: dict) -> LossModule:
+        return pickling.deep_copy(self, memo)
+
+    def __copy__(self) -> LossModule:
+        return pickling.shallow_copy(self)
+
+    def per_sample(
+        self, pred: torch.Tensor | None = None, target: torch.Tensor | None = None, **inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """Each sample's loss, ``[N]``: the objective's weighted sum of its terms' per-sample values.
+
+        A term's value for sample ``i`` is its own reduction over that sample's elements alone
+        (``mean``: its mean over the non-batch dimensions, ``ce``'s over the kept targets with
+        their class weights, 0 when all are ignored; ``sum``: their sum), times the sample's
+        ``sample_weight`` when the term has one. Weights, params and schedules apply as in the
+        forward, at the current step. Nothing is updated: the step counter does not move and
+        ``ce(weight=balanced)`` reads its class counts without adding the batch. Differentiable.
+        A spec with a batch-level term (fairness, dice, soft_f1, l1/l2, custom terms) or a
+        constraint has no per-sample form: E403 naming it.
+        """
+        if pred is not None:
+            inputs["pred"] = pred
+        if target is not None:
+            inputs["target"] = target
+        for plan, term in zip(self.plan.terms, self.terms):
+            if not term.has_sample_losses():
+                raise LossSpecError(f"per_sample(): {plan.where} is computed over the whole batch, so this loss has "
+                                    "no per-sample form; per_sample() needs a sum of per-sample terms", code="E403")
+        if self.plan.constraints:
+            name = self.plan.constraints[0].name
+            raise LossSpecError(f"per_sample(): the constraint '{name}' bounds a batch's value, so this loss has no "
+                                "per-sample form", code="E403")
+        tensors = self._gather(inputs)
+        values: list[torch.Tensor] = []
+        for term, plan, positions in zip(self.terms, self.plan.terms, self._term_inputs):
+            given = [tensors[i] for i in positions]
+            weighted = getattr(plan.params, "sample_weight", None) is not None
+            if term.per_sample and not weighted:  # such a forward reduces through reduce when weighted
+                first = given[0]
+                n = first.shape[0] if first.dim() else 1
+                dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
+                given.append(torch.ones(n, dtype=dtype, device=first.device))
+            training = term.training
+            term.keeps_samples, term.training = True, False  # [N, 2] sums; no counts added
+            try:
+                sums = term(*given)  # each sample's numerator and denominator
+            finally:
+                term.keeps_samples, term.training = False, training
+            value = weighted_mean(sums[:, 0], sums[:, 1])
+            if weighted:
+                value = value * given[-1].to(value.dtype)
+            if values and value.shape != values[0].shape:
+                raise LossSpecError(f"per_sample(): {plan.where} has {value.shape[0]} samples but "
+                                    f"{self.plan.terms[0].where} has {values[0].shape[0]}", code="E402")
+            values.append(value)
+        step = self.step_count if self._scheduled else None
+        let_values: list[torch.Tensor] = []
+        for let in self._lets:
+            let_values.append(let(values, let_values, step))
+        return self._objective(values, let_values, step)
+
     def extra_repr(self) -> str:
         objective = next((s for s in self.plan.spec.statements if isinstance(s, ast.LossStmt)), None)
         text = format_expr(objective.value) if objective is not None else ""
         return f"objective={text!r}, inputs={self.inputs}"
+
+
+class ParamValues(Mapping):
+    """``LossModule.params``: a read-only view of the values the module was built with."""
+
+    READ_ONLY = (
+        "LossModule.params is read-only: the values are built into the module. Use "
+        "loss_fn.with_params(lam=0.3) for a module with other values, or lossdsl.compile(spec, params={...})"
+    )
+
+    def __init__(self, values: Mapping[str, float]):
+        self._values = values
+
+    def __getitem__(self, name: str) -> float:
+        return self._values[name]
+
+    def __iter__(self) -> typing.Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return repr(dict(self._values))
+
+    def _refuse(self, *args: object, **kwargs: object) -> typing.NoReturn:
+        raise TypeError(self.READ_ONLY)
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
 
 
 class _ConstraintRule:

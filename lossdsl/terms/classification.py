@@ -9,7 +9,19 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat
 
 from .. import distributed
-from ..registry import InputOf, Int64, ReductionParam, SampleWeight, Term, TermParams, Weights, register, weighted_mean
+from ..registry import (
+    BatchReductionParam,
+    InputOf,
+    Int64,
+    ReductionParam,
+    SampleWeight,
+    Term,
+    TermParams,
+    Weights,
+    accumulation_dtype,
+    register,
+    weighted_mean,
+)
 
 
 class CEParams(TermParams):
@@ -56,6 +68,10 @@ class CrossEntropy(Term):
       logits; with no counts at all every weight is 1. It is saved in ``state_dict()``. Under
       ``torch.distributed`` the batch's counts are summed over all ranks first, so every rank
       keeps the global counts (``fit`` is per rank: give each rank the whole label set).
+    - ``reduction=none``: ``F.cross_entropy(reduction="none")``, one loss per target ``[N, ...]``
+      (``[N]`` for binary logits), class-weighted and 0 where ignored, times ``sample_weight``.
+    - Half-precision logits are computed in float32 (torch's own float16 mean is NaN past 65,536
+      targets) and the loss comes back in their dtype.
     """
 
     per_sample = True
@@ -76,6 +92,9 @@ class CrossEntropy(Term):
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         self.expect_real(1, target)
+        computed_in = accumulation_dtype(pred.dtype)
+        if computed_in != pred.dtype:  # half precision: its sums and counts overflow at 65,504 (torch's too)
+            return self.forward(pred.to(computed_in), target, sample_weight).to(pred.dtype)
         binary = pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1)
         if binary:
             logits = pred if pred.dim() == 1 else pred[:, 0]
@@ -91,7 +110,8 @@ class CrossEntropy(Term):
             expected = tuple(pred.shape) if target.is_floating_point() else indices
             if tuple(target.shape) != expected:
                 self.fail(1, f"logits {tuple(pred.shape)} need integer class indices of shape {indices} or "
-                             f"probabilities of shape {tuple(pred.shape)}, got {target.dtype} {tuple(target.shape)}")
+                             f"probabilities of shape {tuple(pred.shape)}, got {target.dtype} {tuple(target.shape)}"
+                             + self._layout_hint(pred, target))
             num_classes = pred.shape[1]
             if num_classes == 1 and not target.is_floating_point():  # every index but 0 is out of range
                 self.fail(0, f"logits {tuple(pred.shape)} have one class; binary logits are [N] or [N, 1] "
@@ -100,6 +120,9 @@ class CrossEntropy(Term):
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
         if self.keeps_samples:
             return self._per_sample(pred, target, binary, num_classes)
+        if self.reduction == "none":
+            losses, _ = self._losses(pred, target, binary, num_classes)
+            return self.reduce(losses, sample_weight)
         if target.numel() == 0:
             if self.balanced and self.training and distributed.active():  # still take part in the count sum
                 self._class_weight(target.long(), target == target, num_classes, pred.dtype)
@@ -140,13 +163,28 @@ class CrossEntropy(Term):
         return weighted_mean(total, denominator)
 
     def _per_sample(self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int) -> torch.Tensor:
-        """For group_loss: [N, 2] of each sample's weighted loss and weight, summed over its elements,
-        so a group's mean is ce's own mean over the group (class weights and ignored targets alike)."""
+        """For group_loss and ``LossModule.per_sample``: [N, 2] of each sample's weighted loss and
+        weight, summed over its elements, so a group's mean is ce's own mean over the group (class
+        weights and ignored targets alike). With ``reduction=sum`` each weight is 1."""
+        losses, share = self._losses(pred, target, binary, num_classes)
+        if losses.dim() > 1:  # pixels: a sample's sums over its elements
+            losses, share = losses.flatten(1).sum(dim=1), share.flatten(1).sum(dim=1)
+        if self.reduction == "sum":
+            share = torch.ones_like(share)
+        return torch.stack([losses, share], dim=1)
+
+    def _losses(
+        self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``F.cross_entropy(reduction="none")`` [N, ...] (binary logits as the two-class logits
+        ``[0, z]``), and each element's share of ``mean``'s denominator: its class weight, 0 where
+        ignored, 1 for probability targets (torch's mean over them counts elements)."""
         if binary:  # the two-class softmax of [0, logit] is sigmoid(logit)
             logits = pred if pred.dim() == 1 else pred[:, 0]
             pred = torch.stack([torch.zeros_like(logits), logits], dim=1)
             if target.is_floating_point():
-                target = torch.stack([1 - target, target], dim=1)
+                probability = target.to(logits.dtype)
+                target = torch.stack([1 - probability, probability], dim=1)
         if target.is_floating_point():
             if self.balanced:
                 self.fail(1, "weight=balanced counts classes, so it needs integer class indices, not probabilities")
@@ -154,20 +192,26 @@ class CrossEntropy(Term):
             losses = F.cross_entropy(
                 pred, target.to(pred.dtype), weight=weight, reduction="none", label_smoothing=self.label_smoothing
             )
-            share = torch.ones_like(losses)  # torch's mean over probability targets counts elements
-        else:
-            target = target.long()
-            keep = target != self.ignore_index
-            labels = target * keep
-            weight = self._class_weight(labels, keep, num_classes, pred.dtype)
-            losses = F.cross_entropy(
-                pred, target, weight=weight, ignore_index=self.ignore_index, reduction="none",
-                label_smoothing=self.label_smoothing,
-            )
-            share = keep.to(pred.dtype) if weight is None else weight[labels] * keep
-        if losses.dim() > 1:  # pixels: a sample's sums over its elements
-            losses, share = losses.flatten(1).sum(dim=1), share.flatten(1).sum(dim=1)
-        return torch.stack([losses, share], dim=1)
+            return losses, torch.ones_like(losses)
+        target = target.long()
+        keep = target != self.ignore_index
+        labels = target * keep
+        weight = self._class_weight(labels, keep, num_classes, pred.dtype)
+        losses = F.cross_entropy(
+            pred, target, weight=weight, ignore_index=self.ignore_index, reduction="none",
+            label_smoothing=self.label_smoothing,
+        )
+        return losses, (keep.to(pred.dtype) if weight is None else weight[labels] * keep)
+
+    @staticmethod
+    def _layout_hint(pred: torch.Tensor, target: torch.Tensor) -> str:
+        """Language-model logits [B, T, V] with targets [B, T]: torch wants the classes second."""
+        if pred.dim() == 3 and not target.is_floating_point() and tuple(target.shape) == tuple(pred.shape[:2]):
+            b, t, v = pred.shape
+            return (f"; logits [B, T, V] = {(b, t, v)} with targets [B, T] put the classes last: pass "
+                    f"pred.transpose(1, 2) (shape {(b, v, t)}), or flatten both, pred.reshape(-1, {v}) and "
+                    "target.reshape(-1)")
+        return ""
 
     def _nothing_to_ignore(self, target: torch.Tensor) -> bool:
         """True when no target can equal ignore_index (bool or uint8 targets and a negative index)."""
@@ -336,7 +380,8 @@ class BinaryCrossEntropy(Term):
     """``F.binary_cross_entropy_with_logits(pred, target, pos_weight=...)``; ``target`` has ``pred``'s shape.
 
     ``pos_weight`` has one entry, or one per label (``pred.shape[-1]``). ``label_smoothing=e``
-    replaces the targets by ``y * (1 - e) + e / 2`` (torch's function lacks it).
+    replaces the targets by ``y * (1 - e) + e / 2`` (torch's function lacks it). ``reduction=none``
+    gives the element-wise losses, of ``pred``'s shape.
     """
 
     per_sample = True
@@ -405,7 +450,8 @@ class Focal(Term):
       classes), with ``alpha`` a list of one weight per class.
     - ``mean`` averages over elements (samples, and labels or pixels). ``gamma=0`` without
       ``alpha`` is cross-entropy. ``(1 - p_t)`` is clamped at the smallest positive float before
-      the power, so gradients stay finite for ``gamma < 1`` at saturated logits.
+      the power, so gradients stay finite for ``gamma < 1`` at saturated logits. ``reduction=none``
+      gives the element-wise losses: of ``pred``'s shape (sigmoid form), or ``[N, ...]`` (softmax form).
     """
 
     per_sample = True
@@ -480,7 +526,7 @@ class HingeParams(TermParams):
 class Hinge(Term):
     """Binary: ``relu(margin - s x)`` with ``s = 2 y - 1``. Multi-class: ``F.multi_margin_loss``,
     ``sum over j != y of relu(margin - x_y + x_j) / C``. ``squared=true`` squares each hinge
-    (``p=2`` for ``F.multi_margin_loss``)."""
+    (``p=2`` for ``F.multi_margin_loss``). ``reduction=none`` gives one loss per sample ``[N]``."""
 
     per_sample = True
 
@@ -508,16 +554,18 @@ class Hinge(Term):
                          f"got {tuple(target.shape)} {target.dtype}")
         target = target.long()  # int32 labels from numpy too: F.multi_margin_loss takes int64
         p = 2 if self.squared else 1
+        scores = pred.to(accumulation_dtype(pred.dtype))  # torch has no half-precision kernel on the CPU
         if sample_weight is None and pred.numel():
-            return F.multi_margin_loss(pred, target, p=p, margin=self.margin, reduction=self.reduction)
-        return self.reduce(F.multi_margin_loss(pred, target, p=p, margin=self.margin, reduction="none"), sample_weight)
+            return F.multi_margin_loss(scores, target, p=p, margin=self.margin, reduction=self.reduction).to(pred.dtype)
+        losses = F.multi_margin_loss(scores, target, p=p, margin=self.margin, reduction="none").to(pred.dtype)
+        return self.reduce(losses, sample_weight)
 
 
 class SoftF1Params(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits: [N] / [N, 1] (binary) or [N, C] (multi-label)")
     target: InputOf("binary", "multihot") = Field("target", description="0/1 labels of pred's shape ([N] for [N, 1] too)")
     beta: PositiveFloat = Field(1.0, description="recall counts beta times as much as precision")
-    reduction: ReductionParam = "mean"
+    reduction: BatchReductionParam = "mean"
     sample_weight: SampleWeight = None
 
 
@@ -555,9 +603,11 @@ class SoftF1(Term):
             sample_weight = self.expect_sample_weight(2, sample_weight, n, pred.dtype).unsqueeze(1)
         if n == 0:  # an empty batch adds nothing
             return pred.sum()
-        prob = torch.sigmoid(pred)
-        prob, labels = prob.reshape(n, -1), target.reshape(n, -1).to(pred.dtype)
+        computed_in = accumulation_dtype(pred.dtype)  # the counts are sums over the batch
+        prob = torch.sigmoid(pred.to(computed_in))
+        prob, labels = prob.reshape(n, -1), target.reshape(n, -1).to(computed_in)
         if sample_weight is not None:
+            sample_weight = sample_weight.to(computed_in)
             prob, positives = prob * sample_weight, labels * sample_weight
         else:
             positives = labels
@@ -567,4 +617,4 @@ class SoftF1(Term):
         denominator = true_positive + self.fn_weight * (actual - true_positive) + self.fp_weight * (predicted - true_positive)
         f_beta = true_positive / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
         loss = 1 - f_beta
-        return loss.mean() if self.reduction == "mean" else loss.sum()
+        return (loss.mean() if self.reduction == "mean" else loss.sum()).to(pred.dtype)

@@ -108,8 +108,11 @@ class SoftBound(Term):
       constants (``soft_bound(3 <= 4)``) or a nested comparison is E303.
     - All inputs of one condition have the same shape (E402; no broadcasting). Integer and bool
       inputs are cast to the default float dtype. An empty input gives 0. The term reads the
-      names of its condition, in order.
+      names of its condition, in order. ``reduction=none`` gives the element-wise penalties, of
+      the inputs' shape.
     """
+
+    sample_losses = True
 
     def __init__(self, params: SoftBoundParams):
         super().__init__()

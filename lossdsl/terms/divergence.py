@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, register
+from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, accumulation_dtype, register
 
 
 class KLNormalParams(TermParams):
@@ -24,7 +24,8 @@ class KLNormalParams(TermParams):
 )
 class KLNormal(Term):
     """``-0.5 * sum(1 + logvar - mu^2 - exp(logvar))`` over every dimension but the first, then
-    ``mean`` (or ``sum``) over the batch. Statistics ``[N]`` have one latent dimension each."""
+    ``mean`` (or ``sum``) over the batch. Statistics ``[N]`` have one latent dimension each.
+    ``reduction=none`` gives each sample's divergence ``[N]`` (summed over its latent dimensions)."""
 
     per_sample = True
 
@@ -42,7 +43,10 @@ class KLNormal(Term):
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, n, mu.dtype)
         per_element = 1 + logvar - mu.square() - logvar.exp()
-        per_sample = per_element.flatten(1).sum(dim=1) if per_element.dim() > 1 else per_element
+        if per_element.dim() > 1:  # summed in float32 at least, then back to the inputs' dtype
+            per_sample = per_element.flatten(1).sum(dim=1, dtype=accumulation_dtype(mu.dtype)).to(mu.dtype)
+        else:
+            per_sample = per_element
         return self.reduce(-0.5 * per_sample, sample_weight)
 
 
@@ -62,7 +66,9 @@ class KLParams(TermParams):
 )
 class KL(Term):
     """``F.kl_div(log_softmax(q), log_softmax(p), log_target=True, reduction="batchmean")``: summed
-    over classes (and any further dimensions), then ``mean`` (or ``sum``) over the batch."""
+    over classes (and any further dimensions), then ``mean`` (or ``sum``) over the batch.
+    ``reduction=none`` gives each sample's divergence ``[N]``: torch's element-wise ``reduction="none"``
+    summed over classes, the sum the term is defined by."""
 
     per_sample = True
 
@@ -80,4 +86,5 @@ class KL(Term):
             sample_weight = self.expect_sample_weight(2, sample_weight, p.shape[0], p.dtype)
         log_p, log_q = F.log_softmax(p, dim=1), F.log_softmax(q, dim=1)
         per_element = F.kl_div(log_q, log_p, reduction="none", log_target=True)
-        return self.reduce(per_element.flatten(1).sum(dim=1), sample_weight)
+        per_sample = per_element.flatten(1).sum(dim=1, dtype=accumulation_dtype(p.dtype)).to(p.dtype)
+        return self.reduce(per_sample, sample_weight)

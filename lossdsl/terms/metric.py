@@ -26,7 +26,8 @@ class ContrastiveParams(TermParams):
 )
 class Contrastive(Term):
     """Euclidean distance ``d`` per pair, over every dimension but the first (``[N]`` embeddings are
-    numbers, ``d = |a - b|``); the square is taken without a square root, so equal embeddings are smooth."""
+    numbers, ``d = |a - b|``); the square is taken without a square root, so equal embeddings are smooth.
+    ``reduction=none`` gives one loss per pair ``[N]``."""
 
     per_sample = True
 
@@ -67,6 +68,8 @@ class TripletParams(TermParams):
 
 @register("triplet", TripletParams, "Triplet margin loss, as F.triplet_margin_loss.", example="triplet(margin=0.5)")
 class Triplet(Term):
+    """``reduction=none`` gives one loss per triplet ``[N]``, as torch's."""
+
     per_sample = True
 
     def __init__(self, params: TripletParams):

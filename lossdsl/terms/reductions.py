@@ -30,6 +30,8 @@ class _Reduce(Term):
     a non-positive value is ``-inf`` or NaN, as in torch: clamp first (``log(clamp(p, 1e-6, 1))``).
     A clamp bound beyond the inputs' dtype acts as the dtype's largest finite value."""
 
+    sample_losses = True  # in LossModule.per_sample: each sample's mean (or sum) of the expression
+
     def __init__(self, params: ReductionTermParams):
         super().__init__()
         position = {name: i for i, name in enumerate(dict.fromkeys(names_in(params.expr)))}

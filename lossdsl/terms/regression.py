@@ -34,6 +34,7 @@ class _Pointwise(Term):
 
     ``pred`` must be floating point and ``target`` of the same shape (no broadcasting);
     ``target`` is cast to ``pred``'s dtype. An empty batch gives 0 (torch gives NaN).
+    ``reduction=none`` gives the element-wise losses, of ``pred``'s shape.
     """
 
     per_sample = True
@@ -136,7 +137,8 @@ class QuantileParams(TermParams):
 )
 class QuantileLoss(Term):
     """With a list of Q quantiles, ``pred`` has a last dimension of Q (one column per quantile), the
-    target is compared with each column, and the loss averages over columns and samples."""
+    target is compared with each column, and the loss averages over columns and samples.
+    ``reduction=none`` gives the element-wise losses, of ``pred``'s shape."""
 
     per_sample = True
 

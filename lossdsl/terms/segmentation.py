@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat
 
-from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, register
+from ..registry import BatchReductionParam, InputOf, SampleWeight, Term, TermParams, accumulation_dtype, register
 
 
 class OverlapParams(TermParams):
@@ -18,7 +18,7 @@ class OverlapParams(TermParams):
     )
     smooth: NonNegativeFloat = Field(1e-5, description="added to numerator and denominator (MONAI's smooth_nr, smooth_dr); 0 / 0 gives loss 0")
     include_background: bool = Field(True, description="keep channel 0 when there are several")
-    reduction: ReductionParam = "mean"
+    reduction: BatchReductionParam = "mean"
     sample_weight: SampleWeight = None
 
 
@@ -78,6 +78,11 @@ class _Overlap(Term):
         """The loss per sample and channel, from probabilities and masks [N, C, P]."""
         raise NotImplementedError
 
+    @staticmethod
+    def pixel_sum(values: torch.Tensor) -> torch.Tensor:
+        """The sum over pixels, in float32 at least: a float16 mask of 65,536 pixels sums to inf."""
+        return values.sum(-1, dtype=accumulation_dtype(values.dtype))
+
     def one_minus_ratio(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
         """``1 - (numerator + smooth) / (denominator + smooth)``, and 0 (with zero gradients) for 0 / 0."""
         numerator, denominator = numerator + self.smooth, denominator + self.smooth
@@ -91,7 +96,7 @@ class _Overlap(Term):
         prob, mask = self.probabilities_and_masks(pred, target)
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
-        return self.reduce(self.score(prob, mask), sample_weight)
+        return self.reduce(self.score(prob, mask).to(pred.dtype), sample_weight)
 
 
 @register(
@@ -107,11 +112,11 @@ class Dice(_Overlap):
         self.squared = params.squared
 
     def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        intersection = (prob * mask).sum(-1)
+        intersection = self.pixel_sum(prob * mask)
         if self.squared:
-            denominator = prob.square().sum(-1) + mask.square().sum(-1)
+            denominator = self.pixel_sum(prob.square()) + self.pixel_sum(mask.square())
         else:
-            denominator = prob.sum(-1) + mask.sum(-1)
+            denominator = self.pixel_sum(prob) + self.pixel_sum(mask)
         return self.one_minus_ratio(2 * intersection, denominator)
 
 
@@ -128,8 +133,8 @@ class Tversky(_Overlap):
         self.alpha, self.beta = params.alpha, params.beta
 
     def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        true_positive = (prob * mask).sum(-1)
-        false_positive = (prob * (1 - mask)).sum(-1)
-        false_negative = ((1 - prob) * mask).sum(-1)
+        true_positive = self.pixel_sum(prob * mask)
+        false_positive = self.pixel_sum(prob * (1 - mask))
+        false_negative = self.pixel_sum((1 - prob) * mask)
         denominator = true_positive + self.alpha * false_positive + self.beta * false_negative
         return self.one_minus_ratio(true_positive, denominator)
