@@ -165,6 +165,7 @@ class _Checker:
         self._defined_at: dict[str, int] | None = None  # each let's and param's first line, as a statement index
         self._position: dict[int, int] = {}
         self._errors = 0
+        self._unreduced_lets: dict[str, TermPlan | None] = {}  # each checked let's first reduction=none term
 
     # -- reporting --
     def report(self, code: str, message: str, node: ast.Node | ast.Span | None, hint: str | None = None,
@@ -236,6 +237,11 @@ class _Checker:
                 if getattr(node.term.params, "reduction", None) == "none":
                     return node.term
             elif isinstance(node, LetValue):
+                if node.name in self._unreduced_lets:  # each let is searched once, when it is checked:
+                    found = self._unreduced_lets[node.name]  # a chain of lets would be quadratic, or
+                    if found is not None:  # exponential when each uses the one before twice
+                        return found
+                    continue
                 let = self.lets.get(node.name)
                 pending.append(let.value if let is not None else None)
             elif isinstance(node, Arithmetic):
@@ -393,6 +399,7 @@ class _Checker:
             return
         let.checked = True
         let.type, let.value = self.objective(let.statement.value, defined=self._lets_before(let.statement))
+        self._unreduced_lets[let.statement.name] = self._unreduced_term(let.value)
         if let.type is Type.NUMBER:
             self.report("E301", f"'{let.statement.name}' is a constant number, not a loss", let.statement.value,
                         hint="a let names a sub-objective built from terms")
