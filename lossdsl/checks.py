@@ -12,16 +12,19 @@ import enum
 import functools
 import math
 import operator
+import os
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
 
 from . import ast
 from .errors import Diagnostic, LossSpecError, did_you_mean
+from .files import DEFAULT_MAX_BYTES
 from .formatting import format_expr
 from .includes import expand_includes
-from .parsing import parse
+from .parsing import MAX_NESTING, parse
 from .plan import (
     Arithmetic,
     ConstraintPlan,
@@ -57,17 +60,22 @@ class Type(enum.Enum):
 
 _INVALID = object()
 
+#: The checks stop after this many errors (diagnostic E009).
+MAX_ERRORS = 100
 
-def plan_for(text: str, filename: str | None = None, library: bool = False) -> Plan:
+
+def plan_for(text: str, filename: str | None = None, library: bool = False, *,
+             include_root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Plan:
     """Parse and check spec text; cached by text, so a spec is checked once.
 
     A spec that includes other files is checked afresh each time: those files may have changed.
     ``library=True`` accepts a file without an objective (one meant to be included), with a
-    warning; its plan has no objective and cannot be compiled.
+    warning; its plan has no objective and cannot be compiled. ``include_root`` and ``max_bytes``
+    bound what its includes may read (see ``includes.expand_includes``).
     """
     spec = _parse_cached(text, filename)
     if any(isinstance(s, ast.Include) for s in spec.statements):
-        return check(spec, text, filename, library)
+        return _check_parsed(spec, text, filename, library, include_root, max_bytes)
     return _plan_cached(text, filename, library)
 
 
@@ -78,13 +86,54 @@ def _parse_cached(text: str, filename: str | None) -> ast.Spec:
 
 @functools.lru_cache(maxsize=256)
 def _plan_cached(text: str, filename: str | None, library: bool) -> Plan:
-    return check(_parse_cached(text, filename), text, filename, library)
+    return _check_parsed(_parse_cached(text, filename), text, filename, library)
 
 
-def check(spec: ast.Spec, source: str = "", filename: str | None = None, library: bool = False) -> Plan:
+def check(spec: ast.Spec, source: str = "", filename: str | None = None, library: bool = False, *,
+          include_root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Plan:
     """Check a parsed spec (its includes expanded first) and return its plan."""
-    expanded, sources = expand_includes(spec, filename, source)
+    if not isinstance(spec, ast.Spec):
+        raise TypeError(f"lossdsl.check takes a lossdsl.Spec (from lossdsl.parse), got {type(spec).__name__}")
+    _check_nesting(spec)
+    return _check_parsed(spec, source, filename, library, include_root, max_bytes)
+
+
+def _check_parsed(spec: ast.Spec, source: str, filename: str | None, library: bool,
+                  include_root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Plan:
+    """``check`` of a spec known to be within the nesting limit (the parser checked it)."""
+    expanded, sources = expand_includes(spec, filename, source, include_root, max_bytes)
     return _Checker(expanded, source, filename, sources, library).run()
+
+
+def _check_nesting(spec: ast.Spec) -> None:
+    """E004 for an expression nested deeper than ``MAX_NESTING``, as the parser reports it: a Spec
+    built in Python has not been through the parser, and every pass after this one recurses."""
+    stack: list[tuple[Any, int]] = [(statement, 0) for statement in spec.statements]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (tuple, list)):
+            stack += [(item, depth) for item in node]
+            continue
+        if not isinstance(node, ast.Node):
+            continue
+        if depth > MAX_NESTING:  # (statements are depth 0: an expression of MAX_NESTING levels passes)
+            raise LossSpecError([Diagnostic("E004", f"expression nested too deeply (the limit is {MAX_NESTING} levels)",
+                                            node.span, hint="split it with 'let' statements")])
+        stack += [(getattr(node, name), depth + 1) for name in type(node).model_fields if name != "span"]
+
+
+class _Scope:
+    """The names defined above a statement (a statement index), without copying them into a set."""
+
+    def __init__(self, defined_at: dict[str, int], position: int):
+        self.defined_at, self.position = defined_at, position
+
+    def __contains__(self, name: object) -> bool:
+        index = self.defined_at.get(name)  # type: ignore[call-overload]
+        return index is not None and index < self.position
+
+    def __iter__(self) -> Iterator[str]:  # for did-you-mean hints only
+        return (name for name, index in self.defined_at.items() if index < self.position)
 
 
 @dataclasses.dataclass
@@ -113,6 +162,10 @@ class _Checker:
         self.used_params: set[str] = set()
         self.constraints: list[ConstraintPlan] = []
         self._call_param_args: list[tuple[str, str]] = []
+        self._defined_at: dict[str, int] | None = None  # each let's and param's first line, as a statement index
+        self._position: dict[int, int] = {}
+        self._errors = 0
+        self._unreduced_lets: dict[str, TermPlan | None] = {}  # each checked let's first reduction=none term
 
     # -- reporting --
     def report(self, code: str, message: str, node: ast.Node | ast.Span | None, hint: str | None = None,
@@ -120,6 +173,11 @@ class _Checker:
         span = node if isinstance(node, ast.Span) or node is None else node.span
         source = self.sources.get(span.filename, self.source) if span is not None else self.source
         self.diagnostics.append(Diagnostic(code, message, span, hint, severity, source=source))  # type: ignore[arg-type]
+        self._errors += severity == "error"
+        if self._errors >= MAX_ERRORS:  # a hostile spec could hold a million; each hint searches the names
+            self.diagnostics.append(Diagnostic("E009", f"too many errors: the checks stop after {MAX_ERRORS}",
+                                               hint="fix these and check again"))
+            raise LossSpecError(self.diagnostics)
 
     # -- statements --
     def run(self) -> Plan:
@@ -179,6 +237,11 @@ class _Checker:
                 if getattr(node.term.params, "reduction", None) == "none":
                     return node.term
             elif isinstance(node, LetValue):
+                if node.name in self._unreduced_lets:  # each let is searched once, when it is checked:
+                    found = self._unreduced_lets[node.name]  # a chain of lets would be quadratic, or
+                    if found is not None:  # exponential when each uses the one before twice
+                        return found
+                    continue
                 let = self.lets.get(node.name)
                 pending.append(let.value if let is not None else None)
             elif isinstance(node, Arithmetic):
@@ -273,15 +336,16 @@ class _Checker:
             return f"{span.filename or '<spec>'}:{span.line}"
         return f"line {span.line}"
 
-    def _lets_before(self, statement: ast.Node) -> set[str]:
+    def _lets_before(self, statement: ast.Node) -> _Scope:
         """The lets and params defined above ``statement``: a name can be used only below its definition."""
-        defined = set()
-        for other in self.spec.statements:
-            if other is statement:
-                break
-            if isinstance(other, (ast.Let, ast.Param)) and (other.name in self.lets or other.name in self.params):
-                defined.add(other.name)
-        return defined
+        if self._defined_at is None:  # built once: a set per statement would be quadratic in lets
+            self._position = {}
+            self._defined_at = {}
+            for index, other in enumerate(self.spec.statements):
+                self._position.setdefault(id(other), index)
+                if isinstance(other, (ast.Let, ast.Param)):
+                    self._defined_at.setdefault(other.name, index)
+        return _Scope(self._defined_at, self._position.get(id(statement), len(self.spec.statements)))
 
     def _declare(self, block: ast.Inputs) -> None:
         if self.declared is None:
@@ -335,13 +399,14 @@ class _Checker:
             return
         let.checked = True
         let.type, let.value = self.objective(let.statement.value, defined=self._lets_before(let.statement))
+        self._unreduced_lets[let.statement.name] = self._unreduced_term(let.value)
         if let.type is Type.NUMBER:
             self.report("E301", f"'{let.statement.name}' is a constant number, not a loss", let.statement.value,
                         hint="a let names a sub-objective built from terms")
             let.type = Type.ERROR
 
     # -- the objective: arithmetic over losses --
-    def objective(self, expr: ast.Node, defined: set[str]) -> tuple[Type, ObjectiveExpr | None]:
+    def objective(self, expr: ast.Node, defined: _Scope) -> tuple[Type, ObjectiveExpr | None]:
         if isinstance(expr, ast.Number):
             return Type.NUMBER, Constant(float(expr.value))
         if isinstance(expr, ast.Call) and expr.name in SCHEDULES:
@@ -370,7 +435,7 @@ class _Checker:
         self.report("E301", f"{what} is not a loss", expr, hint="a loss is built from terms such as ce() or mse()")
         return Type.ERROR, None
 
-    def _objective_name(self, expr: ast.Name, defined: set[str]) -> tuple[Type, ObjectiveExpr | None]:
+    def _objective_name(self, expr: ast.Name, defined: _Scope) -> tuple[Type, ObjectiveExpr | None]:
         name = expr.id
         if name in defined and name in self.params:
             self.used_params.add(name)
@@ -400,7 +465,7 @@ class _Checker:
                     hint=f"reduce it with a term, e.g. mse(pred={name}) or soft_bound({name} <= 1)")
         return Type.ERROR, None
 
-    def _objective_binop(self, expr: ast.BinOp, defined: set[str]) -> tuple[Type, ObjectiveExpr | None]:
+    def _objective_binop(self, expr: ast.BinOp, defined: _Scope) -> tuple[Type, ObjectiveExpr | None]:
         left_type, left = self.objective(expr.left, defined)
         right_type, right = self.objective(expr.right, defined)
         if Type.ERROR in (left_type, right_type):
@@ -782,19 +847,26 @@ class _Checker:
     def _plan(self, objective: ObjectiveExpr) -> Plan:
         used_lets: list[str] = []
         terms: list[TermPlan] = []
+        visited: set[str] = set()
 
-        def visit(expr: ObjectiveExpr) -> None:
-            if isinstance(expr, TermValue):
-                terms.append(expr.term)
-            elif isinstance(expr, LetValue):
-                if expr.name not in used_lets:
-                    visit(self.lets[expr.name].value)  # type: ignore[arg-type]
-                    used_lets.append(expr.name)
-            elif isinstance(expr, Arithmetic):
-                visit(expr.left)
-                visit(expr.right)
-            elif isinstance(expr, Negate):
-                visit(expr.operand)
+        def visit(root: ObjectiveExpr) -> None:
+            # Depth first, left to right, each let after the lets it uses; iterative, since a chain
+            # of lets is as deep as it is long.
+            stack: list[ObjectiveExpr | str] = [root]
+            while stack:
+                expr = stack.pop()
+                if isinstance(expr, str):  # a let whose value has been visited
+                    used_lets.append(expr)
+                elif isinstance(expr, TermValue):
+                    terms.append(expr.term)
+                elif isinstance(expr, LetValue):
+                    if expr.name not in visited:
+                        visited.add(expr.name)
+                        stack += [expr.name, self.lets[expr.name].value]  # type: ignore[list-item]
+                elif isinstance(expr, Arithmetic):
+                    stack += [expr.right, expr.left]
+                elif isinstance(expr, Negate):
+                    stack.append(expr.operand)
 
         if objective is not None:
             visit(objective)
@@ -810,7 +882,7 @@ class _Checker:
                 self.report("W002", f"param '{name}' is not used", param,
                             hint="use it as a weight or a term argument, or remove it", severity="warning")
         for name, let in self.lets.items():
-            if name not in used_lets and not unused_is_expected:
+            if name not in visited and not unused_is_expected:
                 self.report("W001", f"'{name}' is defined but not used in the objective", let.statement,
                             hint="it is not computed; add it to 'loss = ...' or remove it", severity="warning")
         terms.sort(key=lambda t: (t.span.line, t.span.column) if t.span else (0, 0))  # stable: built specs keep visit order

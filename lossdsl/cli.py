@@ -17,6 +17,7 @@ from .compiler import check_overrides, read_spec
 from .formatting import format_source
 from .runtime import LossModule
 from .errors import Diagnostic, LossSpecError
+from .files import DEFAULT_MAX_BYTES
 from .reference import terms_markdown, terms_text
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
@@ -31,22 +32,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--format", choices=("text", "json", "github"), default="text", help="output format")
     check.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", type=_param,
                        help="override a param (repeatable); checked against each spec's params and ranges")
+    _reading_options(check)
     check.set_defaults(run=_check)
 
     fmt = commands.add_parser("fmt", help="format .loss files canonically, keeping comments")
     fmt.add_argument("paths", nargs="+", metavar="PATH", help="files, or directories searched for *.loss")
     fmt.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file would change")
     fmt.add_argument("--diff", action="store_true", help="write nothing; print the changes as a unified diff")
+    _reading_options(fmt, includes=False)
     fmt.set_defaults(run=_fmt)
 
     explain = commands.add_parser("explain", help="show a spec's typed tree, terms, inputs and compiled module")
     explain.add_argument("spec", metavar="SPEC", help="a .loss file")
     explain.add_argument("--no-trace", action="store_true", help="skip tracing the forward with torch.fx")
+    _reading_options(explain)
     explain.set_defaults(run=_explain)
 
     verify = commands.add_parser("verify", help="gradient and stability checks on synthetic inputs")
     verify.add_argument("spec", metavar="SPEC", help="a .loss file with an inputs: block")
     verify.add_argument("--steps", type=_positive_int, default=300, help="optimisation steps (default 300)")
+    _reading_options(verify)
     verify.set_defaults(run=_verify)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the AST (Spec.model_dump_json)")
@@ -61,6 +66,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except BrokenPipeError:  # e.g. piped into head
         return EXIT_OK
+
+
+def _reading_options(command: argparse.ArgumentParser, includes: bool = True) -> None:
+    """--max-bytes, and --include-root for the commands that follow includes."""
+    command.add_argument("--max-bytes", type=_byte_count, default=DEFAULT_MAX_BYTES, metavar="N",
+                         help=f"read spec files of at most N bytes (default {DEFAULT_MAX_BYTES:,})")
+    if includes:
+        command.add_argument("--include-root", metavar="DIR", default=None, type=_directory,
+                             help="the folder includes may read from (default: each spec's own folder)")
+
+
+def _directory(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"not a directory: {text!r}")
+    return text
+
+
+def _byte_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bytes, got {text!r}")
+    return value
 
 
 def _spec_files(command: str, raw_paths: Sequence[str]) -> list[Path] | None:
@@ -90,7 +120,7 @@ def _check(args: argparse.Namespace) -> int:
     diagnostics: list[Diagnostic] = []
     failed_files = 0
     for file in files:
-        found = _check_file(file, dict(args.param))
+        found = _check_file(file, dict(args.param), args.include_root, args.max_bytes)
         diagnostics += found
         failed_files += any(d.severity == "error" for d in found)
     errors = sum(d.severity == "error" for d in diagnostics)
@@ -111,10 +141,11 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_ERRORS if errors else EXIT_OK
 
 
-def _check_file(path: Path, params: dict[str, float]) -> list[Diagnostic]:
+def _check_file(path: Path, params: dict[str, float], include_root: str | None = None,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> list[Diagnostic]:
     try:
-        text = read_spec(path)
-        plan = plan_for(text, str(path), library=True)
+        text = read_spec(path, max_bytes)
+        plan = plan_for(text, str(path), library=True, include_root=include_root, max_bytes=max_bytes)
         if plan.objective is not None:  # building finds what needs the params' values (E205 on their arithmetic)
             LossModule(plan, check_overrides(plan, params))
     except LossSpecError as exc:
@@ -169,7 +200,7 @@ def _fmt(args: argparse.Namespace) -> int:
     changed = failed = 0
     for file in files:
         try:
-            text = read_spec(file)
+            text = read_spec(file, args.max_bytes)
             formatted = format_source(text, str(file))
         except LossSpecError as exc:
             print(exc.render(color))
@@ -199,7 +230,8 @@ def _explain(args: argparse.Namespace) -> int:
     from .explain import explain
 
     try:
-        plan = plan_for(read_spec(args.spec), args.spec)
+        plan = plan_for(read_spec(args.spec, args.max_bytes), args.spec, include_root=args.include_root,
+                        max_bytes=args.max_bytes)
         if plan.objective is None:
             raise LossSpecError([Diagnostic("E103", "the spec has no objective", plan.spec.span)])
         report = explain(plan, trace=not args.no_trace)
@@ -214,7 +246,8 @@ def _verify(args: argparse.Namespace) -> int:
     from .verify import render, verify
 
     try:
-        plan = plan_for(read_spec(args.spec), args.spec)
+        plan = plan_for(read_spec(args.spec, args.max_bytes), args.spec, include_root=args.include_root,
+                        max_bytes=args.max_bytes)
         checks = verify(plan, steps=args.steps)
     except LossSpecError as exc:
         print(exc.render(_use_color(sys.stdout)))

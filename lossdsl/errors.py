@@ -11,6 +11,8 @@ did-you-mean). It renders like a compiler's::
 from __future__ import annotations
 
 import difflib
+import functools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,6 +20,11 @@ from typing import Literal
 from .ast import Span
 
 Severity = Literal["error", "warning"]
+
+#: The most characters of a spec line a diagnostic quotes (with "..." where the line goes on).
+EXCERPT_WIDTH = 120
+#: The most characters of a message or hint kept: they may quote a name or a path from the spec.
+MAX_MESSAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,12 @@ class Diagnostic:
     severity: Severity = "error"
     # The source text the span points into, kept so the diagnostic renders alone.
     source: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A message may quote a name, a token or a path from the spec, which may be a megabyte long.
+        object.__setattr__(self, "message", _clip(self.message))
+        if self.hint is not None:
+            object.__setattr__(self, "hint", _clip(self.hint))
 
     @property
     def location(self) -> str:
@@ -45,26 +58,35 @@ class Diagnostic:
         head = f"{where}{severity}[{self.code}]: {self.message}"
         excerpt = self._excerpt(paint)
         if excerpt:
-            return f"{head}\n{excerpt}"
+            return _printable(f"{head}\n{excerpt}")
         if self.hint:
-            return f"{head}\n  = {self.hint}"
-        return head
+            return _printable(f"{head}\n  = {self.hint}")
+        return _printable(head)
 
     def _excerpt(self, paint: _Painter) -> str:
         if self.span is None or self.source is None:
             return ""
-        lines = self.source.split("\n")  # as the lexer counts lines: form feeds and the like do not break them
-        if not 1 <= self.span.line <= len(lines):
+        starts = _line_starts(self.source)
+        if not 1 <= self.span.line <= len(starts):
             return ""
-        text = lines[self.span.line - 1].rstrip("\r").expandtabs(1)
-        start = self.span.column
-        end = self.span.end_column if self.span.end_line == self.span.line else len(text) + 1
-        width = max(1, min(end, len(text) + 1) - start)
+        begin = starts[self.span.line - 1]
+        finish = starts[self.span.line] - 1 if self.span.line < len(starts) else len(self.source)
+        length = finish - begin - (self.source[finish - 1 : finish] == "\r")
+        start = max(self.span.column, 1)
+        end = self.span.end_column if self.span.end_line == self.span.line else length + 1
+        width = max(1, min(end, length + 1) - start)
+        # At most EXCERPT_WIDTH characters of the line, around the caret: a line can be a megabyte.
+        low = 0 if length <= EXCERPT_WIDTH else min(max(0, start - 1 - EXCERPT_WIDTH // 3), length - EXCERPT_WIDTH)
+        high = min(length, low + EXCERPT_WIDTH)
+        width = max(1, min(width, high - (start - 1)))
+        text = self.source[begin + low : begin + high].expandtabs(1)  # (a tab is one column, as the lexer counts)
+        before, after = ("..." if low else ""), ("..." if high < length else "")
         gutter = str(self.span.line)
         pad = " " * len(gutter)
         caret = paint("^" * width, "red" if self.severity == "error" else "yellow", bold=True)
         hint = f" {self.hint}" if self.hint else ""
-        return f" {gutter} | {text}\n {pad} | {' ' * (start - 1)}{caret}{hint}"
+        indent = " " * (len(before) + start - 1 - low)
+        return f" {gutter} | {before}{text}{after}\n {pad} | {indent}{caret}{hint}"
 
     def to_json(self) -> dict[str, object]:
         span = self.span
@@ -95,7 +117,7 @@ class Diagnostic:
         props.append(f"title={self.code}")
         message = self.message + (f" ({self.hint})" if self.hint else "")
         message = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-        return f"::{self.severity} {','.join(props)}::{message}"
+        return _printable(f"::{self.severity} {','.join(props)}::{message}")
 
 
 class LossSpecError(Exception):
@@ -116,6 +138,23 @@ class LossSpecError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates (from a Python string, never from a UTF-8 file) escaped, so
+    that printing the diagnostic cannot raise UnicodeEncodeError."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@functools.lru_cache(maxsize=8)
+def _line_starts(source: str) -> tuple[int, ...]:
+    """Where each line of ``source`` starts, found once per text (not once per diagnostic: a spec
+    can draw thousands of warnings). Lines end at ``\n`` only, as the lexer counts them."""
+    return (0, *(match.end() for match in re.finditer("\n", source)))
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:

@@ -37,22 +37,43 @@ def _type(expr: ObjectiveExpr) -> str:
     return "Loss"
 
 
+#: Deeper levels of the typed tree are indented no further (their depth is shown): a chain of
+#: lets is as deep as it is long, and indenting each line by its depth would be quadratic.
+_MAX_INDENT = 32
+
+
 def _tree(expr: ObjectiveExpr, lets: dict, depth: int) -> list[str]:
-    pad = "  " * depth
-    if isinstance(expr, TermValue):
-        return [f"{pad}{expr.term.label}: Loss  = {expr.term.term.name}(...) at line {_line(expr.term.span)}"]
-    if isinstance(expr, LetValue):
-        return [f"{pad}let {expr.name}: Loss", *_tree(lets[expr.name].value, lets, depth + 1)]
-    if isinstance(expr, ParamValue):
-        return [f"{pad}param {expr.name}: Number"]
-    if isinstance(expr, Constant):
-        return [f"{pad}{expr.value!r}: Number"]
-    if isinstance(expr, ScheduleValue):
-        return [f"{pad}{expr.kind}({', '.join(f'{k}={v!r}' for k, v in expr.params)}): Schedule"]
-    if isinstance(expr, Negate):
-        return [f"{pad}neg: {_type(expr)}", *_tree(expr.operand, lets, depth + 1)]
-    assert isinstance(expr, Arithmetic)
-    return [f"{pad}{expr.op}: {_type(expr)}", *_tree(expr.left, lets, depth + 1), *_tree(expr.right, lets, depth + 1)]
+    """The typed tree, depth first; iterative, and each let expanded once (a let used twice, in a
+    chain of lets that each use the one before twice, would otherwise double the tree each time)."""
+    lines: list[str] = []
+    expanded: set[str] = set()
+    stack = [(expr, depth)]
+    while stack:
+        expr, depth = stack.pop()
+        pad = "  " * min(depth, _MAX_INDENT) + (f"[{depth}] " if depth > _MAX_INDENT else "")
+        if isinstance(expr, TermValue):
+            lines.append(f"{pad}{expr.term.label}: Loss  = {expr.term.term.name}(...) at line {_line(expr.term.span)}")
+        elif isinstance(expr, LetValue):
+            if expr.name in expanded:
+                lines.append(f"{pad}let {expr.name}: Loss  (as above)")
+            else:
+                expanded.add(expr.name)
+                lines.append(f"{pad}let {expr.name}: Loss")
+                stack.append((lets[expr.name].value, depth + 1))
+        elif isinstance(expr, ParamValue):
+            lines.append(f"{pad}param {expr.name}: Number")
+        elif isinstance(expr, Constant):
+            lines.append(f"{pad}{expr.value!r}: Number")
+        elif isinstance(expr, ScheduleValue):
+            lines.append(f"{pad}{expr.kind}({', '.join(f'{k}={v!r}' for k, v in expr.params)}): Schedule")
+        elif isinstance(expr, Negate):
+            lines.append(f"{pad}neg: {_type(expr)}")
+            stack.append((expr.operand, depth + 1))
+        else:
+            assert isinstance(expr, Arithmetic)
+            lines.append(f"{pad}{expr.op}: {_type(expr)}")
+            stack += [(expr.right, depth + 1), (expr.left, depth + 1)]
+    return lines
 
 
 def _line(span: ast.Span | None) -> str:
@@ -77,12 +98,15 @@ def _term_lines(plan: Plan) -> list[str]:
 
 def _input_lines(plan: Plan) -> list[str]:
     declared = {decl.name: decl for decl in plan.declared}
+    readers: dict[str, list[str]] = {name: [] for name in plan.inputs}
+    for term in plan.terms:  # one pass, not inputs times terms
+        for name in dict.fromkeys(term.inputs):
+            readers[name].append(term.where)
     lines = []
     for name in plan.inputs:
         decl = declared.get(name)
         kind = f"{decl.type}[{', '.join(map(str, decl.shape))}]" if decl and decl.shape else (decl.type if decl else "")
-        readers = ", ".join(t.where for t in plan.terms if name in t.inputs)
-        lines.append(f"{name}: {kind or '(not declared)'}  read by {readers}")
+        lines.append(f"{name}: {kind or '(not declared)'}  read by {', '.join(readers[name])}")
     return lines
 
 

@@ -101,9 +101,11 @@ class LossModule(nn.Module):
         self._declared = tuple(
             (i, _Declaration(declared[name])) for i, name in enumerate(plan.inputs) if name in declared
         )
-        self._readers = {
-            name: ", ".join(t.where for t in plan.terms if name in t.inputs) for name in plan.inputs
-        }
+        readers: dict[str, list[str]] = {name: [] for name in plan.inputs}
+        for term in plan.terms:  # one pass: inputs times terms is quadratic in a large spec
+            for name in dict.fromkeys(term.inputs):
+                readers[name].append(term.where)
+        self._readers = {name: ", ".join(where) for name, where in readers.items()}
 
     def forward(self, pred: torch.Tensor | None = None, target: torch.Tensor | None = None, **inputs: torch.Tensor):
         if pred is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import io
 import json
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lossdsl import REGISTRY, cli, compiler
+from lossdsl import REGISTRY, cli, compiler, files
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -145,14 +144,14 @@ def test_unreadable_file_is_a_diagnostic(capsys, monkeypatch, project):
     secret.write_text(GOOD, encoding="utf-8")
     secret.chmod(0)
     if os.access(secret, os.R_OK):  # running as root: permissions do not stop reads, so refuse it here
-        real_open = builtins.open
+        real_open = files._open
 
         def refusing_open(file, *args, **kwargs):
             if os.fspath(file) == str(secret):
                 raise PermissionError(13, "Permission denied", str(secret))
             return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(compiler, "open", refusing_open, raising=False)
+        monkeypatch.setattr(files, "_open", refusing_open)
     try:
         status, out, err = run(capsys, "check", project)
     finally:

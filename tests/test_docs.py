@@ -148,12 +148,24 @@ PYTHON_EXAMPLES = {
     ),
     'lossdsl.compile("mse()")(torch.tensor([float("nan")]), torch.zeros(1))': lambda: _checking_finite(
         lossdsl.compile("mse()"))(torch.tensor([float("nan")]), torch.zeros(1)),
+    'lossdsl.compile("\\n".join(["let a = cee()"] * 101))': lambda: lossdsl.compile("\n".join(["let a = cee()"] * 101)),
+    'lossdsl.load("cycle.loss")': lambda: lossdsl.load("cycle.loss"),
+    'lossdsl.load("cycle.loss", max_bytes=4)': lambda: lossdsl.load("cycle.loss", max_bytes=4),
+    'lossdsl.load("deep.loss")': lambda: _deep_includes(),
 }
 
 
 def _checking_finite(loss_fn):
     loss_fn.check_finite = True
     return loss_fn
+
+
+def _deep_includes() -> None:
+    """deep.loss, then 40 files each including the next: deeper than MAX_INCLUDE_DEPTH."""
+    for i in range(40):
+        Path(f"deep{i}.loss").write_text(f'include "deep{i + 1}.loss"\n' if i < 39 else "let x = mse()\n")
+    Path("deep.loss").write_text('include "deep0.loss"\nloss = x\n')
+    lossdsl.load("deep.loss")
 
 
 def _custom_elementwise() -> None:

@@ -356,7 +356,7 @@ INVALID = [
     (DEEP_NEG, "E004", 1, 51),
     (LONG_SUM, "E004", 1, 8),
     # constraints: subject to a loss OP a number
-    ("loss = ce()\ninclude \"base.loss\"", "E010", 2, 1),
+    ("loss = ce()\ninclude \"base.loss\"", "E012", 2, 1),  # spec text without include_root includes nothing
     ("loss = ce()\nsubject to mse() < 1", "E303", 2, 12),
     ("subject to ce() <= x as n using penalty(10)\nloss = ce()", "E301", 1, 20),
     ("loss = ce()\ninputs:\n  y: float", "E106", 3, 3),
