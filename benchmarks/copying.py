@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import lossdsl  # noqa: E402
-from harness import add_common_arguments, devices  # noqa: E402
+from harness import add_common_arguments, devices, print_header, print_preamble, repetitions  # noqa: E402
 from overhead import SPEC, make_inputs  # noqa: E402
 
 
@@ -105,21 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     chosen = devices(args)
-    print(f"spec: {SPEC}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-    print(f"forward + backward, median ms over interleaved repetitions{' (--quick)' if args.quick else ''}\n")
-    header = f"| {'N':>7} | {'device':>6} | {'kept ms':>8} | {'dropped ms':>10} | {'detached ms':>11} | {'kept/dropped':>12} | {'detached/dropped':>16} |"
-    print(header)
-    print("|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|")
+    print_preamble(SPEC, args)
+    print_header(f"| {'N':>7} | {'device':>6} | {'kept ms':>8} | {'dropped ms':>10} | {'detached ms':>11} "
+                 f"| {'kept/dropped':>12} | {'detached/dropped':>16} |")
     for device in chosen:
         for n in (4096, 262144):
-            if args.quick:
-                reps, warmup = 20, 5
-            elif device.type == "cuda":
-                reps, warmup = 500, 50
-            else:
-                reps, warmup = (1000, 100) if n <= 4096 else (100, 10)
+            reps, warmup = repetitions(args, device, n, small=(1000, 100), large=(100, 10))
             ms = measure(n, device, reps, warmup)
             print(f"| {n:>7} | {device.type:>6} | {ms['kept']:>8.3f} | {ms['dropped']:>10.3f} | {ms['detached']:>11.3f} "
                   f"| {ms['kept'] / ms['dropped']:>12.2f} | {ms['detached'] / ms['dropped']:>16.2f} |", flush=True)

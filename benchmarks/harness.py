@@ -24,6 +24,30 @@ def devices(args: argparse.Namespace) -> list[torch.device]:
     return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 
+def print_preamble(spec: str, args: argparse.Namespace) -> None:
+    """What a table was measured on: the spec, torch, threads, device."""
+    print(f"spec: {spec}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    print(f"forward + backward, median ms over interleaved repetitions{' (--quick)' if args.quick else ''}\n")
+
+
+def print_header(header: str) -> None:
+    """A markdown table's header row and its rule."""
+    print(header)
+    print("|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|")
+
+
+def repetitions(args: argparse.Namespace, device: torch.device, n: int,
+                small: tuple[int, int], large: tuple[int, int]) -> tuple[int, int]:
+    """(repetitions, warm-up calls): few with --quick; on the CPU ``small`` up to N = 4096, else ``large``."""
+    if args.quick:
+        return 20, 5
+    if device.type == "cuda":
+        return 500, 50
+    return small if n <= 4096 else large
+
+
 def fpr_gap_ranked(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
     """fairness(fpr_gap, group=sex) hand-written: soft false-positive rate per group (codes ranked in
     the batch by a sort, summed with index_add_), largest minus smallest; 0 with fewer than two groups."""

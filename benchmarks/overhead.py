@@ -36,7 +36,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import lossdsl  # noqa: E402
-from harness import add_common_arguments, devices, fpr_gap_ranked, print_profile  # noqa: E402
+from harness import (  # noqa: E402
+    add_common_arguments, devices, fpr_gap_ranked, print_header, print_preamble, print_profile, repetitions,
+)
 
 SPEC = "ce(weight=balanced) + 0.1*fairness(fpr_gap, group=sex) + soft_bound(y<=100)"
 
@@ -138,23 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per side afterwards")
     args = parser.parse_args(argv)
     chosen = devices(args)
-    print(f"spec: {SPEC}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-    print(f"forward + backward, median ms over interleaved repetitions{' (--quick)' if args.quick else ''}\n")
-    header = f"| {'N':>7} | {'groups':>6} | {'device':>6} | {'lossdsl ms':>10} | {'hand-written ms':>15} | {'ratio':>5} |"
-    print(header)
-    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    print_preamble(SPEC, args)
+    print_header(f"| {'N':>7} | {'groups':>6} | {'device':>6} | {'lossdsl ms':>10} | {'hand-written ms':>15} | {'ratio':>5} |")
     worst = 0.0
     for device in chosen:
         for n in (4096, 262144):
             for groups in (2, 32):
-                if args.quick:
-                    reps, warmup = 20, 5
-                elif device.type == "cuda":
-                    reps, warmup = 500, 50
-                else:
-                    reps, warmup = (2000, 100) if n <= 4096 else (200, 10)
+                reps, warmup = repetitions(args, device, n, small=(2000, 100), large=(200, 10))
                 ours, theirs = measure(n, groups, device, reps, warmup)
                 ratio = ours / theirs
                 worst = max(worst, ratio)
