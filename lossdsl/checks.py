@@ -624,6 +624,11 @@ class _Checker:
             return None
         if not ok:
             return None
+        beyond = params.beyond_float32()
+        if beyond is not None:
+            name, problem = beyond
+            self.report("E205", f"{call.name}(): {problem}", given.get(name) or call)
+            return None
         for role in params.input_roles():
             value = getattr(params, role)
             reader = f"{call.name}()" if role in given else f"{call.name}() (by default)"

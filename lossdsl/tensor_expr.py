@@ -7,6 +7,7 @@ tensors, once, at construction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Union
 
@@ -54,6 +55,57 @@ def names_in(expr: ast.Node) -> list[str]:
     if isinstance(expr, ast.Call):
         return [name for arg in expr.args for name in names_in(arg)]
     return []
+
+
+def magnitude(expr: ast.Node) -> float:
+    """The largest size a checked tensor expression reaches for inputs of size at most 1 (an upper
+    bound; inf when it leaves float64): what its numbers alone make of it, for the overflow checks.
+    A divisor that reads an input counts as size 1 (no bound holds near its zeros)."""
+    if isinstance(expr, ast.Number):
+        return abs(float(expr.value))
+    if isinstance(expr, ast.Name):
+        return 1.0
+    if isinstance(expr, ast.Neg):
+        return magnitude(expr.operand)
+    if isinstance(expr, ast.BinOp):
+        left, right = magnitude(expr.left), magnitude(expr.right)
+        if expr.op in "+-":
+            return left + right
+        if expr.op == "*":
+            return left * right
+        divisor = _number_value(expr.right)
+        return left / abs(divisor) if divisor else left
+    if isinstance(expr, ast.Call):
+        size = magnitude(expr.args[0])
+        if expr.name == "square":
+            return size * size
+        if expr.name == "exp":
+            return math.exp(size) if size < 709 else math.inf
+        if expr.name == "log":
+            return max(1.0, math.log(size)) if size > 0 else 1.0
+        if expr.name == "sigmoid":
+            return 1.0
+        if expr.name == "softplus":
+            return size + math.log(2)
+        if expr.name == "clamp":
+            return min(size, max(abs(_number_value(arg) or 0.0) for arg in expr.args[1:]))
+        return size  # abs, relu
+    return math.inf  # the checker rules this out
+
+
+def _number_value(expr: ast.Node) -> float | None:
+    """The value of number arithmetic; None when it reads an input."""
+    if isinstance(expr, ast.Number):
+        return float(expr.value)
+    if isinstance(expr, ast.Neg):
+        value = _number_value(expr.operand)
+        return None if value is None else -value
+    if isinstance(expr, ast.BinOp):
+        left, right = _number_value(expr.left), _number_value(expr.right)
+        if left is None or right is None or (expr.op == "/" and right == 0):
+            return None
+        return _ARITHMETIC[expr.op](left, right)
+    return None
 
 
 def compile_tensor_expr(expr: ast.Node, position: dict[str, int]) -> TensorFn:
