@@ -218,3 +218,16 @@ def test_a_float16_loss_under_a_saturated_multiplier_is_finite():
     excess = F.mse_loss(pred.float(), target.float()) - 0.01
     torch.testing.assert_close(got.float(), F.l1_loss(pred.float(), target.float()) + MULTIPLIER_CAP * excess,
                                rtol=2e-3, atol=0)
+
+
+@pytest.mark.parametrize("method", ["lagrangian(lr=1e9)", "augmented(0.5)"])
+def test_saturating_multipliers_compile_fullgraph(method):
+    """The clamps and the expanded augmented form add no graph break and match eager mode."""
+    spec = f"loss = mae()\nsubject to mse() <= 0.05 using {method}\nsubject to mae() >= 0.1 using {method}"
+    eager_fn, source = lossdsl.compile(spec), lossdsl.compile(spec)
+    compiled_fn = torch.compile(source, fullgraph=True)
+    for seed in range(3):
+        pred, target = _f32_inputs(seed)
+        torch.testing.assert_close(compiled_fn(pred, target), eager_fn(pred, target))
+        torch.testing.assert_close(source.multipliers, eager_fn.multipliers)
+    assert float(eager_fn.multipliers.max()) <= MULTIPLIER_CAP
