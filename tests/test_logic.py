@@ -214,7 +214,9 @@ def test_logic_keywords_parse_over_lines_and_names_that_start_with_them():
         ("y >= 1e20", "y >= 1e20", (1e20 + 1) ** 2),
         ("y <= 0, margin=1e20", "1e20", (1 + 1e20) ** 2),
         ("y >= 1e30 or y <= 0", "y >= 1e30 or y <= 0", (1e30 + 1) ** 2 * 1),
-        ("y > 100 implies y >= 1e30", "y > 100 implies y >= 1e30", (1 + 100) ** 2 * (1 + 1e30) ** 2),
+        # y <= 100 holds in [-1, 1], not beyond: a premise that fails meets the inf of the other side
+        ("y > 100 implies y >= 1e30", "y > 100 implies y >= 1e30", (1 + 1e30) ** 2),
+        ("not (-1e20 <= y <= 1e20)", "not (-1e20 <= y <= 1e20)", (1e20 - 1) ** 4),  # y < -1e20 or y > 1e20
         ("y * 1e20 >= 0", "y * 1e20 >= 0", 1e40),
         ("exp(y * 100) <= 1", "exp(y * 100) <= 1", (math.exp(100) + 1) ** 2),
         ("y >= 1e10 or y <= -1e10", "y >= 1e10 or y <= -1e10", (1e10 + 1) ** 4),  # each side fits alone
@@ -223,7 +225,7 @@ def test_logic_keywords_parse_over_lines_and_names_that_start_with_them():
 )
 def test_a_penalty_its_numbers_push_past_float32_is_e205(condition, argument, size):
     """Unchecked, these were inf (a squared violation of 1e20 is 1e40) or NaN (0 * inf in an `or`)
-    on y = torch.randn(8)."""
+    on y = torch.randn(8). The size is the penalty's largest value for inputs in [-1, 1]."""
     spec = f"loss = soft_bound({condition})"
     if math.isnan(size):
         loss_fn = lossdsl.compile(spec)
@@ -236,6 +238,17 @@ def test_a_penalty_its_numbers_push_past_float32_is_e205(condition, argument, si
     assert diagnostic.code == "E205"
     assert f"reaches {size:.3g}" in diagnostic.message
     assert spec[diagnostic.span.column - 1:].startswith(argument)  # the condition, or the margin
+
+
+@pytest.mark.parametrize("condition", ["y <= 1e19", "-1e20 <= y <= 1e20", "not (y >= 1e20)", "y >= -1e30"])
+def test_a_huge_bound_that_inputs_of_size_1_satisfy_is_no_false_alarm(condition):
+    """The check follows each comparison's direction: y <= 1e19 holds for every input below 1e19,
+    so its penalty is 0 there (and finite up to 1.8e19), not a violation of 1e19 squared."""
+    loss_fn = lossdsl.compile(f"loss = soft_bound({condition})")
+    y = torch.randn(64, requires_grad=True)
+    got = loss_fn(y=y)
+    got.backward()
+    assert got == 0 and (y.grad == 0).all()  # randn never nears these bounds
 
 
 @pytest.mark.parametrize("penalty", ["squared", "hinge"])

@@ -12,7 +12,7 @@ from pydantic import Field, PositiveFloat, model_validator
 
 from .. import ast
 from ..registry import Condition, ReductionParam, SampleWeight, Term, TermParams, register
-from ..tensor_expr import compile_tensor_expr, magnitude, names_in
+from ..tensor_expr import compile_tensor_expr, names_in, value_range
 
 
 def _links(node: ast.Node, negated: bool) -> Iterator[tuple[str, bool]]:
@@ -96,24 +96,34 @@ class SoftBoundParams(TermParams):
             return None
         culprit = "margin" if self._link_size(self.margin) > PENALTY_LIMIT else "condition"
         return culprit, (f"the {self.penalty if isinstance(self.penalty, str) else 'softplus'} penalty reaches "
-                         f"{size:.3g} for inputs of size 1, beyond {PENALTY_LIMIT:.3g} (float32's largest number "
+                         f"{size:.3g} for inputs in [-1, 1], beyond {PENALTY_LIMIT:.3g} (float32's largest number "
                          "over a million elements): scale the comparison, e.g. y / 1e20 >= 1 for y >= 1e20")
 
     def _penalty_size(self, node: ast.Node, negated: bool) -> float:
-        """The largest element-wise penalty for inputs of size at most 1; mirrors ``SoftBound._compile``."""
+        """The largest element-wise penalty for inputs in [-1, 1]; mirrors ``SoftBound._compile``.
+        An ``or`` counts each side alone too: a side that holds at size 1 (``y <= 100``) is violated
+        by larger inputs, and then the other side's penalty is the product's factor."""
         if isinstance(node, ast.Not):
             return self._penalty_size(node.operand, not negated)
         if isinstance(node, ast.Logic):
             left = self._penalty_size(node.left, not negated if node.op == "implies" else negated)
             right = self._penalty_size(node.right, negated)
             is_or = negated if node.op == "and" else not negated
-            return left * right if is_or else left + right
+            return max(left * right, left, right) if is_or else left + right
         assert isinstance(node, ast.Compare)
         sizes = []
         for index, op in enumerate(node.ops):
-            excess = magnitude(node.operands[index]) + magnitude(node.operands[index + 1])
-            sizes.append(self._link_size(excess if op == "==" else excess + self.margin, op == "=="))
-        return math.prod(sizes) if negated and len(sizes) > 1 else math.fsum(sizes)
+            (a, b), (c, d) = value_range(node.operands[index]), value_range(node.operands[index + 1])
+            if op == "==":
+                sizes.append(self._link_size(max(abs(b - c), abs(d - a)), equality=True))
+                continue
+            upper = (op in ("<=", "<")) != negated  # a <= b is violated by a - b + margin
+            excess = (b - c if upper else d - a) + self.margin
+            sizes.append(self._link_size(max(excess, 0.0)))
+        if negated and len(sizes) > 1:
+            product = math.prod(sizes)
+            return max(product, *sizes)
+        return math.fsum(sizes)
 
     def _link_size(self, excess: float, equality: bool = False) -> float:
         """The penalty of a violation of size ``excess``."""
