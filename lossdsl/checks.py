@@ -26,6 +26,7 @@ from .formatting import format_expr
 from .includes import expand_includes
 from .parsing import MAX_NESTING, parse
 from .plan import (
+    MULTIPLIER_CAP,
     Arithmetic,
     ConstraintPlan,
     Constant,
@@ -40,6 +41,7 @@ from .plan import (
     TOTAL_LABEL,
     TermPlan,
     TermValue,
+    constraint_overflow,
 )
 from .registry import CONDITION, INPUT, INPUT_KINDS, MAX_GROUP_STATE, MAX_GROUPS, REGISTRY, TENSOR, InnerLoss, TermDef
 from .schedules import SCHEDULES
@@ -293,6 +295,12 @@ class _Checker:
                                 chosen)
                     return None
                 rate = number if arguments else rate
+        literal = _literal(bound)
+        overflow = None if literal is None else constraint_overflow(method, rate, literal)
+        if overflow is not None:  # a bound's params are known when the module is built: checked there
+            self.report("E205", overflow, compare.operands[1],
+                        hint=f"bound a loss of the data's scale; a learned multiplier saturates at {MULTIPLIER_CAP:g}")
+            return None
         return ConstraintPlan(statement.name or "", value, compare.ops[0], bound,  # type: ignore[arg-type]
                               method, float(rate), statement.span)
 
@@ -615,6 +623,11 @@ class _Checker:
             self._validation_errors(term, call, given, values, exc, report_missing=ok)
             return None
         if not ok:
+            return None
+        beyond = params.beyond_float32()
+        if beyond is not None:
+            name, problem = beyond
+            self.report("E205", f"{call.name}(): {problem}", given.get(name) or call)
             return None
         for role in params.input_roles():
             value = getattr(params, role)
@@ -966,6 +979,14 @@ def _number(node: ast.Node) -> int | float | None:
     if isinstance(node, ast.Neg) and isinstance(node.operand, ast.Number):
         return -node.operand.value
     return None
+
+
+def _literal(expr: ObjectiveExpr) -> float | None:
+    """The value of a folded constant (``-1`` is a negated one); None for arithmetic over params."""
+    if isinstance(expr, Negate):
+        inner = _literal(expr.operand)
+        return None if inner is None else -inner
+    return expr.value if isinstance(expr, Constant) else None
 
 
 def _reads_input(node: ast.Node) -> bool:

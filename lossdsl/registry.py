@@ -180,6 +180,11 @@ class TermParams(BaseModel):
     def input_names(self) -> tuple[str, ...]:
         return tuple(getattr(self, role) for role in self.input_roles())
 
+    def beyond_float32(self) -> tuple[str, str] | None:
+        """(argument, problem) when valid arguments still make a value float32 cannot hold (the
+        checks report it as E205 at that argument); None when they do not."""
+        return None
+
     def nested_terms(self) -> tuple[Any, ...]:
         """Plans of the terms this one calls (``group_loss(mse)``'s ``mse``); their inputs come first."""
         return ()

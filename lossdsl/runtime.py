@@ -18,6 +18,7 @@ from . import ast, pickling
 from .errors import Diagnostic, LossSpecError, did_you_mean
 from .formatting import format_expr
 from .plan import (
+    MULTIPLIER_CAP,
     Arithmetic,
     ConstraintPlan,
     Constant,
@@ -30,6 +31,7 @@ from .plan import (
     TOTAL_LABEL,
     TermPlan,
     TermValue,
+    constraint_overflow,
 )
 from .schedules import SCHEDULES, value_range
 from .registry import TermParams, weighted_mean
@@ -79,6 +81,13 @@ class LossModule(nn.Module):
         resolve = _Resolver(term_index, let_index, self._param_values, plan.source)
         self._lets = tuple(resolve(let.value) for let in plan.lets)
         self._objective = resolve(plan.objective)
+        for constraint in plan.constraints:  # a literal bound was checked; a param's value comes only now
+            overflow = constraint_overflow(constraint.method, constraint.rate, resolve.constant(constraint.bound))
+            if overflow is not None:
+                names = ", ".join(f"{name} = {value:g}" for name, value in self._param_values.items()
+                                  if name in _params_in(constraint.bound))
+                raise LossSpecError([Diagnostic("E205", f"{overflow} with {names}", constraint.span,
+                                                source=plan.source)])
         self._constraints = tuple((resolve(c.value), resolve(c.bound), _ConstraintRule(c)) for c in plan.constraints)
         if plan.constraints:  # one Lagrange multiplier per constraint, saved in state_dict
             self.register_buffer("multipliers", torch.zeros(len(plan.constraints)))
@@ -153,15 +162,20 @@ class LossModule(nn.Module):
         """The constraint's contribution to the loss, and its value, violation and multiplier.
 
         ``g`` is the signed excess (positive when violated). In training mode the multiplier takes
-        a step after it is used: ``lam = max(0, lam + lr * g)`` (unprojected for ``==``).
+        a step after it is used: ``lam = max(0, lam + lr * g)`` (unprojected for ``==``), kept within
+        ``MULTIPLIER_CAP`` in size. Computed in float32 at least (the buffer's dtype): a float16
+        loss would overflow at a multiplier of 65504.
         """
+        dtype = torch.promote_types(value.dtype, self.multipliers.dtype)
+        value = value.to(dtype)
         excess = bound - value if rule.lower_bound else value - bound
         violation = excess.abs() if rule.equality else torch.relu(excess)
-        multiplier = self.multipliers[index].to(excess.dtype, copy=True)  # the buffer is updated below
+        # A copy: the buffer is updated below. Clamped also here, for a multiplier loaded or set by hand.
+        multiplier = self.multipliers[index].to(dtype, copy=True).clamp(rule.lowest, MULTIPLIER_CAP)
         contribution = rule.contribution(excess, violation, multiplier)
         if self.training and rule.learns:
-            updated = multiplier.detach() + rule.rate * excess.detach()
-            self.multipliers[index] = updated if rule.equality else torch.relu(updated)
+            updated = multiplier + rule.rate * excess.detach()
+            self.multipliers[index] = updated.clamp(rule.lowest, MULTIPLIER_CAP)  # saturates, never inf
         return contribution, [value, violation, multiplier]
 
     @torch.no_grad()
@@ -405,6 +419,7 @@ class _ConstraintRule:
         self.equality = constraint.op == "=="
         self.lower_bound = constraint.op == ">="
         self.learns = constraint.method != "penalty"
+        self.lowest = -MULTIPLIER_CAP if self.equality else 0.0  # the multiplier's range; projected for <=, >=
         if constraint.method == "penalty":
             self.contribution = lambda g, violation, lam: self.rate * violation
         elif constraint.method == "lagrangian":
@@ -412,9 +427,16 @@ class _ConstraintRule:
         elif self.equality:  # augmented Lagrangian
             self.contribution = lambda g, violation, lam: lam * g + self.rate / 2 * g.square()
         else:
-            self.contribution = lambda g, violation, lam: (
-                torch.relu(g + lam / self.rate).square() - (lam / self.rate).square()
-            ) * self.rate / 2
+            self.contribution = self._augmented_inequality
+
+    def _augmented_inequality(self, g: torch.Tensor, violation: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """``rho/2 * (max(0, g + lam/rho)^2 - (lam/rho)^2)``, expanded so that nothing squares ``lam/rho``
+        (1e30 for rho = 1e-30 and lam = 1: inf - inf): ``lam * g + rho/2 * g^2`` where ``g >= -lam/rho``,
+        else the constant ``-lam^2 / (2 rho)``, held within float32 (it passes no gradient)."""
+        rho = self.rate
+        active = lam * g + rho / 2 * g.square()
+        inactive = (-(lam * lam) / (2 * rho)).clamp(min=-ast.LARGEST_NUMBER / 4)
+        return torch.where(g >= -lam / rho, active, inactive)
 
 
 _FLOAT_KINDS = frozenset({"logits", "probs", "real", "embedding", "weight"})

@@ -7,6 +7,7 @@ tensors, once, at construction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Union
 
@@ -54,6 +55,75 @@ def names_in(expr: ast.Node) -> list[str]:
     if isinstance(expr, ast.Call):
         return [name for arg in expr.args for name in names_in(arg)]
     return []
+
+
+def value_range(expr: ast.Node) -> tuple[float, float]:
+    """The smallest and largest value a checked tensor expression takes for inputs in [-1, 1] (a
+    bound; +-inf once it leaves float64): what its numbers alone make of it, for the overflow checks.
+    A divisor that reads an input counts as size 1 (no bound holds near its zeros)."""
+    if isinstance(expr, ast.Number):
+        return float(expr.value), float(expr.value)
+    if isinstance(expr, ast.Name):
+        return -1.0, 1.0
+    if isinstance(expr, ast.Neg):
+        low, high = value_range(expr.operand)
+        return -high, -low
+    if isinstance(expr, ast.BinOp):
+        (a, b), (c, d) = value_range(expr.left), value_range(expr.right)
+        if expr.op == "+":
+            return a + c, b + d
+        if expr.op == "-":
+            return a - d, b - c
+        if expr.op == "/":
+            divisor = _number_value(expr.right)
+            size = max(abs(a), abs(b))
+            if not divisor:
+                return -size, size
+            c = d = 1 / divisor
+        products = [x * y for x in (a, b) for y in (c, d) if x and y] or [0.0]  # (0 * inf is 0 here)
+        return min(products), max(products)
+    if isinstance(expr, ast.Call):
+        low, high = value_range(expr.args[0])
+        largest = max(abs(low), abs(high))
+        smallest = 0.0 if low <= 0 <= high else min(abs(low), abs(high))
+        if expr.name == "abs":
+            return smallest, largest
+        if expr.name == "square":
+            return smallest * smallest, largest * largest
+        if expr.name == "relu":
+            return max(low, 0.0), max(high, 0.0)
+        if expr.name == "exp":
+            return _exp(low), _exp(high)
+        if expr.name == "log":
+            size = max(1.0, math.log(largest)) if largest > 0 else 1.0
+            return -size, size
+        if expr.name == "sigmoid":
+            return 0.0, 1.0
+        if expr.name == "softplus":
+            return max(low, 0.0), max(high, 0.0) + math.log(2)
+        if expr.name == "clamp":
+            lowest, highest = (_number_value(arg) or 0.0 for arg in expr.args[1:])
+            return min(max(low, lowest), highest), min(max(high, lowest), highest)
+    return -math.inf, math.inf  # the checker rules this out
+
+
+def _exp(value: float) -> float:
+    return math.exp(value) if value < 709 else math.inf
+
+
+def _number_value(expr: ast.Node) -> float | None:
+    """The value of number arithmetic; None when it reads an input."""
+    if isinstance(expr, ast.Number):
+        return float(expr.value)
+    if isinstance(expr, ast.Neg):
+        value = _number_value(expr.operand)
+        return None if value is None else -value
+    if isinstance(expr, ast.BinOp):
+        left, right = _number_value(expr.left), _number_value(expr.right)
+        if left is None or right is None or (expr.op == "/" and right == 0):
+            return None
+        return _ARITHMETIC[expr.op](left, right)
+    return None
 
 
 def compile_tensor_expr(expr: ast.Node, position: dict[str, int]) -> TensorFn:

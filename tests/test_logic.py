@@ -4,6 +4,7 @@ Each comparison's penalty is its violation (hinge) or the violation squared; ``a
 ``or`` multiplies, ``not`` is pushed into the comparisons, and ``a implies b`` is ``not a or b``.
 """
 
+import math
 import operator
 import re
 
@@ -201,3 +202,99 @@ def test_logic_keywords_parse_over_lines_and_names_that_start_with_them():
     loss_fn = lossdsl.compile(spec)
     assert loss_fn.inputs == ("notice", "order", "android")
     assert lossdsl.format(lossdsl.parse(spec)) == "soft_bound(notice <= 1 and order >= 0 or android <= 2)\n"
+
+
+# -- float32's range (issue 10) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("condition", "argument", "size"),
+    [
+        # the penalty for inputs of size 1: (violation)^2, or the product of the sides of an `or`
+        ("y >= 1e20", "y >= 1e20", (1e20 + 1) ** 2),
+        ("y <= 0, margin=1e20", "1e20", (1 + 1e20) ** 2),
+        ("y >= 1e30 or y <= 0", "y >= 1e30 or y <= 0", (1e30 + 1) ** 2 * 1),
+        # y <= 100 holds in [-1, 1], not beyond: a premise that fails meets the inf of the other side
+        ("y > 100 implies y >= 1e30", "y > 100 implies y >= 1e30", (1 + 1e30) ** 2),
+        ("not (-1e20 <= y <= 1e20)", "not (-1e20 <= y <= 1e20)", (1e20 - 1) ** 4),  # y < -1e20 or y > 1e20
+        ("y * 1e20 >= 0", "y * 1e20 >= 0", 1e40),
+        ("exp(y * 100) <= 1", "exp(y * 100) <= 1", (math.exp(100) + 1) ** 2),
+        ("y >= 1e10 or y <= -1e10", "y >= 1e10 or y <= -1e10", (1e10 + 1) ** 4),  # each side fits alone
+        ("y >= 1e30, penalty=hinge, reduction=sum", "y >= 1e30", math.nan),  # 1e30 fits: accepted below
+    ],
+)
+def test_a_penalty_its_numbers_push_past_float32_is_e205(condition, argument, size):
+    """Unchecked, these were inf (a squared violation of 1e20 is 1e40) or NaN (0 * inf in an `or`)
+    on y = torch.randn(8). The size is the penalty's largest value for inputs in [-1, 1]."""
+    spec = f"loss = soft_bound({condition})"
+    if math.isnan(size):
+        loss_fn = lossdsl.compile(spec)
+        y = torch.randn(8, dtype=torch.float64)
+        torch.testing.assert_close(loss_fn(y=y), torch.relu(1e30 - y).sum())
+        return
+    with pytest.raises(lossdsl.LossSpecError) as caught:
+        lossdsl.compile(spec)
+    diagnostic = caught.value.diagnostics[0]
+    assert diagnostic.code == "E205"
+    assert f"reaches {size:.3g}" in diagnostic.message
+    assert spec[diagnostic.span.column - 1:].startswith(argument)  # the condition, or the margin
+
+
+@pytest.mark.parametrize("condition", ["y <= 1e19", "-1e20 <= y <= 1e20", "not (y >= 1e20)", "y >= -1e30"])
+def test_a_huge_bound_that_inputs_of_size_1_satisfy_is_no_false_alarm(condition):
+    """The check follows each comparison's direction: y <= 1e19 holds for every input below 1e19,
+    so its penalty is 0 there (and finite up to 1.8e19), not a violation of 1e19 squared."""
+    loss_fn = lossdsl.compile(f"loss = soft_bound({condition})")
+    y = torch.randn(64, requires_grad=True)
+    got = loss_fn(y=y)
+    got.backward()
+    assert got == 0 and (y.grad == 0).all()  # randn never nears these bounds
+
+
+@pytest.mark.parametrize("penalty", ["squared", "hinge"])
+def test_the_largest_accepted_penalty_is_finite(penalty):
+    """The limit is float32's largest over a million elements: y >= 1e16 squares to 1e32, which fits."""
+    loss_fn = lossdsl.compile(f"loss = soft_bound(y >= 1e16, penalty={penalty})")
+    y = torch.randn(1000, requires_grad=True)
+    got = loss_fn(y=y)
+    got.backward()
+    violation = torch.relu(1e16 - y.detach().double())
+    expected = (violation**2 if penalty == "squared" else violation).mean()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=0)
+    assert torch.isfinite(y.grad).all()
+
+
+@pytest.mark.parametrize("penalty", ["squared", "hinge"])
+@pytest.mark.parametrize("condition", ["x <= 0 or y <= 0", "y <= 0 or x <= 0", "not (0 < y <= x)",
+                                       "x >= 0 implies y <= 0"])
+def test_or_is_0_where_one_side_holds_even_if_the_other_is_inf(condition, penalty):
+    """DL2's `or` multiplies the penalties; a side that holds (0) makes the product 0 even when the
+    other side is inf (a huge input squared): 0 * inf was NaN, in the value and the gradients."""
+    loss_fn = lossdsl.compile(f"loss = soft_bound({condition}, penalty={penalty})")
+    x = torch.tensor([-1.0, 2.0, 3.0, -2.0], requires_grad=True)
+    y = torch.tensor([1e20, 1.0, 0.5, -3e38], requires_grad=True)  # elements 0 and 3 hold, with an inf beside
+    got = loss_fn(x=x, y=y)
+    got.backward()
+
+    def pen(v):
+        return torch.relu(v) ** 2 if penalty == "squared" else torch.relu(v)
+
+    xd, yd = x.detach().double(), y.detach().double()  # float64 holds the inf sides: then masked
+    if condition == "not (0 < y <= x)":  # y <= 0 or y > x
+        sides = pen(yd), pen(xd - yd)
+    elif condition == "x >= 0 implies y <= 0":  # x < 0 or y <= 0
+        sides = pen(xd), pen(yd)
+    else:
+        sides = pen(xd), pen(yd)
+    holds = (sides[0] == 0) | (sides[1] == 0)
+    expected = torch.where(holds, 0.0, sides[0] * sides[1]).mean()
+    assert torch.isfinite(got) and bool(holds[0]) and bool(holds[3])
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=0)
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+    assert x.grad[0] == 0 and y.grad[0] == 0  # the condition holds there: no pull
+
+
+def test_or_keeps_a_nan_visible():
+    """A side that holds does not hide a NaN on the other side: NaN in, NaN out (issue 10's policy)."""
+    loss_fn = lossdsl.compile("loss = soft_bound(x <= 0 or y <= 0)")
+    assert torch.isnan(loss_fn(x=torch.tensor([-1.0]), y=torch.tensor([math.nan])))

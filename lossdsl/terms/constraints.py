@@ -12,7 +12,7 @@ from pydantic import Field, PositiveFloat, model_validator
 
 from .. import ast
 from ..registry import Condition, ReductionParam, SampleWeight, Term, TermParams, register
-from ..tensor_expr import compile_tensor_expr, names_in
+from ..tensor_expr import compile_tensor_expr, names_in, value_range
 
 
 def _links(node: ast.Node, negated: bool) -> Iterator[tuple[str, bool]]:
@@ -35,6 +35,30 @@ def _has_product(node: ast.Node, negated: bool) -> bool:
         is_or = negated if node.op == "and" else not negated
         return is_or or _has_product(node.left, left_negated) or _has_product(node.right, negated)
     return isinstance(node, ast.Compare) and negated and len(node.ops) > 1  # not (a <= b <= c)
+
+
+#: Where the log barrier turns linear: ``excess = -BARRIER_EDGE``.
+BARRIER_EDGE = 1e-2
+#: The largest element-wise penalty the checks accept for inputs of size 1: float32's largest number
+#: over a million elements, so the mean's sum still fits.
+PENALTY_LIMIT = ast.LARGEST_NUMBER / 1e6
+
+
+def _square(violation: torch.Tensor) -> torch.Tensor:
+    """``violation * violation``: its backward multiplies the incoming gradient by each factor, so a
+    gradient of 0 (an ``or`` whose other side holds) stays 0 for a violation of 3e38, where
+    ``square``'s ``2 * violation`` overflows first and gives 0 * inf = NaN."""
+    return violation * violation
+
+
+def _either(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The penalty of ``p or q``, ``P(p) * P(q)``, and 0 where either side is 0 (the condition holds
+    there) even when the other side is inf (0 * inf is NaN). A NaN on the other side stays NaN. Both
+    factors are replaced by 1 where the side holds, so the masked product passes no NaN gradient
+    (its true gradient there is 0: a squared or hinge penalty is flat where it is 0)."""
+    holds = ((a == 0) & ~b.isnan()) | ((b == 0) & ~a.isnan())
+    product = torch.where(holds, 1.0, a) * torch.where(holds, 1.0, b)
+    return torch.where(holds, 0.0, product)
 
 
 class SoftBoundParams(TermParams):
@@ -65,13 +89,58 @@ class SoftBoundParams(TermParams):
                              "they hold: use penalty=squared or penalty=hinge")
         return self
 
+    def beyond_float32(self) -> tuple[str, str] | None:
+        """A penalty its numbers alone push past float32: ``y >= 1e20`` squares a violation of 1e20."""
+        size = self._penalty_size(self.condition, negated=False)
+        if size <= PENALTY_LIMIT:
+            return None
+        culprit = "margin" if self._link_size(self.margin) > PENALTY_LIMIT else "condition"
+        return culprit, (f"the {self.penalty if isinstance(self.penalty, str) else 'softplus'} penalty reaches "
+                         f"{size:.3g} for inputs in [-1, 1], beyond {PENALTY_LIMIT:.3g} (float32's largest number "
+                         "over a million elements): scale the comparison, e.g. y / 1e20 >= 1 for y >= 1e20")
+
+    def _penalty_size(self, node: ast.Node, negated: bool) -> float:
+        """The largest element-wise penalty for inputs in [-1, 1]; mirrors ``SoftBound._compile``.
+        An ``or`` counts each side alone too: a side that holds at size 1 (``y <= 100``) is violated
+        by larger inputs, and then the other side's penalty is the product's factor."""
+        if isinstance(node, ast.Not):
+            return self._penalty_size(node.operand, not negated)
+        if isinstance(node, ast.Logic):
+            left = self._penalty_size(node.left, not negated if node.op == "implies" else negated)
+            right = self._penalty_size(node.right, negated)
+            is_or = negated if node.op == "and" else not negated
+            return max(left * right, left, right) if is_or else left + right
+        assert isinstance(node, ast.Compare)
+        sizes = []
+        for index, op in enumerate(node.ops):
+            (a, b), (c, d) = value_range(node.operands[index]), value_range(node.operands[index + 1])
+            if op == "==":
+                sizes.append(self._link_size(max(abs(b - c), abs(d - a)), equality=True))
+                continue
+            upper = (op in ("<=", "<")) != negated  # a <= b is violated by a - b + margin
+            excess = (b - c if upper else d - a) + self.margin
+            sizes.append(self._link_size(max(excess, 0.0)))
+        if negated and len(sizes) > 1:
+            product = math.prod(sizes)
+            return max(product, *sizes)
+        return math.fsum(sizes)
+
+    def _link_size(self, excess: float, equality: bool = False) -> float:
+        """The penalty of a violation of size ``excess``."""
+        if self.penalty == "squared":
+            return excess * excess
+        if self.penalty == "hinge" or equality:
+            return excess
+        if self.penalty == "log_barrier":
+            return -math.log(BARRIER_EDGE) + (excess + BARRIER_EDGE) / BARRIER_EDGE
+        sharpness = self.penalty[1] if isinstance(self.penalty, tuple) else 1.0
+        return excess + math.log(2) / sharpness  # softplus(k e) / k <= e + log(2) / k
+
     def input_names(self) -> tuple[str, ...]:
         names = tuple(dict.fromkeys(names_in(self.condition)))
         return (*names, self.sample_weight) if self.sample_weight else names
 
 
-#: Where the log barrier turns linear: ``excess = -BARRIER_EDGE``.
-BARRIER_EDGE = 1e-2
 
 
 @register(
@@ -122,7 +191,7 @@ class SoftBound(Term):
         self._penalty = {
             "squared": self._squared, "hinge": F.relu, "softplus": self._softplus, "log_barrier": self._log_barrier,
         }[self.penalty]
-        self._equality_penalty = torch.square if self.penalty == "squared" else (lambda x: x)
+        self._equality_penalty = _square if self.penalty == "squared" else (lambda x: x)
         self.margin = params.margin
         self.reduction = params.reduction
         # The condition's own names: sample_weight comes last and may repeat one (sample_weight=y).
@@ -153,12 +222,12 @@ class SoftBound(Term):
             right = self._compile(node.right, position, negated)
             is_or = negated if node.op == "and" else not negated  # De Morgan under a negation
             if is_or:
-                return lambda tensors: left(tensors) * right(tensors)
+                return lambda tensors: _either(left(tensors), right(tensors))
             return lambda tensors: left(tensors) + right(tensors)
         links = [self._link(node, i, position, negated) for i in range(len(node.ops))]
         if len(links) == 1:
             return links[0]
-        combine = torch.mul if negated else torch.add  # not (a <= b <= c) is a > b or b > c
+        combine = _either if negated else torch.add  # not (a <= b <= c) is a > b or b > c
 
         def chain(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
             total = links[0](tensors)
@@ -183,7 +252,7 @@ class SoftBound(Term):
 
     @staticmethod
     def _squared(excess: torch.Tensor) -> torch.Tensor:
-        return F.relu(excess).square()
+        return _square(F.relu(excess))
 
     def _softplus(self, excess: torch.Tensor) -> torch.Tensor:
         return F.softplus(excess, beta=self.sharpness)
