@@ -102,7 +102,7 @@ def test_python_chained_comparison_is_refused_with_a_pointer_to_chain():
 
 def test_python_values_become_spec_values():
     assert T.ce(weight="balanced").node.keywords[0].value == lossdsl.parse("balanced").objective.value
-    assert str(T.ce(pred="a b")) == 'ce(pred="a b")'  # not an identifier: a string
+    assert str(T.abs("a b")) == 'abs("a b")'  # not an identifier: a string
     assert str(T.soft_bound(y <= -2.5)) == "soft_bound(y <= -2.5)"
 
 
@@ -124,6 +124,15 @@ def test_values_with_no_spec_form_are_refused_plainly(build, message):
 
 def test_a_reserved_word_as_a_string_value_round_trips():
     """A str that is a reserved word becomes a quoted string, which parses back."""
-    spec = T.mse(pred="or")
-    assert str(spec) == 'mse(pred="or")'
+    spec = T.abs("or")
+    assert str(spec) == 'abs("or")'
     assert lossdsl.parse(str(spec)) == spec.spec
+
+
+@pytest.mark.parametrize("name", ["", "a b", "or"])
+def test_a_string_that_is_no_identifier_is_refused_as_an_input_name(name):
+    """As in text (``mse(pred="a b")`` is E204): no input could be passed by that name."""
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        T.mse(pred=name)
+    assert [d.code for d in info.value.diagnostics] == ["E204"]
+    assert "names an input by an identifier" in info.value.diagnostics[0].message
