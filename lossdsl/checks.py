@@ -765,6 +765,10 @@ class _Checker:
                 noun = term.noun if name in term.params.positional else "value"
                 self.report("E201", f"unknown {noun} '{value}' for {call.name}()", where,
                             hint=did_you_mean(value, options) or f"expected one of: {', '.join(options)}")
+            elif "value_error" in types:  # a parameter's own validator explains the problem
+                error = next(e for e in errors if e["type"] == "value_error")
+                message = error["msg"].removeprefix("Value error, ")
+                self.report("E204", f"'{name}' of {call.name}() got {_show(value)}: {message}", where)
             elif types & _RANGE_ERRORS:
                 error = next(e for e in errors if e["type"] in _RANGE_ERRORS)
                 message = error["msg"].replace("Input should be", "must be")

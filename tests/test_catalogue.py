@@ -266,6 +266,27 @@ def test_focal_softmax_matches_monai(shape, gamma, alpha, dtype):
         assert_parity(again, reduce(softmax_focal(x, t, gamma, alpha), reduction), x)
 
 
+@pytest.mark.parametrize("alpha", ["[4]", "[0.25]", "[1]"])
+def test_focal_with_a_one_entry_list_alpha_is_refused_when_checked(alpha):
+    """A list alpha weighs the softmax form's classes, and logits [N, 1] take the sigmoid form, which
+    refuses a list: focal(alpha=[4]) was accepted and could never run."""
+    src = f"loss = focal(alpha={alpha})"
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(src)
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.code == "E204"
+    assert diagnostic.message.startswith(f"'alpha' of focal() got {alpha}: a list holds one weight per class")
+    assert (diagnostic.span.column, diagnostic.span.end_column) == (src.index("[") + 1, len(src))
+
+
+def test_focal_with_two_classes_takes_a_list_alpha():
+    """The smallest list alpha, two classes of the softmax form."""
+    x = leaf(16, 2, dtype=torch.float64, scale=2.0)
+    t = torch.randint(0, 2, (16,))
+    ours = lossdsl.compile("focal(alpha=[0.25, 0.75])")(pred=x, target=t)
+    assert_parity(ours, softmax_focal(x, t, 2.0, [0.25, 0.75]).mean(), x)
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("shape", [(8, 3), (2, 3, 4, 5)], ids=["NC", "NCHW"])
 def test_focal_softmax_against_monai_reduced(shape, reduction):
