@@ -1254,3 +1254,20 @@ WRONG_INPUTS = [
 def test_wrong_inputs_name_the_input(spec, inputs, name):
     with pytest.raises(lossdsl.LossSpecError, match=f"'{name}'"):
         lossdsl.compile(spec)(**inputs)
+
+
+@pytest.mark.parametrize("pos_weight", ["[1.39, 3e+38]", "3e38", "[2, 1e16]"])
+def test_bce_pos_weight_beyond_float32_room_is_refused(pos_weight):
+    """bce(pos_weight=[1.39, 3e+38]) compiled and returned inf (a positive's loss times 3e38)."""
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(f"bce(pos_weight={pos_weight})")
+    assert [d.code for d in info.value.diagnostics] == ["E205"]
+
+
+def test_bce_at_the_largest_pos_weight_is_finite_and_matches_torch():
+    x = leaf(64, 2, dtype=torch.float32, scale=4.0)
+    t = torch.randint(0, 2, (64, 2)).float()
+    pos_weight = torch.tensor([1e15, 1.0])
+    ours = lossdsl.compile("bce(pos_weight=[1e15, 1])")(pred=x, target=t)
+    assert torch.isfinite(ours)
+    assert_parity(ours, F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight), x)

@@ -381,8 +381,9 @@ def balanced_weight(counts: torch.Tensor, dtype: torch.dtype, guard_empty: bool 
 class BCEParams(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits, any shape: [N] binary, [N, C] multi-label")
     target: InputOf("binary", "multihot", "probs") = Field("target", description="0/1 targets (or probabilities) of pred's shape")
-    pos_weight: PositiveFloat | Weights | None = Field(
-        None, description="weight of positives: one number, or one per label"
+    pos_weight: Annotated[float, Field(gt=0, le=MAX_CLASS_WEIGHT)] | ClassWeights | None = Field(
+        None, description="weight of positives: one number, or one per label, each at most 1e15 (a "
+        "positive's loss is scaled by it, and must stay within float32)"
     )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="targets become y * (1 - e) + e / 2")
     reduction: ReductionParam = "mean"
