@@ -13,6 +13,7 @@ import functools
 import math
 import operator
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -51,6 +52,8 @@ from .tensor_expr import FUNCTIONS, names_in
 _METHODS = {"lagrangian": ("lr", 0.01), "penalty": ("weight", 10.0), "augmented": ("rho", 1.0)}
 _BOOLEANS = {"true": True, "false": False}
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+#: An input's name, as the grammar's NAME token spells it (grammar/loss.lark).
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
 
 
@@ -661,6 +664,13 @@ class _Checker:
                 return _INVALID if _INVALID in names else tuple(names)
             if isinstance(node, (ast.Name, ast.String)):
                 input_name = node.id if isinstance(node, ast.Name) else node.value
+                if not _is_input_name(input_name):
+                    # The module reads inputs by these names: "" or "a b" could never be passed (or, for
+                    # "", be told apart from no input at all), so the spec could not be called.
+                    got = "an empty string" if not input_name else f'the string "{input_name}"'
+                    self.report("E204", f"'{name}' of {term.name}() names an input by an identifier; got {got}",
+                                node, hint=_input_name_hint(term, name, input_name))
+                    return _INVALID
                 if input_name in self.lets:
                     self.report("E204", f"'{input_name}' is a loss defined with let, not an input tensor", node,
                                 hint=f"'{name}' of {term.name}() names an input")
@@ -768,6 +778,10 @@ class _Checker:
                 noun = term.noun if name in term.params.positional else "value"
                 self.report("E201", f"unknown {noun} '{value}' for {call.name}()", where,
                             hint=did_you_mean(value, options) or f"expected one of: {', '.join(options)}")
+            elif "value_error" in types:  # a parameter's own validator explains the problem
+                error = next(e for e in errors if e["type"] == "value_error")
+                message = error["msg"].removeprefix("Value error, ")
+                self.report("E204", f"'{name}' of {call.name}() got {_show(value)}: {message}", where)
             elif types & _RANGE_ERRORS:
                 error = next(e for e in errors if e["type"] in _RANGE_ERRORS)
                 message = error["msg"].replace("Input should be", "must be")
@@ -999,6 +1013,29 @@ def _name_span(node: ast.Call | ast.Keyword) -> ast.Span | None:
     if span is None:
         return None
     return span.model_copy(update={"end_line": span.line, "end_column": span.column + len(node.name)})
+
+
+def _is_input_name(text: str) -> bool:
+    """An identifier of the language (what NAME matches), other than a reserved word."""
+    return bool(_IDENTIFIER.match(text)) and text not in ast.RESERVED_WORDS
+
+
+def _input_name_hint(term: TermDef, name: str, text: str) -> str:
+    field = term.params.model_fields[name]
+    if not text:
+        default = field.default if isinstance(field.default, str) else None
+        leave = f"leave '{name}' out" + (f" to read '{default}'" if default else "") + ", or " \
+            if not field.is_required() else ""
+        return f"{leave}name an input: {name}=NAME"
+    rule = f"an input name is letters, digits and _, not starting with a digit, and not one of {', '.join(ast.RESERVED_WORDS)}"
+    if not re.search(r"[A-Za-z]", text):
+        return rule
+    suggestion = re.sub(r"\W", "_", text, flags=re.ASCII)
+    if suggestion[0].isdigit():
+        suggestion = "_" + suggestion
+    if suggestion in ast.RESERVED_WORDS:
+        suggestion += "_"
+    return f"{rule}: e.g. {name}={suggestion}"
 
 
 def _describe(node: ast.Node) -> str:

@@ -48,47 +48,70 @@ def format_statement(statement: ast.Node) -> list[str]:
 
 
 def format_expr(node: ast.Node, level: int = _IMPLIES) -> str:
-    """The canonical text of an expression placed where ``level`` binds."""
-    text, own = _format(node)
-    return f"({text})" if own < level else text
+    """The canonical text of an expression placed where ``level`` binds.
+
+    Iterative, not recursive: a builder expression (``e = e + T.mae()``, 3,000 times) nests far
+    deeper than Python's recursion limit, and printing it must not fail (checking it is E004)."""
+    out: list[str] = []
+    # Pieces still to write, the next one last: text, or an expression and the level of its slot.
+    todo: list[str | tuple[ast.Node, int]] = [(node, level)]
+    while todo:
+        piece = todo.pop()
+        if isinstance(piece, str):
+            out.append(piece)
+            continue
+        child, slot = piece
+        own, pieces = _pieces(child)
+        if own < slot:
+            pieces = ["(", *pieces, ")"]
+        todo.extend(reversed(pieces))
+    return "".join(out)
 
 
-def _format(node: ast.Node) -> tuple[str, int]:
+def _pieces(node: ast.Node) -> tuple[int, list[str | tuple[ast.Node, int]]]:
+    """How tightly ``node`` binds, and its text: strings and (child, level of the child's slot)."""
     if isinstance(node, ast.Number):
-        return _number(node.value), _ATOM
+        return _ATOM, [_number(node.value)]
     if isinstance(node, ast.Name):
-        return node.id, _ATOM
+        return _ATOM, [node.id]
     if isinstance(node, ast.String):
-        return _string(node.value), _ATOM
+        return _ATOM, [_string(node.value)]
     if isinstance(node, ast.Neg):
-        return "-" + format_expr(node.operand, _UNARY), _UNARY
+        return _UNARY, ["-", (node.operand, _UNARY)]
     if isinstance(node, ast.BinOp):
         level = _LEVEL[node.op]
-        left = format_expr(node.left, level)
-        right = format_expr(node.right, level + 1)  # left-associative
-        return f"{left} {node.op} {right}", level
+        return level, [(node.left, level), f" {node.op} ", (node.right, level + 1)]  # left-associative
     if isinstance(node, ast.Logic):
         level = _LEVEL[node.op]
         if node.op == "implies":  # right-associative
-            return f"{format_expr(node.left, level + 1)} implies {format_expr(node.right, level)}", level
-        return f"{format_expr(node.left, level)} {node.op} {format_expr(node.right, level + 1)}", level
+            return level, [(node.left, level + 1), " implies ", (node.right, level)]
+        return level, [(node.left, level), f" {node.op} ", (node.right, level + 1)]
     if isinstance(node, ast.Not):
-        return "not " + format_expr(node.operand, _NOT), _NOT
+        return _NOT, ["not ", (node.operand, _NOT)]
     if isinstance(node, ast.Compare):
-        parts = [format_expr(node.operands[0], _SUM)]
+        pieces: list[str | tuple[ast.Node, int]] = [(node.operands[0], _SUM)]
         for op, operand in zip(node.ops, node.operands[1:]):
-            parts += [op, format_expr(operand, _SUM)]
-        return " ".join(parts), _COMPARISON
+            pieces += [f" {op} ", (operand, _SUM)]
+        return _COMPARISON, pieces
     if isinstance(node, ast.Call):
-        arguments = [format_expr(arg) for arg in node.args]
-        arguments += [f"{kw.name}={format_expr(kw.value)}" for kw in node.keywords]
-        return f"{node.name}({', '.join(arguments)})", _ATOM
+        arguments: list[list[str | tuple[ast.Node, int]]] = [[(arg, _IMPLIES)] for arg in node.args]
+        arguments += [[f"{kw.name}=", (kw.value, _IMPLIES)] for kw in node.keywords]
+        return _ATOM, [f"{node.name}(", *_separated(arguments), ")"]
     if isinstance(node, ast.List):
-        return "[" + ", ".join(format_expr(item) for item in node.items) + "]", _ATOM
+        return _ATOM, ["[", *_separated([[(item, _IMPLIES)] for item in node.items]), "]"]
     if isinstance(node, ast.Tuple):
-        items = [format_expr(item) for item in node.items]
-        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")", _ATOM
+        items = _separated([[(item, _IMPLIES)] for item in node.items])
+        return _ATOM, ["(", *items, "," if len(node.items) == 1 else "", ")"]
     raise TypeError(f"not an expression: {node!r}")
+
+
+def _separated(groups: list[list[str | tuple[ast.Node, int]]]) -> list[str | tuple[ast.Node, int]]:
+    pieces: list[str | tuple[ast.Node, int]] = []
+    for index, group in enumerate(groups):
+        if index:
+            pieces.append(", ")
+        pieces += group
+    return pieces
 
 
 def _number(value: int | float) -> str:

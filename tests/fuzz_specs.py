@@ -30,6 +30,9 @@ STRING_TEXT = ("a", "a#b", 'a\\"#', "\\\\", "#", "x.loss", "", "balanced", "Ã¼nÃ
 SCHEDULES = ("warmup", "linear", "cosine")
 METHODS = ("lagrangian(0.01)", "penalty(10)", "augmented(1.0)", "penalty", "augmented(2)", "lagrangian")
 TENSOR_FUNCTIONS = ("abs", "square", "relu", "sigmoid", "softplus")
+# Numbers anywhere, out of range too: float32's edges (3e38, its tiny 1e-45), a double's (1e-300),
+# beyond int64 (1e20 as an integer), and plain wrong ones.
+EXTREME = (0, -1, 1e6, 1e-8, 1e30, 0.5, 2, 1000, 1e20, 3e38, -3e38, 1e38, 1e-45, 1e-300)
 # Terms with one value per sample, which group_loss(...) accepts.
 PER_SAMPLE = tuple(name for name, term in REGISTRY.items() if getattr(term.module, "per_sample", False))
 
@@ -70,7 +73,7 @@ class Writer:
         """A number in [low, high] mostly; else anything, huge or tiny too unless not ``extreme``."""
         rng = self.rng
         if self.wrong() and self.chance(0.5):  # anywhere, also out of range
-            value = rng.choice((0, -1, 1e6, 1e-8, 1e30, 0.5, 2, 1000) if extreme else (0, -1, 0.5, 2, 10))
+            value = rng.choice(EXTREME if extreme else (0, -1, 0.5, 2, 10))
         elif low is not None and high is not None:
             value = rng.uniform(low, high)
         else:
@@ -146,7 +149,7 @@ class Writer:
                 return self.call(rng.choice(GROUP_LOSS_FORMS), [self.term(depth + 1, PER_SAMPLE)])
             return rng.choice(params.options(field))
         if field == "agg":
-            return rng.choice(("max", "mean", f"smoothmax({self.number(0.01, 2)})"))
+            return rng.choice(("max", "mean", f"smoothmax({self.number(0.01, 2)})"))  # smoothmax(1e-45) too
         if field == "window":
             return f"ema({self.number(0, 0.99)})"
         if field == "penalty" and term == "soft_bound":
@@ -172,14 +175,14 @@ class Writer:
         low, high = _bounds(info)
         if field == "q":
             low, high = 0.01, 0.99
-        if params.accepts(field, tuple):  # ce(weight=[1e38] * 3) overflows: known, another slice
-            items = [self.number(low if low is not None else 0.1, high if high is not None else 5, extreme=False)
+        if params.accepts(field, tuple):  # ce(weight=[1e38] * 3) too: the sums must not overflow
+            items = [self.number(low if low is not None else 0.1, high if high is not None else 5)
                      for _ in range(rng.randint(1, 5))]
+            if self.wrong() and self.chance(0.3):  # one extreme number repeated, as ce(weight=[1e38] * 3)
+                items = [rng.choice(("1e38", "3e38", "1e-45", "1e30"))] * rng.randint(2, 4)
             return "[" + ", ".join(items) + "]"
-        if field == "p":  # the norm of triplet's distance; triplet(p=1000) is inf: known, another slice
-            return self.number(1, 6, integer=True, extreme=False)
-        if term == "contrastive" and field == "margin":  # contrastive(margin=1e20): known, another slice
-            return self.number(0.1, 10, extreme=False)
+        if field == "p":  # the norm of triplet's distance: triplet(p=1000) too
+            return self.number(1, 6, integer=True)
         integer = params.accepts(field, int) and not params.accepts(field, float)
         if field in ("groups",):
             return self.number(1, 6, integer=True)
@@ -188,12 +191,15 @@ class Writer:
     # -- expressions ------------------------------------------------------------------
     def tensor_expression(self, depth: int, constant: bool = True) -> str:
         """An element-wise expression that is finite for finite inputs (log and division only of
-        positive values); its first operand reads an input unless ``constant``."""
+        positive values), unless divided by a tiny number (``y / 1e-300``, which the checks must
+        catch); its first operand reads an input unless ``constant``."""
         rng = self.rng
         if depth <= 0 or self.chance(0.3):
             return self.number(0, 3) if constant and self.chance(0.4) else rng.choice(NAMES[:5])
-        choice = rng.randrange(6)
+        choice = rng.randrange(7)
         first = self.tensor_expression(depth - 1, constant)
+        if choice == 6:  # by a number: soft_bound(y / 1e-300 <= 1) too
+            return self.join_binary(first, "/", self.number(0.5, 10))
         if choice == 0:
             return f"{rng.choice(TENSOR_FUNCTIONS)}({first})"
         if choice == 1:
@@ -226,7 +232,7 @@ class Writer:
 
     def schedule(self) -> str:
         kind = self.rng.choice(SCHEDULES)
-        steps = self.number(1, 1000, integer=True, extreme=False)  # warmup(1e20): known, another slice
+        steps = self.number(1, 1000, integer=True)  # warmup(99999999999999999999) too
         if kind == "warmup":
             return f"warmup({steps})"
         return f"{kind}({self.number(0, 2)}, {self.number(0, 2)}, {steps})"

@@ -102,7 +102,7 @@ def test_python_chained_comparison_is_refused_with_a_pointer_to_chain():
 
 def test_python_values_become_spec_values():
     assert T.ce(weight="balanced").node.keywords[0].value == lossdsl.parse("balanced").objective.value
-    assert str(T.ce(pred="a b")) == 'ce(pred="a b")'  # not an identifier: a string
+    assert str(T.abs("a b")) == 'abs("a b")'  # not an identifier: a string
     assert str(T.soft_bound(y <= -2.5)) == "soft_bound(y <= -2.5)"
 
 
@@ -124,6 +124,77 @@ def test_values_with_no_spec_form_are_refused_plainly(build, message):
 
 def test_a_reserved_word_as_a_string_value_round_trips():
     """A str that is a reserved word becomes a quoted string, which parses back."""
-    spec = T.mse(pred="or")
-    assert str(spec) == 'mse(pred="or")'
+    spec = T.abs("or")
+    assert str(spec) == 'abs("or")'
     assert lossdsl.parse(str(spec)) == spec.spec
+
+
+@pytest.mark.parametrize("name", ["", "a b", "or"])
+def test_a_string_that_is_no_identifier_is_refused_as_an_input_name(name):
+    """As in text (``mse(pred="a b")`` is E204): no input could be passed by that name."""
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        T.mse(pred=name)
+    assert [d.code for d in info.value.diagnostics] == ["E204"]
+    assert "names an input by an identifier" in info.value.diagnostics[0].message
+
+
+DEPTH = 3000  # far past Python's recursion limit (1000) and the nesting limit (lossdsl.parsing.MAX_NESTING)
+
+
+def _deep_sum():
+    expr = T.mse()
+    for _ in range(DEPTH):
+        expr = expr + T.mae()
+    return expr
+
+
+def _deep_right_sum():
+    expr = T.mae()
+    for _ in range(DEPTH):
+        expr = T.mse() + expr
+    return expr
+
+
+def _deep_negation():
+    expr = T.mse()
+    for _ in range(DEPTH):
+        expr = -expr
+    return expr
+
+
+@pytest.mark.parametrize(
+    ("build", "text"),
+    [
+        (_deep_sum, "mse()" + " + mae()" * DEPTH),
+        # right-nested: each sum on the right of a + needs its brackets
+        (_deep_right_sum, "mse() + (" * (DEPTH - 1) + "mse() + mae()" + ")" * (DEPTH - 1)),
+        (_deep_negation, "-" * DEPTH + "mse()"),
+    ],
+)
+def test_a_deep_builder_expression_prints_and_is_e004_when_checked(build, text):
+    """``str(e)`` and ``e.check()`` of 3,000 nested sums were a RecursionError (the formatter
+    recursed); printing now works, and checking is E004, as compiling its Spec or its text is."""
+    expr = build()
+    assert str(expr) == text
+    assert repr(expr) == f"lossdsl.terms.Expr({text!r})"
+    reports = []
+    for attempt in (expr.check, expr.compile, lambda: lossdsl.compile(expr.spec), lambda: lossdsl.compile(text)):
+        with pytest.raises(lossdsl.LossSpecError) as info:
+            attempt()
+        reports.append([(d.code, d.message) for d in info.value.diagnostics])
+    limit = lossdsl.parsing.MAX_NESTING
+    assert reports == [[("E004", f"expression nested too deeply (the limit is {limit} levels)")]] * 4
+
+
+def test_the_builder_and_the_parser_draw_the_nesting_limit_at_one_place():
+    """99 sums of terms (100 levels with the calls) check and round-trip; one more is E004 both ways."""
+    expr = T.mse()
+    for _ in range(lossdsl.parsing.MAX_NESTING - 1):
+        expr = expr + T.mae()
+    assert len(expr.check().terms) == lossdsl.parsing.MAX_NESTING
+    assert lossdsl.parse(str(expr)) == expr.spec
+    deeper = expr + T.mae()
+    for attempt in (deeper.check, lambda: lossdsl.parse(str(deeper))):
+        with pytest.raises(lossdsl.LossSpecError) as info:
+            attempt()
+        assert [d.code for d in info.value.diagnostics] == ["E004"]

@@ -266,6 +266,27 @@ def test_focal_softmax_matches_monai(shape, gamma, alpha, dtype):
         assert_parity(again, reduce(softmax_focal(x, t, gamma, alpha), reduction), x)
 
 
+@pytest.mark.parametrize("alpha", ["[4]", "[0.25]", "[1]"])
+def test_focal_with_a_one_entry_list_alpha_is_refused_when_checked(alpha):
+    """A list alpha weighs the softmax form's classes, and logits [N, 1] take the sigmoid form, which
+    refuses a list: focal(alpha=[4]) was accepted and could never run."""
+    src = f"loss = focal(alpha={alpha})"
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(src)
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.code == "E204"
+    assert diagnostic.message.startswith(f"'alpha' of focal() got {alpha}: a list holds one weight per class")
+    assert (diagnostic.span.column, diagnostic.span.end_column) == (src.index("[") + 1, len(src))
+
+
+def test_focal_with_two_classes_takes_a_list_alpha():
+    """The smallest list alpha, two classes of the softmax form."""
+    x = leaf(16, 2, dtype=torch.float64, scale=2.0)
+    t = torch.randint(0, 2, (16,))
+    ours = lossdsl.compile("focal(alpha=[0.25, 0.75])")(pred=x, target=t)
+    assert_parity(ours, softmax_focal(x, t, 2.0, [0.25, 0.75]).mean(), x)
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("shape", [(8, 3), (2, 3, 4, 5)], ids=["NC", "NCHW"])
 def test_focal_softmax_against_monai_reduced(shape, reduction):
@@ -1233,3 +1254,20 @@ WRONG_INPUTS = [
 def test_wrong_inputs_name_the_input(spec, inputs, name):
     with pytest.raises(lossdsl.LossSpecError, match=f"'{name}'"):
         lossdsl.compile(spec)(**inputs)
+
+
+@pytest.mark.parametrize("pos_weight", ["[1.39, 3e+38]", "3e38", "[2, 1e16]"])
+def test_bce_pos_weight_beyond_float32_room_is_refused(pos_weight):
+    """bce(pos_weight=[1.39, 3e+38]) compiled and returned inf (a positive's loss times 3e38)."""
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(f"bce(pos_weight={pos_weight})")
+    assert [d.code for d in info.value.diagnostics] == ["E205"]
+
+
+def test_bce_at_the_largest_pos_weight_is_finite_and_matches_torch():
+    x = leaf(64, 2, dtype=torch.float32, scale=4.0)
+    t = torch.randint(0, 2, (64, 2)).float()
+    pos_weight = torch.tensor([1e15, 1.0])
+    ours = lossdsl.compile("bce(pos_weight=[1e15, 1])")(pred=x, target=t)
+    assert torch.isfinite(ours)
+    assert_parity(ours, F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight), x)

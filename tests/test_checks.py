@@ -188,3 +188,48 @@ def test_a_default_constraint_name_gives_way(src, labels):
     for label in labels:  # each constraint is there, with its own value
         torch.testing.assert_close(terms[label], F.l1_loss(pred, target))
     assert len(terms) == len(loss_fn._last_labels)  # nothing overwritten
+
+
+# The other arguments each term needs, so that only the input under test is wrong.
+_REQUIRED = {"soft_bound": "x <= 1", "mean": "x", "sum": "x", "kl": "p=a, q=b", "fairness": "dp_gap, group=g"}
+_INPUT_PARAMS = [
+    (name, field)
+    for name, term in lossdsl.registry.REGISTRY.items()
+    for field in term.params.fields_marked(lossdsl.registry.INPUT)
+]
+
+
+@pytest.mark.parametrize(("term", "field"), _INPUT_PARAMS)
+@pytest.mark.parametrize("text", ["", "a b", "1x", "and", "x.y"])
+def test_a_string_that_is_no_identifier_names_no_input(term, field, text):
+    """``sum(x, sample_weight="")`` compiled and failed on every call (torch's IndexError as E402):
+    the empty name dropped out of the inputs while the module still read a weight."""
+    required = _REQUIRED.get(term, "")
+    if f"{field}=" in required:
+        required = ", ".join(arg for arg in required.split(", ") if not arg.startswith(f"{field}="))
+    arguments = ", ".join(filter(None, (required, f'{field}="{text}"')))
+    src = f"loss = {term}({arguments})"
+    diagnostic = only_diagnostic(src)
+    assert diagnostic.code == "E204"
+    assert diagnostic.message.startswith(f"'{field}' of {term}() names an input by an identifier; got ")
+    # at the string, quotes included
+    assert diagnostic.span.column == src.index(f'"{text}"') + 1
+    assert diagnostic.span.end_column == diagnostic.span.column + len(text) + 2
+
+
+def test_the_hint_for_a_string_input_name_says_what_to_write():
+    assert only_diagnostic('loss = sum(x, sample_weight="")').hint == \
+        "leave 'sample_weight' out, or name an input: sample_weight=NAME"
+    assert only_diagnostic('loss = mse(pred="")').hint == "leave 'pred' out to read 'pred', or name an input: pred=NAME"
+    assert only_diagnostic('loss = fairness(dp_gap, group=("sex", ""))').hint == "name an input: group=NAME"
+    assert only_diagnostic('loss = mse(pred="head 2")').hint.endswith(": e.g. pred=head_2")
+
+
+def test_a_string_that_is_an_identifier_names_an_input_as_a_bare_name_does():
+    pred, target, weight = torch.randn(5), torch.randn(5), torch.rand(5)
+    quoted = lossdsl.compile('loss = mse(pred="p", sample_weight="w")')
+    bare = lossdsl.compile("loss = mse(pred=p, sample_weight=w)")
+    assert quoted.inputs == bare.inputs == ("p", "target", "w")
+    expected = (weight * (pred - target) ** 2).sum() / weight.sum()
+    torch.testing.assert_close(quoted(p=pred, target=target, w=weight), expected)
+    torch.testing.assert_close(bare(p=pred, target=target, w=weight), expected)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat
+from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat
 
 from .. import distributed
 from ..registry import (
@@ -381,8 +381,9 @@ def balanced_weight(counts: torch.Tensor, dtype: torch.dtype, guard_empty: bool 
 class BCEParams(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits, any shape: [N] binary, [N, C] multi-label")
     target: InputOf("binary", "multihot", "probs") = Field("target", description="0/1 targets (or probabilities) of pred's shape")
-    pos_weight: PositiveFloat | Weights | None = Field(
-        None, description="weight of positives: one number, or one per label"
+    pos_weight: Annotated[float, Field(gt=0, le=MAX_CLASS_WEIGHT)] | ClassWeights | None = Field(
+        None, description="weight of positives: one number, or one per label, each at most 1e15 (a "
+        "positive's loss is scaled by it, and must stay within float32)"
     )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="targets become y * (1 - e) + e / 2")
     reduction: ReductionParam = "mean"
@@ -444,14 +445,23 @@ class BinaryCrossEntropy(Term):
         return self.reduce(losses, sample_weight)
 
 
+def _classes_at_least_two(alpha: tuple[float, ...]) -> tuple[float, ...]:
+    """A list alpha is the softmax form's, which has C >= 2 classes: logits [N, 1] always take the
+    sigmoid form, which weighs positives by one number, so focal(alpha=[a]) could never run."""
+    if len(alpha) < 2:
+        raise ValueError("a list holds one weight per class of the softmax form, so at least 2; for binary "
+                         "targets (the sigmoid form) alpha is one number in [0, 1], the weight of positives")
+    return alpha
+
+
 class FocalParams(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits: [N] / [N, 1] / multi-label [N, C] (sigmoid), or [N, C, ...] (softmax)")
     target: InputOf("labels", "binary", "multihot", "probs") = Field(
         "target", description="0/1 targets of pred's shape (sigmoid form), or integer class indices [N, ...] (softmax form)"
     )
     gamma: NonNegativeFloat = Field(2.0, description="focusing strength; 0 gives cross-entropy")
-    alpha: Annotated[float, Field(ge=0, le=1)] | Weights | None = Field(
-        None, description="sigmoid form: weight of positives (1 - alpha for negatives); softmax form: one weight per class"
+    alpha: Annotated[float, Field(ge=0, le=1)] | Annotated[Weights, AfterValidator(_classes_at_least_two)] | None = Field(
+        None, description="sigmoid form: weight of positives (1 - alpha for negatives); softmax form: one weight per class, C >= 2"
     )
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
