@@ -47,6 +47,11 @@ _OPS: dict[str, Callable] = {
 }
 
 
+#: The largest factor a loss may be multiplied by (numbers, params and schedules together): a loss
+#: above 3.4e23 times more overflows float32, and a weight beyond this is a typo, not a tuning.
+MAX_LOSS_WEIGHT = 1e15
+
+
 class LossModule(nn.Module):
     """A compiled loss spec. Call it with the input tensors; it returns a scalar.
 
@@ -507,10 +512,10 @@ class _Resolver:
             return lambda terms, lets, step: -operand(terms, lets, step)
         assert isinstance(expr, Arithmetic)
         is_number = self._range(expr) is not None  # (reports a division through 0, or a number beyond float32)
-        if not is_number and not self._weight(expr) <= ast.LARGEST_NUMBER:
-            self._fail(expr, "the loss's weight overflows float32")
         op = _OPS[expr.op]
-        left, right = self(expr.left), self(expr.right)
+        left, right = self(expr.left), self(expr.right)  # first: a weight too large is shown where it is applied
+        if not is_number and not self._weight(expr) <= MAX_LOSS_WEIGHT:
+            self._fail(expr, f"the loss's weight exceeds {MAX_LOSS_WEIGHT:g}")
         if expr.op == "*" and not is_number:
             return self._weigh(expr, left, right)
         return lambda terms, lets, step: op(left(terms, lets, step), right(terms, lets, step))

@@ -116,9 +116,9 @@ def test_division_by_a_schedule_that_reaches_zero(src, column, message):
 @pytest.mark.parametrize(
     ("spec", "params", "message"),
     [
-        ("param lam = 1\nloss = mse() * lam * lam", {"lam": 1e20}, "the loss's weight overflows float32 with lam = 1e+20"),
-        ("param lam = 1\nloss = mse() / lam / lam", {"lam": 1e-20}, "the loss's weight overflows float32 with lam = 1e-20"),
-        ("loss = mse() * 1e20 * linear(1, 1e20, 10)", None, "the loss's weight overflows float32"),
+        ("param lam = 1\nloss = mse() * lam * lam", {"lam": 1e20}, "the loss's weight exceeds 1e+15 with lam = 1e+20"),
+        ("param lam = 1\nloss = mse() / lam / lam", {"lam": 1e-20}, "the loss's weight exceeds 1e+15 with lam = 1e-20"),
+        ("loss = mse() * 1e20 * linear(1, 1e20, 10)", None, "the loss's weight exceeds 1e+15"),
     ],
 )
 def test_a_loss_weight_beyond_float32_over_several_factors(spec, params, message):
@@ -160,8 +160,29 @@ def test_dividing_by_a_number_too_small_for_float32():
     assert codes("soft_f1() / 1e-320") == [("E205", 1, 13)]
     with pytest.raises(lossdsl.LossSpecError) as info:
         lossdsl.compile("param lam = 1\nloss = mse() / lam", {"lam": 1e-300})
-    assert info.value.diagnostics[0].message == "the loss's weight overflows float32 with lam = 1e-300"
-    torch.testing.assert_close(lossdsl.compile("mse() / 1e-30")(torch.ones(2), torch.zeros(2)), torch.tensor(1e30))
+    assert info.value.diagnostics[0].message == "the loss's weight exceeds 1e+15 with lam = 1e-300"
+    torch.testing.assert_close(lossdsl.compile("mse() / 1e-15")(torch.ones(2), torch.zeros(2)), torch.tensor(1e15))
+
+
+@pytest.mark.parametrize(
+    "spec, line, column",
+    [
+        ("mse() / 1e-16", 1, 1),
+        ("3e38 * mae()", 1, 1),
+        ("mse() - 3e+38 * mae()", 1, 9),  # a huge literal weight: any loss above 1 overflowed float32 (fuzz)
+        ("param lam = 1e20\nloss = lam * mse()", 2, 8),
+        ("mse() + 1e10 * warmup(10) * 1e10 * mae()", 1, 9),
+    ],
+)
+def test_a_loss_weight_beyond_1e15_is_refused(spec, line, column):
+    """A loss above 3.4e23 times a weight beyond 1e15 overflows float32: the weight is E205 at the product."""
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(spec)
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.code == "E205" and "the loss's weight exceeds 1e+15" in diagnostic.message
+    assert (diagnostic.span.line, diagnostic.span.column) == (line, column)
+    weight = 1e15  # the largest weight is accepted, and the loss is exactly weighed
+    torch.testing.assert_close(lossdsl.compile(f"{weight} * mse()")(torch.ones(2), torch.zeros(2)), torch.tensor(weight))
 
 
 def test_a_constraint_rho_too_small_for_float32():
