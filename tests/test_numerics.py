@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import lossdsl
 from lossdsl import cli
 from lossdsl.registry import MAX_GROUP_STATE, MAX_GROUPS, REGISTRY
+from lossdsl.schedules import SCHEDULES
 
 f64 = torch.float64
 
@@ -198,16 +199,23 @@ def test_lossdsl_check_reports_them_too(spec, line, column, tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_a_schedule_between_the_float32_extremes_stays_finite(kind):
-    """linear(3e38, -3e38, 10): end - start overflowed float32, so every step's weight was inf or NaN."""
-    loss_fn = lossdsl.compile(f"{kind}(3e38, -3e38, 10) * mse()")
+    """linear(3e38, -3e38, 10): end - start overflowed float32, so every step's weight was inf or NaN.
+    As a loss's weight it is now beyond the 1e15 limit (E205); a schedule computes start and end as a
+    weighted mean, finite wherever both are, shown here at the limit and on the schedule itself."""
+    with pytest.raises(lossdsl.LossSpecError, match="E205"):
+        lossdsl.compile(f"{kind}(3e38, -3e38, 10) * mse()")
+    for step in (0, 5, 10):
+        assert math.isfinite(float(SCHEDULES[kind][2](SCHEDULES[kind][0](start=3e38, end=-3e38, steps=10))(
+            torch.tensor(step))))
+    loss_fn = lossdsl.compile(f"{kind}(1e15, -1e15, 10) * mse()")
     pred, target = torch.full((4,), 0.5, requires_grad=True), torch.zeros(4)
     for step in range(12):
         share = min(step, 10) / 10
         if kind == "cosine":
             share = 0.5 * (1 - math.cos(math.pi * share))
-        weight = 3e38 * (1 - share) - 3e38 * share  # in float64
+        weight = 1e15 * (1 - share) - 1e15 * share  # in float64
         total = loss_fn(pred, target)  # mse = 0.25
-        assert math.isclose(float(total.detach()), weight * 0.25, rel_tol=1e-5, abs_tol=1e32)
+        assert math.isclose(float(total.detach()), weight * 0.25, rel_tol=1e-5, abs_tol=1e9)
         (grad,) = torch.autograd.grad(total, pred)
         assert torch.isfinite(grad).all()
 
