@@ -62,6 +62,11 @@ MAX_GROUPS = 2**16
 MAX_GROUP_STATE = 2**24
 
 
+#: The largest factor a loss may be multiplied by (numbers, params and schedules together, and a
+#: penalty's own ``weight``): a loss above 3.4e23 times more overflows float32; beyond, it is a typo.
+MAX_LOSS_WEIGHT = 1e15
+
+
 @dataclass(frozen=True)
 class Kinds:
     """The input kinds a parameter accepts, checked against an ``inputs:`` declaration."""

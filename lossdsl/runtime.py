@@ -34,7 +34,7 @@ from .plan import (
     constraint_overflow,
 )
 from .schedules import SCHEDULES, value_range
-from .registry import TermParams, weighted_mean
+from .registry import MAX_LOSS_WEIGHT, TermParams, weighted_mean
 
 Values = Sequence[torch.Tensor]
 Combine = Callable[[Values, Values, "torch.Tensor | None"], "torch.Tensor | float"]  # terms, lets, step
@@ -45,11 +45,6 @@ _OPS: dict[str, Callable] = {
     "*": lambda a, b: a * b,
     "/": lambda a, b: a / b,
 }
-
-
-#: The largest factor a loss may be multiplied by (numbers, params and schedules together): a loss
-#: above 3.4e23 times more overflows float32, and a weight beyond this is a typo, not a tuning.
-MAX_LOSS_WEIGHT = 1e15
 
 
 class LossModule(nn.Module):

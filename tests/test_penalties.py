@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import lossdsl
 from lossdsl.terms.constraints import BARRIER_EDGE
@@ -93,3 +94,16 @@ def test_sample_weight_may_be_an_input_of_the_condition(spec):
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(torch.autograd.grad(got, (y, z), allow_unused=True, materialize_grads=True),
                                torch.autograd.grad(expected, (y, z), allow_unused=True, materialize_grads=True))
+
+
+@pytest.mark.parametrize("term", ["l1", "l2"])
+def test_a_penalty_weight_beyond_the_loss_weight_limit_is_refused(term):
+    """l1(weight=3e38) was inf for any model whose weights sum above 1 (found by the fuzz, in an augmented constraint)."""
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile(f"{term}(weight=3e38)")
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.code == "E205" and (diagnostic.span.line, diagnostic.span.column) == (1, 11)
+    model = nn.Linear(3, 2, bias=False)
+    loss_fn = lossdsl.compile(f"{term}(weight=1e15)").bind(model)
+    expected = model.weight.abs().sum() if term == "l1" else model.weight.square().sum()
+    torch.testing.assert_close(loss_fn(), 1e15 * expected)

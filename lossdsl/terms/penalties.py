@@ -6,11 +6,14 @@ import torch
 from pydantic import Field, NonNegativeFloat
 from torch import nn
 
-from ..registry import Term, TermParams, register
+from ..registry import MAX_LOSS_WEIGHT, Term, TermParams, register
 
 
 class PenaltyParams(TermParams):
-    weight: NonNegativeFloat = Field(1.0, description="the penalty's coefficient")
+    weight: NonNegativeFloat = Field(
+        1.0, le=MAX_LOSS_WEIGHT,
+        description="the penalty's coefficient, at most 1e15 (as any loss's weight: beyond, float32 overflows)",
+    )
     include_bias: bool = Field(False, description="penalise biases too (parameters named '...bias')")
     include_norm: bool = Field(False, description="penalise normalisation layers too (BatchNorm, LayerNorm, GroupNorm, ...)")
 
