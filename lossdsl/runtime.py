@@ -47,6 +47,10 @@ _OPS: dict[str, Callable] = {
 }
 
 
+#: RuntimeErrors a term may raise that are no fault of its inputs: passed on as they are.
+_NOT_INPUT_ERRORS = (NotImplementedError, RecursionError, torch.cuda.OutOfMemoryError)
+
+
 class LossModule(nn.Module):
     """A compiled loss spec. Call it with the input tensors; it returns a scalar.
 
@@ -131,7 +135,7 @@ class LossModule(nn.Module):
             try:  # free when nothing is raised: the happy path gains no check and no sync
                 values.append(term(*arguments))
             except (IndexError, RuntimeError) as exc:
-                if isinstance(exc, (NotImplementedError, RecursionError)):
+                if isinstance(exc, _NOT_INPUT_ERRORS):  # out of memory is the machine's, not the input's
                     raise
                 raise self._torch_error(index, arguments, exc) from None
         if self.check_finite:

@@ -479,3 +479,19 @@ def test_fairness_gives_nan_for_any_nan_input_and_finite_gradients_otherwise(rat
     inputs[poisoned] = inputs[poisoned].clone()
     inputs[poisoned][where] = float("nan")
     assert torch.isnan(loss_fn(**inputs)), f"{spec} hid a NaN in '{poisoned}'"
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory"), NotImplementedError("no Half kernel")])
+def test_a_torch_error_that_is_not_the_inputs_fault_passes_unchanged(error):
+    """Out of memory (a RuntimeError) is the machine's problem: no E402 blaming an input."""
+    def fails(pred, target):
+        raise error
+
+    name = f"fails_with_{type(error).__name__.lower()}"  # one name each: plans are cached by text
+    lossdsl.term(name)(fails)
+    try:
+        with pytest.raises(type(error)) as info:
+            lossdsl.compile(f"{name}()")(torch.ones(2), torch.ones(2))
+    finally:
+        del REGISTRY[name]
+    assert info.value is error
