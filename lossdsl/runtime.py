@@ -47,6 +47,9 @@ _OPS: dict[str, Callable] = {
 }
 
 
+#: Whether dynamo is tracing (torch.compiler.is_compiling is torch 2.3 and later).
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+
 #: RuntimeErrors a term may raise that are no fault of its inputs: passed on as they are.
 _NOT_INPUT_ERRORS = (NotImplementedError, RecursionError, torch.cuda.OutOfMemoryError)
 
@@ -155,9 +158,13 @@ class LossModule(nn.Module):
         reported = [let_values[i] for i in self._reported_lets]
         self._last[0] = (*values, *reported, *constraint_values, total)  # a list slot: Module.__setattr__ is slow
         if self._scheduled and self.training:
-            # A new tensor, not += 1: under torch.compile the backward recomputes the schedules from
-            # the counter, and read the advanced one (warmup(3) at step 0 passed 1/3 of the gradient).
-            self.step_count = self.step_count + 1
+            if not _is_compiling() and torch.is_inference_mode_enabled():
+                # no backward to come, and a new tensor made here would be an inference tensor
+                self.step_count += 1
+            else:
+                # A new tensor, not += 1: under torch.compile the backward recomputes the schedules from
+                # the counter, and read the advanced one (warmup(3) at step 0 passed 1/3 of the gradient).
+                self.step_count = self.step_count + 1
         return total
 
     def _constrain(
@@ -330,7 +337,8 @@ class LossModule(nn.Module):
 
         A term's value for sample ``i`` is its own reduction over that sample's elements alone
         (``mean``: its mean over the non-batch dimensions, ``ce``'s over the kept targets with
-        their class weights, 0 when all are ignored; ``sum``: their sum), times the sample's
+        their class weights, 0 when all are ignored, so one target's class weight cancels, as in
+        ``F.cross_entropy(weight=w)`` on that sample alone; ``sum``: their sum), times the sample's
         ``sample_weight`` when the term has one. Weights, params and schedules apply as in the
         forward, at the current step. Nothing is updated: the step counter does not move and
         ``ce(weight=balanced)`` reads its class counts without adding the batch. Differentiable.

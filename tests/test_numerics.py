@@ -495,3 +495,17 @@ def test_a_torch_error_that_is_not_the_inputs_fault_passes_unchanged(error):
     finally:
         del REGISTRY[name]
     assert info.value is error
+
+
+def test_a_training_call_under_inference_mode_leaves_the_step_counter_loadable():
+    """The counter advanced under torch.inference_mode() must stay an ordinary buffer: load_state_dict
+    and an in-place reset worked before the counter became a new tensor per step."""
+    loss_fn = lossdsl.compile("mse() + warmup(10) * mae()").train()
+    with torch.inference_mode():
+        loss_fn(torch.randn(4), torch.randn(4))
+    assert int(loss_fn.step_count) == 1 and not loss_fn.step_count.is_inference()
+    loss_fn.load_state_dict(lossdsl.compile("mse() + warmup(10) * mae()").state_dict())
+    assert int(loss_fn.step_count) == 0
+    loss_fn.step_count.add_(3)
+    pred, target = torch.ones(2), torch.zeros(2)
+    torch.testing.assert_close(loss_fn.eval()(pred, target), torch.tensor(1.0 + 0.3 * 1.0))

@@ -516,3 +516,16 @@ def test_other_shape_errors_do_not_suggest_the_transpose():
     with pytest.raises(lossdsl.LossSpecError) as info:
         lossdsl.compile("ce()")(torch.randn(2, 5, 7), labels(5, 2, 3))
     assert "transpose" not in str(info.value)
+
+
+def test_per_sample_of_a_class_weighted_ce_is_each_samples_own_loss():
+    """per_sample is the term on each sample alone: F.cross_entropy(weight=w) of a batch of one, where
+    the class weight cancels; ce(weight=w, reduction=none) is torch's w[y] * loss (documented)."""
+    g = torch.Generator().manual_seed(5)
+    pred, target = torch.randn(6, 3, dtype=f64, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
+    weight = torch.tensor([1.0, 10.0, 100.0], dtype=f64)
+    per_sample = lossdsl.compile("ce(weight=[1.0, 10.0, 100.0])").per_sample(pred, target)
+    alone = torch.stack([F.cross_entropy(pred[i:i + 1], target[i:i + 1], weight=weight) for i in range(6)])
+    torch.testing.assert_close(per_sample, alone)
+    unreduced = lossdsl.compile("ce(weight=[1.0, 10.0, 100.0], reduction=none)")(pred, target)
+    torch.testing.assert_close(unreduced, F.cross_entropy(pred, target, weight=weight, reduction="none"))
