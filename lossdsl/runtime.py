@@ -132,15 +132,7 @@ class LossModule(nn.Module):
         step = self.step_count if self._scheduled else None
         values: list[torch.Tensor] = []
         for index, (term, positions) in enumerate(zip(self.terms, self._term_inputs)):
-            arguments = [tensors[i] for i in positions]
-            if self._silencers[index] is not None:  # under a weight that can be 0: no gradient while it is
-                arguments = _silence(arguments, self._silencers[index](step))
-            try:  # free when nothing is raised: the happy path gains no check and no sync
-                values.append(term(*arguments))
-            except (IndexError, RuntimeError) as exc:
-                if isinstance(exc, _NOT_INPUT_ERRORS):  # out of memory is the machine's, not the input's
-                    raise
-                raise self._torch_error(index, arguments, exc) from None
+            values.append(self._call_term(index, term, [tensors[i] for i in positions], step))
         if self.check_finite:
             self._check_finite(values, [[tensors[i] for i in positions] for positions in self._term_inputs])
         let_values: list[torch.Tensor] = []
@@ -235,6 +227,18 @@ class LossModule(nn.Module):
             for i, declaration in self._declared:
                 declaration.check(tensors[i], sizes)
         return tensors
+
+    def _call_term(self, index: int, term: nn.Module, arguments: list[torch.Tensor], step: torch.Tensor | None,
+                   *extra: torch.Tensor) -> torch.Tensor:
+        """Term ``index`` on its inputs: silenced while its weights are 0, torch's errors as E402."""
+        if self._silencers[index] is not None:  # under a weight that can be 0: no gradient while it is
+            arguments = _silence(arguments, self._silencers[index](step))
+        try:  # free when nothing is raised: the happy path gains no check and no sync
+            return term(*arguments, *extra)
+        except (IndexError, RuntimeError) as exc:
+            if isinstance(exc, _NOT_INPUT_ERRORS):  # out of memory is the machine's, not the input's
+                raise
+            raise self._torch_error(index, arguments, exc) from None
 
     def _torch_error(self, index: int, arguments: list[torch.Tensor], exc: Exception) -> LossSpecError:
         """torch's error inside a term (an index out of range, mostly) as E402 naming the term's
@@ -362,18 +366,17 @@ class LossModule(nn.Module):
         values: list[torch.Tensor] = []
         for index, (term, plan, positions) in enumerate(zip(self.terms, self.plan.terms, self._term_inputs)):
             given = [tensors[i] for i in positions]
-            if self._silencers[index] is not None:  # as in the forward: a weight of 0 passes no NaN back
-                given = _silence(given, self._silencers[index](step))
             weighted = getattr(plan.params, "sample_weight", None) is not None
+            ones: tuple[torch.Tensor, ...] = ()
             if term.per_sample and not weighted:  # such a forward reduces through reduce when weighted
                 first = given[0]
                 n = first.shape[0] if first.dim() else 1
                 dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
-                given.append(torch.ones(n, dtype=dtype, device=first.device))
+                ones = (torch.ones(n, dtype=dtype, device=first.device),)
             training = term.training
             term.keeps_samples, term.training = True, False  # [N, 2] sums; no counts added
             try:
-                sums = term(*given)  # each sample's numerator and denominator
+                sums = self._call_term(index, term, given, step, *ones)  # each sample's numerator and denominator
             finally:
                 term.keeps_samples, term.training = False, training
             value = weighted_mean(sums[:, 0], sums[:, 1])
