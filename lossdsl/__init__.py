@@ -6,22 +6,26 @@
 
 from . import terms as _builtin_terms  # noqa: F401  (registers the built-in terms)
 from .ast import Spec
+from .audit import AuditReport, audit
 from .checks import check
 from .compiler import compile, load
 from .custom import load_plugins, term
-from .errors import Diagnostic, LossSpecError
+from .errors import Diagnostic, LossSpecError, LossSpecWarning
 from .formatting import format
 from .parsing import parse
 from .registry import REGISTRY, TermParams
 from .runtime import LossModule
 
 __all__ = [
+    "AuditReport",
     "Diagnostic",
     "LossModule",
     "LossSpecError",
+    "LossSpecWarning",
     "REGISTRY",
     "Spec",
     "TermParams",
+    "audit",
     "check",
     "compile",
     "format",

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import ast
+from .duals import DEFAULT_METHOD, METHODS
 from .errors import Diagnostic, LossSpecError, did_you_mean
 from .files import DEFAULT_MAX_BYTES
 from .formatting import format_expr
@@ -49,7 +50,7 @@ from .schedules import SCHEDULES
 from .tensor_expr import FUNCTIONS, names_in
 
 #: ``using METHOD(ARG)``: the argument's name and default.
-_METHODS = {"lagrangian": ("lr", 0.01), "penalty": ("weight", 10.0), "augmented": ("rho", 1.0)}
+_METHODS = {name: (argument, default) for name, (_, argument, default) in METHODS.items()}
 _BOOLEANS = {"true": True, "false": False}
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 #: An input's name, as the grammar's NAME token spells it (grammar/loss.lark).
@@ -277,13 +278,14 @@ class _Checker:
             self.report("E302", f"a constraint bounds one number, but {unreduced.term.name}() has reduction=none "
                         "(a loss per sample)", unreduced.span, hint="bound its mean: leave out reduction=none")
             return None
-        method, rate = "lagrangian", _METHODS["lagrangian"][1]
+        method, rate = DEFAULT_METHOD, _METHODS[DEFAULT_METHOD][1]
         if statement.method is not None:
             chosen = statement.method
             name = chosen.id if isinstance(chosen, ast.Name) else chosen.name if isinstance(chosen, ast.Call) else ""
             if name not in _METHODS:
                 self.report("E201", f"unknown constraint method '{name or format_expr(chosen)}'", chosen,
-                            hint=did_you_mean(name, _METHODS) or "lagrangian(lr=0.01), penalty(10) or augmented(1.0)")
+                            hint=did_you_mean(name, _METHODS) or ", ".join(
+                                f"{method}({argument}={default:g})" for method, (argument, default) in _METHODS.items()))
                 return None
             method, rate = name, _METHODS[name][1]
             if isinstance(chosen, ast.Call):

@@ -163,6 +163,10 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     return f"did you mean '{close[0]}'?" if close else None
 
 
+class LossSpecWarning(UserWarning):
+    """A spec that runs, but not as well as it could: a constraint's rates from one batch, for one."""
+
+
 class _Painter:
     _CODES = {"red": "31", "yellow": "33"}
 

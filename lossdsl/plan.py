@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal, Union
 
 from . import ast
+from .duals import MULTIPLIER_CAP, constraint_overflow  # noqa: F401  (the checks and the runtime import them here)
 from .errors import Diagnostic
 from .registry import TermDef, TermParams
 
@@ -112,32 +113,9 @@ class ConstraintPlan:
     value: ObjectiveExpr
     op: Literal["<=", ">=", "=="]
     bound: ObjectiveExpr
-    method: Literal["lagrangian", "penalty", "augmented"]
-    rate: float  # the multiplier's step (lagrangian), the weight (penalty) or rho (augmented)
+    method: Literal["adaptive", "lagrangian", "penalty", "augmented"]
+    rate: float  # the multiplier's step (adaptive, lagrangian), the weight (penalty) or rho (augmented)
     span: ast.Span | None
-
-
-#: The largest size of a constraint's multiplier: the learned ones saturate here rather than grow
-#: until ``lam * g`` overflows (a multiplier of 1e6 weighs the constraint a million times the loss:
-#: beyond it, the constraint is infeasible or its scale is wrong).
-MULTIPLIER_CAP = 1e6
-
-
-def constraint_overflow(method: str, rate: float, bound: float) -> str | None:
-    """Why a constraint with this bound cannot stay in float32, or None: its contribution with the
-    excess ``g`` at twice the bound's size (at least 2: a loss of 0 to twice the bound) and the
-    multiplier at ``MULTIPLIER_CAP`` (a penalty's weight for ``penalty``) passes float32's largest."""
-    excess = 2 * max(abs(bound), 1.0)
-    if method == "penalty":
-        worst = rate * excess
-    elif method == "lagrangian":
-        worst = MULTIPLIER_CAP * excess
-    else:  # augmented: lam * g + rho / 2 * g^2
-        worst = MULTIPLIER_CAP * excess + rate / 2 * excess * excess
-    if worst <= ast.LARGEST_NUMBER:
-        return None
-    return (f"the constraint's {method} term reaches {worst:.3g} for a loss near its bound {bound:g}, "
-            f"beyond float32's largest number ({ast.LARGEST_NUMBER:.3g})")
 
 
 @dataclass(frozen=True, eq=False)

@@ -14,13 +14,14 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from . import ast, pickling
-from .errors import Diagnostic, LossSpecError, did_you_mean
+import warnings
+
+from . import ast, duals, pickling
+from .errors import Diagnostic, LossSpecError, LossSpecWarning, did_you_mean
 from .formatting import format_expr
 from .plan import (
     MULTIPLIER_CAP,
     Arithmetic,
-    ConstraintPlan,
     Constant,
     LetValue,
     Negate,
@@ -95,9 +96,27 @@ class LossModule(nn.Module):
                                   if name in _params_in(constraint.bound))
                 raise LossSpecError([Diagnostic("E205", f"{overflow} with {names}", constraint.span,
                                                 source=plan.source)])
-        self._constraints = tuple((resolve(c.value), resolve(c.bound), _ConstraintRule(c)) for c in plan.constraints)
-        if plan.constraints:  # one Lagrange multiplier per constraint, saved in state_dict
+        self._constraints = tuple(
+            (resolve(c.value), resolve(c.bound), duals.rule_for(c.method, c.rate, c.op == "=="), c.op == ">=")
+            for c in plan.constraints
+        )
+        if plan.constraints:  # per constraint: its multiplier and its update's state, saved in state_dict
             self.register_buffer("multipliers", torch.zeros(len(plan.constraints)))
+            self.register_buffer("dual_state", torch.zeros(len(plan.constraints), duals.STATE_SIZE))
+        # Terms only constraints read take their audited value (fairness rates: hard, over a window)
+        # with the surrogate's gradient; they return (value, surrogate).
+        in_objective, in_constraints = resolve.terms_reached(plan)
+        self._audited = tuple(
+            index for index in sorted(in_constraints - in_objective)
+            if getattr(self.terms[index], "audit_in_constraint", lambda: False)()
+        )
+        # A constraint on one audited term reports that term's surrogate beside its value.
+        self._constraint_surrogates = tuple(
+            term_index[id(c.value.term)] if isinstance(c.value, TermValue) and term_index[id(c.value.term)] in self._audited
+            else None
+            for c in plan.constraints
+        )
+        self._window_warning_pending = True
         #: Per term: None, or a function of the step giving True (a bool tensor) while every weight
         #: the term is under is 0; its inputs then pass no gradient (see ``_Resolver.silencers``).
         self._silencers = resolve.silencers(plan)
@@ -109,7 +128,7 @@ class LossModule(nn.Module):
         self._last_labels = (
             *(term.label for term in plan.terms),
             *(plan.lets[i].name for i in self._reported_lets),
-            *(f"{c.name}{part}" for c in plan.constraints for part in ("", ".violation", ".multiplier")),
+            *(f"{c.name}{part}" for c in plan.constraints for part in ("", ".surrogate", ".violation", ".multiplier")),
             TOTAL_LABEL,
         )
         self._last: list[tuple[torch.Tensor, ...]] = [()]
@@ -133,6 +152,11 @@ class LossModule(nn.Module):
         values: list[torch.Tensor] = []
         for index, (term, positions) in enumerate(zip(self.terms, self._term_inputs)):
             values.append(self._call_term(index, term, [tensors[i] for i in positions], step))
+        surrogates: dict[int, torch.Tensor] = {}
+        for index in self._audited:  # (value, surrogate)
+            values[index], surrogates[index] = values[index]
+        if self._audited and self.training and self._window_warning_pending and not _is_compiling():
+            self._warn_unwindowed()
         if self.check_finite:
             self._check_finite(values, [[tensors[i] for i in positions] for positions in self._term_inputs])
         let_values: list[torch.Tensor] = []
@@ -140,11 +164,12 @@ class LossModule(nn.Module):
             let_values.append(let(values, let_values, step))
         total = self._objective(values, let_values, step)
         constraint_values: list[torch.Tensor] = []
-        for index, (value_of, bound_of, rule) in enumerate(self._constraints):
-            contribution, reported_values = self._constrain(
-                index, rule, value_of(values, let_values, step), bound_of(values, let_values, step)
-            )
+        for index, (value_of, bound_of, rule, lower_bound) in enumerate(self._constraints):
+            value = value_of(values, let_values, step)
+            contribution, reported_values = self._constrain(index, rule, lower_bound, value, bound_of(values, let_values, step))
             total = total + contribution
+            surrogate = self._constraint_surrogates[index]
+            reported_values.insert(1, reported_values[0] if surrogate is None else surrogates[surrogate])
             constraint_values += reported_values
         # Kept as computed and detached when read: no work in the forward for logging.
         reported = [let_values[i] for i in self._reported_lets]
@@ -160,26 +185,43 @@ class LossModule(nn.Module):
         return total
 
     def _constrain(
-        self, index: int, rule: _ConstraintRule, value: torch.Tensor, bound: torch.Tensor | float
+        self, index: int, rule: duals.DualRule, lower_bound: bool, value: torch.Tensor, bound: torch.Tensor | float
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The constraint's contribution to the loss, and its value, violation and multiplier.
 
         ``g`` is the signed excess (positive when violated). In training mode the multiplier takes
-        a step after it is used: ``lam = max(0, lam + lr * g)`` (unprojected for ``==``), kept within
+        a step after it is used (``lossdsl.duals``: the rule of the constraint's method), kept within
         ``MULTIPLIER_CAP`` in size. Computed in float32 at least (the buffer's dtype): a float16
         loss would overflow at a multiplier of 65504.
         """
         dtype = torch.promote_types(value.dtype, self.multipliers.dtype)
         value = value.to(dtype)
-        excess = bound - value if rule.lower_bound else value - bound
+        excess = bound - value if lower_bound else value - bound
         violation = excess.abs() if rule.equality else torch.relu(excess)
         # A copy: the buffer is updated below. Clamped also here, for a multiplier loaded or set by hand.
         multiplier = self.multipliers[index].to(dtype, copy=True).clamp(rule.lowest, MULTIPLIER_CAP)
         contribution = rule.contribution(excess, violation, multiplier)
         if self.training and rule.learns:
-            updated = multiplier + rule.rate * excess.detach()
-            self.multipliers[index] = updated.clamp(rule.lowest, MULTIPLIER_CAP)  # saturates, never inf
+            with torch.no_grad():
+                updated, state = rule.update(multiplier, excess.detach(), self.dual_state[index])
+                self.multipliers[index] = updated.to(self.multipliers.dtype)  # saturates, never inf
+                self.dual_state[index] = state
         return contribution, [value, violation, multiplier]
+
+    def _warn_unwindowed(self) -> None:
+        """Once, at the first training-mode call: a constraint whose audited rates come from each batch alone."""
+        self._window_warning_pending = False
+        for index in self._audited:
+            if not getattr(self.terms[index], "window_known", True):
+                term = self.plan.terms[index]
+                group = term.params.group_names[0] if hasattr(term.params, "group_names") else "group"
+                warnings.warn(
+                    f"{term.where}: the constraint's multiplier reads each batch's rates alone, which are noisy "
+                    f"and overstate the gap: call loss_fn.fit({group}=codes) with the training data's group "
+                    f"codes, or give the count (groups=K, or '{group}[N] of K' in an inputs: block), so that it "
+                    "reads rates over a window of batches",
+                    LossSpecWarning, stacklevel=5,  # the caller of loss_fn(...)
+                )
 
     @torch.no_grad()
     def step(self, steps: int = 1) -> LossModule:
@@ -426,34 +468,6 @@ class ParamValues(Mapping):
     __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
 
 
-class _ConstraintRule:
-    """A constraint's method resolved once: the forward compares no strings."""
-
-    def __init__(self, constraint: ConstraintPlan):
-        self.rate = constraint.rate
-        self.equality = constraint.op == "=="
-        self.lower_bound = constraint.op == ">="
-        self.learns = constraint.method != "penalty"
-        self.lowest = -MULTIPLIER_CAP if self.equality else 0.0  # the multiplier's range; projected for <=, >=
-        if constraint.method == "penalty":
-            self.contribution = lambda g, violation, lam: self.rate * violation
-        elif constraint.method == "lagrangian":
-            self.contribution = lambda g, violation, lam: lam * g
-        elif self.equality:  # augmented Lagrangian
-            self.contribution = lambda g, violation, lam: lam * g + self.rate / 2 * g.square()
-        else:
-            self.contribution = self._augmented_inequality
-
-    def _augmented_inequality(self, g: torch.Tensor, violation: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        """``rho/2 * (max(0, g + lam/rho)^2 - (lam/rho)^2)``, expanded so that nothing squares ``lam/rho``
-        (1e30 for rho = 1e-30 and lam = 1: inf - inf): ``lam * g + rho/2 * g^2`` where ``g >= -lam/rho``,
-        else the constant ``-lam^2 / (2 rho)``, held within float32 (it passes no gradient)."""
-        rho = self.rate
-        active = lam * g + rho / 2 * g.square()
-        inactive = (-(lam * lam) / (2 * rho)).clamp(min=-ast.LARGEST_NUMBER / 4)
-        return torch.where(g >= -lam / rho, active, inactive)
-
-
 _FLOAT_KINDS = frozenset({"logits", "probs", "real", "embedding", "weight"})
 _INDEX_KINDS = frozenset({"labels", "group"})
 
@@ -502,6 +516,31 @@ class _Resolver:
         self.term_index, self.let_index, self.params, self.source = term_index, let_index, params, source
         self.schedules = 0
         self.weights: dict[int, Combine] = {}  # the weights that move (schedules), for ``silencers``
+
+    def terms_reached(self, plan: Plan) -> tuple[set[int], set[int]]:
+        """The terms the objective reaches and those the constraints reach (through lets too)."""
+        lets = {let.name: let.value for let in plan.lets}
+        objective = self._reached([plan.objective] if plan.objective is not None else [], lets)
+        constraints = self._reached([e for c in plan.constraints for e in (c.value, c.bound)], lets)
+        return objective, constraints
+
+    def _reached(self, roots: list[ObjectiveExpr], lets: dict[str, ObjectiveExpr]) -> set[int]:
+        """The terms in ``roots``; each let is walked once (linear in the spec)."""
+        found: set[int] = set()
+        seen: set[str] = set()
+        pending = list(roots)
+        while pending:
+            expr = pending.pop()
+            if isinstance(expr, TermValue):
+                found.add(self.term_index[id(expr.term)])
+            elif isinstance(expr, LetValue) and expr.name not in seen and expr.name in lets:
+                seen.add(expr.name)
+                pending.append(lets[expr.name])
+            elif isinstance(expr, Negate):
+                pending.append(expr.operand)
+            elif isinstance(expr, Arithmetic):
+                pending += [expr.left, expr.right]
+        return found
 
     def __call__(self, expr: ObjectiveExpr) -> Combine:
         if isinstance(expr, TermValue):

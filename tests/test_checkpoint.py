@@ -1,7 +1,8 @@
 """Checkpoint and resume lose nothing; eval mode changes no state.
 
 One spec holds every kind of state a loss keeps: running class counts (ce(weight=balanced)), a
-fairness window's running sums, a Lagrange multiplier and a schedule's step counter.
+fairness window's running sums, a constraint's audited window, a Lagrange multiplier with its
+update's state, and a schedule's step counter.
 """
 
 import io
@@ -15,7 +16,8 @@ let data = ce(weight=balanced)
 loss = data + warmup(5) * fairness(fpr_gap, group=g, groups=3, window=ema(0.8))
 subject to fairness(dp_gap, group=g, groups=3) <= 0.01 as parity using lagrangian(lr=0.5)
 """
-STATE = {"terms.0.class_counts", "terms.1.running_sums", "multipliers", "step_count"}
+STATE = {"terms.0.class_counts", "terms.1.running_sums", "terms.2.running_sums", "multipliers", "dual_state",
+         "step_count"}
 
 
 def batch(step):

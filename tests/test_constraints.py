@@ -80,7 +80,7 @@ def test_multipliers_survive_state_dict_and_constraints_use_params_and_lets():
     torch.testing.assert_close(restored.multipliers, torch.tensor([0.7, 0.1]))
     restored(torch.randn(4), torch.zeros(4))
     assert [k for k in restored.last_terms if k.startswith(("a", "b"))] == [
-        "a", "a.violation", "a.multiplier", "b", "b.violation", "b.multiplier"]
+        "a", "a.surrogate", "a.violation", "a.multiplier", "b", "b.surrogate", "b.violation", "b.multiplier"]
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_a_param_bound_is_checked_when_the_module_is_built():
 @pytest.mark.parametrize("op", [">=", "=="])
 def test_a_huge_bound_saturates_the_multiplier_instead_of_overflowing(op):
     """``mse() >= 1e30`` was 1.6, then inf: lam = 0.01 * 1e30 = 1e28 after one call, lam * g = 1e58."""
-    loss_fn = lossdsl.compile(f"subject to mse() {op} 1e30\nloss = mae()")
+    loss_fn = lossdsl.compile(f"subject to mse() {op} 1e30 using lagrangian(0.01)\nloss = mae()")
     pred, target = _f32_inputs()
     mse, mae = F.mse_loss(pred, target).double(), F.l1_loss(pred, target).double()
     excess = 1e30 - mse if op == ">=" else mse - 1e30

@@ -64,9 +64,22 @@ EXPECTED = {
                    r"cross-validation(.|\n)*^subject to \(window, hard\)\s+median(\s+[01]\.\d{4}){8}\s+\(b\)", re.M),
         "plot: ",
     ],
+    "fair_constraints.py": [
+        "Each run: loss = ce() / subject to fairness(STAT, group=g) <= B, the defaults, last iterate.",
+        re.compile(r"^lossdsl\.audit of \('adult', 'fpr_gap', 0\.05\) seed 0, training split, over \d+ rows$", re.M),
+        re.compile(r"^  bound\s+[01]\.\d+ <= 0\.05: (holds|VIOLATED by [0-9.e-]+)$", re.M),
+        *(re.compile(rf"^{name}\s+{stat}\s+0\.05\s+\|\s+[01]\.\d{{4}} [01]\.\d{{4}} \|\s+[01]\.\d{{4}}\s+[01]\.\d{{4}} \|"
+                     r"\s+\d/\d\s+\| (MET|gap missed|accuracy missed)$", re.M)
+          for name in ("adult", "arrests") for stat in ("eo_gap", "fpr_gap")),
+        re.compile(r"^\d+ of 4 met; runs with a NaN multiplier: 0; largest multiplier in any run: \d+\.\d{3}$", re.M),
+        "plot: ",
+    ],
 }
 # Examples that need more than torch and lossdsl: what they may import (pyproject's `examples` extra).
-EXTRA_IMPORTS = {"adult_fairness.py": {"numpy", "pandas", "fairlearn", "matplotlib", "tqdm"}}
+EXTRA_IMPORTS = {
+    "adult_fairness.py": {"numpy", "pandas", "fairlearn", "matplotlib", "tqdm"},
+    "fair_constraints.py": {"numpy", "pandas", "fairlearn", "matplotlib", "sklearn", "adult_fairness"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +87,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Compl
     """Run every example at once (they are small, and mostly wait on imports); collect their output."""
     env = dict(os.environ, LOSSDSL_EXAMPLE_QUICK="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     plots = tmp_path_factory.mktemp("plots")
-    arguments = {"adult_fairness.py": ["--out", str(plots / "adult_fairness.png"), "--cv"]}  # not into the checkout
+    arguments = {  # plots not into the checkout
+        "adult_fairness.py": ["--out", str(plots / "adult_fairness.png"), "--cv"],
+        "fair_constraints.py": ["--out", str(plots / "fair_constraints.png")],
+    }
     processes = {
         name: subprocess.Popen(
             [sys.executable, str(EXAMPLES / name), *arguments.get(name, [])],

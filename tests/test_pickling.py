@@ -198,8 +198,8 @@ def test_state_of_every_kind_survives_with_its_values():
         assert int(copied.terms[0].class_counts.sum()) == 4 * 32
         assert copied.terms[1].running_sums.abs().sum() > 0
         assert_same_state(copied, loss_fn)
-        assert list(copied.last_terms) == ["data", "fairness_1", "fairness_2", "parity", "parity.violation",
-                                           "parity.multiplier", "total"]
+        assert list(copied.last_terms) == ["data", "fairness_1", "fairness_2", "parity", "parity.surrogate",
+                                           "parity.violation", "parity.multiplier", "total"]
 
 
 def test_the_last_values_are_kept_detached_and_copies_do_not_share_state():

@@ -49,6 +49,9 @@ Statistic = Literal[
 ]
 
 
+#: The momentum of the window over which a constraint's audited rates run by default (about 20 batches).
+AUDIT_WINDOW = 0.95
+
 _SMALLEST_TEMPERATURE = float(torch.finfo(torch.float32).tiny)  # 1.2e-38
 
 
@@ -87,10 +90,11 @@ class FairnessParams(TermParams):
         "ref=overall) or smoothmax(T) (log-mean-exp at temperature T, at least 1.2e-38: a smaller T is 0 or "
         "loses its digits in float32); for eo, worst_case (default) or mean of its tpr and fpr parts",
     )
-    hard: bool = Field(
-        False,
-        description="rates from hard predictions pred > 0 (the audited value), with the gradient of the soft "
-        "ones (straight-through)",
+    hard: bool | None = Field(
+        None,
+        description="true: rates from hard predictions pred > 0 (the audited value), with the gradient of the "
+        "soft ones (straight-through); false: soft rates only. Default: soft, except in a subject to, whose "
+        "multiplier then reads the hard (audited) rates while the gradient follows the soft ones",
     )
     sync: bool = Field(
         True,
@@ -98,7 +102,11 @@ class FairnessParams(TermParams):
         "every rank computes the global batch's penalty; needs groups=K",
     )
     window: tuple[Literal["ema"], Annotated[float, Field(ge=0, lt=1)]] | None = Field(
-        None, description="ema(m): rates from running group sums, m * history + (1 - m) * batch (needs groups=K)"
+        None,
+        description="ema(m): rates from running group sums, m * history + (1 - m) * batch (needs groups=K; "
+        "ema(0): each batch alone). Default: each batch alone, except in a subject to with a known group "
+        "count, whose audited rates run over about one epoch after loss_fn.fit(...), else over "
+        f"ema({AUDIT_WINDOW:g})",
     )
     pred: InputOf("logits", "real") = Field(
         "pred", description="binary logits [N] or [N, 1] (sigmoid), or [N, 2] (softmax, class 1); raw values for mean_pred"
@@ -138,14 +146,14 @@ class FairnessParams(TermParams):
             raise ValueError(f"eo takes agg=worst_case or agg=mean (of its tpr and fpr parts), not {_agg_text(self.agg)}")
         if not is_eo and self.agg == "worst_case":
             raise ValueError("agg=worst_case is eo's; the other statistics take agg=max, mean or smoothmax(T)")
-        if self.window is not None and self.groups is None:
+        if isinstance(self.window, tuple) and self.groups is None:
             raise ValueError("window=ema(m) keeps sums per group slot: give the group count, groups=K")
         return self
 
     def state_size(self) -> int:
         """Values of per-group state the module keeps: the ema window's running sums, K x columns."""
-        if self.window is None or self.groups is None:
-            return 0
+        if self.groups is None or (self.window is None and self.hard is False):
+            return 0  # (a window by default only in a constraint: counted as if it were in one)
         columns = 2 if isinstance(self.stat, InnerLoss) else 2 * len(self.rate_names)
         return self.groups * columns
 
@@ -265,18 +273,30 @@ class Fairness(Term):
       on the concatenated batch. The ranks must agree on the group slots: ``groups=K`` (or
       ``group[N] of K``) is required, else E403; ``sync=false`` keeps each rank's own batch.
     - ``hard=true`` computes the rates from hard predictions ``pred > 0`` in the forward pass, so
-      the value (in ``last_terms``, and what a ``subject to`` multiplier reacts to) is fairlearn's
-      number for the batch, while the backward pass uses the gradient of ``sigmoid(pred)``
-      (straight-through). A soft gap can be near 0 while the hard one is not (one group's
-      positives sit further from the threshold); with a constraint this makes the multiplier
-      follow the audited metric (the proxy-Lagrangian of Cotter et al., 2019).
+      the value (in ``last_terms``) is fairlearn's number for the batch, while the backward pass
+      uses the gradient of ``sigmoid(pred)`` (straight-through). A soft gap can be near 0 while the
+      hard one is not (one group's positives sit further from the threshold).
+    - In a ``subject to`` (a term only constraints read) with ``hard`` not given, the value is the
+      audited one: the statistic of hard rates, differentiated through the batch's soft rates
+      (``hard + (soft - soft.detach())`` per rate, so the extreme groups are picked by the hard
+      rates), and the constraint's multiplier follows it (the proxy-Lagrangian of Cotter et al.,
+      2019); ``last_terms`` shows the soft statistic of the batch as ``NAME.surrogate``. With a
+      known group count the hard rates come from running sums (the buffer ``running_sums``):
+      over about one epoch once ``LossModule.fit`` has seen the group codes (it sets the count
+      and the data's size ``N``: each batch of ``n`` rows decays the history by ``exp(-n / N)``),
+      else over ``window=ema(m)``, else ``ema(0.95)``; without a count, each batch's (and the
+      first training call warns). ``hard=false`` keeps the soft rates.
     - ``window=ema(m)`` (with ``groups=K``, or a ``group[N] of K`` declaration) computes the rates
       from running sums ``m * history + (1 - m) * batch``: the batch's part is differentiable, the
       history (the buffer ``running_sums``, saved in ``state_dict``) is detached and updated in
       training mode only (a batch whose sums are NaN or inf leaves it as it was), so small
       batches see the rates of many. The gradient reaches the
       model through the batch's share only, so it is about ``1 - m`` times that of one batch's
-      penalty: weigh the term (or set a constraint's rate) about ``1 / (1 - m)`` times higher.
+      penalty: weigh the term about ``1 / (1 - m)`` times higher. In a constraint's audited
+      mode the window applies to the hard rates only; the gradient is the batch's, unscaled.
+    - ``LossModule.fit`` and ``lossdsl.audit`` reach the term: ``audit`` gives the statistic over
+      a whole data set from hard predictions (mean_pred and group_loss: their values), chunk by
+      chunk, equal to fairlearn's metric.
     """
 
     def __init__(self, params: FairnessParams):
@@ -309,12 +329,49 @@ class Fairness(Term):
         self.reads_target = "target" in params.input_roles()
         self.weighted = params.sample_weight is not None
         self.num_columns = len(params.group_names)
-        self.momentum = params.window[1] if params.window else None
+        explicit_window = params.window
+        self.momentum = explicit_window[1] if explicit_window is not None else None
         self.sync = params.sync
-        self.hard = params.hard
+        self.hard = params.hard is True
+        #: Set by ``audit_in_constraint``: the forward returns (audited value, surrogate).
+        self.audited = False
+        self._params = params
         # Running group sums for window=ema(m): one row per group slot, saved in state_dict.
         shape = (params.groups or 0, num_columns)
-        self.register_buffer("running_sums", torch.zeros(shape, dtype=torch.float64) if params.window else None)
+        self.register_buffer("running_sums", torch.zeros(shape, dtype=torch.float64) if explicit_window is not None else None)
+
+    def audit_in_constraint(self) -> bool:
+        """Called once at build for a term that only a ``subject to`` reads: unless ``hard=`` is
+        given, its value becomes the audited one (rates from hard predictions, over a window when the
+        group count is known) with the gradient of the soft rates, and the forward returns
+        ``(value, surrogate)``, the surrogate being the soft statistic of the batch. Whether it did."""
+        params = self._params
+        if self.inner is not None or self.raw or params.hard is not None:
+            return False
+        self.audited = True
+        self._audit_window()
+        return True
+
+    def _audit_window(self) -> None:
+        """The audited rates' window: ``window=ema(m)``, else ``AUDIT_WINDOW`` once the group count is
+        known (about one epoch once ``fit`` has seen the data); an unknown count keeps each batch's
+        hard rates."""
+        window = self._params.window
+        if self.num_groups is None:
+            self.momentum = None
+        else:
+            self.momentum = window[1] if window is not None else AUDIT_WINDOW
+        rows = self.num_groups or 0
+        history = torch.zeros(rows, len(self.columns), dtype=torch.float64) if self.momentum is not None else None
+        self.register_buffer("running_sums", history)
+        if not hasattr(self, "window_samples"):
+            # Set by fit, the training data's size: the window then spans about one epoch of samples.
+            self.register_buffer("window_samples", None)
+
+    @property
+    def window_known(self) -> bool:
+        """Whether the audited rates run over a window (False: each batch's, noisier)."""
+        return self.momentum is not None
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """``pred``, each group input, ``target`` (when read), ``sample_weight`` (when given); for
@@ -338,18 +395,139 @@ class Fairness(Term):
         if target is None:
             positive = negative = None
         columns = torch.stack([column(prob, positive, negative) for column in self.columns], dim=1)
+        if self.audited:
+            return self._audited(pred, columns, positive, negative, codes, sample_weight)
         sums = self._group_sums(columns, codes, sample_weight)
-        gaps = [self._disparity(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(self.num_rates)]
+        rates = [self._rates(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(self.num_rates)]
+        return _nan_if_any_nan(sums, self._statistic(rates)).to(prob.dtype)
+
+    def _statistic(self, rates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+        """The statistic from each rate's (per-group rate, defined, overall rate): eo combines two."""
+        gaps = [self._form(*rate) for rate in rates]
         if len(gaps) == 1:
-            return _nan_if_any_nan(sums, gaps[0]).to(prob.dtype)
-        value = (gaps[0] + gaps[1]) / 2 if self.eo_mean else torch.maximum(gaps[0], gaps[1])
-        return _nan_if_any_nan(sums, value).to(prob.dtype)
+            return gaps[0]
+        return (gaps[0] + gaps[1]) / 2 if self.eo_mean else torch.maximum(gaps[0], gaps[1])
+
+    def _audited(
+        self, pred: torch.Tensor, soft_columns: torch.Tensor, positive: torch.Tensor | None,
+        negative: torch.Tensor | None, codes: list[torch.Tensor], sample_weight: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """In a constraint: the statistic of the hard rates (over the window), differentiated through
+        the batch's soft rates (straight-through at the rates: ``hard + (soft - soft.detach())``),
+        which also picks the extreme groups by the audited rates; and the soft statistic of the batch."""
+        hard = (self._positive_logit(pred) > 0).to(soft_columns.dtype)
+        hard_columns = torch.stack([column(hard, positive, negative) for column in self.columns], dim=1)
+        width = soft_columns.shape[1]
+        # One index_add for both halves; the window is the audited half's only (the batch's soft sums stay its own).
+        sums = self._group_sums(torch.cat([soft_columns, hard_columns], dim=1), codes, sample_weight, windowed=False)
+        momentum = self.momentum
+        soft_sums, hard_sums = sums[:, :width], sums[:, width:].detach()
+        if momentum is not None:
+            if self.window_samples is not None:  # about one epoch: each sample's weight decays by e per epoch
+                momentum = torch.exp(-hard_sums.new_tensor(float(pred.shape[0])) / self.window_samples.to(hard_sums.dtype))
+            hard_sums = momentum * self.running_sums.to(hard_sums.dtype) + (1 - momentum) * hard_sums
+            if self.training:  # a batch of NaN (or inf) leaves the history as it was
+                finite = hard_sums.isfinite().all()
+                self.running_sums.copy_(torch.where(finite, hard_sums, self.running_sums.to(hard_sums.dtype)))
+        soft_rates = [self._rates(soft_sums[:, 2 * i], soft_sums[:, 2 * i + 1]) for i in range(self.num_rates)]
+        hard_rates = [self._rates(hard_sums[:, 2 * i], hard_sums[:, 2 * i + 1]) for i in range(self.num_rates)]
+        mixed = [
+            (rate + (soft - soft.detach()), defined, None if overall is None else overall + (o - o.detach()))
+            for (rate, defined, overall), (soft, _, o) in zip(hard_rates, soft_rates)
+        ]
+        value = _nan_if_any_nan(sums, self._statistic(mixed)).to(pred.dtype)
+        surrogate = _nan_if_any_nan(soft_sums, self._statistic(soft_rates)).detach().to(pred.dtype)
+        return value, surrogate
 
     def fit(self, *inputs: torch.Tensor | None) -> None:
-        """``LossModule.fit`` reaches group_loss's inner term (``ce(weight=balanced)``'s class counts)."""
-        fit = getattr(self.inner, "fit", None)
-        if fit is not None:
-            fit(*inputs[: self.num_inner_inputs])
+        """``LossModule.fit`` reaches group_loss's inner term (``ce(weight=balanced)``'s class counts);
+        a constraint's audited rates learn the group count from the data's codes (their largest plus
+        one), and so run over a window."""
+        if self.inner is not None:
+            fit = getattr(self.inner, "fit", None)
+            if fit is not None:
+                fit(*inputs[: self.num_inner_inputs])
+            return
+        group = inputs[1] if len(inputs) > 1 else None
+        if not self.audited or self._params.groups is not None or self.num_columns != 1 or group is None:
+            return
+        codes = self._codes([group], group.shape[0] if group.dim() else 1, first_position=1)[0]
+        if codes.numel() == 0:
+            return
+        lowest, highest = int(codes.min()), int(codes.max())  # a one-off read, outside the training loop
+        if lowest < 0 or highest >= MAX_GROUPS:
+            return  # codes that cannot index slots: the rates stay each batch's (ranked codes)
+        if self.num_groups is None or highest >= self.num_groups:
+            self.num_groups = highest + 1
+            self._audit_window()
+        if self.momentum is not None and self._params.window is None:
+            self.window_samples = torch.tensor(float(codes.shape[0]), dtype=torch.float64, device=codes.device)
+
+    @torch.no_grad()
+    def audit(self, *inputs: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
+        """The statistic over all of ``inputs`` (a whole data set), exactly as fairlearn computes it:
+        rates from hard predictions ``pred > 0`` (mean_pred and group_loss: their own values), group
+        sums accumulated chunk by chunk with one index_add each, over slots ranked once for the whole
+        data; no window, no state changed, no host synchronisation."""
+        if self.inner is not None:
+            inner_inputs = inputs[: self.num_inner_inputs]
+            groups = inputs[self.num_inner_inputs: self.num_inner_inputs + self.num_columns]
+            first = inner_inputs[0]
+            n = first.shape[0] if first.dim() else 1
+        else:
+            groups = inputs[1: 1 + self.num_columns]
+            n = inputs[0].shape[0]
+        sample_weight = inputs[-1] if self.weighted else None
+        codes = self._codes(list(groups), n, first_position=1 if self.inner is None else self.num_inner_inputs)
+        slots, num_slots = self._slots(codes)
+        sums = None
+        for start in range(0, max(n, 1), chunk_size):
+            rows = slice(start, start + chunk_size)
+            columns = self._audit_columns([t[rows] if t.dim() else t for t in inputs])
+            if sample_weight is not None:
+                weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight[rows], columns.shape[0],
+                                                   columns.dtype)
+                columns = columns * weight[:, None]
+            columns = columns.to(torch.float64)  # exact counts over millions of rows
+            if sums is None:
+                sums = columns.new_zeros(num_slots, columns.shape[1])
+            sums.index_add_(0, slots[rows], columns)
+        if self.inner is not None and self.worst_group:
+            return self._worst_group(sums)
+        rates = [self._rates(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(sums.shape[1] // 2)]
+        return _nan_if_any_nan(sums, self._statistic(rates))
+
+    def _audit_columns(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """One chunk's per-sample columns [n, k]: hard predictions for the rates."""
+        if self.inner is not None:
+            first = inputs[0]
+            n = first.shape[0] if first.dim() else 1
+            dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
+            return self.inner(*inputs[: self.num_inner_inputs], torch.ones(n, dtype=dtype, device=first.device))
+        pred = inputs[0]
+        if self.raw:
+            value = self._raw_prediction(pred)
+        else:
+            value = (self._positive_logit(pred) > 0).to(pred.dtype)
+        positive = negative = None
+        if self.reads_target:
+            target = inputs[1 + self.num_columns]
+            if not _is_column(target, value.shape[0]):
+                self.fail(1 + self.num_columns, f"expected 0/1 labels of shape ({value.shape[0]},), got {tuple(target.shape)}")
+            positive = (target if target.dim() == 1 else target[:, 0]).to(value.dtype)
+            negative = 1 - positive
+        return torch.stack([column(value, positive, negative) for column in self.columns], dim=1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # A group count learned by fit comes back with the window it sized.
+        history = state_dict.get(prefix + "running_sums")
+        if self.audited and history is not None and self.running_sums is None:
+            self.num_groups = history.shape[0]
+            self._audit_window()
+        samples = state_dict.get(prefix + "window_samples")
+        if self.audited and samples is not None and self.window_samples is None:
+            self.window_samples = torch.zeros_like(samples)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _group_loss(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The inner loss's mean per group: the worst group's, or the _gap / _ratio between groups."""
@@ -366,6 +544,10 @@ class Fairness(Term):
         sums = self._group_sums(per_sample, codes, sample_weight)
         if not self.worst_group:
             return _nan_if_any_nan(sums, self._disparity(sums[:, 0], sums[:, 1])).to(per_sample.dtype)
+        return self._worst_group(sums).to(per_sample.dtype)
+
+    def _worst_group(self, sums: torch.Tensor) -> torch.Tensor:
+        """group_loss: the worst group's mean loss (or the mean, or the smoothmax) from [slots, 2] sums."""
         defined = _above_zero(sums[:, 1])
         loss = sums[:, 0] / torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
         count = defined.sum()
@@ -375,7 +557,7 @@ class Fairness(Term):
             value = self._log_mean_exp(loss, defined, count)
         else:
             value = loss.masked_fill(~defined, float("-inf")).amax()
-        return _nan_if_any_nan(sums, torch.where(count > 0, value, torch.zeros_like(value))).to(per_sample.dtype)
+        return _nan_if_any_nan(sums, torch.where(count > 0, value, torch.zeros_like(value)))
 
     def _syncs(self) -> bool:
         return self.sync and distributed.active()
@@ -392,7 +574,8 @@ class Fairness(Term):
         return codes
 
     def _group_sums(
-        self, columns: torch.Tensor, codes: list[torch.Tensor], sample_weight: torch.Tensor | None
+        self, columns: torch.Tensor, codes: list[torch.Tensor], sample_weight: torch.Tensor | None,
+        windowed: bool = True,
     ) -> torch.Tensor:
         """Per-sample columns [N, k] summed per group slot with one index_add; the ema window's history mixed in.
 
@@ -415,7 +598,7 @@ class Fairness(Term):
                     code="E403",
                 )
             sums = distributed.all_reduce_sum(sums)
-        if self.momentum is not None:  # the batch's differentiable sums over the detached history
+        if windowed and self.momentum is not None:  # the batch's differentiable sums over the detached history
             sums = self.momentum * self.running_sums.to(sums.dtype) + (1 - self.momentum) * sums
             if self.training:  # a batch of NaN (or inf) gives NaN now, and leaves the history as it was
                 history = sums.detach()
@@ -425,12 +608,23 @@ class Fairness(Term):
 
     def _disparity(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
         """The statistic's form over the groups whose rate is defined; 0 with fewer than two of them."""
+        return self._form(*self._rates(numerator, denominator))
+
+    def _rates(
+        self, numerator: torch.Tensor, denominator: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Each group's rate, whether it is defined, and (for ``ref=overall``) the overall rate."""
         defined = _above_zero(denominator)
         rate = numerator / torch.where(defined, denominator, torch.ones_like(denominator))
+        if not self.overall:
+            return rate, defined, None
+        total = denominator.sum()
+        return rate, defined, numerator.sum() / torch.where(_above_zero(total), total, torch.ones_like(total))
+
+    def _form(self, rate: torch.Tensor, defined: torch.Tensor, overall: torch.Tensor | None) -> torch.Tensor:
+        """The statistic's form over the groups whose rate is defined; 0 with fewer than two of them."""
         count = defined.sum()
-        if self.overall:
-            total = denominator.sum()
-            overall = numerator.sum() / torch.where(_above_zero(total), total, torch.ones_like(total))
+        if overall is not None:
             if self.ratio:  # fairlearn's to_overall ratio: from min(g, o) / max(g, o) per group
                 low, high = torch.minimum(rate, overall), torch.maximum(rate, overall)
                 positive = _above_zero(high)
@@ -515,6 +709,14 @@ class Fairness(Term):
         return pred
 
     def _positive_probability(self, pred: torch.Tensor) -> torch.Tensor:
+        logit = self._positive_logit(pred)
+        prob = torch.sigmoid(logit)
+        if self.hard:  # straight-through: the hard prediction's value, the soft prediction's gradient
+            return (logit > 0).to(prob.dtype) + (prob - prob.detach())
+        return prob
+
+    def _positive_logit(self, pred: torch.Tensor) -> torch.Tensor:
+        """The logit of class 1: ``pred`` itself, or the difference of an [N, 2] pair's."""
         self.expect_float(0, pred)
         if pred.dim() == 1:
             logit = pred
@@ -524,10 +726,7 @@ class Fairness(Term):
             logit = pred[:, 1] - pred[:, 0]  # softmax(pred)[:, 1] is sigmoid of the difference
         else:
             self.fail(0, f"fairness() needs binary logits [N], [N, 1] or [N, 2], got shape {tuple(pred.shape)}")
-        prob = torch.sigmoid(logit)
-        if self.hard:  # straight-through: the hard prediction's value, the soft prediction's gradient
-            return (logit > 0).to(prob.dtype) + (prob - prob.detach())
-        return prob
+        return logit
 
     def _slots(self, codes: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Each sample's group slot, and the number of slots: static shapes, no sync.
