@@ -323,3 +323,22 @@ def test_audit_changes_no_state_and_refuses_what_is_not_a_loss():
 
 def test_adaptive_settings_are_documented_numbers():
     assert duals.METHODS["adaptive"][2] == duals.ADAPTIVE.lr
+
+
+def test_an_audited_constraint_compiles_fullgraph_and_matches_eager():
+    """The audited rates, the fitted window and the adaptive update add no graph break. Dynamo's
+    caches are cleared after (LossModule.forward's recompile limit)."""
+    logits, target, group = _batch(n=256, groups=3)
+    pred = torch.stack([torch.zeros_like(logits), logits], 1).float()
+    spec = "loss = ce()\nsubject to fairness(eo_gap, group=g) <= 0.01 as c"
+    eager_fn, source = lossdsl.compile(spec).fit(g=group), lossdsl.compile(spec).fit(g=group)
+    compiled_fn = torch.compile(source, fullgraph=True)
+    try:
+        for start in range(0, 256, 64):
+            rows = slice(start, start + 64)
+            torch.testing.assert_close(compiled_fn(pred[rows], target[rows], g=group[rows]),
+                                       eager_fn(pred[rows], target[rows], g=group[rows]))
+            torch.testing.assert_close(source.multipliers, eager_fn.multipliers)
+            torch.testing.assert_close(source.terms[1].running_sums, eager_fn.terms[1].running_sums)
+    finally:
+        torch.compiler.reset()

@@ -220,7 +220,7 @@ def test_a_float16_loss_under_a_saturated_multiplier_is_finite():
                                rtol=2e-3, atol=0)
 
 
-@pytest.mark.parametrize("method", ["lagrangian(lr=1e9)", "augmented(0.5)"])
+@pytest.mark.parametrize("method", ["lagrangian(lr=1e9)", "augmented(0.5)", "adaptive(0.5)"])
 def test_saturating_multipliers_compile_fullgraph(method):
     """The clamps and the expanded augmented form add no graph break and match eager mode. Dynamo's
     caches are cleared after: each compiled module counts towards LossModule.forward's recompile

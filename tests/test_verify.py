@@ -85,7 +85,7 @@ def test_undeclared_inputs_are_inferred_from_the_terms(capsys, tmp_path):
     assert inputs["sex"].dtype == torch.int64
     assert inputs["seg"].shape == (8, 3, 4, 4) and inputs["mask"].shape == (8, 4, 4)
     assert cli.main(["verify", str(path), "--steps", "20"]) == 0
-    assert "all 5 checks passed" in capsys.readouterr().out
+    assert "all 6 checks passed" in capsys.readouterr().out
 
 
 def test_inferred_inputs_that_do_not_fit_fail_with_advice(capsys, tmp_path):
@@ -120,7 +120,7 @@ def test_verify_passes_correct_specs_without_an_inputs_block(spec, tmp_path, cap
     path = tmp_path / "spec.loss"
     path.write_text(spec + "\n")
     assert cli.main(["verify", str(path), "--steps", "20"]) == 0, capsys.readouterr().out
-    assert "all 5 checks passed" in capsys.readouterr().out
+    assert "all 6 checks passed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
@@ -235,9 +235,21 @@ def test_verify_checks_a_per_sample_loss_through_its_sum(capsys, tmp_path):
     path = tmp_path / "per_sample.loss"
     path.write_text("mse(reduction=none)\n")
     assert cli.main(["verify", str(path), "--steps", "5"]) == 0
-    assert "all 5 checks passed" in capsys.readouterr().out
+    assert "all 6 checks passed" in capsys.readouterr().out
     plan = plan_for(path.read_text())
     inputs = synthetic_inputs(plan)
     expected = F.mse_loss(inputs["pred"], inputs["target"], reduction="none").sum()
     finite = {c.name: c for c in verify(plan, steps=5)}["finite at ordinary inputs"]
     assert finite.detail == f"loss {expected.item():.4g}"
+
+
+def test_verify_says_whether_a_constraints_rates_run_over_a_window():
+    from lossdsl.checks import plan_for
+    from lossdsl.verify import verify
+
+    unknown = verify(plan_for("loss = ce()\nsubject to fairness(eo_gap, group=sex) <= 0.02"), steps=5)
+    known = verify(plan_for("loss = ce()\nsubject to fairness(eo_gap, group=sex, groups=2) <= 0.02"), steps=5)
+    penalty = verify(plan_for("loss = ce() + fairness(eo_gap, group=sex)"), steps=5)
+    assert "loss_fn.fit(sex=codes)" in unknown[-1].detail and unknown[-1].passed
+    assert "a window over the known group count" in known[-1].detail
+    assert penalty[-1].detail == "no fairness rate in a constraint"
