@@ -202,7 +202,7 @@ def exponentiated_gradient(job: tuple[str, str, float]) -> dict:
 def run_all(function, jobs: list, workers: int) -> list:
     if workers <= 1:
         return [function(job) for job in jobs]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:  # fork after torch has run threads can hang
         return pool.map(function, jobs, chunksize=1)
 
 
@@ -332,8 +332,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.out is None:
         args.out = Path("fairness_frontier.png" if args.frontier else "fair_constraints.png")
-    for name in DATASETS:  # loaded once, before the workers fork
-        data(name)
     (frontier if args.frontier else targets)(args)
 
 

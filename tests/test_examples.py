@@ -59,6 +59,7 @@ EXPECTED = {
         re.compile(r"^ce\(\)\s+median(\s+[01]\.\d{4}){8}$", re.M),
         re.compile(r"^subject to .*median(\s+[01]\.\d{4}){8}\s+\(b\) (met|missed)", re.M),
         re.compile(r"shows an EO gap <= 0\.02 on \d+% of test samples this size\.$", re.M),
+        re.compile(r"^lossdsl\.audit of .subject to \(defaults\)., seed 0, on the training split(.|\n)*^  eo\s+[01]\.\d+ <= 0\.02: ", re.M),
         re.compile(r"^4-fold cross-validation on the training split: out-of-fold predictions, audited over all \d+ rows$", re.M),
         re.compile(r"^subject to \(window, hard\)\s+median(\s+[01]\.\d{4}){8}\s+\(b\) (met|missed)(.|\n)*"
                    r"cross-validation(.|\n)*^subject to \(window, hard\)\s+median(\s+[01]\.\d{4}){8}\s+\(b\)", re.M),
