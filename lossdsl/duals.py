@@ -18,7 +18,7 @@ from . import ast
 #: until ``lam * g`` overflows (a multiplier of 1e6 weighs the constraint a million times the loss:
 #: beyond it, the constraint is infeasible or its scale is wrong).
 MULTIPLIER_CAP = 1e6
-#: Values of state per constraint in ``dual_state``: the violation's running second moment, the
+#: Values of state per constraint in ``dual_state``: the violation's running mean size, the
 #: number of updates, and the multiplier's integral part.
 STATE_SIZE = 3
 
@@ -27,15 +27,15 @@ STATE_SIZE = 3
 class Adaptive:
     """The default method's settings: ``adaptive(lr)``."""
 
-    #: The integral part's step per update, for a violation of one running standard deviation:
+    #: The integral part's step per update, for a violation of its running mean size:
     #: relative to the multiplier's size (at least ``unit``) when ``relative``, else absolute.
     lr: float = 0.01
     relative: bool = True
     #: The proportional (damping) part: this fraction of the multiplier's size (at least ``unit``)
-    #: per running standard deviation of violation.
+    #: per running mean size of violation.
     damping: float = 0.25
     unit: float = 0.1
-    #: The running second moment's decay (about 100 updates).
+    #: The decay of the violation's running mean size (about 1,000 updates).
     decay: float = 0.999
 
 
@@ -93,11 +93,13 @@ class AdaptiveRule(DualRule):
     normalised by the violation's running scale and taken relative to the multiplier's own size,
     so that neither the constraint's units nor the weight it ends at need to be known.
 
-    With ``s`` the running root mean square of ``g`` (bias-corrected) and ``e = g / s``, the
-    integral part moves by ``lr * e * max(|I|, unit)`` (relative steps above ``unit``: a factor of
-    about ``exp(lr)`` per update, so 0.1 to 100 takes a few hundred), and the multiplier used is
-    ``I + damping * lr * e * max(|I|, unit)``: the proportional part reacts to the violation at
-    once and fades with it, which damps the oscillation of plain dual ascent.
+    With ``s`` the running mean of ``|g|`` (decay 0.999, bias-corrected; not of ``g^2``, which
+    overflows float32 for a violation of 1e30) and ``e = g / s``, the integral part moves by
+    ``lr * e * max(|I|, unit)`` (relative steps above ``unit``: a factor of about ``exp(lr)`` per
+    update, so 0.1 to 100 takes about 700), and the multiplier used is
+    ``I + damping * e * max(|I|, unit)``: the proportional part reacts to the violation at once
+    and fades with it, which damps the oscillation of plain dual ascent. A slow scale matters: one
+    that follows a shrinking violation down raises the gain until the multiplier chatters.
     """
 
     def __init__(self, rate: float, equality: bool, settings: Adaptive = ADAPTIVE):
@@ -106,18 +108,18 @@ class AdaptiveRule(DualRule):
 
     def update(self, lam: torch.Tensor, g: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.settings
-        second, count, integral = state[0], state[1] + 1, state[2]
+        size_of_g, count, integral = state[0], state[1] + 1, state[2]
         g = g.to(state.dtype)
         # The running mean of |g| (bias-corrected), not of g^2: a violation of 1e30 squares past float32.
-        second = s.decay * second + (1 - s.decay) * g.abs()
-        scale = second / (1 - s.decay ** count)
+        size_of_g = s.decay * size_of_g + (1 - s.decay) * g.abs()
+        scale = size_of_g / (1 - s.decay ** count)
         tiny = torch.finfo(state.dtype).tiny
         # A violation of 0 moves nothing; a NaN or inf one leaves the state as it was.
         normalised = torch.where(scale > tiny, g / scale.clamp(min=tiny), torch.zeros_like(g))
         size = integral.abs().clamp(min=s.unit)
         integral = (integral + self.rate * normalised * (size if s.relative else 1.0)).clamp(self.lowest, MULTIPLIER_CAP)
         used = (integral + s.damping * normalised * integral.abs().clamp(min=s.unit)).clamp(self.lowest, MULTIPLIER_CAP)
-        new_state = torch.stack([second, count, integral])
+        new_state = torch.stack([size_of_g, count, integral])
         finite = torch.isfinite(new_state).all() & torch.isfinite(used)
         return torch.where(finite, used, lam), torch.where(finite, new_state, state)
 

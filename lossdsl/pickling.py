@@ -139,6 +139,9 @@ def restore(module: LossModule, state: State) -> None:
         if slots is None or leaf not in slots:
             raise pickle.UnpicklingError(f"the rebuilt LossModule has no tensor {name!r}")
         slots[leaf] = tensor  # as saved: its device and dtype too
+    for sub in module.modules():  # state derived from the buffers (a group count that fit learned)
+        if hasattr(sub, "state_restored"):
+            sub.state_restored()
     modules = list(module.modules())
     if len(modules) != len(state.training):
         raise pickle.UnpicklingError("the rebuilt LossModule has other submodules than the pickled one")

@@ -342,3 +342,21 @@ def test_an_audited_constraint_compiles_fullgraph_and_matches_eager():
             torch.testing.assert_close(source.terms[1].running_sums, eager_fn.terms[1].running_sums)
     finally:
         torch.compiler.reset()
+
+
+@pytest.mark.parametrize("copy", ["pickle", "deepcopy"])
+def test_a_fitted_window_survives_pickle_and_deepcopy(copy):
+    import copy as copying
+    import pickle
+
+    logits, target, group = _batch(n=300, groups=3)
+    pred = torch.stack([torch.zeros_like(logits), logits], 1)
+    original = lossdsl.compile("loss = ce()\nsubject to fairness(eo_gap, group=g) <= 0.02 as c").fit(g=group)
+    original(pred[:100], target[:100], g=group[:100])
+    copied = pickle.loads(pickle.dumps(original)) if copy == "pickle" else copying.deepcopy(original)
+    assert copied.terms[1].num_groups == 3 and copied.terms[1].window_known
+    for start in (100, 200):
+        rows = slice(start, start + 100)
+        torch.testing.assert_close(copied(pred[rows], target[rows], g=group[rows]),
+                                   original(pred[rows], target[rows], g=group[rows]))
+    torch.testing.assert_close(copied.terms[1].running_sums, original.terms[1].running_sums)

@@ -518,6 +518,14 @@ class Fairness(Term):
             negative = 1 - positive
         return torch.stack([column(value, positive, negative) for column in self.columns], dim=1)
 
+    def state_restored(self) -> None:
+        """After ``lossdsl.pickling`` put the buffers back: a group count learned by ``fit`` is the
+        audited window's number of rows."""
+        if self.audited and self.num_groups is None and self.running_sums is not None:
+            self.num_groups = self.running_sums.shape[0]
+            window = self._params.window
+            self.momentum = window[1] if window is not None else AUDIT_WINDOW
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         # A group count learned by fit comes back with the window it sized.
         history = state_dict.get(prefix + "running_sums")
