@@ -277,9 +277,10 @@ class Fairness(Term):
       uses the gradient of ``sigmoid(pred)`` (straight-through). A soft gap can be near 0 while the
       hard one is not (one group's positives sit further from the threshold).
     - In a ``subject to`` (a term only constraints read) with ``hard`` not given, the value is the
-      audited one: the statistic of hard rates, differentiated through the batch's soft rates
-      (``hard + (soft - soft.detach())`` per rate, so the extreme groups are picked by the hard
-      rates), and the constraint's multiplier follows it (the proxy-Lagrangian of Cotter et al.,
+      audited one: the statistic of hard rates, with the gradient of the batch's soft statistic
+      (``hard_gap + (soft_gap - soft_gap.detach())``: the window lags the model, so the groups and
+      the sign the gradient pushes come from the current batch), and the constraint's multiplier
+      follows it (the proxy-Lagrangian of Cotter et al.,
       2019); ``last_terms`` shows the soft statistic of the batch as ``NAME.surrogate``. With a
       known group count the hard rates come from running sums (the buffer ``running_sums``):
       over about one epoch once ``LossModule.fit`` has seen the group codes (it sets the count
@@ -412,9 +413,8 @@ class Fairness(Term):
         self, pred: torch.Tensor, soft_columns: torch.Tensor, positive: torch.Tensor | None,
         negative: torch.Tensor | None, codes: list[torch.Tensor], sample_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """In a constraint: the statistic of the hard rates (over the window), differentiated through
-        the batch's soft rates (straight-through at the rates: ``hard + (soft - soft.detach())``),
-        which also picks the extreme groups by the audited rates; and the soft statistic of the batch."""
+        """In a constraint: the statistic of the hard rates (over the window) with the gradient of the
+        batch's soft statistic (``hard + (soft - soft.detach())``); and that soft statistic."""
         hard = (self._positive_logit(pred) > 0).to(soft_columns.dtype)
         hard_columns = torch.stack([column(hard, positive, negative) for column in self.columns], dim=1)
         width = soft_columns.shape[1]
@@ -431,12 +431,12 @@ class Fairness(Term):
                 self.running_sums.copy_(torch.where(finite, hard_sums, self.running_sums.to(hard_sums.dtype)))
         soft_rates = [self._rates(soft_sums[:, 2 * i], soft_sums[:, 2 * i + 1]) for i in range(self.num_rates)]
         hard_rates = [self._rates(hard_sums[:, 2 * i], hard_sums[:, 2 * i + 1]) for i in range(self.num_rates)]
-        mixed = [
-            (rate + (soft - soft.detach()), defined, None if overall is None else overall + (o - o.detach()))
-            for (rate, defined, overall), (soft, _, o) in zip(hard_rates, soft_rates)
-        ]
-        value = _nan_if_any_nan(sums, self._statistic(mixed)).to(pred.dtype)
-        surrogate = _nan_if_any_nan(soft_sums, self._statistic(soft_rates)).detach().to(pred.dtype)
+        # The multiplier reads the audited statistic; the model's gradient is the batch's soft one
+        # (TFCO's proxy-Lagrangian). Not mixed rate by rate: the window lags the model, and extreme
+        # groups or a sign picked from stale rates would push the current gap the wrong way.
+        soft = self._statistic(soft_rates)
+        value = _nan_if_any_nan(sums, self._statistic(hard_rates) + (soft - soft.detach())).to(pred.dtype)
+        surrogate = _nan_if_any_nan(soft_sums, soft).detach().to(pred.dtype)
         return value, surrogate
 
     def fit(self, *inputs: torch.Tensor | None) -> None:
