@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import math
-import operator
 import os
 import re
 from collections import Counter
@@ -21,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import ast
+from .checking.folding import INVALID as _INVALID, FoldError, fold, literal as _literal, literal_number as _number, number_value
 from .duals import DEFAULT_METHOD, METHODS
 from .errors import Diagnostic, LossSpecError, did_you_mean
 from .files import DEFAULT_MAX_BYTES
@@ -52,7 +51,6 @@ from .tensor_expr import FUNCTIONS, names_in
 #: ``using METHOD(ARG)``: the argument's name and default.
 _METHODS = {name: (argument, default) for name, (_, argument, default) in METHODS.items()}
 _BOOLEANS = {"true": True, "false": False}
-_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 #: An input's name, as the grammar's NAME token spells it (grammar/loss.lark).
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
@@ -63,8 +61,6 @@ class Type(enum.Enum):
     LOSS = "a loss"
     ERROR = "an error"  # already reported; suppresses follow-on diagnostics
 
-
-_INVALID = object()
 
 #: The checks stop after this many errors (diagnostic E009).
 MAX_ERRORS = 100
@@ -522,30 +518,18 @@ class _Checker:
 
     def _fold(self, expr: ast.BinOp, left: float, right: float) -> Any:
         """The value of constant arithmetic, or ``_INVALID`` after reporting a division by zero or an overflow."""
-        if expr.op == "/" and right == 0:
-            self.report("E205", "division by zero", expr.right)
+        try:
+            return fold(expr.op, left, right)
+        except FoldError as error:
+            self._fold_error(expr, error)
             return _INVALID
-        value = _ARITHMETIC[expr.op](left, right)
-        if not abs(value) <= ast.LARGEST_NUMBER:  # inf and nan too
-            self.report("E205", "the constant overflows", expr)
-            return _INVALID
-        return value
+
+    def _fold_error(self, expr: ast.BinOp, error: FoldError) -> None:
+        self.report("E205", error.message, expr.right if error.at_divisor else expr)
 
     def _constant(self, node: ast.Node) -> Any:
         """The value of pure number arithmetic; None for anything else; ``_INVALID`` once reported."""
-        if isinstance(node, ast.Number):
-            return float(node.value)
-        if isinstance(node, ast.Neg):
-            value = self._constant(node.operand)
-            return -value if isinstance(value, float) else value
-        if isinstance(node, ast.BinOp):
-            left, right = self._constant(node.left), self._constant(node.right)
-            if _INVALID in (left, right):
-                return _INVALID
-            if left is None or right is None:
-                return None
-            return self._fold(node, left, right)
-        return None
+        return number_value(node, self._fold_error)
 
     def _schedule(self, call: ast.Call) -> tuple[Type, ObjectiveExpr | None]:
         model, positional, _ = SCHEDULES[call.name]
@@ -987,22 +971,6 @@ def _relabel(expr: ObjectiveExpr, labelled: dict[int, TermPlan]) -> ObjectiveExp
     if isinstance(expr, Negate):
         return Negate(_relabel(expr.operand, labelled))
     return expr
-
-
-def _number(node: ast.Node) -> int | float | None:
-    if isinstance(node, ast.Number):
-        return node.value
-    if isinstance(node, ast.Neg) and isinstance(node.operand, ast.Number):
-        return -node.operand.value
-    return None
-
-
-def _literal(expr: ObjectiveExpr) -> float | None:
-    """The value of a folded constant (``-1`` is a negated one); None for arithmetic over params."""
-    if isinstance(expr, Negate):
-        inner = _literal(expr.operand)
-        return None if inner is None else -inner
-    return expr.value if isinstance(expr, Constant) else None
 
 
 def _reads_input(node: ast.Node) -> bool:

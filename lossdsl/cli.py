@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .ast import Span, Spec
+from .binding import bind
 from .checks import plan_for
-from .compiler import check_overrides, read_spec
+from .compiler import read_spec
 from .formatting import format_source
-from .runtime import LossModule
 from .errors import Diagnostic, LossSpecError
 from .files import DEFAULT_MAX_BYTES
 from .reference import terms_markdown, terms_text
@@ -146,8 +146,8 @@ def _check_file(path: Path, params: dict[str, float], include_root: str | None =
     try:
         text = read_spec(path, max_bytes)
         plan = plan_for(text, str(path), library=True, include_root=include_root, max_bytes=max_bytes)
-        if plan.objective is not None:  # building finds what needs the params' values (E205 on their arithmetic)
-            LossModule(plan, check_overrides(plan, params))
+        if plan.objective is not None:  # binding finds what needs the params' values (E205 on their arithmetic)
+            bind(plan, overrides=params)
     except LossSpecError as exc:
         return [_in_file(d, path) for d in exc.diagnostics]
     return list(plan.warnings)

@@ -6,11 +6,11 @@ import os
 from collections.abc import Mapping
 
 from . import ast
+from .binding import bind
 from .checks import check, plan_for
-from .errors import Diagnostic, LossSpecError, did_you_mean
+from .errors import Diagnostic, LossSpecError
 from .files import DEFAULT_MAX_BYTES, FileProblem, check_max_bytes, read_text
-from .plan import Plan
-from .runtime import LossModule
+from .runtime import LossModule, build
 
 
 def compile(  # noqa: A001
@@ -39,7 +39,7 @@ def compile(  # noqa: A001
         plan = plan_for(spec, filename, include_root=root, max_bytes=max_bytes)
     else:
         plan = check(spec, include_root=root, max_bytes=max_bytes)
-    return LossModule(plan, check_overrides(plan, overrides))
+    return build(bind(plan, overrides=overrides))
 
 
 def _params_argument(params: object) -> Mapping[str, float]:
@@ -62,35 +62,6 @@ def _path_argument(what: str, path: object) -> str:
     if not isinstance(name, str):  # a PathLike of bytes
         raise TypeError(f"{what} takes a path (a str or os.PathLike), got a path of {type(name).__name__}")
     return name
-
-
-def check_overrides(plan: Plan, params: Mapping[str, float]) -> dict[str, float]:
-    """Validate ``param`` overrides: known names, numbers, inside each param's range."""
-    declared = {p.name: p for p in plan.params}
-    diagnostics = []
-    values: dict[str, float] = {}
-    for name, value in params.items():
-        param = declared.get(name)
-        if param is None:
-            hint = did_you_mean(name, declared) or (
-                f"the spec declares {', '.join(declared)}" if declared else "the spec declares no param"
-            )
-            diagnostics.append(Diagnostic("E105", f"unknown param '{name}'", hint=hint))
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= ast.LARGEST_NUMBER:
-            diagnostics.append(Diagnostic("E204", f"param '{name}' takes a finite number up to {ast.LARGEST_NUMBER:.4g}, "
-                                          f"got {value!r}", param.span))
-            continue
-        if param.low is not None and param.high is not None and not param.low <= value <= param.high:
-            diagnostics.append(
-                Diagnostic("E205", f"param '{name}' = {value} lies outside its range [{param.low}, {param.high}]",
-                           param.span, source=plan.source)
-            )
-            continue
-        values[name] = float(value)
-    if diagnostics:
-        raise LossSpecError(diagnostics)
-    return values
 
 
 def load(

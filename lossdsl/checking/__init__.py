@@ -1,0 +1,1 @@
+"""The static checks, split along their seams (see docs/architecture.md)."""
