@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
-import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,10 +20,8 @@ from . import ast
 from .checking.folding import INVALID as _INVALID, FoldError, fold, literal as _literal, literal_number as _number, number_value
 from .duals import DEFAULT_METHOD, METHODS
 from .errors import Diagnostic, LossSpecError, did_you_mean
-from .files import DEFAULT_MAX_BYTES
 from .formatting import format_expr
-from .includes import expand_includes
-from .parsing import MAX_NESTING, parse
+from .parsing import MAX_NESTING
 from .plan import (
     MULTIPLIER_CAP,
     Arithmetic,
@@ -66,45 +62,21 @@ class Type(enum.Enum):
 MAX_ERRORS = 100
 
 
-def plan_for(text: str, filename: str | None = None, library: bool = False, *,
-             include_root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Plan:
-    """Parse and check spec text; cached by text, so a spec is checked once.
-
-    A spec that includes other files is checked afresh each time: those files may have changed.
-    ``library=True`` accepts a file without an objective (one meant to be included), with a
-    warning; its plan has no objective and cannot be compiled. ``include_root`` and ``max_bytes``
-    bound what its includes may read (see ``includes.expand_includes``).
-    """
-    spec = _parse_cached(text, filename)
-    if any(isinstance(s, ast.Include) for s in spec.statements):
-        return _check_parsed(spec, text, filename, library, include_root, max_bytes)
-    return _plan_cached(text, filename, library)
+def check(spec: ast.Spec, source: str = "", filename: str | None = None, *,
+          sources: Mapping[str | None, str] | None = None, library: bool = False) -> Plan:
+    """The check pass: a spec (its includes already expanded) to its ``Plan``; every problem a
+    ``LossSpecError``. Pure: no I/O. ``source`` is the text of ``filename``, ``sources`` each
+    included file's, for the diagnostics' excerpts. ``library=True`` accepts a file without an
+    objective (one meant to be included), with a warning; its plan has no objective."""
+    texts = dict(sources or {})
+    texts.setdefault(filename, source)
+    return _Checker(spec, source, filename, texts, library).run()
 
 
-@functools.lru_cache(maxsize=256)
-def _parse_cached(text: str, filename: str | None) -> ast.Spec:
-    return parse(text, filename)
-
-
-@functools.lru_cache(maxsize=256)
-def _plan_cached(text: str, filename: str | None, library: bool) -> Plan:
-    return _check_parsed(_parse_cached(text, filename), text, filename, library)
-
-
-def check(spec: ast.Spec, source: str = "", filename: str | None = None, library: bool = False, *,
-          include_root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Plan:
-    """Check a parsed spec (its includes expanded first) and return its plan."""
-    if not isinstance(spec, ast.Spec):
-        raise TypeError(f"lossdsl.check takes a lossdsl.Spec (from lossdsl.parse), got {type(spec).__name__}")
+def check_nesting(spec: ast.Spec) -> None:
+    """E004 for an expression nested deeper than ``MAX_NESTING``, as the parser reports it: a Spec
+    built in Python has not been through the parser, and every pass after this one recurses."""
     _check_nesting(spec)
-    return _check_parsed(spec, source, filename, library, include_root, max_bytes)
-
-
-def _check_parsed(spec: ast.Spec, source: str, filename: str | None, library: bool,
-                  include_root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Plan:
-    """``check`` of a spec known to be within the nesting limit (the parser checked it)."""
-    expanded, sources = expand_includes(spec, filename, source, include_root, max_bytes)
-    return _Checker(expanded, source, filename, sources, library).run()
 
 
 def _check_nesting(spec: ast.Spec) -> None:

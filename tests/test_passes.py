@@ -13,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lossdsl
-from lossdsl import cli, runtime
+from lossdsl import cli, includes, runtime
 from lossdsl.binding import BoundPlan, bind
-from lossdsl.checks import plan_for
+from lossdsl.checks import check
+from lossdsl.driver import Driver, plan_for
+from lossdsl.includes import Located, Refusal, expand_includes
 from lossdsl.checking import folding
 from lossdsl.plan import Arithmetic, Constant, LetValue, Negate, ParamValue, ScheduleValue
 from lossdsl.schedules import SCHEDULES
@@ -142,3 +144,61 @@ def test_interval_of_a_schedule_covers_its_steps():
     # The largest factor on a loss: 1 / the divisor's smallest size.
     assert folding.weight(Arithmetic("/", LetValue("x"), ParamValue("w")), {"w": 0.5}) == 2.0
     assert folding.weight(Arithmetic("*", ramp, LetValue("x")), {}) == 3.0
+
+
+# --- the driver: the passes in order, the caches, the I/O ---------------------------------------
+
+
+def test_each_driver_owns_its_caches():
+    text = "loss = mse() + 0.5 * mae()"
+    first, second = Driver(), Driver()
+    assert first.plan(text) is first.plan(text)  # checked once
+    assert first.parse(text) is first.parse(text)
+    assert second.plan(text) is not first.plan(text)
+    assert lossdsl.driver.plan_for(text) is lossdsl.driver.DRIVER.plan(text)  # lossdsl.compile's driver
+
+
+class _MemoryReader:
+    """Includes from a dict: the pass reads through its reader alone."""
+
+    def __init__(self, files, filename="top.loss", source=""):
+        self.files, self.filename, self.top = files, filename, filename
+        self.sources = {filename: source}
+        self.read_names = []
+
+    def refuse(self, path):
+        return None
+
+    def locate(self, path, including):
+        if path not in self.files:
+            return Refusal("E010", f"included file {path!r} does not exist")
+        return Located(path, path)
+
+    def read(self, located):
+        self.read_names.append(located.name)
+        self.sources[located.name] = self.files[located.key]
+        return self.files[located.key]
+
+    def show(self, key):
+        return key
+
+
+def test_expand_includes_reads_through_its_reader_alone(monkeypatch):
+    monkeypatch.setattr(includes, "read_text", _refuse_to_build)  # no file system
+    text = 'include "a.loss"\ninclude "b.loss"\nloss = data + lam * mae()\n'
+    reader = _MemoryReader({"a.loss": 'include "b.loss"\nlet data = mse()\n', "b.loss": "param lam = 0.25\n"},
+                           source=text)
+    expanded = expand_includes(lossdsl.parse(text, "top.loss"), reader)
+    assert [type(s).__name__ for s in expanded.statements] == ["Param", "Let", "LossStmt"]
+    assert reader.read_names == ["a.loss", "b.loss"]  # b once, though included twice
+    plan = check(expanded, text, "top.loss", sources=reader.sources)
+    assert [p.name for p in plan.params] == ["lam"] and [t.term.name for t in plan.terms] == ["mse", "mae"]
+
+
+def test_expand_includes_finds_cycles_by_the_readers_keys():
+    reader = _MemoryReader({"a.loss": 'include "top.loss"\n', "top.loss": ""}, source='include "a.loss"\n')
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        expand_includes(lossdsl.parse('include "a.loss"\nloss = mse()\n', "top.loss"), reader)
+    (diagnostic,) = info.value.diagnostics
+    assert (diagnostic.code, diagnostic.message) == ("E107", "include cycle: top.loss -> a.loss -> top.loss")
+    assert (diagnostic.span.filename, diagnostic.span.line) == ("a.loss", 1)
