@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from . import ast
-from .checking import folding
+from . import folding
 from .errors import Diagnostic, LossSpecError, did_you_mean
 from .plan import (
     Arithmetic,

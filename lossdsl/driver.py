@@ -4,7 +4,7 @@
         -> bind(plan, params, overrides) -> BoundPlan -> build(bound) -> LossModule
 
 Each pass is a pure function of what it is handed (``parsing.parse``, ``includes.expand_includes``,
-``checks.check``, ``binding.bind``, ``runtime.build``); the driver reads the files (a spec,
+``checking.check``, ``binding.bind``, ``runtime.build``); the driver reads the files (a spec,
 through ``read_spec``; its includes, through an ``includes.FileReader``) and keeps the caches: a
 spec text is parsed once and, without includes, checked once. ``lossdsl.compile``, ``load`` and
 ``check`` and the ``lossdsl`` command go through ``DRIVER``. docs/architecture.md has the map.
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from . import ast
 from .binding import BoundPlan, bind
-from .checks import check as check_spec, check_nesting
+from .checking import check as check_spec, check_nesting
 from .errors import Diagnostic, LossSpecError
 from .files import DEFAULT_MAX_BYTES, FileProblem, check_max_bytes, read_text
 from .includes import FileReader, expand_includes

@@ -17,7 +17,7 @@ import warnings
 
 from . import ast, duals, pickling
 from .binding import BoundPlan, bind
-from .checking import folding
+from . import folding
 from .errors import Diagnostic, LossSpecError, LossSpecWarning, did_you_mean
 from .formatting import format_expr
 from .plan import (

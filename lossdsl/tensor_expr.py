@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ast
-from .checking.folding import number_value
+from .folding import number_value
 
 TensorFn = Callable[[tuple[torch.Tensor, ...]], Union[torch.Tensor, float]]
 

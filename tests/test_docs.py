@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import lossdsl
-import lossdsl.checks
+import lossdsl.checking
 import lossdsl.driver
 from lossdsl import cli
 from lossdsl.parsing import MAX_NESTING

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 import lossdsl
 from lossdsl import cli, includes, runtime
 from lossdsl.binding import BoundPlan, bind
-from lossdsl.checks import check
+from lossdsl.checking import check
 from lossdsl.driver import Driver, plan_for
 from lossdsl.includes import Located, Refusal, expand_includes
-from lossdsl.checking import folding
+from lossdsl import folding
 from lossdsl.plan import Arithmetic, Constant, LetValue, Negate, ParamValue, ScheduleValue
 from lossdsl.schedules import SCHEDULES
 
@@ -202,3 +202,29 @@ def test_expand_includes_finds_cycles_by_the_readers_keys():
     (diagnostic,) = info.value.diagnostics
     assert (diagnostic.code, diagnostic.message) == ("E107", "include cycle: top.loss -> a.loss -> top.loss")
     assert (diagnostic.span.filename, diagnostic.span.line) == ("a.loss", 1)
+
+
+# --- the checker's parts: a call's params are collected per call, passed explicitly ------------
+
+
+def test_the_params_a_call_is_given_are_its_own_not_its_inner_terms():
+    plan = plan_for("param k = 2\nloss = fairness(group_loss(mse), group=g, groups=k)")
+    (term,) = plan.terms
+    assert term.param_args == (("groups", "k"),) and term.params.groups == 2
+    # An inner term given a param is refused, whatever the outer call was given before it.
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        plan_for("param d = 2\nparam k = 2\nloss = fairness(group_loss(huber(delta=d)), groups=k, group=g)")
+    (diagnostic,) = info.value.diagnostics
+    assert (diagnostic.code, diagnostic.message) == (
+        "E204", "a param cannot set an argument of the term inside group_loss() yet")
+    assert (diagnostic.span.line, diagnostic.span.column) == (3, 28)
+
+
+def test_check_is_a_pure_function_of_the_spec(monkeypatch):
+    """The check pass reads no file: an include must be expanded first (by the driver)."""
+    monkeypatch.setattr(includes, "read_text", _refuse_to_build)
+    spec = lossdsl.parse("param lam = 0.5\nloss = lam * mse()\n")
+    first, second = check(spec), check(spec)
+    assert first is not second  # not cached here: the driver caches
+    assert [t.label for t in first.terms] == [t.label for t in second.terms] == ["mse"]
+    assert first.params[0].default == 0.5

@@ -16,9 +16,9 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import ast
-from ..plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, ScheduleValue, TermValue
-from ..schedules import value_range
+from . import ast
+from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, ScheduleValue, TermValue
+from .schedules import value_range
 
 #: The four operators of number arithmetic (the checker's folding; the runtime has its own, over tensors).
 ARITHMETIC: dict[str, Callable[[float, float], float]] = {
