@@ -21,9 +21,10 @@ another reader.
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Hashable, Protocol
+from typing import Protocol
 
 from . import ast
 from .errors import Diagnostic, LossSpecError

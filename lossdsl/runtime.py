@@ -15,9 +15,8 @@ from torch import nn
 
 import warnings
 
-from . import ast, duals, pickling
+from . import ast, duals, folding, pickling
 from .binding import BoundPlan, bind
-from . import folding
 from .errors import Diagnostic, LossSpecError, LossSpecWarning, did_you_mean
 from .formatting import format_expr
 from .plan import (
