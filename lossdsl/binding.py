@@ -42,6 +42,8 @@ class BoundPlan:
     params: Mapping[str, float]
     #: Per term of ``plan.terms``: its parameters, with the values of the params it was given by name.
     term_params: tuple[TermParams, ...]
+    #: The interval of every number expression of the plan, folded once (``folding.interval``).
+    intervals: folding.Intervals
 
 
 def bind(plan: Plan, params: Mapping[str, float] | None = None,
@@ -53,8 +55,9 @@ def bind(plan: Plan, params: Mapping[str, float] | None = None,
     values.update(params or {})
     values.update(check_overrides(plan, overrides or {}))
     term_params = tuple(_term_params(plan, term, values) for term in plan.terms)
-    _Arithmetic(values, plan.source).check_plan(plan)
-    return BoundPlan(plan, values, term_params)
+    arithmetic = _Arithmetic(values, plan.source)
+    arithmetic.check_plan(plan)
+    return BoundPlan(plan, values, term_params, arithmetic.known)
 
 
 def check_overrides(plan: Plan, params: Mapping[str, object]) -> dict[str, float]:
@@ -110,6 +113,7 @@ class _Arithmetic:
 
     def __init__(self, params: Mapping[str, float], source: str):
         self.params, self.source = params, source
+        self.known: folding.Intervals = {}  # each node's interval, once
 
     def check_plan(self, plan: Plan) -> None:
         for let in plan.lets:
@@ -141,12 +145,12 @@ class _Arithmetic:
         is_number = self.fold(folding.is_number, expr)
         self.check(expr.left)  # first: a weight too large is shown where it is applied
         self.check(expr.right)
-        if not is_number and not folding.weight(expr, self.params) <= MAX_LOSS_WEIGHT:
+        if not is_number and not folding.weight(expr, self.params, self.known) <= MAX_LOSS_WEIGHT:
             self._fail(expr, f"the loss's weight exceeds {MAX_LOSS_WEIGHT:g}")
 
-    def fold(self, how: typing.Callable[[ObjectiveExpr, Mapping[str, float]], typing.Any], expr: ObjectiveExpr) -> typing.Any:
+    def fold(self, how: typing.Callable[..., typing.Any], expr: ObjectiveExpr) -> typing.Any:
         try:
-            return how(expr, self.params)
+            return how(expr, self.params, self.known)
         except folding.FoldError as error:
             self._fail(error.node, error.message)  # type: ignore[arg-type]
 

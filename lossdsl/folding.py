@@ -93,10 +93,24 @@ def literal(expr: ObjectiveExpr | None) -> float | None:
     return expr.value if isinstance(expr, Constant) else None
 
 
-def interval(expr: ObjectiveExpr, params: Mapping[str, float]) -> Interval | None:
+#: Intervals already folded, by ``id`` of the plan node (``bind`` fills one per plan, ``build`` reads it).
+Intervals = dict[int, "Interval | None"]
+
+
+def interval(expr: ObjectiveExpr, params: Mapping[str, float], known: Intervals | None = None) -> Interval | None:
     """The smallest and largest value of number arithmetic in the plan: params at their values,
     schedules over all their steps; None for a loss. ``FoldError`` (its ``node`` the arithmetic)
-    for a divisor whose interval holds 0, and for a number beyond float32."""
+    for a divisor whose interval holds 0, and for a number beyond float32. ``known`` keeps each
+    node's interval, so a plan's arithmetic is folded once however often it is asked."""
+    if known is None:
+        return _interval(expr, params, None)
+    key = id(expr)
+    if key not in known:
+        known[key] = _interval(expr, params, known)
+    return known[key]
+
+
+def _interval(expr: ObjectiveExpr, params: Mapping[str, float], known: Intervals | None) -> Interval | None:
     if isinstance(expr, Constant):
         return expr.value, expr.value
     if isinstance(expr, ParamValue):
@@ -104,11 +118,11 @@ def interval(expr: ObjectiveExpr, params: Mapping[str, float]) -> Interval | Non
     if isinstance(expr, ScheduleValue):
         return value_range(expr.kind, expr.params)
     if isinstance(expr, Negate):
-        inner = interval(expr.operand, params)
+        inner = interval(expr.operand, params, known)
         return None if inner is None else (-inner[1], -inner[0])
     if not isinstance(expr, Arithmetic):
         return None
-    left, right = interval(expr.left, params), interval(expr.right, params)
+    left, right = interval(expr.left, params, known), interval(expr.right, params, known)
     if expr.op == "/" and right is not None and right[0] <= 0 <= right[1]:
         low, high = right
         raise FoldError("division by zero" if low == high else
@@ -128,34 +142,34 @@ def interval(expr: ObjectiveExpr, params: Mapping[str, float]) -> Interval | Non
     return bounds
 
 
-def constant(expr: ObjectiveExpr, params: Mapping[str, float]) -> float | None:
+def constant(expr: ObjectiveExpr, params: Mapping[str, float], known: Intervals | None = None) -> float | None:
     """The value of number arithmetic over params; None for losses and for what holds a schedule."""
     if moves(expr):
         return None
-    bounds = interval(expr, params)
+    bounds = interval(expr, params, known)
     return None if bounds is None else bounds[0]
 
 
-def is_number(expr: ObjectiveExpr, params: Mapping[str, float]) -> bool:
+def is_number(expr: ObjectiveExpr, params: Mapping[str, float], known: Intervals | None = None) -> bool:
     """Whether ``expr`` is number arithmetic (no term, no let in it)."""
-    return interval(expr, params) is not None
+    return interval(expr, params, known) is not None
 
 
-def weight(expr: ObjectiveExpr, params: Mapping[str, float]) -> float:
+def weight(expr: ObjectiveExpr, params: Mapping[str, float], known: Intervals | None = None) -> float:
     """The largest factor a loss in ``expr`` is multiplied by (its divisors hold no 0: ``interval``
     has been through them)."""
     if isinstance(expr, (TermValue, LetValue)):
         return 1.0
     if isinstance(expr, Negate):
-        return weight(expr.operand, params)
+        return weight(expr.operand, params, known)
     if not isinstance(expr, Arithmetic):
         return 0.0
-    left, right = interval(expr.left, params), interval(expr.right, params)
+    left, right = interval(expr.left, params, known), interval(expr.right, params, known)
     if left is None and right is None:  # loss + loss, loss - loss
-        return max(weight(expr.left, params), weight(expr.right, params))
+        return max(weight(expr.left, params, known), weight(expr.right, params, known))
     loss, number = (expr.right, left) if right is None else (expr.left, right)
     smallest, largest = sorted(abs(bound) for bound in number)
-    return weight(loss, params) * (1 / smallest if expr.op == "/" else largest)
+    return weight(loss, params, known) * (1 / smallest if expr.op == "/" else largest)
 
 
 def moves(expr: ObjectiveExpr) -> bool:

@@ -89,7 +89,7 @@ class LossModule(nn.Module):
             term_index[id(term)] = index
         self._term_inputs = tuple(tuple(position[name] for name in term.inputs) for term in plan.terms)
         let_index = {let.name: i for i, let in enumerate(plan.lets)}
-        resolve = _Resolver(term_index, let_index, self._param_values)
+        resolve = _Resolver(term_index, let_index, self._param_values, bound.intervals)
         self._lets = tuple(resolve(let.value) for let in plan.lets)
         self._objective = resolve(plan.objective)
         self._constraints = tuple(
@@ -487,8 +487,10 @@ def _shape_text(shape: tuple[str | int, ...] | None) -> str:
 class _Resolver:
     """Turns objective expressions into closures over the term values and the let values."""
 
-    def __init__(self, term_index: dict[int, int], let_index: dict[str, int], params: Mapping[str, float]):
+    def __init__(self, term_index: dict[int, int], let_index: dict[str, int], params: Mapping[str, float],
+                 intervals: folding.Intervals):
         self.term_index, self.let_index, self.params = term_index, let_index, params
+        self.intervals = intervals  # bind's: the numbers' values, folded and checked
         self.schedules = 0
         self.weights: dict[int, Combine] = {}  # the weights that move (schedules), for ``silencers``
 
@@ -535,7 +537,7 @@ class _Resolver:
             operand = self(expr.operand)
             return lambda terms, lets, step: -operand(terms, lets, step)
         assert isinstance(expr, Arithmetic)
-        is_number = folding.is_number(expr, self.params)  # (bind checked its divisors and its sizes)
+        is_number = folding.is_number(expr, self.params, self.intervals)  # (bind checked divisors and sizes)
         op = _OPS[expr.op]
         left, right = self(expr.left), self(expr.right)
         if expr.op == "*" and not is_number:
@@ -545,7 +547,7 @@ class _Resolver:
     def _weigh(self, expr: Arithmetic, left: Combine, right: Combine) -> Combine:
         """Number * Loss (either way round). A weight of 0 silences the loss: 0, not 0 * inf = NaN.
         (Its gradient is cut at the term's inputs: see ``silencers``.)"""
-        number_first = folding.is_number(expr.left, self.params)
+        number_first = folding.is_number(expr.left, self.params, self.intervals)
         number, loss = (left, right) if number_first else (right, left)
         fixed = self.constant(expr.left if number_first else expr.right)
         if fixed == 0:  # a literal or a param of 0: still in the graph, so gradients are 0 (as 0 * loss), not None
@@ -626,7 +628,7 @@ class _Resolver:
 
     def constant(self, expr: ObjectiveExpr) -> float | None:
         """The value of number arithmetic over params, computed once here; None for losses and schedules."""
-        return folding.constant(expr, self.params)
+        return folding.constant(expr, self.params, self.intervals)
 
 
 #: Per term index: None when some use of the term is under no weight that can be 0, else the set of

@@ -228,3 +228,14 @@ def test_check_is_a_pure_function_of_the_spec(monkeypatch):
     assert first is not second  # not cached here: the driver caches
     assert [t.label for t in first.terms] == [t.label for t in second.terms] == ["mse"]
     assert first.params[0].default == 0.5
+
+
+def test_build_reads_the_numbers_bind_folded(monkeypatch):
+    """bind folds every number of the plan once; build reads them and folds nothing again."""
+    spec = "param lam = 0.5\nlet fit = mse() + lam * mae()\nloss = fit / (1 + lam) + warmup(4) * mae()"
+    bound = bind(plan_for(spec), overrides={"lam": 3.0})
+    monkeypatch.setattr(folding, "_interval", _refuse_to_build)
+    module = runtime.build(bound).eval()  # eval: the step counter stays at 0, so warmup(4) is 0
+    pred, target = torch.randn(7), torch.randn(7)
+    fit = F.mse_loss(pred, target) + 3.0 * F.l1_loss(pred, target)
+    torch.testing.assert_close(module(pred, target), fit / 4.0)
