@@ -7,8 +7,7 @@
 from . import terms as _builtin_terms  # noqa: F401  (registers the built-in terms)
 from .ast import Spec
 from .audit import AuditReport, audit
-from .checks import check
-from .compiler import compile, load
+from .driver import check, compile, load
 from .custom import load_plugins, term
 from .errors import Diagnostic, LossSpecError, LossSpecWarning
 from .formatting import format

@@ -18,7 +18,6 @@ import re
 from typing import Any
 
 from . import ast
-from .checks import check
 from .formatting import format as format_spec
 from .formatting import format_expr
 from .registry import REGISTRY
@@ -110,10 +109,12 @@ class Expr:
 
     def check(self):  # noqa: ANN201 - a Plan
         """Check the whole objective; raise ``LossSpecError`` on a mistake."""
+        from .driver import check  # (the driver imports the runtime, which imports the terms, which import this)
+
         return check(self.spec, format_spec(self.spec))
 
     def compile(self, params: dict[str, float] | None = None):  # noqa: ANN201 - a LossModule
-        from .compiler import compile as compile_spec
+        from .driver import compile as compile_spec
 
         return compile_spec(self.spec, params)
 
@@ -195,6 +196,8 @@ def call(name: str, *args: Any, **kwargs: Any) -> Expr:
         keywords=tuple(ast.Keyword(name=key, value=node_of(value)) for key, value in kwargs.items()),
     )
     if name in REGISTRY:  # a term: check its arguments at once (tensor functions are checked in context)
+        from .driver import check
+
         check(ast.Spec(statements=(ast.LossStmt(value=node, bare=True),)), library=False)
     return Expr(node)
 

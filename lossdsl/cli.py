@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .ast import Span, Spec
-from .checks import plan_for
-from .compiler import check_overrides, read_spec
+from .driver import DRIVER, plan_for, read_spec
 from .formatting import format_source
-from .runtime import LossModule
 from .errors import Diagnostic, LossSpecError
 from .files import DEFAULT_MAX_BYTES
+from .plan import Plan
 from .reference import terms_markdown, terms_text
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
@@ -143,13 +142,11 @@ def _check(args: argparse.Namespace) -> int:
 
 def _check_file(path: Path, params: dict[str, float], include_root: str | None = None,
                 max_bytes: int = DEFAULT_MAX_BYTES) -> list[Diagnostic]:
-    try:
-        text = read_spec(path, max_bytes)
-        plan = plan_for(text, str(path), library=True, include_root=include_root, max_bytes=max_bytes)
-        if plan.objective is not None:  # building finds what needs the params' values (E205 on their arithmetic)
-            LossModule(plan, check_overrides(plan, params))
+    try:  # through bind: every static problem, no torch module built
+        checked = DRIVER.check_file(path, params, include_root=include_root, max_bytes=max_bytes)
     except LossSpecError as exc:
         return [_in_file(d, path) for d in exc.diagnostics]
+    plan = checked if isinstance(checked, Plan) else checked.plan
     return list(plan.warnings)
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .checks import check
+from .checking import check
 from .custom import _CustomTerm, term
 from .registry import REGISTRY, TermDef
 from .terms.penalties import _Penalty

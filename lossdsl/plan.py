@@ -1,4 +1,4 @@
-"""The checked plan: what ``checks`` proves about a spec and ``compiler`` turns into modules.
+"""The checked plan: what ``checking`` proves about a spec, and ``bind`` and ``build`` turn into modules.
 
 Immutable and free of tensors, so one plan is cached per spec text and every
 compile builds fresh modules from it.
@@ -34,7 +34,7 @@ class TermPlan:
     params: TermParams
     span: ast.Span | None
     label: str = ""
-    #: Term parameters given a ``param`` by name: (parameter, param name); set when the module is built.
+    #: Term parameters given a ``param`` by name: (parameter, param name); ``bind`` gives them their values.
     param_args: tuple[tuple[str, str], ...] = ()
 
     @property

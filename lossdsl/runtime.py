@@ -11,31 +11,27 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 import warnings
 
-from . import ast, duals, pickling
+from . import ast, duals, folding, pickling
+from .binding import BoundPlan, bind
 from .errors import Diagnostic, LossSpecError, LossSpecWarning, did_you_mean
 from .formatting import format_expr
 from .plan import (
     MULTIPLIER_CAP,
     Arithmetic,
-    Constant,
     LetValue,
     Negate,
     ObjectiveExpr,
-    ParamValue,
     Plan,
     ScheduleValue,
     TOTAL_LABEL,
-    TermPlan,
     TermValue,
-    constraint_overflow,
 )
-from .schedules import SCHEDULES, value_range
-from .registry import MAX_LOSS_WEIGHT, TermParams, weighted_mean
+from .schedules import SCHEDULES
+from .registry import weighted_mean
 
 Values = Sequence[torch.Tensor]
 Combine = Callable[[Values, Values, "torch.Tensor | None"], "torch.Tensor | float"]  # terms, lets, step
@@ -55,6 +51,11 @@ _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) 
 _NOT_INPUT_ERRORS = (NotImplementedError, RecursionError, torch.cuda.OutOfMemoryError)
 
 
+def build(bound: BoundPlan) -> LossModule:
+    """The last pass: a fresh ``LossModule`` from a bound plan (it checks nothing ``bind`` did)."""
+    return LossModule(bound)
+
+
 class LossModule(nn.Module):
     """A compiled loss spec. Call it with the input tensors; it returns a scalar.
 
@@ -68,34 +69,29 @@ class LossModule(nn.Module):
     #: reads the values on the host, a synchronisation per term on CUDA, so it is off by default.
     check_finite: bool = False
 
-    def __init__(self, plan: Plan, params: Mapping[str, float] | None = None):
+    def __init__(self, plan: Plan | BoundPlan, params: Mapping[str, float] | None = None):
+        """Build the module of a bound plan (``build``), or of a plan and its params' values (bound here)."""
         super().__init__()
+        bound = plan if isinstance(plan, BoundPlan) else bind(plan, params)
+        plan = bound.plan
         self.plan = plan
         self.inputs: tuple[str, ...] = plan.inputs
         # The value of every ``param``: its default, or the override given to ``compile``.
-        self._param_values: dict[str, float] = {p.name: float(p.default) for p in plan.params}
-        self._param_values.update(params or {})
+        self._param_values: dict[str, float] = dict(bound.params)
         self._bound_model: nn.Module | None = None  # what bind() was given, for copies
         self.terms = nn.ModuleList()
         position = {name: i for i, name in enumerate(plan.inputs)}
         term_index: dict[int, int] = {}
-        for index, term in enumerate(plan.terms):
-            module = term.term.module(self._term_params(term))
+        for index, (term, params) in enumerate(zip(plan.terms, bound.term_params)):
+            module = term.term.module(params)
             module.bind_context(term.where, term.inputs)
             self.terms.append(module)
             term_index[id(term)] = index
         self._term_inputs = tuple(tuple(position[name] for name in term.inputs) for term in plan.terms)
         let_index = {let.name: i for i, let in enumerate(plan.lets)}
-        resolve = _Resolver(term_index, let_index, self._param_values, plan.source)
+        resolve = _Resolver(term_index, let_index, self._param_values, bound.intervals)
         self._lets = tuple(resolve(let.value) for let in plan.lets)
         self._objective = resolve(plan.objective)
-        for constraint in plan.constraints:  # a literal bound was checked; a param's value comes only now
-            overflow = constraint_overflow(constraint.method, constraint.rate, resolve.constant(constraint.bound))
-            if overflow is not None:
-                names = ", ".join(f"{name} = {value:g}" for name, value in self._param_values.items()
-                                  if name in _params_in(constraint.bound))
-                raise LossSpecError([Diagnostic("E205", f"{overflow} with {names}", constraint.span,
-                                                source=plan.source)])
         self._constraints = tuple(
             (resolve(c.value), resolve(c.bound), duals.rule_for(c.method, c.rate, c.op == "=="), c.op == ">=")
             for c in plan.constraints
@@ -235,22 +231,6 @@ class LossModule(nn.Module):
         """Detached values of the last call: each term, each let of several terms, and ``total``."""
         return {label: value.detach() for label, value in zip(self._last_labels, self._last[0])}
 
-    def _term_params(self, term: TermPlan) -> TermParams:
-        """The term's parameters, with the values of the params it was given by name."""
-        if not term.param_args:
-            return term.params
-        values = dict(term.params)
-        values.update({field: self.params[param] for field, param in term.param_args})
-        try:
-            return type(term.params)(**values)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            field = str(error["loc"][0])
-            param = dict(term.param_args).get(field, "?")
-            problem = error["msg"].replace("Input should be", "must be")
-            message = f"'{field}' of {term.term.name}() is param '{param}' = {self.params.get(param)}, which {problem}"
-            raise LossSpecError([Diagnostic("E205", message, term.span, source=self.plan.source)]) from None
-
     def _gather(self, given: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         tensors = []
         for name in self.inputs:
@@ -355,10 +335,7 @@ class LossModule(nn.Module):
         over with ``new.load_state_dict(old.state_dict())``. Names and ranges are checked as for
         ``compile(..., params=...)``.
         """
-        from .compiler import check_overrides  # (the compiler imports this module)
-
-        overrides = check_overrides(self.plan, {**(values or {}), **params})
-        return type(self)(self.plan, {**self._param_values, **overrides})
+        return type(self)(bind(self.plan, self._param_values, {**(values or {}), **params}))
 
     # Copies and pickles rebuild the module from its checked spec and carry its state.
     def __reduce_ex__(self, protocol: int) -> tuple:
@@ -510,10 +487,10 @@ def _shape_text(shape: tuple[str | int, ...] | None) -> str:
 class _Resolver:
     """Turns objective expressions into closures over the term values and the let values."""
 
-    def __init__(
-        self, term_index: dict[int, int], let_index: dict[str, int], params: Mapping[str, float], source: str
-    ):
-        self.term_index, self.let_index, self.params, self.source = term_index, let_index, params, source
+    def __init__(self, term_index: dict[int, int], let_index: dict[str, int], params: Mapping[str, float],
+                 intervals: folding.Intervals):
+        self.term_index, self.let_index, self.params = term_index, let_index, params
+        self.intervals = intervals  # bind's: the numbers' values, folded and checked
         self.schedules = 0
         self.weights: dict[int, Combine] = {}  # the weights that move (schedules), for ``silencers``
 
@@ -560,11 +537,9 @@ class _Resolver:
             operand = self(expr.operand)
             return lambda terms, lets, step: -operand(terms, lets, step)
         assert isinstance(expr, Arithmetic)
-        is_number = self._range(expr) is not None  # (reports a division through 0, or a number beyond float32)
+        is_number = folding.is_number(expr, self.params, self.intervals)  # (bind checked divisors and sizes)
         op = _OPS[expr.op]
-        left, right = self(expr.left), self(expr.right)  # first: a weight too large is shown where it is applied
-        if not is_number and not self._weight(expr) <= MAX_LOSS_WEIGHT:
-            self._fail(expr, f"the loss's weight exceeds {MAX_LOSS_WEIGHT:g}")
+        left, right = self(expr.left), self(expr.right)
         if expr.op == "*" and not is_number:
             return self._weigh(expr, left, right)
         return lambda terms, lets, step: op(left(terms, lets, step), right(terms, lets, step))
@@ -572,7 +547,7 @@ class _Resolver:
     def _weigh(self, expr: Arithmetic, left: Combine, right: Combine) -> Combine:
         """Number * Loss (either way round). A weight of 0 silences the loss: 0, not 0 * inf = NaN.
         (Its gradient is cut at the term's inputs: see ``silencers``.)"""
-        number_first = self._range(expr.left) is not None
+        number_first = folding.is_number(expr.left, self.params, self.intervals)
         number, loss = (left, right) if number_first else (right, left)
         fixed = self.constant(expr.left if number_first else expr.right)
         if fixed == 0:  # a literal or a param of 0: still in the graph, so gradients are 0 (as 0 * loss), not None
@@ -653,64 +628,7 @@ class _Resolver:
 
     def constant(self, expr: ObjectiveExpr) -> float | None:
         """The value of number arithmetic over params, computed once here; None for losses and schedules."""
-        if _moves(expr):
-            return None
-        bounds = self._range(expr)
-        return None if bounds is None else bounds[0]
-
-    def _range(self, expr: ObjectiveExpr) -> tuple[float, float] | None:
-        """The smallest and largest value of number arithmetic: params at their values, schedules over
-        all their steps; None for a loss. Reports a divisor whose range holds 0, and a number beyond
-        float32. The checks did the same for literals; params get their values only now."""
-        if isinstance(expr, Constant):
-            return expr.value, expr.value
-        if isinstance(expr, ParamValue):
-            return self.params[expr.name], self.params[expr.name]
-        if isinstance(expr, ScheduleValue):
-            return value_range(expr.kind, expr.params)
-        if isinstance(expr, Negate):
-            inner = self._range(expr.operand)
-            return None if inner is None else (-inner[1], -inner[0])
-        if not isinstance(expr, Arithmetic):
-            return None
-        left, right = self._range(expr.left), self._range(expr.right)
-        if expr.op == "/" and right is not None and right[0] <= 0 <= right[1]:
-            low, high = right
-            self._fail(expr, "division by zero" if low == high else f"division by zero: the divisor goes from {low + 0:g} to {high + 0:g}")  # (no -0)
-        if left is None or right is None:
-            return None
-        if expr.op == "+":
-            bounds = left[0] + right[0], left[1] + right[1]
-        elif expr.op == "-":
-            bounds = left[0] - right[1], left[1] - right[0]
-        else:
-            factors = (1 / right[1], 1 / right[0]) if expr.op == "/" else right
-            products = [a * b for a in left for b in factors]
-            bounds = min(products), max(products)
-        if not max(abs(bounds[0]), abs(bounds[1])) <= ast.LARGEST_NUMBER:  # inf and nan too
-            self._fail(expr, "the constant overflows")
-        return bounds
-
-    def _weight(self, expr: ObjectiveExpr) -> float:
-        """The largest factor a loss in ``expr`` is multiplied by (divisors hold no 0 by now)."""
-        if isinstance(expr, (TermValue, LetValue)):
-            return 1.0
-        if isinstance(expr, Negate):
-            return self._weight(expr.operand)
-        if not isinstance(expr, Arithmetic):
-            return 0.0
-        left, right = self._range(expr.left), self._range(expr.right)
-        if left is None and right is None:  # loss + loss, loss - loss
-            return max(self._weight(expr.left), self._weight(expr.right))
-        loss, number = (expr.right, left) if right is None else (expr.left, right)
-        smallest, largest = sorted(abs(bound) for bound in number)
-        return self._weight(loss) * (1 / smallest if expr.op == "/" else largest)
-
-    def _fail(self, expr: Arithmetic, problem: str) -> typing.NoReturn:
-        """Arithmetic the checks could not see: the params' values came with the module."""
-        names = ", ".join(f"{name} = {value:g}" for name, value in self.params.items() if name in _params_in(expr))
-        message = f"{problem} with {names}" if names else problem
-        raise LossSpecError([Diagnostic("E205", message, expr.span, source=self.source)]) from None
+        return folding.constant(expr, self.params, self.intervals)
 
 
 #: Per term index: None when some use of the term is under no weight that can be 0, else the set of
@@ -749,24 +667,3 @@ def _silence(arguments: list[torch.Tensor], silent: torch.Tensor | bool) -> list
 def _zero_keeping_graph(value: torch.Tensor) -> torch.Tensor:
     """0 in ``value``'s shape, with gradient 0 to it (``0 * value`` would be NaN for an infinite value)."""
     return torch.where(torch.ones_like(value, dtype=torch.bool), 0.0, value)
-
-
-def _moves(expr: ObjectiveExpr) -> bool:
-    """Whether number arithmetic holds a schedule."""
-    if isinstance(expr, ScheduleValue):
-        return True
-    if isinstance(expr, Arithmetic):
-        return _moves(expr.left) or _moves(expr.right)
-    if isinstance(expr, Negate):
-        return _moves(expr.operand)
-    return False
-
-
-def _params_in(expr: ObjectiveExpr) -> set[str]:
-    if isinstance(expr, ParamValue):
-        return {expr.name}
-    if isinstance(expr, Arithmetic):
-        return _params_in(expr.left) | _params_in(expr.right)
-    if isinstance(expr, Negate):
-        return _params_in(expr.operand)
-    return set()

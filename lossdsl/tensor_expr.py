@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ast
+from .folding import number_value
 
 TensorFn = Callable[[tuple[torch.Tensor, ...]], Union[torch.Tensor, float]]
 
@@ -112,18 +113,8 @@ def _exp(value: float) -> float:
 
 
 def _number_value(expr: ast.Node) -> float | None:
-    """The value of number arithmetic; None when it reads an input."""
-    if isinstance(expr, ast.Number):
-        return float(expr.value)
-    if isinstance(expr, ast.Neg):
-        value = _number_value(expr.operand)
-        return None if value is None else -value
-    if isinstance(expr, ast.BinOp):
-        left, right = _number_value(expr.left), _number_value(expr.right)
-        if left is None or right is None or (expr.op == "/" and right == 0):
-            return None
-        return _ARITHMETIC[expr.op](left, right)
-    return None
+    """The value of number arithmetic; None when it reads an input (the checker folded it once)."""
+    return number_value(expr)
 
 
 def compile_tensor_expr(expr: ast.Node, position: dict[str, int]) -> TensorFn:

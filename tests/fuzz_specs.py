@@ -344,7 +344,7 @@ def spec_text(rng: random.Random, valid: float = 0.97) -> str:
     writer = Writer(rng, valid)
     text = writer.decorate(writer.body())
     if rng.random() < 0.35:
-        from lossdsl.checks import plan_for
+        from lossdsl.driver import plan_for
         from lossdsl.errors import LossSpecError
         from lossdsl.synthetic import declarations
 

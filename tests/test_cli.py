@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lossdsl import REGISTRY, cli, compiler, files
+from lossdsl import REGISTRY, cli, driver, files
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"

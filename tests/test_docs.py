@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import lossdsl
-import lossdsl.checks
+import lossdsl.checking
+import lossdsl.driver
 from lossdsl import cli
 from lossdsl.parsing import MAX_NESTING
 from lossdsl.reference import shown_default, terms_markdown
@@ -137,8 +138,8 @@ PYTHON_EXAMPLES = {
     'lossdsl.compile("ce()")(torch.randn(4))': lambda: lossdsl.compile("ce()")(torch.randn(4)),
     'lossdsl.compile("l2()")()': lambda: lossdsl.compile("l2()")(),
     'lossdsl.compile("elementwise()")(pred=torch.randn(3))': lambda: _custom_elementwise(),
-    'lossdsl.checks.plan_for("let data = mse()", library=True)': (
-        lambda: lossdsl.checks.plan_for("let data = mse()", library=True)
+    'lossdsl.driver.plan_for("let data = mse()", library=True)': (
+        lambda: lossdsl.driver.plan_for("let data = mse()", library=True)
     ),
     'lossdsl.compile("param lam = 1\\nloss = lam * ce()", params={"lamb": 2})': (
         lambda: lossdsl.compile("param lam = 1\nloss = lam * ce()", params={"lamb": 2})

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import lossdsl
-from lossdsl.checks import plan_for
+from lossdsl.driver import plan_for
 
 CREDIT = """inputs:
     pred:   logits[N]

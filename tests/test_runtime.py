@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import lossdsl
-from lossdsl.checks import plan_for
+from lossdsl.driver import plan_for
 
 CARD = "ce(weight=balanced) + 0.1*fairness(fpr_gap, group=sex) + soft_bound(y<=100)"
 

@@ -259,7 +259,7 @@ def test_hostile_specs_compile_or_fail_cleanly_in_bounded_time(hostile, name, ex
 
 
 def test_the_checks_stop_after_max_errors():
-    from lossdsl.checks import MAX_ERRORS
+    from lossdsl.checking import MAX_ERRORS
 
     text = "".join(f"let a{i} = cee()\n" for i in range(MAX_ERRORS + 50)) + "loss = mse()\n"
     with pytest.raises(lossdsl.LossSpecError) as info:
@@ -290,7 +290,7 @@ def test_rendering_diagnostics_does_not_rescan_the_source_each_time():
 
 
 def test_the_limits_are_documented():
-    from lossdsl.checks import MAX_ERRORS
+    from lossdsl.checking import MAX_ERRORS
     from lossdsl.includes import MAX_INCLUDE_DEPTH
 
     text = (Path(__file__).parent.parent / "docs" / "language.md").read_text(encoding="utf-8")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import lossdsl
 from lossdsl import cli
-from lossdsl.checks import plan_for
+from lossdsl.driver import plan_for
 from lossdsl.registry import REGISTRY
 from lossdsl.synthetic import synthetic_inputs
 from lossdsl.verify import verify
@@ -244,7 +244,7 @@ def test_verify_checks_a_per_sample_loss_through_its_sum(capsys, tmp_path):
 
 
 def test_verify_says_whether_a_constraints_rates_run_over_a_window():
-    from lossdsl.checks import plan_for
+    from lossdsl.driver import plan_for
     from lossdsl.verify import verify
 
     unknown = verify(plan_for("loss = ce()\nsubject to fairness(eo_gap, group=sex) <= 0.02"), steps=5)
