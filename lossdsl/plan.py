@@ -6,17 +6,59 @@ compile builds fresh modules from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Union
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Literal, TypeVar, Union
 
-from . import ast
+from . import ast, trees
 from .duals import MULTIPLIER_CAP, constraint_overflow  # noqa: F401  (the checks and the runtime import them here)
 from .errors import Diagnostic
 from .registry import TermDef, TermParams
 
 
+class PlanNode:
+    """Base of the plan's nodes: ``children()``, ``walk()`` and ``find_all()`` over its fields.
+
+    A field marked ``REFERENCE`` points at a node held elsewhere in the plan (a ``TermValue``'s term
+    is one of ``Plan.terms``) and is no child: a plan's walk visits each of its nodes once."""
+
+    __slots__ = ()
+
+    def children(self) -> Iterator[PlanNode]:
+        """The plan nodes directly below this one, in field order."""
+        return trees.children_from(self, _child_fields(type(self)), PlanNode)
+
+    def walk(self) -> Iterator[PlanNode]:
+        """This node and every plan node below it, pre-order, left to right; iterative, so any depth."""
+        return trees.walk(self)
+
+    def find_all(self, kind: type[_N] | tuple[type, ...]) -> Iterator[_N]:
+        """Every node of the walk that is a ``kind`` (``plan.find_all(ParamValue)``), in walk order."""
+        return trees.find_all(self, kind)
+
+
+_N = TypeVar("_N", bound=PlanNode)
+
+#: Marks a dataclass field that refers to a node held elsewhere (not a child).
+REFERENCE = {"reference": True}
+
+#: Per plan node class, the fields that hold plan nodes: derived from the field types once per class.
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _child_fields(cls: type) -> tuple[str, ...]:
+    found = _CHILD_FIELDS.get(cls)
+    if found is None:
+        references = frozenset(f.name for f in fields(cls) if f.metadata.get("reference"))
+        hints = typing.get_type_hints(cls)
+        found = _CHILD_FIELDS[cls] = trees.child_fields(
+            {f.name: hints[f.name] for f in fields(cls)}, lambda t: issubclass(t, PlanNode), references)
+    return found
+
+
 @dataclass(frozen=True)
-class ParamPlan:
+class ParamPlan(PlanNode):
     """``param NAME = VALUE [in [LOW, HIGH]]``."""
 
     name: str
@@ -27,7 +69,7 @@ class ParamPlan:
 
 
 @dataclass(frozen=True, eq=False)
-class TermPlan:
+class TermPlan(PlanNode):
     """One call of a term in the spec."""
 
     term: TermDef
@@ -55,17 +97,17 @@ class TermPlan:
 
 
 @dataclass(frozen=True, eq=False)
-class TermValue:
-    term: TermPlan
+class TermValue(PlanNode):
+    term: TermPlan = field(metadata=REFERENCE)  # one of Plan.terms
 
 
 @dataclass(frozen=True, eq=False)
-class LetValue:
+class LetValue(PlanNode):
     name: str
 
 
 @dataclass(frozen=True)
-class ScheduleValue:
+class ScheduleValue(PlanNode):
     """``warmup(1000)``, ``linear(0, 1, 5000)``, ...: a number that moves with the step counter."""
 
     kind: str
@@ -73,7 +115,7 @@ class ScheduleValue:
 
 
 @dataclass(frozen=True)
-class ParamValue:
+class ParamValue(PlanNode):
     """A ``param``: a number fixed when the module is built (its default, or an override)."""
 
     name: str
@@ -84,12 +126,12 @@ TOTAL_LABEL = "total"
 
 
 @dataclass(frozen=True)
-class Constant:
+class Constant(PlanNode):
     value: float
 
 
 @dataclass(frozen=True, eq=False)
-class Arithmetic:
+class Arithmetic(PlanNode):
     op: Literal["+", "-", "*", "/"]
     left: ObjectiveExpr
     right: ObjectiveExpr
@@ -98,7 +140,7 @@ class Arithmetic:
 
 
 @dataclass(frozen=True, eq=False)
-class Negate:
+class Negate(PlanNode):
     operand: ObjectiveExpr
 
 
@@ -106,7 +148,7 @@ ObjectiveExpr = Union[TermValue, LetValue, ParamValue, ScheduleValue, Constant, 
 
 
 @dataclass(frozen=True, eq=False)
-class ConstraintPlan:
+class ConstraintPlan(PlanNode):
     """``subject to VALUE OP BOUND [as NAME] [using METHOD]``: ``VALUE`` a loss, ``BOUND`` a number."""
 
     name: str
@@ -119,14 +161,14 @@ class ConstraintPlan:
 
 
 @dataclass(frozen=True, eq=False)
-class LetPlan:
+class LetPlan(PlanNode):
     name: str
     value: ObjectiveExpr
     span: ast.Span
 
 
 @dataclass(frozen=True, eq=False)
-class Plan:
+class Plan(PlanNode):
     spec: ast.Spec
     source: str
     filename: str | None
@@ -143,3 +185,7 @@ class Plan:
     #: The ``inputs:`` declarations of the inputs the terms read (none without a block).
     declared: tuple[ast.InputDecl, ...] = ()
     warnings: tuple[Diagnostic, ...] = ()
+
+
+for _node in PlanNode.__subclasses__():  # the table of child fields, filled once at import
+    _child_fields(_node)
