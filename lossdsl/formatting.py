@@ -8,10 +8,15 @@ import threading
 from lark import Lark, Token
 
 from . import ast
+from .operators import ATOM as _ATOM
+from .operators import COMPARISON as _COMPARISON
+from .operators import IMPLIES as _IMPLIES
+from .operators import NOT as _NOT
+from .operators import PRECEDENCE as _LEVEL
+from .operators import SUM as _SUM
+from .operators import UNARY as _UNARY
 
-# Binding strength: a child binding looser than its slot needs parentheses.
-_IMPLIES, _OR, _AND, _NOT, _COMPARISON, _SUM, _PRODUCT, _UNARY, _ATOM = range(1, 10)
-_LEVEL = {"+": _SUM, "-": _SUM, "*": _PRODUCT, "/": _PRODUCT, "implies": _IMPLIES, "or": _OR, "and": _AND}
+# Binding strength (lossdsl.operators): a child binding looser than its slot needs parentheses.
 
 
 def format(spec: ast.Spec) -> str:  # noqa: A001 - the public name is lossdsl.format

@@ -19,6 +19,7 @@ import warnings
 from . import ast, duals, pickling
 from .errors import Diagnostic, LossSpecError, LossSpecWarning, did_you_mean
 from .formatting import format_expr
+from .operators import ARITHMETIC
 from .plan import (
     MULTIPLIER_CAP,
     Arithmetic,
@@ -39,14 +40,6 @@ from .registry import MAX_LOSS_WEIGHT, TermParams, weighted_mean
 
 Values = Sequence[torch.Tensor]
 Combine = Callable[[Values, Values, "torch.Tensor | None"], "torch.Tensor | float"]  # terms, lets, step
-
-_OPS: dict[str, Callable] = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "/": lambda a, b: a / b,
-}
-
 
 #: Whether dynamo is tracing (torch.compiler.is_compiling is torch 2.3 and later).
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
@@ -561,7 +554,7 @@ class _Resolver:
             return lambda terms, lets, step: -operand(terms, lets, step)
         assert isinstance(expr, Arithmetic)
         is_number = self._range(expr) is not None  # (reports a division through 0, or a number beyond float32)
-        op = _OPS[expr.op]
+        op = ARITHMETIC[expr.op].function
         left, right = self(expr.left), self(expr.right)  # first: a weight too large is shown where it is applied
         if not is_number and not self._weight(expr) <= MAX_LOSS_WEIGHT:
             self._fail(expr, f"the loss's weight exceeds {MAX_LOSS_WEIGHT:g}")
@@ -679,14 +672,7 @@ class _Resolver:
             self._fail(expr, "division by zero" if low == high else f"division by zero: the divisor goes from {low + 0:g} to {high + 0:g}")  # (no -0)
         if left is None or right is None:
             return None
-        if expr.op == "+":
-            bounds = left[0] + right[0], left[1] + right[1]
-        elif expr.op == "-":
-            bounds = left[0] - right[1], left[1] - right[0]
-        else:
-            factors = (1 / right[1], 1 / right[0]) if expr.op == "/" else right
-            products = [a * b for a in left for b in factors]
-            bounds = min(products), max(products)
+        bounds = ARITHMETIC[expr.op].bounds(left, right)
         if not max(abs(bounds[0]), abs(bounds[1])) <= ast.LARGEST_NUMBER:  # inf and nan too
             self._fail(expr, "the constant overflows")
         return bounds

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ast
+from .operators import ARITHMETIC
 
 TensorFn = Callable[[tuple[torch.Tensor, ...]], Union[torch.Tensor, float]]
 
@@ -30,12 +31,6 @@ FUNCTIONS: dict[str, tuple[int, Callable[..., torch.Tensor]]] = {
     "clamp": (3, torch.clamp),  # clamp(x, lo, hi), lo and hi numbers
 }
 
-_ARITHMETIC = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "/": lambda a, b: a / b,
-}
 
 
 def names_in(expr: ast.Node) -> list[str]:
@@ -70,10 +65,8 @@ def value_range(expr: ast.Node) -> tuple[float, float]:
         return -high, -low
     if isinstance(expr, ast.BinOp):
         (a, b), (c, d) = value_range(expr.left), value_range(expr.right)
-        if expr.op == "+":
-            return a + c, b + d
-        if expr.op == "-":
-            return a - d, b - c
+        if expr.op in ("+", "-"):
+            return ARITHMETIC[expr.op].bounds((a, b), (c, d))
         if expr.op == "/":
             divisor = _number_value(expr.right)
             size = max(abs(a), abs(b))
@@ -120,9 +113,9 @@ def _number_value(expr: ast.Node) -> float | None:
         return None if value is None else -value
     if isinstance(expr, ast.BinOp):
         left, right = _number_value(expr.left), _number_value(expr.right)
-        if left is None or right is None or (expr.op == "/" and right == 0):
+        if left is None or right is None:
             return None
-        return _ARITHMETIC[expr.op](left, right)
+        return ARITHMETIC[expr.op].fold(left, right)
     return None
 
 
@@ -138,7 +131,7 @@ def compile_tensor_expr(expr: ast.Node, position: dict[str, int]) -> TensorFn:
         operand = compile_tensor_expr(expr.operand, position)
         return lambda tensors: -operand(tensors)
     if isinstance(expr, ast.BinOp):
-        op = _ARITHMETIC[expr.op]
+        op = ARITHMETIC[expr.op].function
         left, right = compile_tensor_expr(expr.left, position), compile_tensor_expr(expr.right, position)
         return lambda tensors: op(left(tensors), right(tensors))
     if isinstance(expr, ast.Call):
