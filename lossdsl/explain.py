@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from . import ast
 from .formatting import format as format_spec
-from .formatting import format_expr
 from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, Plan, ScheduleValue, TermValue
 from .runtime import LossModule
+from .tensor_expr import Lowered
 
 
 def explain(plan: Plan, trace: bool = True) -> str:
@@ -85,8 +85,8 @@ def _term_lines(plan: Plan) -> list[str]:
     for term in plan.terms:
         lines.append(f"{term.label}: {term.where}")
         for name, value in term.params:
-            if isinstance(value, ast.Node):
-                shown = format_expr(value)
+            if isinstance(value, Lowered):  # a condition or tensor expression: as written
+                shown = value.text
             elif value is None or isinstance(value, str):
                 shown = "—" if value is None else value
             else:

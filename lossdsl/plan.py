@@ -6,10 +6,8 @@ compile builds fresh modules from it.
 
 from __future__ import annotations
 
-import typing
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
-from typing import Literal, TypeVar, Union
+from dataclasses import dataclass, field
+from typing import Literal, Union
 
 from . import ast, trees
 from .duals import MULTIPLIER_CAP, constraint_overflow  # noqa: F401  (the checks and the runtime import them here)
@@ -17,44 +15,15 @@ from .errors import Diagnostic
 from .registry import TermDef, TermParams
 
 
-class PlanNode:
-    """Base of the plan's nodes: ``children()``, ``walk()`` and ``find_all()`` over its fields.
-
-    A field marked ``REFERENCE`` points at a node held elsewhere in the plan (a ``TermValue``'s term
-    is one of ``Plan.terms``) and is no child: a plan's walk visits each of its nodes once."""
+class PlanNode(trees.DataclassNode):
+    """Base of the plan's nodes: ``children()``, ``walk()`` and ``find_all()`` over their fields.
+    A ``TermValue``'s term is a reference to one of ``Plan.terms``, not a child: a plan's walk
+    visits each of its nodes once."""
 
     __slots__ = ()
 
-    def children(self) -> Iterator[PlanNode]:
-        """The plan nodes directly below this one, in field order."""
-        return trees.children_from(self, _child_fields(type(self)), PlanNode)
 
-    def walk(self) -> Iterator[PlanNode]:
-        """This node and every plan node below it, pre-order, left to right; iterative, so any depth."""
-        return trees.walk(self)
-
-    def find_all(self, kind: type[_N] | tuple[type, ...]) -> Iterator[_N]:
-        """Every node of the walk that is a ``kind`` (``plan.find_all(ParamValue)``), in walk order."""
-        return trees.find_all(self, kind)
-
-
-_N = TypeVar("_N", bound=PlanNode)
-
-#: Marks a dataclass field that refers to a node held elsewhere (not a child).
-REFERENCE = {"reference": True}
-
-#: Per plan node class, the fields that hold plan nodes: derived from the field types once per class.
-_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
-def _child_fields(cls: type) -> tuple[str, ...]:
-    found = _CHILD_FIELDS.get(cls)
-    if found is None:
-        references = frozenset(f.name for f in fields(cls) if f.metadata.get("reference"))
-        hints = typing.get_type_hints(cls)
-        found = _CHILD_FIELDS[cls] = trees.child_fields(
-            {f.name: hints[f.name] for f in fields(cls)}, lambda t: issubclass(t, PlanNode), references)
-    return found
+PlanNode.tree = PlanNode
 
 
 @dataclass(frozen=True)
@@ -98,7 +67,7 @@ class TermPlan(PlanNode):
 
 @dataclass(frozen=True, eq=False)
 class TermValue(PlanNode):
-    term: TermPlan = field(metadata=REFERENCE)  # one of Plan.terms
+    term: TermPlan = field(metadata=trees.REFERENCE)  # one of Plan.terms
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,5 +156,4 @@ class Plan(PlanNode):
     warnings: tuple[Diagnostic, ...] = ()
 
 
-for _node in PlanNode.__subclasses__():  # the table of child fields, filled once at import
-    _child_fields(_node)
+trees.fill_table(PlanNode)  # the table of child fields, derived once at import

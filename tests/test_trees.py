@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lossdsl
-from lossdsl import ast, plan
+from lossdsl import ast, plan, trees
 from lossdsl.errors import LossSpecError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,8 +102,8 @@ def test_children_follow_field_order():
     assert list(ast.Number(value=1).children()) == []
     assert ast._CHILD_FIELDS[ast.Call] == ("args", "keywords")
     assert ast._CHILD_FIELDS[ast.SubjectTo] == ("constraint", "method")
-    assert plan._CHILD_FIELDS[plan.Arithmetic] == ("left", "right")
-    assert plan._CHILD_FIELDS[plan.TermValue] == ()  # a reference, not a child
+    assert trees._DATACLASS_FIELDS[plan.Arithmetic] == ("left", "right")
+    assert trees._DATACLASS_FIELDS[plan.TermValue] == ()  # a reference, not a child
 
 
 def test_subject_to_without_method_skips_none():
