@@ -28,13 +28,8 @@ def explain(plan: Plan, trace: bool = True) -> str:
 
 
 def _type(expr: ObjectiveExpr) -> str:
-    if isinstance(expr, (Constant, ParamValue, ScheduleValue)):
-        return "Number"
-    if isinstance(expr, (Negate,)):
-        return _type(expr.operand)
-    if isinstance(expr, Arithmetic):
-        return "Number" if _type(expr.left) == _type(expr.right) == "Number" else "Loss"
-    return "Loss"
+    """A Loss when it reads a term or a let, else a Number (numbers, params, schedules)."""
+    return "Loss" if next(expr.find_all((TermValue, LetValue)), None) is not None else "Number"
 
 
 #: Deeper levels of the typed tree are indented no further (their depth is shown): a chain of

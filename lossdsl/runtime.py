@@ -427,7 +427,7 @@ class LossModule(nn.Module):
         return self._objective(values, let_values, step)
 
     def extra_repr(self) -> str:
-        objective = next((s for s in self.plan.spec.statements if isinstance(s, ast.LossStmt)), None)
+        objective = self.plan.spec.objective
         text = format_expr(objective.value) if objective is not None else ""
         return f"objective={text!r}, inputs={self.inputs}"
 
@@ -523,16 +523,12 @@ class _Resolver:
         seen: set[str] = set()
         pending = list(roots)
         while pending:
-            expr = pending.pop()
-            if isinstance(expr, TermValue):
-                found.add(self.term_index[id(expr.term)])
-            elif isinstance(expr, LetValue) and expr.name not in seen and expr.name in lets:
-                seen.add(expr.name)
-                pending.append(lets[expr.name])
-            elif isinstance(expr, Negate):
-                pending.append(expr.operand)
-            elif isinstance(expr, Arithmetic):
-                pending += [expr.left, expr.right]
+            for expr in pending.pop().find_all((TermValue, LetValue)):
+                if isinstance(expr, TermValue):
+                    found.add(self.term_index[id(expr.term)])
+                elif expr.name not in seen and expr.name in lets:
+                    seen.add(expr.name)
+                    pending.append(lets[expr.name])
         return found
 
     def __call__(self, expr: ObjectiveExpr) -> Combine:
@@ -739,20 +735,8 @@ def _zero_keeping_graph(value: torch.Tensor) -> torch.Tensor:
 
 def _moves(expr: ObjectiveExpr) -> bool:
     """Whether number arithmetic holds a schedule."""
-    if isinstance(expr, ScheduleValue):
-        return True
-    if isinstance(expr, Arithmetic):
-        return _moves(expr.left) or _moves(expr.right)
-    if isinstance(expr, Negate):
-        return _moves(expr.operand)
-    return False
+    return next(expr.find_all(ScheduleValue), None) is not None
 
 
 def _params_in(expr: ObjectiveExpr) -> set[str]:
-    if isinstance(expr, ParamValue):
-        return {expr.name}
-    if isinstance(expr, Arithmetic):
-        return _params_in(expr.left) | _params_in(expr.right)
-    if isinstance(expr, Negate):
-        return _params_in(expr.operand)
-    return set()
+    return {param.name for param in expr.find_all(ParamValue)}

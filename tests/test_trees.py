@@ -138,3 +138,17 @@ def test_plan_walk_goes_100k_deep():
 def test_walk_is_deterministic(text):
     spec = lossdsl.parse(text)
     assert [n.kind for n in spec.walk()] == [n.kind for n in lossdsl.parse(text).walk()]
+
+
+def test_passes_that_search_plans_walk_them():
+    """The runtime's and explain's searches over number arithmetic go through walk(): any depth."""
+    from lossdsl import explain, runtime
+
+    expr: plan.ObjectiveExpr = plan.ParamValue("lam")
+    for _ in range(DEPTH):
+        expr = plan.Arithmetic("+", plan.Constant(1.0), expr)
+    assert runtime._params_in(expr) == {"lam"}
+    assert runtime._moves(expr) is False
+    assert runtime._moves(plan.Arithmetic("*", expr, plan.ScheduleValue("warmup", None))) is True
+    assert explain._type(expr) == "Number"
+    assert explain._type(plan.Negate(plan.Arithmetic("*", expr, plan.LetValue("a")))) == "Loss"

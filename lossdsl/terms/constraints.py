@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, model_validator
 
 from ..ast import LARGEST_NUMBER
-from ..conditions import All, Any, Compare, ConditionIR
+from ..conditions import Any, Compare, ConditionIR
 from ..operators import COMPARISONS
 from ..registry import Condition, ReductionParam, SampleWeight, Term, TermParams, register
 from ..tensor_expr import compile_tensor_expr, value_range
