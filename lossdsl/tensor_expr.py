@@ -165,8 +165,9 @@ def value_range(expr: TensorIR) -> tuple[float, float]:
             if not divisor:
                 return -size, size
             c = d = 1 / divisor
-        # Not operators' bounds: these may be infinite (a product of 0 and inf counts as 0 here).
-        products = [x * y for x in (a, b) for y in (c, d) if x and y] or [0.0]
+        # Not operators' bounds: these may be infinite, and a corner of 0 and inf counts as 0 (not
+        # NaN). A corner at 0 stays in: relu(y) * 3 reaches 0.
+        products = [x * y if x and y else 0.0 for x in (a, b) for y in (c, d)]
         return min(products), max(products)
     if isinstance(expr, Function):
         low, high = value_range(expr.operand)
