@@ -3,7 +3,8 @@
 Every node declares its fields and a ``kind`` literal; ``Expr`` and ``Statement``
 are discriminated unions on ``kind``. Each node also carries the source ``span``
 it came from. The span is metadata: it is left out of JSON dumps, of the JSON
-Schema, and of equality, so ``parse(format(parse(x))) == parse(x)``.
+Schema, and of equality, so ``parse(format(parse(x))) == parse(x)``. Every node has
+``children()``, ``walk()`` and ``find_all(kind)`` (``lossdsl.trees``).
 """
 
 from __future__ import annotations
