@@ -3,16 +3,20 @@
 Every node declares its fields and a ``kind`` literal; ``Expr`` and ``Statement``
 are discriminated unions on ``kind``. Each node also carries the source ``span``
 it came from. The span is metadata: it is left out of JSON dumps, of the JSON
-Schema, and of equality, so ``parse(format(parse(x))) == parse(x)``.
+Schema, and of equality, so ``parse(format(parse(x))) == parse(x)``. Every node has
+``children()``, ``walk()`` and ``find_all(kind)`` (``lossdsl.trees``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
+
+from . import trees
 
 
 #: The largest number a spec may hold or compute: float32's. Losses mostly run in float32 (or
@@ -51,6 +55,33 @@ class Node(BaseModel):
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self._key()))
+
+    def children(self) -> Iterator[Node]:
+        """The nodes directly below this one, in field order (a call's arguments, then its keywords)."""
+        return trees.children_from(self, _child_fields(type(self)), Node)
+
+    def walk(self) -> Iterator[Node]:
+        """This node and every node below it, pre-order in source order; iterative, so any depth."""
+        return trees.walk(self)
+
+    def find_all(self, kind: type[_N] | tuple[type, ...]) -> Iterator[_N]:
+        """Every node of the walk that is a ``kind`` (``spec.find_all(ast.Call)``), in source order."""
+        return trees.find_all(self, kind)
+
+
+_N = TypeVar("_N", bound=Node)
+
+#: Per node class, the fields that hold nodes: derived from the field types once per class.
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _child_fields(cls: type[Node]) -> tuple[str, ...]:
+    fields = _CHILD_FIELDS.get(cls)
+    if fields is None:
+        annotations = {name: field.annotation for name, field in cls.model_fields.items()}
+        fields = _CHILD_FIELDS[cls] = trees.child_fields(
+            annotations, lambda t: issubclass(t, Node), skip=frozenset({"span"}))
+    return fields
 
 
 # --- expressions -------------------------------------------------------------
@@ -229,3 +260,6 @@ class Spec(Node):
 
 for _model in (Neg, BinOp, Compare, Logic, Not, Keyword, Call, List, Tuple, Let, LossStmt, SubjectTo, Spec):
     _model.model_rebuild()
+
+for _model in Node.__subclasses__():  # the table of child fields, filled once at import
+    _child_fields(_model)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from . import ast
 from .formatting import format as format_spec
-from .formatting import format_expr
 from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, Plan, ScheduleValue, TermValue
 from .runtime import LossModule
+from .tensor_expr import Lowered
 
 
 def explain(plan: Plan, trace: bool = True) -> str:
@@ -28,13 +28,8 @@ def explain(plan: Plan, trace: bool = True) -> str:
 
 
 def _type(expr: ObjectiveExpr) -> str:
-    if isinstance(expr, (Constant, ParamValue, ScheduleValue)):
-        return "Number"
-    if isinstance(expr, (Negate,)):
-        return _type(expr.operand)
-    if isinstance(expr, Arithmetic):
-        return "Number" if _type(expr.left) == _type(expr.right) == "Number" else "Loss"
-    return "Loss"
+    """A Loss when it reads a term or a let, else a Number (numbers, params, schedules)."""
+    return "Loss" if next(expr.find_all((TermValue, LetValue)), None) is not None else "Number"
 
 
 #: Deeper levels of the typed tree are indented no further (their depth is shown): a chain of
@@ -85,8 +80,8 @@ def _term_lines(plan: Plan) -> list[str]:
     for term in plan.terms:
         lines.append(f"{term.label}: {term.where}")
         for name, value in term.params:
-            if isinstance(value, ast.Node):
-                shown = format_expr(value)
+            if isinstance(value, Lowered):  # a condition or tensor expression: as written
+                shown = value.text
             elif value is None or isinstance(value, str):
                 shown = "—" if value is None else value
             else:

@@ -12,18 +12,14 @@ Pure functions: no tensors, no I/O.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import ast
+from .operators import ARITHMETIC
 from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, ScheduleValue, TermValue
 from .schedules import value_range
 
-#: The four operators of number arithmetic (the checker's folding; the runtime has its own, over tensors).
-ARITHMETIC: dict[str, Callable[[float, float], float]] = {
-    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
-}
 
 #: A value whose problem has already been reported (distinct from None: "not a constant").
 INVALID: Any = object()
@@ -44,7 +40,7 @@ def fold(op: str, left: float, right: float) -> float:
     """``left op right``; FoldError for a division by zero or a result beyond float32 (inf, nan)."""
     if op == "/" and right == 0:
         raise FoldError("division by zero", at_divisor=True)
-    value = ARITHMETIC[op](left, right)
+    value = ARITHMETIC[op].function(left, right)
     if not abs(value) <= ast.LARGEST_NUMBER:  # inf and nan too
         raise FoldError("the constant overflows")
     return value
@@ -129,14 +125,7 @@ def _interval(expr: ObjectiveExpr, params: Mapping[str, float], known: Intervals
                         f"division by zero: the divisor goes from {low + 0:g} to {high + 0:g}", True, expr)  # (no -0)
     if left is None or right is None:
         return None
-    if expr.op == "+":
-        bounds = left[0] + right[0], left[1] + right[1]
-    elif expr.op == "-":
-        bounds = left[0] - right[1], left[1] - right[0]
-    else:
-        factors = (1 / right[1], 1 / right[0]) if expr.op == "/" else right
-        products = [a * b for a in left for b in factors]
-        bounds = min(products), max(products)
+    bounds = ARITHMETIC[expr.op].bounds(left, right)
     if not max(abs(bounds[0]), abs(bounds[1])) <= ast.LARGEST_NUMBER:  # inf and nan too
         raise FoldError("the constant overflows", node=expr)
     return bounds
@@ -174,21 +163,9 @@ def weight(expr: ObjectiveExpr, params: Mapping[str, float], known: Intervals | 
 
 def moves(expr: ObjectiveExpr) -> bool:
     """Whether number arithmetic holds a schedule."""
-    if isinstance(expr, ScheduleValue):
-        return True
-    if isinstance(expr, Arithmetic):
-        return moves(expr.left) or moves(expr.right)
-    if isinstance(expr, Negate):
-        return moves(expr.operand)
-    return False
+    return next(expr.find_all(ScheduleValue), None) is not None
 
 
 def params_in(expr: ObjectiveExpr) -> set[str]:
     """The params number arithmetic reads."""
-    if isinstance(expr, ParamValue):
-        return {expr.name}
-    if isinstance(expr, Arithmetic):
-        return params_in(expr.left) | params_in(expr.right)
-    if isinstance(expr, Negate):
-        return params_in(expr.operand)
-    return set()
+    return {param.name for param in expr.find_all(ParamValue)}

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-import threading
-
-from lark import Lark, Token
-
 from . import ast
 
-# Binding strength: a child binding looser than its slot needs parentheses.
-_IMPLIES, _OR, _AND, _NOT, _COMPARISON, _SUM, _PRODUCT, _UNARY, _ATOM = range(1, 10)
-_LEVEL = {"+": _SUM, "-": _SUM, "*": _PRODUCT, "/": _PRODUCT, "implies": _IMPLIES, "or": _OR, "and": _AND}
+# Binding strength (lossdsl.operators): a child binding looser than its slot needs parentheses.
+from .operators import ATOM as _ATOM
+from .operators import COMPARISON as _COMPARISON
+from .operators import IMPLIES as _IMPLIES
+from .operators import NOT as _NOT
+from .operators import PRECEDENCE as _LEVEL
+from .operators import SUM as _SUM
+from .operators import UNARY as _UNARY
 
 
 def format(spec: ast.Spec) -> str:  # noqa: A001 - the public name is lossdsl.format
@@ -139,10 +139,9 @@ def format_source(text: str, filename: str | None = None) -> str:
     comment at the end of a statement's last line stays at its end; a comment inside a
     multi-line statement moves above it. Runs of blank lines become one.
     """
-    from .parsing import parse
+    from .parsing import parse_with_comments
 
-    spec = parse(text, filename)
-    comments = _comments(text)
+    spec, comments = parse_with_comments(text, filename)
     lines = text.split("\n")
     out: list[str] = []
     previous_end = 0
@@ -189,33 +188,3 @@ def _line_range(node: ast.Node) -> tuple[int, int]:
     if isinstance(node, ast.Inputs) and node.decls:
         return span.line, _line_range(node.decls[-1])[1]  # type: ignore[union-attr]
     return span.line, span.end_line  # type: ignore[union-attr]
-
-
-def _comments(text: str) -> dict[int, str]:
-    """Line number -> the comment on it (``# ...``), as the grammar's own lexer reads it: a ``#``
-    inside a string (``"a\\"#"`` too) is no comment."""
-    found: list[Token] = []
-    _COLLECTED.comments = found
-    try:
-        for _ in _comment_lexer().lex(text):
-            pass
-    finally:
-        _COLLECTED.comments = None
-    return {token.line: str(token).rstrip() for token in found}
-
-
-# The comments the lexer passes to its callback, per thread (the lexer is built once and shared).
-_COLLECTED = threading.local()
-
-
-def _collect_comment(token: Token) -> Token:
-    _COLLECTED.comments.append(token)
-    return token
-
-
-@functools.cache
-def _comment_lexer() -> Lark:
-    """The grammar's terminals in a plain lexer that hands each ignored comment to a callback."""
-    return Lark.open_from_package(
-        "lossdsl.grammar", "loss.lark", parser="lalr", lexer="basic", lexer_callbacks={"COMMENT": _collect_comment}
-    )

@@ -151,6 +151,18 @@ class _UnclosedBracket(Exception):
 _LINE_JOINER = _LineJoiner()
 
 
+# The comments the lexer hands to its callback while ``parse_with_comments`` runs, per thread (the
+# parser is built once and shared); None otherwise, and the callback keeps nothing.
+_COMMENTS = threading.local()
+
+
+def _keep_comment(token: Token) -> Token:
+    found = getattr(_COMMENTS, "found", None)
+    if found is not None:
+        found.append(token)
+    return token
+
+
 @functools.cache
 def _parser() -> Lark:
     return Lark.open_from_package(
@@ -160,7 +172,20 @@ def _parser() -> Lark:
         propagate_positions=True,
         maybe_placeholders=True,
         postlex=_LINE_JOINER,
+        lexer_callbacks={"COMMENT": _keep_comment},
     )
+
+
+def parse_with_comments(text: str, filename: str | None = None) -> tuple[ast.Spec, dict[int, str]]:
+    """``parse``, and line number -> the comment on it (``# ...``), as the parser's own lexer read
+    them (a ``#`` inside a string is no comment): for ``lossdsl fmt``, which keeps them."""
+    found: list[Token] = []
+    _COMMENTS.found = found
+    try:
+        spec = parse(text, filename)
+    finally:
+        _COMMENTS.found = None
+    return spec, {token.line: str(token).rstrip() for token in found}
 
 
 def parse(text: str, filename: str | None = None) -> ast.Spec:

@@ -6,17 +6,28 @@ compile builds fresh modules from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Union
 
-from . import ast
+from . import ast, trees
 from .duals import MULTIPLIER_CAP, constraint_overflow  # noqa: F401  (the checks and the runtime import them here)
 from .errors import Diagnostic
 from .registry import TermDef, TermParams
 
 
+class PlanNode(trees.DataclassNode):
+    """Base of the plan's nodes: ``children()``, ``walk()`` and ``find_all()`` over their fields.
+    A ``TermValue``'s term is a reference to one of ``Plan.terms``, not a child: a plan's walk
+    visits each of its nodes once."""
+
+    __slots__ = ()
+
+
+PlanNode.tree = PlanNode
+
+
 @dataclass(frozen=True)
-class ParamPlan:
+class ParamPlan(PlanNode):
     """``param NAME = VALUE [in [LOW, HIGH]]``."""
 
     name: str
@@ -27,7 +38,7 @@ class ParamPlan:
 
 
 @dataclass(frozen=True, eq=False)
-class TermPlan:
+class TermPlan(PlanNode):
     """One call of a term in the spec."""
 
     term: TermDef
@@ -55,17 +66,17 @@ class TermPlan:
 
 
 @dataclass(frozen=True, eq=False)
-class TermValue:
-    term: TermPlan
+class TermValue(PlanNode):
+    term: TermPlan = field(metadata=trees.REFERENCE)  # one of Plan.terms
 
 
 @dataclass(frozen=True, eq=False)
-class LetValue:
+class LetValue(PlanNode):
     name: str
 
 
 @dataclass(frozen=True)
-class ScheduleValue:
+class ScheduleValue(PlanNode):
     """``warmup(1000)``, ``linear(0, 1, 5000)``, ...: a number that moves with the step counter."""
 
     kind: str
@@ -73,7 +84,7 @@ class ScheduleValue:
 
 
 @dataclass(frozen=True)
-class ParamValue:
+class ParamValue(PlanNode):
     """A ``param``: a number fixed when the module is built (its default, or an override)."""
 
     name: str
@@ -84,12 +95,12 @@ TOTAL_LABEL = "total"
 
 
 @dataclass(frozen=True)
-class Constant:
+class Constant(PlanNode):
     value: float
 
 
 @dataclass(frozen=True, eq=False)
-class Arithmetic:
+class Arithmetic(PlanNode):
     op: Literal["+", "-", "*", "/"]
     left: ObjectiveExpr
     right: ObjectiveExpr
@@ -98,7 +109,7 @@ class Arithmetic:
 
 
 @dataclass(frozen=True, eq=False)
-class Negate:
+class Negate(PlanNode):
     operand: ObjectiveExpr
 
 
@@ -106,7 +117,7 @@ ObjectiveExpr = Union[TermValue, LetValue, ParamValue, ScheduleValue, Constant, 
 
 
 @dataclass(frozen=True, eq=False)
-class ConstraintPlan:
+class ConstraintPlan(PlanNode):
     """``subject to VALUE OP BOUND [as NAME] [using METHOD]``: ``VALUE`` a loss, ``BOUND`` a number."""
 
     name: str
@@ -119,14 +130,14 @@ class ConstraintPlan:
 
 
 @dataclass(frozen=True, eq=False)
-class LetPlan:
+class LetPlan(PlanNode):
     name: str
     value: ObjectiveExpr
     span: ast.Span
 
 
 @dataclass(frozen=True, eq=False)
-class Plan:
+class Plan(PlanNode):
     spec: ast.Spec
     source: str
     filename: str | None
@@ -143,3 +154,6 @@ class Plan:
     #: The ``inputs:`` declarations of the inputs the terms read (none without a block).
     declared: tuple[ast.InputDecl, ...] = ()
     warnings: tuple[Diagnostic, ...] = ()
+
+
+trees.fill_table(PlanNode)  # the table of child fields, derived once at import

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat
 from torch import nn
 
-from . import ast
+from .conditions import LoweredCondition, lowered_condition
+from .tensor_expr import LoweredExpression, lowered_expression
 
 
 class _InputMarker:
@@ -109,8 +110,11 @@ class InnerForms:
 
 
 Input = Annotated[str, INPUT]
-Condition = Annotated[ast.Compare | ast.Logic | ast.Not, CONDITION]
-TensorExpression = Annotated[Any, TENSOR]
+#: A condition, lowered from the checked AST when the parameters are built (``lossdsl.conditions``):
+#: the term reads its IR, never the AST.
+Condition = Annotated[LoweredCondition, CONDITION, BeforeValidator(lowered_condition)]
+#: An element-wise tensor expression, lowered likewise (``lossdsl.tensor_expr``).
+TensorExpression = Annotated[LoweredExpression, TENSOR, BeforeValidator(lowered_expression)]
 Reduction = Literal["mean", "sum", "none"]
 #: The reduction parameter every loss term takes (give the default at the field). ``none`` is
 #: accepted only by terms with a per-sample form (``Term.has_sample_losses``); the checks refuse it on

@@ -19,6 +19,7 @@ from . import ast, duals, folding, pickling
 from .binding import BoundPlan, bind
 from .errors import Diagnostic, LossSpecError, LossSpecWarning, did_you_mean
 from .formatting import format_expr
+from .operators import ARITHMETIC
 from .plan import (
     MULTIPLIER_CAP,
     Arithmetic,
@@ -35,14 +36,6 @@ from .registry import weighted_mean
 
 Values = Sequence[torch.Tensor]
 Combine = Callable[[Values, Values, "torch.Tensor | None"], "torch.Tensor | float"]  # terms, lets, step
-
-_OPS: dict[str, Callable] = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "/": lambda a, b: a / b,
-}
-
 
 #: Whether dynamo is tracing (torch.compiler.is_compiling is torch 2.3 and later).
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
@@ -411,7 +404,7 @@ class LossModule(nn.Module):
         return self._objective(values, let_values, step)
 
     def extra_repr(self) -> str:
-        objective = next((s for s in self.plan.spec.statements if isinstance(s, ast.LossStmt)), None)
+        objective = self.plan.spec.objective
         text = format_expr(objective.value) if objective is not None else ""
         return f"objective={text!r}, inputs={self.inputs}"
 
@@ -507,16 +500,12 @@ class _Resolver:
         seen: set[str] = set()
         pending = list(roots)
         while pending:
-            expr = pending.pop()
-            if isinstance(expr, TermValue):
-                found.add(self.term_index[id(expr.term)])
-            elif isinstance(expr, LetValue) and expr.name not in seen and expr.name in lets:
-                seen.add(expr.name)
-                pending.append(lets[expr.name])
-            elif isinstance(expr, Negate):
-                pending.append(expr.operand)
-            elif isinstance(expr, Arithmetic):
-                pending += [expr.left, expr.right]
+            for expr in pending.pop().find_all((TermValue, LetValue)):
+                if isinstance(expr, TermValue):
+                    found.add(self.term_index[id(expr.term)])
+                elif expr.name not in seen and expr.name in lets:
+                    seen.add(expr.name)
+                    pending.append(lets[expr.name])
         return found
 
     def __call__(self, expr: ObjectiveExpr) -> Combine:
@@ -538,7 +527,7 @@ class _Resolver:
             return lambda terms, lets, step: -operand(terms, lets, step)
         assert isinstance(expr, Arithmetic)
         is_number = folding.is_number(expr, self.params, self.intervals)  # (bind checked divisors and sizes)
-        op = _OPS[expr.op]
+        op = ARITHMETIC[expr.op].function
         left, right = self(expr.left), self(expr.right)
         if expr.op == "*" and not is_number:
             return self._weigh(expr, left, right)

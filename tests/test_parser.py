@@ -716,3 +716,21 @@ def test_garbage_either_parses_or_raises_loss_spec_error(text):
     except LossSpecError as exc:
         assert exc.diagnostics
         assert isinstance(str(exc), str)
+
+
+def test_parse_with_comments_keeps_what_the_lexer_read_as_comments():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lossdsl.parsing import _COMMENTS, parse_with_comments
+
+    text = '# head\nloss = ce(weight=[1, 2])  # trailing \nlet a = fairness(tpr_gap, group="a#b")\n'
+    spec, comments = parse_with_comments(text)
+    assert spec == parse(text)
+    assert comments == {1: "# head", 2: "# trailing"}  # the '#' inside the string is none
+    assert getattr(_COMMENTS, "found", None) is None  # a plain parse keeps nothing
+    # Each thread collects its own text's comments from the one shared parser.
+    texts = [f"loss = ce()  # number {i}\n" * 20 for i in range(16)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(parse_with_comments, texts))
+    for i, (_, found) in enumerate(results):
+        assert found == {line: f"# number {i}" for line in range(1, 21)}

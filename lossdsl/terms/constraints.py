@@ -3,45 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, model_validator
 
-from .. import ast
+from ..ast import LARGEST_NUMBER
+from ..conditions import Any, Compare, ConditionIR
+from ..operators import COMPARISONS
 from ..registry import Condition, ReductionParam, SampleWeight, Term, TermParams, register
-from ..tensor_expr import compile_tensor_expr, names_in, value_range
-
-
-def _links(node: ast.Node, negated: bool) -> Iterator[tuple[str, bool]]:
-    """Each comparison operator of a condition, and whether a ``not`` applies to it."""
-    if isinstance(node, ast.Not):
-        yield from _links(node.operand, not negated)
-    elif isinstance(node, ast.Logic):
-        yield from _links(node.left, not negated if node.op == "implies" else negated)
-        yield from _links(node.right, negated)
-    elif isinstance(node, ast.Compare):
-        yield from ((op, negated) for op in node.ops)
-
-
-def _has_product(node: ast.Node, negated: bool) -> bool:
-    """Whether the condition, with negations pushed into the comparisons, holds an ``or``."""
-    if isinstance(node, ast.Not):
-        return _has_product(node.operand, not negated)
-    if isinstance(node, ast.Logic):
-        left_negated = not negated if node.op == "implies" else negated
-        is_or = negated if node.op == "and" else not negated
-        return is_or or _has_product(node.left, left_negated) or _has_product(node.right, negated)
-    return isinstance(node, ast.Compare) and negated and len(node.ops) > 1  # not (a <= b <= c)
+from ..tensor_expr import compile_tensor_expr, value_range
 
 
 #: Where the log barrier turns linear: ``excess = -BARRIER_EDGE``.
 BARRIER_EDGE = 1e-2
 #: The largest element-wise penalty the checks accept for inputs of size 1: float32's largest number
 #: over a million elements, so the mean's sum still fits.
-PENALTY_LIMIT = ast.LARGEST_NUMBER / 1e6
+PENALTY_LIMIT = LARGEST_NUMBER / 1e6
 
 
 def _square(violation: torch.Tensor) -> torch.Tensor:
@@ -78,20 +58,20 @@ class SoftBoundParams(TermParams):
     @model_validator(mode="after")
     def _penalties_that_fit_the_condition(self) -> SoftBoundParams:
         zero_when_satisfied = self.penalty in ("squared", "hinge")
-        links = list(_links(self.condition, negated=False))
-        if any(op == "==" for op, _ in links) and not zero_when_satisfied:
+        ops = [link.op for link in self.condition.root.find_all(Compare)]
+        if any(op in ("==", "!=") for op in ops) and not zero_when_satisfied:
             raise ValueError("an == comparison takes penalty=squared or penalty=hinge")
-        if any(op == "==" and negated for op, negated in links):
+        if "!=" in ops:  # not (a == b)
             raise ValueError("'not (a == b)' has no gradient to follow: write the two bounds, "
                              "a <= b - 0.1 or a >= b + 0.1")
-        if _has_product(self.condition, negated=False) and not zero_when_satisfied:
+        if next(self.condition.root.find_all(Any), None) is not None and not zero_when_satisfied:
             raise ValueError("'or' and 'implies' multiply their sides' penalties, which must be 0 exactly where "
                              "they hold: use penalty=squared or penalty=hinge")
         return self
 
     def beyond_float32(self) -> tuple[str, str] | None:
         """A penalty its numbers alone push past float32: ``y >= 1e20`` squares a violation of 1e20."""
-        size = self._penalty_size(self.condition, negated=False)
+        size = self._penalty_size(self.condition.root)
         if size <= PENALTY_LIMIT:
             return None
         culprit = "margin" if self._link_size(self.margin) > PENALTY_LIMIT else "condition"
@@ -99,30 +79,20 @@ class SoftBoundParams(TermParams):
                          f"{size:.3g} for inputs in [-1, 1], beyond {PENALTY_LIMIT:.3g} (float32's largest number "
                          "over a million elements): scale the comparison, e.g. y / 1e20 >= 1 for y >= 1e20")
 
-    def _penalty_size(self, node: ast.Node, negated: bool) -> float:
+    def _penalty_size(self, node: ConditionIR) -> float:
         """The largest element-wise penalty for inputs in [-1, 1]; mirrors ``SoftBound._compile``.
-        An ``or`` counts each side alone too: a side that holds at size 1 (``y <= 100``) is violated
-        by larger inputs, and then the other side's penalty is the product's factor."""
-        if isinstance(node, ast.Not):
-            return self._penalty_size(node.operand, not negated)
-        if isinstance(node, ast.Logic):
-            left = self._penalty_size(node.left, not negated if node.op == "implies" else negated)
-            right = self._penalty_size(node.right, negated)
-            is_or = negated if node.op == "and" else not negated
-            return max(left * right, left, right) if is_or else left + right
-        assert isinstance(node, ast.Compare)
-        sizes = []
-        for index, op in enumerate(node.ops):
-            (a, b), (c, d) = value_range(node.operands[index]), value_range(node.operands[index + 1])
-            if op == "==":
-                sizes.append(self._link_size(max(abs(b - c), abs(d - a)), equality=True))
-                continue
-            upper = (op in ("<=", "<")) != negated  # a <= b is violated by a - b + margin
+        An ``Any`` counts each item alone too: an item that holds at size 1 (``y <= 100``) is violated
+        by larger inputs, and then the other items' penalties are the product's factors."""
+        if isinstance(node, Compare):
+            (a, b), (c, d) = value_range(node.lhs), value_range(node.rhs)
+            if node.op == "==":
+                return self._link_size(max(abs(b - c), abs(d - a)), equality=True)
+            upper = COMPARISONS[node.op].upper  # a <= b is violated by a - b + margin
             excess = (b - c if upper else d - a) + self.margin
-            sizes.append(self._link_size(max(excess, 0.0)))
-        if negated and len(sizes) > 1:
-            product = math.prod(sizes)
-            return max(product, *sizes)
+            return self._link_size(max(excess, 0.0))
+        sizes = [self._penalty_size(item) for item in node.items]
+        if isinstance(node, Any):
+            return max(math.prod(sizes), *sizes)
         return math.fsum(sizes)
 
     def _link_size(self, excess: float, equality: bool = False) -> float:
@@ -137,7 +107,7 @@ class SoftBoundParams(TermParams):
         return excess + math.log(2) / sharpness  # softplus(k e) / k <= e + log(2) / k
 
     def input_names(self) -> tuple[str, ...]:
-        names = tuple(dict.fromkeys(names_in(self.condition)))
+        names = self.condition.inputs
         return (*names, self.sample_weight) if self.sample_weight else names
 
 
@@ -195,9 +165,9 @@ class SoftBound(Term):
         self.margin = params.margin
         self.reduction = params.reduction
         # The condition's own names: sample_weight comes last and may repeat one (sample_weight=y).
-        position = {name: i for i, name in enumerate(dict.fromkeys(names_in(params.condition)))}
+        position = {name: i for i, name in enumerate(params.condition.inputs)}
         # The condition as one closure over the input tensors, resolved once: the forward compares no strings.
-        self._violation = self._compile(params.condition, position, negated=False)
+        self._violation = self._compile(params.condition.root, position)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         sample_weight = None
@@ -212,41 +182,30 @@ class SoftBound(Term):
                 self.fail(i, f"shape {tuple(tensor.shape)} differs from {self.input_names[0]}'s {tuple(tensors[0].shape)}")
         return self.reduce(self._violation(tensors), sample_weight)
 
-    def _compile(self, node: ast.Node, position: dict[str, int], negated: bool) -> Callable:
-        """The element-wise penalty of a condition, with ``not`` pushed into the comparisons (DL2):
-        ``and`` adds its sides' penalties, ``or`` multiplies them, ``a implies b`` is ``not a or b``."""
-        if isinstance(node, ast.Not):
-            return self._compile(node.operand, position, not negated)
-        if isinstance(node, ast.Logic):
-            left = self._compile(node.left, position, not negated if node.op == "implies" else negated)
-            right = self._compile(node.right, position, negated)
-            is_or = negated if node.op == "and" else not negated  # De Morgan under a negation
-            if is_or:
-                return lambda tensors: _either(left(tensors), right(tensors))
-            return lambda tensors: left(tensors) + right(tensors)
-        links = [self._link(node, i, position, negated) for i in range(len(node.ops))]
-        if len(links) == 1:
-            return links[0]
-        combine = _either if negated else torch.add  # not (a <= b <= c) is a > b or b > c
+    def _compile(self, node: ConditionIR, position: dict[str, int]) -> Callable:
+        """The element-wise penalty of a lowered condition (DL2): an ``All`` adds its items'
+        penalties, an ``Any`` multiplies them, left to right."""
+        if isinstance(node, Compare):
+            return self._link(node, position)
+        parts = [self._compile(item, position) for item in node.items]
+        combine = _either if isinstance(node, Any) else torch.add
 
-        def chain(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            total = links[0](tensors)
-            for link in links[1:]:  # a plain loop: torch.compile traces it (not math.prod)
-                total = combine(total, link(tensors))
+        def combined(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            total = parts[0](tensors)
+            for part in parts[1:]:  # a plain loop: torch.compile traces it (not math.prod)
+                total = combine(total, part(tensors))
             return total
 
-        return chain
+        return combined
 
-    def _link(self, compare: ast.Compare, index: int, position: dict[str, int], negated: bool) -> Callable:
-        """One comparison ``a OP b`` of a chain: its penalty per element."""
-        left = compile_tensor_expr(compare.operands[index], position)
-        right = compile_tensor_expr(compare.operands[index + 1], position)
-        op = compare.ops[index]
-        if op == "==":
+    def _link(self, compare: Compare, position: dict[str, int]) -> Callable:
+        """One comparison ``a OP b``: its penalty per element."""
+        left = compile_tensor_expr(compare.lhs, position)
+        right = compile_tensor_expr(compare.rhs, position)
+        if compare.op == "==":
             equality = self._equality_penalty
             return lambda tensors: equality((left(tensors) - right(tensors)).abs())
-        upper = (op in ("<=", "<")) != negated  # not (a <= b) is a > b
-        sign, margin, penalty = (1.0 if upper else -1.0), self.margin, self._penalty
+        sign, margin, penalty = (1.0 if COMPARISONS[compare.op].upper else -1.0), self.margin, self._penalty
         # How far past the (tightened) bound: positive when violated.
         return lambda tensors: penalty(sign * (left(tensors) - right(tensors)) + margin)
 

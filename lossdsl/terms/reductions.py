@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 
 from ..registry import SampleWeight, TensorExpression, Term, TermParams, register
-from ..tensor_expr import compile_tensor_expr, names_in
+from ..tensor_expr import compile_tensor_expr
 
 EXPRESSION_DOC = (
     "an element-wise expression over inputs: numbers, + - * /, abs, square, relu, exp, log, sigmoid, "
@@ -20,7 +20,7 @@ class ReductionTermParams(TermParams):
     sample_weight: SampleWeight = None
 
     def input_names(self) -> tuple[str, ...]:
-        names = tuple(dict.fromkeys(names_in(self.expr)))
+        names = self.expr.inputs
         return (*names, self.sample_weight) if self.sample_weight else names
 
 
@@ -34,8 +34,8 @@ class _Reduce(Term):
 
     def __init__(self, params: ReductionTermParams):
         super().__init__()
-        position = {name: i for i, name in enumerate(dict.fromkeys(names_in(params.expr)))}
-        self.expression = compile_tensor_expr(params.expr, position)
+        position = {name: i for i, name in enumerate(params.expr.inputs)}
+        self.expression = compile_tensor_expr(params.expr.root, position)
         self.weighted = params.sample_weight is not None
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
