@@ -405,4 +405,20 @@ def weighted_mean(total: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     Dividing by a clamped tiny weight instead would scale the gradients by 1/tiny, which
     overflows before the zero weights can cancel it.
     """
-    return total / torch.where(weight > 0, weight, torch.ones_like(weight))
+    return safe_divide(total, weight)
+
+
+def safe_divide(
+    numerator: torch.Tensor, denominator: torch.Tensor, defined: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``numerator / denominator`` where ``defined`` (``denominator > 0`` unless given), and
+    ``numerator / 1`` elsewhere, with no gradient through the denominator there: never the NaN or
+    inf of 0 / 0 in the value or the gradient. The caller masks the undefined entries if they
+    matter (a group without samples, an empty class).
+
+    A ``where`` after the division would not do: the gradient of the unused ``x / 0`` branch is
+    still NaN, and NaN * 0 is NaN.
+    """
+    if defined is None:
+        defined = denominator > 0
+    return numerator / torch.where(defined, denominator, torch.ones_like(denominator))

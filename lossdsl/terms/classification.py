@@ -22,6 +22,7 @@ from ..registry import (
     accumulation_dtype,
     class_layouts,
     register,
+    safe_divide,
     same_shape_layouts,
     weighted_mean,
 )
@@ -672,6 +673,6 @@ class SoftF1(Term):
         predicted = prob.sum(0)  # TP + FP
         actual = positives.sum(0)  # TP + FN
         denominator = true_positive + self.fn_weight * (actual - true_positive) + self.fp_weight * (predicted - true_positive)
-        f_beta = true_positive / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+        f_beta = safe_divide(true_positive, denominator)
         loss = 1 - f_beta
         return (loss.mean() if self.reduction == "mean" else loss.sum()).to(pred.dtype)

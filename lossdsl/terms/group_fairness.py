@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from .. import distributed
 from ..errors import LossSpecError
-from ..registry import INPUT, InnerForms, InnerLoss, InputOf, Kinds, MAX_GROUPS, SampleWeight, Term, TermParams, register
+from ..registry import INPUT, InnerForms, InnerLoss, InputOf, Kinds, MAX_GROUPS, SampleWeight, Term, TermParams, register, safe_divide
 
 # Each rate as (numerator column, denominator column), from p (the soft prediction), y (the label).
 _RATE_COLUMNS = {
@@ -557,7 +557,7 @@ class Fairness(Term):
     def _worst_group(self, sums: torch.Tensor) -> torch.Tensor:
         """group_loss: the worst group's mean loss (or the mean, or the smoothmax) from [slots, 2] sums."""
         defined = _above_zero(sums[:, 1])
-        loss = sums[:, 0] / torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
+        loss = safe_divide(sums[:, 0], sums[:, 1], defined)
         count = defined.sum()
         if self.agg == "mean":
             value = loss.masked_fill(~defined, 0.0).sum() / count.clamp(min=1)
@@ -623,11 +623,11 @@ class Fairness(Term):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Each group's rate, whether it is defined, and (for ``ref=overall``) the overall rate."""
         defined = _above_zero(denominator)
-        rate = numerator / torch.where(defined, denominator, torch.ones_like(denominator))
+        rate = safe_divide(numerator, denominator, defined)
         if not self.overall:
             return rate, defined, None
         total = denominator.sum()
-        return rate, defined, numerator.sum() / torch.where(_above_zero(total), total, torch.ones_like(total))
+        return rate, defined, safe_divide(numerator.sum(), total, _above_zero(total))
 
     def _form(self, rate: torch.Tensor, defined: torch.Tensor, overall: torch.Tensor | None) -> torch.Tensor:
         """The statistic's form over the groups whose rate is defined; 0 with fewer than two of them."""
@@ -636,7 +636,7 @@ class Fairness(Term):
             if self.ratio:  # fairlearn's to_overall ratio: from min(g, o) / max(g, o) per group
                 low, high = torch.minimum(rate, overall), torch.maximum(rate, overall)
                 positive = _above_zero(high)
-                ratios = low / torch.where(positive, high, torch.ones_like(high))
+                ratios = safe_divide(low, high, positive)
                 distance = 1 - torch.where(positive, ratios, torch.ones_like(ratios))  # both 0: equal
             else:
                 distance = (rate - overall).abs()
@@ -668,7 +668,7 @@ class Fairness(Term):
         smallest = torch.where(enough, smallest, torch.ones_like(smallest))
         if self.ratio:
             positive = _above_zero(largest)
-            ratio = smallest / torch.where(positive, largest, torch.ones_like(largest))
+            ratio = safe_divide(smallest, largest, positive)
             return torch.where(positive, 1 - ratio, torch.zeros_like(ratio))
         return largest - smallest
 
@@ -704,7 +704,7 @@ class Fairness(Term):
             return (ordered * (2 * index - count + 1).to(rate.dtype)).sum() / pairs
         before = ordered.cumsum(0) - ordered  # sum of the smaller rates before each
         positive = _above_zero(ordered)
-        ratios = torch.where(positive, before / torch.where(positive, ordered, torch.ones_like(ordered)),
+        ratios = torch.where(positive, safe_divide(before, ordered, positive),
                              index.to(rate.dtype))  # a rate of 0 equals the zeros before it
         return 1 - ratios.masked_fill(~valid, 0.0).sum() / pairs
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat
 
-from ..registry import BatchReductionParam, Fit, InputOf, Layout, SampleWeight, Term, TermParams, accumulation_dtype, register
+from ..registry import BatchReductionParam, Fit, InputOf, Layout, SampleWeight, Term, TermParams, accumulation_dtype, register, safe_divide
 
 
 class OverlapParams(TermParams):
@@ -97,7 +97,7 @@ class _Overlap(Term):
         """``1 - (numerator + smooth) / (denominator + smooth)``, and 0 (with zero gradients) for 0 / 0."""
         numerator, denominator = numerator + self.smooth, denominator + self.smooth
         defined = ~(denominator <= 0)  # not `> 0`: NaN (from a NaN logit) must give NaN, not a hidden 0
-        ratio = numerator / torch.where(defined, denominator, torch.ones_like(denominator))
+        ratio = safe_divide(numerator, denominator, defined)
         return 1 - torch.where(defined, ratio, torch.ones_like(ratio))
 
     def forward(
