@@ -310,14 +310,25 @@ class Term(nn.Module):
     #: Whether the term has per-sample losses although ``group_loss`` cannot take it (its inputs
     #: are read by name, as soft_bound's and mean's are): ``reduction=none`` and ``LossModule.per_sample``.
     sample_losses: ClassVar[bool] = False
-    #: Set on an inner term of ``group_loss`` (and during ``LossModule.per_sample``): ``reduce``
-    #: keeps the sample axis (see ``reduce``).
-    keeps_samples: bool = False
 
     @classmethod
     def has_sample_losses(cls) -> bool:
         """Whether the term gives one loss per sample: ``reduction=none``, ``LossModule.per_sample``."""
         return cls.per_sample or cls.sample_losses
+
+    def per_sample_parts(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``[N, 2]``: each sample's numerator and denominator of the term's mean, so that a group's
+        mean loss is ``sum(numerators) / sum(denominators)`` over its samples (``group_loss``) and a
+        sample's own loss is its row's quotient (``LossModule.per_sample``).
+
+        ``inputs`` are the forward's, ``sample_weight`` included (``group_loss`` passes ones). A term
+        with sample losses implements it by taking the keyword ``parts`` in its forward and handing it
+        to ``reduce`` (which then gives each sample's mean, or sum for ``reduction=sum``, over its
+        elements, weight 1); ce gives its class-weighted sums instead.
+        """
+        if not self.has_sample_losses():
+            raise TypeError(f"{type(self).__name__} is computed over the whole batch: it has no per-sample parts")
+        return self(*inputs, parts=True)
 
     def bind_context(self, where: str, input_names: tuple[str, ...]) -> None:
         """``where`` reads like "ce() at specs/a.loss:3:12"; ``input_names`` follow the forward's order."""
@@ -351,19 +362,19 @@ class Term(nn.Module):
             self.fail(position, f"expected per-sample weights of shape ({batch},), got {tuple(weight.shape)}")
         return weight.to(dtype)
 
-    def reduce(self, loss: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    def reduce(self, loss: torch.Tensor, sample_weight: torch.Tensor | None = None, parts: bool = False) -> torch.Tensor:
         """Reduce an element-wise loss [N, ...] by ``self.reduction``, weighting samples by ``sample_weight`` [N].
 
-        With ``keeps_samples`` set, return ``[N, 2]`` instead: each sample's own reduction over
-        its elements (its mean, or its sum for ``reduction=sum``) and its weight (1), the
-        numerator and denominator of a group's mean loss.
+        With ``parts`` (from ``per_sample_parts``), return ``[N, 2]`` instead: each sample's own
+        reduction over its elements (its mean, or its sum for ``reduction=sum``) and its weight
+        (1), the numerator and denominator of a group's mean loss.
 
         Weighted, ``mean`` is the weighted mean of the per-sample means, ``sum(w * l) / sum(w)``,
         and 0 when every weight is 0; ``sum`` is ``sum(w * l)``; ``none`` is ``l`` itself (times
         each sample's weight). Sums and counts accumulate in float32 at least (a float16 sum of
         65,536 ones is inf); the result has the loss's dtype.
         """
-        if self.keeps_samples:  # group_loss's inner term: [N, 2] of each sample's mean loss, weight 1
+        if parts:  # per_sample_parts: [N, 2] of each sample's mean loss, weight 1
             acc = accumulation_dtype(loss.dtype)
             flat = loss.flatten(1) if loss.dim() > 1 else loss.reshape(-1, 1)
             means = flat.sum(dim=1, dtype=acc) if self.reduction == "sum" else flat.mean(dim=1, dtype=acc)

@@ -61,3 +61,51 @@ def test_no_term_writes_the_safe_division_by_hand():
                  for path in sorted((ROOT / "lossdsl").rglob("*.py")) if path.name != "registry.py"
                  for number, line in enumerate(path.read_text().splitlines(), 1) if by_hand.search(line)]
     assert offenders == []
+
+
+# -- per_sample_parts -------------------------------------------------------------------------------
+
+import pytest  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import lossdsl  # noqa: E402
+
+
+def test_per_sample_parts_of_an_elementwise_term_are_each_sample_s_mean_and_one():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    term = lossdsl.compile("mse()").terms[0]
+    parts = term.per_sample_parts(pred, target, torch.ones(5))
+    torch.testing.assert_close(parts[:, 0], F.mse_loss(pred, target, reduction="none").mean(dim=1))
+    torch.testing.assert_close(parts[:, 1], torch.ones(5))
+    summed = lossdsl.compile("mse(reduction=sum)").terms[0].per_sample_parts(pred, target, torch.ones(5))
+    torch.testing.assert_close(summed[:, 0], F.mse_loss(pred, target, reduction="none").sum(dim=1))
+
+
+def test_per_sample_parts_of_ce_are_its_class_weighted_sums():
+    g = torch.Generator().manual_seed(1)
+    pred, target = torch.randn(6, 3, 2, generator=g), torch.randint(0, 3, (6, 2), generator=g)
+    weight = torch.tensor([1.0, 2.0, 0.5])
+    term = lossdsl.compile("ce(weight=[1, 2, 0.5])").terms[0]
+    parts = term.per_sample_parts(pred, target, torch.ones(6))
+    losses = F.cross_entropy(pred, target, weight=weight, reduction="none")  # already times w[target]
+    torch.testing.assert_close(parts[:, 0], losses.sum(dim=1))
+    torch.testing.assert_close(parts[:, 1], weight[target].sum(dim=1))
+
+
+def test_group_loss_leaves_its_inner_term_a_plain_loss():
+    """group_loss asks for the parts; it sets no mode on the inner term, whose forward still reduces."""
+    g = torch.Generator().manual_seed(2)
+    pred, target, group = torch.randn(8, generator=g), torch.randn(8, generator=g), torch.randint(0, 2, (8,), generator=g)
+    loss_fn = lossdsl.compile("fairness(group_loss(mse), group=g)")
+    loss_fn(pred=pred, target=target, g=group)
+    inner = loss_fn.terms[0].inner
+    weight = torch.rand(8, generator=g)  # weighted, the forward goes through reduce (no fused torch call)
+    expected = (weight * (pred - target).square()).sum() / weight.sum()
+    torch.testing.assert_close(inner(pred, target, weight), expected)
+
+
+def test_a_batch_level_term_has_no_per_sample_parts():
+    term = lossdsl.compile("soft_f1()").terms[0]
+    with pytest.raises(TypeError, match="whole batch"):
+        term.per_sample_parts(torch.zeros(2), torch.zeros(2))

@@ -107,7 +107,7 @@ class CrossEntropy(Term):
         self.register_buffer("class_counts", torch.zeros(0, dtype=torch.long) if self.balanced else None)
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         self.expect_real(1, target)
@@ -137,11 +137,11 @@ class CrossEntropy(Term):
                              "(for [N, 1, ...] masks use bce, focal or dice)")
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
-        if self.keeps_samples:
+        if parts:
             return self._per_sample(pred, target, binary, num_classes)
         if self.reduction == "none":
             losses, _ = self._losses(pred, target, binary, num_classes)
-            return self.reduce(losses, sample_weight)
+            return self.reduce(losses, sample_weight, parts)
         if target.numel() == 0:
             if self.balanced and self.training and distributed.active():  # still take part in the count sum
                 self._class_weight(target.long(), target == target, num_classes, pred.dtype)
@@ -424,7 +424,7 @@ class BinaryCrossEntropy(Term):
         self.register_buffer("pos_weight", torch.tensor(pos_weight, dtype=torch.float64) if pos_weight else None)
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         self.expect_real(1, target)
@@ -443,7 +443,7 @@ class BinaryCrossEntropy(Term):
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
         losses = F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction="none")
-        return self.reduce(losses, sample_weight)
+        return self.reduce(losses, sample_weight, parts)
 
 
 def _classes_at_least_two(alpha: tuple[float, ...]) -> tuple[float, ...]:
@@ -512,7 +512,7 @@ class Focal(Term):
         self.register_buffer("class_alpha", torch.tensor(alpha, dtype=torch.float64) if isinstance(alpha, tuple) else None)
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         if sample_weight is not None:
@@ -520,12 +520,12 @@ class Focal(Term):
         self.expect_real(1, target)
         one_channel = pred.dim() >= 2 and pred.shape[1] == 1 and target.shape == (pred.shape[0], *pred.shape[2:])
         if target.shape == pred.shape or one_channel:
-            return self.reduce(self._sigmoid_form(pred.reshape(target.shape), target.to(pred.dtype)), sample_weight)
+            return self.reduce(self._sigmoid_form(pred.reshape(target.shape), target.to(pred.dtype)), sample_weight, parts)
         indices = (self.batch_size(0, pred, "[N], [N, C] or [N, C, ...]"), *pred.shape[2:])
         if target.is_floating_point() or pred.dim() < 2 or tuple(target.shape) != indices:
             self.fail(1, f"expected 0/1 targets of shape {tuple(pred.shape)} or class indices of shape "
                          f"{indices}, got {tuple(target.shape)} {target.dtype}")
-        return self.reduce(self._softmax_form(pred, target.long()), sample_weight)
+        return self.reduce(self._softmax_form(pred, target.long()), sample_weight, parts)
 
     def _modulation(self, one_minus_p: torch.Tensor) -> torch.Tensor | float:
         if self.gamma == 0:
@@ -588,7 +588,7 @@ class Hinge(Term):
         self.margin, self.squared, self.reduction = params.margin, params.squared, params.reduction
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         self.expect_real(1, target)
@@ -601,7 +601,7 @@ class Hinge(Term):
                 self.fail(1, f"binary scores {tuple(pred.shape)} need 0/1 labels [N], got {tuple(target.shape)}")
             sign = 2 * target.reshape(-1).to(pred.dtype) - 1
             loss = F.relu(self.margin - sign * scores)
-            return self.reduce(loss.square() if self.squared else loss, sample_weight)
+            return self.reduce(loss.square() if self.squared else loss, sample_weight, parts)
         if pred.dim() != 2 or target.shape != pred.shape[:1] or target.is_floating_point():
             self.fail(1, f"scores {tuple(pred.shape)} need integer class indices of shape ({n},), "
                          f"got {tuple(target.shape)} {target.dtype}")
@@ -611,7 +611,7 @@ class Hinge(Term):
         if sample_weight is None and pred.numel():
             return F.multi_margin_loss(scores, target, p=p, margin=self.margin, reduction=self.reduction).to(pred.dtype)
         losses = F.multi_margin_loss(scores, target, p=p, margin=self.margin, reduction="none").to(pred.dtype)
-        return self.reduce(losses, sample_weight)
+        return self.reduce(losses, sample_weight, parts)
 
 
 class SoftF1Params(TermParams):

@@ -199,7 +199,7 @@ class SoftBound(Term):
         # The condition as one closure over the input tensors, resolved once: the forward compares no strings.
         self._violation = self._compile(params.condition, position, negated=False)
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(self, *tensors: torch.Tensor, parts: bool = False) -> torch.Tensor:
         sample_weight = None
         if self.weighted:
             *tensors, sample_weight = tensors
@@ -210,7 +210,7 @@ class SoftBound(Term):
         for i, tensor in enumerate(tensors[1:], start=1):
             if tensor.shape != tensors[0].shape:
                 self.fail(i, f"shape {tuple(tensor.shape)} differs from {self.input_names[0]}'s {tuple(tensors[0].shape)}")
-        return self.reduce(self._violation(tensors), sample_weight)
+        return self.reduce(self._violation(tensors), sample_weight, parts)
 
     def _compile(self, node: ast.Node, position: dict[str, int], negated: bool) -> Callable:
         """The element-wise penalty of a condition, with ``not`` pushed into the comparisons (DL2):

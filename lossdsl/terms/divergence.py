@@ -34,7 +34,7 @@ class KLNormal(Term):
         self.reduction = params.reduction
 
     def forward(
-        self, mu: torch.Tensor, logvar: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, mu: torch.Tensor, logvar: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, mu)
         self.expect_float(1, logvar)
@@ -47,7 +47,7 @@ class KLNormal(Term):
             per_sample = per_element.flatten(1).sum(dim=1, dtype=accumulation_dtype(mu.dtype)).to(mu.dtype)
         else:
             per_sample = per_element
-        return self.reduce(-0.5 * per_sample, sample_weight)
+        return self.reduce(-0.5 * per_sample, sample_weight, parts)
 
 
 class KLParams(TermParams):
@@ -78,7 +78,7 @@ class KL(Term):
         super().__init__()
         self.reduction = params.reduction
 
-    def forward(self, p: torch.Tensor, q: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, p: torch.Tensor, q: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False) -> torch.Tensor:
         self.expect_float(0, p)
         self.expect_float(1, q)
         self.expect_same_shape(1, 0, q, p)
@@ -95,4 +95,4 @@ class KL(Term):
         log_p, log_q = log_p.where(present, 0.0), log_q.where(present, 0.0)
         per_element = torch.where(present, log_p.exp() * (log_p - log_q), 0.0)
         per_sample = per_element.flatten(1).sum(dim=1, dtype=accumulation_dtype(p.dtype)).to(p.dtype)
-        return self.reduce(per_sample, sample_weight)
+        return self.reduce(per_sample, sample_weight, parts)

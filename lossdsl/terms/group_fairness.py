@@ -303,9 +303,8 @@ class Fairness(Term):
         super().__init__()
         stat = params.stat
         self.inner: Term | None = None
-        if isinstance(stat, InnerLoss):  # group_loss(INNER): the inner term gives [N, 2] per-sample sums
+        if isinstance(stat, InnerLoss):  # group_loss(INNER): the inner term's per_sample_parts, [N, 2] sums
             self.inner = stat.inner.term.module(stat.inner.params)
-            self.inner.keeps_samples = True
             self.inner.bind_context(stat.inner.where, stat.inner.inputs)
             self.num_inner_inputs = len(stat.inner.inputs)
             self.worst_group = stat.form == "group_loss"
@@ -545,7 +544,7 @@ class Fairness(Term):
         first = inner_inputs[0]
         n = first.shape[0] if first.dim() else 1
         dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
-        per_sample = self.inner(*inner_inputs, torch.ones(n, dtype=dtype, device=first.device))  # [N, 2]
+        per_sample = self.inner.per_sample_parts(*inner_inputs, torch.ones(n, dtype=dtype, device=first.device))  # [N, 2]
         codes = self._codes(groups, n, first_position=self.num_inner_inputs)
         if n == 0 and not self._syncs():
             return per_sample.sum()

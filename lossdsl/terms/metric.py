@@ -44,7 +44,7 @@ class Contrastive(Term):
         self.reduction = params.reduction
 
     def forward(
-        self, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, a)
         self.expect_float(1, b)
@@ -60,7 +60,7 @@ class Contrastive(Term):
         distance = squared.clamp_min(torch.finfo(a.dtype).tiny).sqrt()
         same = same.to(a.dtype)
         per_pair = same * squared + (1 - same) * F.relu(self.margin - distance).square()
-        return self.reduce(per_pair, sample_weight)
+        return self.reduce(per_pair, sample_weight, parts)
 
 
 class TripletParams(TermParams):
@@ -89,7 +89,7 @@ class Triplet(Term):
         anchor: torch.Tensor,
         positive: torch.Tensor,
         negative: torch.Tensor,
-        sample_weight: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None, *, parts: bool = False,
     ) -> torch.Tensor:
         self.expect_float(0, anchor)
         self.expect_float(1, positive)
@@ -103,7 +103,7 @@ class Triplet(Term):
         if sample_weight is None and anchor.shape[0] and self.p <= 2:
             return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, reduction=self.reduction)
         losses = self._losses(anchor, positive, negative)
-        return self.reduce(losses, sample_weight)
+        return self.reduce(losses, sample_weight, parts)
 
     def _losses(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
         """Per-triplet losses: ``F.triplet_margin_loss``'s, whose p-norm overflows beyond p = 2 (``|d|^100``

@@ -38,7 +38,7 @@ class _Reduce(Term):
         self.expression = compile_tensor_expr(params.expr, position)
         self.weighted = params.sample_weight is not None
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(self, *tensors: torch.Tensor, parts: bool = False) -> torch.Tensor:
         sample_weight = None
         if self.weighted:
             *tensors, sample_weight = tensors
@@ -51,7 +51,7 @@ class _Reduce(Term):
         if sample_weight is not None:
             batch = value.shape[0] if value.dim() else 1
             sample_weight = self.expect_sample_weight(len(tensors), sample_weight, batch, value.dtype)
-        return self.reduce(value, sample_weight)
+        return self.reduce(value, sample_weight, parts)
 
     def _fail_to_broadcast(self, tensors: tuple[torch.Tensor, ...]) -> None:
         """Name the first input that does not broadcast with the ones before it."""

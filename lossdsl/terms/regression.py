@@ -51,7 +51,7 @@ class _Pointwise(Term):
         raise NotImplementedError
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         self.expect_same_shape(1, 0, target, pred)
@@ -60,7 +60,7 @@ class _Pointwise(Term):
             return self.elementwise(pred, target, self.reduction)  # torch's fused reduction
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
-        return self.reduce(self.elementwise(pred, target, "none"), sample_weight)
+        return self.reduce(self.elementwise(pred, target, "none"), sample_weight, parts)
 
 
 @register("mse", RegressionParams, "Mean squared error, as F.mse_loss.", example="mse(pred=aux_pred, target=aux_target)",
@@ -169,7 +169,7 @@ class QuantileLoss(Term):
         self.reduction = params.reduction
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         if self.several:
@@ -185,4 +185,4 @@ class QuantileLoss(Term):
         loss = torch.maximum(q * residual, (q - 1) * residual)
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
-        return self.reduce(loss, sample_weight)
+        return self.reduce(loss, sample_weight, parts)
