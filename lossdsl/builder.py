@@ -1,4 +1,4 @@
-"""Build specs from Python: ``from lossdsl import terms as T``.
+"""Build specs from Python: ``from lossdsl import T``.
 
     >>> spec = T.ce(weight="balanced") + 0.1 * T.fairness("fpr_gap", group="sex") + T.soft_bound(T.input("y") <= 100)
     >>> str(spec)
@@ -106,7 +106,7 @@ class Expr:
         return format_expr(self.node)
 
     def __repr__(self) -> str:
-        return f"lossdsl.terms.Expr({str(self)!r})"
+        return f"lossdsl.builder.Expr({str(self)!r})"
 
     def check(self):  # noqa: ANN201 - a Plan
         """Check the whole objective; raise ``LossSpecError`` on a mistake."""
@@ -202,7 +202,7 @@ def call(name: str, *args: Any, **kwargs: Any) -> Expr:
 class _TermBuilder:
     def __init__(self, name: str):
         self.name = name
-        self.__doc__ = REGISTRY[name].doc if name in REGISTRY else f"the element-wise function {name}()"
+        self.__doc__ = REGISTRY[name].doc if name in REGISTRY else f"{_kind_of(name)} {name}()"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Expr:
         return call(self.name, *args, **kwargs)
@@ -211,9 +211,73 @@ class _TermBuilder:
         return f"<lossdsl term builder {self.name}()>"
 
 
-def builder(name: str) -> _TermBuilder:
+def _kind_of(name: str) -> str | None:
+    """What a callable name of the language is, besides a term: None for none."""
+    from .library.group_fairness import GROUP_LOSS_FORMS
+    from .schedules import SCHEDULES
     from .tensor_expr import FUNCTIONS
 
-    if name not in REGISTRY and name not in FUNCTIONS:
+    if name in SCHEDULES:
+        return "the schedule"
+    if name in GROUP_LOSS_FORMS:
+        return "the fairness statistic"
+    if name in FUNCTIONS:
+        return "the element-wise function"
+    return None
+
+
+def builder(name: str) -> _TermBuilder:
+    """The builder of a term, schedule, group_loss form or element-wise function named ``name``."""
+    if name not in REGISTRY and _kind_of(name) is None:
         raise AttributeError(name)
     return _TermBuilder(name)
+
+
+class Builders:
+    """``lossdsl.T``: a builder for every callable of the language, and nothing else.
+
+    ``T.ce(weight="balanced")``, ``T.warmup(1000)``, ``T.abs(T.input("y"))``,
+    ``T.group_loss_gap(T.mse())``: each term (built-in or custom), schedule, ``group_loss`` form and
+    element-wise function by its name, looked up when used, so a term registered later is there
+    too; plus the five helpers ``input``, ``chain``, ``call``, ``group_loss`` and ``implies``. A term
+    whose name is a helper's (a custom ``chain``) is ``T["chain"](...)`` or ``T.call("chain", ...)``.
+    The implementations live elsewhere (``lossdsl.library``), so no module hides a term's name.
+    """
+
+    __slots__ = ()
+
+    input = staticmethod(input)
+    chain = staticmethod(chain)
+    call = staticmethod(call)
+    group_loss = staticmethod(group_loss)
+    implies = staticmethod(implies)
+
+    def __getattr__(self, name: str) -> _TermBuilder:
+        if name.startswith("__"):  # copy, pickle and inspect probe for dunders
+            raise AttributeError(name)
+        try:
+            return builder(name)
+        except AttributeError:
+            raise AttributeError(f"lossdsl.T has no term, schedule or function named {name!r}") from None
+
+    def __getitem__(self, name: str) -> _TermBuilder:
+        """The builder of exactly that name, never a helper: ``T["chain"]`` for a term named chain."""
+        try:
+            return builder(name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def __dir__(self) -> list[str]:
+        from .library.group_fairness import GROUP_LOSS_FORMS
+        from .schedules import SCHEDULES
+        from .tensor_expr import FUNCTIONS
+
+        return sorted({"input", "chain", "call", "group_loss", "implies", *REGISTRY, *SCHEDULES,
+                       *GROUP_LOSS_FORMS, *FUNCTIONS})
+
+    def __repr__(self) -> str:
+        return "<lossdsl.T: spec builders>"
+
+
+#: The builder namespace, ``from lossdsl import T``.
+T = Builders()

@@ -11,15 +11,15 @@ from .registry import REGISTRY, TermDef
 
 # Headings for the built-in families, by module; anything else (custom terms) is "Other terms".
 FAMILIES = {
-    "lossdsl.terms.classification": "Classification",
-    "lossdsl.terms.regression": "Regression",
-    "lossdsl.terms.segmentation": "Segmentation",
-    "lossdsl.terms.divergence": "Divergences",
-    "lossdsl.terms.metric": "Metric learning",
-    "lossdsl.terms.reductions": "Reductions of tensor expressions",
-    "lossdsl.terms.penalties": "Weight penalties",
-    "lossdsl.terms.group_fairness": "Fairness",
-    "lossdsl.terms.constraints": "Constraints",
+    "lossdsl.library.classification": "Classification",
+    "lossdsl.library.regression": "Regression",
+    "lossdsl.library.segmentation": "Segmentation",
+    "lossdsl.library.divergence": "Divergences",
+    "lossdsl.library.metric_learning": "Metric learning",
+    "lossdsl.library.reductions": "Reductions of tensor expressions",
+    "lossdsl.library.penalties": "Weight penalties",
+    "lossdsl.library.group_fairness": "Fairness",
+    "lossdsl.library.soft_bound": "Constraints",
 }
 NOT_SET = "—"
 

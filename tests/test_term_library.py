@@ -109,3 +109,63 @@ def test_a_batch_level_term_has_no_per_sample_parts():
     term = lossdsl.compile("soft_f1()").terms[0]
     with pytest.raises(TypeError, match="whole batch"):
         term.per_sample_parts(torch.zeros(2), torch.zeros(2))
+
+
+# -- the builder namespace T -------------------------------------------------------------------------
+
+import sys  # noqa: E402
+import warnings  # noqa: E402
+
+from lossdsl import REGISTRY, T  # noqa: E402
+from lossdsl.schedules import SCHEDULES  # noqa: E402
+
+
+@pytest.fixture
+def unregister():
+    """Names registered in a test are removed afterwards (the docs test reads REGISTRY)."""
+    before = set(REGISTRY)
+    yield
+    for name in set(REGISTRY) - before:
+        del REGISTRY[name]
+
+
+def test_T_builds_every_term_and_schedule():
+    assert set(REGISTRY) | set(SCHEDULES) <= set(dir(T))
+    expr = T.warmup(4) * T.kl_normal() + T.linear(1, 0, 10) * T.group_loss_gap(T.mse())
+    assert str(expr) == "warmup(4) * kl_normal() + linear(1, 0, 10) * group_loss_gap(mse())"
+    loss_fn = (T.warmup(4) * T.mse()).compile().train()
+    pred, target = torch.zeros(3), torch.ones(3)
+    assert [loss_fn(pred, target).item() for _ in range(3)] == [0.0, 0.25, 0.5]  # warmup's share, times mse 1
+
+
+def test_T_has_no_modules_and_names_what_it_lacks():
+    with pytest.raises(AttributeError, match="no term, schedule or function named 'metric'"):
+        T.metric  # noqa: B018 - today a builder namespace, not the package of implementations
+    with pytest.raises(AttributeError):
+        T.classification  # noqa: B018
+
+
+def test_custom_terms_named_metric_and_chain_are_reached_through_T(unregister):
+    @lossdsl.term("metric")
+    def metric(pred, target):
+        return (pred - target).abs().mean()
+
+    @lossdsl.term("chain")
+    def chain(pred, target):
+        return (pred - target).square().mean()
+
+    assert str(T.metric() + T["chain"]() + T.call("chain")) == "metric() + chain() + chain()"
+    assert str(T.chain(0, "<=", T.input("y"), "<=", 1)) == "0 <= y <= 1"  # the helper stays the helper
+    value = (T.metric() + T["chain"]()).compile()(torch.zeros(2), torch.full((2,), 2.0))
+    assert value.item() == 2.0 + 4.0
+
+
+def test_lossdsl_terms_is_a_deprecated_alias_of_T():
+    sys.modules.pop("lossdsl.terms", None)
+    with pytest.warns(DeprecationWarning, match="from lossdsl import T"):
+        from lossdsl import terms
+    assert str(terms.ce(weight="balanced") + terms.warmup(3) * terms.mse()) == "ce(weight=balanced) + warmup(3) * mse()"
+    assert terms.input is T.input and isinstance(terms.mse(), terms.Expr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert str(lossdsl.terms.mae()) == "mae()"  # the attribute, once imported, warns no more
