@@ -264,6 +264,10 @@ class TermDef:
     #: that gives the layouts it accepts, most preferred first (``lossdsl.synthetic`` picks one per
     #: term so that inputs shared between terms agree).
     shapes: tuple[tuple[str, Shape], ...] | Callable[[Any], Sequence[Layout]] = ()
+    #: The term's reference implementation and benchmark inputs: a function of ``lossdsl.parity.Sizes``
+    #: that gives ``lossdsl.parity.Case`` objects. The parity test and ``benchmarks/terms.py`` read them;
+    #: None for a term that gives none (the benchmark refuses to run without them).
+    cases: Callable[[Any], Sequence[Any]] | None = None
 
     def layouts(self, params: TermParams) -> tuple[Layout, ...]:
         """The layouts this term accepts with these parameters, most preferred first."""
@@ -282,15 +286,21 @@ def register(
     example: str = "",
     noun: str = "value",
     shapes: dict[str, Shape] | Callable[[Any], Sequence[Layout]] | None = None,
+    cases: Callable[[Any], Sequence[Any]] | None = None,
 ):
-    """Class decorator: register an ``nn.Module`` subclass as the term ``name``."""
+    """Class decorator: register an ``nn.Module`` subclass as the term ``name``.
+
+    ``cases`` (a function of ``lossdsl.parity.Sizes`` giving ``lossdsl.parity.Case`` objects) are the
+    term's reference and benchmark inputs: with them, registering is all a term needs for
+    ``lossdsl terms``, docs/terms.md, the parity test and ``benchmarks/terms.py``.
+    """
 
     def decorate(module: type[nn.Module]) -> type[nn.Module]:
         if name in REGISTRY:
             raise ValueError(f"term '{name}' is registered twice")
         REGISTRY[name] = TermDef(
             name=name, params=params, module=module, doc=doc, example=example or f"{name}()", noun=noun,
-            shapes=shapes if callable(shapes) else tuple((shapes or {}).items()),
+            shapes=shapes if callable(shapes) else tuple((shapes or {}).items()), cases=cases,
         )
         return module
 

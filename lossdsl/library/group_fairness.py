@@ -14,7 +14,7 @@ import torch
 from pydantic import AfterValidator, Field, PositiveFloat, PositiveInt, model_validator
 from pydantic_core import PydanticCustomError
 
-from .. import distributed
+from .. import distributed, parity
 from ..errors import LossSpecError
 from ..registry import INPUT, InnerForms, InnerLoss, InputOf, Kinds, MAX_GROUPS, SampleWeight, Term, TermParams, register, safe_divide
 
@@ -209,12 +209,80 @@ def _agg_text(agg: str | tuple[str, float]) -> str:
     return agg if isinstance(agg, str) else f"{agg[0]}({agg[1]:g})"
 
 
+def gap_of_sums(sums: torch.Tensor) -> torch.Tensor:
+    """Largest minus smallest rate ``sums[:, 0] / sums[:, 1]`` over the groups with a denominator
+    (a reference: written apart from the term's own helpers)."""
+    defined = sums[:, 1] > 0
+    denominator = torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
+    rate = sums[:, 0] / denominator
+    gap = rate.masked_fill(~defined, -1.0).amax() - rate.masked_fill(~defined, 2.0).amin()
+    return torch.where(defined.sum() >= 2, gap, torch.zeros_like(gap))
+
+
+def fpr_gap_ranked(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
+    """fairness(fpr_gap, group=sex) hand-written: soft false-positive rate per group (codes ranked in
+    the batch by a sort, summed with index_add_), largest minus smallest; 0 with fewer than two groups."""
+    n = pred.shape[0]
+    prob = torch.sigmoid(pred)
+    negative = 1 - target.to(pred.dtype)
+    sorted_codes, order = torch.sort(sex)
+    starts = torch.ones_like(sorted_codes, dtype=torch.long)
+    starts[1:] = (sorted_codes[1:] != sorted_codes[:-1]).long()
+    slots = torch.empty_like(order).scatter_(0, order, starts.cumsum(0) - 1)
+    sums = prob.new_zeros(n, 2).index_add_(0, slots, torch.stack([prob * negative, negative], dim=1))
+    return gap_of_sums(sums)
+
+
+def _fpr_gap_known_groups(groups: int) -> parity.Reference:
+    def reference(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
+        prob = torch.sigmoid(pred)
+        negative = 1 - target.to(pred.dtype)
+        sums = prob.new_zeros(groups, 2).index_add_(0, sex, torch.stack([prob * negative, negative], dim=1))
+        return gap_of_sums(sums)
+
+    return reference
+
+
+def _worst_group_mse(groups: int) -> parity.Reference:
+    """group_loss(mse) with known groups: the largest per-group mean squared error, by index_add."""
+
+    def reference(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
+        squared = (pred - target).square()
+        sums = pred.new_zeros(groups, 2).index_add_(0, sex, torch.stack([squared, torch.ones_like(squared)], dim=1))
+        defined = sums[:, 1] > 0
+        denominator = torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
+        means = sums[:, 0] / denominator
+        return means.masked_fill(~defined, float("-inf")).amax()
+
+    return reference
+
+
+def _fairness_cases(s: parity.Sizes) -> list[parity.Case]:
+    """References: the gap of soft group rates by index_add (codes ranked by a sort, or known
+    groups), and the worst group's mean loss."""
+    n, k, many = s.n, s.groups, s.many_groups
+    binary = {"pred": parity.randn(n), "target": parity.flags(n, dtype=torch.long)}
+    return [
+        parity.Case("fairness(fpr_gap, group=sex)", parity.shape(n), parity.inputs(**binary, sex=parity.labels(n, classes=k)),
+                    fpr_gap_ranked, note="benchmarks/overhead.py's hand-written gap", variant=f"{k} groups"),
+        parity.Case(f"fairness(fpr_gap, group=sex, groups={k})", parity.shape(n),
+                    parity.inputs(**binary, sex=parity.labels(n, classes=k)), _fpr_gap_known_groups(k), variant=f"{k} groups"),
+        parity.Case("fairness(fpr_gap, group=sex)", parity.shape(n),
+                    parity.inputs(**binary, sex=lambda g: 37 * torch.randint(0, many, (n,), generator=g)),
+                    fpr_gap_ranked, variant=f"{many} sparse groups"),
+        parity.Case(f"fairness(group_loss(mse), group=sex, groups={k})", parity.shape(n),
+                    parity.inputs(pred=parity.randn(n), target=parity.randn(n), sex=parity.labels(n, classes=k)),
+                    _worst_group_mse(k), variant=f"group_loss, {k} groups"),
+    ]
+
+
 @register(
     "fairness",
     FairnessParams,
     "Group-fairness penalty: the gap between the largest and smallest group rate, from soft predictions.",
     example="fairness(eo_gap, group=race, groups=5)",
     noun="statistic",
+    cases=_fairness_cases,
 )
 class Fairness(Term):
     """A disparity between group rates, from soft predictions; fairlearn's metrics on hard ones.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from .. import parity
 from ..registry import SampleWeight, TensorExpression, Term, TermParams, register
 from ..tensor_expr import compile_tensor_expr, names_in
 
@@ -63,13 +64,27 @@ class _Reduce(Term):
                 self.fail(i, f"the inputs' shapes do not broadcast together: {shapes}")
 
 
-@register("mean", ReductionTermParams, "The mean of an element-wise tensor expression.", example="mean(abs(pred - target))")
+def _mean_cases(s: parity.Sizes) -> list[parity.Case]:
+    n, o = s.n, s.outputs
+    return [parity.Case("mean(abs(pred - target))", parity.shape(n, o),
+                        parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o)),
+                        lambda pred, target: (pred - target).abs().mean())]
+
+
+@register("mean", ReductionTermParams, "The mean of an element-wise tensor expression.", example="mean(abs(pred - target))", cases=_mean_cases)
 class Mean(_Reduce):
     __doc__ = _Reduce.__doc__
     reduction = "mean"
 
 
-@register("sum", ReductionTermParams, "The sum of an element-wise tensor expression.", example="sum(square(pred - target))")
+def _sum_cases(s: parity.Sizes) -> list[parity.Case]:
+    n, o = s.n, s.outputs
+    return [parity.Case("sum(square(pred - target))", parity.shape(n, o),
+                        parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o)),
+                        lambda pred, target: (pred - target).square().sum())]
+
+
+@register("sum", ReductionTermParams, "The sum of an element-wise tensor expression.", example="sum(square(pred - target))", cases=_sum_cases)
 class Sum(_Reduce):
     __doc__ = _Reduce.__doc__
     reduction = "sum"

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, model_validator
 
 from .. import ast
+from .. import parity
 from ..registry import Condition, ReductionParam, SampleWeight, Term, TermParams, register
 from ..tensor_expr import compile_tensor_expr, names_in, value_range
 
@@ -143,11 +144,20 @@ class SoftBoundParams(TermParams):
 
 
 
+def _soft_bound_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: the squared excess past each bound, in plain torch."""
+    n, o = s.n, s.outputs
+    return [parity.Case("soft_bound(0 <= y <= 1)", parity.shape(n, o),
+                        parity.inputs(y=lambda g: 1.4 * torch.rand(n, o, generator=g) - 0.2),
+                        lambda y: F.relu(-y).square().mean() + F.relu(y - 1).square().mean(), grad=("y",))]
+
+
 @register(
     "soft_bound",
     SoftBoundParams,
     "Soft penalty on where a comparison over inputs (or a combination with and/or/not/implies) is violated.",
     example="soft_bound(0 <= pred <= 10, margin=0.1, penalty=hinge)",
+    cases=_soft_bound_cases,
 )
 class SoftBound(Term):
     """Penalises the violation of each comparison, element-wise.
