@@ -307,8 +307,8 @@ class Fairness(Term):
       ``max`` (with ``ref=overall``, never below ``mean``), and tends to ``max`` as ``T`` goes to 0. For ``eo``, ``agg`` combines the
       tpr and fpr parts as fairlearn's ``agg``: ``worst_case`` (the default) or ``mean``.
     - ``group_loss(INNER)`` is bounded group loss: ``INNER`` (a loss term with one value per
-      sample: ce, bce, focal, hinge, mse, mae, huber, smooth_l1, log_cosh, quantile, kl_normal, kl,
-      contrastive, triplet; with its own arguments, ``group_loss(huber(delta=2))``) is averaged
+      sample, listed in docs/fairness.md from the registry; with its own arguments,
+      ``group_loss(huber(delta=2))``) is averaged
       within each group, exactly as the term averages a batch (ce's class weights and ignored
       targets included), and the worst group's mean is the penalty; ``agg=mean`` averages the
       groups' means instead and ``smoothmax(T)`` softens the worst. ``group_loss_gap(INNER)`` and
