@@ -570,7 +570,7 @@ class Fairness(Term):
             first = inputs[0]
             n = first.shape[0] if first.dim() else 1
             dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
-            return self.inner(*inputs[: self.num_inner_inputs], torch.ones(n, dtype=dtype, device=first.device))
+            return self.inner.per_sample_parts(*inputs[: self.num_inner_inputs], torch.ones(n, dtype=dtype, device=first.device))
         pred = inputs[0]
         if self.raw:
             value = self._raw_prediction(pred)
