@@ -118,3 +118,34 @@ def test_without_the_fixture_on_the_path_the_term_is_not_registered():
     """The test above proves the pickup: here, in this process, nothing else registers it."""
     assert "squared_log_error" not in REGISTRY
     assert torch.is_tensor(lossdsl.compile("mse()")(torch.zeros(1), torch.ones(1)))
+
+
+@pytest.fixture
+def benchmark(monkeypatch):
+    """benchmarks/terms.py as a module (it imports its neighbour harness.py)."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("benchmark_terms", ROOT / "benchmarks" / "terms.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_takes_every_case_from_the_registry(benchmark):
+    small = benchmark.cases_at("small")
+    assert [case.label for case in small] == [case.label for case in parity.registered_cases(parity.SMALL)]
+    assert {case.size for case in small} == {"small"} and {case.term for case in small} == set(REGISTRY)
+    benchmark.check_coverage(small)  # every term has its cases: no error
+
+
+def test_the_benchmark_refuses_a_term_without_cases(benchmark):
+    @lossdsl.term("uncovered")
+    def uncovered(pred, target):
+        return (pred - target).abs().mean()
+
+    try:
+        with pytest.raises(SystemExit, match="no benchmark case for term\\(s\\) uncovered: register the term with cases="):
+            benchmark.check_coverage(benchmark.cases_at("small"))
+    finally:
+        del REGISTRY["uncovered"]
