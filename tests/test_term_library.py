@@ -117,6 +117,7 @@ import sys  # noqa: E402
 import warnings  # noqa: E402
 
 from lossdsl import REGISTRY, T  # noqa: E402
+from lossdsl.duals import METHODS  # noqa: E402
 from lossdsl.schedules import SCHEDULES  # noqa: E402
 
 
@@ -130,7 +131,7 @@ def unregister():
 
 
 def test_T_builds_every_term_and_schedule():
-    assert set(REGISTRY) | set(SCHEDULES) <= set(dir(T))
+    assert set(REGISTRY) | set(SCHEDULES) | set(METHODS) <= set(dir(T))
     expr = T.warmup(4) * T.kl_normal() + T.linear(1, 0, 10) * T.group_loss_gap(T.mse())
     assert str(expr) == "warmup(4) * kl_normal() + linear(1, 0, 10) * group_loss_gap(mse())"
     loss_fn = (T.warmup(4) * T.mse()).compile().train()
@@ -139,7 +140,7 @@ def test_T_builds_every_term_and_schedule():
 
 
 def test_T_has_no_modules_and_names_what_it_lacks():
-    with pytest.raises(AttributeError, match="no term, schedule or function named 'metric'"):
+    with pytest.raises(AttributeError, match="no term, schedule, constraint method or function named 'metric'"):
         T.metric  # noqa: B018 - today a builder namespace, not the package of implementations
     with pytest.raises(AttributeError):
         T.classification  # noqa: B018
@@ -169,3 +170,27 @@ def test_lossdsl_terms_is_a_deprecated_alias_of_T():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert str(lossdsl.terms.mae()) == "mae()"  # the attribute, once imported, warns no more
+
+
+def test_T_builds_constraints_as_text_writes_them():
+    objective = (T.mse() + T.warmup(5) * T.mae()).subject_to(
+        T.mae(pred=T.input("a"), target=T.input("b")) <= 0.5, name="close", using=T.penalty(10)
+    ).subject_to(T.fairness("eo_gap", group="g", groups=2) <= 0.02)
+    text = ("loss = mse() + warmup(5) * mae()\n"
+            "subject to mae(pred=a, target=b) <= 0.5 as close using penalty(10)\n"
+            "subject to fairness(eo_gap, group=g, groups=2) <= 0.02\n")
+    assert str(objective) == text and lossdsl.parse(text) == objective.spec
+    built, written = objective.compile().train(), lossdsl.compile(text).train()
+    g = torch.Generator().manual_seed(4)
+    inputs = dict(pred=torch.randn(8, generator=g), target=torch.randn(8, generator=g), a=torch.randn(8, generator=g),
+                  b=torch.randn(8, generator=g), g=torch.randint(0, 2, (8,), generator=g))
+    for _ in range(2):  # the multipliers' state moves alike
+        torch.testing.assert_close(built(**inputs), written(**inputs), rtol=0, atol=0)
+    assert list(built.last_terms) == list(written.last_terms)
+
+
+def test_a_constraint_is_a_comparison():
+    with pytest.raises(TypeError, match="a constraint is a comparison of a loss with a bound"):
+        T.mse().subject_to(0.5)
+    with pytest.raises(ValueError, match="a constraint's name is an identifier"):
+        T.mse().subject_to(T.mae() <= 1, name="not a name")
