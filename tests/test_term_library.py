@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import pathlib
 import re
+import sys
+import warnings
 
+import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lossdsl
+from lossdsl import REGISTRY, T
+from lossdsl.duals import METHODS
 from lossdsl.registry import safe_divide, weighted_mean
+from lossdsl.schedules import SCHEDULES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -65,11 +73,6 @@ def test_no_term_writes_the_safe_division_by_hand():
 
 # -- per_sample_parts -------------------------------------------------------------------------------
 
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import lossdsl  # noqa: E402
-
 
 def test_per_sample_parts_of_an_elementwise_term_are_each_sample_s_mean_and_one():
     g = torch.Generator().manual_seed(0)
@@ -112,13 +115,6 @@ def test_a_batch_level_term_has_no_per_sample_parts():
 
 
 # -- the builder namespace T -------------------------------------------------------------------------
-
-import sys  # noqa: E402
-import warnings  # noqa: E402
-
-from lossdsl import REGISTRY, T  # noqa: E402
-from lossdsl.duals import METHODS  # noqa: E402
-from lossdsl.schedules import SCHEDULES  # noqa: E402
 
 
 @pytest.fixture
