@@ -48,28 +48,6 @@ def repetitions(args: argparse.Namespace, device: torch.device, n: int,
     return small if n <= 4096 else large
 
 
-def fpr_gap_ranked(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
-    """fairness(fpr_gap, group=sex) hand-written: soft false-positive rate per group (codes ranked in
-    the batch by a sort, summed with index_add_), largest minus smallest; 0 with fewer than two groups."""
-    n = pred.shape[0]
-    prob = torch.sigmoid(pred)
-    negative = 1 - target.to(pred.dtype)
-    sorted_codes, order = torch.sort(sex)
-    starts = torch.ones_like(sorted_codes, dtype=torch.long)
-    starts[1:] = (sorted_codes[1:] != sorted_codes[:-1]).long()
-    slots = torch.empty_like(order).scatter_(0, order, starts.cumsum(0) - 1)
-    sums = prob.new_zeros(n, 2).index_add_(0, slots, torch.stack([prob * negative, negative], dim=1))
-    return gap_of_sums(sums)
-
-
-def gap_of_sums(sums: torch.Tensor) -> torch.Tensor:
-    """Largest minus smallest rate ``sums[:, 0] / sums[:, 1]`` over the groups with a denominator."""
-    defined = sums[:, 1] > 0
-    rate = sums[:, 0] / torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
-    gap = rate.masked_fill(~defined, -1.0).amax() - rate.masked_fill(~defined, 2.0).amin()
-    return torch.where(defined.sum() >= 2, gap, torch.zeros_like(gap))
-
-
 def count_ops(run: Callable[[], object]) -> int:
     """ATen operators dispatched by ``run()``: on small inputs each costs a few microseconds."""
     from torch.utils._python_dispatch import TorchDispatchMode

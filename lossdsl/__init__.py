@@ -4,9 +4,10 @@
     >>> loss_fn = lossdsl.compile("ce(weight=balanced) + 0.1*fairness(fpr_gap, group=sex) + soft_bound(y<=100)")
 """
 
-from . import terms as _builtin_terms  # noqa: F401  (registers the built-in terms)
+from . import library as _library  # noqa: F401  (registers the built-in terms)
 from .ast import Spec
 from .audit import AuditReport, audit
+from .builder import T
 from .driver import check, compile, load
 from .custom import load_plugins, term
 from .errors import Diagnostic, LossSpecError, LossSpecWarning
@@ -23,6 +24,7 @@ __all__ = [
     "LossSpecWarning",
     "REGISTRY",
     "Spec",
+    "T",
     "TermParams",
     "audit",
     "check",
@@ -35,3 +37,11 @@ __all__ = [
 
 load_plugins()
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    if name == "terms":  # lossdsl.terms.mse() without an import: the deprecated alias of T, loaded on use
+        import importlib
+
+        return importlib.import_module(".terms", __name__)
+    raise AttributeError(f"module 'lossdsl' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Build specs from Python: ``from lossdsl import terms as T``.
+"""Build specs from Python: ``from lossdsl import T``.
 
     >>> spec = T.ce(weight="balanced") + 0.1 * T.fairness("fpr_gap", group="sex") + T.soft_bound(T.input("y") <= 100)
     >>> str(spec)
@@ -105,12 +105,52 @@ class Expr:
         return format_expr(self.node)
 
     def __repr__(self) -> str:
-        return f"lossdsl.terms.Expr({str(self)!r})"
+        return f"lossdsl.builder.Expr({str(self)!r})"
 
     def check(self):  # noqa: ANN201 - a Plan
         """Check the whole objective; raise ``LossSpecError`` on a mistake."""
         from .driver import check  # (the driver imports the runtime, which imports the terms, which import this)
 
+        return check(self.spec, format_spec(self.spec))
+
+    def compile(self, params: dict[str, float] | None = None):  # noqa: ANN201 - a LossModule
+        from .driver import compile as compile_spec
+
+        return compile_spec(self.spec, params)
+
+    def subject_to(self, constraint: Expr, name: str | None = None, using: Expr | None = None) -> Objective:
+        """This loss ``subject to`` a bound on another: ``T.ce().subject_to(T.fairness("eo_gap",
+        group="sex") <= 0.02, name="eo", using=T.penalty(10))``."""
+        return Objective(self.node).subject_to(constraint, name, using)
+
+
+class Objective:
+    """A loss with ``subject to`` constraints: ``loss = ...`` and one ``subject to`` line each."""
+
+    __slots__ = ("node", "constraints")
+
+    def __init__(self, node: ast.Node, constraints: tuple[ast.SubjectTo, ...] = ()):
+        self.node, self.constraints = node, constraints
+
+    def subject_to(self, constraint: Expr, name: str | None = None, using: Expr | None = None) -> Objective:
+        if not isinstance(constraint, Expr):
+            raise TypeError(f"a constraint is a comparison of a loss with a bound, such as T.mae() <= 0.5; got {constraint!r}")
+        if name is not None and not _is_name(name):
+            raise ValueError(f"a constraint's name is an identifier, got {name!r}")
+        statement = ast.SubjectTo(constraint=constraint.node, name=name, method=None if using is None else node_of(using))
+        return Objective(self.node, (*self.constraints, statement))
+
+    @property
+    def spec(self) -> ast.Spec:
+        return ast.Spec(statements=(ast.LossStmt(value=self.node), *self.constraints))
+
+    def __str__(self) -> str:
+        return format_spec(self.spec)
+
+    def __repr__(self) -> str:
+        return f"lossdsl.builder.Objective({str(self)!r})"
+
+    def check(self):  # noqa: ANN201 - a Plan
         return check(self.spec, format_spec(self.spec))
 
     def compile(self, params: dict[str, float] | None = None):  # noqa: ANN201 - a LossModule
@@ -205,7 +245,7 @@ def call(name: str, *args: Any, **kwargs: Any) -> Expr:
 class _TermBuilder:
     def __init__(self, name: str):
         self.name = name
-        self.__doc__ = REGISTRY[name].doc if name in REGISTRY else f"the element-wise function {name}()"
+        self.__doc__ = REGISTRY[name].doc if name in REGISTRY else f"{_kind_of(name)} {name}()"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Expr:
         return call(self.name, *args, **kwargs)
@@ -214,9 +254,78 @@ class _TermBuilder:
         return f"<lossdsl term builder {self.name}()>"
 
 
-def builder(name: str) -> _TermBuilder:
+def _kind_of(name: str) -> str | None:
+    """What a callable name of the language is, besides a term: None for none."""
+    from .duals import METHODS
+    from .library.group_fairness import GROUP_LOSS_FORMS
+    from .schedules import SCHEDULES
     from .tensor_expr import FUNCTIONS
 
-    if name not in REGISTRY and name not in FUNCTIONS:
+    if name in SCHEDULES:
+        return "the schedule"
+    if name in METHODS:
+        return "the constraint method"
+    if name in GROUP_LOSS_FORMS:
+        return "the fairness statistic"
+    if name in FUNCTIONS:
+        return "the element-wise function"
+    return None
+
+
+def builder(name: str) -> _TermBuilder:
+    """The builder of a term, schedule, group_loss form or element-wise function named ``name``."""
+    if name not in REGISTRY and _kind_of(name) is None:
         raise AttributeError(name)
     return _TermBuilder(name)
+
+
+class Builders:
+    """``lossdsl.T``: a builder for every callable of the language, and nothing else.
+
+    ``T.ce(weight="balanced")``, ``T.warmup(1000)``, ``T.abs(T.input("y"))``,
+    ``T.group_loss_gap(T.mse())``, ``T.penalty(10)`` (for ``subject_to(..., using=...)``): each term
+    (built-in or custom), schedule, constraint method, ``group_loss`` form and element-wise function
+    by its name, looked up when used, so a term registered later is there
+    too; plus the five helpers ``input``, ``chain``, ``call``, ``group_loss`` and ``implies``. A term
+    whose name is a helper's (a custom ``chain``) is ``T["chain"](...)`` or ``T.call("chain", ...)``.
+    The implementations live elsewhere (``lossdsl.library``), so no module hides a term's name.
+    """
+
+    __slots__ = ()
+
+    input = staticmethod(input)
+    chain = staticmethod(chain)
+    call = staticmethod(call)
+    group_loss = staticmethod(group_loss)
+    implies = staticmethod(implies)
+
+    def __getattr__(self, name: str) -> _TermBuilder:
+        if name.startswith("__"):  # copy, pickle and inspect probe for dunders
+            raise AttributeError(name)
+        try:
+            return builder(name)
+        except AttributeError:
+            raise AttributeError(f"lossdsl.T has no term, schedule, constraint method or function named {name!r}") from None
+
+    def __getitem__(self, name: str) -> _TermBuilder:
+        """The builder of exactly that name, never a helper: ``T["chain"]`` for a term named chain."""
+        try:
+            return builder(name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def __dir__(self) -> list[str]:
+        from .duals import METHODS
+        from .library.group_fairness import GROUP_LOSS_FORMS
+        from .schedules import SCHEDULES
+        from .tensor_expr import FUNCTIONS
+
+        return sorted({"input", "chain", "call", "group_loss", "implies", *REGISTRY, *SCHEDULES, *METHODS,
+                       *GROUP_LOSS_FORMS, *FUNCTIONS})
+
+    def __repr__(self) -> str:
+        return "<lossdsl.T: spec builders>"
+
+
+#: The builder namespace, ``from lossdsl import T``.
+T = Builders()

@@ -41,9 +41,14 @@ ENTRY_POINT_GROUP = "lossdsl.terms"
 
 
 def term(
-    name: str, params: type[TermParams] | None = None, doc: str | None = None, example: str | None = None
+    name: str, params: type[TermParams] | None = None, doc: str | None = None, example: str | None = None,
+    cases: Callable[[Any], Any] | None = None,
 ) -> Callable[[Any], Any]:
-    """Register a function or an ``nn.Module`` class as the term ``name``; returns it unchanged."""
+    """Register a function or an ``nn.Module`` class as the term ``name``; returns it unchanged.
+
+    ``cases``: its reference implementation and benchmark inputs (see ``lossdsl.parity``), for the
+    parity test and ``benchmarks/terms.py``.
+    """
 
     def decorate(target: Any) -> Any:
         if not name.isidentifier():
@@ -75,7 +80,7 @@ def term(
              "is_module": is_module, "parameters": tuple(sorted(parameter_names)),
              "registration": (name, target, params, doc, example)},
         )
-        register(name, model, summary, example=example or f"{name}()")(adapter)
+        register(name, model, summary, example=example or f"{name}()", cases=cases)(adapter)
         return target
 
     return decorate

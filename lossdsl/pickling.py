@@ -30,7 +30,7 @@ from torch import nn
 from .checking import check
 from .custom import _CustomTerm, term
 from .registry import REGISTRY, TermDef
-from .terms.penalties import _Penalty
+from .library.penalties import _Penalty
 
 if TYPE_CHECKING:
     from .plan import Plan, TermPlan

@@ -1,8 +1,13 @@
-"""The term reference, generated from the registry: ``docs/terms.md`` and ``lossdsl terms``."""
+"""The term reference, generated from the registry: ``docs/terms.md``, ``lossdsl terms``, and the
+lists of terms in README.md and docs/fairness.md (``python -m lossdsl.reference`` rewrites them)."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
+import re
+import sys
+from pathlib import Path
 
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -11,15 +16,15 @@ from .registry import REGISTRY, TermDef
 
 # Headings for the built-in families, by module; anything else (custom terms) is "Other terms".
 FAMILIES = {
-    "lossdsl.terms.classification": "Classification",
-    "lossdsl.terms.regression": "Regression",
-    "lossdsl.terms.segmentation": "Segmentation",
-    "lossdsl.terms.divergence": "Divergences",
-    "lossdsl.terms.metric": "Metric learning",
-    "lossdsl.terms.reductions": "Reductions of tensor expressions",
-    "lossdsl.terms.penalties": "Weight penalties",
-    "lossdsl.terms.group_fairness": "Fairness",
-    "lossdsl.terms.constraints": "Constraints",
+    "lossdsl.library.classification": "Classification",
+    "lossdsl.library.regression": "Regression",
+    "lossdsl.library.segmentation": "Segmentation",
+    "lossdsl.library.divergence": "Divergences",
+    "lossdsl.library.metric_learning": "Metric learning",
+    "lossdsl.library.reductions": "Reductions of tensor expressions",
+    "lossdsl.library.penalties": "Weight penalties",
+    "lossdsl.library.group_fairness": "Fairness",
+    "lossdsl.library.soft_bound": "Constraints",
 }
 NOT_SET = "—"
 
@@ -89,3 +94,92 @@ def terms_text() -> str:
             lines.append(f"    {name} = {shown_default(field)}: {field.description or ''}")
         lines.append(f"    example: {term.example}")
     return "\n".join(lines) + "\n"
+
+
+# -- Generated blocks in hand-written pages ---------------------------------------------------------
+#
+# README.md and docs/fairness.md hold lists that follow the registry between the markers
+#     <!-- generated: NAME ... -->
+#     ...
+#     <!-- end generated -->
+# ``python -m lossdsl.reference`` rewrites them (and docs/terms.md); ``--check`` only reports.
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
+
+
+def readme_terms() -> str:
+    """README.md's list of terms: each family's names, in the order of docs/terms.md."""
+    families: dict[str, list[str]] = {}
+    for term in REGISTRY.values():
+        families.setdefault(FAMILIES.get(term.module.__module__, "Other terms"), []).append(term.name)
+    order = [*FAMILIES.values(), "Other terms"]
+    return "".join(f"  - {family}: {_names(families[family])}\n" for family in sorted(families, key=order.index))
+
+
+def fairness_statistics() -> str:
+    """docs/fairness.md's list of every statistic ``fairness`` takes."""
+    from .library.group_fairness import GROUP_LOSS_FORMS, FairnessParams
+
+    rates = [name for name in FairnessParams.options("stat")]
+    forms = [f"{form}(INNER)" for form in GROUP_LOSS_FORMS]
+    return f"Every statistic: {_names(rates + forms)}.\n"
+
+
+def inner_terms() -> str:
+    """docs/fairness.md's list of the terms ``group_loss(INNER)`` takes: those with per-sample parts."""
+    return f"{_names([name for name, term in REGISTRY.items() if term.module.per_sample])}.\n"
+
+
+#: Generated block name -> its text.
+BLOCKS = {"readme-terms": readme_terms, "fairness-statistics": fairness_statistics, "inner-terms": inner_terms}
+#: The pages that hold generated blocks, relative to a checkout.
+PAGES = ("README.md", "docs/fairness.md")
+_BLOCK = re.compile(r"(?P<start>^[ \t]*<!-- generated: (?P<name>[\w-]+)[^\n]*-->\n)(?P<body>.*?)"
+                    r"(?P<end>^[ \t]*<!-- end generated -->)", re.M | re.S)
+
+
+def regenerate(text: str, where: str = "the page") -> str:
+    """``text`` with every generated block's body replaced by its generator's output."""
+
+    def fill(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in BLOCKS:
+            raise ValueError(f"{where}: unknown generated block {name!r}; known: {', '.join(BLOCKS)}")
+        return match["start"] + BLOCKS[name]() + match["end"]
+
+    return _BLOCK.sub(fill, text)
+
+
+def update(root: Path, write: bool = True) -> list[str]:
+    """Regenerate docs/terms.md and the generated blocks of ``PAGES`` under ``root``; the stale files."""
+    stale = []
+    expected = {"docs/terms.md": terms_markdown()}
+    for page in PAGES:
+        expected[page] = regenerate((root / page).read_text(encoding="utf-8"), page)
+    for page, text in expected.items():
+        path = root / page
+        if path.read_text(encoding="utf-8") != text:
+            stale.append(page)
+            if write:
+                path.write_text(text, encoding="utf-8")
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lossdsl.reference",
+        description="Regenerate docs/terms.md and the registry's lists in README.md and docs/fairness.md.",
+    )
+    parser.add_argument("root", nargs="?", default=".", type=Path, help="the checkout (default: the current folder)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is stale")
+    args = parser.parse_args(argv)
+    stale = update(args.root, write=not args.check)
+    for page in stale:
+        print(f"{page}: {'stale' if args.check else 'regenerated'}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

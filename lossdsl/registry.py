@@ -268,6 +268,10 @@ class TermDef:
     #: that gives the layouts it accepts, most preferred first (``lossdsl.synthetic`` picks one per
     #: term so that inputs shared between terms agree).
     shapes: tuple[tuple[str, Shape], ...] | Callable[[Any], Sequence[Layout]] = ()
+    #: The term's reference implementation and benchmark inputs: a function of ``lossdsl.parity.Sizes``
+    #: that gives ``lossdsl.parity.Case`` objects. The parity test and ``benchmarks/terms.py`` read them;
+    #: None for a term that gives none (the benchmark refuses to run without them).
+    cases: Callable[[Any], Sequence[Any]] | None = None
 
     def layouts(self, params: TermParams) -> tuple[Layout, ...]:
         """The layouts this term accepts with these parameters, most preferred first."""
@@ -286,15 +290,21 @@ def register(
     example: str = "",
     noun: str = "value",
     shapes: dict[str, Shape] | Callable[[Any], Sequence[Layout]] | None = None,
+    cases: Callable[[Any], Sequence[Any]] | None = None,
 ):
-    """Class decorator: register an ``nn.Module`` subclass as the term ``name``."""
+    """Class decorator: register an ``nn.Module`` subclass as the term ``name``.
+
+    ``cases`` (a function of ``lossdsl.parity.Sizes`` giving ``lossdsl.parity.Case`` objects) are the
+    term's reference and benchmark inputs: with them, registering is all a term needs for
+    ``lossdsl terms``, docs/terms.md, the parity test and ``benchmarks/terms.py``.
+    """
 
     def decorate(module: type[nn.Module]) -> type[nn.Module]:
         if name in REGISTRY:
             raise ValueError(f"term '{name}' is registered twice")
         REGISTRY[name] = TermDef(
             name=name, params=params, module=module, doc=doc, example=example or f"{name}()", noun=noun,
-            shapes=shapes if callable(shapes) else tuple((shapes or {}).items()),
+            shapes=shapes if callable(shapes) else tuple((shapes or {}).items()), cases=cases,
         )
         return module
 
@@ -314,14 +324,25 @@ class Term(nn.Module):
     #: Whether the term has per-sample losses although ``group_loss`` cannot take it (its inputs
     #: are read by name, as soft_bound's and mean's are): ``reduction=none`` and ``LossModule.per_sample``.
     sample_losses: ClassVar[bool] = False
-    #: Set on an inner term of ``group_loss`` (and during ``LossModule.per_sample``): ``reduce``
-    #: keeps the sample axis (see ``reduce``).
-    keeps_samples: bool = False
 
     @classmethod
     def has_sample_losses(cls) -> bool:
         """Whether the term gives one loss per sample: ``reduction=none``, ``LossModule.per_sample``."""
         return cls.per_sample or cls.sample_losses
+
+    def per_sample_parts(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``[N, 2]``: each sample's numerator and denominator of the term's mean, so that a group's
+        mean loss is ``sum(numerators) / sum(denominators)`` over its samples (``group_loss``) and a
+        sample's own loss is its row's quotient (``LossModule.per_sample``).
+
+        ``inputs`` are the forward's, ``sample_weight`` included (``group_loss`` passes ones). A term
+        with sample losses implements it by taking the keyword ``parts`` in its forward and handing it
+        to ``reduce`` (which then gives each sample's mean, or sum for ``reduction=sum``, over its
+        elements, weight 1); ce gives its class-weighted sums instead.
+        """
+        if not self.has_sample_losses():
+            raise TypeError(f"{type(self).__name__} is computed over the whole batch: it has no per-sample parts")
+        return self(*inputs, parts=True)
 
     def bind_context(self, where: str, input_names: tuple[str, ...]) -> None:
         """``where`` reads like "ce() at specs/a.loss:3:12"; ``input_names`` follow the forward's order."""
@@ -355,19 +376,19 @@ class Term(nn.Module):
             self.fail(position, f"expected per-sample weights of shape ({batch},), got {tuple(weight.shape)}")
         return weight.to(dtype)
 
-    def reduce(self, loss: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    def reduce(self, loss: torch.Tensor, sample_weight: torch.Tensor | None = None, parts: bool = False) -> torch.Tensor:
         """Reduce an element-wise loss [N, ...] by ``self.reduction``, weighting samples by ``sample_weight`` [N].
 
-        With ``keeps_samples`` set, return ``[N, 2]`` instead: each sample's own reduction over
-        its elements (its mean, or its sum for ``reduction=sum``) and its weight (1), the
-        numerator and denominator of a group's mean loss.
+        With ``parts`` (from ``per_sample_parts``), return ``[N, 2]`` instead: each sample's own
+        reduction over its elements (its mean, or its sum for ``reduction=sum``) and its weight
+        (1), the numerator and denominator of a group's mean loss.
 
         Weighted, ``mean`` is the weighted mean of the per-sample means, ``sum(w * l) / sum(w)``,
         and 0 when every weight is 0; ``sum`` is ``sum(w * l)``; ``none`` is ``l`` itself (times
         each sample's weight). Sums and counts accumulate in float32 at least (a float16 sum of
         65,536 ones is inf); the result has the loss's dtype.
         """
-        if self.keeps_samples:  # group_loss's inner term: [N, 2] of each sample's mean loss, weight 1
+        if parts:  # per_sample_parts: [N, 2] of each sample's mean loss, weight 1
             acc = accumulation_dtype(loss.dtype)
             flat = loss.flatten(1) if loss.dim() > 1 else loss.reshape(-1, 1)
             means = flat.sum(dim=1, dtype=acc) if self.reduction == "sum" else flat.mean(dim=1, dtype=acc)
@@ -409,4 +430,20 @@ def weighted_mean(total: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     Dividing by a clamped tiny weight instead would scale the gradients by 1/tiny, which
     overflows before the zero weights can cancel it.
     """
-    return total / torch.where(weight > 0, weight, torch.ones_like(weight))
+    return safe_divide(total, weight)
+
+
+def safe_divide(
+    numerator: torch.Tensor, denominator: torch.Tensor, defined: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``numerator / denominator`` where ``defined`` (``denominator > 0`` unless given), and
+    ``numerator / 1`` elsewhere, with no gradient through the denominator there: never the NaN or
+    inf of 0 / 0 in the value or the gradient. The caller masks the undefined entries if they
+    matter (a group without samples, an empty class).
+
+    A ``where`` after the division would not do: the gradient of the unused ``x / 0`` branch is
+    still NaN, and NaN * 0 is NaN.
+    """
+    if defined is None:
+        defined = denominator > 0
+    return numerator / torch.where(defined, denominator, torch.ones_like(denominator))

@@ -243,7 +243,7 @@ class LossModule(nn.Module):
                 declaration.check(tensors[i], sizes)
         return tensors
 
-    def _call_term(self, index: int, term: nn.Module, arguments: list[torch.Tensor], step: torch.Tensor | None,
+    def _call_term(self, index: int, term: Callable[..., torch.Tensor], arguments: list[torch.Tensor], step: torch.Tensor | None,
                    *extra: torch.Tensor) -> torch.Tensor:
         """Term ``index`` on its inputs: silenced while its weights are 0, torch's errors as E402."""
         if self._silencers[index] is not None:  # under a weight that can be 0: no gradient while it is
@@ -386,11 +386,11 @@ class LossModule(nn.Module):
                 dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
                 ones = (torch.ones(n, dtype=dtype, device=first.device),)
             training = term.training
-            term.keeps_samples, term.training = True, False  # [N, 2] sums; no counts added
+            term.training = False  # no counts added
             try:
-                sums = self._call_term(index, term, given, step, *ones)  # each sample's numerator and denominator
+                sums = self._call_term(index, term.per_sample_parts, given, step, *ones)  # [N, 2]: numerator, denominator
             finally:
-                term.keeps_samples, term.training = False, training
+                term.training = training
             value = weighted_mean(sums[:, 0], sums[:, 1])
             if weighted:
                 value = value * given[-1].to(value.dtype)

@@ -18,7 +18,7 @@ from pathlib import Path
 import annotated_types
 
 from lossdsl.registry import INPUT, REGISTRY, TermParams
-from lossdsl.terms.group_fairness import GROUP_LOSS_FORMS
+from lossdsl.library.group_fairness import GROUP_LOSS_FORMS
 
 # Input names: each role's own name most of the time, else one of these.
 NAMES = ("pred", "target", "aux", "y", "x", "w", "sex", "race", "score", "logits2", "labels2", "mask")

@@ -1,4 +1,4 @@
-"""The Python builder (from lossdsl import terms as T) builds the parser's AST for the same spec."""
+"""The Python builder (from lossdsl import T) builds the parser's AST for the same spec."""
 
 import re
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import lossdsl
-from lossdsl import terms as T
+from lossdsl import T
 
 y, pred, target = T.input("y"), T.input("pred"), T.input("target")
 
@@ -176,7 +176,7 @@ def test_a_deep_builder_expression_prints_and_is_e004_when_checked(build, text):
     recursed); printing now works, and checking is E004, as compiling its Spec or its text is."""
     expr = build()
     assert str(expr) == text
-    assert repr(expr) == f"lossdsl.terms.Expr({text!r})"
+    assert repr(expr) == f"lossdsl.builder.Expr({text!r})"
     reports = []
     for attempt in (expr.check, expr.compile, lambda: lossdsl.compile(expr.spec), lambda: lossdsl.compile(text)):
         with pytest.raises(lossdsl.LossSpecError) as info:

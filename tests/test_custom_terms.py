@@ -71,7 +71,7 @@ def test_custom_terms_are_documented_and_buildable(registered):
     assert page.startswith("### ranking\n\nPairwise ranking hinge.")
     assert "| `margin` | `1.0` | the margin a positive must win by |" in page
     assert "| `pos` | `pos` | the input read as pos |" in page
-    from lossdsl import terms as T
+    from lossdsl import T
 
     assert str(T.ranking(margin=2.0) + T.abs_error()) == "ranking(margin=2.0) + abs_error()"
 

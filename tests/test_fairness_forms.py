@@ -174,7 +174,7 @@ def test_intersection_slots_are_the_pairs_of_codes():
     pred = torch.tensor([10.0, -10.0, -10.0, 10.0, 10.0, -10.0])  # selection: (0,5)=1, (0,7)=0, (1,5)=0, (1,7)=1
     got = lossdsl.compile("fairness(dp_gap, group=(sex, race))")(pred=pred, sex=sex, race=race)
     torch.testing.assert_close(got, torch.sigmoid(torch.tensor(10.0)) - torch.sigmoid(torch.tensor(-10.0)))
-    from lossdsl import terms as T
+    from lossdsl import T
 
     assert str(T.fairness("dp_gap", group=("sex", "race"))) == "fairness(dp_gap, group=(sex, race))"
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lossdsl
-from lossdsl.terms.constraints import BARRIER_EDGE
+from lossdsl.library.soft_bound import BARRIER_EDGE
 
 
 def value_and_grad(spec, **inputs):
@@ -73,7 +73,7 @@ def test_bad_penalties(spec, code):
 
 
 def test_option_with_argument_formats_and_builds():
-    from lossdsl import terms as T
+    from lossdsl import T
 
     text = "soft_bound(y <= 1, penalty=softplus(10))"
     assert lossdsl.format(lossdsl.parse(text)).strip() == text

@@ -304,12 +304,12 @@ def test_the_limits_are_documented():
 def test_a_deep_expression_built_in_python_is_e004_not_a_recursion_error():
     from lossdsl.parsing import MAX_NESTING
 
-    expr = lossdsl.terms.mse()
+    expr = lossdsl.T.mse()
     for _ in range(MAX_NESTING - 1):
-        expr = expr + lossdsl.terms.mae()
+        expr = expr + lossdsl.T.mae()
     assert len(lossdsl.compile(expr.spec).plan.terms) == MAX_NESTING  # as deep as the parser allows
     for _ in range(2000):
-        expr = expr + lossdsl.terms.mae()
+        expr = expr + lossdsl.T.mae()
     with pytest.raises(lossdsl.LossSpecError) as info:
         lossdsl.compile(expr.spec)
     assert codes(info) == ["E004"]

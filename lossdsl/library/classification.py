@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat
 
-from .. import distributed
+from .. import distributed, parity
 from ..registry import (
     BatchReductionParam,
     InputOf,
@@ -22,6 +22,7 @@ from ..registry import (
     accumulation_dtype,
     class_layouts,
     register,
+    safe_divide,
     same_shape_layouts,
     weighted_mean,
 )
@@ -55,12 +56,29 @@ def _ce_layouts(params: CEParams) -> tuple[Layout, ...]:
     return class_layouts()
 
 
+def _ce_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: F.cross_entropy, and F.binary_cross_entropy_with_logits for binary logits."""
+    n, c, images = s.n, s.classes, s.images
+    indices = (images[0], *images[2:])  # class indices [N, H, W]
+    return [
+        parity.Case("ce()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.labels(n, classes=c)),
+                    lambda pred, target: F.cross_entropy(pred, target), one_call=True),
+        parity.Case("ce()", parity.shape(n), parity.inputs(pred=parity.randn(n), target=parity.flags(n, dtype=torch.long)),
+                    lambda pred, target: F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype)),
+                    one_call=True, variant="binary"),
+        parity.Case("ce()", parity.shape(*images),
+                    parity.inputs(pred=parity.randn(*images), target=parity.labels(*indices, classes=images[1])),
+                    lambda pred, target: F.cross_entropy(pred, target), one_call=True),
+    ]
+
+
 @register(
     "ce",
     CEParams,
     "Cross-entropy on logits: softmax over classes, or sigmoid on binary logits [N].",
     example="ce(weight=balanced, label_smoothing=0.05)",
     shapes=_ce_layouts,
+    cases=_ce_cases,
 )
 class CrossEntropy(Term):
     """``F.cross_entropy``; on binary logits ``[N]`` or ``[N, 1]``, the same loss in sigmoid form.
@@ -106,7 +124,7 @@ class CrossEntropy(Term):
         self.register_buffer("class_counts", torch.zeros(0, dtype=torch.long) if self.balanced else None)
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         self.expect_real(1, target)
@@ -136,11 +154,11 @@ class CrossEntropy(Term):
                              "(for [N, 1, ...] masks use bce, focal or dice)")
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
-        if self.keeps_samples:
+        if parts:
             return self._per_sample(pred, target, binary, num_classes)
         if self.reduction == "none":
             losses, _ = self._losses(pred, target, binary, num_classes)
-            return self.reduce(losses, sample_weight)
+            return self.reduce(losses, sample_weight, parts)
         if target.numel() == 0:
             if self.balanced and self.training and distributed.active():  # still take part in the count sum
                 self._class_weight(target.long(), target == target, num_classes, pred.dtype)
@@ -396,12 +414,20 @@ def _bce_layouts(params: BCEParams) -> tuple[Layout, ...]:
     return same_shape_layouts("pred", "target", last=labels)
 
 
+def _bce_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: F.binary_cross_entropy_with_logits."""
+    n, c = s.n, s.classes
+    return [parity.Case("bce()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.flags(n, c)),
+                        lambda pred, target: F.binary_cross_entropy_with_logits(pred, target), one_call=True)]
+
+
 @register(
     "bce",
     BCEParams,
     "Binary cross-entropy on logits, binary or multi-label, as F.binary_cross_entropy_with_logits.",
     example="bce(pos_weight=[1.0, 4.0, 2.5])",
     shapes=_bce_layouts,
+    cases=_bce_cases,
 )
 class BinaryCrossEntropy(Term):
     """``F.binary_cross_entropy_with_logits(pred, target, pos_weight=...)``; ``target`` has ``pred``'s shape.
@@ -423,7 +449,7 @@ class BinaryCrossEntropy(Term):
         self.register_buffer("pos_weight", torch.tensor(pos_weight, dtype=torch.float64) if pos_weight else None)
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         self.expect_real(1, target)
@@ -442,7 +468,7 @@ class BinaryCrossEntropy(Term):
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
         losses = F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction="none")
-        return self.reduce(losses, sample_weight)
+        return self.reduce(losses, sample_weight, parts)
 
 
 def _classes_at_least_two(alpha: tuple[float, ...]) -> tuple[float, ...]:
@@ -476,12 +502,42 @@ def _focal_layouts(params: FocalParams) -> tuple[Layout, ...]:
     return sigmoid if params.alpha is not None else (*sigmoid, *class_layouts(binary=False))
 
 
+def _torchvision_sigmoid_focal(pred: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """``torchvision.ops.sigmoid_focal_loss(..., alpha=-1, reduction="mean")``, its code inlined
+    (torchvision is not a dependency)."""
+    p = torch.sigmoid(pred)
+    ce_loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    return (ce_loss * ((1 - p_t) ** gamma)).mean()
+
+
+def _monai_softmax_focal(classes: int) -> parity.Reference:
+    """MONAI's softmax focal loss, summed over classes: its mean divides by N * C, lossdsl's by N."""
+    from monai.losses import FocalLoss
+
+    loss = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0)
+    return lambda pred, target: loss(pred, target.unsqueeze(1)) * classes
+
+
+def _focal_cases(s: parity.Sizes) -> list[parity.Case]:
+    """References: torchvision's sigmoid focal loss, MONAI's softmax one."""
+    n, c = s.n, s.classes
+    return [
+        parity.Case("focal()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.flags(n, c)),
+                    _torchvision_sigmoid_focal, note="torchvision.ops.sigmoid_focal_loss's code", variant="sigmoid"),
+        parity.Case("focal()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.labels(n, classes=c)),
+                    parity.lazy(lambda: _monai_softmax_focal(c)), note="monai FocalLoss(use_softmax=True) * C",
+                    variant="softmax"),
+    ]
+
+
 @register(
     "focal",
     FocalParams,
     "Focal loss: cross-entropy scaled by (1 - p_t)^gamma, down-weighting easy examples.",
     example="focal(gamma=2.0, alpha=0.25)",
     shapes=_focal_layouts,
+    cases=_focal_cases,
 )
 class Focal(Term):
     """Focal loss (Lin et al., 2017).
@@ -511,7 +567,7 @@ class Focal(Term):
         self.register_buffer("class_alpha", torch.tensor(alpha, dtype=torch.float64) if isinstance(alpha, tuple) else None)
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         if sample_weight is not None:
@@ -519,12 +575,12 @@ class Focal(Term):
         self.expect_real(1, target)
         one_channel = pred.dim() >= 2 and pred.shape[1] == 1 and target.shape == (pred.shape[0], *pred.shape[2:])
         if target.shape == pred.shape or one_channel:
-            return self.reduce(self._sigmoid_form(pred.reshape(target.shape), target.to(pred.dtype)), sample_weight)
+            return self.reduce(self._sigmoid_form(pred.reshape(target.shape), target.to(pred.dtype)), sample_weight, parts)
         indices = (self.batch_size(0, pred, "[N], [N, C] or [N, C, ...]"), *pred.shape[2:])
         if target.is_floating_point() or pred.dim() < 2 or tuple(target.shape) != indices:
             self.fail(1, f"expected 0/1 targets of shape {tuple(pred.shape)} or class indices of shape "
                          f"{indices}, got {tuple(target.shape)} {target.dtype}")
-        return self.reduce(self._softmax_form(pred, target.long()), sample_weight)
+        return self.reduce(self._softmax_form(pred, target.long()), sample_weight, parts)
 
     def _modulation(self, one_minus_p: torch.Tensor) -> torch.Tensor | float:
         if self.gamma == 0:
@@ -568,12 +624,24 @@ def _hinge_layouts(params: HingeParams) -> tuple[Layout, ...]:
     return class_layouts()[:2]
 
 
+def _hinge_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: F.multi_margin_loss; binary, the hinge on labels mapped to -1/+1."""
+    n, c = s.n, s.classes
+    return [
+        parity.Case("hinge()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.labels(n, classes=c)),
+                    lambda pred, target: F.multi_margin_loss(pred, target), one_call=True),
+        parity.Case("hinge()", parity.shape(n), parity.inputs(pred=parity.randn(n), target=parity.flags(n, dtype=torch.long)),
+                    lambda pred, target: F.relu(1 - (2 * target.to(pred.dtype) - 1) * pred).mean(), variant="binary"),
+    ]
+
+
 @register(
     "hinge",
     HingeParams,
     "Hinge (margin) loss: binary on labels mapped to -1/+1, or multi-class as F.multi_margin_loss.",
     example="hinge(margin=1.0, squared=true)",
     shapes=_hinge_layouts,
+    cases=_hinge_cases,
 )
 class Hinge(Term):
     """Binary: ``relu(margin - s x)`` with ``s = 2 y - 1``. Multi-class: ``F.multi_margin_loss``,
@@ -587,7 +655,7 @@ class Hinge(Term):
         self.margin, self.squared, self.reduction = params.margin, params.squared, params.reduction
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         self.expect_real(1, target)
@@ -600,7 +668,7 @@ class Hinge(Term):
                 self.fail(1, f"binary scores {tuple(pred.shape)} need 0/1 labels [N], got {tuple(target.shape)}")
             sign = 2 * target.reshape(-1).to(pred.dtype) - 1
             loss = F.relu(self.margin - sign * scores)
-            return self.reduce(loss.square() if self.squared else loss, sample_weight)
+            return self.reduce(loss.square() if self.squared else loss, sample_weight, parts)
         if pred.dim() != 2 or target.shape != pred.shape[:1] or target.is_floating_point():
             self.fail(1, f"scores {tuple(pred.shape)} need integer class indices of shape ({n},), "
                          f"got {tuple(target.shape)} {target.dtype}")
@@ -610,7 +678,7 @@ class Hinge(Term):
         if sample_weight is None and pred.numel():
             return F.multi_margin_loss(scores, target, p=p, margin=self.margin, reduction=self.reduction).to(pred.dtype)
         losses = F.multi_margin_loss(scores, target, p=p, margin=self.margin, reduction="none").to(pred.dtype)
-        return self.reduce(losses, sample_weight)
+        return self.reduce(losses, sample_weight, parts)
 
 
 class SoftF1Params(TermParams):
@@ -625,12 +693,27 @@ def _soft_f1_layouts(params: SoftF1Params) -> tuple[Layout, ...]:
     return same_shape_layouts("pred", "target")
 
 
+def _soft_f1_reference(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(pred)
+    tp = (p * target).sum(0)
+    fp = (p * (1 - target)).sum(0)
+    fn = ((1 - p) * target).sum(0)
+    return (1 - 2 * tp / (2 * tp + fn + fp)).mean()
+
+
+def _soft_f1_cases(s: parity.Sizes) -> list[parity.Case]:
+    n, c = s.n, s.classes
+    return [parity.Case("soft_f1()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.flags(n, c)),
+                        _soft_f1_reference)]
+
+
 @register(
     "soft_f1",
     SoftF1Params,
     "1 - F_beta from soft true/false positives and negatives: binary, or macro over labels.",
     example="soft_f1(beta=2.0)",
     shapes=_soft_f1_layouts,
+    cases=_soft_f1_cases,
 )
 class SoftF1(Term):
     """``1 - (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP)`` with ``TP = sum(p y)``, ``FP = sum(p (1 - y))``,
@@ -672,6 +755,6 @@ class SoftF1(Term):
         predicted = prob.sum(0)  # TP + FP
         actual = positives.sum(0)  # TP + FN
         denominator = true_positive + self.fn_weight * (actual - true_positive) + self.fp_weight * (predicted - true_positive)
-        f_beta = true_positive / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+        f_beta = safe_divide(true_positive, denominator)
         loss = 1 - f_beta
         return (loss.mean() if self.reduction == "mean" else loss.sum()).to(pred.dtype)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from .. import parity
 from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, accumulation_dtype, register
 
 
@@ -16,11 +17,23 @@ class KLNormalParams(TermParams):
     sample_weight: SampleWeight = None
 
 
+def _kl_normal_reference(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+
+
+def _kl_normal_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: the closed form of KL(N(mu, exp(logvar)) || N(0, 1)), summed over latents."""
+    n, d = s.n, s.embed
+    return [parity.Case("kl_normal()", parity.shape(n, d), parity.inputs(mu=parity.randn(n, d), logvar=parity.randn(n, d)),
+                        _kl_normal_reference, grad=("mu", "logvar"))]
+
+
 @register(
     "kl_normal",
     KLNormalParams,
     "KL divergence of N(mu, exp(logvar)) from N(0, I), summed over latent dimensions.",
     example="kl_normal(mu=mu, logvar=logvar)",
+    cases=_kl_normal_cases,
 )
 class KLNormal(Term):
     """``-0.5 * sum(1 + logvar - mu^2 - exp(logvar))`` over every dimension but the first, then
@@ -34,7 +47,7 @@ class KLNormal(Term):
         self.reduction = params.reduction
 
     def forward(
-        self, mu: torch.Tensor, logvar: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, mu: torch.Tensor, logvar: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, mu)
         self.expect_float(1, logvar)
@@ -47,7 +60,7 @@ class KLNormal(Term):
             per_sample = per_element.flatten(1).sum(dim=1, dtype=accumulation_dtype(mu.dtype)).to(mu.dtype)
         else:
             per_sample = per_element
-        return self.reduce(-0.5 * per_sample, sample_weight)
+        return self.reduce(-0.5 * per_sample, sample_weight, parts)
 
 
 class KLParams(TermParams):
@@ -57,12 +70,23 @@ class KLParams(TermParams):
     sample_weight: SampleWeight = None
 
 
+def _kl_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: F.kl_div on log-softmaxes, batchmean."""
+    n, c = s.n, s.classes
+    return [parity.Case("kl(p=teacher, q=student)", parity.shape(n, c),
+                        parity.inputs(teacher=parity.randn(n, c), student=parity.randn(n, c)),
+                        lambda teacher, student: F.kl_div(F.log_softmax(student, dim=1), F.log_softmax(teacher, dim=1),
+                                                          log_target=True, reduction="batchmean"),
+                        grad=("student",), one_call=True)]
+
+
 @register(
     "kl",
     KLParams,
     "KL(P || Q) between categorical distributions given as logits, averaged over the batch.",
     example="kl(p=teacher, q=student)",
     shapes={"p": ("N", "C"), "q": ("N", "C")},
+    cases=_kl_cases,
 )
 class KL(Term):
     """``F.kl_div(log_softmax(q), log_softmax(p), log_target=True, reduction="batchmean")``: summed
@@ -78,7 +102,7 @@ class KL(Term):
         super().__init__()
         self.reduction = params.reduction
 
-    def forward(self, p: torch.Tensor, q: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, p: torch.Tensor, q: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False) -> torch.Tensor:
         self.expect_float(0, p)
         self.expect_float(1, q)
         self.expect_same_shape(1, 0, q, p)
@@ -95,4 +119,4 @@ class KL(Term):
         log_p, log_q = log_p.where(present, 0.0), log_q.where(present, 0.0)
         per_element = torch.where(present, log_p.exp() * (log_p - log_q), 0.0)
         per_sample = per_element.flatten(1).sum(dim=1, dtype=accumulation_dtype(p.dtype)).to(p.dtype)
-        return self.reduce(per_sample, sample_weight)
+        return self.reduce(per_sample, sample_weight, parts)

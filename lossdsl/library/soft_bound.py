@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, model_validator
 
+from .. import parity
 from ..ast import LARGEST_NUMBER
 from ..conditions import Any, Compare, ConditionIR
 from ..operators import COMPARISONS
@@ -113,11 +114,20 @@ class SoftBoundParams(TermParams):
 
 
 
+def _soft_bound_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: the squared excess past each bound, in plain torch."""
+    n, o = s.n, s.outputs
+    return [parity.Case("soft_bound(0 <= y <= 1)", parity.shape(n, o),
+                        parity.inputs(y=lambda g: 1.4 * torch.rand(n, o, generator=g) - 0.2),
+                        lambda y: F.relu(-y).square().mean() + F.relu(y - 1).square().mean(), grad=("y",))]
+
+
 @register(
     "soft_bound",
     SoftBoundParams,
     "Soft penalty on where a comparison over inputs (or a combination with and/or/not/implies) is violated.",
     example="soft_bound(0 <= pred <= 10, margin=0.1, penalty=hinge)",
+    cases=_soft_bound_cases,
 )
 class SoftBound(Term):
     """Penalises the violation of each comparison, element-wise.
@@ -169,7 +179,7 @@ class SoftBound(Term):
         # The condition as one closure over the input tensors, resolved once: the forward compares no strings.
         self._violation = self._compile(params.condition.root, position)
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(self, *tensors: torch.Tensor, parts: bool = False) -> torch.Tensor:
         sample_weight = None
         if self.weighted:
             *tensors, sample_weight = tensors
@@ -180,7 +190,7 @@ class SoftBound(Term):
         for i, tensor in enumerate(tensors[1:], start=1):
             if tensor.shape != tensors[0].shape:
                 self.fail(i, f"shape {tuple(tensor.shape)} differs from {self.input_names[0]}'s {tuple(tensors[0].shape)}")
-        return self.reduce(self._violation(tensors), sample_weight)
+        return self.reduce(self._violation(tensors), sample_weight, parts)
 
     def _compile(self, node: ConditionIR, position: dict[str, int]) -> Callable:
         """The element-wise penalty of a lowered condition (DL2): an ``All`` adds its items'

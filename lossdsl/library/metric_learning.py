@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
+from .. import parity
 from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, register
 
 #: A pair costs up to margin^2: 1e30, which a float32 sum of 3e8 pairs still holds.
@@ -25,11 +26,26 @@ class ContrastiveParams(TermParams):
     sample_weight: SampleWeight = None
 
 
+def _contrastive_reference(a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    squared = (a - b).pow(2).sum(dim=1)
+    distance = squared.sqrt()
+    return (same * squared + (1 - same) * F.relu(margin - distance).pow(2)).mean()
+
+
+def _contrastive_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: Hadsell et al.'s contrastive loss in plain torch."""
+    n, d = s.n, s.embed
+    return [parity.Case("contrastive()", parity.shape(n, d),
+                        parity.inputs(a=parity.randn(n, d), b=parity.randn(n, d), same=parity.flags(n, p=0.5)),
+                        _contrastive_reference, grad=("a", "b"))]
+
+
 @register(
     "contrastive",
     ContrastiveParams,
     "Contrastive loss: same * d^2 + (1 - same) * relu(margin - d)^2.",
     example="contrastive(margin=2.0)",
+    cases=_contrastive_cases,
 )
 class Contrastive(Term):
     """Euclidean distance ``d`` per pair, over every dimension but the first (``[N]`` embeddings are
@@ -44,7 +60,7 @@ class Contrastive(Term):
         self.reduction = params.reduction
 
     def forward(
-        self, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, a)
         self.expect_float(1, b)
@@ -60,7 +76,7 @@ class Contrastive(Term):
         distance = squared.clamp_min(torch.finfo(a.dtype).tiny).sqrt()
         same = same.to(a.dtype)
         per_pair = same * squared + (1 - same) * F.relu(self.margin - distance).square()
-        return self.reduce(per_pair, sample_weight)
+        return self.reduce(per_pair, sample_weight, parts)
 
 
 class TripletParams(TermParams):
@@ -74,7 +90,16 @@ class TripletParams(TermParams):
     sample_weight: SampleWeight = None
 
 
-@register("triplet", TripletParams, "Triplet margin loss, as F.triplet_margin_loss.", example="triplet(margin=0.5)")
+def _triplet_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: F.triplet_margin_loss."""
+    n, d = s.n, s.embed
+    return [parity.Case("triplet()", parity.shape(n, d),
+                        parity.inputs(anchor=parity.randn(n, d), positive=parity.randn(n, d), negative=parity.randn(n, d)),
+                        lambda anchor, positive, negative: F.triplet_margin_loss(anchor, positive, negative),
+                        grad=("anchor", "positive", "negative"), one_call=True)]
+
+
+@register("triplet", TripletParams, "Triplet margin loss, as F.triplet_margin_loss.", example="triplet(margin=0.5)", cases=_triplet_cases)
 class Triplet(Term):
     """``reduction=none`` gives one loss per triplet ``[N]``, as torch's."""
 
@@ -89,7 +114,7 @@ class Triplet(Term):
         anchor: torch.Tensor,
         positive: torch.Tensor,
         negative: torch.Tensor,
-        sample_weight: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None, *, parts: bool = False,
     ) -> torch.Tensor:
         self.expect_float(0, anchor)
         self.expect_float(1, positive)
@@ -103,7 +128,7 @@ class Triplet(Term):
         if sample_weight is None and anchor.shape[0] and self.p <= 2:
             return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, reduction=self.reduction)
         losses = self._losses(anchor, positive, negative)
-        return self.reduce(losses, sample_weight)
+        return self.reduce(losses, sample_weight, parts)
 
     def _losses(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
         """Per-triplet losses: ``F.triplet_margin_loss``'s, whose p-norm overflows beyond p = 2 (``|d|^100``

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from .. import parity
 from ..registry import SampleWeight, TensorExpression, Term, TermParams, register
 from ..tensor_expr import compile_tensor_expr
 
@@ -38,7 +39,7 @@ class _Reduce(Term):
         self.expression = compile_tensor_expr(params.expr.root, position)
         self.weighted = params.sample_weight is not None
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(self, *tensors: torch.Tensor, parts: bool = False) -> torch.Tensor:
         sample_weight = None
         if self.weighted:
             *tensors, sample_weight = tensors
@@ -51,7 +52,7 @@ class _Reduce(Term):
         if sample_weight is not None:
             batch = value.shape[0] if value.dim() else 1
             sample_weight = self.expect_sample_weight(len(tensors), sample_weight, batch, value.dtype)
-        return self.reduce(value, sample_weight)
+        return self.reduce(value, sample_weight, parts)
 
     def _fail_to_broadcast(self, tensors: tuple[torch.Tensor, ...]) -> None:
         """Name the first input that does not broadcast with the ones before it."""
@@ -63,13 +64,27 @@ class _Reduce(Term):
                 self.fail(i, f"the inputs' shapes do not broadcast together: {shapes}")
 
 
-@register("mean", ReductionTermParams, "The mean of an element-wise tensor expression.", example="mean(abs(pred - target))")
+def _mean_cases(s: parity.Sizes) -> list[parity.Case]:
+    n, o = s.n, s.outputs
+    return [parity.Case("mean(abs(pred - target))", parity.shape(n, o),
+                        parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o)),
+                        lambda pred, target: (pred - target).abs().mean())]
+
+
+@register("mean", ReductionTermParams, "The mean of an element-wise tensor expression.", example="mean(abs(pred - target))", cases=_mean_cases)
 class Mean(_Reduce):
     __doc__ = _Reduce.__doc__
     reduction = "mean"
 
 
-@register("sum", ReductionTermParams, "The sum of an element-wise tensor expression.", example="sum(square(pred - target))")
+def _sum_cases(s: parity.Sizes) -> list[parity.Case]:
+    n, o = s.n, s.outputs
+    return [parity.Case("sum(square(pred - target))", parity.shape(n, o),
+                        parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o)),
+                        lambda pred, target: (pred - target).square().sum())]
+
+
+@register("sum", ReductionTermParams, "The sum of an element-wise tensor expression.", example="sum(square(pred - target))", cases=_sum_cases)
 class Sum(_Reduce):
     __doc__ = _Reduce.__doc__
     reduction = "sum"

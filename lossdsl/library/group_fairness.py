@@ -14,9 +14,9 @@ import torch
 from pydantic import AfterValidator, Field, PositiveFloat, PositiveInt, model_validator
 from pydantic_core import PydanticCustomError
 
-from .. import distributed
+from .. import distributed, parity
 from ..errors import LossSpecError
-from ..registry import INPUT, InnerForms, InnerLoss, InputOf, Kinds, MAX_GROUPS, SampleWeight, Term, TermParams, register
+from ..registry import INPUT, InnerForms, InnerLoss, InputOf, Kinds, MAX_GROUPS, SampleWeight, Term, TermParams, register, safe_divide
 
 # Each rate as (numerator column, denominator column), from p (the soft prediction), y (the label).
 _RATE_COLUMNS = {
@@ -209,12 +209,80 @@ def _agg_text(agg: str | tuple[str, float]) -> str:
     return agg if isinstance(agg, str) else f"{agg[0]}({agg[1]:g})"
 
 
+def gap_of_sums(sums: torch.Tensor) -> torch.Tensor:
+    """Largest minus smallest rate ``sums[:, 0] / sums[:, 1]`` over the groups with a denominator
+    (a reference: written apart from the term's own helpers)."""
+    defined = sums[:, 1] > 0
+    denominator = torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
+    rate = sums[:, 0] / denominator
+    gap = rate.masked_fill(~defined, -1.0).amax() - rate.masked_fill(~defined, 2.0).amin()
+    return torch.where(defined.sum() >= 2, gap, torch.zeros_like(gap))
+
+
+def fpr_gap_ranked(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
+    """fairness(fpr_gap, group=sex) hand-written: soft false-positive rate per group (codes ranked in
+    the batch by a sort, summed with index_add_), largest minus smallest; 0 with fewer than two groups."""
+    n = pred.shape[0]
+    prob = torch.sigmoid(pred)
+    negative = 1 - target.to(pred.dtype)
+    sorted_codes, order = torch.sort(sex)
+    starts = torch.ones_like(sorted_codes, dtype=torch.long)
+    starts[1:] = (sorted_codes[1:] != sorted_codes[:-1]).long()
+    slots = torch.empty_like(order).scatter_(0, order, starts.cumsum(0) - 1)
+    sums = prob.new_zeros(n, 2).index_add_(0, slots, torch.stack([prob * negative, negative], dim=1))
+    return gap_of_sums(sums)
+
+
+def _fpr_gap_known_groups(groups: int) -> parity.Reference:
+    def reference(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
+        prob = torch.sigmoid(pred)
+        negative = 1 - target.to(pred.dtype)
+        sums = prob.new_zeros(groups, 2).index_add_(0, sex, torch.stack([prob * negative, negative], dim=1))
+        return gap_of_sums(sums)
+
+    return reference
+
+
+def _worst_group_mse(groups: int) -> parity.Reference:
+    """group_loss(mse) with known groups: the largest per-group mean squared error, by index_add."""
+
+    def reference(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
+        squared = (pred - target).square()
+        sums = pred.new_zeros(groups, 2).index_add_(0, sex, torch.stack([squared, torch.ones_like(squared)], dim=1))
+        defined = sums[:, 1] > 0
+        denominator = torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
+        means = sums[:, 0] / denominator
+        return means.masked_fill(~defined, float("-inf")).amax()
+
+    return reference
+
+
+def _fairness_cases(s: parity.Sizes) -> list[parity.Case]:
+    """References: the gap of soft group rates by index_add (codes ranked by a sort, or known
+    groups), and the worst group's mean loss."""
+    n, k, many = s.n, s.groups, s.many_groups
+    binary = {"pred": parity.randn(n), "target": parity.flags(n, dtype=torch.long)}
+    return [
+        parity.Case("fairness(fpr_gap, group=sex)", parity.shape(n), parity.inputs(**binary, sex=parity.labels(n, classes=k)),
+                    fpr_gap_ranked, note="benchmarks/overhead.py's hand-written gap", variant=f"{k} groups"),
+        parity.Case(f"fairness(fpr_gap, group=sex, groups={k})", parity.shape(n),
+                    parity.inputs(**binary, sex=parity.labels(n, classes=k)), _fpr_gap_known_groups(k), variant=f"{k} groups"),
+        parity.Case("fairness(fpr_gap, group=sex)", parity.shape(n),
+                    parity.inputs(**binary, sex=lambda g: 37 * torch.randint(0, many, (n,), generator=g)),
+                    fpr_gap_ranked, variant=f"{many} sparse groups"),
+        parity.Case(f"fairness(group_loss(mse), group=sex, groups={k})", parity.shape(n),
+                    parity.inputs(pred=parity.randn(n), target=parity.randn(n), sex=parity.labels(n, classes=k)),
+                    _worst_group_mse(k), variant=f"group_loss, {k} groups"),
+    ]
+
+
 @register(
     "fairness",
     FairnessParams,
     "Group-fairness penalty: the gap between the largest and smallest group rate, from soft predictions.",
     example="fairness(eo_gap, group=race, groups=5)",
     noun="statistic",
+    cases=_fairness_cases,
 )
 class Fairness(Term):
     """A disparity between group rates, from soft predictions; fairlearn's metrics on hard ones.
@@ -239,8 +307,8 @@ class Fairness(Term):
       ``max`` (with ``ref=overall``, never below ``mean``), and tends to ``max`` as ``T`` goes to 0. For ``eo``, ``agg`` combines the
       tpr and fpr parts as fairlearn's ``agg``: ``worst_case`` (the default) or ``mean``.
     - ``group_loss(INNER)`` is bounded group loss: ``INNER`` (a loss term with one value per
-      sample: ce, bce, focal, hinge, mse, mae, huber, smooth_l1, log_cosh, quantile, kl_normal, kl,
-      contrastive, triplet; with its own arguments, ``group_loss(huber(delta=2))``) is averaged
+      sample, listed in docs/fairness.md from the registry; with its own arguments,
+      ``group_loss(huber(delta=2))``) is averaged
       within each group, exactly as the term averages a batch (ce's class weights and ignored
       targets included), and the worst group's mean is the penalty; ``agg=mean`` averages the
       groups' means instead and ``smoothmax(T)`` softens the worst. ``group_loss_gap(INNER)`` and
@@ -304,9 +372,8 @@ class Fairness(Term):
         super().__init__()
         stat = params.stat
         self.inner: Term | None = None
-        if isinstance(stat, InnerLoss):  # group_loss(INNER): the inner term gives [N, 2] per-sample sums
+        if isinstance(stat, InnerLoss):  # group_loss(INNER): the inner term's per_sample_parts, [N, 2] sums
             self.inner = stat.inner.term.module(stat.inner.params)
-            self.inner.keeps_samples = True
             self.inner.bind_context(stat.inner.where, stat.inner.inputs)
             self.num_inner_inputs = len(stat.inner.inputs)
             self.worst_group = stat.form == "group_loss"
@@ -503,7 +570,7 @@ class Fairness(Term):
             first = inputs[0]
             n = first.shape[0] if first.dim() else 1
             dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
-            return self.inner(*inputs[: self.num_inner_inputs], torch.ones(n, dtype=dtype, device=first.device))
+            return self.inner.per_sample_parts(*inputs[: self.num_inner_inputs], torch.ones(n, dtype=dtype, device=first.device))
         pred = inputs[0]
         if self.raw:
             value = self._raw_prediction(pred)
@@ -545,7 +612,7 @@ class Fairness(Term):
         first = inner_inputs[0]
         n = first.shape[0] if first.dim() else 1
         dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
-        per_sample = self.inner(*inner_inputs, torch.ones(n, dtype=dtype, device=first.device))  # [N, 2]
+        per_sample = self.inner.per_sample_parts(*inner_inputs, torch.ones(n, dtype=dtype, device=first.device))  # [N, 2]
         codes = self._codes(groups, n, first_position=self.num_inner_inputs)
         if n == 0 and not self._syncs():
             return per_sample.sum()
@@ -557,7 +624,7 @@ class Fairness(Term):
     def _worst_group(self, sums: torch.Tensor) -> torch.Tensor:
         """group_loss: the worst group's mean loss (or the mean, or the smoothmax) from [slots, 2] sums."""
         defined = _above_zero(sums[:, 1])
-        loss = sums[:, 0] / torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
+        loss = safe_divide(sums[:, 0], sums[:, 1], defined)
         count = defined.sum()
         if self.agg == "mean":
             value = loss.masked_fill(~defined, 0.0).sum() / count.clamp(min=1)
@@ -623,11 +690,11 @@ class Fairness(Term):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Each group's rate, whether it is defined, and (for ``ref=overall``) the overall rate."""
         defined = _above_zero(denominator)
-        rate = numerator / torch.where(defined, denominator, torch.ones_like(denominator))
+        rate = safe_divide(numerator, denominator, defined)
         if not self.overall:
             return rate, defined, None
         total = denominator.sum()
-        return rate, defined, numerator.sum() / torch.where(_above_zero(total), total, torch.ones_like(total))
+        return rate, defined, safe_divide(numerator.sum(), total, _above_zero(total))
 
     def _form(self, rate: torch.Tensor, defined: torch.Tensor, overall: torch.Tensor | None) -> torch.Tensor:
         """The statistic's form over the groups whose rate is defined; 0 with fewer than two of them."""
@@ -636,7 +703,7 @@ class Fairness(Term):
             if self.ratio:  # fairlearn's to_overall ratio: from min(g, o) / max(g, o) per group
                 low, high = torch.minimum(rate, overall), torch.maximum(rate, overall)
                 positive = _above_zero(high)
-                ratios = low / torch.where(positive, high, torch.ones_like(high))
+                ratios = safe_divide(low, high, positive)
                 distance = 1 - torch.where(positive, ratios, torch.ones_like(ratios))  # both 0: equal
             else:
                 distance = (rate - overall).abs()
@@ -668,7 +735,7 @@ class Fairness(Term):
         smallest = torch.where(enough, smallest, torch.ones_like(smallest))
         if self.ratio:
             positive = _above_zero(largest)
-            ratio = smallest / torch.where(positive, largest, torch.ones_like(largest))
+            ratio = safe_divide(smallest, largest, positive)
             return torch.where(positive, 1 - ratio, torch.zeros_like(ratio))
         return largest - smallest
 
@@ -704,7 +771,7 @@ class Fairness(Term):
             return (ordered * (2 * index - count + 1).to(rate.dtype)).sum() / pairs
         before = ordered.cumsum(0) - ordered  # sum of the smaller rates before each
         positive = _above_zero(ordered)
-        ratios = torch.where(positive, before / torch.where(positive, ordered, torch.ones_like(ordered)),
+        ratios = torch.where(positive, safe_divide(before, ordered, positive),
                              index.to(rate.dtype))  # a rate of 0 equals the zeros before it
         return 1 - ratios.masked_fill(~valid, 0.0).sum() / pairs
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from pydantic import Field, NonNegativeFloat
 from torch import nn
 
+from .. import parity
 from ..registry import MAX_LOSS_WEIGHT, Term, TermParams, register
 
 
@@ -59,13 +63,50 @@ class _Penalty(Term):
         raise NotImplementedError
 
 
-@register("l1", PenaltyParams, "L1 penalty: weight * sum(|w|) over a bound model's weights.", example="l1(weight=1e-5)")
+def _penalty_reference(weight: float, norm: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[nn.Module], parity.Reference]:
+    """weight * sum of norm(w) over the model's weights (biases and normalisation layers left out)."""
+
+    def bind(model: nn.Module) -> parity.Reference:
+        weights = [p for name, p in model.named_parameters() if not name.endswith("bias")]
+        return lambda: weight * sum(norm(p) for p in weights)
+
+    return bind
+
+
+def _mlp(width: int, layers: int) -> Callable[[torch.Generator], nn.Module]:
+    """``layers`` x Linear(width) with ReLUs between, weights ~ N(0, 1 / width)."""
+
+    def make(g: torch.Generator) -> nn.Module:
+        modules: list[nn.Module] = []
+        for _ in range(layers):
+            linear = nn.Linear(width, width)
+            with torch.no_grad():
+                linear.weight.copy_(torch.randn(width, width, generator=g) / math.sqrt(width))
+                linear.bias.copy_(torch.randn(width, generator=g))
+            modules += [linear, nn.ReLU()]
+        return nn.Sequential(*modules[:-1])
+
+    return make
+
+
+def _penalty_cases(name: str, norm: Callable[[torch.Tensor], torch.Tensor]) -> parity.Cases:
+    def cases(s: parity.Sizes) -> list[parity.Case]:
+        width, layers = s.mlp
+        return [parity.Case(f"{name}(weight=1e-4)", f"{layers} x Linear({width})", parity.inputs(),
+                            _penalty_reference(1e-4, norm), grad=(), model=_mlp(width, layers))]
+
+    return cases
+
+
+@register("l1", PenaltyParams, "L1 penalty: weight * sum(|w|) over a bound model's weights.", example="l1(weight=1e-5)",
+          cases=_penalty_cases("l1", lambda p: p.abs().sum()))
 class L1(_Penalty):
     def norm(self, parameter: torch.Tensor) -> torch.Tensor:
         return parameter.abs().sum()
 
 
-@register("l2", PenaltyParams, "L2 penalty: weight * sum(w^2) over a bound model's weights.", example="l2(weight=1e-4)")
+@register("l2", PenaltyParams, "L2 penalty: weight * sum(w^2) over a bound model's weights.", example="l2(weight=1e-4)",
+          cases=_penalty_cases("l2", lambda p: p.square().sum()))
 class L2(_Penalty):
     def norm(self, parameter: torch.Tensor) -> torch.Tensor:
         return parameter.square().sum()

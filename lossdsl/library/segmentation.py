@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat
 
-from ..registry import BatchReductionParam, Fit, InputOf, Layout, SampleWeight, Term, TermParams, accumulation_dtype, register
+from .. import parity
+from ..registry import BatchReductionParam, Fit, InputOf, Layout, SampleWeight, Term, TermParams, accumulation_dtype, register, safe_divide
 
 
 class OverlapParams(TermParams):
@@ -97,7 +98,7 @@ class _Overlap(Term):
         """``1 - (numerator + smooth) / (denominator + smooth)``, and 0 (with zero gradients) for 0 / 0."""
         numerator, denominator = numerator + self.smooth, denominator + self.smooth
         defined = ~(denominator <= 0)  # not `> 0`: NaN (from a NaN logit) must give NaN, not a hidden 0
-        ratio = numerator / torch.where(defined, denominator, torch.ones_like(denominator))
+        ratio = safe_divide(numerator, denominator, defined)
         return 1 - torch.where(defined, ratio, torch.ones_like(ratio))
 
     def forward(
@@ -109,12 +110,30 @@ class _Overlap(Term):
         return self.reduce(self.score(prob, mask).to(pred.dtype), sample_weight)
 
 
+def _monai(name: str) -> parity.Reference:
+    """MONAI's ``name`` loss on logits and class indices [N, 1, H, W]."""
+    import monai.losses
+
+    loss = getattr(monai.losses, name)(softmax=True, to_onehot_y=True)
+    return lambda pred, target: loss(pred, target)
+
+
+def _dice_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: monai.losses.DiceLoss(softmax=True, to_onehot_y=True)."""
+    images = s.images
+    pixels = (images[0], 1, *images[2:])  # class indices [N, 1, H, W], as MONAI's to_onehot_y takes them
+    return [parity.Case("dice()", parity.shape(*images),
+                        parity.inputs(pred=parity.randn(*images), target=parity.labels(*pixels, classes=images[1])),
+                        parity.lazy(lambda: _monai("DiceLoss")), note="monai DiceLoss(softmax=True, to_onehot_y=True)")]
+
+
 @register(
     "dice",
     DiceParams,
     "Soft Dice loss, 1 - (2|P∩G| + s) / (|P| + |G| + s), as monai.losses.DiceLoss.",
     example="dice(include_background=false)",
     shapes=_overlap_layouts,
+    cases=_dice_cases,
 )
 class Dice(_Overlap):
     def __init__(self, params: DiceParams):
@@ -130,12 +149,22 @@ class Dice(_Overlap):
         return self.one_minus_ratio(2 * intersection, denominator)
 
 
+def _tversky_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: monai.losses.TverskyLoss(softmax=True, to_onehot_y=True)."""
+    images = s.images
+    pixels = (images[0], 1, *images[2:])  # class indices [N, 1, H, W], as MONAI's to_onehot_y takes them
+    return [parity.Case("tversky()", parity.shape(*images),
+                        parity.inputs(pred=parity.randn(*images), target=parity.labels(*pixels, classes=images[1])),
+                        parity.lazy(lambda: _monai("TverskyLoss")), note="monai TverskyLoss(softmax=True, to_onehot_y=True)")]
+
+
 @register(
     "tversky",
     TverskyParams,
     "Tversky loss, 1 - (TP + s) / (TP + a FP + b FN + s), as monai.losses.TverskyLoss.",
     example="tversky(alpha=0.3, beta=0.7)",
     shapes=_overlap_layouts,
+    cases=_tversky_cases,
 )
 class Tversky(_Overlap):
     def __init__(self, params: TverskyParams):
