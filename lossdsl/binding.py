@@ -94,17 +94,27 @@ def _term_params(plan: Plan, term: TermPlan, values: Mapping[str, float]) -> Ter
     the checks validated the defaults)."""
     if not term.param_args:
         return term.params
-    arguments = dict(term.params)
-    arguments.update({field: values[param] for field, param in term.param_args})
+    # Only the fields given (a default written back as given trips validators that ask who set it).
+    arguments = {name: getattr(term.params, name) for name in term.params.model_fields_set}
+    # A param's value is a float; a whole one also fills an integer field (groups=k with k = 2).
+    arguments.update({field: _whole_as_int(values[param]) for field, param in term.param_args})
     try:
         return type(term.params)(**arguments)
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0])
-        param = dict(term.param_args).get(field, "?")
-        problem = error["msg"].replace("Input should be", "must be")
-        message = f"'{field}' of {term.term.name}() is param '{param}' = {values.get(param)}, which {problem}"
+        problem = error["msg"].replace("Input should be", "must be").removeprefix("Value error, ")
+        if not error["loc"]:  # a check across fields
+            given = ", ".join(f"{field}={param} = {values.get(param)}" for field, param in term.param_args)
+            message = f"{term.term.name}() with {given}: {problem}"
+        else:
+            field = str(error["loc"][0])
+            param = dict(term.param_args).get(field, "?")
+            message = f"'{field}' of {term.term.name}() is param '{param}' = {values.get(param)}, which {problem}"
         raise LossSpecError([Diagnostic("E205", message, term.span, source=plan.source)]) from None
+
+
+def _whole_as_int(value: float) -> int | float:
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**53 else value
 
 
 class _Arithmetic:

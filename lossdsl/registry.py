@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat
 from torch import nn
 
+from . import kinds
 from .conditions import LoweredCondition, lowered_condition
 from .tensor_expr import LoweredExpression, lowered_expression
 
@@ -49,8 +50,8 @@ INPUT = _InputMarker()
 CONDITION = _ConditionMarker()
 TENSOR = _TensorMarker()
 
-#: The kinds an ``inputs:`` block may declare.
-INPUT_KINDS = ("logits", "probs", "labels", "binary", "multihot", "real", "group", "weight", "mask", "embedding")
+#: The kinds an ``inputs:`` block may declare (``lossdsl.kinds``: one row each).
+INPUT_KINDS = kinds.NAMES
 
 
 #: The most groups a fairness term sizes its per-group slots for (``groups=K``, ``group[N] of K``):

@@ -15,7 +15,7 @@ from torch import nn
 
 import warnings
 
-from . import ast, duals, folding, pickling
+from . import ast, duals, folding, kinds, pickling
 from .binding import BoundPlan, bind
 from .errors import Diagnostic, LossSpecError, LossSpecWarning, did_you_mean
 from .formatting import format_expr
@@ -438,8 +438,6 @@ class ParamValues(Mapping):
     __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
 
 
-_FLOAT_KINDS = frozenset({"logits", "probs", "real", "embedding", "weight"})
-_INDEX_KINDS = frozenset({"labels", "group"})
 
 
 class _Declaration:
@@ -451,9 +449,9 @@ class _Declaration:
         self.where = f"declared {decl.type}{_shape_text(decl.shape)} at {filename or '<spec>'}:{line}"
 
     def check(self, tensor: torch.Tensor, sizes: dict[str, tuple[int, str]]) -> None:
-        if self.kind in _FLOAT_KINDS and not tensor.is_floating_point():
+        if self.kind in kinds.FLOAT and not tensor.is_floating_point():
             self.fail(f"expected a floating-point tensor, got {tensor.dtype}")
-        if self.kind in _INDEX_KINDS and (tensor.is_floating_point() or tensor.is_complex()):
+        if self.kind in kinds.INDEX and (tensor.is_floating_point() or tensor.is_complex()):
             self.fail(f"expected integer {self.kind}, got {tensor.dtype}")
         if self.shape is None:
             return

@@ -17,6 +17,7 @@ import torch
 
 from . import ast
 from .errors import LossSpecError
+from .kinds import KINDS, Synthesis
 from .plan import Plan, TermPlan
 from .registry import Fit
 
@@ -224,24 +225,8 @@ def synthetic_inputs(
                 f"input '{decl.name}' of shape {shape} is too large for synthetic inputs "
                 f"(at most {MAX_ELEMENTS:,} elements)", code="E402",
             )
-        kind = decl.type
-        if kind == "logits":
-            value = torch.randn(shape, generator=generator, dtype=dtype) * scale
-        elif kind == "probs":
-            raw = torch.randn(shape, generator=generator, dtype=dtype)
-            value = raw.softmax(dim=1) if len(shape) > 1 else raw.sigmoid()
-        elif kind == "labels":
-            value = torch.randint(0, classes.get(decl.name, 2), shape, generator=generator)
-        elif kind in ("binary", "mask"):
-            value = torch.randint(0, 2, shape, generator=generator)
-        elif kind == "multihot":
-            value = torch.randint(0, 2, shape, generator=generator).to(dtype)
-        elif kind == "group":
-            value = torch.randint(0, decl.groups or 3, shape, generator=generator)
-        elif kind == "weight":
-            value = torch.rand(shape, generator=generator, dtype=dtype) + 0.5
-        else:  # real, embedding
-            value = torch.randn(shape, generator=generator, dtype=dtype) * scale
+        need = Synthesis(shape, generator, dtype, scale, classes.get(decl.name, 2), decl.groups or 3)
+        value = KINDS[decl.type].synthesise(need)
         tensors[decl.name] = value
     return tensors
 

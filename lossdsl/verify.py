@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
+from . import kinds
 from .plan import Plan
 from .runtime import LossModule
 from .errors import LossSpecError
 from .synthetic import declarations, synthetic_inputs
 
-LEARNED_KINDS = frozenset({"logits", "real", "embedding"})
+LEARNED_KINDS = kinds.LEARNED
 DOMINANCE = 100.0
 
 

@@ -241,3 +241,14 @@ def test_build_reads_the_numbers_bind_folded(monkeypatch):
     pred, target = torch.randn(7), torch.randn(7)
     fit = F.mse_loss(pred, target) + 3.0 * F.l1_loss(pred, target)
     torch.testing.assert_close(module(pred, target), fit / 4.0)
+
+
+@pytest.mark.parametrize("stat", ["dp_gap", "group_loss(mse)"])
+def test_a_whole_param_fills_an_integer_field(stat):
+    """param values are floats; groups=k with k = 2 is the integer 2 (it was E205, and an
+    IndexError for group_loss, whose validator saw the defaults written back as given)."""
+    spec = f"param k = 2\nloss = fairness({stat}, group=g, groups=k)"
+    assert lossdsl.compile(spec).terms[0].num_groups == 2
+    assert lossdsl.compile(spec, params={"k": 3}).terms[0].num_groups == 3
+    with pytest.raises(lossdsl.LossSpecError, match=r"E205.*'groups' of fairness\(\) is param 'k' = 2.5"):
+        lossdsl.compile(spec, params={"k": 2.5})
