@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import LossSpecError
 from .runtime import LossModule
 
 
@@ -86,23 +85,7 @@ def audit(
         inputs["pred"] = pred
     if target is not None:
         inputs["target"] = target
-    tensors = loss_fn._gather(inputs)
-    was_training = loss_fn.training
-    loss_fn.eval()
-    try:
-        with torch.no_grad():
-            values = [
-                _audited_term(loss_fn, index, term, [tensors[i] for i in positions], chunk_size)
-                for index, (term, positions) in enumerate(zip(loss_fn.terms, loss_fn._term_inputs))
-            ]
-            step = loss_fn.step_count if loss_fn._scheduled else None
-            let_values: list[torch.Tensor] = []
-            for let in loss_fn._lets:
-                let_values.append(let(values, let_values, step))
-            pairs = [(value_of(values, let_values, step), bound_of(values, let_values, step))
-                     for value_of, bound_of, *_ in loss_fn._constraints]
-    finally:
-        loss_fn.train(was_training)
+    values, pairs, rows = loss_fn.audit_values(inputs, chunk_size)
     # One read to the host for everything.
     numbers = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(()).cpu()
                            for v in (*values, *(x for pair in pairs for x in pair))]).tolist()
@@ -117,19 +100,4 @@ def audit(
         else:
             holds = abs(value - bound) <= EQUALITY_TOLERANCE * max(1.0, abs(bound))
         constraints[constraint.name] = ConstraintAudit(constraint.name, value, constraint.op, bound, holds)
-    rows = next((t.shape[0] for t in tensors if t.dim()), 1) if tensors else 0
     return AuditReport(term_values, constraints, rows)
-
-
-def _audited_term(loss_fn: LossModule, index: int, term: torch.nn.Module, arguments: list[torch.Tensor],
-                  chunk_size: int) -> torch.Tensor:
-    audit_term = getattr(term, "audit", None)
-    try:
-        if audit_term is not None:
-            return audit_term(*arguments, chunk_size=chunk_size)
-        value = term(*arguments)
-    except (IndexError, RuntimeError) as exc:
-        if isinstance(exc, LossSpecError):
-            raise
-        raise loss_fn._torch_error(index, arguments, exc) from None
-    return value[0] if isinstance(value, tuple) else value

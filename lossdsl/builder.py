@@ -151,6 +151,9 @@ class Objective:
         return f"lossdsl.builder.Objective({str(self)!r})"
 
     def check(self):  # noqa: ANN201 - a Plan
+        """Check the whole spec; raise ``LossSpecError`` on a mistake."""
+        from .driver import check
+
         return check(self.spec, format_spec(self.spec))
 
     def compile(self, params: dict[str, float] | None = None):  # noqa: ANN201 - a LossModule

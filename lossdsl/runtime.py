@@ -95,17 +95,20 @@ class LossModule(nn.Module):
         # Terms only constraints read take their audited value (fairness rates: hard, over a window)
         # with the surrogate's gradient; they return (value, surrogate).
         in_objective, in_constraints = resolve.terms_reached(plan)
-        self._audited = tuple(
+        #: The terms only constraints read, whose value there is audited (indices into ``terms``).
+        self.audited_terms = tuple(
             index for index in sorted(in_constraints - in_objective)
             if getattr(self.terms[index], "audit_in_constraint", lambda: False)()
         )
         # A constraint on one audited term reports that term's surrogate beside its value.
         self._constraint_surrogates = tuple(
-            term_index[id(c.value.term)] if isinstance(c.value, TermValue) and term_index[id(c.value.term)] in self._audited
+            term_index[id(c.value.term)] if isinstance(c.value, TermValue) and term_index[id(c.value.term)] in self.audited_terms
             else None
             for c in plan.constraints
         )
-        self._window_warning_pending = True
+        #: Whether the first training call warns about audited rates without a window (``verify``
+        #: says the same in its own words and turns it off).
+        self.window_warning = True
         #: Per term: None, or a function of the step giving True (a bool tensor) while every weight
         #: the term is under is 0; its inputs then pass no gradient (see ``_Resolver.silencers``).
         self._silencers = resolve.silencers(plan)
@@ -142,9 +145,9 @@ class LossModule(nn.Module):
         for index, (term, positions) in enumerate(zip(self.terms, self._term_inputs)):
             values.append(self._call_term(index, term, [tensors[i] for i in positions], step))
         surrogates: dict[int, torch.Tensor] = {}
-        for index in self._audited:  # (value, surrogate)
+        for index in self.audited_terms:  # (value, surrogate)
             values[index], surrogates[index] = values[index]
-        if self._audited and self.training and self._window_warning_pending and not _is_compiling():
+        if self.audited_terms and self.training and self.window_warning and not _is_compiling():
             self._warn_unwindowed()
         if self.check_finite:
             self._check_finite(values, [[tensors[i] for i in positions] for positions in self._term_inputs])
@@ -199,8 +202,8 @@ class LossModule(nn.Module):
 
     def _warn_unwindowed(self) -> None:
         """Once, at the first training-mode call: a constraint whose audited rates come from each batch alone."""
-        self._window_warning_pending = False
-        for index in self._audited:
+        self.window_warning = False
+        for index in self.audited_terms:
             if not getattr(self.terms[index], "window_known", True):
                 term = self.plan.terms[index]
                 group = term.params.group_names[0] if hasattr(term.params, "group_names") else "group"
@@ -302,6 +305,44 @@ class LossModule(nn.Module):
         return self
 
     @torch.no_grad()
+    def audit_values(
+        self, inputs: dict[str, torch.Tensor], chunk_size: int
+    ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]], int]:
+        """``lossdsl.audit``'s numbers, on the device: each term's audited value over all of
+        ``inputs`` (a term with ``audit`` sums its groups ``chunk_size`` rows at a time), each
+        constraint's (value, bound) built from them, and the number of rows. Eval mode, no grad;
+        nothing in the module changes."""
+        tensors = self._gather(inputs)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                values = [self._audit_term(index, [tensors[i] for i in positions], chunk_size)
+                          for index, positions in enumerate(self._term_inputs)]
+                step = self.step_count if self._scheduled else None
+                let_values: list[torch.Tensor] = []
+                for let in self._lets:
+                    let_values.append(let(values, let_values, step))
+                pairs = [(value_of(values, let_values, step), bound_of(values, let_values, step))
+                         for value_of, bound_of, *_ in self._constraints]
+        finally:
+            self.train(was_training)
+        rows = next((t.shape[0] for t in tensors if t.dim()), 1) if tensors else 0
+        return values, pairs, rows
+
+    def _audit_term(self, index: int, arguments: list[torch.Tensor], chunk_size: int) -> torch.Tensor:
+        term = self.terms[index]
+        audit_term = getattr(term, "audit", None)
+        try:
+            if audit_term is not None:
+                return audit_term(*arguments, chunk_size=chunk_size)
+            value = term(*arguments)
+        except (IndexError, RuntimeError) as exc:
+            if isinstance(exc, LossSpecError):
+                raise
+            raise self._torch_error(index, arguments, exc) from None
+        return value[0] if isinstance(value, tuple) else value
+
     def fit(self, target: torch.Tensor | None = None, **inputs: torch.Tensor) -> LossModule:
         """Set data statistics, such as the class counts of ``ce(weight=balanced)``, from a full data set."""
         if target is not None:

@@ -127,7 +127,7 @@ def _windows(plan: Plan, name: str) -> Check:
     """A constraint's fairness rates from one batch are noisy and overstate a gap: say so. Passes
     (the spec is valid), with the advice in its detail; fit happens at training time, not here."""
     module = LossModule(plan)
-    audited = [(plan.terms[i], module.terms[i]) for i in module._audited]
+    audited = [(plan.terms[i], module.terms[i]) for i in module.audited_terms]
     if not audited:
         return Check(name, True, "no fairness rate in a constraint")
     notes = []
@@ -147,7 +147,7 @@ def _descent(plan: Plan, kinds: dict[str, str], steps: int) -> Check:
     if not learned:
         return Check("optimisation lowers the loss", True, "nothing to learn")
     module = LossModule(plan)
-    module._window_warning_pending = False  # said by the window check instead
+    module.window_warning = False  # said by the window check instead
     optimizer = torch.optim.Adam(learned.values(), lr=0.05)
     first = last = None
     for _ in range(steps):

@@ -183,6 +183,9 @@ def test_T_builds_constraints_as_text_writes_them():
     for _ in range(2):  # the multipliers' state moves alike
         torch.testing.assert_close(built(**inputs), written(**inputs), rtol=0, atol=0)
     assert list(built.last_terms) == list(written.last_terms)
+    checked, expected = objective.check(), lossdsl.check(lossdsl.parse(text), text)  # checked without a module
+    assert [t.label for t in checked.terms] == [t.label for t in expected.terms] == ["mse", "mae_1", "mae_2", "fairness"]
+    assert [c.name for c in checked.constraints] == [c.name for c in expected.constraints]
 
 
 def test_a_constraint_is_a_comparison():
