@@ -364,3 +364,13 @@ def test_a_fitted_window_survives_pickle_and_deepcopy(copy):
         torch.testing.assert_close(copied(pred[rows], target[rows], g=group[rows]),
                                    original(pred[rows], target[rows], g=group[rows]))
     torch.testing.assert_close(copied.terms[1].running_sums, original.terms[1].running_sums)
+
+
+def test_window_warning_false_silences_the_warning_and_audited_terms_lists_the_term():
+    logits, target, group = _batch(n=64)
+    loss_fn = lossdsl.compile("loss = ce()\nsubject to fairness(tpr_gap, group=sex) <= 0.05 as c")
+    assert loss_fn.audited_terms == (1,)
+    loss_fn.window_warning = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_fn(torch.stack([torch.zeros_like(logits), logits], 1), target, sex=group)
