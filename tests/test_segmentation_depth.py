@@ -24,7 +24,7 @@ def assert_parity(ours: torch.Tensor, ref: torch.Tensor, x: torch.Tensor) -> Non
     """Same value, same gradient with respect to ``x``, both finite."""
     assert torch.isfinite(ours)
     torch.testing.assert_close(ours, ref.to(ours.dtype), **tol(ours.dtype))
-    (g_ours,), (g_ref,) = torch.autograd.grad(ours, x, retain_graph=True), torch.autograd.grad(ref, x)
+    (g_ours,), (g_ref,) = torch.autograd.grad(ours, x, retain_graph=True), torch.autograd.grad(ref, x, retain_graph=True)
     assert torch.isfinite(g_ours).all()
     torch.testing.assert_close(g_ours, g_ref.to(ours.dtype), **tol(ours.dtype))
 
@@ -143,3 +143,100 @@ def test_new_options_compile_fullgraph(kind):
     m = (torch.rand(2, 3, 4, 4) < 0.5).float()
     compiled = torch.compile(loss, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(pred=x, target=m), loss(pred=x, target=m))
+
+
+# --------------------------------------------------------------------------------------------
+# absent=smoothed|skip|zero: a class missing from the target
+# --------------------------------------------------------------------------------------------
+
+
+def per_class_dice_loss(prob: torch.Tensor, mask: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """1 - (2|P∩G| + s) / (|P| + |G| + s) per sample and class, written out: [N, C]."""
+    dims = tuple(range(2, prob.dim()))
+    return 1 - (2 * (prob * mask).sum(dims) + smooth) / (prob.sum(dims) + mask.sum(dims) + smooth)
+
+
+def absent_case():
+    """Two images, three classes; class 2 appears in neither target, class 1 only in the second."""
+    x = logits(2, 3, 4, 4, dtype=torch.float64)
+    t = torch.zeros(2, 4, 4, dtype=torch.long)
+    t[1, :2] = 1
+    mask = torch.nn.functional.one_hot(t, 3).movedim(-1, 1).double()
+    return x, t, mask
+
+
+def test_absent_smoothed_is_monais_and_scores_about_one():
+    x, t, mask = absent_case()
+    value = lossdsl.compile("dice(absent=smoothed)")(pred=x, target=t)
+    assert_parity(value, DiceLoss(softmax=True, to_onehot_y=True)(x, t.unsqueeze(1)), x)
+    losses = per_class_dice_loss(x.softmax(1), mask)
+    # the absent class: 1 - s / (|P| + s), within s / |P| of 1
+    torch.testing.assert_close(losses[:, 2], 1 - 1e-5 / (x.softmax(1)[:, 2].sum((1, 2)) + 1e-5))
+    assert (losses[:, 2] > 1 - 1e-4).all()
+    torch.testing.assert_close(lossdsl.compile("dice()")(pred=x, target=t), value)
+
+
+@pytest.mark.parametrize("kind", ["dice", "tversky"])
+def test_absent_skip_averages_the_present_classes_only(kind):
+    x, t, mask = absent_case()
+    prob = x.softmax(1)
+    if kind == "dice":
+        losses = per_class_dice_loss(prob, mask)
+    else:
+        dims = (2, 3)
+        tp = (prob * mask).sum(dims)
+        losses = 1 - (tp + 1e-5) / (tp + 0.5 * (prob * (1 - mask)).sum(dims) + 0.5 * ((1 - prob) * mask).sum(dims) + 1e-5)
+    present = mask.sum((2, 3)) > 0  # [[T, F, F], [T, T, F]]: three present of six
+    assert present.sum() == 3
+    expected = losses[present].sum() / 3
+    value = lossdsl.compile(f"{kind}(absent=skip)")(pred=x, target=t)
+    assert_parity(value, expected, x)
+    # sum: the present classes' losses added
+    assert_parity(lossdsl.compile(f"{kind}(absent=skip, reduction=sum)")(pred=x, target=t), losses[present].sum(), x)
+    # weighted: sample n's present classes weigh w_n each
+    w = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    weighted = lossdsl.compile(f"{kind}(absent=skip, sample_weight=w)")(pred=x, target=t, w=w)
+    expected_weighted = (2.0 * losses[0, 0] + 0.5 * (losses[1, 0] + losses[1, 1])) / (2.0 * 1 + 0.5 * 2)
+    assert_parity(weighted, expected_weighted, x)
+
+
+@pytest.mark.parametrize("kind", ["dice", "tversky"])
+def test_absent_zero_counts_them_with_loss_zero(kind):
+    """smp's DiceLoss: loss *= (class present), then the mean over every class."""
+    x, t, mask = absent_case()
+    losses = per_class_dice_loss(x.softmax(1), mask) if kind == "dice" else None
+    value = lossdsl.compile(f"{kind}(absent=zero)")(pred=x, target=t)
+    smoothed = lossdsl.compile(f"{kind}(reduction=sum)")
+    present = mask.sum((2, 3)) > 0
+    if losses is None:  # tversky: the per-class losses from MONAI's reduction=none
+        losses = TverskyLoss(softmax=True, to_onehot_y=True, reduction="none")(x, t.unsqueeze(1)).reshape(2, 3)
+    expected = (losses * present).sum() / 6
+    assert_parity(value, expected, x)
+    assert value < smoothed(pred=x, target=t) / 6  # the absent classes' near-1 losses are gone
+
+
+def test_absent_with_batch_is_smps_pooled_dice():
+    """smp pools the batch (dims (0, 2)) and zeroes classes absent from the whole batch."""
+    x, t, mask = absent_case()
+    prob = x.softmax(1)
+    pooled = 1 - (2 * (prob * mask).sum((0, 2, 3)) + 1e-5) / (prob.sum((0, 2, 3)) + mask.sum((0, 2, 3)) + 1e-5)
+    present = mask.sum((0, 2, 3)) > 0  # class 2 only is absent from the batch
+    value = lossdsl.compile("dice(batch=true, absent=zero)")(pred=x, target=t)
+    assert_parity(value, (pooled * present).sum() / 3, x)
+    assert_parity(lossdsl.compile("dice(batch=true, absent=skip)")(pred=x, target=t), pooled[:2].mean(), x)
+
+
+def test_absent_skip_with_nothing_present_is_zero_with_zero_gradients():
+    x = logits(2, 3, 4, 4, dtype=torch.float64)
+    t = torch.zeros(2, 4, 4, dtype=torch.long)  # only the background, which is dropped
+    value = lossdsl.compile("dice(absent=skip, include_background=false)")(pred=x, target=t)
+    assert value == 0
+    (g,) = torch.autograd.grad(value, x)
+    assert torch.equal(g, torch.zeros_like(g))
+
+
+def test_absent_skip_compiles_fullgraph():
+    loss = lossdsl.compile("dice(absent=skip, sample_weight=w)")
+    x, t, w = torch.randn(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4)), torch.tensor([1.0, 3.0])
+    compiled = torch.compile(loss, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(pred=x, target=t, w=w), loss(pred=x, target=t, w=w))

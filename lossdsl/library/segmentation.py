@@ -27,6 +27,10 @@ class OverlapParams(TermParams):
     smooth_nr: NonNegativeFloat | None = Field(None, description="added to the numerator only (MONAI's smooth_nr); default: smooth")
     smooth_dr: NonNegativeFloat | None = Field(None, description="added to the denominator only (MONAI's smooth_dr); default: smooth")
     batch: bool = Field(False, description="pool the samples: one score per channel over the whole batch (MONAI's batch=True)")
+    absent: Literal["smoothed", "skip", "zero"] = Field(
+        "smoothed", description="a class absent from the target: smoothed (MONAI: loss about 1 where mass is "
+                                "predicted), skip (left out of the mean), zero (loss 0, still counted: smp)"
+    )
     include_background: bool = Field(True, description="keep channel 0 when there are several")
     reduction: BatchReductionParam = "mean"
     sample_weight: SampleWeight = None
@@ -78,7 +82,16 @@ class _Overlap(Term):
     no activation. ``smooth`` is MONAI's ``smooth_nr`` and ``smooth_dr`` together; ``smooth_nr`` and
     ``smooth_dr`` set one side each, as MONAI's do. ``batch=true`` sums over the batch before the
     ratio, one score per channel (MONAI's ``batch=True``; smp's losses always pool the batch), and
-    takes no ``sample_weight``."""
+    takes no ``sample_weight``.
+
+    A class absent from a sample's target (from the batch's, with ``batch=true``) is scored by
+    ``absent``: ``smoothed`` (the default, MONAI's ``DiceLoss``) keeps the smoothed ratio, loss
+    ``1 - smooth_nr / (|P| + smooth_dr)``, about 1 when mass is predicted there and 0 when none is;
+    ``skip`` leaves the class out: ``mean`` averages the present (sample, class) scores only (each
+    weighted by its sample's ``sample_weight``), 0 when none is present, and ``sum`` adds them
+    (kornia's convention); ``zero`` gives it loss 0 but still counts it in ``mean``, as smp's
+    ``DiceLoss`` does (``loss *= y_true.sum(dims) > 0``). Under ``skip`` and ``zero`` an absent
+    class adds no gradient."""
 
     def __init__(self, params: OverlapParams):
         super().__init__()
@@ -86,6 +99,7 @@ class _Overlap(Term):
         self.smooth_dr = params.smooth if params.smooth_dr is None else params.smooth_dr
         self.activation = params.activation
         self.batch = params.batch
+        self.absent = params.absent
         self.include_background = params.include_background
         self.reduction = params.reduction
 
@@ -152,7 +166,24 @@ class _Overlap(Term):
         prob, mask = self.probabilities_and_masks(pred, target)
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
-        return self.reduce(self.score(prob, mask).to(pred.dtype), sample_weight)
+        loss = self.score(prob, mask).to(pred.dtype)
+        if self.absent == "smoothed":
+            return self.reduce(loss, sample_weight)
+        present = self.pixel_sum(mask) > 0  # [N, C] (or [1, C] with batch): the class is in the target
+        loss = torch.where(present, loss, torch.zeros_like(loss))
+        if self.absent == "zero" or self.reduction == "sum":
+            return self.reduce(loss, sample_weight)
+        return self.mean_over_present(loss, present, sample_weight)
+
+    @staticmethod
+    def mean_over_present(loss: torch.Tensor, present: torch.Tensor, sample_weight: torch.Tensor | None) -> torch.Tensor:
+        """The mean of the (sample, class) losses whose class is present, weighted by the samples'
+        weights; 0 when none is."""
+        acc = accumulation_dtype(loss.dtype)
+        weight = present.to(acc)
+        if sample_weight is not None:
+            weight = weight * sample_weight.to(acc).unsqueeze(1)
+        return safe_divide((loss.to(acc) * weight).sum(), weight.sum()).to(loss.dtype)
 
 
 def _monai(name: str, **options: object) -> parity.Reference:
