@@ -489,6 +489,10 @@ class FocalParams(TermParams):
     alpha: Annotated[float, Field(ge=0, le=1)] | Annotated[Weights, AfterValidator(_classes_at_least_two)] | None = Field(
         None, description="sigmoid form: weight of positives (1 - alpha for negatives); softmax form: one weight per class, C >= 2"
     )
+    class_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="softmax form: each element's loss summed over the one-hot classes (the cross-entropy "
+                           "convention), or their mean, 1/C of it (MONAI's use_softmax=True)"
+    )
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -519,10 +523,22 @@ def _monai_softmax_focal(classes: int) -> parity.Reference:
     return lambda pred, target: loss(pred, target.unsqueeze(1)) * classes
 
 
+def _monai_softmax_focal_mean() -> parity.Reference:
+    """MONAI's softmax focal loss as it is: its mean over N * C is focal(class_reduction=mean)."""
+    from monai.losses import FocalLoss
+
+    loss = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0)
+    return lambda pred, target: loss(pred, target.unsqueeze(1))
+
+
 def _focal_cases(s: parity.Sizes) -> list[parity.Case]:
-    """References: torchvision's sigmoid focal loss, MONAI's softmax one."""
+    """References: torchvision's sigmoid focal loss, MONAI's softmax one (summed, and as it is)."""
     n, c = s.n, s.classes
     return [
+        parity.Case("focal(class_reduction=mean)", parity.shape(n, c),
+                    parity.inputs(pred=parity.randn(n, c), target=parity.labels(n, classes=c)),
+                    parity.lazy(_monai_softmax_focal_mean), note="monai FocalLoss(use_softmax=True)",
+                    variant="softmax class mean"),
         parity.Case("focal()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.flags(n, c)),
                     _torchvision_sigmoid_focal, note="torchvision.ops.sigmoid_focal_loss's code", variant="sigmoid"),
         parity.Case("focal()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.labels(n, classes=c)),
@@ -549,7 +565,15 @@ class Focal(Term):
       take targets ``[N, ...]``.
     - Softmax form, for logits ``[N, C, ...]`` and integer targets ``[N, ...]``:
       ``-alpha_y (1 - p_y)^gamma log p_y`` (MONAI's ``FocalLoss(use_softmax=True)`` summed over
-      classes), with ``alpha`` a list of one weight per class.
+      classes), with ``alpha`` a list of one weight per class (MONAI's ``weight``).
+      ``class_reduction`` says how the one-hot classes of an element combine: ``sum`` (the default,
+      as cross-entropy, so ``gamma=0`` is ``F.cross_entropy``) or ``mean``, which divides by ``C``:
+      MONAI averages its ``[N, C, ...]`` losses over classes too, so MONAI's
+      ``FocalLoss(use_softmax=True)`` (``reduction="mean"``) is ``focal(class_reduction=mean)``;
+      a MONAI setting ported without ``class_reduction=mean`` gives ``C`` times MONAI's mean.
+      (MONAI's ``reduction="sum"`` averages the spatial dimensions first, and everything when
+      there are none; lossdsl's ``sum`` adds every element.) The sigmoid form is not affected: each
+      label is an element there, and ``mean`` already averages over labels, as MONAI's sigmoid form does.
     - ``mean`` averages over elements (samples, and labels or pixels). ``gamma=0`` without
       ``alpha`` is cross-entropy. ``(1 - p_t)`` is clamped at the smallest positive float before
       the power, so gradients stay finite for ``gamma < 1`` at saturated logits. ``reduction=none``
@@ -562,6 +586,7 @@ class Focal(Term):
         super().__init__()
         self.gamma = params.gamma
         self.reduction = params.reduction
+        self.class_mean = params.class_reduction == "mean"
         alpha = params.alpha
         self.scalar_alpha = alpha if isinstance(alpha, float) else None
         self.register_buffer("class_alpha", torch.tensor(alpha, dtype=torch.float64) if isinstance(alpha, tuple) else None)
@@ -607,6 +632,8 @@ class Focal(Term):
             loss = loss * self.class_alpha.to(logits.dtype)[target]
         elif self.scalar_alpha is not None:
             self.fail(0, "the softmax form weighs classes with a list alpha, one per class")
+        if self.class_mean:  # the one-hot classes' mean: the C - 1 zero terms count too
+            loss = loss / logits.shape[1]
         return loss
 
 

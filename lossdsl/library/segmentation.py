@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
-from pydantic import Field, NonNegativeFloat
+from pydantic import Field, NonNegativeFloat, model_validator
 
 from .. import parity
 from ..registry import BatchReductionParam, Fit, InputOf, Layout, SampleWeight, Term, TermParams, accumulation_dtype, register, safe_divide
 
 
 class OverlapParams(TermParams):
-    pred: InputOf("logits") = Field("pred", description="logits [N, C, ...spatial]: sigmoid when C is 1, softmax over C otherwise")
+    pred: InputOf("logits", "probs") = Field(
+        "pred", description="logits [N, C, ...spatial] (probabilities with activation=none)"
+    )
     target: InputOf("labels", "mask", "binary", "multihot", "probs") = Field(
         "target", description="0/1 masks of pred's shape, or integer class indices [N, ...] or [N, 1, ...] (0/1 when C is 1)"
     )
+    activation: Literal["auto", "sigmoid", "softmax", "none"] = Field(
+        "auto", description="auto: sigmoid when C is 1, softmax over C otherwise; sigmoid: per channel "
+                            "(overlapping masks, MONAI's sigmoid=True); softmax; none: pred holds probabilities"
+    )
     smooth: NonNegativeFloat = Field(1e-5, description="added to numerator and denominator (MONAI's smooth_nr, smooth_dr); 0 / 0 gives loss 0")
+    smooth_nr: NonNegativeFloat | None = Field(None, description="added to the numerator only (MONAI's smooth_nr); default: smooth")
+    smooth_dr: NonNegativeFloat | None = Field(None, description="added to the denominator only (MONAI's smooth_dr); default: smooth")
+    batch: bool = Field(False, description="pool the samples: one score per channel over the whole batch (MONAI's batch=True)")
+    absent: Literal["smoothed", "skip", "zero"] = Field(
+        "smoothed", description="a class absent from the target: smoothed (MONAI: loss about 1 where mass is "
+                                "predicted), skip (left out of the mean), zero (loss 0, still counted: smp)"
+    )
     include_background: bool = Field(True, description="keep channel 0 when there are several")
     reduction: BatchReductionParam = "mean"
     sample_weight: SampleWeight = None
+
+    @model_validator(mode="after")
+    def _batch_has_no_samples_to_weigh(self) -> OverlapParams:
+        if self.batch and self.sample_weight is not None:
+            raise ValueError("batch=true pools the samples into one score per channel, so there is no "
+                             "per-sample loss for sample_weight to weigh; drop one of them")
+        return self
 
 
 class DiceParams(OverlapParams):
@@ -33,11 +54,15 @@ class TverskyParams(OverlapParams):
 
 def _overlap_layouts(params: OverlapParams) -> tuple[Layout, ...]:
     """Logits [N, C, 4, 4] with class indices [N, 4, 4], or with float masks of their shape (which
-    bce shares); one channel with 0/1 masks."""
+    bce shares); one channel with 0/1 masks. With activation=none, pred holds probabilities."""
+    several = ("N", "C", 4, 4)
+    one = ("N", 1, 4, 4)
+    if params.activation == "none":
+        several, one = Fit(several, ("probs",)), Fit(one, ("probs",))
     return (
-        {"pred": ("N", "C", 4, 4), "target": Fit(("N", 4, 4), ("labels",))},
-        {"pred": ("N", "C", 4, 4), "target": Fit(("N", "C", 4, 4), ("multihot", "probs"))},
-        {"pred": ("N", 1, 4, 4), "target": Fit(("N", 1, 4, 4), ("binary", "mask", "multihot", "probs"))},
+        {"pred": several, "target": Fit(("N", 4, 4), ("labels",))},
+        {"pred": several, "target": Fit(("N", "C", 4, 4), ("multihot", "probs"))},
+        {"pred": one, "target": Fit(("N", 1, 4, 4), ("binary", "mask", "multihot", "probs"))},
     )
 
 
@@ -46,12 +71,35 @@ class _Overlap(Term):
     channel) scores as MONAI's ``reduction="mean"`` does. One channel: sigmoid, with 0/1 masks of
     ``pred``'s shape, or integer 0/1 labels ``[N, ...]``. Several: softmax, with integer class
     indices ``[N, ...]`` or ``[N, 1, ...]`` made one-hot (MONAI's ``to_onehot_y=True``), or float
-    masks of ``pred``'s shape. A score of 0 / 0 (``smooth=0``, an empty class and no predicted
-    mass) counts as a perfect 1, loss 0, the limit of MONAI's smoothed ratio; an empty batch gives 0."""
+    masks of ``pred``'s shape. A ratio whose smoothed denominator is 0 (``smooth=0``, an empty class
+    and no predicted mass) counts as a perfect 1, loss 0, the limit of MONAI's smoothed ratio; an
+    empty batch gives 0.
+
+    ``activation=sigmoid`` takes a sigmoid per channel, for overlapping masks of ``pred``'s shape
+    (BraTS's tumour core inside the whole tumour): MONAI's ``sigmoid=True``; integer class indices
+    are made one-hot as above. ``activation=softmax`` is MONAI's ``softmax=True`` (on one channel, a
+    softmax is constant 1), ``activation=none`` takes ``pred`` as probabilities, MONAI's default of
+    no activation. ``smooth`` is MONAI's ``smooth_nr`` and ``smooth_dr`` together; ``smooth_nr`` and
+    ``smooth_dr`` set one side each, as MONAI's do. ``batch=true`` sums over the batch before the
+    ratio, one score per channel (MONAI's ``batch=True``; smp's losses always pool the batch), and
+    takes no ``sample_weight``.
+
+    A class absent from a sample's target (from the batch's, with ``batch=true``) is scored by
+    ``absent``: ``smoothed`` (the default, MONAI's ``DiceLoss``) keeps the smoothed ratio, loss
+    ``1 - smooth_nr / (|P| + smooth_dr)``, about 1 when mass is predicted there and 0 when none is;
+    ``skip`` leaves the class out: ``mean`` averages the present (sample, class) scores only (each
+    weighted by its sample's ``sample_weight``), 0 when none is present, and ``sum`` adds them
+    (kornia's convention); ``zero`` gives it loss 0 but still counts it in ``mean``, as smp's
+    ``DiceLoss`` does (``loss *= y_true.sum(dims) > 0``). Under ``skip`` and ``zero`` an absent
+    class adds no gradient."""
 
     def __init__(self, params: OverlapParams):
         super().__init__()
-        self.smooth = params.smooth
+        self.smooth_nr = params.smooth if params.smooth_nr is None else params.smooth_nr
+        self.smooth_dr = params.smooth if params.smooth_dr is None else params.smooth_dr
+        self.activation = params.activation
+        self.batch = params.batch
+        self.absent = params.absent
         self.include_background = params.include_background
         self.reduction = params.reduction
 
@@ -62,11 +110,18 @@ class _Overlap(Term):
         if pred.dim() < 2:
             self.fail(0, f"expected logits [N, C, ...spatial], got shape {tuple(pred.shape)}")
         n, channels = pred.shape[:2]
-        if channels == 1:
+        activation = self.activation
+        if activation == "auto":
+            activation = "sigmoid" if channels == 1 else "softmax"
+        if activation == "sigmoid":
             prob = torch.sigmoid(pred)
-        else:
+        elif activation == "softmax":
             prob = torch.softmax(pred, dim=1)
-        if target.shape == pred.shape and (channels == 1 or target.is_floating_point()):
+        else:
+            prob = pred
+        # integer masks of pred's shape are masks when channels overlap (sigmoid) or there is one
+        masks_of_any_dtype = channels == 1 or activation != "softmax"
+        if target.shape == pred.shape and (masks_of_any_dtype or target.is_floating_point()):
             mask = target.to(pred.dtype)
         else:
             spatial = pred.shape[2:]
@@ -82,7 +137,11 @@ class _Overlap(Term):
         if not self.include_background and channels > 1:
             prob, mask = prob[:, 1:], mask[:, 1:]
         size = math.prod(pred.shape[2:])  # not -1, which an empty batch leaves undetermined
-        return prob.reshape(n, prob.shape[1], size), mask.reshape(n, mask.shape[1], size)
+        prob, mask = prob.reshape(n, prob.shape[1], size), mask.reshape(n, mask.shape[1], size)
+        if self.batch:  # one "sample" holding every pixel of the batch, per channel
+            prob = prob.transpose(0, 1).reshape(1, prob.shape[1], n * size)
+            mask = mask.transpose(0, 1).reshape(1, mask.shape[1], n * size)
+        return prob, mask
 
     def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The loss per sample and channel, from probabilities and masks [N, C, P]."""
@@ -94,8 +153,9 @@ class _Overlap(Term):
         return values.sum(-1, dtype=accumulation_dtype(values.dtype))
 
     def one_minus_ratio(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-        """``1 - (numerator + smooth) / (denominator + smooth)``, and 0 (with zero gradients) for 0 / 0."""
-        numerator, denominator = numerator + self.smooth, denominator + self.smooth
+        """``1 - (numerator + smooth_nr) / (denominator + smooth_dr)``, and 0 (with zero gradients)
+        where the smoothed denominator is 0."""
+        numerator, denominator = numerator + self.smooth_nr, denominator + self.smooth_dr
         defined = ~(denominator <= 0)  # not `> 0`: NaN (from a NaN logit) must give NaN, not a hidden 0
         ratio = safe_divide(numerator, denominator, defined)
         return 1 - torch.where(defined, ratio, torch.ones_like(ratio))
@@ -106,24 +166,52 @@ class _Overlap(Term):
         prob, mask = self.probabilities_and_masks(pred, target)
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
-        return self.reduce(self.score(prob, mask).to(pred.dtype), sample_weight)
+        loss = self.score(prob, mask).to(pred.dtype)
+        if self.absent == "smoothed":
+            return self.reduce(loss, sample_weight)
+        present = self.pixel_sum(mask) > 0  # [N, C] (or [1, C] with batch): the class is in the target
+        loss = torch.where(present, loss, torch.zeros_like(loss))
+        if self.absent == "zero" or self.reduction == "sum":
+            return self.reduce(loss, sample_weight)
+        return self.mean_over_present(loss, present, sample_weight)
+
+    @staticmethod
+    def mean_over_present(loss: torch.Tensor, present: torch.Tensor, sample_weight: torch.Tensor | None) -> torch.Tensor:
+        """The mean of the (sample, class) losses whose class is present, weighted by the samples'
+        weights; 0 when none is."""
+        acc = accumulation_dtype(loss.dtype)
+        weight = present.to(acc)
+        if sample_weight is not None:
+            weight = weight * sample_weight.to(acc).unsqueeze(1)
+        return safe_divide((loss.to(acc) * weight).sum(), weight.sum()).to(loss.dtype)
 
 
-def _monai(name: str) -> parity.Reference:
-    """MONAI's ``name`` loss on logits and class indices [N, 1, H, W]."""
+def _monai(name: str, **options: object) -> parity.Reference:
+    """MONAI's ``name`` loss on logits and class indices [N, 1, H, W] (or, with ``options``, masks)."""
     import monai.losses
 
-    loss = getattr(monai.losses, name)(softmax=True, to_onehot_y=True)
+    loss = getattr(monai.losses, name)(**(options or {"softmax": True, "to_onehot_y": True}))
     return lambda pred, target: loss(pred, target)
 
 
-def _dice_cases(s: parity.Sizes) -> list[parity.Case]:
-    """Reference: monai.losses.DiceLoss(softmax=True, to_onehot_y=True)."""
+def _overlap_cases(s: parity.Sizes, name: str, spec: str) -> list[parity.Case]:
+    """Softmax over class indices, and a sigmoid per channel over overlapping masks pooled over the batch."""
     images = s.images
     pixels = (images[0], 1, *images[2:])  # class indices [N, 1, H, W], as MONAI's to_onehot_y takes them
-    return [parity.Case("dice()", parity.shape(*images),
-                        parity.inputs(pred=parity.randn(*images), target=parity.labels(*pixels, classes=images[1])),
-                        parity.lazy(lambda: _monai("DiceLoss")), note="monai DiceLoss(softmax=True, to_onehot_y=True)")]
+    return [
+        parity.Case(f"{spec}()", parity.shape(*images),
+                    parity.inputs(pred=parity.randn(*images), target=parity.labels(*pixels, classes=images[1])),
+                    parity.lazy(lambda: _monai(name)), note=f"monai {name}(softmax=True, to_onehot_y=True)"),
+        parity.Case(f"{spec}(activation=sigmoid, batch=true)", parity.shape(*images),
+                    parity.inputs(pred=parity.randn(*images), target=parity.flags(*images)),
+                    parity.lazy(lambda: _monai(name, sigmoid=True, batch=True)),
+                    note=f"monai {name}(sigmoid=True, batch=True)", variant="sigmoid batch"),
+    ]
+
+
+def _dice_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: monai.losses.DiceLoss(softmax=True, to_onehot_y=True), and (sigmoid=True, batch=True)."""
+    return _overlap_cases(s, "DiceLoss", "dice")
 
 
 @register(
@@ -149,12 +237,8 @@ class Dice(_Overlap):
 
 
 def _tversky_cases(s: parity.Sizes) -> list[parity.Case]:
-    """Reference: monai.losses.TverskyLoss(softmax=True, to_onehot_y=True)."""
-    images = s.images
-    pixels = (images[0], 1, *images[2:])  # class indices [N, 1, H, W], as MONAI's to_onehot_y takes them
-    return [parity.Case("tversky()", parity.shape(*images),
-                        parity.inputs(pred=parity.randn(*images), target=parity.labels(*pixels, classes=images[1])),
-                        parity.lazy(lambda: _monai("TverskyLoss")), note="monai TverskyLoss(softmax=True, to_onehot_y=True)")]
+    """Reference: monai.losses.TverskyLoss(softmax=True, to_onehot_y=True), and (sigmoid=True, batch=True)."""
+    return _overlap_cases(s, "TverskyLoss", "tversky")
 
 
 @register(
