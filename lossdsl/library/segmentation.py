@@ -89,7 +89,7 @@ class _Overlap(Term):
     ``1 - smooth_nr / (|P| + smooth_dr)``, about 1 when mass is predicted there and 0 when none is;
     ``skip`` leaves the class out: ``mean`` averages the present (sample, class) scores only (each
     weighted by its sample's ``sample_weight``), 0 when none is present, and ``sum`` adds them
-    (kornia's convention); ``zero`` gives it loss 0 but still counts it in ``mean``, as smp's
+    (checked against this formula, not against another library); ``zero`` gives it loss 0 but still counts it in ``mean``, as smp's
     ``DiceLoss`` does (``loss *= y_true.sum(dims) > 0``). Under ``skip`` and ``zero`` an absent
     class adds no gradient."""
 
