@@ -1,0 +1,124 @@
+"""Terms issue 13 names as missing, against their peers on random inputs: values and gradients.
+
+References: torch's functionals (``F.poisson_nll_loss``, ``F.gaussian_nll_loss``,
+``F.cosine_embedding_loss``, ``F.margin_ranking_loss``), kornia's ``js_div_loss_2d`` formula written
+out in plain torch, and MONAI's ``DiceLoss(jaccard=True)`` and ``GeneralizedDiceLoss``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lossdsl
+
+DTYPES = [torch.float32, torch.float64]
+DTYPE_IDS = ["f32", "f64"]
+
+
+def assert_parity(ours: torch.Tensor, ref: torch.Tensor, *wrt: torch.Tensor) -> None:
+    """Same value and shape, same gradients w.r.t. ``wrt``."""
+    torch.testing.assert_close(ours, ref)
+    for g_ours, g_ref in zip(torch.autograd.grad(ours.sum(), wrt), torch.autograd.grad(ref.sum(), wrt)):
+        torch.testing.assert_close(g_ours, g_ref)
+
+
+def leaf(*shape: int, dtype: torch.dtype, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+    return (scale * torch.randn(*shape, dtype=dtype) + shift).requires_grad_()
+
+
+# -- poisson_nll --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("log_input", [True, False])
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("shape", [(11,), (6, 3), (2, 3, 4)], ids=["N", "NC", "3d"])
+def test_poisson_nll_matches_torch(shape, full, log_input, reduction, dtype):
+    torch.manual_seed(0)
+    pred = leaf(*shape, dtype=dtype) if log_input else (torch.rand(shape, dtype=dtype) * 4 + 0.05).requires_grad_()
+    target = torch.poisson(torch.full(shape, 2.5, dtype=dtype))
+    spec = f"poisson_nll(log_input={str(log_input).lower()}, full={str(full).lower()}, eps=1e-6, reduction={reduction})"
+    ours = lossdsl.compile(spec)(pred=pred, target=target)
+    ref = F.poisson_nll_loss(pred, target, log_input=log_input, full=full, eps=1e-6, reduction=reduction)
+    assert_parity(ours, ref, pred)
+
+
+def test_poisson_nll_sample_weight_is_a_weighted_mean_of_sample_means():
+    torch.manual_seed(1)
+    pred, target = leaf(8, 3, dtype=torch.float64), torch.poisson(torch.full((8, 3), 2.0, dtype=torch.float64))
+    weight = torch.rand(8, dtype=torch.float64)
+    ours = lossdsl.compile("poisson_nll(sample_weight=w)")(pred=pred, target=target, w=weight)
+    per_sample = F.poisson_nll_loss(pred, target, reduction="none").mean(dim=1)
+    assert_parity(ours, (weight * per_sample).sum() / weight.sum(), pred)
+
+
+# -- gaussian_nll -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("var_shape", ["same", "last1", "dropped"])
+def test_gaussian_nll_matches_torch(var_shape, full, reduction, dtype):
+    torch.manual_seed(2)
+    pred, target = leaf(7, 4, dtype=dtype), torch.randn(7, 4, dtype=dtype)
+    shape = {"same": (7, 4), "last1": (7, 1), "dropped": (7,)}[var_shape]
+    var = (torch.rand(shape, dtype=dtype) + 0.05).requires_grad_()
+    spec = f"gaussian_nll(full={str(full).lower()}, reduction={reduction})"
+    ours = lossdsl.compile(spec)(pred=pred, target=target, var=var)
+    ref = F.gaussian_nll_loss(pred, target, var, full=full, reduction=reduction)
+    assert_parity(ours, ref, pred, var)
+
+
+def test_gaussian_nll_clamps_small_variances_as_torch_does():
+    """Variances below eps: torch clamps them under no_grad, so the gradient still reaches var."""
+    torch.manual_seed(3)
+    pred, target = leaf(5, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    var = torch.tensor([[1e-9, 0.5], [0.0, 2.0], [1e-3, 1e-7], [1.0, 1.0], [3.0, 1e-12]], dtype=torch.float64).requires_grad_()
+    ours = lossdsl.compile("gaussian_nll(eps=1e-4)")(pred=pred, target=target, var=var)
+    assert_parity(ours, F.gaussian_nll_loss(pred, target, var, eps=1e-4), pred, var)
+
+
+def test_gaussian_nll_negative_variance_is_clamped_not_nan():
+    """torch raises ValueError (a host read of var); lossdsl clamps to eps: the value at var = eps."""
+    pred, target = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    ours = lossdsl.compile("gaussian_nll(eps=0.5)")(pred=pred, target=target, var=torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64))
+    expected = F.gaussian_nll_loss(pred, target, torch.tensor([0.5, 0.5, 2.0], dtype=torch.float64), eps=0.5)
+    torch.testing.assert_close(ours, expected)
+
+
+def test_gaussian_nll_bad_variance_shape_is_e402():
+    loss = lossdsl.compile("gaussian_nll()")
+    with pytest.raises(lossdsl.LossSpecError) as error:
+        loss(pred=torch.randn(4, 3), target=torch.randn(4, 3), var=torch.rand(4, 2))
+    assert "E402" in str(error.value) and "'var'" in str(error.value) and "gaussian_nll" in str(error.value)
+
+
+@pytest.mark.parametrize("spec", ["poisson_nll()", "gaussian_nll()"])
+def test_empty_batch_gives_zero(spec):
+    inputs = {"pred": torch.zeros(0, 3, requires_grad=True), "target": torch.zeros(0, 3)}
+    if spec.startswith("gaussian"):
+        inputs["var"] = torch.ones(0, 3)
+    value = lossdsl.compile(spec)(**inputs)
+    assert value.item() == 0.0
+
+
+def test_poisson_nll_is_finite_where_torch_gives_nan():
+    """full=true with targets of 0 or below: torch's gradient w.r.t. the target is NaN (the masked
+    log); rates below -eps: torch's value is NaN. lossdsl's value equals torch's wherever torch's is finite."""
+    pred = torch.tensor([0.3, -0.2, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0.0, -1.0, 3.0, 1.0], dtype=torch.float64, requires_grad=True)
+    ours = lossdsl.compile("poisson_nll(full=true, reduction=none)")(pred=pred, target=target)
+    ref = F.poisson_nll_loss(pred, target, full=True, reduction="none")
+    (g_target,) = torch.autograd.grad(ours.sum(), target, retain_graph=True)
+    assert torch.isfinite(g_target).all()
+    assert_parity(ours, ref, pred)
+    rates = torch.tensor([-1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    counts = torch.tensor([2.0, 2.0], dtype=torch.float64)
+    value = lossdsl.compile("poisson_nll(log_input=false, reduction=none)")(pred=rates, target=counts)
+    assert torch.isfinite(value).all() and value[0] > 100  # -2 log(tiny): a large, finite penalty
+    torch.testing.assert_close(value[1], F.poisson_nll_loss(rates[1:], counts[1:], log_input=False, reduction="sum"))
+    assert torch.isfinite(torch.autograd.grad(value.sum(), rates)[0]).all()
