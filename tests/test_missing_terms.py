@@ -122,3 +122,59 @@ def test_poisson_nll_is_finite_where_torch_gives_nan():
     assert torch.isfinite(value).all() and value[0] > 100  # -2 log(tiny): a large, finite penalty
     torch.testing.assert_close(value[1], F.poisson_nll_loss(rates[1:], counts[1:], log_input=False, reduction="sum"))
     assert torch.isfinite(torch.autograd.grad(value.sum(), rates)[0]).all()
+
+
+# -- cosine_embedding, margin_ranking -----------------------------------------------------------
+
+
+def signs(*shape: int) -> torch.Tensor:
+    return torch.randint(0, 2, shape) * 2 - 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("margin", [0.0, 0.3, -0.5])
+def test_cosine_embedding_matches_torch(margin, reduction, dtype):
+    torch.manual_seed(4)
+    x1, x2, y = leaf(9, 5, dtype=dtype), leaf(9, 5, dtype=dtype), signs(9)
+    ours = lossdsl.compile(f"cosine_embedding(margin={margin}, reduction={reduction})")(x1=x1, x2=x2, y=y)
+    assert_parity(ours, F.cosine_embedding_loss(x1, x2, y, margin=margin, reduction=reduction), x1, x2)
+
+
+def test_cosine_embedding_zero_embedding_is_finite_as_torch():
+    x1 = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    x2 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([1, -1])
+    ours = lossdsl.compile("cosine_embedding()")(x1=x1, x2=x2, y=y)
+    assert_parity(ours, F.cosine_embedding_loss(x1, x2, y), x1, x2)
+
+
+def test_cosine_embedding_sample_weight_and_empty_batch():
+    torch.manual_seed(5)
+    x1, x2, y, w = leaf(6, 4, dtype=torch.float64), leaf(6, 4, dtype=torch.float64), signs(6), torch.rand(6, dtype=torch.float64)
+    ours = lossdsl.compile("cosine_embedding(sample_weight=w)")(x1=x1, x2=x2, y=y, w=w)
+    per_pair = F.cosine_embedding_loss(x1, x2, y, reduction="none")
+    assert_parity(ours, (w * per_pair).sum() / w.sum(), x1, x2)
+    empty = lossdsl.compile("cosine_embedding()")(x1=torch.zeros(0, 4), x2=torch.zeros(0, 4), y=torch.zeros(0))
+    assert empty.item() == 0.0
+
+
+def test_cosine_embedding_bad_labels_shape_is_e402():
+    with pytest.raises(lossdsl.LossSpecError, match=r"E402.*'y'.*cosine_embedding|'y'.*E402"):
+        lossdsl.compile("cosine_embedding()")(x1=torch.randn(4, 3), x2=torch.randn(4, 3), y=torch.ones(4, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("margin", [0.0, 0.5, -0.2])
+@pytest.mark.parametrize("shape", [(12,), (4, 3)], ids=["N", "NK"])
+def test_margin_ranking_matches_torch(shape, margin, reduction, dtype):
+    torch.manual_seed(6)
+    x1, x2, y = leaf(*shape, dtype=dtype), leaf(*shape, dtype=dtype), signs(*shape)
+    ours = lossdsl.compile(f"margin_ranking(margin={margin}, reduction={reduction})")(x1=x1, x2=x2, y=y)
+    assert_parity(ours, F.margin_ranking_loss(x1, x2, y.to(dtype), margin=margin, reduction=reduction), x1, x2)
+
+
+def test_margin_ranking_mismatched_labels_is_e402():
+    with pytest.raises(lossdsl.LossSpecError, match="E402"):
+        lossdsl.compile("margin_ranking()")(x1=torch.randn(4), x2=torch.randn(4), y=torch.ones(5))
