@@ -178,3 +178,57 @@ def test_margin_ranking_matches_torch(shape, margin, reduction, dtype):
 def test_margin_ranking_mismatched_labels_is_e402():
     with pytest.raises(lossdsl.LossSpecError, match="E402"):
         lossdsl.compile("margin_ranking()")(x1=torch.randn(4), x2=torch.randn(4), y=torch.ones(5))
+
+
+# -- js -----------------------------------------------------------------------------------------
+
+
+def kornia_js_div_loss_2d(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """kornia.losses.js_div_loss_2d (kornia/losses/divergence.py) written out: heatmaps [B, K, H, W],
+    each a distribution over H * W; KL through F.kl_div(q.log(), p), JS(target, pred), mean over B, K."""
+
+    def kl_div_2d(p, q):
+        b, k, h, w = p.shape
+        return F.kl_div(q.reshape(b * k, h * w).log(), p.reshape(b * k, h * w), reduction="none").sum(-1).view(b, k)
+
+    def js_div_2d(p, q):
+        m = 0.5 * (p + q)
+        return 0.5 * kl_div_2d(p, m) + 0.5 * kl_div_2d(q, m)
+
+    return js_div_2d(target, pred).mean()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_js_probabilities_match_kornia_on_reshaped_heatmaps(dtype):
+    torch.manual_seed(7)
+    pred = torch.randn(2, 3, 4, 5, dtype=dtype).flatten(2).softmax(-1).view(2, 3, 4, 5).requires_grad_()
+    target = torch.randn(2, 3, 4, 5, dtype=dtype).flatten(2).softmax(-1).view(2, 3, 4, 5)
+    ours = lossdsl.compile("js(softmax=false)")(pred=pred.reshape(6, 20), target=target.reshape(6, 20))
+    assert_parity(ours, kornia_js_div_loss_2d(pred, target), pred)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(8, 5), (3, 4, 2, 2)], ids=["NC", "NCHW"])
+def test_js_of_softmax_matches_the_closed_form(shape, reduction, dtype):
+    """JS of softmax(pred) over dim 1, summed over classes and further dims, as kornia's formula."""
+    torch.manual_seed(8)
+    pred, target = leaf(*shape, dtype=dtype, scale=2.0), torch.randn(shape, dtype=dtype).softmax(dim=1)
+    ours = lossdsl.compile(f"js(reduction={reduction})")(pred=pred, target=target)
+    p = pred.softmax(dim=1)
+    m = 0.5 * (p + target)
+    per_sample = (0.5 * F.kl_div(m.log(), target, reduction="none") + 0.5 * F.kl_div(m.log(), p, reduction="none")).flatten(1).sum(1)
+    ref = {"mean": per_sample.mean(), "sum": per_sample.sum(), "none": per_sample}[reduction]
+    assert_parity(ours, ref, pred)
+
+
+def test_js_bounds_and_zero_mass_classes():
+    """Identical distributions give 0; disjoint ones give log 2; a class empty in both adds 0, gradients finite."""
+    p = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.25, 0.75, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]], dtype=torch.float64)
+    value = lossdsl.compile("js(softmax=false, reduction=none)")(pred=p, target=t)
+    torch.testing.assert_close(value, torch.tensor([0.0, torch.log(torch.tensor(2.0)).item()], dtype=torch.float64))
+    assert torch.isfinite(torch.autograd.grad(value.sum(), p)[0]).all()
+    logits = torch.tensor([[0.0, float("-inf"), 1.0]], requires_grad=True)
+    masked = lossdsl.compile("js()")(pred=logits, target=torch.tensor([[0.5, 0.0, 0.5]]))
+    assert torch.isfinite(masked) and torch.isfinite(torch.autograd.grad(masked, logits)[0]).all()
