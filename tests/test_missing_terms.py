@@ -232,3 +232,90 @@ def test_js_bounds_and_zero_mass_classes():
     logits = torch.tensor([[0.0, float("-inf"), 1.0]], requires_grad=True)
     masked = lossdsl.compile("js()")(pred=logits, target=torch.tensor([[0.5, 0.0, 0.5]]))
     assert torch.isfinite(masked) and torch.isfinite(torch.autograd.grad(masked, logits)[0]).all()
+
+
+# -- jaccard, generalized_dice (MONAI) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def monai_losses():
+    return pytest.importorskip("monai.losses")
+
+
+def class_map(n: int, classes: int, h: int, w: int, absent: tuple[int, ...] = ()) -> torch.Tensor:
+    """Class indices [N, 1, H, W], as MONAI's to_onehot_y takes them; ``absent`` classes never occur."""
+    present = [c for c in range(classes) if c not in absent]
+    return torch.tensor(present)[torch.randint(0, len(present), (n, 1, h, w))]
+
+
+OVERLAP_CONFIGS = {
+    "default": ("", {}),
+    "no_background": ("include_background=false", {"include_background": False}),
+    "smooth0": ("smooth=0", {"smooth_nr": 0.0, "smooth_dr": 0.0}),
+    "smooth1": ("smooth=1.0", {"smooth_nr": 1.0, "smooth_dr": 1.0}),
+    "sum": ("reduction=sum", {"reduction": "sum"}),
+}
+
+
+@pytest.mark.parametrize("absent", [(), (2,)], ids=["all_present", "class2_absent"])
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("config", list(OVERLAP_CONFIGS))
+def test_jaccard_matches_monai(monai_losses, config, squared, absent):
+    torch.manual_seed(9)
+    args, options = OVERLAP_CONFIGS[config]
+    if squared:
+        args, options = ", ".join(filter(None, [args, "squared=true"])), {**options, "squared_pred": True}
+    pred, target = leaf(3, 4, 5, 6, dtype=torch.float32, scale=2.0), class_map(3, 4, 5, 6, absent)
+    ours = lossdsl.compile(f"jaccard({args})")(pred=pred, target=target)
+    ref = monai_losses.DiceLoss(softmax=True, to_onehot_y=True, jaccard=True, **options)(pred, target)
+    assert_parity(ours, ref, pred)
+
+
+def test_jaccard_single_channel_sigmoid_matches_monai(monai_losses):
+    torch.manual_seed(10)
+    pred, target = leaf(4, 1, 6, 6, dtype=torch.float32), (torch.rand(4, 1, 6, 6) < 0.4).float()
+    ours = lossdsl.compile("jaccard()")(pred=pred, target=target)
+    assert_parity(ours, monai_losses.DiceLoss(sigmoid=True, jaccard=True)(pred, target), pred)
+
+
+def test_jaccard_at_zero_smoothing_is_one_minus_soft_iou():
+    torch.manual_seed(11)
+    pred, target = leaf(2, 3, 4, 4, dtype=torch.float64), torch.randint(0, 3, (2, 4, 4))
+    p = pred.softmax(dim=1).flatten(2)
+    g = F.one_hot(target, 3).permute(0, 3, 1, 2).flatten(2).to(torch.float64)
+    intersection = (p * g).sum(-1)
+    iou = intersection / (p.sum(-1) + g.sum(-1) - intersection)
+    assert_parity(lossdsl.compile("jaccard(smooth=0)")(pred=pred, target=target), (1 - iou).mean(), pred)
+
+
+@pytest.mark.parametrize("absent", [(), (0,), (1, 3)], ids=["all_present", "background_absent", "two_absent"])
+@pytest.mark.parametrize("w_type", ["square", "simple", "uniform"])
+@pytest.mark.parametrize("config", list(OVERLAP_CONFIGS))
+def test_generalized_dice_matches_monai(monai_losses, config, w_type, absent):
+    torch.manual_seed(12)
+    args, options = OVERLAP_CONFIGS[config]
+    args = ", ".join(filter(None, [args, f"w_type={w_type}"]))
+    pred, target = leaf(3, 4, 5, 6, dtype=torch.float32, scale=2.0), class_map(3, 4, 5, 6, absent)
+    ours = lossdsl.compile(f"generalized_dice({args})")(pred=pred, target=target)
+    ref = monai_losses.GeneralizedDiceLoss(softmax=True, to_onehot_y=True, w_type=w_type, **options)(pred, target)
+    assert_parity(ours, ref, pred)
+
+
+def test_generalized_dice_float64_and_sample_weight_match_the_closed_form():
+    """Per sample 1 - (2 sum w I + s) / (sum w (|P| + |G|) + s), w = 1 / G^2; weighted mean over samples."""
+    torch.manual_seed(13)
+    pred, target = leaf(4, 3, 5, 5, dtype=torch.float64), torch.randint(0, 3, (4, 5, 5))
+    weights = torch.rand(4, dtype=torch.float64)
+    p = pred.softmax(dim=1).flatten(2)
+    g = F.one_hot(target, 3).permute(0, 3, 1, 2).flatten(2).to(torch.float64)
+    w = 1 / g.sum(-1).square()
+    per_sample = 1 - (2 * (w * (p * g).sum(-1)).sum(1) + 1e-5) / ((w * (p.sum(-1) + g.sum(-1))).sum(1) + 1e-5)
+    ours = lossdsl.compile("generalized_dice(sample_weight=sw)")(pred=pred, target=target, sw=weights)
+    assert_parity(ours, (weights * per_sample).sum() / weights.sum(), pred)
+
+
+def test_generalized_dice_empty_target_scores_zero_with_finite_gradients():
+    pred = torch.randn(2, 1, 4, 4, requires_grad=True)
+    value = lossdsl.compile("generalized_dice(smooth=0)")(pred=pred, target=torch.zeros(2, 1, 4, 4))
+    assert value.item() == 0.0
+    assert torch.isfinite(torch.autograd.grad(value, pred)[0]).all()
