@@ -319,3 +319,25 @@ def test_generalized_dice_empty_target_scores_zero_with_finite_gradients():
     value = lossdsl.compile("generalized_dice(smooth=0)")(pred=pred, target=torch.zeros(2, 1, 4, 4))
     assert value.item() == 0.0
     assert torch.isfinite(torch.autograd.grad(value, pred)[0]).all()
+
+
+# -- compiled -----------------------------------------------------------------------------------
+
+COMPILED = {
+    "poisson_nll(full=true)": lambda: {"pred": torch.randn(6, 3), "target": torch.poisson(torch.full((6, 3), 2.0))},
+    "gaussian_nll()": lambda: {"pred": torch.randn(6, 3), "target": torch.randn(6, 3), "var": torch.rand(6, 1)},
+    "cosine_embedding(margin=0.1)": lambda: {"x1": torch.randn(6, 3), "x2": torch.randn(6, 3), "y": signs(6)},
+    "margin_ranking()": lambda: {"x1": torch.randn(6), "x2": torch.randn(6), "y": signs(6)},
+    "js()": lambda: {"pred": torch.randn(6, 3), "target": torch.randn(6, 3).softmax(1)},
+    "jaccard()": lambda: {"pred": torch.randn(2, 3, 4, 4), "target": torch.randint(0, 3, (2, 4, 4))},
+    "generalized_dice()": lambda: {"pred": torch.randn(2, 3, 4, 4), "target": torch.randint(0, 3, (2, 4, 4))},
+}
+
+
+@pytest.mark.parametrize("spec", list(COMPILED))
+def test_new_terms_trace_fullgraph_and_match_eager(spec):
+    """No host synchronisation or graph break in the forward (torch.compile(fullgraph=True))."""
+    torch.manual_seed(14)
+    loss_fn, inputs = lossdsl.compile(spec), COMPILED[spec]()
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(**inputs), loss_fn(**inputs))
