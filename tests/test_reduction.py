@@ -271,7 +271,8 @@ def test_per_sample_terms_take_reduction_none_and_the_rest_do_not():
     takes = {name for name, t in REGISTRY.items() if "reduction" in t.params.model_fields
              and "none" in t.params.options("reduction")}
     assert takes == {"ce", "bce", "focal", "hinge", "mse", "mae", "huber", "smooth_l1", "log_cosh", "quantile",
-                     "kl_normal", "kl", "contrastive", "triplet", "soft_bound"}
+                     "kl_normal", "kl", "contrastive", "triplet", "soft_bound",
+                     "poisson_nll", "gaussian_nll", "cosine_embedding", "margin_ranking", "js"}
 
 
 # ---------------------------------------------------------------------------------------------

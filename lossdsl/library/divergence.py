@@ -1,4 +1,4 @@
-"""Divergences: ``kl_normal`` (the VAE term) and ``kl`` between categorical distributions."""
+"""Divergences: ``kl_normal`` (the VAE term), ``kl`` and ``js`` between categorical distributions."""
 
 from __future__ import annotations
 
@@ -120,3 +120,93 @@ class KL(Term):
         per_element = torch.where(present, log_p.exp() * (log_p - log_q), 0.0)
         per_sample = per_element.flatten(1).sum(dim=1, dtype=accumulation_dtype(p.dtype)).to(p.dtype)
         return self.reduce(per_sample, sample_weight, parts)
+
+
+class JSParams(TermParams):
+    pred: InputOf("logits", "probs") = Field("pred", description="logits [N, C, ...], made a distribution over C by a "
+                                             "softmax; with softmax=false, that distribution itself")
+    target: InputOf("probs") = Field("target", description="the target distribution over C, of pred's shape")
+    softmax: bool = Field(True, description="apply a softmax over dim 1 to pred; false: pred holds probabilities "
+                          "(kornia's js_div_loss_2d takes probabilities)")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+def _kl_rows(a: torch.Tensor, log_m: torch.Tensor) -> torch.Tensor:
+    """kornia's ``_kl_div_2d(a, m)``, ``F.kl_div(log m, a, reduction="none")`` summed over dim 1."""
+    return F.kl_div(log_m, a, reduction="none").sum(dim=1)
+
+
+def _js_reference(pred: torch.Tensor, target: torch.Tensor, softmax: bool = True) -> torch.Tensor:
+    """kornia's ``js_div_loss_2d`` formula (kornia/losses/divergence.py), over dim 1 in plain torch:
+    ``0.5 KL(target || m) + 0.5 KL(p || m)`` with ``m = (p + target) / 2``, averaged."""
+    p = pred.softmax(dim=1) if softmax else pred
+    log_m = (0.5 * (p + target)).log()
+    return (0.5 * _kl_rows(target, log_m) + 0.5 * _kl_rows(p, log_m)).mean()
+
+
+def _distribution(*shape: int) -> parity.Maker:
+    return lambda g: torch.randn(*shape, generator=g).softmax(dim=1)
+
+
+def _js_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: kornia's js_div_loss_2d formula in plain torch, on softmax(pred), and on probabilities."""
+    n, c = s.n, s.classes
+    return [
+        parity.Case("js()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=_distribution(n, c)),
+                    _js_reference, note="kornia js_div_loss_2d's formula on softmax(pred)"),
+        parity.Case("js(softmax=false)", parity.shape(n, c), parity.inputs(pred=_distribution(n, c), target=_distribution(n, c)),
+                    lambda pred, target: _js_reference(pred, target, softmax=False), variant="probabilities",
+                    note="kornia js_div_loss_2d's formula"),
+    ]
+
+
+@register(
+    "js",
+    JSParams,
+    "Jensen-Shannon divergence between softmax(pred) and a target distribution, kornia's js_div_loss_2d formula.",
+    example="js(pred=student, target=teacher_probs)",
+    shapes={"pred": ("N", "C"), "target": ("N", "C")},
+    cases=_js_cases,
+)
+class JS(Term):
+    """``0.5 KL(target || m) + 0.5 KL(p || m)`` with ``m = (p + target) / 2`` and ``p = softmax(pred)``
+    over dim 1 (``softmax=false``: ``p = pred``), in nats, between 0 and ``log 2``; summed over classes
+    (and any further dimensions, as ``kl``), then ``mean`` (or ``sum``) over the batch. This is kornia's
+    ``js_div_loss_2d`` formula over dim 1, where kornia takes probability heatmaps ``[B, K, H, W]``, each
+    a distribution over ``H * W``, and averages over ``B`` and ``K``: kornia's number is
+    ``js(softmax=false)`` on its heatmaps reshaped to ``[B * K, H * W]``. A class where both
+    distributions are 0 adds 0 with zero gradients. The rows are taken to be distributions (not checked:
+    that would read the tensors on the host). ``reduction=none`` gives each sample's divergence ``[N]``."""
+
+    per_sample = True
+
+    def __init__(self, params: JSParams):
+        super().__init__()
+        self.softmax, self.reduction = params.softmax, params.reduction
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
+    ) -> torch.Tensor:
+        self.expect_float(0, pred)
+        self.expect_float(1, target)
+        self.expect_same_shape(1, 0, target, pred)
+        if pred.dim() < 2:
+            self.fail(0, f"expected distributions over dim 1, [N, C, ...], got shape {tuple(pred.shape)}")
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+        p = torch.softmax(pred, dim=1) if self.softmax else pred
+        target = target.to(pred.dtype)
+        mixture = 0.5 * (p + target)
+        # a log (log a - log m), and 0 where a is 0: the logs see 1 there (the double where), so that
+        # neither the value nor the gradient meets 0 * log 0.
+        per_element = 0.5 * (self._kl_part(target, mixture) + self._kl_part(p, mixture))
+        per_sample = per_element.flatten(1).sum(dim=1, dtype=accumulation_dtype(pred.dtype)).to(pred.dtype)
+        return self.reduce(per_sample, sample_weight, parts)
+
+    @staticmethod
+    def _kl_part(a: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+        present = a > 0
+        ones = torch.ones_like(a)
+        safe_a, safe_m = torch.where(present, a, ones), torch.where(present, mixture, ones)
+        return torch.where(present, a * (safe_a.log() - safe_m.log()), torch.zeros_like(a))

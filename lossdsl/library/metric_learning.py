@@ -1,4 +1,5 @@
-"""Metric learning: ``contrastive`` pairs and ``triplet`` margins."""
+"""Metric learning: ``contrastive`` pairs, ``triplet`` margins, ``cosine_embedding`` pairs and
+``margin_ranking`` of scores."""
 
 from __future__ import annotations
 
@@ -146,3 +147,118 @@ def _scaled_distance(x: torch.Tensor, y: torch.Tensor, p: int) -> torch.Tensor:
     difference = (x - y + 1e-6).abs()  # F.pairwise_distance's eps
     scale = difference.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(difference.dtype).tiny).detach()
     return scale[..., 0] * (difference / scale).pow(float(p)).sum(dim=-1).pow(1 / p)
+
+
+def _signs(n: int) -> parity.Maker:
+    """Pair labels in torch's convention: 1 (similar, or x1 ranks higher) or -1."""
+    return lambda g: torch.randint(0, 2, (n,), generator=g) * 2 - 1
+
+
+class CosineEmbeddingParams(TermParams):
+    x1: InputOf("embedding", "real") = Field("x1", description="first embedding of each pair [N, D]")
+    x2: InputOf("embedding", "real") = Field("x2", description="second embedding of each pair, of x1's shape")
+    y: InputOf("labels", "binary", "real") = Field("y", description="1 where the pair should be similar, -1 where not [N]")
+    margin: float = Field(0.0, ge=-1, le=1, description="cosine similarity below which dissimilar pairs cost nothing")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+def _cosine_embedding_cases(s: parity.Sizes) -> list[parity.Case]:
+    n, d = s.n, s.embed
+    return [parity.Case("cosine_embedding(margin=0.2)", parity.shape(n, d),
+                        parity.inputs(x1=parity.randn(n, d), x2=parity.randn(n, d), y=_signs(n)),
+                        lambda x1, x2, y: F.cosine_embedding_loss(x1, x2, y, margin=0.2),
+                        grad=("x1", "x2"), one_call=True)]
+
+
+@register(
+    "cosine_embedding",
+    CosineEmbeddingParams,
+    "Cosine embedding loss, 1 - cos for similar pairs and relu(cos - margin) for others, as F.cosine_embedding_loss.",
+    example="cosine_embedding(x1=a, x2=b, y=same, margin=0.5)",
+    shapes={"x1": ("N", "D"), "x2": ("N", "D")},
+    cases=_cosine_embedding_cases,
+)
+class CosineEmbedding(Term):
+    """``F.cosine_embedding_loss`` with torch's label convention: ``y = 1`` scores ``1 - cos(x1, x2)``,
+    ``y = -1`` scores ``relu(cos(x1, x2) - margin)``, and any other label scores 0 (as torch's; note that
+    ``contrastive`` takes 0/1 flags instead, so a 0 here is not a dissimilar pair). The cosine is torch's,
+    with 1e-12 added to each squared norm, so a zero embedding gives a finite loss and gradient.
+    ``reduction=none`` gives one loss per pair ``[N]``."""
+
+    per_sample = True
+
+    def __init__(self, params: CosineEmbeddingParams):
+        super().__init__()
+        self.margin, self.reduction = params.margin, params.reduction
+
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
+    ) -> torch.Tensor:
+        self.expect_float(0, x1)
+        self.expect_float(1, x2)
+        self.expect_same_shape(1, 0, x2, x1)
+        if x1.dim() != 2:
+            self.fail(0, f"expected embeddings [N, D], got shape {tuple(x1.shape)}")
+        n = x1.shape[0]
+        self.expect_real(2, y)
+        if y.shape != (n,):
+            self.fail(2, f"expected pair labels (1 or -1) of shape ({n},), got {tuple(y.shape)}")
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(3, sample_weight, n, x1.dtype)
+        if n == 0:  # torch's mean of no pairs is NaN
+            return self.reduce(x1.sum(dim=1), sample_weight, parts)
+        losses = F.cosine_embedding_loss(x1, x2, y, margin=self.margin, reduction="none")
+        return self.reduce(losses, sample_weight, parts)
+
+
+class MarginRankingParams(TermParams):
+    x1: InputOf("logits", "real") = Field("x1", description="first score of each pair [N, ...]")
+    x2: InputOf("logits", "real") = Field("x2", description="second score of each pair, of x1's shape")
+    y: InputOf("labels", "binary", "real") = Field("y", description="1 where x1 should rank higher, -1 where x2 should, of x1's shape")
+    margin: float = Field(0.0, ge=-MAX_CONTRASTIVE_MARGIN, le=MAX_CONTRASTIVE_MARGIN,
+                          description="the required gap between the two scores")
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+def _margin_ranking_cases(s: parity.Sizes) -> list[parity.Case]:
+    n = s.n
+    return [parity.Case("margin_ranking(margin=0.5)", parity.shape(n),
+                        parity.inputs(x1=parity.randn(n), x2=parity.randn(n), y=_signs(n)),
+                        lambda x1, x2, y: F.margin_ranking_loss(x1, x2, y.to(x1.dtype), margin=0.5),
+                        grad=("x1", "x2"), one_call=True)]
+
+
+@register(
+    "margin_ranking",
+    MarginRankingParams,
+    "Margin ranking loss relu(margin - y (x1 - x2)), as F.margin_ranking_loss.",
+    example="margin_ranking(x1=score_a, x2=score_b, y=order, margin=0.1)",
+    shapes={"x1": ("N",), "x2": ("N",), "y": ("N",)},
+    cases=_margin_ranking_cases,
+)
+class MarginRanking(Term):
+    """``F.margin_ranking_loss``: ``relu(margin - y * (x1 - x2))`` element-wise, with ``y = 1`` where
+    ``x1`` should score higher and ``y = -1`` where ``x2`` should (a label of 0 costs ``relu(margin)``,
+    as in torch). ``y`` is cast to the scores' dtype. ``reduction=none`` gives the element-wise losses,
+    of ``x1``'s shape."""
+
+    per_sample = True
+
+    def __init__(self, params: MarginRankingParams):
+        super().__init__()
+        self.margin, self.reduction = params.margin, params.reduction
+
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
+    ) -> torch.Tensor:
+        self.expect_float(0, x1)
+        self.expect_float(1, x2)
+        self.expect_same_shape(1, 0, x2, x1)
+        self.expect_real(2, y)
+        self.expect_same_shape(2, 0, y, x1)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(3, sample_weight, self.batch_size(0, x1), x1.dtype)
+        losses = F.margin_ranking_loss(x1, x2, y.to(x1.dtype), margin=self.margin, reduction="none")
+        return self.reduce(losses, sample_weight, parts)

@@ -1,4 +1,5 @@
-"""Regression terms: ``mse``, ``mae``, ``huber``, ``smooth_l1``, ``log_cosh``, ``quantile``."""
+"""Regression terms: ``mse``, ``mae``, ``huber``, ``smooth_l1``, ``log_cosh``, ``quantile``,
+``poisson_nll``, ``gaussian_nll``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .. import parity
-from ..registry import Input, Layout, ReductionParam, SampleWeight, Term, TermParams, register, same_shape_layouts
+from ..registry import Input, InputOf, Layout, ReductionParam, SampleWeight, Term, TermParams, register, same_shape_layouts
 
 
 class RegressionParams(TermParams):
@@ -241,4 +242,135 @@ class QuantileLoss(Term):
         loss = torch.maximum(q * residual, (q - 1) * residual)
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
+        return self.reduce(loss, sample_weight, parts)
+
+
+class PoissonNLLParams(RegressionParams):
+    pred: Input = Field("pred", description="log-rates (log_input=true) or rates (log_input=false), of target's shape")
+    target: Input = Field("target", description="observed counts, of pred's shape")
+    log_input: bool = Field(True, description="pred holds log-rates: the loss is exp(pred) - target * pred; "
+                            "false: rates, pred - target * log(pred + eps)")
+    full: bool = Field(False, description="add Stirling's approximation of log(target!) where target > 1")
+    eps: float = Field(1e-8, gt=0, description="added to pred inside the log when log_input is false")
+
+
+def _poisson_nll_cases(s: parity.Sizes) -> list[parity.Case]:
+    n, o = s.n, s.outputs
+    counts = lambda g: torch.poisson(torch.full((n, o), 3.0), generator=g)  # noqa: E731
+    return [
+        parity.Case("poisson_nll()", parity.shape(n, o), parity.inputs(pred=parity.randn(n, o), target=counts),
+                    lambda pred, target: F.poisson_nll_loss(pred, target), one_call=True),
+        parity.Case("poisson_nll(log_input=false, full=true)", parity.shape(n, o),
+                    parity.inputs(pred=lambda g: torch.rand(n, o, generator=g) * 5 + 0.1, target=counts),
+                    lambda pred, target: F.poisson_nll_loss(pred, target, log_input=False, full=True), one_call=True,
+                    variant="rates, full"),
+    ]
+
+
+@register(
+    "poisson_nll",
+    PoissonNLLParams,
+    "Poisson negative log-likelihood of counts, as F.poisson_nll_loss (log_input, full, eps).",
+    example="poisson_nll(log_input=false, full=true)",
+    shapes=_pointwise_layouts,
+    cases=_poisson_nll_cases,
+)
+class PoissonNLL(_Pointwise):
+    """``F.poisson_nll_loss`` with torch's keywords and defaults (``log_input=true``, ``full=false``,
+    ``eps=1e-8``): with log-rates, ``exp(pred) - target * pred``; with rates, ``pred - target *
+    log(pred + eps)``; ``full`` adds ``target log(target) - target + log(2 pi target) / 2`` where
+    ``target > 1``. The constant ``log(target!)`` is left out otherwise, so the loss may be negative.
+    Where torch's value or gradient is NaN, lossdsl's is finite: the Stirling term is 0 with zero
+    gradient where ``target <= 1`` (torch's gradient w.r.t. a target of 0 or below is NaN there), and
+    a rate below ``-eps`` (invalid, and not checked: that would read the tensor on the host) takes the
+    log of the smallest positive float instead of torch's NaN."""
+
+    def __init__(self, params: PoissonNLLParams):
+        super().__init__(params)
+        self.log_input, self.full, self.eps = params.log_input, params.full, params.eps
+
+    def elementwise(self, pred: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+        if self.log_input:
+            loss = torch.exp(pred) - target * pred
+        else:
+            loss = pred - target * torch.log((pred + self.eps).clamp_min(torch.finfo(pred.dtype).tiny))
+        if self.full:
+            # Both wheres: the unused branch's log(target <= 0) would make the gradient NaN through a single one.
+            counted = target > 1
+            safe = torch.where(counted, target, torch.ones_like(target))
+            stirling = safe * torch.log(safe) - safe + 0.5 * torch.log(2 * math.pi * safe)
+            loss = loss + torch.where(counted, stirling, torch.zeros_like(stirling))
+        return loss if reduction == "none" else self.reduce(loss)
+
+
+class GaussianNLLParams(RegressionParams):
+    pred: Input = Field("pred", description="predicted means [N, ...]")
+    target: Input = Field("target", description="targets, of pred's shape")
+    var: InputOf("real", "weight") = Field(
+        "var", description="predicted variances: of pred's shape, or with a last dimension of 1 (or none) for "
+        "one variance per sample (torch's homoscedastic forms)")
+    full: bool = Field(False, description="add the constant log(2 pi) / 2")
+    eps: float = Field(1e-6, gt=0, description="variances are clamped to at least eps (the gradient passes through, as torch's)")
+
+
+def _gaussian_nll_layouts(params: GaussianNLLParams) -> tuple[Layout, ...]:
+    return same_shape_layouts("pred", "target", "var") + ({"pred": ("N", "C"), "target": ("N", "C"), "var": ("N", 1)},)
+
+
+def _gaussian_nll_cases(s: parity.Sizes) -> list[parity.Case]:
+    n, o = s.n, s.outputs
+    var = lambda *shape: lambda g: torch.rand(*shape, generator=g) + 0.1  # noqa: E731
+    return [
+        parity.Case("gaussian_nll()", parity.shape(n, o),
+                    parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o), var=var(n, o)),
+                    lambda pred, target, var: F.gaussian_nll_loss(pred, target, var), grad=("pred", "var"), one_call=True),
+        parity.Case("gaussian_nll(full=true)", parity.shape(n, o),
+                    parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o), var=var(n, 1)),
+                    lambda pred, target, var: F.gaussian_nll_loss(pred, target, var, full=True), grad=("pred", "var"),
+                    one_call=True, variant="one var per sample"),
+    ]
+
+
+@register(
+    "gaussian_nll",
+    GaussianNLLParams,
+    "Gaussian negative log-likelihood with predicted variances, as F.gaussian_nll_loss (full, eps).",
+    example="gaussian_nll(var=var, full=true)",
+    shapes=_gaussian_nll_layouts,
+    cases=_gaussian_nll_cases,
+)
+class GaussianNLL(Term):
+    """``(log(max(var, eps)) + (pred - target)^2 / max(var, eps)) / 2`` element-wise, plus
+    ``log(2 pi) / 2`` with ``full``, as ``F.gaussian_nll_loss``: the clamp passes the gradient through
+    to ``var`` as torch's does. ``var`` has pred's shape, or a last dimension of 1 or none (one variance
+    per sample, broadcast). Unlike torch, a negative variance is clamped to ``eps`` rather than raising
+    (torch's check reads the tensor on the host, which a compiled forward cannot do).
+    ``reduction=none`` gives the element-wise losses, of ``pred``'s shape."""
+
+    per_sample = True
+
+    def __init__(self, params: GaussianNLLParams):
+        super().__init__()
+        self.full, self.eps, self.reduction = params.full, params.eps, params.reduction
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, var: torch.Tensor, sample_weight: torch.Tensor | None = None,
+        *, parts: bool = False,
+    ) -> torch.Tensor:
+        self.expect_float(0, pred)
+        self.expect_same_shape(1, 0, target, pred)
+        self.expect_float(2, var)
+        if var.shape != pred.shape:
+            if pred.dim() and var.shape == pred.shape[:-1]:
+                var = var.unsqueeze(-1)
+            if not (pred.dim() and var.shape == (*pred.shape[:-1], 1)):
+                self.fail(2, f"expected variances of shape {tuple(pred.shape)} or {(*pred.shape[:-1], 1)}, "
+                             f"got {tuple(var.shape)}")
+        target, var = target.to(pred.dtype), var.to(pred.dtype)
+        var = var + (var.clamp_min(self.eps) - var).detach()  # torch clamps under no_grad: the gradient passes
+        loss = 0.5 * (torch.log(var) + (pred - target).square() / var)
+        if self.full:
+            loss = loss + 0.5 * math.log(2 * math.pi)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(3, sample_weight, self.batch_size(0, pred), pred.dtype)
         return self.reduce(loss, sample_weight, parts)

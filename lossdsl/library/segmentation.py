@@ -1,4 +1,5 @@
-"""Soft overlap losses for segmentation: ``dice`` and ``tversky``, with MONAI's defaults."""
+"""Soft overlap losses for segmentation: ``dice``, ``tversky``, ``jaccard`` and ``generalized_dice``,
+with MONAI's defaults."""
 
 from __future__ import annotations
 
@@ -260,3 +261,97 @@ class Tversky(_Overlap):
         false_negative = self.pixel_sum((1 - prob) * mask)
         denominator = true_positive + self.alpha * false_positive + self.beta * false_negative
         return self.one_minus_ratio(true_positive, denominator)
+
+
+def _monai_with(name: str, **options: object) -> parity.Reference:
+    """MONAI's ``name`` loss with ``options``, on logits and class indices [N, 1, H, W]."""
+    import monai.losses
+
+    loss = getattr(monai.losses, name)(softmax=True, to_onehot_y=True, **options)
+    return lambda pred, target: loss(pred, target)
+
+
+def _jaccard_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: monai.losses.DiceLoss(softmax=True, to_onehot_y=True, jaccard=True)."""
+    images = s.images
+    pixels = (images[0], 1, *images[2:])
+    return [parity.Case("jaccard()", parity.shape(*images),
+                        parity.inputs(pred=parity.randn(*images), target=parity.labels(*pixels, classes=images[1])),
+                        parity.lazy(lambda: _monai_with("DiceLoss", jaccard=True)),
+                        note="monai DiceLoss(softmax=True, to_onehot_y=True, jaccard=True)")]
+
+
+@register(
+    "jaccard",
+    DiceParams,
+    "Soft Jaccard (IoU) loss, 1 - (2|P∩G| + s) / (2(|P| + |G| - |P∩G|) + s), as monai.losses.DiceLoss(jaccard=True).",
+    example="jaccard(include_background=false)",
+    shapes=_overlap_layouts,
+    cases=_jaccard_cases,
+)
+class Jaccard(_Overlap):
+    """MONAI's ``DiceLoss(jaccard=True)`` formula, smoothing included: ``1 - (2 I + s) / (2 (|P| + |G|
+    - I) + s)``, which for ``s = 0`` is ``1 - I / (|P| + |G| - I)``, one minus the soft IoU (smp's
+    ``JaccardLoss`` adds its smoothing to ``I`` and the union instead: the same loss at ``s = 0``).
+    ``squared`` squares predictions and targets in ``|P|`` and ``|G|``, as MONAI's ``squared_pred``."""
+
+    def __init__(self, params: DiceParams):
+        super().__init__(params)
+        self.squared = params.squared
+
+    def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        intersection = self.pixel_sum(prob * mask)
+        if self.squared:
+            total = self.pixel_sum(prob.square()) + self.pixel_sum(mask.square())
+        else:
+            total = self.pixel_sum(prob) + self.pixel_sum(mask)
+        return self.one_minus_ratio(2 * intersection, 2 * (total - intersection))
+
+
+class GeneralizedDiceParams(OverlapParams):
+    w_type: Literal["square", "simple", "uniform"] = Field(
+        "square", description="class weights from the target's mass G per sample: 1 / G^2, 1 / G or 1 (MONAI's w_type)")
+
+
+def _generalized_dice_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: monai.losses.GeneralizedDiceLoss(softmax=True, to_onehot_y=True)."""
+    images = s.images
+    pixels = (images[0], 1, *images[2:])
+    return [parity.Case("generalized_dice()", parity.shape(*images),
+                        parity.inputs(pred=parity.randn(*images), target=parity.labels(*pixels, classes=images[1])),
+                        parity.lazy(lambda: _monai_with("GeneralizedDiceLoss")),
+                        note="monai GeneralizedDiceLoss(softmax=True, to_onehot_y=True)")]
+
+
+@register(
+    "generalized_dice",
+    GeneralizedDiceParams,
+    "Generalized Dice loss (Sudre et al. 2017), classes weighted by 1 / G^2, as monai.losses.GeneralizedDiceLoss.",
+    example="generalized_dice(w_type=simple)",
+    shapes=_overlap_layouts,
+    cases=_generalized_dice_cases,
+)
+class GeneralizedDice(_Overlap):
+    """Per sample, ``1 - (2 sum_c w_c I_c + s) / (sum_c w_c (|P_c| + |G_c|) + s)`` with ``w_c = 1 / G_c^2``
+    (``w_type=square``, MONAI's default), ``1 / G_c`` (``simple``) or 1 (``uniform``), ``G_c`` the
+    target's mass of class c in the sample. A class absent from the sample's target (whose weight would
+    be infinite) takes the sample's largest finite weight, as MONAI's; a sample with no target mass at
+    all weighs every class 0 and scores 0 (MONAI's ``1 - s / s``). The weights are the target's, so no
+    gradient flows through them. ``mean`` averages the per-sample scores (MONAI's scores are ``[N, 1]``)."""
+
+    def __init__(self, params: GeneralizedDiceParams):
+        super().__init__(params)
+        self.w_type = params.w_type
+
+    def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        intersection = self.pixel_sum(prob * mask)
+        target_mass = self.pixel_sum(mask)
+        denominator = self.pixel_sum(prob) + target_mass
+        present = target_mass > 0
+        if self.w_type == "uniform":
+            weight = torch.ones_like(target_mass)
+        else:  # the reciprocal of a mass of 1 where absent, then replaced: no inf in value or gradient
+            mass = torch.where(present, target_mass, torch.ones_like(target_mass))
+            weight = torch.where(present, (mass.square() if self.w_type == "square" else mass).reciprocal(), 0.0)
+            weight = torch.where(present, weight, weight.amax(dim=1, keepdim=True))
+        return self.one_minus_ratio(2 * (weight * intersection).sum(dim=1), (weight * denominator).sum(dim=1))
