@@ -341,3 +341,17 @@ def test_new_terms_trace_fullgraph_and_match_eager(spec):
     loss_fn, inputs = lossdsl.compile(spec), COMPILED[spec]()
     compiled = torch.compile(loss_fn, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(**inputs), loss_fn(**inputs))
+
+
+def test_js_without_softmax_on_rows_that_are_no_distributions_is_finite():
+    """Found by the fuzz test: js(softmax=false) given logits took the log of a negative mixture (NaN)."""
+    g = torch.Generator().manual_seed(3)
+    pred = (torch.randn(16, 3, generator=g) * 3).requires_grad_()
+    target = torch.randn(16, 3, generator=g).softmax(dim=1)
+    loss = lossdsl.compile("js(softmax=false)")(pred, target)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()
+    probs = pred.detach().softmax(dim=1)  # on distributions the clamp changes nothing
+    m = 0.5 * (probs + target)
+    expected = 0.5 * ((target * (target / m).log()).sum(1) + (probs * (probs / m).log()).sum(1)).mean()
+    torch.testing.assert_close(lossdsl.compile("js(softmax=false)")(probs, target), expected)

@@ -177,7 +177,8 @@ class JS(Term):
     a distribution over ``H * W``, and averages over ``B`` and ``K``: kornia's number is
     ``js(softmax=false)`` on its heatmaps reshaped to ``[B * K, H * W]``. A class where both
     distributions are 0 adds 0 with zero gradients. The rows are taken to be distributions (not checked:
-    that would read the tensors on the host). ``reduction=none`` gives each sample's divergence ``[N]``."""
+    that would read the tensors on the host); with ``softmax=false``, rows that are not (logits by
+    mistake) give a finite loss, never NaN, but not a divergence. ``reduction=none`` gives each sample's divergence ``[N]``."""
 
     per_sample = True
 
@@ -208,5 +209,8 @@ class JS(Term):
     def _kl_part(a: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
         present = a > 0
         ones = torch.ones_like(a)
-        safe_a, safe_m = torch.where(present, a, ones), torch.where(present, mixture, ones)
+        # The mixture clamped above 0 too: with softmax=false a row that is no distribution (logits
+        # passed by mistake) would take the log of a negative mixture; its loss is then finite, not NaN.
+        tiny = torch.finfo(mixture.dtype).tiny
+        safe_a, safe_m = torch.where(present, a, ones), torch.where(present, mixture.clamp(min=tiny), ones)
         return torch.where(present, a * (safe_a.log() - safe_m.log()), torch.zeros_like(a))
