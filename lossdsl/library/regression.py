@@ -65,10 +65,15 @@ class _Pointwise(Term):
         return self.reduce(self.elementwise(pred, target, "none"), sample_weight, parts)
 
 
-def _mse_cases(s: parity.Sizes) -> list[parity.Case]:
+def _pointwise_case(s: parity.Sizes, spec: str, reference: parity.Reference, **options: object) -> list[parity.Case]:
+    """One case of a pointwise term on [N, outputs] predictions and targets."""
     n, o = s.n, s.outputs
-    return [parity.Case("mse()", parity.shape(n, o), parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o)),
-                        lambda pred, target: F.mse_loss(pred, target), one_call=True)]
+    return [parity.Case(spec, parity.shape(n, o), parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o)),
+                        reference, **options)]
+
+
+def _mse_cases(s: parity.Sizes) -> list[parity.Case]:
+    return _pointwise_case(s, "mse()", lambda pred, target: F.mse_loss(pred, target), one_call=True)
 
 
 @register("mse", RegressionParams, "Mean squared error, as F.mse_loss.", example="mse(pred=aux_pred, target=aux_target)",
@@ -79,9 +84,7 @@ class MSE(_Pointwise):
 
 
 def _mae_cases(s: parity.Sizes) -> list[parity.Case]:
-    n, o = s.n, s.outputs
-    return [parity.Case("mae()", parity.shape(n, o), parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o)),
-                        lambda pred, target: F.l1_loss(pred, target), one_call=True)]
+    return _pointwise_case(s, "mae()", lambda pred, target: F.l1_loss(pred, target), one_call=True)
 
 
 @register("mae", RegressionParams, "Mean absolute error, as F.l1_loss.", example="mae(reduction=sum)",
@@ -92,9 +95,7 @@ class MAE(_Pointwise):
 
 
 def _huber_cases(s: parity.Sizes) -> list[parity.Case]:
-    n, o = s.n, s.outputs
-    return [parity.Case("huber()", parity.shape(n, o), parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o)),
-                        lambda pred, target: F.huber_loss(pred, target), one_call=True)]
+    return _pointwise_case(s, "huber()", lambda pred, target: F.huber_loss(pred, target), one_call=True)
 
 
 @register(
@@ -115,9 +116,7 @@ class Huber(_Pointwise):
 
 
 def _smooth_l1_cases(s: parity.Sizes) -> list[parity.Case]:
-    n, o = s.n, s.outputs
-    return [parity.Case("smooth_l1()", parity.shape(n, o), parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o)),
-                        lambda pred, target: F.smooth_l1_loss(pred, target), one_call=True)]
+    return _pointwise_case(s, "smooth_l1()", lambda pred, target: F.smooth_l1_loss(pred, target), one_call=True)
 
 
 @register("smooth_l1", SmoothL1Params, "Smooth L1 loss, as F.smooth_l1_loss.", example="smooth_l1(beta=0.5)",
@@ -134,10 +133,8 @@ class SmoothL1(_Pointwise):
 
 
 def _log_cosh_cases(s: parity.Sizes) -> list[parity.Case]:
-    n, o = s.n, s.outputs
-    return [parity.Case("log_cosh()", parity.shape(n, o), parity.inputs(pred=parity.randn(n, o), target=parity.randn(n, o)),
-                        lambda pred, target: torch.log(torch.cosh(pred - target)).mean(),
-                        note="naive log(cosh(x)); lossdsl's form does not overflow")]
+    return _pointwise_case(s, "log_cosh()", lambda pred, target: torch.log(torch.cosh(pred - target)).mean(),
+                           note="naive log(cosh(x)); lossdsl's form does not overflow")
 
 
 @register(
