@@ -8,12 +8,15 @@ anything, ``chain`` or ``metric`` included, without hiding a builder.
 
 from . import (  # noqa: F401
     classification,
+    ctc,
     divergence,
     group_fairness,
     metric_learning,
     penalties,
+    reinforcement,
     reductions,
     regression,
     segmentation,
+    sequence,
     soft_bound,
 )
