@@ -128,3 +128,114 @@ def test_token_ce_per_sample_is_each_sequences_token_mean():
     expected = torch.stack([F.cross_entropy(logits[0], ids[0]), torch.zeros(()), F.cross_entropy(logits[2], ids[2])])
     for normalize in ("tokens", "sequences"):
         torch.testing.assert_close(lossdsl.compile(f"token_ce(normalize={normalize})").per_sample(logits, ids), expected)
+
+
+# -- linear_ce ------------------------------------------------------------------------------------
+
+
+def _hidden(n: int, d: int, v: int, seed: int = 0, dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=g, dtype=dtype).requires_grad_()
+    head = (torch.randn(v, d, generator=g, dtype=dtype) / d**0.5).requires_grad_()
+    target = torch.randint(0, v, (n,), generator=g)
+    return hidden, head, target
+
+
+def _grads(loss: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (loss.detach(), *torch.autograd.grad(loss, tensors))
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"label_smoothing": 0.1}, {"ignore_index": -100}, {"ignore_index": 3, "label_smoothing": 0.2},
+    {"reduction": "sum"},
+])
+@pytest.mark.parametrize("chunk", [7, 64, "auto"])
+def test_linear_ce_equals_cross_entropy_of_the_whole_logits(options, chunk):
+    """Values and gradients w.r.t. hidden and head, with a chunk that does not divide N (7), one
+    larger than N (64) and the default."""
+    hidden, head, target = _hidden(45, 16, 30, seed=1)
+    target[[2, 9, 40]] = options.get("ignore_index", -100)
+    arguments = ", ".join([f"chunk_size={chunk}", *(f"{k}={v}" for k, v in options.items())])
+    ours = _grads(lossdsl.compile(f"linear_ce({arguments})")(hidden=hidden, target=target, head=head), hidden, head)
+    reference = F.cross_entropy(hidden @ head.T, target, **options)
+    for mine, theirs in zip(ours, _grads(reference, hidden, head)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_ce_with_a_bias_and_sequences_of_hidden_states():
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(3, 5, 8, generator=g, requires_grad=True)
+    head = torch.randn(20, 8, generator=g, requires_grad=True)
+    bias = torch.randn(20, generator=g, requires_grad=True)
+    target = torch.randint(0, 20, (3, 5), generator=g)
+    target[0, 3:] = -100
+    loss_fn = lossdsl.compile("linear_ce(bias=b, chunk_size=4)")
+    ours = _grads(loss_fn(hidden=hidden, target=target, head=head, b=bias), hidden, head, bias)
+    reference = F.cross_entropy((hidden @ head.T + bias).flatten(0, 1), target.flatten())
+    for mine, theirs in zip(ours, _grads(reference, hidden, head, bias)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+    each = lossdsl.compile("linear_ce(bias=b, reduction=none)")(hidden=hidden, target=target, head=head, b=bias)
+    expected = F.cross_entropy((hidden @ head.T + bias).transpose(1, 2), target, reduction="none")
+    torch.testing.assert_close(each, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_ce_keeps_no_logits_for_the_backward():
+    """What autograd saves for the backward holds no [N, V] tensor (nor anything of N * V values):
+    F.cross_entropy(h @ W.T, y) saves the logits' log-softmax, [N, V]."""
+    hidden, head, target = _hidden(64, 8, 500, seed=3)
+    saved: list[int] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = lossdsl.compile("linear_ce(chunk_size=16)")(hidden=hidden, target=target, head=head)
+    assert max(saved) <= 500 * 8 < 64 * 500  # the head [V, D] is the largest thing kept
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        F.cross_entropy(hidden @ head.T, target)
+    assert max(saved) == 64 * 500  # the reference keeps the logits
+    loss.backward()  # and the recomputing backward runs from what was kept
+    assert torch.isfinite(head.grad).all()
+
+
+def test_linear_ce_with_every_target_ignored_is_zero_with_zero_gradients():
+    hidden, head, target = _hidden(10, 4, 6, seed=4)
+    target[:] = -100
+    value, grad_hidden, grad_head = _grads(lossdsl.compile("linear_ce(chunk_size=3)")(hidden=hidden, target=target, head=head),
+                                           hidden, head)
+    assert value.item() == 0.0
+    assert torch.equal(grad_hidden, torch.zeros_like(grad_hidden)) and torch.equal(grad_head, torch.zeros_like(grad_head))
+
+
+def test_linear_ce_in_bfloat16_is_close_to_float32():
+    hidden, head, target = _hidden(32, 16, 40, seed=5)
+    low = lossdsl.compile("linear_ce(chunk_size=8)")(hidden=hidden.detach().bfloat16(), target=target,
+                                                    head=head.detach().bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), F.cross_entropy(hidden @ head.T, target).detach(), rtol=2e-2, atol=0)
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    ({"hidden": torch.randn(4)}, "input 'hidden' of linear_ce.*hidden states \\[N, D\\]"),
+    ({"head": torch.randn(6, 5)}, "input 'head'.*output weight \\[V, 3\\]"),
+    ({"head": torch.randn(6, 3, dtype=torch.float64)}, "input 'head'.*torch.float64 but the hidden states are torch.float32"),
+    ({"target": torch.zeros(5, dtype=torch.long)}, "input 'target'.*shape \\(4,\\)"),
+    ({"target": torch.zeros(4)}, "input 'target'.*integer class ids"),
+])
+def test_linear_ce_bad_inputs_are_e402_naming_the_input(inputs, message):
+    given = {"hidden": torch.randn(4, 3), "target": torch.zeros(4, dtype=torch.long), "head": torch.randn(6, 3), **inputs}
+    with pytest.raises(lossdsl.LossSpecError, match=message) as caught:
+        lossdsl.compile("linear_ce()")(**given)
+    assert caught.value.diagnostics[0].code == "E402"
+
+
+def test_linear_ce_traces_fullgraph_and_matches_eager():
+    """No host synchronisation or graph break, the chunked Function included; gradients too."""
+    hidden, head, target = _hidden(20, 4, 9, seed=6)
+    target[5] = -100
+    loss_fn = lossdsl.compile("linear_ce(chunk_size=6, label_smoothing=0.1)")
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="eager")
+    ours = _grads(compiled(hidden=hidden, target=target, head=head), hidden, head)
+    for mine, eager in zip(ours, _grads(loss_fn(hidden=hidden, target=target, head=head), hidden, head)):
+        torch.testing.assert_close(mine, eager)
