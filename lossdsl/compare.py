@@ -224,6 +224,7 @@ def compare(
     batch_size: int = BATCH_SIZE,
     lr: float = LR,
     progress: bool = True,
+    names: Sequence[str] | None = None,
 ) -> Comparison:
     """Train each spec (text, or a path to a ``.loss`` file) on ``features`` -> ``target`` and score it.
 
@@ -233,7 +234,7 @@ def compare(
     spec's group inputs, and the fairness gaps reported per group (binary tasks). ``inputs``:
     any other tensor the specs read, by name. Bad data or options raise ``DataError`` (a
     ``ValueError`` with a one-line message); a spec that does not fit the data its
-    ``LossSpecError``.
+    ``LossSpecError``. ``names``: the specs' labels in the table (default: their text or path).
     """
     import numpy as np
 
@@ -295,7 +296,9 @@ def compare(
     splits = make_splits(y if task != "regression" else None, len(y), folds, holdout, seed)
     factory, model_name = _factory(model)
     losses = [_load(spec) for spec in specs]
-    labels = _labels(specs)
+    if names is not None and len(names) != len(specs):
+        raise DataError(f"names: {len(names)} for {len(specs)} specs")
+    labels = _labels(names if names is not None else specs)
     first_train = splits[0][0]
     epochs = epochs or max(MIN_EPOCHS, math.ceil(TARGET_STEPS / math.ceil(len(first_train) / batch_size)))
 

@@ -266,3 +266,35 @@ def test_cli_end_to_end_in_a_subprocess_has_no_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "lossdsl compare: target: one value (1) in all 4 rows: nothing to learn"
+
+
+# ------------------------------------------------------------------------------------ the worked examples
+
+EXAMPLE = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples" / "choosing.py"
+
+
+def test_worked_examples_run_in_quick_mode_and_print_their_tables():
+    env = dict(__import__("os").environ, LOSSDSL_EXAMPLE_QUICK="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--only", "digits", "diabetes"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "== digits: Digits (ten balanced classes)" in result.stdout
+    assert "winner by accuracy (higher is better): " in result.stdout
+    assert "winner by mae (lower is better): " in result.stdout
+    refused = subprocess.run([sys.executable, str(EXAMPLE), "--write-docs"], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "not with LOSSDSL_EXAMPLE_QUICK=1" in refused.stderr
+
+
+def test_worked_examples_write_only_between_their_markers(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("choosing", EXAMPLE)
+    choosing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(choosing)
+    doc = tmp_path / "choosing.md"
+    doc.write_text(f"# Choosing a loss\n\n## Worked examples\n\n{choosing.BEGIN}\nold\n{choosing.END}\n\nafter\n")
+    choosing.write_docs(["### one\n", "### two\n"], doc)
+    assert doc.read_text() == (f"# Choosing a loss\n\n## Worked examples\n\n{choosing.BEGIN}\n\n### one\n\n### two\n\n"
+                               f"{choosing.END}\n\nafter\n")
+    choosing.write_docs(["### three\n"], doc)  # again: the block replaced, not doubled
+    assert doc.read_text().count(choosing.BEGIN) == 1 and "### one" not in doc.read_text()
