@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import LossSpecError
 
+import torch  # loaded with lossdsl already; numpy (and fairlearn, matplotlib, tqdm) inside the functions
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
-    import torch
 
 try:  # the shared reader (issue 14's advise slice); until it is merged, the minimal one below
     from .datafiles import DataError, read_table
@@ -302,11 +303,9 @@ def compare(
     first_train = splits[0][0]
     epochs = epochs or max(MIN_EPOCHS, math.ceil(TARGET_STEPS / math.ceil(len(first_train) / batch_size)))
 
-    outputs = _with_progress(len(labels) * len(splits), progress)
+    outputs = _Progress(len(labels) * len(splits), progress)
     scores: dict[str, dict[str, list[float]]] = {label: {} for label in labels}
     metric_names: list[str] = []
-    import torch
-
     threads = torch.get_num_threads()
     # Models this small gain nothing from intra-op threads, and lose tenfold to them on a busy machine.
     torch.set_num_threads(1)
@@ -479,8 +478,6 @@ def _compiled(spec: str | Path):  # noqa: ANN202
 
 
 def _factory(model: str | ModelFactory) -> tuple[ModelFactory, str]:
-    import torch
-
     if callable(model):
         return model, getattr(model, "__name__", "custom")
     if model == "linear":
@@ -511,23 +508,17 @@ def load_factory(reference: str) -> ModelFactory:
     return factory
 
 
-class _Affine:
+class _Affine(torch.nn.Module):
     """``centre + scale * net(x)``: a regression model working at unit scale for a target in its own units."""
 
-    def __new__(cls, net, centre: float, scale: float):  # noqa: ANN001, ANN204
-        import torch
+    def __init__(self, net: torch.nn.Module, centre: float, scale: float):
+        super().__init__()
+        self.net = net
+        self.register_buffer("centre", torch.tensor(centre, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
 
-        class Affine(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = net
-                self.register_buffer("centre", torch.tensor(centre, dtype=torch.float32))
-                self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.centre + self.scale * self.net(x)
-
-        return Affine()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.centre + self.scale * self.net(x)
 
 
 def _pred_widths(task: str, num_classes: int, loss_fn) -> list[int | None]:  # noqa: ANN001
@@ -554,7 +545,6 @@ def _quantile_levels(loss_fn, width: int | None) -> list[float] | None:  # noqa:
 
 def _settle_width(task: str, num_classes: int, loss_fn, target, inputs: dict) -> int | None:  # noqa: ANN001
     """The first layout the spec accepts on a few training rows; the last one's diagnostic if none."""
-    import torch
 
     rows = min(8, len(target))
     error: LossSpecError | None = None
@@ -579,7 +569,6 @@ def fit_predict(spec, factory, task, num_classes, x_train, y_train, x_test, inpu
     """Train a fresh model with the spec on the training rows; its outputs on the test rows
     (numpy: logits [N] or [N, C] for classification, values [N] or [N, Q] for regression)."""
     import numpy as np
-    import torch
 
     loss_fn = _compiled(spec)
     x = torch.from_numpy(x_train)
@@ -743,7 +732,7 @@ def _cell(mean: float, std: float) -> str:
     return f"{mean:.3f} ± {std:.3f}"
 
 
-class _with_progress:
+class _Progress:
     """A tqdm bar on stderr when tqdm is installed, else one plain line per model trained."""
 
     def __init__(self, total: int, enabled: bool):
