@@ -298,3 +298,22 @@ def test_worked_examples_write_only_between_their_markers(tmp_path):
                                f"{choosing.END}\n\nafter\n")
     choosing.write_docs(["### three\n"], doc)  # again: the block replaced, not doubled
     assert doc.read_text().count(choosing.BEGIN) == 1 and "### one" not in doc.read_text()
+
+
+def test_a_holdout_is_one_split_with_no_spread_and_a_class_recall_can_decide():
+    x, y = blobs(n=80)
+    result = lossdsl.compare(["ce()", "focal()"], x, y, holdout=0.25, metric="recall[1]", epochs=2, progress=False)
+    assert result.setup["folds"] == 1 and result.metric == "recall[1]"
+    assert all(len(values) == 1 for values in result.scores["ce()"].values())
+    assert result.summary("ce()")[1] == 0.0
+    assert result.metrics[0] == "recall[1]" and result.metrics.count("recall[1]") == 1
+
+
+def test_cli_reads_a_spec_file_and_binds_its_group_column(data_csv, capsys, tmp_path):
+    spec = tmp_path / "fair.loss"
+    spec.write_text("loss = ce() + 0.5*fairness(fpr_gap, group=sex)\n", encoding="utf-8")
+    code, out, err = run_cli(capsys, "compare", "ce()", str(spec), "--data", str(data_csv), "--target", "y",
+                             "--group", "sex", "--metric", "eo_gap", "--epochs", "1", "--quiet")
+    assert code == 0, err
+    assert out.splitlines()[1].split()[1] == "ce()" and str(spec) in out
+    assert "winner by eo_gap[sex] (lower is better)" in out
