@@ -770,3 +770,6 @@ class _CallableModule(type(sys)):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+# and the function, what ``lossdsl.compare`` is when it was not imported as a module, names the same types
+compare.DataError = DataError  # type: ignore[attr-defined]
+compare.Comparison = Comparison  # type: ignore[attr-defined]

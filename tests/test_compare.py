@@ -317,3 +317,20 @@ def test_cli_reads_a_spec_file_and_binds_its_group_column(data_csv, capsys, tmp_
     assert code == 0, err
     assert out.splitlines()[1].split()[1] == "ce()" and str(spec) in out
     assert "winner by eo_gap[sex] (lower is better)" in out
+
+
+def test_lossdsl_compare_is_callable_and_names_its_types_however_it_was_imported():
+    code = textwrap.dedent("""
+        import lossdsl, sys
+        first = lossdsl.compare
+        import lossdsl.compare as module
+        for form in (first, lossdsl.compare, module):
+            assert callable(form) and form.DataError is module.DataError and form.Comparison is module.Comparison
+        try:
+            module([], [[1.0]], [1])
+        except lossdsl.compare.DataError as exc:
+            print(exc)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "no specs to compare"
