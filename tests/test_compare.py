@@ -281,16 +281,29 @@ def test_worked_examples_run_in_quick_mode_and_print_their_tables():
     assert "== digits: Digits (ten balanced classes)" in result.stdout
     assert "winner by accuracy (higher is better): " in result.stdout
     assert "winner by mae (lower is better): " in result.stdout
-    refused = subprocess.run([sys.executable, str(EXAMPLE), "--write-docs"], capture_output=True, text=True, env=env)
-    assert refused.returncode == 2 and "not with LOSSDSL_EXAMPLE_QUICK=1" in refused.stderr
 
 
-def test_worked_examples_write_only_between_their_markers(tmp_path):
+@pytest.fixture
+def choosing():
+    """examples/choosing.py as a module (its helpers, without running it)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("choosing", EXAMPLE)
-    choosing = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(choosing)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_worked_examples_refuse_to_write_quick_numbers_into_the_docs(choosing, monkeypatch, capsys):
+    monkeypatch.setattr(choosing, "QUICK", True)
+    monkeypatch.setattr(sys, "argv", ["choosing.py", "--write-docs"])
+    with pytest.raises(SystemExit) as exit_info:
+        choosing.main()
+    assert exit_info.value.code == 2
+    assert "not with LOSSDSL_EXAMPLE_QUICK=1" in capsys.readouterr().err
+
+
+def test_worked_examples_write_only_between_their_markers(choosing, tmp_path):
     doc = tmp_path / "choosing.md"
     doc.write_text(f"# Choosing a loss\n\n## Worked examples\n\n{choosing.BEGIN}\nold\n{choosing.END}\n\nafter\n")
     choosing.write_docs(["### one\n", "### two\n"], doc)
