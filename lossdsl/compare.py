@@ -360,11 +360,15 @@ def _column(columns: Mapping[str, numpy.ndarray], name: str, what: str) -> tuple
 
 
 def encode_features(columns: Mapping[str, numpy.ndarray]) -> numpy.ndarray:
-    """The columns as one float matrix: numbers as they are, text one-hot by category (sorted)."""
+    """The columns as one float matrix: numbers as they are (a 2-D numeric array, an ``.npz``'s
+    ``x [N, D]``, as its D columns), text one-hot by category (sorted)."""
     import numpy as np
 
     parts = []
     for name, values in columns.items():
+        if values.ndim == 2 and values.dtype.kind in "biuf":
+            parts.append(values.astype(np.float64))
+            continue
         if values.ndim != 1:
             raise DataError(f"feature column {name!r}: expected one value per row, got shape {values.shape}")
         if values.dtype.kind in "biuf":

@@ -347,3 +347,13 @@ def test_lossdsl_compare_is_callable_and_names_its_types_however_it_was_imported
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "no specs to compare"
+
+
+def test_feature_columns_numbers_as_they_are_text_one_hot_and_matrices_by_column():
+    from lossdsl.compare import encode_features
+
+    columns = {"age": np.array([30, 40, 50]), "colour": np.array(["red", "blue", "red"]),
+               "x": np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])}
+    np.testing.assert_array_equal(encode_features(columns), [[30, 0, 1, 1, 2], [40, 1, 0, 3, 4], [50, 0, 1, 5, 6]])
+    with pytest.raises(DataError, match="feature column 'img'"):
+        encode_features({"img": np.zeros((3, 2, 2))})
