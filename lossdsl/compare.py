@@ -131,9 +131,15 @@ class Comparison:
 
     @property
     def winner(self) -> str:
-        """The spec with the best mean of the named metric (the first listed on a tie)."""
+        """The spec with the best mean of the named metric (the first listed on a tie; a NaN, from a
+        model that diverged, is the worst)."""
         sign = 1.0 if self.higher_is_better else -1.0
-        return max(self.specs, key=lambda spec: (sign * self.summary(spec)[0], -self.specs.index(spec)))
+
+        def rank(spec: str) -> tuple[float, int]:
+            mean = self.summary(spec)[0]
+            return (-math.inf if math.isnan(mean) else sign * mean), -self.specs.index(spec)
+
+        return max(self.specs, key=rank)
 
     def table(self, markdown: bool = False) -> str:
         """One row per metric, the named one first (marked ``*``, bold in markdown), one column per spec,

@@ -70,6 +70,8 @@ def test_spread_is_the_sample_standard_deviation_over_folds():
     assert comparison.winner == "a"  # mean 3.0 against 3.0: the first listed wins a tie
     comparison.scores["a"]["mae"] = [4.0, 4.0, 4.0]
     assert comparison.winner == "b"
+    comparison.scores["b"]["mae"] = [float("nan"), 1.0, 1.0]  # a diverged fold: never the winner
+    assert comparison.winner == "a"
 
 
 @settings(max_examples=30, deadline=None)
