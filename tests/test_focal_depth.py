@@ -81,3 +81,120 @@ def test_sigmoid_form_is_already_an_average_over_labels():
         xi = x.detach().clone().requires_grad_()
         ours = lossdsl.compile(f"focal(class_reduction={option})")(pred=xi, target=y)
         assert_parity(ours, FocalLoss(use_softmax=False, gamma=2.0)(xi, y), xi)
+
+
+# --- the sigmoid form's class weights and pos_weight (issue 13) --------------------------------
+
+
+def torchvision_focal(x: torch.Tensor, y: torch.Tensor, gamma: float = 2.0, alpha: float = -1.0,
+                      pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """torchvision/ops/focal_loss.py's ``sigmoid_focal_loss(reduction="none")``, written out here
+    (torchvision is too heavy a test dependency): ``BCE * (1 - p_t)^gamma * alpha_t``. Its BCE has
+    no pos_weight; with one, the BCE is torch's with pos_weight, ``-(pw y log p + (1 - y) log(1 - p))``,
+    written out too."""
+    p = torch.sigmoid(x)
+    pw = 1.0 if pos_weight is None else pos_weight
+    ce_loss = -(pw * y * torch.nn.functional.logsigmoid(x) + (1 - y) * torch.nn.functional.logsigmoid(-x))
+    p_t = p * y + (1 - p) * (1 - y)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * y + (1 - alpha) * (1 - y)) * loss
+    return loss
+
+
+def per_channel(values: list[float], shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A list of one entry per channel (dim 1), shaped to broadcast against ``shape``."""
+    return torch.tensor(values, dtype=dtype).reshape(len(values), *[1] * (len(shape) - 2))
+
+
+def fmt(values: list[float]) -> str:
+    return "[" + ", ".join(repr(v) for v in values) + "]"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["NC", "NCHW"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_sigmoid_class_weight_is_monais_weight(gamma, shape):
+    """MONAI FocalLoss(weight=[...]) multiplies channel c's losses by weight[c], then averages
+    over every element (monai/losses/focal_loss.py): focal(weight=[...]) with the default normalize."""
+    x = (2 * torch.randn(*shape)).requires_grad_()
+    y = torch.randint(0, 2, shape).float()
+    w = torch.rand(shape[1]).add(0.2).tolist()
+    ours = lossdsl.compile(f"focal(gamma={gamma}, weight={fmt(w)})")(pred=x, target=y)
+    assert_parity(ours, FocalLoss(gamma=gamma, weight=w)(x, y), x)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["NC", "NCHW"])
+def test_sigmoid_pos_weight_list_is_monais_sigmoid_list_alpha(shape):
+    """MONAI's sigmoid form with a list alpha weighs each class's positives by alpha[c] and leaves
+    the negatives at 1 (monai/losses/focal_loss.py, sigmoid_focal_loss): on 0/1 targets that is
+    pos_weight, one per channel."""
+    x = (2 * torch.randn(*shape)).requires_grad_()
+    y = torch.randint(0, 2, shape).float()
+    a = torch.rand(shape[1]).add(0.2).tolist()
+    ours = lossdsl.compile(f"focal(pos_weight={fmt(a)})")(pred=x, target=y)
+    assert_parity(ours, FocalLoss(alpha=a)(x, y), x)
+
+
+@pytest.mark.parametrize("shape", [(7,), (6, 4), (3, 4, 5, 2)], ids=["N", "NC", "NCHW"])
+@pytest.mark.parametrize("soft", [False, True], ids=["01", "probs"])
+def test_sigmoid_weights_match_the_torchvision_formula(shape, soft):
+    """alpha, weight and pos_weight together against torchvision's formula (values and gradients,
+    float64), on 0/1 and on probability targets, for each reduction."""
+    x = (3 * torch.randn(*shape, dtype=torch.float64)).requires_grad_()
+    y = torch.rand(*shape, dtype=torch.float64) if soft else torch.randint(0, 2, shape).double()
+    channels = shape[1] if len(shape) > 1 else 1
+    w, pw = torch.rand(channels).add(0.1).tolist(), torch.rand(channels).mul(3).add(0.1).tolist()
+    elementwise = (torchvision_focal(x, y, gamma=1.5, alpha=0.3, pos_weight=per_channel(pw, shape, x.dtype))
+                   * per_channel(w, shape, x.dtype))
+    for reduction, ref in [("mean", elementwise.mean()), ("sum", elementwise.sum()), ("none", elementwise)]:
+        spec = f"focal(gamma=1.5, alpha=0.3, weight={fmt(w)}, pos_weight={fmt(pw)}, reduction={reduction})"
+        ours = lossdsl.compile(spec)(pred=x, target=y)
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+        probe = torch.randn_like(ref)  # a random cotangent checks every element's gradient
+        (g_ours,), (g_ref,) = torch.autograd.grad((ours * probe).sum(), x), torch.autograd.grad((ref * probe).sum(), x, retain_graph=True)
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_one_pos_weight_for_all_and_one_weight_for_all():
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 2, (5, 3, 4)).double()
+    ours = lossdsl.compile("focal(pos_weight=2.5, weight=[0.5])")(pred=x, target=y)
+    ref = 0.5 * torchvision_focal(x, y, pos_weight=torch.tensor(2.5, dtype=x.dtype)).mean()
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+
+
+def test_binary_logits_n1hw_with_nhw_targets_take_weights():
+    """Binary logits [N, 1, H, W] with targets [N, H, W]: one channel, so one entry."""
+    x = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 2, (2, 3, 3))
+    ours = lossdsl.compile("focal(pos_weight=[3.0], weight=[2.0], reduction=none)")(pred=x, target=y)
+    ref = 2.0 * torchvision_focal(x[:, 0], y.double(), pos_weight=torch.tensor(3.0, dtype=x.dtype))
+    assert ours.shape == (2, 3, 3)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("spec,problem", [
+    ("focal(weight=[1.0, 2.0])", "weight has 2 entries but pred has 4 channels (dim 1)"),
+    ("focal(pos_weight=[1.0, 2.0, 3.0])", "pos_weight has 3 entries but pred has 4 channels (dim 1)"),
+])
+def test_a_list_of_the_wrong_length_is_named(spec, problem):
+    with pytest.raises(lossdsl.LossSpecError) as caught:
+        lossdsl.compile(spec)(pred=torch.randn(3, 4), target=torch.ones(3, 4))
+    assert caught.value.diagnostics[0].code == "E402" and problem in str(caught.value)
+
+
+def test_pos_weight_in_the_softmax_form_says_which_form_takes_it():
+    loss = lossdsl.compile("focal(pos_weight=2.0)")
+    with pytest.raises(lossdsl.LossSpecError) as caught:
+        loss(pred=torch.randn(3, 4), target=torch.tensor([0, 1, 3]))
+    assert caught.value.diagnostics[0].code == "E402" and "pos_weight weighs the positives of the sigmoid form" in str(caught.value)
+
+
+def test_softmax_weight_is_monais_weight_and_multiplies_a_list_alpha():
+    """In the softmax form MONAI's weight (like its list alpha) multiplies the true class's term."""
+    x = torch.randn(8, 3, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 3, (8, 4))
+    w, a = [0.5, 2.0, 1.5], [0.2, 1.0, 3.0]
+    ours = lossdsl.compile(f"focal(weight={fmt(w)}, alpha={fmt(a)}, class_reduction=mean)")(pred=x, target=t)
+    ref = FocalLoss(use_softmax=True, weight=w, alpha=a)(x, one_hot(t, 3, x.dtype))
+    assert_parity(ours, ref, x)
