@@ -198,3 +198,107 @@ def test_softmax_weight_is_monais_weight_and_multiplies_a_list_alpha():
     ours = lossdsl.compile(f"focal(weight={fmt(w)}, alpha={fmt(a)}, class_reduction=mean)")(pred=x, target=t)
     ref = FocalLoss(use_softmax=True, weight=w, alpha=a)(x, one_hot(t, 3, x.dtype))
     assert_parity(ours, ref, x)
+
+
+# --- ignore_index and include_background (issue 13) ---------------------------------------------
+
+
+@pytest.mark.parametrize("ignore", [255, 1], ids=["sentinel", "a class"])
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_softmax_ignore_index_is_monais(gamma, ignore):
+    """MONAI masks pixels whose label is ignore_index and divides the loss summed over classes by the
+    kept pixels (monai/losses/focal_loss.py, reduction="mean" with a mask): the default class sum."""
+    x = (2 * torch.randn(3, 4, 5, 6)).requires_grad_()
+    t = torch.randint(0, 4, (3, 1, 5, 6))
+    t[torch.rand(t.shape) < 0.3] = ignore
+    ours = lossdsl.compile(f"focal(gamma={gamma}, ignore_index={ignore})")(pred=x, target=t)
+    ref = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=gamma, ignore_index=ignore)(x, t)
+    assert_parity(ours, ref, x)
+
+
+def test_binary_ignore_index_is_monais():
+    """Binary masks [N, 1, H, W] with 255 where unlabelled: MONAI's label-encoded mask."""
+    x = (2 * torch.randn(4, 1, 5, 5)).requires_grad_()
+    y = torch.randint(0, 2, (4, 1, 5, 5))
+    y[torch.rand(y.shape) < 0.3] = 255
+    ours = lossdsl.compile("focal(ignore_index=255, weight=[1.5])")(pred=x, target=y)
+    ref = FocalLoss(ignore_index=255, weight=1.5)(x, y.float())
+    assert_parity(ours, ref, x)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_multilabel_ignore_index_leaves_out_each_entry(reduction):
+    """Multi-label [N, C] with -1 for unknown labels: each such entry adds nothing and leaves mean's
+    count (MONAI reads several channels as one-hot instead); against torchvision's formula, masked."""
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(-1, 2, (6, 5))
+    keep = y != -1
+    elementwise = torchvision_focal(x, (y * keep).double(), alpha=0.25) * keep
+    ref = {"mean": elementwise.sum() / keep.sum(), "sum": elementwise.sum(), "none": elementwise}[reduction]
+    ours = lossdsl.compile(f"focal(alpha=0.25, ignore_index=-1, reduction={reduction})")(pred=x, target=y)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+    probe = torch.randn_like(ref)
+    (g_ours,) = torch.autograd.grad((ours * probe).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * probe).sum(), x)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=0)
+    assert (g_ours[~keep] == 0).all()
+
+
+def test_ignore_index_with_sample_weight_divides_by_the_kept_weight():
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    t = torch.randint(0, 3, (5, 4))
+    t[0, :2] = t[3, 1] = -100
+    w = torch.rand(5, dtype=torch.float64)
+    keep = t != -100
+    log_p = torch.log_softmax(x, dim=1).gather(1, (t * keep).unsqueeze(1)).squeeze(1)
+    elementwise = -(1 - log_p.exp()) ** 2 * log_p * keep
+    per_element = w[:, None].expand_as(t)
+    ours = lossdsl.compile("focal(ignore_index=-100, sample_weight=w)")(pred=x, target=t, w=w)
+    torch.testing.assert_close(ours, (per_element * elementwise).sum() / (per_element * keep).sum(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("spec", ["focal(ignore_index=-1)", "focal(ignore_index=-1, sample_weight=w)",
+                                  "focal(ignore_index=-1, weight=[1.0, 2.0, 3.0], normalize=weights)"])
+def test_everything_ignored_gives_zero_and_zero_gradients(spec):
+    for target in [torch.full((4, 3), -1), torch.full((4,), -1)]:  # sigmoid form, softmax form
+        x = torch.randn(4, 3, requires_grad=True)
+        loss = lossdsl.compile(spec)(pred=x, target=target, w=torch.rand(4))
+        (grad,) = torch.autograd.grad(loss, x)
+        assert loss.item() == 0 and (grad == 0).all()
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_softmax_include_background_false_is_monais(gamma):
+    """MONAI drops channel 0 before its softmax; background pixels add 0 but count in the mean over
+    N * (C - 1) * H * W: focal(include_background=false, class_reduction=mean)."""
+    x = (2 * torch.randn(3, 4, 5, 6)).requires_grad_()
+    t = torch.randint(0, 4, (3, 1, 5, 6))
+    w = [0.5, 2.0, 1.0]  # one per foreground class, as MONAI counts them
+    spec = f"focal(gamma={gamma}, include_background=false, class_reduction=mean, weight={fmt(w)})"
+    ours = lossdsl.compile(spec)(pred=x, target=t)
+    ref = FocalLoss(to_onehot_y=True, use_softmax=True, include_background=False, gamma=gamma, weight=w)(x, t)
+    assert_parity(ours, ref, x)
+
+
+def test_sigmoid_include_background_false_is_monais():
+    x = (2 * torch.randn(3, 4, 5, 6)).requires_grad_()
+    y = torch.randint(0, 2, (3, 4, 5, 6)).float()
+    w = [0.5, 2.0, 1.0]
+    ours = lossdsl.compile(f"focal(include_background=false, weight={fmt(w)}, alpha=0.25)")(pred=x, target=y)
+    ref = FocalLoss(include_background=False, weight=w, alpha=0.25)(x, y)
+    assert_parity(ours, ref, x)
+    none = lossdsl.compile("focal(include_background=false, reduction=none)")(pred=x, target=y)
+    assert none.shape == (3, 3, 5, 6)
+
+
+def test_include_background_false_with_one_channel_changes_nothing():
+    x, y = torch.randn(4, 1, 3, 3), torch.randint(0, 2, (4, 1, 3, 3))
+    torch.testing.assert_close(lossdsl.compile("focal(include_background=false)")(pred=x, target=y),
+                               lossdsl.compile("focal()")(pred=x, target=y), rtol=0, atol=0)
+
+
+def test_include_background_false_list_length_counts_the_foreground():
+    loss = lossdsl.compile("focal(include_background=false, weight=[1.0, 2.0, 3.0, 4.0])")
+    with pytest.raises(lossdsl.LossSpecError) as caught:
+        loss(pred=torch.randn(3, 4), target=torch.tensor([0, 1, 3]))
+    assert "weight has 4 entries but the logits have 3 classes besides the background" in str(caught.value)
