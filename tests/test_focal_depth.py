@@ -302,3 +302,47 @@ def test_include_background_false_list_length_counts_the_foreground():
     with pytest.raises(lossdsl.LossSpecError) as caught:
         loss(pred=torch.randn(3, 4), target=torch.tensor([0, 1, 3]))
     assert "weight has 4 entries but the logits have 3 classes besides the background" in str(caught.value)
+
+
+# --- class-index maps [N, 1, H, W], and float ones (issue 13) -----------------------------------
+
+
+@pytest.mark.parametrize("spec", ["focal()", "focal(gamma=0.5, alpha=[0.2, 1.0, 3.0, 0.7], ignore_index=2)",
+                                  "focal(reduction=none)"])
+def test_class_index_maps_with_a_channel_are_squeezed_as_dice_does(spec):
+    """Targets [N, 1, H, W] (MONAI's, and dice's) are the class indices [N, H, W]; the channel goes."""
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 4, (3, 1, 5, 6))
+    loss = lossdsl.compile(spec)
+    ours, squeezed = loss(pred=x, target=t), loss(pred=x, target=t[:, 0])
+    torch.testing.assert_close(ours, squeezed, rtol=0, atol=0)
+    g_ours, g_squeezed = (torch.autograd.grad(v.sum(), x)[0] for v in (ours, squeezed))
+    torch.testing.assert_close(g_ours, g_squeezed, rtol=0, atol=0)
+
+
+def test_class_indices_n1_beside_logits_nc():
+    x = torch.randn(6, 3, dtype=torch.float64)
+    t = torch.randint(0, 3, (6, 1))
+    focal = lossdsl.compile("focal(gamma=0.0)")
+    torch.testing.assert_close(focal(pred=x, target=t), torch.nn.functional.cross_entropy(x, t[:, 0]), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 5, 6), (3, 5, 6)], ids=["N1HW", "NHW"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_float_class_index_maps_say_the_dtype_is_the_problem(shape, dtype):
+    """The message names the dtype and the map's own shape (not a squeezed one) and how to fix it."""
+    target = torch.randint(0, 4, shape).to(dtype)
+    with pytest.raises(lossdsl.LossSpecError) as caught:
+        lossdsl.compile("focal()")(pred=torch.randn(3, 4, 5, 6), target=target)
+    message = str(caught.value)
+    assert caught.value.diagnostics[0].code == "E402"
+    assert f"class indices must be integers, got {dtype} values of shape {shape}" in message
+    assert "pass target.long(), or 0/1 targets of shape (3, 4, 5, 6) for the sigmoid form" in message
+    assert "input 'target' of focal()" in message
+
+
+def test_a_target_of_no_fitting_shape_shows_both_shapes_it_could_have():
+    with pytest.raises(lossdsl.LossSpecError) as caught:
+        lossdsl.compile("focal()")(pred=torch.randn(3, 4, 5, 6), target=torch.rand(3, 2, 5, 6))
+    assert ("expected 0/1 targets of shape (3, 4, 5, 6) or class indices of shape (3, 5, 6) (or (3, 1, 5, 6)), "
+            "got torch.float32 (3, 2, 5, 6)") in str(caught.value)
