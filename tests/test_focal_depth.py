@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from monai.losses import FocalLoss
 
 import lossdsl
@@ -346,3 +348,118 @@ def test_a_target_of_no_fitting_shape_shows_both_shapes_it_could_have():
         lossdsl.compile("focal()")(pred=torch.randn(3, 4, 5, 6), target=torch.rand(3, 2, 5, 6))
     assert ("expected 0/1 targets of shape (3, 4, 5, 6) or class indices of shape (3, 5, 6) (or (3, 1, 5, 6)), "
             "got torch.float32 (3, 2, 5, 6)") in str(caught.value)
+
+
+# --- normalize=weights|count (issue 13) ---------------------------------------------------------
+
+
+def mmpretrain_sigmoid_focal(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                             gamma: float = 2.0, alpha: float = 0.25) -> torch.Tensor:
+    """mmpretrain/models/losses/focal_loss.py's sigmoid_focal_loss, reduced as
+    mmpretrain/models/losses/utils.py's weight_reduce_loss does with avg_factor=None: the loss
+    times the sample weights [N, 1], then its plain mean over all N * C elements. Written out here
+    (mmpretrain is no test dependency)."""
+    pred_sigmoid = pred.sigmoid()
+    pt = (1 - pred_sigmoid) * target + pred_sigmoid * (1 - target)
+    focal_weight = (alpha * target + (1 - alpha) * (1 - target)) * pt.pow(gamma)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(pred, target, reduction="none") * focal_weight
+    if weight is not None:
+        loss = loss * weight.reshape(-1, 1)
+    return loss.mean()
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_count_with_sample_weight_is_mmpretrains_mean_over_n(gamma):
+    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 2, (7, 4)).double()
+    w = torch.rand(7, dtype=torch.float64).mul(3).requires_grad_()  # learned weights get their gradient too
+    ours = lossdsl.compile(f"focal(gamma={gamma}, alpha=0.25, normalize=count, sample_weight=w)")(pred=x, target=y, w=w)
+    ref = mmpretrain_sigmoid_focal(x, y, w, gamma=gamma)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+    for g_ours, g_ref in zip(torch.autograd.grad(ours, (x, w)), torch.autograd.grad(ref, (x, w))):
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["NC", "NCHW"])
+def test_weights_with_class_weights_at_gamma_0_is_torchs_cross_entropy(shape):
+    """torch's convention: F.cross_entropy(weight=w) divides by the summed weights of the targets."""
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, shape[1], (shape[0], *shape[2:]))
+    w = torch.rand(shape[1], dtype=torch.float64).add(0.1)
+    ours = lossdsl.compile(f"focal(gamma=0.0, weight={fmt(w.tolist())}, normalize=weights)")(pred=x, target=t)
+    ref = torch.nn.functional.cross_entropy(x, t, weight=w)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(ours, x)[0], torch.autograd.grad(ref, x)[0], rtol=1e-12, atol=1e-15)
+    count = lossdsl.compile(f"focal(gamma=0.0, weight={fmt(w.tolist())}, normalize=count)")(pred=x, target=t)
+    torch.testing.assert_close(count, torch.nn.functional.cross_entropy(x, t, weight=w, reduction="none").mean(),
+                               rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("normalize", ["weights", "count"])
+def test_both_conventions_against_their_formulas_with_every_weight(normalize):
+    """Softmax form, gamma 2, a list alpha and weight (class weights), sample weights and ignored
+    pixels: sum(k w l) / sum(k w) or / sum(k)."""
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 3, (5, 4))
+    t[1, 1] = t[4, 0] = 9
+    a, cw, sw = [0.5, 1.0, 2.0], [3.0, 1.0, 0.25], torch.rand(5, dtype=torch.float64)
+    keep = t != 9
+    labels = t * keep
+    log_p = torch.log_softmax(x, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    w = torch.tensor(a, dtype=x.dtype)[labels] * torch.tensor(cw, dtype=x.dtype)[labels] * sw[:, None] * keep
+    numerator = (w * -(1 - log_p.exp()) ** 2 * log_p).sum()
+    ref = numerator / (w.sum() if normalize == "weights" else keep.sum())
+    spec = f"focal(alpha={fmt(a)}, weight={fmt(cw)}, ignore_index=9, normalize={normalize}, sample_weight=sw)"
+    ours = lossdsl.compile(spec)(pred=x, target=t, sw=sw)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(ours, x)[0], torch.autograd.grad(ref, x)[0], rtol=1e-12, atol=1e-15)
+
+
+def test_sigmoid_weights_divides_by_the_broadcast_class_weights():
+    x = torch.randn(6, 3, 2, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 2, (6, 3, 2)).double()
+    cw, sw = [0.5, 4.0, 1.0], torch.rand(6, dtype=torch.float64)
+    w = per_channel(cw, x.shape, x.dtype) * sw[:, None, None]
+    elementwise = torchvision_focal(x, y) * w
+    ours = lossdsl.compile(f"focal(weight={fmt(cw)}, normalize=weights, sample_weight=sw)")(pred=x, target=y, sw=sw)
+    ref = elementwise.sum() / w.expand_as(x).sum()
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(ours, x)[0], torch.autograd.grad(ref, x)[0], rtol=1e-12, atol=1e-15)
+
+
+def test_unset_normalize_counts_class_weights_and_weighs_sample_weights():
+    """The default keeps focal's behaviour: count for class weights (MONAI's), weights for sample weights."""
+    x = torch.randn(6, 3, dtype=torch.float64)
+    t = torch.randint(0, 3, (6,))
+    sw = torch.rand(6, dtype=torch.float64)
+    run = lambda spec: lossdsl.compile(spec)(pred=x, target=t, sw=sw)  # noqa: E731
+    torch.testing.assert_close(run("focal(weight=[1.0, 2.0, 3.0])"), run("focal(weight=[1.0, 2.0, 3.0], normalize=count)"))
+    torch.testing.assert_close(run("focal(sample_weight=sw)"), run("focal(sample_weight=sw, normalize=weights)"))
+    for spec in ["focal(reduction=sum, weight=[1.0, 2.0, 3.0], sample_weight=sw{})", "focal(reduction=none, sample_weight=sw{})"]:
+        torch.testing.assert_close(run(spec.format(", normalize=weights")), run(spec.format(", normalize=count")))
+
+
+@settings(max_examples=30, deadline=None)
+@given(scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**16))
+def test_weights_is_invariant_to_the_weights_scale_and_count_is_linear(scale, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(5, 3, 4, dtype=torch.float64, generator=generator)
+    t = torch.randint(0, 3, (5, 4), generator=generator)
+    cw = torch.rand(3, dtype=torch.float64, generator=generator).add(0.1).tolist()
+    sw = torch.rand(5, dtype=torch.float64, generator=generator)
+    for normalize, factor in [("weights", 1.0), ("count", scale * scale)]:
+        loss = lambda c, s: lossdsl.compile(  # noqa: E731
+            f"focal(weight={fmt(c)}, normalize={normalize}, sample_weight=sw)")(pred=x, target=t, sw=s)
+        torch.testing.assert_close(loss([scale * c for c in cw], scale * sw), factor * loss(cw, sw), rtol=1e-9, atol=0)
+
+
+def test_group_parts_follow_normalize():
+    """per_sample_parts: each sample's summed loss and its share of the divisor, so a group's mean is
+    the term's own mean over that group."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.tensor([0, 2, 1, 2])
+    focal = lossdsl.compile("focal(weight=[1.0, 2.0, 4.0], normalize=weights)")
+    term = next(m for m in focal.modules() if type(m).__name__ == "Focal")
+    parts = term.per_sample_parts(x, t, torch.ones(4, dtype=x.dtype))
+    torch.testing.assert_close(parts[:, 0].sum() / parts[:, 1].sum(), focal(pred=x, target=t), rtol=1e-12, atol=0)
+    torch.testing.assert_close(parts[:, 1], torch.tensor([1.0, 4.0, 2.0, 4.0], dtype=x.dtype))
