@@ -463,3 +463,133 @@ def test_group_parts_follow_normalize():
     parts = term.per_sample_parts(x, t, torch.ones(4, dtype=x.dtype))
     torch.testing.assert_close(parts[:, 0].sum() / parts[:, 1].sum(), focal(pred=x, target=t), rtol=1e-12, atol=0)
     torch.testing.assert_close(parts[:, 1], torch.tensor([1.0, 4.0, 2.0, 4.0], dtype=x.dtype))
+
+
+# --- asl, the asymmetric loss (issue 13) --------------------------------------------------------
+
+
+def mmpretrain_asl(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                   gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05, eps: float = 1e-8,
+                   reduction: str = "mean") -> torch.Tensor:
+    """mmpretrain/models/losses/asymmetric_loss.py's asymmetric_loss (use_sigmoid=True), reduced as
+    mmpretrain/models/losses/utils.py's weight_reduce_loss with avg_factor=None; written out here
+    (mmpretrain is no test dependency). The defaults are its AsymmetricLoss class's."""
+    pred_sigmoid = pred.sigmoid()
+    target = target.type_as(pred)
+    if clip and clip > 0:
+        pt = (1 - pred_sigmoid + clip).clamp(max=1) * (1 - target) + pred_sigmoid * target
+    else:
+        pt = (1 - pred_sigmoid) * (1 - target) + pred_sigmoid * target
+    asymmetric_weight = (1 - pt).pow(gamma_pos * target + gamma_neg * (1 - target))
+    loss = -torch.log(pt.clamp(min=eps)) * asymmetric_weight
+    if weight is not None:
+        loss = loss * weight.reshape(-1, 1)
+    return {"mean": loss.mean(), "sum": loss.sum(), "none": loss}[reduction]
+
+
+ASL_SETTINGS = [
+    {},  # AsymmetricLoss()'s defaults
+    {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05},  # the asymmetric_loss function's defaults
+    {"gamma_pos": 0.5, "gamma_neg": 2.0, "clip": 0.0},
+    {"gamma_pos": 0.0, "gamma_neg": 0.0, "clip": 0.1},
+]
+
+
+def asl_spec(options: dict, **more: object) -> str:
+    return "asl(" + ", ".join(f"{k}={v}" for k, v in {**options, **more}.items()) + ")"
+
+
+@pytest.mark.parametrize("options", ASL_SETTINGS, ids=["class", "function", "no-clip", "gamma-0"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_asl_is_mmpretrains(options, reduction, dtype):
+    x = (3 * torch.randn(8, 5, dtype=dtype)).requires_grad_()
+    y = (torch.rand(8, 5) < 0.3).to(dtype)
+    ours = lossdsl.compile(asl_spec(options, reduction=reduction))(pred=x, target=y)
+    ref = mmpretrain_asl(x, y, reduction=reduction, **options)
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    torch.testing.assert_close(ours, ref, **tolerance)
+    probe = torch.randn_like(ref)
+    (g_ours,), (g_ref,) = torch.autograd.grad((ours * probe).sum(), x), torch.autograd.grad((ref * probe).sum(), x)
+    assert torch.isfinite(g_ours).all()
+    torch.testing.assert_close(g_ours, g_ref, **tolerance)
+
+
+def test_asl_class_indices_are_made_one_hot_as_mmpretrain_does():
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 4, (6,))
+    asl = lossdsl.compile("asl()")
+    ref = mmpretrain_asl(x, torch.nn.functional.one_hot(t, 4).double())
+    for target in (t, t[:, None], t.int()):
+        torch.testing.assert_close(asl(pred=x, target=target), ref, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("normalize", ["weights", "count"])
+def test_asl_sample_weights(normalize):
+    """count is mmpretrain's weight (mean of w * l); weights divides by the summed weights."""
+    x = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(7, 3) < 0.4).double()
+    w = torch.rand(7, dtype=torch.float64)
+    ours = lossdsl.compile(f"asl(normalize={normalize}, sample_weight=w)")(pred=x, target=y, w=w)
+    ref = mmpretrain_asl(x, y, w)
+    if normalize == "weights":
+        ref = ref * w.numel() / w.sum()
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(ours, x)[0], torch.autograd.grad(ref, x)[0], rtol=1e-12, atol=1e-15)
+
+
+def test_asl_gradients_stay_finite_at_saturated_logits_and_small_gammas():
+    """A gamma below 1 at 1 - p_t = 0 (a negative inside the clip, a positive at p = 1) would be 0 * inf."""
+    x = torch.tensor([[-40.0, 40.0, -3.5, 0.0], [40.0, -40.0, 3.0, -20.0]], requires_grad=True)
+    y = torch.tensor([[0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
+    for options in [{"gamma_pos": 0.5, "gamma_neg": 0.5}, {}]:
+        loss = lossdsl.compile(asl_spec(options))(pred=x, target=y)
+        (grad,) = torch.autograd.grad(loss, x)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+        torch.testing.assert_close(loss, mmpretrain_asl(x.detach(), y, **options), rtol=1e-5, atol=1e-6)
+
+
+def test_asl_half_precision_is_computed_in_float32():
+    x = (3 * torch.randn(64, 6)).half()
+    y = (torch.rand(64, 6) < 0.3).half()
+    ours = lossdsl.compile("asl()")(pred=x, target=y)
+    assert ours.dtype == torch.float16
+    torch.testing.assert_close(ours.float(), mmpretrain_asl(x.float(), y.float()), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("target,problem", [
+    (torch.ones(4, 2), "expected 0/1 labels of shape (4, 3) or class indices of shape (4,), got torch.float32 (4, 2)"),
+    (torch.ones(4), "class indices must be integers, got torch.float32 values of shape (4,)"),
+])
+def test_asl_bad_targets_are_named(target, problem):
+    with pytest.raises(lossdsl.LossSpecError) as caught:
+        lossdsl.compile("asl()")(pred=torch.randn(4, 3), target=target)
+    assert caught.value.diagnostics[0].code == "E402" and problem in str(caught.value)
+    assert "input 'target' of asl()" in str(caught.value)
+
+
+def test_asl_bad_parameters_are_spec_errors():
+    for spec in ["asl(clip=1.0)", "asl(gamma_neg=-1.0)", "asl(eps=0.0)"]:
+        with pytest.raises(lossdsl.LossSpecError):
+            lossdsl.compile(spec)
+
+
+# --- compiled -----------------------------------------------------------------------------------
+
+COMPILED = {
+    "focal(weight=[1.0, 2.0, 3.0], pos_weight=2.0, ignore_index=-1, normalize=weights, sample_weight=w)":
+        lambda: {"pred": torch.randn(6, 3), "target": torch.randint(-1, 2, (6, 3)), "w": torch.rand(6)},
+    "focal(include_background=false, ignore_index=255, weight=[1.0, 2.0], normalize=count)":
+        lambda: {"pred": torch.randn(2, 3, 4, 4), "target": torch.randint(0, 3, (2, 1, 4, 4))},
+    "asl(normalize=count, sample_weight=w)":
+        lambda: {"pred": torch.randn(6, 3), "target": torch.randint(0, 2, (6, 3)), "w": torch.rand(6)},
+}
+
+
+@pytest.mark.parametrize("spec", list(COMPILED))
+def test_new_options_trace_fullgraph_and_match_eager(spec):
+    """No host synchronisation or graph break in the forward (torch.compile(fullgraph=True))."""
+    torch.manual_seed(13)
+    loss_fn, inputs = lossdsl.compile(spec), COMPILED[spec]()
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(**inputs), loss_fn(**inputs))

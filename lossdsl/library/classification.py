@@ -1,4 +1,4 @@
-"""Classification terms: ``ce``, ``bce``, ``focal``, ``hinge``, ``soft_f1``."""
+"""Classification terms: ``ce``, ``bce``, ``focal``, ``hinge``, ``soft_f1``, ``asl``."""
 
 from __future__ import annotations
 
@@ -954,3 +954,110 @@ class SoftF1(Term):
         f_beta = safe_divide(true_positive, denominator)
         loss = 1 - f_beta
         return (loss.mean() if self.reduction == "mean" else loss.sum()).to(pred.dtype)
+
+
+class ASLParams(TermParams):
+    pred: InputOf("logits") = Field("pred", description="logits [N, C], one per label (sigmoid)")
+    target: InputOf("multihot", "binary", "labels") = Field(
+        "target", description="0/1 labels of pred's shape, or integer class indices [N] (made one-hot, as mmpretrain does)"
+    )
+    gamma_pos: NonNegativeFloat = Field(0.0, description="focusing strength on the positives")
+    gamma_neg: NonNegativeFloat = Field(4.0, description="focusing strength on the negatives")
+    clip: float = Field(0.05, ge=0.0, lt=1.0, description="probability margin: a negative's p is shifted down by it (0: off)")
+    eps: float = Field(1e-8, gt=0.0, lt=1.0, description="the log's argument is clamped at it")
+    normalize: Literal["weights", "count"] = Field(
+        "weights", description="how mean treats sample weights: sum(w l) / sum(w) (lossdsl's sample_weight), or "
+                               "divided by the number of elements (mmpretrain's weight)"
+    )
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+def _asl_layouts(params: ASLParams) -> tuple[Layout, ...]:
+    """Labels of pred's shape, or class indices [N] beside logits [N, C]."""
+    labels = same_shape_layouts("pred", "target", kinds={"target": ("multihot", "binary")})[:2]
+    return (*labels, class_layouts(binary=False)[0])
+
+
+def _mmpretrain_asl(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mmpretrain's ``AsymmetricLoss()`` (gamma_pos=0, gamma_neg=4, clip=0.05, eps=1e-8), the
+    formula of its asymmetric_loss inlined (mmpretrain is not a dependency)."""
+    p = torch.sigmoid(pred)
+    pt = (1 - p + 0.05).clamp(max=1) * (1 - target) + p * target
+    return (-torch.log(pt.clamp(min=1e-8)) * (1 - pt).pow(4.0 * (1 - target))).mean()
+
+
+def _asl_cases(s: parity.Sizes) -> list[parity.Case]:
+    n, c = s.n, s.classes
+    return [parity.Case("asl()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.flags(n, c)),
+                        _mmpretrain_asl, note="mmpretrain AsymmetricLoss's formula")]
+
+
+@register(
+    "asl",
+    ASLParams,
+    "Asymmetric loss for multi-label classification (Ridnik et al., 2021): focal on the negatives, with a margin.",
+    example="asl(gamma_pos=0.0, gamma_neg=4.0, clip=0.05)",
+    shapes=_asl_layouts,
+    cases=_asl_cases,
+)
+class AsymmetricLoss(Term):
+    """mmpretrain's ``AsymmetricLoss`` (mmpretrain/models/losses/asymmetric_loss.py), sigmoid form.
+
+    With ``p = sigmoid(pred)``, a positive's ``p_t`` is ``p`` and a negative's is
+    ``min(1 - p + clip, 1)`` (``1 - p`` when ``clip=0``); the loss is
+    ``-log(max(p_t, eps)) * (1 - p_t)^(gamma_pos y + gamma_neg (1 - y))``. With the defaults,
+    positives get plain cross-entropy and easy negatives (``p <= clip``) none at all. As in
+    mmpretrain and the paper's code, the clamp at ``eps`` gives a positive with ``p < eps``
+    (logit below about -18.4) a constant loss and no gradient.
+
+    Targets are 0/1 labels of ``pred``'s shape (probabilities follow the same formula), or
+    integer class indices ``[N]`` / ``[N, 1]`` beside logits ``[N, C]``, made one-hot as mmpretrain
+    does. ``mean`` averages over every element (samples times labels). Sample weights:
+    ``normalize=weights`` (the default) gives ``sum(w l) / sum(w)``, as every lossdsl term;
+    ``normalize=count`` gives mmpretrain's ``mean(w l)`` (``weight_reduce_loss`` without
+    ``avg_factor``). Half precision is computed in float32 (``eps`` is below float16's range).
+    ``reduction=none`` gives the element-wise losses, of ``pred``'s shape.
+    """
+
+    per_sample = True
+
+    def __init__(self, params: ASLParams):
+        super().__init__()
+        self.gamma_pos, self.gamma_neg = params.gamma_pos, params.gamma_neg
+        self.clip, self.eps = params.clip, params.eps
+        self.count = params.normalize == "count"
+        self.reduction = params.reduction
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
+    ) -> torch.Tensor:
+        self.expect_float(0, pred)
+        self.expect_real(1, target)
+        n = self.batch_size(0, pred, "[N, C]")
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, n, pred.dtype)
+        if target.shape != pred.shape:
+            indices = pred.dim() == 2 and pred.shape[1] > 1 and target.shape in ((n,), (n, 1))
+            if not indices:
+                self.fail(1, f"expected 0/1 labels of shape {tuple(pred.shape)} or class indices of shape ({n},), "
+                             f"got {target.dtype} {tuple(target.shape)}")
+            if target.is_floating_point():
+                self.fail(1, f"class indices must be integers, got {target.dtype} values of shape {tuple(target.shape)}")
+            target = F.one_hot(target.reshape(-1).long(), pred.shape[1])
+        computed_in = accumulation_dtype(pred.dtype)
+        logits, y = pred.to(computed_in), target.to(computed_in)
+        p = torch.sigmoid(logits)
+        negative_p_t = 1 - p + self.clip
+        if self.clip:
+            negative_p_t = negative_p_t.clamp(max=1)
+        p_t = p * y + negative_p_t * (1 - y)
+        exponent = self.gamma_pos * y + self.gamma_neg * (1 - y)
+        # clamped at the smallest float before the power: a gamma below 1 at 1 - p_t = 0 (an easy
+        # negative inside the clip) would otherwise give 0 * inf = NaN gradients
+        modulation = (1 - p_t).clamp_min(torch.finfo(computed_in).tiny).pow(exponent)
+        loss = (-torch.log(p_t.clamp(min=self.eps)) * modulation).to(pred.dtype)
+        if self.count and sample_weight is not None and self.reduction == "mean" and not parts:
+            per_element = sample_weight.reshape(-1, *[1] * (loss.dim() - 1))
+            return self.reduce(loss * per_element)  # mmpretrain: the plain mean of w * l
+        return self.reduce(loss, sample_weight, parts)
