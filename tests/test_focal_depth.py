@@ -593,3 +593,31 @@ def test_new_options_trace_fullgraph_and_match_eager(spec):
     loss_fn, inputs = lossdsl.compile(spec), COMPILED[spec]()
     compiled = torch.compile(loss_fn, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(**inputs), loss_fn(**inputs))
+
+
+def test_mmpretrain_focal_on_class_indices_is_the_sigmoid_form_on_their_one_hot():
+    """mmpretrain's FocalLoss makes class indices [N] one-hot and takes the sigmoid form
+    (mmpretrain/models/losses/focal_loss.py); lossdsl's class indices take the softmax form, so a
+    port passes F.one_hot(t, C): focal(alpha=0.25) (mmpretrain's default alpha) then matches."""
+    x = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 4, (9,))
+    y = torch.nn.functional.one_hot(t, 4).double()
+    ours = lossdsl.compile("focal(alpha=0.25)")(pred=x, target=y)
+    ref = mmpretrain_sigmoid_focal(x, y)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(ours, x)[0], torch.autograd.grad(ref, x)[0], rtol=1e-12, atol=1e-15)
+
+
+def test_coming_from_rows_torchvision_default_alpha_and_monai_label_maps():
+    """docs/coming_from.md: torchvision's sigmoid_focal_loss defaults (alpha=0.25) and MONAI's
+    to_onehot_y on [N, 1, H, W] labels given to lossdsl as they are."""
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 2, (4, 3, 5)).double()
+    elementwise = torchvision_focal(x, y, alpha=0.25)
+    torch.testing.assert_close(lossdsl.compile("focal(alpha=0.25)")(pred=x, target=y), elementwise.mean(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(lossdsl.compile("focal(alpha=0.25, reduction=none)")(pred=x, target=y), elementwise,
+                               rtol=1e-12, atol=0)
+    logits = torch.randn(2, 4, 3, 3, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 1, 3, 3))
+    ours = lossdsl.compile("focal(class_reduction=mean)")(pred=logits, target=labels)
+    assert_parity(ours, FocalLoss(use_softmax=True, to_onehot_y=True)(logits, labels), logits)
