@@ -621,3 +621,20 @@ def test_coming_from_rows_torchvision_default_alpha_and_monai_label_maps():
     labels = torch.randint(0, 4, (2, 1, 3, 3))
     ours = lossdsl.compile("focal(class_reduction=mean)")(pred=logits, target=labels)
     assert_parity(ours, FocalLoss(use_softmax=True, to_onehot_y=True)(logits, labels), logits)
+
+
+def test_a_list_alpha_with_pos_weight_is_a_spec_error():
+    with pytest.raises(lossdsl.LossSpecError) as caught:
+        lossdsl.compile("focal(alpha=[1.0, 2.0], pos_weight=2.0)")
+    assert "a list alpha belongs to the softmax form and pos_weight to the sigmoid form" in str(caught.value)
+
+
+def test_half_precision_focal_is_computed_in_float32():
+    """Class weights up to 1e15 do not fit float16 (largest 65,504); the loss is computed in float32
+    and comes back in float16."""
+    x = torch.randn(64, 3).half()
+    t = torch.randint(0, 3, (64,))
+    spec = "focal(weight=[1e6, 1.0, 3e5], normalize=weights, ignore_index=2)"
+    ours = lossdsl.compile(spec)(pred=x, target=t)
+    assert ours.dtype == torch.float16 and torch.isfinite(ours)
+    torch.testing.assert_close(ours.float(), lossdsl.compile(spec)(pred=x.float(), target=t), rtol=1e-3, atol=1e-4)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat
+from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat, model_validator
 
 from .. import distributed, parity
 from ..registry import (
@@ -516,6 +516,13 @@ class FocalParams(TermParams):
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
+    @model_validator(mode="after")
+    def _one_form(self) -> FocalParams:
+        if isinstance(self.alpha, tuple) and self.pos_weight is not None:
+            raise ValueError("a list alpha belongs to the softmax form and pos_weight to the sigmoid form: give one "
+                             "(per-class weights in either form: weight)")
+        return self
+
 
 def _focal_layouts(params: FocalParams) -> tuple[Layout, ...]:
     """The sigmoid form (0/1 targets of pred's shape) takes a number alpha and pos_weight, the softmax
@@ -634,6 +641,7 @@ class Focal(Term):
       the power, so gradients stay finite for ``gamma < 1`` at saturated logits. ``reduction=none``
       gives the element-wise losses (0 where ignored, times the weights): of ``pred``'s shape
       (sigmoid form, without the background channel if it is left out), or ``[N, ...]`` (softmax form).
+      Half-precision logits are computed in float32 and the loss comes back in their dtype.
     """
 
     per_sample = True
@@ -656,11 +664,14 @@ class Focal(Term):
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
-        n = self.batch_size(0, pred, "[N], [N, C] or [N, C, ...]")
+        computed_in = accumulation_dtype(pred.dtype)
+        if computed_in != pred.dtype:  # half precision: class weights up to 1e15 and the sums need float32
+            result = self.forward(pred.to(computed_in), target, sample_weight, parts=parts)
+            return result.to(pred.dtype)
         if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(2, sample_weight, n, pred.dtype)
+            sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
         self.expect_real(1, target)
-        one_channel = pred.dim() >= 2 and pred.shape[1] == 1 and target.shape == (n, *pred.shape[2:])
+        one_channel = pred.dim() >= 2 and pred.shape[1] == 1 and target.shape == (pred.shape[0], *pred.shape[2:])
         if target.shape == pred.shape or one_channel:
             loss, class_weight, keep = self._sigmoid_form(pred, target.reshape(pred.shape))
             if target.shape != pred.shape:  # [N, 1, ...] logits with targets [N, ...]: losses of the targets' shape
@@ -668,6 +679,7 @@ class Focal(Term):
                 class_weight = None if class_weight is None else class_weight.expand(pred.shape).reshape(target.shape)
                 keep = None if keep is None else keep.reshape(target.shape)
             return self._reduce(loss, class_weight, keep, sample_weight, parts)
+        n = self.batch_size(0, pred, "[N], [N, C] or [N, C, ...]")
         indices = (n, *pred.shape[2:])
         given = tuple(target.shape)
         if pred.dim() >= 2 and given == (n, 1, *pred.shape[2:]):  # [N, 1, H, W] class-index maps, as dice takes them
