@@ -1,4 +1,4 @@
-"""Classification terms: ``ce``, ``bce``, ``focal``, ``hinge``, ``soft_f1``."""
+"""Classification terms: ``ce``, ``bce``, ``focal``, ``hinge``, ``soft_f1``, ``asl``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat
+from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat, model_validator
 
 from .. import distributed, parity
 from ..registry import (
     BatchReductionParam,
+    Fit,
     InputOf,
     Int64,
     Layout,
@@ -483,27 +484,64 @@ def _classes_at_least_two(alpha: tuple[float, ...]) -> tuple[float, ...]:
 class FocalParams(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits: [N] / [N, 1] / multi-label [N, C] (sigmoid), or [N, C, ...] (softmax)")
     target: InputOf("labels", "binary", "multihot", "probs") = Field(
-        "target", description="0/1 targets of pred's shape (sigmoid form), or integer class indices [N, ...] (softmax form)"
+        "target", description="0/1 targets of pred's shape (sigmoid form), or integer class indices [N, ...] or "
+                              "[N, 1, ...] (softmax form)"
     )
     gamma: NonNegativeFloat = Field(2.0, description="focusing strength; 0 gives cross-entropy")
     alpha: Annotated[float, Field(ge=0, le=1)] | Annotated[Weights, AfterValidator(_classes_at_least_two)] | None = Field(
         None, description="sigmoid form: weight of positives (1 - alpha for negatives); softmax form: one weight per class, C >= 2"
     )
+    weight: ClassWeights | None = Field(
+        None, description="class weights (MONAI's weight): one per class (channel, dim 1) or one for all, each at most "
+                          "1e15; they multiply each element's loss, and normalize says whether mean divides by them"
+    )
+    pos_weight: Annotated[float, Field(gt=0, le=MAX_CLASS_WEIGHT)] | ClassWeights | None = Field(
+        None, description="sigmoid form: weight of positives, one number or one per class (channel, dim 1), as "
+                          "F.binary_cross_entropy_with_logits' pos_weight"
+    )
+    ignore_index: Int64 | None = Field(
+        None, description="targets equal to this are left out of the loss and of mean's count (none by default, as MONAI)"
+    )
+    include_background: bool = Field(
+        True, description="false leaves channel 0 out (MONAI's include_background); per-class lists then skip it too"
+    )
     class_reduction: Literal["sum", "mean"] = Field(
         "sum", description="softmax form: each element's loss summed over the one-hot classes (the cross-entropy "
                            "convention), or their mean, 1/C of it (MONAI's use_softmax=True)"
     )
+    normalize: Literal["weights", "count"] | None = Field(
+        None, description="what mean divides the weighted losses by: the summed weights (torch's convention), or the "
+                          "number of elements (mmpretrain's); unset: class weights count, sample weights weigh"
+    )
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
+    @model_validator(mode="after")
+    def _one_form(self) -> FocalParams:
+        if isinstance(self.alpha, tuple) and self.pos_weight is not None:
+            raise ValueError("a list alpha belongs to the softmax form and pos_weight to the sigmoid form: give one "
+                             "(per-class weights in either form: weight)")
+        return self
+
 
 def _focal_layouts(params: FocalParams) -> tuple[Layout, ...]:
-    """The sigmoid form (0/1 targets of pred's shape) takes a number alpha, the softmax form (class
-    indices) a list of one per class."""
+    """The sigmoid form (0/1 targets of pred's shape) takes a number alpha and pos_weight, the softmax
+    form (class indices) a list alpha; a list of several entries fixes the channel count (one more
+    than its length without the background)."""
+    lists = [len(v) for v in (params.alpha, params.weight, params.pos_weight) if isinstance(v, tuple) and len(v) > 1]
+    channels = lists[0] + (not params.include_background) if lists else None
+    kinds = ("binary", "multihot", "probs")
+    if channels is None:
+        sigmoid = same_shape_layouts("pred", "target", kinds={"target": kinds})
+    else:
+        sigmoid = tuple({role: Fit(("N", channels, *spatial), kinds if role == "target" else ())
+                         for role in ("pred", "target")} for spatial in ((), (4, 4)))
+    softmax = class_layouts(channels or "C", binary=False)
     if isinstance(params.alpha, tuple):
-        return class_layouts(len(params.alpha), binary=False)
-    sigmoid = same_shape_layouts("pred", "target", kinds={"target": ("binary", "multihot", "probs")})
-    return sigmoid if params.alpha is not None else (*sigmoid, *class_layouts(binary=False))
+        return softmax
+    if params.alpha is not None or params.pos_weight is not None:
+        return sigmoid
+    return (*sigmoid, *softmax)
 
 
 def _torchvision_sigmoid_focal(pred: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -559,13 +597,17 @@ class Focal(Term):
     """Focal loss (Lin et al., 2017).
 
     - Sigmoid form, for logits and 0/1 (or probability) targets of one shape (``[N]``, ``[N, 1]``,
-      multi-label ``[N, C]``): ``torchvision.ops.sigmoid_focal_loss``,
+      multi-label ``[N, C]``, masks ``[N, C, ...]``): ``torchvision.ops.sigmoid_focal_loss``,
       ``BCE(x, y) * (1 - p_t)^gamma`` with ``p_t = p y + (1 - p)(1 - y)``, times
       ``alpha y + (1 - alpha)(1 - y)`` when ``alpha`` is given; binary logits ``[N, 1, ...]`` also
-      take targets ``[N, ...]``.
-    - Softmax form, for logits ``[N, C, ...]`` and integer targets ``[N, ...]``:
-      ``-alpha_y (1 - p_y)^gamma log p_y`` (MONAI's ``FocalLoss(use_softmax=True)`` summed over
-      classes), with ``alpha`` a list of one weight per class (MONAI's ``weight``).
+      take targets ``[N, ...]``. ``pos_weight`` is ``F.binary_cross_entropy_with_logits``'
+      (one number, or one per class along dim 1, so masks ``[N, C, H, W]`` need no ``[C, 1, 1]``
+      reshape); on 0/1 targets it is MONAI's list ``alpha`` of the sigmoid form, which weighs
+      only the positives of each class.
+    - Softmax form, for logits ``[N, C, ...]`` and integer targets ``[N, ...]`` or ``[N, 1, ...]``
+      (as dice takes them): ``-alpha_y (1 - p_y)^gamma log p_y`` (MONAI's
+      ``FocalLoss(use_softmax=True)`` summed over classes), with ``alpha`` a list of one weight
+      per class (MONAI's ``alpha``; ``weight`` does the same there, and both multiply).
       ``class_reduction`` says how the one-hot classes of an element combine: ``sum`` (the default,
       as cross-entropy, so ``gamma=0`` is ``F.cross_entropy``) or ``mean``, which divides by ``C``:
       MONAI averages its ``[N, C, ...]`` losses over classes too, so MONAI's
@@ -574,10 +616,32 @@ class Focal(Term):
       (MONAI's ``reduction="sum"`` averages the spatial dimensions first, and everything when
       there are none; lossdsl's ``sum`` adds every element.) The sigmoid form is not affected: each
       label is an element there, and ``mean`` already averages over labels, as MONAI's sigmoid form does.
+    - ``weight``: class weights, one per class (dim 1) or one for all, multiplying each element's
+      loss (the sigmoid form's every element of class ``c``; the softmax form's elements whose
+      target is ``c``), as MONAI's ``weight``.
+    - ``ignore_index``: targets equal to it (class indices, or entries of the sigmoid form's
+      targets) add nothing and leave ``mean``'s count. MONAI's ``ignore_index`` with class
+      indices divides its mean by the kept pixels, not by pixels times classes: that is
+      ``focal(ignore_index=k)`` with the default ``class_reduction=sum``. (For multi-label targets
+      of several channels MONAI reads them as one-hot; lossdsl leaves out each entry equal to it.)
+    - ``include_background=false`` leaves channel 0 out, as MONAI does: the sigmoid form drops
+      channel 0 of logits and targets; the softmax form takes the softmax over channels 1..C-1, and
+      background pixels add 0 but still count toward ``mean`` (and ``class_reduction=mean``
+      divides by ``C - 1``). Per-class lists then have one entry per remaining channel
+      (MONAI's convention). With one channel it changes nothing.
+    - ``normalize`` says what ``mean`` divides by. ``weights``: the summed weights,
+      ``sum(w l) / sum(w)`` with ``w`` the class weight (``weight``, and the softmax form's list
+      ``alpha``) times ``sample_weight``: torch's ``F.cross_entropy`` convention. ``count``: the
+      number of (kept) elements, ``sum(w l) / count``: mmpretrain's ``weight_reduce_loss`` and
+      MONAI's. Unset (the default): class weights count, as MONAI's, and sample weights weigh
+      the mean, as every lossdsl term's ``sample_weight``. ``pos_weight`` and a scalar ``alpha``
+      are part of the loss, never of the divisor (as in torch's BCE and torchvision).
     - ``mean`` averages over elements (samples, and labels or pixels). ``gamma=0`` without
       ``alpha`` is cross-entropy. ``(1 - p_t)`` is clamped at the smallest positive float before
       the power, so gradients stay finite for ``gamma < 1`` at saturated logits. ``reduction=none``
-      gives the element-wise losses: of ``pred``'s shape (sigmoid form), or ``[N, ...]`` (softmax form).
+      gives the element-wise losses (0 where ignored, times the weights): of ``pred``'s shape
+      (sigmoid form, without the background channel if it is left out), or ``[N, ...]`` (softmax form).
+      Half-precision logits are computed in float32 and the loss comes back in their dtype.
     """
 
     per_sample = True
@@ -587,54 +651,171 @@ class Focal(Term):
         self.gamma = params.gamma
         self.reduction = params.reduction
         self.class_mean = params.class_reduction == "mean"
+        self.ignore_index = params.ignore_index
+        self.include_background = params.include_background
+        self.normalize = params.normalize
         alpha = params.alpha
         self.scalar_alpha = alpha if isinstance(alpha, float) else None
         self.register_buffer("class_alpha", torch.tensor(alpha, dtype=torch.float64) if isinstance(alpha, tuple) else None)
+        self.register_buffer("class_weight", _float64(params.weight))
+        self.register_buffer("pos_weight", _float64(params.pos_weight))
 
     def forward(
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
+        computed_in = accumulation_dtype(pred.dtype)
+        if computed_in != pred.dtype:  # half precision: class weights up to 1e15 and the sums need float32
+            result = self.forward(pred.to(computed_in), target, sample_weight, parts=parts)
+            return result.to(pred.dtype)
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
         self.expect_real(1, target)
         one_channel = pred.dim() >= 2 and pred.shape[1] == 1 and target.shape == (pred.shape[0], *pred.shape[2:])
         if target.shape == pred.shape or one_channel:
-            return self.reduce(self._sigmoid_form(pred.reshape(target.shape), target.to(pred.dtype)), sample_weight, parts)
-        indices = (self.batch_size(0, pred, "[N], [N, C] or [N, C, ...]"), *pred.shape[2:])
-        if target.is_floating_point() or pred.dim() < 2 or tuple(target.shape) != indices:
-            self.fail(1, f"expected 0/1 targets of shape {tuple(pred.shape)} or class indices of shape "
-                         f"{indices}, got {tuple(target.shape)} {target.dtype}")
-        return self.reduce(self._softmax_form(pred, target.long()), sample_weight, parts)
+            loss, class_weight, keep = self._sigmoid_form(pred, target.reshape(pred.shape))
+            if target.shape != pred.shape:  # [N, 1, ...] logits with targets [N, ...]: losses of the targets' shape
+                loss = loss.reshape(target.shape)
+                class_weight = None if class_weight is None else class_weight.expand(pred.shape).reshape(target.shape)
+                keep = None if keep is None else keep.reshape(target.shape)
+            return self._reduce(loss, class_weight, keep, sample_weight, parts)
+        n = self.batch_size(0, pred, "[N], [N, C] or [N, C, ...]")
+        indices = (n, *pred.shape[2:])
+        given = tuple(target.shape)
+        if pred.dim() >= 2 and given == (n, 1, *pred.shape[2:]):  # [N, 1, H, W] class-index maps, as dice takes them
+            target = target[:, 0]
+        if pred.dim() < 2 or tuple(target.shape) != indices:
+            self.fail(1, f"expected 0/1 targets of shape {tuple(pred.shape)} or class indices of shape {indices} "
+                         f"(or {(n, 1, *pred.shape[2:])}), got {target.dtype} {given}")
+        if target.is_floating_point():
+            self.fail(1, f"class indices must be integers, got {target.dtype} values of shape {given} beside logits "
+                         f"{tuple(pred.shape)}: pass target.long(), or 0/1 targets of shape {tuple(pred.shape)} "
+                         "for the sigmoid form")
+        return self._reduce(*self._softmax_form(pred, target.long()), sample_weight, parts)
 
     def _modulation(self, one_minus_p: torch.Tensor) -> torch.Tensor | float:
         if self.gamma == 0:
             return 1.0
         return one_minus_p.clamp_min(torch.finfo(one_minus_p.dtype).tiny).pow(self.gamma)
 
-    def _sigmoid_form(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _per_class(self, values: torch.Tensor | None, loss_shape: torch.Size, name: str,
+                   dtype: torch.dtype) -> torch.Tensor | None:
+        """A per-class list shaped to broadcast along dim 1 of the sigmoid form's losses."""
+        if values is None:
+            return None
+        channels = loss_shape[1] if len(loss_shape) >= 2 else 1
+        if values.numel() == 1:
+            return values.to(dtype)
+        if values.numel() != channels:
+            self.fail(0, f"{name} has {values.numel()} entries but pred has {channels} channels (dim 1)"
+                         + ("" if self.include_background else " besides the background"))
+        return values.to(dtype).reshape(channels, *[1] * (len(loss_shape) - 2))
+
+    def _sigmoid_form(
+        self, logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Element-wise losses, class weights (broadcastable) and kept elements (None: all)."""
         if self.class_alpha is not None:
-            self.fail(0, "a list alpha weighs classes in the softmax form; the sigmoid form takes one number")
+            self.fail(0, "a list alpha weighs classes in the softmax form; the sigmoid form takes one number "
+                         "(per-class weights: weight, or pos_weight for the positives)")
+        keep = None
+        if self.ignore_index is not None:
+            keep = target != self.ignore_index
+            target = torch.where(keep, target, torch.zeros_like(target))  # a finite loss, then masked out
+        if not self.include_background and logits.dim() >= 2 and logits.shape[1] > 1:
+            logits, target = logits[:, 1:], target[:, 1:]
+            keep = None if keep is None else keep[:, 1:]
+        y = target.to(logits.dtype)
+        pos_weight = self._per_class(self.pos_weight, logits.shape, "pos_weight", logits.dtype)
         prob = torch.sigmoid(logits)
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        p_t = prob * target + (1 - prob) * (1 - target)
+        bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
+        p_t = prob * y + (1 - prob) * (1 - y)
         loss = bce * self._modulation(1 - p_t)
         if self.scalar_alpha is not None:
-            loss = loss * (self.scalar_alpha * target + (1 - self.scalar_alpha) * (1 - target))
-        return loss
+            loss = loss * (self.scalar_alpha * y + (1 - self.scalar_alpha) * (1 - y))
+        return loss, self._per_class(self.class_weight, logits.shape, "weight", logits.dtype), keep
 
-    def _softmax_form(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _softmax_form(
+        self, logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if self.scalar_alpha is not None:
+            self.fail(0, "the softmax form weighs classes with a list alpha, one per class")
+        if self.pos_weight is not None:
+            self.fail(0, "pos_weight weighs the positives of the sigmoid form; the softmax form takes weight or a list alpha")
+        keep = None
+        if self.ignore_index is not None:
+            keep = target != self.ignore_index
+            target = target * keep  # ignored targets point at class 0, then are masked out
+        foreground = None
+        if not self.include_background and logits.shape[1] > 1:
+            # MONAI drops channel 0 before its softmax: background pixels have no class left and add 0
+            logits, foreground = logits[:, 1:], target > 0
+            target = (target - 1).clamp_min(0)
         log_p = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
         loss = -self._modulation(-torch.expm1(log_p)) * log_p
-        if self.class_alpha is not None:
-            if self.class_alpha.numel() != logits.shape[1]:
-                self.fail(0, f"alpha has {self.class_alpha.numel()} entries but the logits have {logits.shape[1]} classes")
-            loss = loss * self.class_alpha.to(logits.dtype)[target]
-        elif self.scalar_alpha is not None:
-            self.fail(0, "the softmax form weighs classes with a list alpha, one per class")
+        if foreground is not None:
+            loss = loss * foreground
+        classes = logits.shape[1]
+        class_weight = None
+        for name, values in (("alpha", self.class_alpha), ("weight", self.class_weight)):
+            if values is None:
+                continue
+            if values.numel() not in (1, classes) or (name == "alpha" and values.numel() != classes):
+                self.fail(0, f"{name} has {values.numel()} entries but the logits have {classes} classes"
+                             + ("" if self.include_background else " besides the background"))
+            values = values.to(logits.dtype)
+            per_element = values[target] if values.numel() > 1 else values.expand(target.shape)
+            class_weight = per_element if class_weight is None else class_weight * per_element
+        if class_weight is not None and foreground is not None:  # a background pixel counts once
+            class_weight = torch.where(foreground, class_weight, torch.ones_like(class_weight))
         if self.class_mean:  # the one-hot classes' mean: the C - 1 zero terms count too
-            loss = loss / logits.shape[1]
-        return loss
+            loss = loss / classes
+        return loss, class_weight, keep
+
+    def _reduce(
+        self,
+        loss: torch.Tensor,
+        class_weight: torch.Tensor | None,
+        keep: torch.Tensor | None,
+        sample_weight: torch.Tensor | None,
+        parts: bool,
+    ) -> torch.Tensor:
+        """Reduce by ``normalize``: ``sum(k w l) / sum(k w')``, with ``w`` the class and sample weights
+        and ``w'`` those of them that ``normalize`` divides by."""
+        divide_by_class = class_weight is not None and self.normalize == "weights"
+        divide_by_sample = sample_weight is not None and self.normalize != "count"
+        if class_weight is not None:
+            loss = loss * class_weight
+        if keep is None and not divide_by_class and (sample_weight is None or divide_by_sample):
+            return self.reduce(loss, sample_weight, parts)  # Term.reduce: the weighted mean of per-sample means
+        share = torch.ones_like(loss) if keep is None else keep.to(loss.dtype)
+        if keep is not None:
+            loss = loss * share
+        if divide_by_class:
+            share = share * class_weight
+        if self.reduction == "none" or (parts and self.reduction == "sum"):
+            return self.reduce(loss, sample_weight, parts)
+        acc = accumulation_dtype(loss.dtype)
+        if parts:  # a sample's summed loss and its share of mean's divisor
+            flat = loss.reshape(loss.shape[0], -1)
+            shares = share.reshape(share.shape[0], -1)
+            return torch.stack([flat.sum(dim=1, dtype=acc), shares.sum(dim=1, dtype=acc)], dim=1).to(loss.dtype)
+        if sample_weight is not None:
+            per_element = sample_weight.reshape(-1, *[1] * (loss.dim() - 1))
+            loss = loss * per_element
+            if divide_by_sample:
+                share = share * per_element
+        total = loss.sum(dtype=acc)
+        if self.reduction == "sum":
+            return total.to(loss.dtype)
+        return weighted_mean(total, share.sum(dtype=acc)).to(loss.dtype)
+
+
+def _float64(values: float | tuple[float, ...] | None) -> torch.Tensor | None:
+    """A per-class parameter as a float64 buffer (cast to the logits' dtype when used)."""
+    if values is None:
+        return None
+    return torch.tensor(values if isinstance(values, tuple) else (values,), dtype=torch.float64)
 
 
 class HingeParams(TermParams):
@@ -785,3 +966,110 @@ class SoftF1(Term):
         f_beta = safe_divide(true_positive, denominator)
         loss = 1 - f_beta
         return (loss.mean() if self.reduction == "mean" else loss.sum()).to(pred.dtype)
+
+
+class ASLParams(TermParams):
+    pred: InputOf("logits") = Field("pred", description="logits [N, C], one per label (sigmoid)")
+    target: InputOf("multihot", "binary", "labels") = Field(
+        "target", description="0/1 labels of pred's shape, or integer class indices [N] (made one-hot, as mmpretrain does)"
+    )
+    gamma_pos: NonNegativeFloat = Field(0.0, description="focusing strength on the positives")
+    gamma_neg: NonNegativeFloat = Field(4.0, description="focusing strength on the negatives")
+    clip: float = Field(0.05, ge=0.0, lt=1.0, description="probability margin: a negative's p is shifted down by it (0: off)")
+    eps: float = Field(1e-8, gt=0.0, lt=1.0, description="the log's argument is clamped at it")
+    normalize: Literal["weights", "count"] = Field(
+        "weights", description="how mean treats sample weights: sum(w l) / sum(w) (lossdsl's sample_weight), or "
+                               "divided by the number of elements (mmpretrain's weight)"
+    )
+    reduction: ReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+
+def _asl_layouts(params: ASLParams) -> tuple[Layout, ...]:
+    """Labels of pred's shape, or class indices [N] beside logits [N, C]."""
+    labels = same_shape_layouts("pred", "target", kinds={"target": ("multihot", "binary")})[:2]
+    return (*labels, class_layouts(binary=False)[0])
+
+
+def _mmpretrain_asl(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mmpretrain's ``AsymmetricLoss()`` (gamma_pos=0, gamma_neg=4, clip=0.05, eps=1e-8), the
+    formula of its asymmetric_loss inlined (mmpretrain is not a dependency)."""
+    p = torch.sigmoid(pred)
+    pt = (1 - p + 0.05).clamp(max=1) * (1 - target) + p * target
+    return (-torch.log(pt.clamp(min=1e-8)) * (1 - pt).pow(4.0 * (1 - target))).mean()
+
+
+def _asl_cases(s: parity.Sizes) -> list[parity.Case]:
+    n, c = s.n, s.classes
+    return [parity.Case("asl()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.flags(n, c)),
+                        _mmpretrain_asl, note="mmpretrain AsymmetricLoss's formula")]
+
+
+@register(
+    "asl",
+    ASLParams,
+    "Asymmetric loss for multi-label classification (Ridnik et al., 2021): focal on the negatives, with a margin.",
+    example="asl(gamma_pos=0.0, gamma_neg=4.0, clip=0.05)",
+    shapes=_asl_layouts,
+    cases=_asl_cases,
+)
+class AsymmetricLoss(Term):
+    """mmpretrain's ``AsymmetricLoss`` (mmpretrain/models/losses/asymmetric_loss.py), sigmoid form.
+
+    With ``p = sigmoid(pred)``, a positive's ``p_t`` is ``p`` and a negative's is
+    ``min(1 - p + clip, 1)`` (``1 - p`` when ``clip=0``); the loss is
+    ``-log(max(p_t, eps)) * (1 - p_t)^(gamma_pos y + gamma_neg (1 - y))``. With the defaults,
+    positives get plain cross-entropy and easy negatives (``p <= clip``) none at all. As in
+    mmpretrain and the paper's code, the clamp at ``eps`` gives a positive with ``p < eps``
+    (logit below about -18.4) a constant loss and no gradient.
+
+    Targets are 0/1 labels of ``pred``'s shape (probabilities follow the same formula), or
+    integer class indices ``[N]`` / ``[N, 1]`` beside logits ``[N, C]``, made one-hot as mmpretrain
+    does. ``mean`` averages over every element (samples times labels). Sample weights:
+    ``normalize=weights`` (the default) gives ``sum(w l) / sum(w)``, as every lossdsl term;
+    ``normalize=count`` gives mmpretrain's ``mean(w l)`` (``weight_reduce_loss`` without
+    ``avg_factor``). Half precision is computed in float32 (``eps`` is below float16's range).
+    ``reduction=none`` gives the element-wise losses, of ``pred``'s shape.
+    """
+
+    per_sample = True
+
+    def __init__(self, params: ASLParams):
+        super().__init__()
+        self.gamma_pos, self.gamma_neg = params.gamma_pos, params.gamma_neg
+        self.clip, self.eps = params.clip, params.eps
+        self.count = params.normalize == "count"
+        self.reduction = params.reduction
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
+    ) -> torch.Tensor:
+        self.expect_float(0, pred)
+        self.expect_real(1, target)
+        n = self.batch_size(0, pred, "[N, C]")
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, n, pred.dtype)
+        if target.shape != pred.shape:
+            indices = pred.dim() == 2 and pred.shape[1] > 1 and target.shape in ((n,), (n, 1))
+            if not indices:
+                self.fail(1, f"expected 0/1 labels of shape {tuple(pred.shape)} or class indices of shape ({n},), "
+                             f"got {target.dtype} {tuple(target.shape)}")
+            if target.is_floating_point():
+                self.fail(1, f"class indices must be integers, got {target.dtype} values of shape {tuple(target.shape)}")
+            target = F.one_hot(target.reshape(-1).long(), pred.shape[1])
+        computed_in = accumulation_dtype(pred.dtype)
+        logits, y = pred.to(computed_in), target.to(computed_in)
+        p = torch.sigmoid(logits)
+        negative_p_t = 1 - p + self.clip
+        if self.clip:
+            negative_p_t = negative_p_t.clamp(max=1)
+        p_t = p * y + negative_p_t * (1 - y)
+        exponent = self.gamma_pos * y + self.gamma_neg * (1 - y)
+        # clamped at the smallest float before the power: a gamma below 1 at 1 - p_t = 0 (an easy
+        # negative inside the clip) would otherwise give 0 * inf = NaN gradients
+        modulation = (1 - p_t).clamp_min(torch.finfo(computed_in).tiny).pow(exponent)
+        loss = (-torch.log(p_t.clamp(min=self.eps)) * modulation).to(pred.dtype)
+        if self.count and sample_weight is not None and self.reduction == "mean" and not parts:
+            per_element = sample_weight.reshape(-1, *[1] * (loss.dim() - 1))
+            return self.reduce(loss * per_element)  # mmpretrain: the plain mean of w * l
+        return self.reduce(loss, sample_weight, parts)
