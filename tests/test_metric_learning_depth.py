@@ -181,3 +181,37 @@ def test_batch_terms_compile_fullgraph_and_match_eager(spec):
     loss_fn = lossdsl.compile(spec)
     compiled = torch.compile(loss_fn, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(embeddings=x, labels=y), loss_fn(embeddings=x, labels=y))
+
+
+# -- triplet(swap=true) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_triplet_swap_matches_torch(p, reduction, weighted):
+    """p = 3 takes lossdsl's scaled norm, sample_weight its own reduction: both must still swap as torch does."""
+    g = torch.Generator().manual_seed(7)
+    anchor, positive, negative = (torch.randn(20, 4, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3))
+    weight = torch.rand(20, generator=g, dtype=torch.float64)
+    spec = f"triplet(margin=0.7, p={p}, swap=true, reduction={reduction}{', sample_weight=w' if weighted else ''})"
+    ours = lossdsl.compile(spec)(anchor=anchor, positive=positive, negative=negative, **({"w": weight} if weighted else {}))
+    per_triplet = F.triplet_margin_loss(anchor, positive, negative, margin=0.7, p=p, swap=True, reduction="none")
+    if weighted:
+        per_triplet = per_triplet * weight
+    expected = {"none": per_triplet, "sum": per_triplet.sum(),
+                "mean": per_triplet.sum() / (weight.sum() if weighted else 20)}[reduction]
+    torch.testing.assert_close(ours, expected)
+    wrt = (anchor, positive, negative)
+    for g_ours, g_ref in zip(torch.autograd.grad(ours.sum(), wrt), torch.autograd.grad(expected.sum(), wrt)):
+        torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_triplet_swap_changes_the_loss_only_where_the_positive_is_nearer_the_negative():
+    """Derived: a = 0, p = 2, n = 3 on a line: d_an = 3, d_pn = 1, so the swap scores
+    relu(2 - 1 + 1) = 2 instead of relu(2 - 3 + 1) = 0."""
+    a, p, n = torch.tensor([[0.0]]), torch.tensor([[2.0]]), torch.tensor([[3.0]])
+    plain = lossdsl.compile("triplet()")(anchor=a, positive=p, negative=n)
+    swapped = lossdsl.compile("triplet(swap=true)")(anchor=a, positive=p, negative=n)
+    torch.testing.assert_close(plain, torch.tensor(0.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(swapped, torch.tensor(2.0), atol=1e-5, rtol=0)

@@ -91,6 +91,8 @@ class TripletParams(TermParams):
     margin: float = Field(1.0, gt=0, description="the required gap between the two distances")
     p: PositiveInt = Field(2, description="the norm of the distance (any p: beyond 2 it is computed scaled by "
                            "the largest coordinate, so no power of a distance can overflow)")
+    swap: bool = Field(False, description="use the positive-negative distance instead of the anchor-negative one "
+                       "where it is smaller (F.triplet_margin_loss(swap=True), the distance swap of Balntas et al.)")
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -101,18 +103,25 @@ def _triplet_cases(s: parity.Sizes) -> list[parity.Case]:
     return [parity.Case("triplet()", parity.shape(n, d),
                         parity.inputs(anchor=parity.randn(n, d), positive=parity.randn(n, d), negative=parity.randn(n, d)),
                         lambda anchor, positive, negative: F.triplet_margin_loss(anchor, positive, negative),
-                        grad=("anchor", "positive", "negative"), one_call=True)]
+                        grad=("anchor", "positive", "negative"), one_call=True),
+            parity.Case("triplet(margin=0.5, swap=true)", parity.shape(n, d),
+                        parity.inputs(anchor=parity.randn(n, d), positive=parity.randn(n, d), negative=parity.randn(n, d)),
+                        lambda anchor, positive, negative: F.triplet_margin_loss(anchor, positive, negative, margin=0.5, swap=True),
+                        grad=("anchor", "positive", "negative"), one_call=True, variant="swap")]
 
 
 @register("triplet", TripletParams, "Triplet margin loss, as F.triplet_margin_loss.", example="triplet(margin=0.5)", cases=_triplet_cases)
 class Triplet(Term):
-    """``reduction=none`` gives one loss per triplet ``[N]``, as torch's."""
+    """``reduction=none`` gives one loss per triplet ``[N]``, as torch's. ``swap=true`` is torch's
+    distance swap: ``d(positive, negative)`` replaces ``d(anchor, negative)`` where it is smaller.
+    For triplets formed from labels inside a batch, as pytorch-metric-learning does, see
+    ``batch_triplet``."""
 
     per_sample = True
 
     def __init__(self, params: TripletParams):
         super().__init__()
-        self.margin, self.p, self.reduction = params.margin, params.p, params.reduction
+        self.margin, self.p, self.reduction, self.swap = params.margin, params.p, params.reduction, params.swap
 
     def forward(
         self,
@@ -131,7 +140,8 @@ class Triplet(Term):
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(3, sample_weight, anchor.shape[0], anchor.dtype)
         if sample_weight is None and anchor.shape[0] and self.p <= 2:
-            return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, reduction=self.reduction)
+            return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, swap=self.swap,
+                                         reduction=self.reduction)
         losses = self._losses(anchor, positive, negative)
         return self.reduce(losses, sample_weight, parts)
 
@@ -139,8 +149,11 @@ class Triplet(Term):
         """Per-triplet losses: ``F.triplet_margin_loss``'s, whose p-norm overflows beyond p = 2 (``|d|^100``
         is inf in float32 from |d| = 2.5), so there the norm is taken scaled."""
         if self.p <= 2:
-            return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, reduction="none")
+            return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, swap=self.swap,
+                                         reduction="none")
         near, far = _scaled_distance(anchor, positive, self.p), _scaled_distance(anchor, negative, self.p)
+        if self.swap:
+            far = torch.minimum(far, _scaled_distance(positive, negative, self.p))
         return torch.clamp_min(self.margin + near - far, 0)
 
 
