@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import lossdsl
@@ -171,7 +171,8 @@ def test_mining_margin_without_semi_hard_is_a_spec_error():
     lossdsl.compile("batch_triplet(mining=semi_hard, mining_margin=0.3)")
 
 
-COMPILED = ["batch_triplet()", "batch_triplet(mining=batch_hard, swap=true)", "batch_triplet(mining=semi_hard)"]
+COMPILED = ["batch_triplet()", "batch_triplet(mining=batch_hard, swap=true)", "batch_triplet(mining=semi_hard)",
+            "batch_contrastive()", "batch_contrastive(mining=batch_hard)", "batch_contrastive(mining=semi_hard)"]
 
 
 @pytest.mark.parametrize("spec", COMPILED)
@@ -181,6 +182,100 @@ def test_batch_terms_compile_fullgraph_and_match_eager(spec):
     loss_fn = lossdsl.compile(spec)
     compiled = torch.compile(loss_fn, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(embeddings=x, labels=y), loss_fn(embeddings=x, labels=y))
+
+
+
+# -- batch_contrastive: PML's margin form ---------------------------------------------------------
+
+
+def pml_scores_nothing(loss_name: str, miner, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """PML's GenericPairLoss returns 0 when each pair list holds at most one pair (one mined
+    triplet): lossdsl scores that pair, a difference its docs record."""
+    if loss_name != "contrastive":
+        return False
+    if miner is None:
+        return False  # all pairs come in twos, (i, j) and (j, i)
+    return len(miner(x, y)[0]) == 1
+
+
+@pytest.mark.parametrize("reduction", list(REDUCERS))
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("mining", ["all", "batch_hard", "semi_hard"])
+def test_batch_contrastive_matches_pml_contrastive_loss(mining, normalize, reduction):
+    x, y = embeddings_and_labels(32, 4, seed=11)
+    pos, neg = (0.1, 0.9) if normalize else (1.0, 3.0)
+    mining_margin = ", mining_margin=0.3" if mining == "semi_hard" else ""
+    ours = lossdsl.compile(f"batch_contrastive(mining={mining}, pos_margin={pos}, neg_margin={neg}, "
+                           f"normalize={flag(normalize)}, reduction={reduction}{mining_margin})")
+    theirs = losses.ContrastiveLoss(pos_margin=pos, neg_margin=neg, reducer=REDUCERS[reduction](),
+                                    distance=distances.LpDistance(normalize_embeddings=normalize))
+    assert_same(lambda e: ours(embeddings=e, labels=y), pml_loss(theirs, y, pml_miner(mining, normalize, 0.3)), x)
+
+
+def test_batch_contrastive_defaults_are_pmls():
+    """``batch_contrastive()`` is ``ContrastiveLoss()``: pos_margin 0, neg_margin 1, all pairs,
+    unit-length embeddings, AvgNonZeroReducer on each part."""
+    x, y = embeddings_and_labels(24, 3, seed=12)
+    ours = lossdsl.compile("batch_contrastive()")
+    theirs = losses.ContrastiveLoss(pos_margin=0, neg_margin=1)
+    assert_same(lambda e: ours(embeddings=e, labels=y), pml_loss(theirs, y), x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), classes=st.integers(1, 5), seed=st.integers(0, 2**16),
+       mining=st.sampled_from(["all", "batch_hard", "semi_hard"]), reduction=st.sampled_from(list(REDUCERS)))
+def test_batch_contrastive_matches_pml_on_any_small_batch(n, classes, seed, mining, reduction):
+    x, y = embeddings_and_labels(n, classes, seed)
+    miner = pml_miner(mining, True)
+    assume(not pml_scores_nothing("contrastive", miner, x, y))
+    ours = lossdsl.compile(f"batch_contrastive(mining={mining}, pos_margin=0.2, neg_margin=0.9, reduction={reduction})")
+    theirs = losses.ContrastiveLoss(pos_margin=0.2, neg_margin=0.9, reducer=REDUCERS[reduction]())
+    assert_same(lambda e: ours(embeddings=e, labels=y), pml_loss(theirs, y, miner), x)
+
+
+def test_batch_contrastive_scores_a_single_mined_pair_where_pml_gives_zero():
+    """Derived: one mined triplet, so one positive and one negative pair, on a line, raw distances.
+
+    x = [0, 1, 3], labels [0, 0, 1], semi_hard with mining_margin 1.5 keeps the triplets with
+    0 < d_an - d_ap <= 1.5: (0, 1, 2) has 3 - 1 = 2 (out), (1, 0, 2) has 2 - 1 = 1 (kept). The pairs are
+    (1, 0), d = 1, and (1, 2), d = 2: relu(1 - 0.5) + relu(2.5 - 2) = 1.0; PML gives 0."""
+    x, y = torch.tensor([[0.0], [1.0], [3.0]]), torch.tensor([0, 0, 1])
+    spec = "batch_contrastive(mining=semi_hard, mining_margin=1.5, pos_margin=0.5, neg_margin=2.5, normalize=false)"
+    torch.testing.assert_close(lossdsl.compile(spec)(embeddings=x, labels=y), torch.tensor(1.0))
+    miner = miners.TripletMarginMiner(margin=1.5, type_of_triplets="semihard", distance=distances.LpDistance(normalize_embeddings=False))
+    pml_value = losses.ContrastiveLoss(pos_margin=0.5, neg_margin=2.5, distance=distances.LpDistance(normalize_embeddings=False))(x, y, miner(x, y))
+    assert pml_value.item() == 0.0
+
+
+def test_batch_contrastive_averages_each_part_apart():
+    """Derived by hand: x = [0, 1, 3], labels [0, 0, 1], raw distances, pos_margin 0.5, neg_margin 2.5.
+
+    Positive pairs (0, 1), (1, 0): d = 1, loss 0.5 each. Negative pairs (0, 2), (2, 0): d = 3, loss 0;
+    (1, 2), (2, 1): d = 2, loss 0.5. mean_nonzero: 0.5 + 0.5 = 1.0; mean: 0.5 + 1.0 / 4 = 0.75;
+    sum: 1.0 + 1.0 = 2.0."""
+    x, y = torch.tensor([[0.0], [1.0], [3.0]]), torch.tensor([0, 0, 1])
+    for reduction, expected in {"mean_nonzero": 1.0, "mean": 0.75, "sum": 2.0}.items():
+        spec = f"batch_contrastive(pos_margin=0.5, neg_margin=2.5, normalize=false, reduction={reduction})"
+        torch.testing.assert_close(lossdsl.compile(spec)(embeddings=x, labels=y), torch.tensor(expected))
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 0, 0], [0, 1, 2, 3], [5], []], ids=["one-class", "all-distinct", "one", "empty"])
+@pytest.mark.parametrize("mining", ["all", "batch_hard", "semi_hard"])
+def test_batch_contrastive_without_a_valid_pair_is_finite_with_finite_gradient(mining, labels):
+    """One class: no negative pair; distinct labels: no positive pair. mining=all still scores the
+    pairs there are, as PML does; mined, a pair needs a triplet, so there are none: 0, zero gradient.
+    Checked against PML where it runs (it needs a sample)."""
+    y = torch.tensor(labels, dtype=torch.long)
+    x = torch.randn(len(labels), 3, dtype=torch.float64, requires_grad=True)
+    loss = lossdsl.compile(f"batch_contrastive(mining={mining})")(embeddings=x, labels=y)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    if mining != "all" or len(labels) < 2:
+        assert loss.item() == 0.0 and torch.equal(grad, torch.zeros_like(x))
+    if len(labels):
+        theirs = losses.ContrastiveLoss()
+        miner = pml_miner(mining, True)
+        torch.testing.assert_close(loss, theirs(x, y, None if miner is None else miner(x, y)).to(loss.dtype))
 
 
 # -- triplet(swap=true) ---------------------------------------------------------------------------

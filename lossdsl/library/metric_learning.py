@@ -499,3 +499,90 @@ class BatchTriplet(_BatchTerm):
                 far = torch.minimum(far, distance[None, :, :])
         losses = F.relu(near - far + self.margin)
         return self._average(losses, counts.to(losses.dtype)).to(embeddings.dtype)
+
+
+class BatchContrastiveParams(_BatchParams):
+    pos_margin: float = Field(0.0, ge=0, le=MAX_BATCH_MARGIN,
+                              description="the distance below which a positive pair costs nothing (PML's default 0)")
+    neg_margin: float = Field(1.0, gt=0, le=MAX_BATCH_MARGIN,
+                              description="the distance beyond which a negative pair costs nothing (PML's default 1)")
+
+
+def _batch_contrastive_reference(embeddings: torch.Tensor, labels: torch.Tensor, pos_margin: float = 0.0,
+                                 neg_margin: float = 1.0, mining: str = "all", mining_margin: float = 0.2,
+                                 normalize: bool = True, reduction: str = "mean_nonzero") -> torch.Tensor:
+    """pytorch-metric-learning's ContrastiveLoss (with its miner) in plain torch: the pair lists
+    (lmu.get_all_pairs_indices, or a miner's triplets (a, p, n) as pairs (a, p) and (a, n)), each
+    part reduced apart, the two summed (losses/contrastive_loss.py, reducers/multiple_reducers.py)."""
+    x = F.normalize(embeddings, p=2, dim=1) if normalize else embeddings
+    distance = torch.cdist(x, x)
+    if mining == "all":
+        same = labels[:, None] == labels[None, :]
+        a1, p = torch.where(same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device))
+        a2, n = torch.where(~same)
+    else:
+        a1, p, n = _triplet_indices(distance, labels, mining, mining_margin)
+        a2 = a1
+    near = F.relu(distance[a1, p] - pos_margin)
+    far = F.relu(neg_margin - distance[a2, n])
+    return _reference_reduce(near, reduction, embeddings) + _reference_reduce(far, reduction, embeddings)
+
+
+def _batch_contrastive_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: ContrastiveLoss and its miners, pytorch-metric-learning's algorithm written out
+    (tests/test_metric_learning_depth.py checks against the package itself)."""
+    n = _batch_size(s)
+    specs = {
+        "batch_contrastive()": {},
+        "batch_contrastive(mining=batch_hard, pos_margin=0.2, neg_margin=0.8)": {"mining": "batch_hard", "pos_margin": 0.2, "neg_margin": 0.8},
+        "batch_contrastive(mining=semi_hard, mining_margin=0.3)": {"mining": "semi_hard", "mining_margin": 0.3},
+        "batch_contrastive(normalize=false, neg_margin=2.0, reduction=mean)": {"normalize": False, "neg_margin": 2.0, "reduction": "mean"},
+    }
+    return [parity.Case(spec, parity.shape(n, s.embed), _batch_inputs(s),
+                        functools.partial(_batch_contrastive_reference, **options), grad=("embeddings",),
+                        note="PML's ContrastiveLoss in plain torch", variant=options.get("mining", "all"))
+            for spec, options in specs.items()]
+
+
+@register(
+    "batch_contrastive",
+    BatchContrastiveParams,
+    "Contrastive loss over the pairs of a labelled batch, as pytorch-metric-learning's ContrastiveLoss.",
+    example="batch_contrastive(embeddings=z, labels=y, pos_margin=0.1, neg_margin=0.9)",
+    shapes={"embeddings": ("N", "D")},
+    cases=_batch_contrastive_cases,
+)
+class BatchContrastive(_BatchTerm):
+    """pytorch-metric-learning's margin form over pairs formed inside the batch:
+    ``relu(d - pos_margin)`` for each positive pair (one label, two samples) and
+    ``relu(neg_margin - d)`` for each negative pair (two labels), each part reduced apart (by default
+    the mean of its losses above 0) and the two parts summed, as PML's ``ContrastiveLoss`` does.
+    ``d`` is as in ``batch_triplet``. ``contrastive`` is the other form: given pairs, Hadsell et
+    al.'s squared ``same * d^2 + (1 - same) * relu(margin - d)^2``.
+
+    ``mining=all`` takes every ordered pair ((i, j) and (j, i) both, as PML lists them); with
+    ``batch_hard`` or ``semi_hard`` the pairs are those of the mined triplets (a, p, n): (a, p) and
+    (a, n), a pair counted as often as a triplet holds it, as PML turns a miner's triplets into pairs.
+    One deliberate difference: PML returns 0 when each of its pair lists holds at most one pair
+    (one mined triplet, say); lossdsl scores that pair."""
+
+    def __init__(self, params: BatchContrastiveParams):
+        super().__init__(params)
+        self.pos_margin, self.neg_margin = params.pos_margin, params.neg_margin
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        distance, positive, negative = self._distances(embeddings, labels)
+        if self.mining == "all":
+            pos_counts, neg_counts = positive, negative
+        elif self.mining == "batch_hard":
+            farthest, nearest, valid = self._hardest(distance, positive, negative)
+            columns = torch.arange(distance.shape[0], device=distance.device)[None, :]
+            pos_counts = (columns == farthest[:, None]) & valid[:, None]
+            neg_counts = (columns == nearest[:, None]) & valid[:, None]
+        else:  # how many mined triplets hold each pair
+            triplets = self._triplets(distance, positive, negative)
+            pos_counts, neg_counts = triplets.sum(dim=2), triplets.sum(dim=1)
+        near = F.relu(distance - self.pos_margin)
+        far = F.relu(self.neg_margin - distance)
+        total = self._average(near, pos_counts.to(near.dtype)) + self._average(far, neg_counts.to(far.dtype))
+        return total.to(embeddings.dtype)
