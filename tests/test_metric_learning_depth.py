@@ -310,3 +310,64 @@ def test_triplet_swap_changes_the_loss_only_where_the_positive_is_nearer_the_neg
     swapped = lossdsl.compile("triplet(swap=true)")(anchor=a, positive=p, negative=n)
     torch.testing.assert_close(plain, torch.tensor(0.0), atol=1e-5, rtol=0)
     torch.testing.assert_close(swapped, torch.tensor(2.0), atol=1e-5, rtol=0)
+
+
+# -- docs/coming_from.md: each row of the pytorch-metric-learning table gives the peer's number -----
+
+
+def _pml_rows() -> dict[str, str]:
+    """The section's table: peer call (as written, backticks and all) -> the lossdsl spec."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "coming_from.md").read_text()
+    section = text.split("## pytorch-metric-learning\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            peer, spec = [cell.strip() for cell in line.strip("|").split(" | ")][:2]
+            rows[peer] = spec.strip("`")
+    return rows
+
+
+def _mined(loss, miner):
+    return lambda z, y: loss(z, y, miner(z, y))
+
+
+_SEMI_HARD = miners.TripletMarginMiner(margin=0.3, type_of_triplets="semihard")
+PEERS = {  # the rows' peer calls, called as PML (embeddings, labels) or torch (anchor, positive, negative)
+    "`TripletMarginLoss()`": losses.TripletMarginLoss(),
+    "`TripletMarginLoss(margin=0.2)` with `BatchHardMiner()`": _mined(losses.TripletMarginLoss(margin=0.2), miners.BatchHardMiner()),
+    '`TripletMarginLoss(margin=0.2)` with `TripletMarginMiner(margin=0.3, type_of_triplets="semihard")`':
+        _mined(losses.TripletMarginLoss(margin=0.2), _SEMI_HARD),
+    "`TripletMarginLoss(margin=0.1, swap=True)`": losses.TripletMarginLoss(margin=0.1, swap=True),
+    "`TripletMarginLoss(distance=LpDistance(normalize_embeddings=False))`":
+        losses.TripletMarginLoss(distance=distances.LpDistance(normalize_embeddings=False)),
+    "`TripletMarginLoss(reducer=MeanReducer())`": losses.TripletMarginLoss(reducer=reducers.MeanReducer()),
+    "`TripletMarginLoss(reducer=SumReducer())`": losses.TripletMarginLoss(reducer=reducers.SumReducer()),
+    "`ContrastiveLoss()`": losses.ContrastiveLoss(),
+    "`ContrastiveLoss(pos_margin=0.1, neg_margin=0.9)` with `BatchHardMiner()`":
+        _mined(losses.ContrastiveLoss(pos_margin=0.1, neg_margin=0.9), miners.BatchHardMiner()),
+    '`ContrastiveLoss()` with `TripletMarginMiner(type_of_triplets="semihard")`':
+        _mined(losses.ContrastiveLoss(), miners.TripletMarginMiner(type_of_triplets="semihard")),
+    "`F.triplet_margin_loss(anchor, positive, negative)`": F.triplet_margin_loss,
+    "`F.triplet_margin_loss(anchor, positive, negative, margin=0.5, p=1, swap=True)`":
+        lambda anchor, positive, negative: F.triplet_margin_loss(anchor, positive, negative, margin=0.5, p=1, swap=True),
+}
+
+
+def test_the_docs_table_lists_the_rows_this_test_checks():
+    assert set(_pml_rows()) == set(PEERS)
+
+
+@pytest.mark.parametrize("peer", list(PEERS))
+def test_each_docs_row_gives_the_peers_number(peer):
+    spec = _pml_rows()[peer]
+    loss_fn = lossdsl.compile(spec)
+    if peer.startswith("`F."):
+        g = torch.Generator().manual_seed(21)
+        anchor, positive, negative = (torch.randn(16, 5, generator=g) for _ in range(3))
+        torch.testing.assert_close(loss_fn(anchor=anchor, positive=positive, negative=negative),
+                                   PEERS[peer](anchor, positive, negative), **TOLERANCE)
+        return
+    x, y = embeddings_and_labels(32, 4, seed=22)
+    assert_same(lambda e: loss_fn(embeddings=e, labels=y), lambda e: PEERS[peer](e, y), x)
