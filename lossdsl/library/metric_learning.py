@@ -55,7 +55,8 @@ def _contrastive_cases(s: parity.Sizes) -> list[parity.Case]:
 class Contrastive(Term):
     """Euclidean distance ``d`` per pair, over every dimension but the first (``[N]`` embeddings are
     numbers, ``d = |a - b|``); the square is taken without a square root, so equal embeddings are smooth.
-    ``reduction=none`` gives one loss per pair ``[N]``."""
+    ``reduction=none`` gives one loss per pair ``[N]``. pytorch-metric-learning's ``ContrastiveLoss`` is
+    another form, not squared, with two margins, over the pairs of a labelled batch: ``batch_contrastive``."""
 
     per_sample = True
 
