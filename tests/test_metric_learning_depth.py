@@ -278,6 +278,26 @@ def test_batch_contrastive_without_a_valid_pair_is_finite_with_finite_gradient(m
         torch.testing.assert_close(loss, theirs(x, y, None if miner is None else miner(x, y)).to(loss.dtype))
 
 
+
+@pytest.mark.parametrize("loss_name", ["triplet", "contrastive"])
+@pytest.mark.parametrize("mining", ["all", "batch_hard", "semi_hard"])
+def test_repeated_and_zero_embeddings_match_pml(mining, loss_name):
+    """Ties in the distances (repeated embeddings: batch_hard's farthest and nearest are picked as PML's
+    torch.max picks them), distance 0 (cdist's gradient there is 0, not NaN) and a zero embedding
+    (unit length by F.normalize's eps)."""
+    g = torch.Generator().manual_seed(31)
+    base = torch.randn(4, 3, generator=g)
+    x = torch.cat([base, base, base[:2], torch.zeros(1, 3)])
+    y = torch.tensor([0, 1, 2, 0, 0, 1, 2, 0, 1, 2, 1])
+    if loss_name == "triplet":
+        ours = lossdsl.compile(f"batch_triplet(mining={mining}, margin=0.3)")
+        theirs = losses.TripletMarginLoss(margin=0.3)
+    else:
+        ours = lossdsl.compile(f"batch_contrastive(mining={mining}, pos_margin=0.1)")
+        theirs = losses.ContrastiveLoss(pos_margin=0.1)
+    assert_same(lambda e: ours(embeddings=e, labels=y), pml_loss(theirs, y, pml_miner(mining, True)), x)
+
+
 # -- triplet(swap=true) ---------------------------------------------------------------------------
 
 

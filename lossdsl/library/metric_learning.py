@@ -373,14 +373,21 @@ class _BatchTerm(Term):
         nearest = d.masked_fill(~negative, float("inf")).min(dim=1).indices
         return farthest, nearest, positive.any(dim=1) & negative.any(dim=1)
 
-    def _average(self, losses: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """The chosen losses reduced: ``counts`` says how often each entry of ``losses`` is chosen
-        (0 where it is not), so a pair that several triplets share counts as often as it is listed."""
-        total = (losses * counts).sum()
+    def _average(self, losses: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """The chosen losses reduced. ``chosen`` is a mask, or counts of how often each entry of
+        ``losses`` is chosen (0 where it is not): a pair that several triplets share counts as often
+        as it is listed. Counts are summed as integers, exactly."""
+        if chosen.dtype == torch.bool:
+            kept = torch.where(chosen, losses, 0.0)
+            above_zero = kept > 0
+        else:
+            kept = losses * chosen.to(losses.dtype)
+            above_zero = chosen * (losses > 0)
+        total = kept.sum()
         if self.reduction == "sum":
             return total
-        chosen = counts * (losses > 0) if self.reduction == "mean_nonzero" else counts
-        return safe_divide(total, chosen.sum())
+        count = above_zero.sum() if self.reduction == "mean_nonzero" else chosen.sum()
+        return safe_divide(total, count.to(total.dtype))
 
 
 class BatchTripletParams(_BatchParams):
@@ -498,8 +505,8 @@ class BatchTriplet(_BatchTerm):
             near, far = distance[:, :, None], distance[:, None, :]
             if self.swap:  # d_pn of triplet (a, p, n) is distance[p, n]
                 far = torch.minimum(far, distance[None, :, :])
-        losses = F.relu(near - far + self.margin)
-        return self._average(losses, counts.to(losses.dtype)).to(embeddings.dtype)
+        losses = F.relu((near + self.margin) - far)  # the margin added to [N, N, 1], not to [N, N, N]
+        return self._average(losses, counts).to(embeddings.dtype)
 
 
 class BatchContrastiveParams(_BatchParams):
@@ -585,5 +592,5 @@ class BatchContrastive(_BatchTerm):
             pos_counts, neg_counts = triplets.sum(dim=2), triplets.sum(dim=1)
         near = F.relu(distance - self.pos_margin)
         far = F.relu(self.neg_margin - distance)
-        total = self._average(near, pos_counts.to(near.dtype)) + self._average(far, neg_counts.to(far.dtype))
+        total = self._average(near, pos_counts) + self._average(far, neg_counts)
         return total.to(embeddings.dtype)
