@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from .. import parity
-from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, register
+from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, accumulation_dtype, register, safe_divide
 
 #: A pair costs up to margin^2: 1e30, which a float32 sum of 3e8 pairs still holds.
 MAX_CONTRASTIVE_MARGIN = 1e15
@@ -51,7 +55,8 @@ def _contrastive_cases(s: parity.Sizes) -> list[parity.Case]:
 class Contrastive(Term):
     """Euclidean distance ``d`` per pair, over every dimension but the first (``[N]`` embeddings are
     numbers, ``d = |a - b|``); the square is taken without a square root, so equal embeddings are smooth.
-    ``reduction=none`` gives one loss per pair ``[N]``."""
+    ``reduction=none`` gives one loss per pair ``[N]``. pytorch-metric-learning's ``ContrastiveLoss`` is
+    another form, not squared, with two margins, over the pairs of a labelled batch: ``batch_contrastive``."""
 
     per_sample = True
 
@@ -87,6 +92,8 @@ class TripletParams(TermParams):
     margin: float = Field(1.0, gt=0, description="the required gap between the two distances")
     p: PositiveInt = Field(2, description="the norm of the distance (any p: beyond 2 it is computed scaled by "
                            "the largest coordinate, so no power of a distance can overflow)")
+    swap: bool = Field(False, description="use the positive-negative distance instead of the anchor-negative one "
+                       "where it is smaller (F.triplet_margin_loss(swap=True), the distance swap of Balntas et al.)")
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -97,18 +104,25 @@ def _triplet_cases(s: parity.Sizes) -> list[parity.Case]:
     return [parity.Case("triplet()", parity.shape(n, d),
                         parity.inputs(anchor=parity.randn(n, d), positive=parity.randn(n, d), negative=parity.randn(n, d)),
                         lambda anchor, positive, negative: F.triplet_margin_loss(anchor, positive, negative),
-                        grad=("anchor", "positive", "negative"), one_call=True)]
+                        grad=("anchor", "positive", "negative"), one_call=True),
+            parity.Case("triplet(margin=0.5, swap=true)", parity.shape(n, d),
+                        parity.inputs(anchor=parity.randn(n, d), positive=parity.randn(n, d), negative=parity.randn(n, d)),
+                        lambda anchor, positive, negative: F.triplet_margin_loss(anchor, positive, negative, margin=0.5, swap=True),
+                        grad=("anchor", "positive", "negative"), one_call=True, variant="swap")]
 
 
 @register("triplet", TripletParams, "Triplet margin loss, as F.triplet_margin_loss.", example="triplet(margin=0.5)", cases=_triplet_cases)
 class Triplet(Term):
-    """``reduction=none`` gives one loss per triplet ``[N]``, as torch's."""
+    """``reduction=none`` gives one loss per triplet ``[N]``, as torch's. ``swap=true`` is torch's
+    distance swap: ``d(positive, negative)`` replaces ``d(anchor, negative)`` where it is smaller.
+    For triplets formed from labels inside a batch, as pytorch-metric-learning does, see
+    ``batch_triplet``."""
 
     per_sample = True
 
     def __init__(self, params: TripletParams):
         super().__init__()
-        self.margin, self.p, self.reduction = params.margin, params.p, params.reduction
+        self.margin, self.p, self.reduction, self.swap = params.margin, params.p, params.reduction, params.swap
 
     def forward(
         self,
@@ -127,7 +141,8 @@ class Triplet(Term):
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(3, sample_weight, anchor.shape[0], anchor.dtype)
         if sample_weight is None and anchor.shape[0] and self.p <= 2:
-            return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, reduction=self.reduction)
+            return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, swap=self.swap,
+                                         reduction=self.reduction)
         losses = self._losses(anchor, positive, negative)
         return self.reduce(losses, sample_weight, parts)
 
@@ -135,8 +150,11 @@ class Triplet(Term):
         """Per-triplet losses: ``F.triplet_margin_loss``'s, whose p-norm overflows beyond p = 2 (``|d|^100``
         is inf in float32 from |d| = 2.5), so there the norm is taken scaled."""
         if self.p <= 2:
-            return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, reduction="none")
+            return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, swap=self.swap,
+                                         reduction="none")
         near, far = _scaled_distance(anchor, positive, self.p), _scaled_distance(anchor, negative, self.p)
+        if self.swap:
+            far = torch.minimum(far, _scaled_distance(positive, negative, self.p))
         return torch.clamp_min(self.margin + near - far, 0)
 
 
@@ -262,3 +280,317 @@ class MarginRanking(Term):
             sample_weight = self.expect_sample_weight(3, sample_weight, self.batch_size(0, x1), x1.dtype)
         losses = F.margin_ranking_loss(x1, x2, y.to(x1.dtype), margin=self.margin, reduction="none")
         return self.reduce(losses, sample_weight, parts)
+
+
+# -- Pairs and triplets formed inside the batch, from labels (pytorch-metric-learning's way) ---------
+
+#: How the batch's pairs and triplets are chosen from its labels.
+Mining = Literal["all", "batch_hard", "semi_hard"]
+#: How the chosen pairs' or triplets' losses are averaged.
+BatchReduction = Annotated[
+    Literal["mean_nonzero", "mean", "sum"],
+    Field(description="mean_nonzero: the mean of the losses above 0 (pytorch-metric-learning's "
+          "AvgNonZeroReducer, its default), 0 when none is; mean: over every chosen pair or triplet "
+          "(MeanReducer); sum (SumReducer)"),
+]
+#: The largest margin: a batch of 256 holds 1.6e7 triplets, whose summed margins float32 still holds.
+MAX_BATCH_MARGIN = 1e15
+
+
+class _BatchParams(TermParams):
+    embeddings: InputOf("embedding", "real") = Field("embeddings", description="one embedding per sample [N, D]")
+    labels: InputOf("labels", "binary", "group") = Field(
+        "labels", description="each sample's class [N]: samples of one class make positive pairs, of two classes negative ones")
+    mining: Mining = Field(
+        "all", description="all: every valid pair or triplet (pytorch-metric-learning without a miner); "
+        "batch_hard: each anchor's farthest positive and nearest negative (BatchHardMiner); "
+        "semi_hard: the triplets with d_ap < d_an <= d_ap + mining_margin "
+        "(TripletMarginMiner(type_of_triplets=\"semihard\"))")
+    mining_margin: float = Field(
+        0.2, gt=0, le=MAX_BATCH_MARGIN,
+        description="semi_hard's window above d_ap (TripletMarginMiner's margin, whose default is 0.2); "
+        "only with mining=semi_hard")
+    normalize: bool = Field(
+        True, description="scale each embedding to unit length before the distances, as pytorch-metric-learning's "
+        "default LpDistance(normalize_embeddings=True) does; false: raw Euclidean distances")
+    reduction: BatchReduction = "mean_nonzero"
+
+    @model_validator(mode="after")
+    def _mining_margin_needs_semi_hard(self) -> "_BatchParams":
+        if "mining_margin" in self.model_fields_set and self.mining != "semi_hard":
+            raise ValueError("mining_margin is the window of mining=semi_hard; give mining=semi_hard too, or leave it out")
+        return self
+
+
+class _BatchTerm(Term):
+    """Shared by ``batch_triplet`` and ``batch_contrastive``: the inputs' checks, the distances and
+    the chosen triplets, all as masks over the batch (no boolean indexing of data-dependent size,
+    no host synchronisation)."""
+
+    def __init__(self, params: _BatchParams):
+        super().__init__()
+        self.mining, self.mining_margin = params.mining, params.mining_margin
+        self.normalize, self.reduction = params.normalize, params.reduction
+
+    def _distances(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The [N, N] Euclidean distances (in float32 at least) and the masks of positive pairs
+        (one class, two samples) and negative pairs (two classes)."""
+        self.expect_float(0, embeddings)
+        if embeddings.dim() != 2:
+            self.fail(0, f"expected embeddings [N, D], got shape {tuple(embeddings.shape)}")
+        n = embeddings.shape[0]
+        self.expect_real(1, labels)
+        if labels.shape != (n,):
+            self.fail(1, f"expected one label per embedding, of shape ({n},), got {tuple(labels.shape)}")
+        x = embeddings.to(accumulation_dtype(embeddings.dtype))
+        if self.normalize:
+            x = F.normalize(x, p=2, dim=1)
+        # cdist, as pytorch-metric-learning's LpDistance: its gradient is 0, not NaN, at distance 0.
+        distance = torch.cdist(x, x)
+        same = labels[:, None] == labels[None, :]
+        positive = same & ~torch.eye(n, dtype=torch.bool, device=labels.device)
+        return distance, positive, ~same
+
+    def _triplets(self, distance: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        """[N, N, N] bool, (anchor, positive, negative): the triplets that mining=all or semi_hard keeps.
+        Semi-hard is judged on the distances without their gradient, as a miner does."""
+        chosen = positive[:, :, None] & negative[:, None, :]
+        if self.mining == "semi_hard":
+            d = distance.detach()
+            gap = d[:, None, :] - d[:, :, None]  # d_an - d_ap
+            chosen = chosen & (gap > 0) & (gap <= self.mining_margin)
+        return chosen
+
+    @staticmethod
+    def _hardest(distance: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """batch_hard: each anchor's farthest positive and nearest negative (their indices [N]), and
+        whether it has both (BatchHardMiner leaves out the anchors that have not)."""
+        d = distance.detach()
+        if d.shape[0] == 0:  # max over an empty row raises; an empty batch has no anchor
+            empty = torch.zeros(0, dtype=torch.long, device=d.device)
+            return empty, empty, positive.any(dim=1)
+        farthest = d.masked_fill(~positive, float("-inf")).max(dim=1).indices
+        nearest = d.masked_fill(~negative, float("inf")).min(dim=1).indices
+        return farthest, nearest, positive.any(dim=1) & negative.any(dim=1)
+
+    def _average(self, losses: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """The chosen losses reduced. ``chosen`` is a mask, or counts of how often each entry of
+        ``losses`` is chosen (0 where it is not): a pair that several triplets share counts as often
+        as it is listed. Counts are summed as integers, exactly."""
+        if chosen.dtype == torch.bool:
+            kept = torch.where(chosen, losses, 0.0)
+            above_zero = kept > 0
+        else:
+            kept = losses * chosen.to(losses.dtype)
+            above_zero = chosen * (losses > 0)
+        total = kept.sum()
+        if self.reduction == "sum":
+            return total
+        count = above_zero.sum() if self.reduction == "mean_nonzero" else chosen.sum()
+        return safe_divide(total, count.to(total.dtype))
+
+
+class BatchTripletParams(_BatchParams):
+    margin: float = Field(0.05, gt=0, le=MAX_BATCH_MARGIN,
+                          description="the required gap d_an - d_ap (pytorch-metric-learning's default 0.05)")
+    swap: bool = Field(False, description="use d_pn instead of d_an where it is smaller (the distance swap of "
+                       "Balntas et al.; TripletMarginLoss(swap=True), F.triplet_margin_loss(swap=True))")
+
+
+def _triplet_indices(distance: torch.Tensor, labels: torch.Tensor, mining: str, mining_margin: float) -> tuple[torch.Tensor, ...]:
+    """The reference's (anchor, positive, negative) index lists, pytorch-metric-learning's way
+    (lmu.get_all_triplets_indices, TripletMarginMiner, BatchHardMiner): torch.where on the masks."""
+    same = labels[:, None] == labels[None, :]
+    positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    if mining == "batch_hard":
+        d = distance.detach()
+        far = torch.where(positive, d, float("-inf")).max(dim=1)
+        near = torch.where(~same, d, float("inf")).min(dim=1)
+        (anchor,) = torch.where(positive.any(dim=1) & (~same).any(dim=1))
+        return anchor, far.indices[anchor], near.indices[anchor]
+    anchor, pos, neg = torch.where(positive[:, :, None] & ~same[:, None, :])
+    if mining == "semi_hard":
+        gap = (distance[anchor, neg] - distance[anchor, pos]).detach()
+        keep = (gap > 0) & (gap <= mining_margin)
+        anchor, pos, neg = anchor[keep], pos[keep], neg[keep]
+    return anchor, pos, neg
+
+
+def _reference_reduce(losses: torch.Tensor, reduction: str, embeddings: torch.Tensor) -> torch.Tensor:
+    """pytorch-metric-learning's reducers on a list of losses (0 * embeddings for none)."""
+    if reduction == "mean_nonzero":
+        losses = losses[losses > 0]
+    if reduction == "sum":
+        return losses.sum() + (embeddings * 0).sum()
+    return losses.mean() if len(losses) else (embeddings * 0).sum()
+
+
+def _batch_triplet_reference(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.05, mining: str = "all",
+                             mining_margin: float = 0.2, swap: bool = False, normalize: bool = True,
+                             reduction: str = "mean_nonzero") -> torch.Tensor:
+    """pytorch-metric-learning's TripletMarginLoss (with its miner) in plain torch: index lists, then
+    the losses of those triplets, then the reducer (losses/triplet_margin_loss.py)."""
+    x = F.normalize(embeddings, p=2, dim=1) if normalize else embeddings
+    distance = torch.cdist(x, x)
+    anchor, pos, neg = _triplet_indices(distance, labels, mining, mining_margin)
+    near, far = distance[anchor, pos], distance[anchor, neg]
+    if swap:
+        far = torch.min(far, distance[pos, neg])
+    return _reference_reduce(F.relu(near - far + margin), reduction, embeddings)
+
+
+def _batch_size(s: parity.Sizes) -> int:
+    """mining=all and semi_hard hold [N, N, N] triplets: the batches of metric learning (PML's
+    examples use 32 to 256), not the benchmark's largest."""
+    return min(s.n, 256)
+
+
+def _batch_inputs(s: parity.Sizes) -> Callable[[torch.Generator], parity.Inputs]:
+    n = _batch_size(s)
+    return parity.inputs(embeddings=parity.randn(n, s.embed), labels=parity.labels(n, classes=s.classes))
+
+
+def _batch_triplet_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: TripletMarginLoss and its miners, pytorch-metric-learning's algorithm written out
+    (tests/test_metric_learning_depth.py checks against the package itself)."""
+    n = _batch_size(s)
+    note = "PML's TripletMarginLoss in plain torch"
+    specs = {
+        "batch_triplet()": {},
+        "batch_triplet(mining=batch_hard, margin=0.2)": {"mining": "batch_hard", "margin": 0.2},
+        "batch_triplet(mining=semi_hard, margin=0.2, swap=true)": {"mining": "semi_hard", "margin": 0.2, "swap": True},
+        "batch_triplet(normalize=false, margin=1.0, reduction=mean)": {"normalize": False, "margin": 1.0, "reduction": "mean"},
+    }
+    return [parity.Case(spec, parity.shape(n, s.embed), _batch_inputs(s),
+                        functools.partial(_batch_triplet_reference, **options), grad=("embeddings",), note=note,
+                        variant=options.get("mining", "all"))
+            for spec, options in specs.items()]
+
+
+@register(
+    "batch_triplet",
+    BatchTripletParams,
+    "Triplet margin loss over the triplets of a labelled batch, as pytorch-metric-learning's TripletMarginLoss.",
+    example="batch_triplet(embeddings=z, labels=y, mining=semi_hard, margin=0.2)",
+    shapes={"embeddings": ("N", "D")},
+    cases=_batch_triplet_cases,
+)
+class BatchTriplet(_BatchTerm):
+    """``relu(d_ap - d_an + margin)`` for triplets (anchor, positive, negative) formed inside the
+    batch: the positive shares the anchor's label, the negative does not. ``d`` is the Euclidean
+    distance of the embeddings scaled to unit length (``normalize=false``: as given). The defaults are
+    pytorch-metric-learning's: ``batch_triplet()`` is ``TripletMarginLoss()`` (``margin=0.05``, every
+    triplet, the mean of the losses above 0); ``triplet`` takes the three embeddings itself, with
+    torch's defaults (``margin=1``, mean over all).
+
+    ``mining=all`` and ``semi_hard`` hold ``[N, N, N]`` masks and losses (16.7 million entries at
+    N = 256); ``batch_hard`` holds ``[N, N]``. A batch without a valid triplet (one class, or one
+    sample per class for the positives) gives 0 with zero gradients. As in a miner, the choice of
+    triplets takes no gradient; the losses do."""
+
+    def __init__(self, params: BatchTripletParams):
+        super().__init__(params)
+        self.margin, self.swap = params.margin, params.swap
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        distance, positive, negative = self._distances(embeddings, labels)
+        if self.mining == "batch_hard":
+            farthest, nearest, counts = self._hardest(distance, positive, negative)
+            near = distance.gather(1, farthest[:, None])[:, 0]
+            far = distance.gather(1, nearest[:, None])[:, 0]
+            if self.swap:
+                far = torch.minimum(far, distance[farthest, nearest])
+        else:
+            counts = self._triplets(distance, positive, negative)
+            near, far = distance[:, :, None], distance[:, None, :]
+            if self.swap:  # d_pn of triplet (a, p, n) is distance[p, n]
+                far = torch.minimum(far, distance[None, :, :])
+        losses = F.relu((near + self.margin) - far)  # the margin added to [N, N, 1], not to [N, N, N]
+        return self._average(losses, counts).to(embeddings.dtype)
+
+
+class BatchContrastiveParams(_BatchParams):
+    pos_margin: float = Field(0.0, ge=0, le=MAX_BATCH_MARGIN,
+                              description="the distance below which a positive pair costs nothing (PML's default 0)")
+    neg_margin: float = Field(1.0, gt=0, le=MAX_BATCH_MARGIN,
+                              description="the distance beyond which a negative pair costs nothing (PML's default 1)")
+
+
+def _batch_contrastive_reference(embeddings: torch.Tensor, labels: torch.Tensor, pos_margin: float = 0.0,
+                                 neg_margin: float = 1.0, mining: str = "all", mining_margin: float = 0.2,
+                                 normalize: bool = True, reduction: str = "mean_nonzero") -> torch.Tensor:
+    """pytorch-metric-learning's ContrastiveLoss (with its miner) in plain torch: the pair lists
+    (lmu.get_all_pairs_indices, or a miner's triplets (a, p, n) as pairs (a, p) and (a, n)), each
+    part reduced apart, the two summed (losses/contrastive_loss.py, reducers/multiple_reducers.py)."""
+    x = F.normalize(embeddings, p=2, dim=1) if normalize else embeddings
+    distance = torch.cdist(x, x)
+    if mining == "all":
+        same = labels[:, None] == labels[None, :]
+        a1, p = torch.where(same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device))
+        a2, n = torch.where(~same)
+    else:
+        a1, p, n = _triplet_indices(distance, labels, mining, mining_margin)
+        a2 = a1
+    near = F.relu(distance[a1, p] - pos_margin)
+    far = F.relu(neg_margin - distance[a2, n])
+    return _reference_reduce(near, reduction, embeddings) + _reference_reduce(far, reduction, embeddings)
+
+
+def _batch_contrastive_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: ContrastiveLoss and its miners, pytorch-metric-learning's algorithm written out
+    (tests/test_metric_learning_depth.py checks against the package itself)."""
+    n = _batch_size(s)
+    specs = {
+        "batch_contrastive()": {},
+        "batch_contrastive(mining=batch_hard, pos_margin=0.2, neg_margin=0.8)": {"mining": "batch_hard", "pos_margin": 0.2, "neg_margin": 0.8},
+        "batch_contrastive(mining=semi_hard, mining_margin=0.3)": {"mining": "semi_hard", "mining_margin": 0.3},
+        "batch_contrastive(normalize=false, neg_margin=2.0, reduction=mean)": {"normalize": False, "neg_margin": 2.0, "reduction": "mean"},
+    }
+    return [parity.Case(spec, parity.shape(n, s.embed), _batch_inputs(s),
+                        functools.partial(_batch_contrastive_reference, **options), grad=("embeddings",),
+                        note="PML's ContrastiveLoss in plain torch", variant=options.get("mining", "all"))
+            for spec, options in specs.items()]
+
+
+@register(
+    "batch_contrastive",
+    BatchContrastiveParams,
+    "Contrastive loss over the pairs of a labelled batch, as pytorch-metric-learning's ContrastiveLoss.",
+    example="batch_contrastive(embeddings=z, labels=y, pos_margin=0.1, neg_margin=0.9)",
+    shapes={"embeddings": ("N", "D")},
+    cases=_batch_contrastive_cases,
+)
+class BatchContrastive(_BatchTerm):
+    """pytorch-metric-learning's margin form over pairs formed inside the batch:
+    ``relu(d - pos_margin)`` for each positive pair (one label, two samples) and
+    ``relu(neg_margin - d)`` for each negative pair (two labels), each part reduced apart (by default
+    the mean of its losses above 0) and the two parts summed, as PML's ``ContrastiveLoss`` does.
+    ``d`` is as in ``batch_triplet``. ``contrastive`` is the other form: given pairs, Hadsell et
+    al.'s squared ``same * d^2 + (1 - same) * relu(margin - d)^2``.
+
+    ``mining=all`` takes every ordered pair ((i, j) and (j, i) both, as PML lists them); with
+    ``batch_hard`` or ``semi_hard`` the pairs are those of the mined triplets (a, p, n): (a, p) and
+    (a, n), a pair counted as often as a triplet holds it, as PML turns a miner's triplets into pairs.
+    One deliberate difference: PML returns 0 when each of its pair lists holds at most one pair
+    (one mined triplet, say); lossdsl scores that pair."""
+
+    def __init__(self, params: BatchContrastiveParams):
+        super().__init__(params)
+        self.pos_margin, self.neg_margin = params.pos_margin, params.neg_margin
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        distance, positive, negative = self._distances(embeddings, labels)
+        if self.mining == "all":
+            pos_counts, neg_counts = positive, negative
+        elif self.mining == "batch_hard":
+            farthest, nearest, valid = self._hardest(distance, positive, negative)
+            columns = torch.arange(distance.shape[0], device=distance.device)[None, :]
+            pos_counts = (columns == farthest[:, None]) & valid[:, None]
+            neg_counts = (columns == nearest[:, None]) & valid[:, None]
+        else:  # how many mined triplets hold each pair
+            triplets = self._triplets(distance, positive, negative)
+            pos_counts, neg_counts = triplets.sum(dim=2), triplets.sum(dim=1)
+        near = F.relu(distance - self.pos_margin)
+        far = F.relu(self.neg_margin - distance)
+        total = self._average(near, pos_counts) + self._average(far, neg_counts)
+        return total.to(embeddings.dtype)
