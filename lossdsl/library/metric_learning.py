@@ -14,8 +14,11 @@ from pydantic import Field, PositiveInt, model_validator
 from .. import parity
 from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, accumulation_dtype, register, safe_divide
 
-#: A pair costs up to margin^2: 1e30, which a float32 sum of 3e8 pairs still holds.
+#: margin_ranking's margin: a pair costs up to about the margin, which a float32 sum still holds.
 MAX_CONTRASTIVE_MARGIN = 1e15
+#: contrastive's: a pair costs up to margin^2 (1e12), and ``augmented`` squares the summed loss
+#: again; a distance margin beyond 1e6 is a mistake of units, not a setting.
+MAX_SQUARED_MARGIN = 1e6
 
 
 class ContrastiveParams(TermParams):
@@ -23,9 +26,9 @@ class ContrastiveParams(TermParams):
     b: InputOf("embedding", "real") = Field("b", description="second embedding of each pair, of a's shape")
     same: InputOf("binary", "labels", "mask") = Field("same", description="1 where the pair should match, 0 where it should not [N]")
     margin: float = Field(
-        1.0, gt=0, le=MAX_CONTRASTIVE_MARGIN,
-        description="distance beyond which dissimilar pairs cost nothing; at most 1e15, so that the squared "
-        "margin summed over a batch stays within float32",
+        1.0, gt=0, le=MAX_SQUARED_MARGIN,
+        description="distance beyond which dissimilar pairs cost nothing; at most 1e6, so that the squared "
+        "margin summed over a batch, and squared again by a constraint's `augmented` term, stays within float32",
     )
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
