@@ -1,0 +1,293 @@
+"""``lossdsl advise``: each rule on data built to trigger it and on data built not to, every spec
+it writes checked and compiled (and called on synthetic inputs), and bad input as exit 2 + one line.
+
+Expected values are derived here from their definitions (AutoGluon's thresholds, Cui et al.'s
+effective number, scipy's MAD and kurtosis), never copied from advise's own output."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import lossdsl
+from lossdsl import cli
+from lossdsl.advise import CLASS_BALANCED_BETA, HUBER_K, advise, infer_task, parse_metric
+from lossdsl.datafiles import DataError, read_table
+from lossdsl.synthetic import synthetic_inputs
+
+
+def assert_valid(spec: str) -> lossdsl.LossModule:
+    """The spec passes the checks, compiles, and its module gives a finite loss with a gradient on
+    synthetic inputs of its declared kinds and shapes."""
+    plan = lossdsl.check(lossdsl.parse(spec), spec)
+    assert not [w for w in plan.warnings if w.code != "W003"], plan.warnings
+    loss_fn = lossdsl.compile(spec)
+    inputs = synthetic_inputs(loss_fn.plan)
+    pred = inputs["pred"].requires_grad_(True)
+    value = loss_fn(**inputs)
+    assert torch.isfinite(value)
+    value.backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all()
+    return loss_fn
+
+
+def reason(advice, rule: str):
+    found = [r for r in advice.reasons if r.rule == rule]
+    assert found, f"no reason for {rule!r}: {advice.reasons}"
+    return found[-1]
+
+
+def data_term(advice) -> str:
+    match = re.search(r"^let data = (.*)$", advice.spec, re.M)
+    assert match, advice.spec
+    return match.group(1)
+
+
+def number_list(text: str, key: str) -> list[float]:
+    match = re.search(rf"{key}=\[([^\]]*)\]", text)
+    assert match, text
+    return [float(v) for v in match.group(1).split(",")]
+
+
+RNG = np.random.default_rng(14)
+
+
+# -- rule 1: the task --------------------------------------------------------------------------------
+
+
+def test_two_values_are_binary_whatever_their_type():
+    for target in (np.array([0, 1] * 50), np.array([2.5, 7.0] * 50), np.array(["no", "yes"] * 50)):
+        advice = advise(target=target)
+        assert advice.task == "binary"
+        assert reason(advice, "task").why.startswith("2 distinct values")
+        assert_valid(advice.spec)
+
+
+def test_few_integer_values_are_multiclass_by_autogluons_rule():
+    # 3,000 rows (> 1,000: AutoGluon's 5% limit), 5 distinct integers: 0.17% of rows.
+    advice = advise(target=RNG.integers(0, 5, 3000))
+    assert advice.task == "multiclass"
+    assert "5 distinct values, 0.17% of 3,000 rows" in reason(advice, "task").why
+    assert "logits[N, 5]" in advice.spec
+    assert_valid(advice.spec)
+
+
+def test_many_integer_values_are_regression():
+    # 3,000 rows, 300 distinct integers: 10% of rows > AutoGluon's 5% for data above 1,000 rows.
+    target = np.arange(3000) % 300
+    task, why = infer_task(target)
+    assert task == "regression" and "300 distinct (10.0% of 3,000 rows" in why
+
+
+def test_small_data_uses_autogluons_ten_percent_limit():
+    # 1,000 rows: the limit is 10%; 60 distinct integers (6%) are classes, 120 (12%) are not.
+    assert infer_task(np.arange(1000) % 60)[0] == "multiclass"
+    assert infer_task(np.arange(1000) % 120)[0] == "regression"
+
+
+def test_real_values_are_regression_and_several_01_columns_multilabel():
+    assert infer_task(RNG.normal(size=500))[0] == "regression"
+    matrix = (RNG.random((500, 3)) < 0.3).astype(int)
+    assert infer_task(matrix)[0] == "multilabel"
+    advice = advise(target={"a": matrix[:, 0], "b": matrix[:, 1], "c": matrix[:, 2]})
+    assert advice.task == "multilabel" and "multihot[N, 3]" in advice.spec
+    assert_valid(advice.spec)
+
+
+def test_task_override_and_its_checks():
+    labels = np.arange(3000) % 5
+    assert advise(target=labels, task="regression").task == "regression"
+    assert reason(advise(target=labels, task="regression"), "task").why.startswith("given (--task regression)")
+    with pytest.raises(DataError, match="binary needs exactly 2"):
+        advise(target=labels, task="binary")
+    with pytest.raises(DataError, match="non-integer values"):
+        advise(target=RNG.normal(size=100), task="multiclass")
+    with pytest.raises(DataError, match="unknown task"):
+        advise(target=labels, task="ranking")
+
+
+def test_tensors_are_accepted():
+    advice = advise(target=torch.tensor([0, 1, 1, 0, 1]))
+    assert advice.task == "binary"
+
+
+def test_one_value_and_text_regression_targets_are_refused():
+    with pytest.raises(DataError, match="one value only"):
+        advise(target=np.ones(100))
+    with pytest.raises(DataError, match="not numeric"):
+        advise(target=np.array(["a", "b", "c"] * 10), task="regression")
+    with pytest.raises(DataError, match="too many to be classes"):
+        advise(target=np.array([f"id{i}" for i in range(500)]))
+
+
+def test_column_names_become_input_names_sanitised_where_needed():
+    target = np.array([0, 1] * 20)
+    assert "income: binary[N]" in advise(target={"income": target}).spec
+    spec = advise(target={"2nd label-x": target}).spec
+    assert "c_2nd_label_x: binary[N]" in spec and "renamed" in spec
+    assert "pred_col: binary[N]" in advise(target={"pred": target}).spec  # pred is the model's output
+    assert "and_col: binary[N]" in advise(target={"and": target}).spec  # a reserved word
+    assert_valid(advise(target={"2nd label-x": target}).spec)
+
+
+def test_metric_parsing():
+    assert parse_metric("pinball@0.9") == ("pinball", 0.9)
+    assert parse_metric("F2") == ("fbeta", 2.0)
+    assert parse_metric("AUC") == ("roc_auc", None)
+    with pytest.raises(DataError, match="did you mean 'recall'"):
+        parse_metric("recal")
+    with pytest.raises(DataError, match=r"in \(0, 1\)"):
+        parse_metric("pinball@1.5")
+    with pytest.raises(DataError, match="does not fit a binary task"):
+        advise(target=np.array([0, 1] * 10), metric="mae")
+
+
+def test_json_holds_the_statistics_and_reasons():
+    advice = advise(target=np.array([0] * 80 + [1] * 20))
+    data = json.loads(json.dumps(advice.to_json()))
+    assert data["task"] == "binary"
+    assert data["stats"]["classes"]["counts"] == [80, 20]
+    assert data["stats"]["classes"]["imbalance_ratio"] == 4.0
+    assert [r["rule"] for r in data["reasons"]][:2] == ["task", "imbalance"]
+    assert data["spec"] == advice.spec
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+
+def write_csv(path, columns: dict[str, list]) -> None:
+    names = list(columns)
+    lines = [",".join(names)] + [",".join(str(v) for v in row) for row in zip(*columns.values())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run(capsys, *argv):
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_writes_a_spec_that_lossdsl_check_accepts(capsys, tmp_path):
+    data = tmp_path / "credit.csv"
+    write_csv(data, {"income": ["<=50K"] * 150 + [">50K"] * 50, "sex": ["f", "m"] * 100,
+                     "age": list(range(200))})
+    out_file = tmp_path / "advised.loss"
+    status, out, err = run(capsys, "advise", data, "--target", "income", "--group", "sex", "-o", out_file)
+    assert status == 0 and out == ""
+    spec = out_file.read_text(encoding="utf-8")
+    assert "income: binary[N]" in spec and "sex: group[N] of 2" in spec
+    assert "0 = '<=50K', 1 = '>50K'" in spec
+    assert "ratio 3.0 (largest class 150, smallest 50)" in spec
+    assert run(capsys, "check", out_file)[0] == 0
+    assert_valid(spec)
+
+
+def test_cli_json_format(capsys, tmp_path):
+    data = tmp_path / "y.csv"
+    write_csv(data, {"y": [0, 1, 1, 1]})
+    status, out, _ = run(capsys, "advise", data, "--format", "json")  # one column: the target
+    assert status == 0
+    report = json.loads(out)
+    assert report["task"] == "binary" and report["stats"]["classes"]["counts"] == [1, 3]
+
+
+@pytest.mark.parametrize("columns,argv,message", [
+    ({"y": [0, 1]}, ["--target", "yy"], "no column 'yy'; did you mean 'y'? (columns: y)"),
+    ({"y": [0, 1], "g": [0, 1]}, ["--target", "y", "--group", "sex"], "no column 'sex'"),
+    ({"y": ["a", "b", "c"]}, ["--target", "y", "--task", "regression"], "target 'y' is not numeric (e.g. 'a')"),
+    ({"y": [3, 3, 3]}, ["--target", "y"], "target 'y' has one value only (3)"),
+    ({"y": [0, 1], "x": [1, 2]}, [], "name the target column with --target"),
+    ({"y": [0, 1]}, ["--target", "y", "--metric", "recal"], "unknown metric 'recal'; did you mean 'recall'?"),
+    ({"y": [0, 1], "w": [1, "x"]}, ["--target", "y", "--weight", "w"], "weight column 'w' is not numeric"),
+])
+def test_cli_bad_input_is_exit_2_with_one_line(capsys, tmp_path, columns, argv, message):
+    data = tmp_path / "data.csv"
+    write_csv(data, columns)
+    status, out, err = run(capsys, "advise", data, *argv)
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("lossdsl advise: ") and message in err
+
+
+def test_cli_empty_and_missing_files_are_exit_2(capsys, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("", encoding="utf-8")
+    assert run(capsys, "advise", empty, "--target", "y")[2] == f"lossdsl advise: {empty}: the file is empty\n"
+    header = tmp_path / "header.csv"
+    header.write_text("y,x\n", encoding="utf-8")
+    assert "has a header but no rows" in run(capsys, "advise", header, "--target", "y")[2]
+    status, _, err = run(capsys, "advise", tmp_path / "absent.csv", "--target", "y")
+    assert status == 2 and "no such file" in err
+
+
+def test_cli_bad_input_shows_no_traceback_in_a_real_process(tmp_path):
+    data = tmp_path / "data.csv"
+    write_csv(data, {"y": ["a", "b", "c"]})
+    result = subprocess.run([sys.executable, "-m", "lossdsl", "advise", str(data), "--target", "y",
+                             "--task", "regression"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+# -- reading data files ------------------------------------------------------------------------------
+
+
+def test_read_csv_types_each_column(tmp_path):
+    data = tmp_path / "t.csv"
+    data.write_text("a,b,c,d\n1,2.5,x,\n2,,y,3\n", encoding="utf-8")
+    table = read_table(data)
+    assert table["a"].dtype == np.int64 and table["a"].tolist() == [1, 2]
+    assert table["b"].dtype == np.float64 and table["b"][0] == 2.5 and math.isnan(table["b"][1])
+    assert table["c"].tolist() == ["x", "y"]
+    assert math.isnan(table["d"][0]) and table["d"][1] == 3.0
+    assert list(read_table(data, ["c", "a"])) == ["c", "a"]
+
+
+def test_read_csv_problems(tmp_path):
+    ragged = tmp_path / "r.csv"
+    ragged.write_text("a,b\n1,2\n3\n", encoding="utf-8")
+    with pytest.raises(DataError, match="row 3 has 1 cells, the header 2"):
+        read_table(ragged)
+    twice = tmp_path / "d.csv"
+    twice.write_text("a,a\n1,2\n", encoding="utf-8")
+    with pytest.raises(DataError, match="names column 'a' twice"):
+        read_table(twice)
+    with pytest.raises(DataError, match="unknown data format '.xlsx'"):
+        (tmp_path / "x.xlsx").write_text("a", encoding="utf-8")
+        read_table(tmp_path / "x.xlsx")
+
+
+def test_read_npy_and_npz(tmp_path):
+    masks = np.zeros((2, 4, 4), dtype=np.int64)
+    np.save(tmp_path / "masks.npy", masks)
+    table = read_table(tmp_path / "masks.npy")
+    assert list(table) == ["masks"] and table["masks"].shape == (2, 4, 4)
+    np.savez(tmp_path / "d.npz", y=np.array([0, 1]), x=np.ones((2, 3)))
+    table = read_table(tmp_path / "d.npz")
+    assert sorted(table) == ["x", "y"] and table["x"].shape == (2, 3)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="not a readable .npy"):  # never unpickled
+        read_table(tmp_path / "obj.npy")
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name.startswith("pyarrow"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    with pytest.raises(DataError, match=r"reading Parquet needs pyarrow \(pip install pyarrow\)"):
+        read_table(tmp_path / "t.parquet")
