@@ -291,3 +291,100 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "t.parquet").write_bytes(b"PAR1")
     with pytest.raises(DataError, match=r"reading Parquet needs pyarrow \(pip install pyarrow\)"):
         read_table(tmp_path / "t.parquet")
+
+
+# -- rule 2: class imbalance -------------------------------------------------------------------------
+
+
+def cui_weights(counts, beta=CLASS_BALANCED_BETA):
+    """Cui et al. (2019), eq. 4: weight (1 - beta) / (1 - beta^n), normalised to sum to C."""
+    raw = np.array([(1 - beta) / (1 - beta ** n) for n in counts])
+    return raw * len(counts) / raw.sum()
+
+
+def test_balanced_classes_keep_plain_ce():
+    advice = advise(target=np.array([0] * 60 + [1] * 40))  # ratio 1.5 < 3
+    assert data_term(advice) == "ce()"
+    assert reason(advice, "imbalance").why == "ratio 1.5 (largest class 60, smallest 40), smallest count 40: ratio < 3"
+    assert_valid(advice.spec)
+
+
+def test_moderate_imbalance_gives_balanced_weights():
+    advice = advise(target=np.array([0] * 800 + [1] * 200))  # ratio 4
+    assert data_term(advice) == "ce(weight=balanced)"
+    assert "ratio 4.0 (largest class 800, smallest 200)" in advice.spec
+    assert_valid(advice.spec)
+
+
+def test_strong_imbalance_gives_class_balanced_weights():
+    counts = [2000, 500, 100]  # ratio 20 >= 10
+    target = np.repeat(np.arange(3), counts)
+    advice = advise(target=target)
+    weights = number_list(data_term(advice), "weight")
+    assert weights == pytest.approx(cui_weights(counts), rel=1e-3)
+    assert reason(advice, "imbalance").choice == "ce(weight=class-balanced, beta=0.9999)"
+    assert_valid(advice.spec)
+
+
+def test_a_tiny_class_gives_class_balanced_weights_below_the_ratio():
+    counts = [100, 100, 15]  # ratio 6.7 < 10, but 15 rows < 20
+    advice = advise(target=np.repeat(np.arange(3), counts))
+    assert number_list(data_term(advice), "weight") == pytest.approx(cui_weights(counts), rel=1e-3)
+    assert "smallest count < 20" in reason(advice, "imbalance").why
+    assert_valid(advice.spec)
+
+
+def test_extreme_imbalance_gives_focal_with_class_balanced_alpha():
+    counts = [9900, 100]  # ratio 99 >= 50 (Datumaro's warning level)
+    advice = advise(target=np.repeat(np.arange(2), counts))
+    weights = cui_weights(counts)
+    alpha = float(re.search(r"alpha=([0-9.e-]+)", data_term(advice)).group(1))
+    assert alpha == pytest.approx(weights[1] / weights.sum(), rel=1e-3)
+    assert data_term(advice).startswith("focal(")
+    multiclass = advise(target=np.repeat(np.arange(3), [6000, 600, 100]))  # ratio 60
+    assert number_list(data_term(multiclass), "alpha") == pytest.approx(cui_weights([6000, 600, 100]), rel=1e-3)
+    assert_valid(advice.spec)
+    assert_valid(multiclass.spec)
+
+
+def test_sample_weights_count_in_the_class_totals():
+    target = np.array([0] * 100 + [1] * 100)
+    weight = np.where(target == 0, 4.0, 1.0)  # weighted totals 400 and 100: ratio 4
+    advice = advise(target=target, weight={"w": weight})
+    assert data_term(advice) == "ce(weight=balanced, sample_weight=w)"
+    assert "w: weight[N]" in advice.spec and "by weight" in reason(advice, "imbalance").why
+    assert_valid(advice.spec)
+
+
+def test_multilabel_pos_weight_is_negatives_over_positives():
+    rows = 1000
+    matrix = np.zeros((rows, 3), dtype=int)
+    matrix[:500, 0] = 1  # 500 / 500
+    matrix[:100, 1] = 1  # 900 / 100
+    matrix[-40:, 2] = 1  # 960 / 40
+    advice = advise(target=matrix)
+    assert number_list(data_term(advice), "pos_weight") == [1.0, 9.0, 24.0]
+    assert advice.stats["co_occurring"] == []
+    assert_valid(advice.spec)
+
+
+def test_balanced_multilabel_keeps_plain_bce():
+    matrix = (RNG.random((2000, 3)) < 0.45).astype(int)
+    advice = advise(target=matrix)
+    assert data_term(advice) == "bce()"
+
+
+def test_strongly_co_occurring_labels_are_reported():
+    rows = 1000
+    first = (RNG.random(rows) < 0.3).astype(int)
+    copy = first.copy()
+    copy[:10] = 1 - copy[:10]  # nearly the same label
+    other = (RNG.random(rows) < 0.3).astype(int)
+    matrix = np.stack([first, other, copy], axis=1)
+    advice = advise(target=matrix)
+    both = int((first & copy).sum())
+    either = int((first | copy).sum())
+    (pair,) = advice.stats["co_occurring"]
+    assert pair["labels"] == [0, 2] and pair["jaccard"] == pytest.approx(both / either)
+    assert "labels 0 and 2 co-occur strongly" in advice.spec
+    assert_valid(advice.spec)
