@@ -388,3 +388,86 @@ def test_strongly_co_occurring_labels_are_reported():
     assert pair["labels"] == [0, 2] and pair["jaccard"] == pytest.approx(both / either)
     assert "labels 0 and 2 co-occur strongly" in advice.spec
     assert_valid(advice.spec)
+
+
+# -- rule 3: regression ------------------------------------------------------------------------------
+
+
+def test_regression_statistics_match_scipy():
+    from lossdsl.advise import regression_stats
+
+    y = RNG.standard_t(3, size=5000)
+    stats = regression_stats(y)
+    scale = scipy.stats.median_abs_deviation(y, scale="normal")  # MAD / 0.67449 = 1.4826 MAD
+    assert stats["robust_scale"] == pytest.approx(scale, rel=1e-4)
+    assert stats["excess_kurtosis"] == pytest.approx(scipy.stats.kurtosis(y, fisher=True, bias=True))
+    assert stats["skewness"] == pytest.approx(scipy.stats.skew(y, bias=True))
+    assert stats["outlier_share"] == pytest.approx(np.mean(np.abs(y - np.median(y)) / scale > 5))
+
+
+def test_normal_targets_keep_mse_without_bounds():
+    advice = advise(target=RNG.normal(size=2000))
+    assert data_term(advice) == "mse()"
+    assert "soft_bound" not in advice.spec
+    assert reason(advice, "heavy tails").choice == "mse"
+    assert_valid(advice.spec)
+
+
+def test_heavy_tails_give_huber_with_delta_from_the_robust_scale():
+    y = RNG.standard_t(2, size=2000)  # infinite variance: outliers far beyond robust z 5
+    advice = advise(target=y)
+    delta = HUBER_K * scipy.stats.median_abs_deviation(y, scale="normal")
+    assert data_term(advice) == f"huber(delta={delta:.4g})"
+    assert "beyond robust z 5" in reason(advice, "heavy tails").why
+    assert_valid(advice.spec)
+
+
+def test_metric_mae_pinball_and_rmse_choose_their_term():
+    y = RNG.standard_t(2, size=1000)
+    assert data_term(advise(target=y, metric="mae")) == "mae()"
+    assert data_term(advise(target=y, metric="pinball@0.9")) == "quantile(q=0.9)"
+    rmse = advise(target=y, metric="rmse")
+    assert data_term(rmse) == "mse()" and "note" in reason(rmse, "metric").why  # heavy tails noted
+    assert_valid(advise(target=y, metric="pinball@0.9").spec)
+
+
+def test_never_negative_targets_get_a_lower_bound():
+    y = RNG.normal(10, 1, size=1000)  # never negative, not skewed, no zeros
+    advice = advise(target=y)
+    assert "let bound = soft_bound(pred >= 0)" in advice.spec
+    assert_valid(advice.spec)
+
+
+def test_targets_in_the_unit_interval_get_both_bounds():
+    advice = advise(target=RNG.random(1000))
+    assert "let bound = soft_bound(0 <= pred <= 1)" in advice.spec
+    assert_valid(advice.spec)
+
+
+def test_a_cap_gives_an_upper_bound():
+    y = np.minimum(RNG.normal(0, 1, size=1000), 1.5)  # about 6.7% of rows at the cap 1.5
+    share = np.mean(y == 1.5)
+    advice = advise(target=y)
+    assert "let bound = soft_bound(pred <= 1.5)" in advice.spec
+    assert f"a cap: {share:.1%} of rows at the maximum 1.5" in advice.spec
+    assert_valid(advice.spec)
+
+
+def test_many_zeros_or_a_long_right_tail_give_poisson_nll():
+    zeros = np.where(RNG.random(2000) < 0.5, 0.0, RNG.gamma(2.0, 3.0, size=2000))
+    advice = advise(target=zeros)
+    assert data_term(advice) == "poisson_nll()" and "soft_bound" not in advice.spec
+    assert f"{np.mean(zeros == 0):.0%} zeros" in reason(advice, "count / long tail").why
+    tail = RNG.lognormal(0, 1.2, size=2000)  # skewness well above 2
+    assert data_term(advise(target=tail)) == "poisson_nll()"
+    counts = RNG.poisson(0.4, size=3000)  # few distinct integers: classes, unless told
+    assert advise(target=counts).task == "multiclass"
+    assert data_term(advise(target=counts, task="regression")) == "poisson_nll()"
+    assert_valid(advice.spec)
+
+
+def test_nan_in_a_regression_target_is_refused():
+    y = RNG.normal(size=100)
+    y[3] = np.nan
+    with pytest.raises(DataError, match="holds 1 NaN or infinite value"):
+        advise(target=y)
