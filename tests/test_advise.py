@@ -471,3 +471,67 @@ def test_nan_in_a_regression_target_is_refused():
     y[3] = np.nan
     with pytest.raises(DataError, match="holds 1 NaN or infinite value"):
         advise(target=y)
+
+
+# -- rule 4: conflicting duplicate labels ------------------------------------------------------------
+
+
+def noisy_duplicates(rows=1000, repeats=50):
+    """Unique feature rows, then the first `repeats` of them again with the other label."""
+    features = RNG.normal(size=(rows, 3))
+    labels = (RNG.random(rows) < 0.5).astype(int)
+    features = np.concatenate([features, features[:repeats]])
+    labels = np.concatenate([labels, 1 - labels[:repeats]])
+    return features, labels
+
+
+def test_conflicting_duplicates_give_label_smoothing_from_the_conflict_rate():
+    features, labels = noisy_duplicates()
+    advice = advise(target=labels, features=features)
+    # 50 pairs, each with one row off its majority (a tie counts one): 50 of 1,050 rows.
+    rate = 50 / 1050
+    assert advice.stats["duplicates"]["conflict_rate"] == pytest.approx(rate)
+    assert advice.stats["duplicates"]["conflicting_rows"] == 100
+    # two classes: smoothing e puts e / 2 on the other label, so e = 2 * rate
+    assert data_term(advice) == f"ce(label_smoothing={2 * rate:.2g})"
+    assert_valid(advice.spec)
+
+
+def test_duplicates_with_the_same_label_and_no_features_give_no_smoothing():
+    features, labels = noisy_duplicates()
+    labels[1000:] = labels[:50]  # the repeats agree
+    advice = advise(target=labels, features=features)
+    assert "label_smoothing" not in advice.spec
+    assert advice.stats["duplicates"]["conflict_rate"] == 0
+    assert "duplicates" not in advise(target=labels).stats  # no features: no check
+
+
+def test_coarse_features_and_id_columns_are_not_label_noise():
+    labels = (RNG.random(2000) < 0.5).astype(int)
+    coarse = {"sex": RNG.integers(0, 2, 2000), "band": RNG.integers(0, 5, 2000)}  # 10 distinct rows
+    advice = advise(target=labels, features=coarse)
+    assert "label_smoothing" not in advice.spec and "features are coarse" in reason(advice, "label noise").why
+    features, labels = noisy_duplicates()
+    with_id = {"id": np.arange(1050), **{f"x{j}": features[:, j] for j in range(3)}}
+    advice = advise(target=labels, features=with_id)
+    assert advice.stats["duplicates"]["skipped_id_columns"] == ["id"]
+    assert "label_smoothing=0.095" in advice.spec
+
+
+def test_multilabel_conflicts_use_bce_smoothing():
+    features, _ = noisy_duplicates()
+    matrix = (RNG.random((1000, 2)) < 0.5).astype(int)
+    matrix = np.concatenate([matrix, 1 - matrix[:50]])
+    advice = advise(target=matrix, features=features)
+    assert data_term(advice) == f"bce(label_smoothing={2 * 50 / 1050:.2g})"
+    assert_valid(advice.spec)
+
+
+def test_multiclass_smoothing_spreads_the_rate_over_the_other_classes():
+    features = RNG.normal(size=(1000, 2))
+    labels = RNG.integers(0, 3, 1000)
+    features = np.concatenate([features, features[:50]])
+    labels = np.concatenate([labels, (labels[:50] + 1) % 3])
+    advice = advise(target=labels, features=features)
+    # e spread over 3 classes puts e * 2/3 off the label: e = rate * 3 / 2
+    assert data_term(advice) == f"ce(label_smoothing={50 / 1050 * 3 / 2:.2g})"
