@@ -136,6 +136,13 @@ class _Draft:
     constraints: list[tuple[list[str], str]] = field(default_factory=list)
     reasons: list[Reason] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: The data term as group_loss reads it: without sample_weight (fairness() takes that itself).
+    per_group: str = ""
+
+    def data(self, comments: list[str], term: str, args: list[str]) -> None:
+        self.lets.append((comments, "data", f"{term}({', '.join(args)})"))
+        unweighted = [arg for arg in args if not arg.startswith("sample_weight=")]
+        self.per_group = f"{term}({', '.join(unweighted)})"
 
     def reason(self, rule: str, choice: str, why: str) -> str:
         self.reasons.append(Reason(rule, choice, why))
@@ -607,7 +614,7 @@ def _classification(draft: _Draft, stats: dict[str, Any], task: str, codes: Any,
             draft.warnings.append("focal takes no label smoothing: the conflicting labels stay as they are")
         if smoothing is not None:
             comments.append(draft.reasons[-1].why + f" -> label_smoothing={_num(smoothing, 2)}")
-    draft.lets.append((comments, "data", f"{term}({', '.join(args)})"))
+    draft.data(comments, term, args)
 
     if metric in ("f1", "fbeta"):
         beta = metric_arg or 1.0
@@ -808,7 +815,7 @@ def _regression(draft: _Draft, stats: dict[str, Any], values: Any, ident: str, d
     else:
         term = "mse"
         comments.append(draft.reason("heavy tails", "mse", f"{tails}: no heavy tails"))
-    draft.lets.append((comments, "data", f"{term}({', '.join(args)})"))
+    draft.data(comments, term, args)
 
     if log_rate:
         draft.reasons.append(Reason("bounds", "none", "poisson_nll's rate exp(pred) is positive already"))
@@ -876,8 +883,7 @@ def _fairness(draft: _Draft, stats: dict[str, Any], ident: str, column: str, val
         why = (f"group '{column}' ({count} groups, sizes {size_text}); metric {metric or 'none'} -> {stat}"
                f"; bound {bound:g} to tune")
     else:
-        data = draft.lets[0][2]
-        stat = f"group_loss_ratio({data})"
+        stat = f"group_loss_ratio({draft.per_group})"
         args = [stat, f"group={ident}", *extra]
         bound = FAIRNESS_BOUND_LOSS_RATIO
         why = (f"group '{column}' ({count} groups, sizes {size_text}); {task}: no group's mean loss far from "

@@ -535,3 +535,54 @@ def test_multiclass_smoothing_spreads_the_rate_over_the_other_classes():
     advice = advise(target=labels, features=features)
     # e spread over 3 classes puts e * 2/3 off the label: e = rate * 3 / 2
     assert data_term(advice) == f"ce(label_smoothing={50 / 1050 * 3 / 2:.2g})"
+
+
+# -- rule 5: groups ----------------------------------------------------------------------------------
+
+
+def test_no_groups_no_constraint():
+    assert "subject to" not in advise(target=np.array([0, 1] * 50)).spec
+
+
+def test_a_group_gives_a_fairness_bound_with_each_groups_size():
+    target = (RNG.random(1000) < 0.3).astype(int)
+    sex = np.array(["f"] * 400 + ["m"] * 600)
+    advice = advise(target={"y": target}, groups={"sex": sex})
+    assert "subject to fairness(dp_gap, group=sex) <= 0.05 as fair_sex" in advice.spec  # no metric: dp_gap
+    assert "sizes 'f': 400, 'm': 600" in advice.spec
+    assert "0 = 'f', 1 = 'm'" in advice.spec and "sex: group[N] of 2" in advice.spec
+    assert advice.stats["groups"]["sex"] == {"values": ["f", "m"], "sizes": [400, 600]}
+    assert advice.warnings == []
+    assert_valid(advice.spec)
+
+
+@pytest.mark.parametrize("metric,stat", [("recall", "tpr_gap"), ("accuracy", "error_rate_gap"),
+                                         ("f1", "eo_gap"), ("precision", "fpr_gap"), ("roc_auc", "dp_gap")])
+def test_the_fairness_statistic_follows_the_metric(metric, stat):
+    target = (RNG.random(1000) < 0.3).astype(int)
+    advice = advise(target={"y": target}, groups={"g": RNG.integers(0, 2, 1000)}, metric=metric)
+    reads_target = ", target=y" if stat != "dp_gap" else ""
+    assert f"subject to fairness({stat}, group=g{reads_target}) <= 0.05" in advice.spec
+    assert_valid(advice.spec)
+
+
+def test_a_small_group_is_warned_about_with_its_standard_error():
+    target = (RNG.random(1000) < 0.3).astype(int)
+    codes = np.array([0] * 980 + [1] * 20)
+    advice = advise(target=target, groups={"site": codes})
+    (warning,) = advice.warnings
+    assert warning.startswith("group site=1 has 20 rows (< 30)")
+    assert f"0.5/sqrt(20) = {0.5 / math.sqrt(20):.2f}" in warning
+    assert "# warning: group site=1 has 20 rows" in advice.spec
+
+
+def test_regression_and_multiclass_bound_the_group_loss_ratio():
+    y = RNG.normal(size=600)
+    w = RNG.random(600) + 0.5
+    advice = advise(target={"y": y}, groups={"site": RNG.integers(0, 3, 600)}, weight={"w": w})
+    assert ("subject to fairness(group_loss_ratio(mse(target=y)), group=site, sample_weight=w) <= 0.2"
+            in advice.spec)
+    assert_valid(advice.spec)
+    multiclass = advise(target=RNG.integers(0, 4, 2000), groups={"g": RNG.integers(0, 2, 2000)})
+    assert "fairness(group_loss_ratio(ce()), group=g) <= 0.2" in multiclass.spec
+    assert_valid(multiclass.spec)
