@@ -586,3 +586,71 @@ def test_regression_and_multiclass_bound_the_group_loss_ratio():
     multiclass = advise(target=RNG.integers(0, 4, 2000), groups={"g": RNG.integers(0, 2, 2000)})
     assert "fairness(group_loss_ratio(ce()), group=g) <= 0.2" in multiclass.spec
     assert_valid(multiclass.spec)
+
+
+# -- rule 6: segmentation masks ----------------------------------------------------------------------
+
+
+def test_masks_with_little_foreground_give_dice_without_background_and_ce():
+    masks = np.zeros((6, 16, 16), dtype=np.int64)
+    masks[:, :3, :3] = 1  # 9 of 256 pixels: 3.5% foreground
+    masks[:, 5, 5] = 2
+    advice = advise(target=masks)
+    assert advice.task == "segmentation"
+    assert advice.stats["segmentation"]["foreground_fraction"] == pytest.approx(10 / 256)
+    assert "let overlap = dice(include_background=false)" in advice.spec and "let data = ce()" in advice.spec
+    assert "pred: logits[N, 3, H, W]" in advice.spec and "target: labels[N, H, W]" in advice.spec
+    assert_valid(advice.spec)
+
+
+def test_masks_with_much_foreground_keep_every_channel():
+    masks = (RNG.random((4, 8, 8)) < 0.4).astype(np.int64)
+    advice = advise(target=masks)
+    assert "let overlap = dice()" in advice.spec
+    assert "foreground" in reason(advice, "segmentation").why
+    assert_valid(advice.spec)
+
+
+def test_cli_reads_masks_from_npy(capsys, tmp_path):
+    masks = np.zeros((3, 2, 5, 5), dtype=np.int64)  # volumes [N, D, H, W]
+    masks[:, :, 0, 0] = 1
+    np.save(tmp_path / "masks.npy", masks)
+    status, out, _ = run(capsys, "advise", tmp_path / "masks.npy")
+    assert status == 0
+    assert "masks: labels[N, D, H, W]" in out and "pred: logits[N, 2, D, H, W]" in out
+    assert_valid(out)
+
+
+def test_masks_must_be_integer_labels():
+    with pytest.raises(DataError, match="integer class labels"):
+        advise(target=RNG.random((2, 4, 4)))
+
+
+# -- rule 7: a metric the loss does not optimise -----------------------------------------------------
+
+
+def test_f1_under_strong_imbalance_adds_soft_f1():
+    target = np.array([0] * 950 + [1] * 50)  # ratio 19
+    advice = advise(target=target, metric="f1")
+    assert "let surrogate = soft_f1()" in advice.spec and "loss = data + surrogate" in advice.spec
+    assert "ratio 19.0 >= 10" in reason(advice, "metric").why
+    assert "soft_f1(beta=2)" in advise(target=target, metric="f2").spec
+    assert_valid(advice.spec)
+
+
+def test_f1_without_strong_imbalance_adds_nothing():
+    advice = advise(target=np.array([0] * 600 + [1] * 400), metric="f1")
+    assert "soft_f1" not in advice.spec and reason(advice, "metric").choice == "none"
+    assert "soft_f1" not in advise(target=np.array([0] * 950 + [1] * 50), metric="accuracy").spec
+
+
+def test_multilabel_f1_gets_the_macro_surrogate_and_multiclass_a_warning():
+    matrix = np.zeros((1000, 2), dtype=int)
+    matrix[:30, 0] = 1
+    matrix[:500, 1] = 1
+    advice = advise(target=matrix, metric="f1")
+    assert "soft_f1()" in advice.spec and "macro over labels" in advice.spec
+    assert_valid(advice.spec)
+    multiclass = advise(target=np.repeat(np.arange(3), [900, 80, 20]), metric="f1")
+    assert "let surrogate" not in multiclass.spec
+    assert any("soft_f1 takes binary or multi-label logits" in w for w in multiclass.warnings)
