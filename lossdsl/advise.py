@@ -161,6 +161,7 @@ class _Draft:
             lines.append(f"let {name} = {expression}")
         lines += ["", "loss = " + " + ".join(name for _, name, _ in self.lets)]
         for comments, statement in self.constraints:
+            lines.append("")
             lines += [f"# {text}" for text in comments]
             lines.append(statement)
         return "\n".join(lines) + "\n"

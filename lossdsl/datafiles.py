@@ -80,18 +80,19 @@ def select_columns(table: dict[str, numpy.ndarray], columns: Sequence[str] | Non
 
 def column_from_cells(cells: Sequence[str]) -> numpy.ndarray:
     """One CSV column: int64 when every cell is a whole number, float64 when every cell is a number
-    or missing, else the text itself."""
+    or missing, else the text itself (stripped)."""
     import numpy as np
 
-    stripped = [cell.strip() for cell in cells]
+    # numpy converts each cell with int() or float(), which allow surrounding spaces.
     try:
-        return np.array(stripped, dtype=np.int64)
+        return np.array(cells, dtype=np.int64)
     except (ValueError, OverflowError):
         pass
     try:
-        return np.array(stripped, dtype=np.float64)
+        return np.array(cells, dtype=np.float64)
     except ValueError:
         pass
+    stripped = [cell.strip() for cell in cells]
     values = []
     for cell in stripped:
         if cell.lower() in MISSING_CELLS:
@@ -119,12 +120,12 @@ def _read_csv(path: Path) -> dict[str, numpy.ndarray]:
     if len(set(header)) != len(header):
         duplicate = next(name for name in header if header.count(name) > 1)
         raise DataError(f"{path}: the header names column {duplicate!r} twice")
-    body = [row for row in rows if any(cell.strip() for cell in row)]
+    body = [row for row in rows if row]  # the csv module gives [] for a blank line
     if not body:
         raise DataError(f"{path}: the file has a header but no rows")
-    for number, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}: row {number} has {len(row)} cells, the header {len(header)}")
+    if set(map(len, body)) != {len(header)}:
+        number, row = next((n, r) for n, r in enumerate(body, start=2) if len(r) != len(header))
+        raise DataError(f"{path}: row {number} has {len(row)} cells, the header {len(header)}")
     return {name: column_from_cells(cells) for name, cells in zip(header, zip(*body))}
 
 
