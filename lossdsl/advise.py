@@ -390,6 +390,9 @@ def infer_task(values: Any, task: str | None = None, name: str = "") -> tuple[st
         masks = _numeric(values, name, "segmentation")
         if not _integer_valued(masks):
             raise DataError(f"{label}: segmentation masks must hold integer class labels")
+        if masks.size and (masks == masks.reshape(-1)[0]).all():
+            raise DataError(f"{label}: every pixel of the masks is {_show(masks.reshape(-1)[0])}: "
+                            "there is nothing to learn")
         return "segmentation", f"masks of shape {tuple(values.shape)} (N, spatial...) hold integer labels"
     if values.ndim == 2 and values.shape[1] > 1:
         if task not in (None, "multilabel"):
@@ -470,6 +473,14 @@ def _integral(values: Any):  # noqa: ANN202
 
 def _integer_valued(values: Any) -> bool:
     return bool(_integral(values).all())
+
+
+def _are_codes(values: Any) -> bool:
+    """Sorted distinct values that are already the codes 0..K-1 (as integers, floats or bools)."""
+    import numpy as np
+
+    numeric = np.issubdtype(values.dtype, np.number) or values.dtype == bool
+    return bool(numeric and (values.astype(np.float64) == np.arange(values.size)).all())
 
 
 def _show(value: Any) -> str:
@@ -572,7 +583,7 @@ def _classification(draft: _Draft, stats: dict[str, Any], task: str, codes: Any,
             draft.inputs += [("pred", "logits[N]"), (ident, "binary[N]")]
         else:
             draft.inputs += [("pred", f"logits[N, {classes_count}]"), (ident, "labels[N]")]
-        if not (np.issubdtype(classes.dtype, np.integer) and (classes == np.arange(classes_count)).all()):
+        if not _are_codes(classes):
             shown = ", ".join(f"{i} = {_show(c)}" for i, c in enumerate(classes[:12]))
             draft.header.append(f"feed {ident} as class codes in sorted order: {shown}"
                                 + (", ..." if classes_count > 12 else ""))
@@ -865,7 +876,7 @@ def _fairness(draft: _Draft, stats: dict[str, Any], ident: str, column: str, val
         draft.warnings.append(f"group '{column}' has one value only: no fairness bound for it")
         draft.inputs.pop()
         return
-    if not (np.issubdtype(levels.dtype, np.integer) and (levels == np.arange(count)).all()):
+    if not _are_codes(levels):
         shown = ", ".join(f"{i} = {_show(v)}" for i, v in enumerate(levels[:12]))
         draft.header.append(f"feed {ident} as group codes in sorted order: {shown}" + (", ..." if count > 12 else ""))
     for level, size in zip(levels, sizes):

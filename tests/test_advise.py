@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import lossdsl
 from lossdsl import cli
@@ -654,3 +657,45 @@ def test_multilabel_f1_gets_the_macro_surrogate_and_multiclass_a_warning():
     multiclass = advise(target=np.repeat(np.arange(3), [900, 80, 20]), metric="f1")
     assert "let surrogate" not in multiclass.spec
     assert any("soft_f1 takes binary or multi-label logits" in w for w in multiclass.warnings)
+
+
+# -- every spec advise writes is valid ----------------------------------------------------------------
+
+
+def test_labels_that_are_already_codes_get_no_mapping_line():
+    assert "feed" not in advise(target=np.array([0.0, 1.0, 1.0])).spec
+    assert "feed" not in advise(target=np.array([True, False, True])).spec
+    assert "feed target as class codes in sorted order: 0 = 1, 1 = 2" in advise(target=np.array([1, 2, 2])).spec
+
+
+def test_masks_with_one_value_are_refused():
+    with pytest.raises(DataError, match="every pixel of the masks is 0"):
+        advise(target=np.zeros((2, 3, 3), dtype=np.int64))
+
+
+targets = st.one_of(
+    hnp.arrays(np.int64, st.integers(2, 300), elements=st.integers(0, 4)),
+    hnp.arrays(np.float64, st.integers(2, 300), elements=st.floats(-1e6, 1e6, allow_nan=False)),
+    hnp.arrays(np.int64, st.tuples(st.integers(2, 200), st.integers(2, 4)), elements=st.integers(0, 1)),
+    hnp.arrays(np.int64, st.tuples(st.integers(1, 3), st.integers(2, 5), st.integers(2, 5)),
+               elements=st.integers(0, 2)),
+)
+METRICS = [None, "f1", "recall", "accuracy", "mae", "rmse", "pinball@0.25", "dice"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(target=targets, metric=st.sampled_from(METRICS), grouped=st.booleans(), weighted=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_advise_writes_a_valid_spec_or_a_one_line_data_error(target, metric, grouped, weighted, seed):
+    rng = np.random.default_rng(seed)
+    rows = target.shape[0]
+    try:
+        advice = advise(target=target, metric=metric,
+                        groups={"g": rng.integers(0, 3, rows)} if grouped else None,
+                        weight=rng.random(rows) + 0.1 if weighted else None,
+                        features=rng.integers(0, 3, (rows, 2)))
+    except DataError as exc:
+        assert "\n" not in str(exc) and str(exc)
+        return
+    assert_valid(advice.spec)
+    json.dumps(advice.to_json(), allow_nan=False)  # plain JSON: no NaN, no numpy types
