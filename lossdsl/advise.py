@@ -183,17 +183,21 @@ def advise(target: Any, features: Any = None, task: str | None = None, groups: A
     import numpy as np
 
     target_name, target_values = _target_array(target)
+    if target_values.ndim == 2 and target_values.shape[1] == 1:  # one column as [N, 1]
+        target_values = target_values[:, 0]
     rows = target_values.shape[0]
     if rows == 0:
         raise DataError("the target is empty")
     metric_name, metric_arg = parse_metric(metric)
-    names = _Names()
-    ident = names.add(target_name or "target")
-    label = f"target '{target_name}'" if target_name else "the target"
+    several = isinstance(target, Mapping) and len(target) > 1
+    label = (f"target columns {', '.join(repr(str(name)) for name in target)}" if several
+             else f"target '{target_name}'" if target_name else "the target")
     draft = _Draft(rows=rows, target_label=label)
+    names = _Names(draft)
+    ident = names.add("target" if several or not target_name else target_name)
+    if several:
+        draft.header.append(f"{ident} holds the target columns in this order: {', '.join(map(str, target))}")
     stats: dict[str, Any] = {"rows": rows}
-    if target_name and ident != target_name:
-        draft.header.append(f"input '{ident}' is the column '{target_name}' (renamed: not a valid name)")
 
     weight_name, weight_values = _weight_array(weight, rows)
     group_columns = _group_arrays(groups, rows)
@@ -211,7 +215,7 @@ def advise(target: Any, features: Any = None, task: str | None = None, groups: A
         data_args.append(f"sample_weight={weight_ident}")
 
     if task == "segmentation":
-        _segmentation(draft, stats, target_values, ident, data_args, metric_name)
+        _segmentation(draft, stats, target_values, ident, data_args)
         if group_columns:
             draft.warnings.append("groups are ignored for segmentation masks (no per-image fairness rate)")
     else:
@@ -222,7 +226,7 @@ def advise(target: Any, features: Any = None, task: str | None = None, groups: A
                 bad = int((~finite).sum())
                 raise DataError(f"{label} holds {bad:,} NaN or infinite value{'s' * (bad != 1)}; "
                                 "drop or fill those rows first")
-            _regression(draft, stats, values, ident, data_args, metric_name, metric_arg, weight_values)
+            _regression(draft, stats, values, ident, data_args, metric_name, metric_arg)
         else:
             codes, classes, counts = _encode_classes(target_values, task, label)
             _classification(draft, stats, task, codes, classes, counts, ident, data_args, metric_name,
@@ -272,7 +276,7 @@ def _target_array(target: Any) -> tuple[str, Any]:
                 raise DataError(f"target column '{name}' is not numeric: several target columns must be "
                                 "0/1 labels (multi-label)")
         stacked = np.stack([values for _, values in columns], axis=1)
-        return "+".join(name for name, _ in columns) if len(columns) <= 3 else f"{len(columns)} labels", stacked
+        return "", stacked  # one input, `target`: the spec lists the columns in order
     return "", _as_numpy(target, "the target")
 
 
@@ -320,7 +324,8 @@ class _Names:
     """Input names for the spec: the column's own where it is a valid name, else sanitised
     (other characters become '_', a leading digit gets 'c_', a reserved word or a taken name '_col')."""
 
-    def __init__(self) -> None:
+    def __init__(self, draft: _Draft) -> None:
+        self.draft = draft
         self.taken: set[str] = set()
 
     def add(self, column: str) -> str:
@@ -330,6 +335,8 @@ class _Names:
         while name in _NOT_NAMES or name in self.taken:
             name += "_col"
         self.taken.add(name)
+        if name != column and column not in ("target", "weight", "group"):  # not the defaults of arrays
+            self.draft.header.append(f"input '{name}' is the column '{column}' (renamed: not a valid name)")
         return name
 
 
@@ -751,7 +758,7 @@ def _label_noise(draft: _Draft, stats: dict[str, Any], labels: Any, features: An
 # -- rule 3: regression --------------------------------------------------------------------------------
 
 
-def regression_stats(values: Any, weight: Any = None) -> dict[str, float]:
+def regression_stats(values: Any) -> dict[str, float]:
     """Median, robust scale (1.4826 MAD, else IQR / 1.349, else the standard deviation), the share
     beyond ROBUST_Z_OUTLIER robust z, skewness, excess kurtosis, and the mass at the extremes."""
     import numpy as np
@@ -783,7 +790,7 @@ def regression_stats(values: Any, weight: Any = None) -> dict[str, float]:
 
 
 def _regression(draft: _Draft, stats: dict[str, Any], values: Any, ident: str, data_args: list[str],
-                metric: str | None, metric_arg: float | None, weight: Any) -> None:
+                metric: str | None, metric_arg: float | None) -> None:
     measured = regression_stats(values)
     stats["regression"] = measured
     draft.inputs += [("pred", "real[N]"), (ident, "real[N]")]
@@ -908,8 +915,7 @@ def _fairness(draft: _Draft, stats: dict[str, Any], ident: str, column: str, val
 # -- rule 6: segmentation ------------------------------------------------------------------------------
 
 
-def _segmentation(draft: _Draft, stats: dict[str, Any], masks: Any, ident: str, data_args: list[str],
-                  metric: str | None) -> None:
+def _segmentation(draft: _Draft, stats: dict[str, Any], masks: Any, ident: str, data_args: list[str]) -> None:
     import numpy as np
 
     values = masks.astype(np.int64, copy=False)

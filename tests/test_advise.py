@@ -699,3 +699,15 @@ def test_advise_writes_a_valid_spec_or_a_one_line_data_error(target, metric, gro
         return
     assert_valid(advice.spec)
     json.dumps(advice.to_json(), allow_nan=False)  # plain JSON: no NaN, no numpy types
+
+
+def test_every_renamed_column_is_said_and_several_targets_are_one_input():
+    target = np.array([0, 1] * 20)
+    spec = advise(target={"y": target}, groups={"a b": target}, weight={"1w": np.ones(40)}).spec
+    assert "# input 'a_b' is the column 'a b' (renamed: not a valid name)" in spec
+    assert "# input 'c_1w' is the column '1w' (renamed: not a valid name)" in spec
+    assert "subject to fairness(dp_gap, group=a_b, sample_weight=c_1w)" in spec
+    spec = advise(target={"a": target, "b b": 1 - target}).spec
+    assert "for target columns 'a', 'b b'" in spec
+    assert "# target holds the target columns in this order: a, b b" in spec and "target: multihot[N, 2]" in spec
+    assert_valid(spec)
