@@ -61,8 +61,10 @@ HUBER_K = 1.345
 #: A count-like target: at least this share of zeros, or a skewness of at least LONG_RIGHT_TAIL.
 ZERO_SHARE = 0.3
 LONG_RIGHT_TAIL = 2.0
-#: A cap or floor: at least this share of the rows sits exactly at the maximum (or minimum).
+#: A cap or floor: at least this share of the rows sits exactly at the maximum (or minimum), and at
+#: least PILE_UP times as many rows as hold an average distinct value (a pile-up, not one extreme row).
 MASS_AT_BOUND = 0.01
+PILE_UP = 5
 #: Label noise from duplicate feature rows worth smoothing for (share of rows off their group's majority).
 CONFLICT_RATE = 0.01
 #: ... counted only where duplicates are the exception (at most this share of rows repeats): with
@@ -152,6 +154,8 @@ class _Draft:
         lines = [f"# Suggested by lossdsl advise for {self.target_label} ({self.rows:,} rows).",
                  "# Each choice quotes the statistic it rests on; the rules are in docs/choosing.md."]
         lines += [f"# {text}" for text in self.header]
+        # The rules that looked and added nothing say so too: not adding a term is a choice.
+        lines += [f"# {r.rule}: {r.why} -> nothing added" for r in self.reasons if r.choice == "none"]
         lines += [f"# warning: {text}" for text in self.warnings]
         lines.append("inputs:")
         lines += [f"    {name}: {kind}" for name, kind in self.inputs]
@@ -777,6 +781,7 @@ def regression_stats(values: Any) -> dict[str, float]:
     standard = (y - mean) / std
     low, high = float(y.min()), float(y.max())
     return {
+        "rows": int(y.size),
         "median": median, "robust_scale": scale, "robust_scale_from": scale_from,
         "outlier_share": float((deviation > ROBUST_Z_OUTLIER * scale).mean()),
         "max_robust_z": float(deviation.max() / scale),
@@ -785,8 +790,16 @@ def regression_stats(values: Any) -> dict[str, float]:
         "min": low, "max": high,
         "zero_share": float((y == 0).mean()),
         "share_at_min": float((y == low).mean()), "share_at_max": float((y == high).mean()),
+        "rows_per_value": float(y.size / np.unique(y).size),
         "integer_valued": _integer_valued(y),
     }
+
+
+def _piles_up(measured: dict[str, Any], share: str) -> bool:
+    """Many rows at one extreme: at least MASS_AT_BOUND of them, and PILE_UP times the rows per
+    distinct value (a continuous target has one row at its maximum; a capped one a heap)."""
+    rows_there = measured[share] * measured["rows"]
+    return measured[share] >= MASS_AT_BOUND and rows_there >= PILE_UP * measured["rows_per_value"]
 
 
 def _regression(draft: _Draft, stats: dict[str, Any], values: Any, ident: str, data_args: list[str],
@@ -844,13 +857,13 @@ def _regression(draft: _Draft, stats: dict[str, Any], values: Any, ident: str, d
     if never_negative:
         lower = 0.0
         why.append(f"never negative (minimum {_num(measured['min'])})")
-    elif measured["share_at_min"] >= MASS_AT_BOUND:
+    elif _piles_up(measured, "share_at_min"):
         lower = measured["min"]
         why.append(f"a floor: {measured['share_at_min']:.1%} of rows at the minimum {_num(lower)}")
     if never_negative and measured["max"] <= 1:
         upper = 1.0
         why.append(f"within [0, 1] (maximum {_num(measured['max'])})")
-    elif measured["share_at_max"] >= MASS_AT_BOUND:
+    elif _piles_up(measured, "share_at_max"):
         upper = measured["max"]
         why.append(f"a cap: {measured['share_at_max']:.1%} of rows at the maximum {_num(upper)}")
     if lower is None and upper is None:

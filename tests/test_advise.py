@@ -711,3 +711,10 @@ def test_every_renamed_column_is_said_and_several_targets_are_one_input():
     assert "for target columns 'a', 'b b'" in spec
     assert "# target holds the target columns in this order: a, b b" in spec and "target: multihot[N, 2]" in spec
     assert_valid(spec)
+
+
+def test_one_row_at_an_extreme_is_no_cap():
+    # 100 continuous values: the maximum and the minimum are each 1% of the rows, but one row each.
+    advice = advise(target=RNG.normal(size=100))
+    assert "soft_bound" not in advice.spec
+    assert "# bounds: values from" in advice.spec and "-> nothing added" in advice.spec
