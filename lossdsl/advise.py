@@ -78,6 +78,9 @@ FAIRNESS_BOUND_LOSS_RATIO = 0.2
 #: Foreground below this share of pixels: Dice without the background channel (nnU-Net's do_bg=False).
 SMALL_FOREGROUND = 0.1
 
+#: Regression targets beyond this size (or with a scale below its inverse) are refused: rescale them.
+FLOAT32_SAFE = 1e18
+
 #: The metric named -> the fairness rate it asks to equalise (docs/choosing.md); None: dp_gap.
 FAIRNESS_STAT_FOR_METRIC = {
     None: "dp_gap", "accuracy": "error_rate_gap", "balanced_accuracy": "error_rate_gap",
@@ -805,6 +808,12 @@ def _piles_up(measured: dict[str, Any], share: str) -> bool:
 def _regression(draft: _Draft, stats: dict[str, Any], values: Any, ident: str, data_args: list[str],
                 metric: str | None, metric_arg: float | None) -> None:
     measured = regression_stats(values)
+    largest = max(abs(measured["min"]), abs(measured["max"]))
+    if largest > FLOAT32_SAFE or measured["robust_scale"] < 1 / FLOAT32_SAFE:
+        # Squared errors, deltas and bounds of such numbers leave float32 (3.4e38) or vanish in it.
+        raise DataError(f"{draft.target_label}: values up to {largest:.3g} with a scale of "
+                        f"{measured['robust_scale']:.3g} are outside what float32 training handles; "
+                        "rescale the target first")
     stats["regression"] = measured
     draft.inputs += [("pred", "real[N]"), (ident, "real[N]")]
     scale = measured["robust_scale"]

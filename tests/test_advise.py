@@ -718,3 +718,11 @@ def test_one_row_at_an_extreme_is_no_cap():
     advice = advise(target=RNG.normal(size=100))
     assert "soft_bound" not in advice.spec
     assert "# bounds: values from" in advice.spec and "-> nothing added" in advice.spec
+
+
+def test_targets_outside_float32s_reach_are_refused():
+    with pytest.raises(DataError, match="outside what float32 training handles; rescale the target first"):
+        advise(target=RNG.normal(size=100) * 1e30)
+    with pytest.raises(DataError, match="rescale"):
+        advise(target=RNG.normal(size=100) * 1e-25)
+    assert_valid(advise(target=RNG.normal(size=100) * 1e6).spec)
