@@ -210,6 +210,8 @@ def test_cli_json_format(capsys, tmp_path):
     ({"y": [0, 1], "x": [1, 2]}, [], "name the target column with --target"),
     ({"y": [0, 1]}, ["--target", "y", "--metric", "recal"], "unknown metric 'recal'; did you mean 'recall'?"),
     ({"y": [0, 1], "w": [1, "x"]}, ["--target", "y", "--weight", "w"], "weight column 'w' is not numeric"),
+    ({"y": [0, 1], "x": [1, 2]}, ["--target", "y", "--features", "x,z"], "no column 'z'"),
+    ({"y": [0, 1]}, ["--target", "y", "-o", "/nonexistent-dir/out.loss"], "cannot write /nonexistent-dir/out.loss"),
 ])
 def test_cli_bad_input_is_exit_2_with_one_line(capsys, tmp_path, columns, argv, message):
     data = tmp_path / "data.csv"
