@@ -611,9 +611,9 @@ def _classification(draft: _Draft, stats: dict[str, Any], task: str, codes: Any,
         if imbalance >= IMBALANCE_EXTREME:
             alpha = _class_balanced(weighted)
             if task == "binary":
-                term, args = "focal", [f"alpha={_num(alpha[1] / (alpha[0] + alpha[1]))}", *args]
+                term, args = "focal", ["gamma=2", f"alpha={_num(alpha[1] / (alpha[0] + alpha[1]))}", *args]
             else:
-                term, args = "focal", ["alpha=[" + ", ".join(_num(w) for w in alpha) + "]", *args]
+                term, args = "focal", ["gamma=2", "alpha=[" + ", ".join(_num(w) for w in alpha) + "]", *args]
             comments.append(draft.reason(
                 "imbalance", "focal(gamma=2, alpha=class-balanced)",
                 f"{what}: ratio >= {IMBALANCE_EXTREME:g} (Datumaro's warning level)"))
@@ -658,7 +658,7 @@ def _classification(draft: _Draft, stats: dict[str, Any], task: str, codes: Any,
                     "surrogate", f"soft_f1({', '.join(surrogate_args)})"))
         else:
             draft.reasons.append(Reason("metric", "none", f"metric {name} with imbalance ratio {imbalance:.1f} < "
-                                        f"{IMBALANCE_STRONG:g}: ce's optimum already ranks well for it"))
+                                        f"{IMBALANCE_STRONG:g}: ce alone (compare can test soft_f1 on the data)"))
 
 
 def _co_occurring(matrix: Any, positives: Any) -> list[tuple[int, int, float]]:
@@ -666,8 +666,8 @@ def _co_occurring(matrix: Any, positives: Any) -> list[tuple[int, int, float]]:
 
     if matrix.shape[1] > 2000:
         return []
-    as_float = matrix.astype(np.float32)
-    both = as_float.T @ as_float  # float32 counts are exact up to 2^24 rows
+    as_float = matrix.astype(np.float64)
+    both = as_float.T @ as_float  # float64 counts are exact up to 2^53 rows
     union = positives[:, None] + positives[None, :] - both
     jaccard = np.where(union > 0, both / np.maximum(union, 1), 0.0)
     upper = np.triu(jaccard >= CO_OCCURRENCE_JACCARD, k=1)

@@ -345,7 +345,7 @@ def test_extreme_imbalance_gives_focal_with_class_balanced_alpha():
     weights = cui_weights(counts)
     alpha = float(re.search(r"alpha=([0-9.e-]+)", data_term(advice)).group(1))
     assert alpha == pytest.approx(weights[1] / weights.sum(), rel=1e-3)
-    assert data_term(advice).startswith("focal(")
+    assert data_term(advice).startswith("focal(gamma=2, alpha=")
     multiclass = advise(target=np.repeat(np.arange(3), [6000, 600, 100]))  # ratio 60
     assert number_list(data_term(multiclass), "alpha") == pytest.approx(cui_weights([6000, 600, 100]), rel=1e-3)
     assert_valid(advice.spec)
@@ -645,7 +645,7 @@ def test_f1_under_strong_imbalance_adds_soft_f1():
 
 def test_f1_without_strong_imbalance_adds_nothing():
     advice = advise(target=np.array([0] * 600 + [1] * 400), metric="f1")
-    assert "soft_f1" not in advice.spec and reason(advice, "metric").choice == "none"
+    assert "let surrogate" not in advice.spec and reason(advice, "metric").choice == "none"
     assert "soft_f1" not in advise(target=np.array([0] * 950 + [1] * 50), metric="accuracy").spec
 
 
