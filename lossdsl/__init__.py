@@ -50,4 +50,10 @@ def __getattr__(name: str):  # noqa: ANN202
         import importlib
 
         return importlib.import_module(".terms", __name__)
+    if name == "compare":  # lossdsl.compare(specs, features, target, ...): numpy and the trainer loaded on use
+        import importlib
+
+        function = importlib.import_module(".compare", __name__).compare
+        globals()["compare"] = function  # importing the submodule set the name to the module: the function wins
+        return function
     raise AttributeError(f"module 'lossdsl' has no attribute {name!r}")

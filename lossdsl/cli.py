@@ -80,6 +80,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     advise.add_argument("-o", "--output", metavar="FILE", help="write there instead of to stdout")
     advise.set_defaults(run=_advise)
 
+    compare = commands.add_parser("compare", help="train candidate specs on your data and score them by a metric")
+    compare.add_argument("specs", nargs="+", metavar="SPEC", help=".loss files, or spec text such as 'ce()'")
+    compare.add_argument("--data", required=True, metavar="DATA", help="a .csv file (.parquet, .npz where installed)")
+    compare.add_argument("--target", required=True, metavar="COL", help="the column to predict")
+    compare.add_argument("--task", choices=("binary", "multiclass", "regression"), default=None,
+                         help="default: inferred from the target")
+    compare.add_argument("--model", default="linear", metavar="linear|mlp|python:MODULE:FACTORY",
+                         help="linear (default), mlp (one hidden layer of 64), or your factory f(n_features, n_outputs)")
+    compare.add_argument("--metric", default=None, metavar="NAME",
+                         help="the metric that decides: accuracy, f1, recall, balanced_accuracy, macro_f1, "
+                              "recall[CLASS], dp_gap, eo_gap; mae, rmse, pinball@Q")
+    compare.add_argument("--folds", type=_positive_int, default=3, metavar="K", help="cross-validation folds (default 3)")
+    compare.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                         help="one held-out fraction instead of folds")
+    compare.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the folds, weights and batches")
+    compare.add_argument("--group", action="append", default=[], metavar="COL",
+                         help="a group column (repeatable): the specs' group input, fairness gaps reported; not a feature")
+    compare.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
+                         help="default: enough for 1,000 optimiser steps, at least 5")
+    compare.add_argument("--plot", default=None, metavar="FILE.png", help="a bar chart of the named metric")
+    compare.add_argument("--format", choices=("text", "json", "markdown"), default="text", help="output format")
+    compare.add_argument("--quiet", action="store_true", help="no progress bar")
+    compare.set_defaults(run=_compare)
+
     args = parser.parse_args(argv)
     try:
         return args.run(args)
@@ -328,6 +352,52 @@ def _advise(args: argparse.Namespace) -> int:
     for warning in advice.warnings:
         print(f"lossdsl advise: warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Exit 2 for every user mistake (the data, an option, a spec that does not fit the data), one
+    line on stderr, or the spec's diagnostic; no traceback."""
+    from .compare import DataError, compare, load_factory, read_table
+
+    try:
+        table = read_table(args.data)
+        model = load_factory(args.model) if args.model not in ("linear", "mlp") else args.model
+        inputs = _compare_inputs(args.specs, table, args.target, args.group)
+        result = compare(args.specs, table, args.target, task=args.task, model=model, metric=args.metric,
+                         folds=args.folds, holdout=args.holdout, seed=args.seed, groups=args.group or None,
+                         inputs=inputs, epochs=args.epochs, progress=not args.quiet)
+    except DataError as exc:
+        print(f"lossdsl compare: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LossSpecError as exc:
+        print(exc.render(_use_color(sys.stderr)), file=sys.stderr)
+        return EXIT_USAGE
+    if args.format == "json":
+        print(result.to_json())
+    else:
+        sys.stdout.write(result.table(markdown=args.format == "markdown"))
+    if args.plot:
+        try:
+            print(f"plot: {result.plot(args.plot, [result.metric])}", file=sys.stderr)
+        except ImportError:
+            print("lossdsl compare: --plot needs matplotlib: pip install matplotlib", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError as exc:
+            print(f"lossdsl compare: cannot write the plot {args.plot}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return EXIT_OK
+
+
+def _compare_inputs(specs: Sequence[str], table: dict, target: str, groups: Sequence[str]) -> dict[str, str]:
+    """The columns the specs read besides pred, target and the groups (a sample_weight=w): inputs, not features."""
+    from .compare import _compiled, _load
+
+    names: dict[str, str] = {}
+    for spec in specs:
+        for name in _compiled(_load(spec)).inputs:
+            if name not in ("pred", "target", *groups) and name in table and name != target:
+                names[name] = name
+    return names
 
 
 def _use_color(stream: object) -> bool:
