@@ -728,3 +728,11 @@ def test_targets_outside_float32s_reach_are_refused():
     with pytest.raises(DataError, match="rescale"):
         advise(target=RNG.normal(size=100) * 1e-25)
     assert_valid(advise(target=RNG.normal(size=100) * 1e6).spec)
+
+
+def test_lossdsl_advise_is_the_function_even_after_importing_the_module():
+    import importlib
+
+    importlib.import_module("lossdsl.advise")
+    assert callable(lossdsl.advise) and lossdsl.advise is advise
+    assert isinstance(lossdsl.advise(target=np.array([0, 1, 1])), lossdsl.Advice)
