@@ -5,6 +5,10 @@
 """
 
 from . import library as _library  # noqa: F401  (registers the built-in terms)
+# Imported here, not on first use: the submodule lossdsl.advise would otherwise replace the
+# function lossdsl.advise once anything imports it. It imports only the standard library at
+# load time (numpy inside its functions), so `import lossdsl` stays as fast.
+from .advise import Advice, advise
 from .ast import Spec
 from .audit import AuditReport, audit
 from .builder import T
@@ -17,6 +21,7 @@ from .registry import REGISTRY, TermParams
 from .runtime import LossModule
 
 __all__ = [
+    "Advice",
     "AuditReport",
     "Diagnostic",
     "LossModule",
@@ -26,6 +31,7 @@ __all__ = [
     "Spec",
     "T",
     "TermParams",
+    "advise",
     "audit",
     "check",
     "compile",

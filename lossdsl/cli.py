@@ -60,6 +60,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     terms.add_argument("--markdown", action="store_true", help="print the reference as docs/terms.md holds it")
     terms.set_defaults(run=_terms)
 
+    advise = commands.add_parser("advise", help="suggest a spec from the data, each choice with its reason")
+    advise.add_argument("data", metavar="DATA", help="a .csv, .tsv, .parquet, .npy or .npz file")
+    advise.add_argument("--target", action="append", default=[], metavar="COL",
+                        help="the target column (repeat, or COL1,COL2, for several 0/1 columns: multi-label); "
+                             "optional when the file holds one array")
+    advise.add_argument("--task", choices=("binary", "multiclass", "multilabel", "regression", "segmentation"),
+                        help="the task, instead of inferring it")
+    advise.add_argument("--group", action="append", default=[], metavar="COL",
+                        help="a protected-group column: adds a fairness bound (repeatable)")
+    advise.add_argument("--weight", metavar="COL", help="a column of per-row sample weights")
+    advise.add_argument("--metric", metavar="METRIC",
+                        help="the metric that matters: accuracy, f1, fBETA, recall, precision, roc_auc, log_loss, "
+                             "mae, rmse, pinball@Q, dice, ...")
+    advise.add_argument("--features", metavar="COL,...",
+                        help="the feature columns, for the duplicate-label check (default: every other column)")
+    advise.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text: the spec; json: the statistics, reasons and spec")
+    advise.add_argument("-o", "--output", metavar="FILE", help="write there instead of to stdout")
+    advise.set_defaults(run=_advise)
+
     compare = commands.add_parser("compare", help="train candidate specs on your data and score them by a metric")
     compare.add_argument("specs", nargs="+", metavar="SPEC", help=".loss files, or spec text such as 'ce()'")
     compare.add_argument("--data", required=True, metavar="DATA", help="a .csv file (.parquet, .npz where installed)")
@@ -284,6 +304,53 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _terms(args: argparse.Namespace) -> int:
     sys.stdout.write(terms_markdown() if args.markdown else terms_text())
+    return EXIT_OK
+
+
+def _advise(args: argparse.Namespace) -> int:
+    from .advise import advise
+    from .datafiles import DataError, read_table, select_columns
+
+    def names(values: Sequence[str]) -> list[str]:
+        return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+    targets, group_names = names(args.target), names(args.group)
+    try:
+        table = read_table(args.data)
+        if not targets:
+            if len(table) != 1:
+                raise DataError(f"{args.data}: name the target column with --target "
+                                f"(columns: {', '.join(list(table)[:20])})")
+            targets = list(table)
+        chosen = names([args.features]) if args.features else None
+        named = [*targets, *group_names, *([args.weight] if args.weight else []), *(chosen or [])]
+        select_columns(table, named, args.data)  # a missing column: one line naming the file and the columns
+        rows = table[targets[0]].shape[0]
+        excluded = {*targets, *([args.weight] if args.weight else [])}
+        feature_names = chosen if chosen is not None else [
+            name for name in table if name not in excluded and table[name].ndim == 1 and table[name].shape[0] == rows]
+        advice = advise(
+            target={name: table[name] for name in targets},
+            features={name: table[name] for name in feature_names} if feature_names else None,
+            task=args.task,
+            groups={name: table[name] for name in group_names} or None,
+            metric=args.metric,
+            weight={args.weight: table[args.weight]} if args.weight else None,
+        )
+    except DataError as exc:
+        print(f"lossdsl advise: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    text = json.dumps(advice.to_json(), indent=2) + "\n" if args.format == "json" else advice.spec
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"lossdsl advise: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        sys.stdout.write(text)
+    for warning in advice.warnings:
+        print(f"lossdsl advise: warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
