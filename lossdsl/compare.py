@@ -249,9 +249,11 @@ def compare(
         raise DataError("no specs to compare")
     extra: dict[str, np.ndarray] = {}
     group_names: list[str] = []
+    target_name: str | None = None  # a spec may read the target by its column's name (advise writes so)
     if isinstance(features, Mapping):
         columns = {str(k): np.asarray(v) for k, v in features.items()}
         if isinstance(target, str):
+            target_name = target
             target = _column(columns, target, "target")
             del columns[target[0]]
             target = target[1]
@@ -293,6 +295,8 @@ def compare(
             if len(values) != len(y):
                 raise DataError(f"input {name!r}: {len(values)} rows, the target {len(y)}")
             extra[name] = values
+    if target_name is not None and target_name not in extra:
+        extra[target_name] = y
     metric = _metric_name(metric, task, classes, group_names)
     if holdout is None and not 2 <= folds <= len(y):
         raise DataError(f"folds: expected 2 to {len(y)} (the rows), got {folds}")

@@ -359,3 +359,18 @@ def test_feature_columns_numbers_as_they_are_text_one_hot_and_matrices_by_column
     np.testing.assert_array_equal(encode_features(columns), [[30, 0, 1, 1, 2], [40, 1, 0, 3, 4], [50, 0, 1, 5, 6]])
     with pytest.raises(DataError, match="feature column 'img'"):
         encode_features({"img": np.zeros((3, 2, 2))})
+
+
+def test_cli_a_spec_reading_the_target_by_its_column_name_trains_as_on_target(data_csv, capsys, tmp_path):
+    """advise names the target input after its column (`ce(target=y)`); compare passes the target
+    under that name too, and the spec trains exactly as `ce()` on `target` does."""
+    advised = tmp_path / "advised.loss"
+    code, _, err = run_cli(capsys, "advise", str(data_csv), "--target", "y", "-o", str(advised))
+    assert code == 0, err
+    by_name = "inputs:\n    pred: logits[N]\n    y: binary[N]\nloss = ce(target=y)\n"
+    code, out, err = run_cli(capsys, "compare", "ce()", by_name, str(advised), "--data", str(data_csv),
+                             "--target", "y", "--epochs", "1", "--quiet", "--format", "json")
+    assert code == 0, err
+    scores = [spec["metrics"] for spec in json.loads(out)["specs"]]
+    assert scores[0] == scores[1]
+    assert set(scores[2]) == set(scores[0])
