@@ -45,6 +45,10 @@ class CEParams(TermParams):
     )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="mass spread uniformly over the classes")
     ignore_index: Int64 = Field(-100, description="targets equal to this are left out, as in F.cross_entropy")
+    z_loss: NonNegativeFloat = Field(
+        0.0, description="adds z_loss * logsumexp(logits)^2 to each target's loss, weighted and averaged as "
+        "the ce (PaLM's z-loss, 1e-4 there)"
+    )
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -106,6 +110,11 @@ class CrossEntropy(Term):
       keeps the global counts (``fit`` is per rank: give each rank the whole label set).
     - ``reduction=none``: ``F.cross_entropy(reduction="none")``, one loss per target ``[N, ...]``
       (``[N]`` for binary logits), class-weighted and 0 where ignored, times ``sample_weight``.
+    - ``z_loss=z`` (PaLM, Chowdhery et al. 2022; 1e-4 there): each target's loss gains
+      ``z * logsumexp(logits)^2`` over its classes (``softplus(x)^2`` for a binary logit ``x``),
+      weighed as that target's ce (its class weight and ``sample_weight``, 0 where ignored) and
+      reduced with it, so ``mean`` is ce's mean plus ``z`` times the same weighted mean of
+      ``log^2 Z``; it keeps the softmax normaliser near 1 (``log Z`` near 0).
     - Half-precision logits are computed in float32 (torch's own float16 mean is NaN past 65,536
       targets) and the loss comes back in their dtype.
     """
@@ -118,6 +127,7 @@ class CrossEntropy(Term):
         self.label_smoothing = params.label_smoothing
         self.ignore_index = params.ignore_index
         self.reduction = params.reduction
+        self.z_loss = params.z_loss
         fixed = params.weight if isinstance(params.weight, tuple) else None
         self.register_buffer("class_weight", torch.tensor(fixed, dtype=torch.float64) if fixed else None)
         # Sized on first use: the class count comes from the logits' shape.
@@ -163,6 +173,8 @@ class CrossEntropy(Term):
             if self.balanced and self.training and distributed.active():  # still take part in the count sum
                 self._class_weight(target.long(), target == target, num_classes, pred.dtype)
             return pred.sum()
+        if self.z_loss:
+            return self._general_form(pred, target, binary, num_classes, sample_weight)
         if target.is_floating_point():
             return self._probability_form(pred, target, binary, sample_weight)
         if binary and self._nothing_to_ignore(target) and self.class_weight is None and not self.balanced:
@@ -198,6 +210,20 @@ class CrossEntropy(Term):
             return total
         return weighted_mean(total, denominator)
 
+    def _general_form(
+        self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int,
+        sample_weight: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``mean`` or ``sum`` from the element-wise losses and shares of ``_losses`` (for the
+        options the fused kernels lack: ``z_loss``)."""
+        losses, share = self._losses(pred, target, binary, num_classes)
+        if sample_weight is not None:
+            per_element = sample_weight.reshape(-1, *[1] * (losses.dim() - 1))  # a sample's weight, per pixel
+            losses, share = losses * per_element, share * per_element
+        if self.reduction == "sum":
+            return losses.sum()
+        return weighted_mean(losses.sum(), share.sum())
+
     def _per_sample(self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int) -> torch.Tensor:
         """For group_loss and ``LossModule.per_sample``: [N, 2] of each sample's weighted loss and
         weight, summed over its elements, so a group's mean is ce's own mean over the group (class
@@ -213,8 +239,8 @@ class CrossEntropy(Term):
         self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``F.cross_entropy(reduction="none")`` [N, ...] (binary logits as the two-class logits
-        ``[0, z]``), and each element's share of ``mean``'s denominator: its class weight, 0 where
-        ignored, 1 for probability targets (torch's mean over them counts elements)."""
+        ``[0, z]``) plus the z-loss, and each element's share of ``mean``'s denominator: its class
+        weight, 0 where ignored, 1 for probability targets (torch's mean over them counts elements)."""
         if binary:  # the two-class softmax of [0, logit] is sigmoid(logit)
             logits = pred if pred.dim() == 1 else pred[:, 0]
             pred = torch.stack([torch.zeros_like(logits), logits], dim=1)
@@ -228,16 +254,20 @@ class CrossEntropy(Term):
             losses = F.cross_entropy(
                 pred, target.to(pred.dtype), weight=weight, reduction="none", label_smoothing=self.label_smoothing
             )
-            return losses, torch.ones_like(losses)
-        target = target.long()
-        keep = target != self.ignore_index
-        labels = target * keep
-        weight = self._class_weight(labels, keep, num_classes, pred.dtype)
-        losses = F.cross_entropy(
-            pred, target, weight=weight, ignore_index=self.ignore_index, reduction="none",
-            label_smoothing=self.label_smoothing,
-        )
-        return losses, (keep.to(pred.dtype) if weight is None else weight[labels] * keep)
+            share = torch.ones_like(losses)
+        else:
+            target = target.long()
+            keep = target != self.ignore_index
+            labels = target * keep
+            weight = self._class_weight(labels, keep, num_classes, pred.dtype)
+            losses = F.cross_entropy(
+                pred, target, weight=weight, ignore_index=self.ignore_index, reduction="none",
+                label_smoothing=self.label_smoothing,
+            )
+            share = keep.to(pred.dtype) if weight is None else weight[labels] * keep
+        if self.z_loss:  # weighed as the element's ce: by its class weight, 0 where ignored
+            losses = losses + self.z_loss * torch.logsumexp(pred, dim=1).square() * share
+        return losses, share
 
     @staticmethod
     def _layout_hint(pred: torch.Tensor, target: torch.Tensor) -> str:
