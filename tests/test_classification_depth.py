@@ -96,3 +96,124 @@ def test_z_loss_zero_is_plain_ce():
 def test_z_loss_negative_is_a_spec_error():
     with pytest.raises(lossdsl.LossSpecError, match="z_loss"):
         lossdsl.compile("ce(z_loss=-1e-4)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. weight=class_balanced(beta): Cui et al. (2019), (1 - beta) / (1 - beta^n_c), summing to C
+
+
+def cui_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
+    """The paper's formula, in float64, normalised to sum to the class count."""
+    counts = counts.double()
+    w = (1 - beta) / (1 - beta**counts)
+    return w * len(counts) / w.sum()
+
+
+def skewed_labels(n: int, classes: int) -> torch.Tensor:
+    """Every class present, class 0 far the most frequent."""
+    labels = torch.arange(n) % classes
+    labels[: n // 2] = 0
+    return labels[torch.randperm(n)]
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.9, 0.99, 0.9999])
+@pytest.mark.parametrize("shape", [(40, 4), (4, 3, 5, 5)], ids=["NC", "NCHW"])
+def test_class_balanced_is_torch_ce_with_cuis_weights(shape, beta):
+    classes = shape[1]
+    t = skewed_labels(shape[0] * int(torch.tensor(shape[2:]).prod()), classes).reshape(shape[0], *shape[2:])
+    x = logits(*shape)
+    loss_fn = lossdsl.compile(f"ce(weight=class_balanced({beta}))")
+    ours = loss_fn(pred=x, target=t)  # training mode: counts this batch first, then weighs it
+    counts = torch.bincount(t.reshape(-1), minlength=classes)
+    torch.testing.assert_close(loss_fn.terms[0].class_counts, counts)
+    assert_parity(ours, F.cross_entropy(x, t, weight=cui_weights(counts, beta)), x)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.999, 0.999999])
+def test_class_balanced_weights_are_the_formula(beta):
+    from lossdsl.library.classification import class_balanced_weight
+
+    counts = torch.tensor([1, 7, 300, 12000, 2])
+    for dtype in (torch.float32, torch.float64):
+        got = class_balanced_weight(counts, beta, dtype)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, cui_weights(counts, beta).to(dtype))
+        torch.testing.assert_close(got.sum(), torch.tensor(5.0, dtype=dtype))
+
+
+def test_class_balanced_near_one_is_inverse_frequency_and_zero_is_uniform():
+    from lossdsl.library.classification import class_balanced_weight
+
+    counts = torch.tensor([10, 40, 50])
+    inverse = 1 / counts.double()
+    torch.testing.assert_close(class_balanced_weight(counts, 1 - 1e-9, torch.float64), inverse * 3 / inverse.sum(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(class_balanced_weight(counts, 0.0, torch.float64), torch.ones(3, dtype=torch.float64))
+
+
+def test_class_balanced_unseen_class_weighs_as_the_rarest_seen():
+    """n_c = 0 has effective number 0 ((1 - beta) / 0 = inf in the formula): it takes the rarest
+    seen class's weight before the scaling to C, so every weight is finite."""
+    from lossdsl.library.classification import class_balanced_weight
+
+    counts = torch.tensor([5, 0, 20, 1])
+    raw = (1 - 0.9) / (1 - 0.9 ** torch.tensor([5.0, 1.0, 20.0, 1.0], dtype=torch.float64))  # class 1 as class 3
+    got = class_balanced_weight(counts, 0.9, torch.float64)
+    torch.testing.assert_close(got, raw * 4 / raw.sum())
+    torch.testing.assert_close(class_balanced_weight(torch.zeros(3, dtype=torch.long), 0.9, torch.float64),
+                               torch.ones(3, dtype=torch.float64))
+
+
+def test_class_balanced_fit_eval_and_an_absent_class():
+    """fit() sets the counts from a data set; in eval mode they are frozen and a class the data
+    set lacks still gets a finite weight (and a finite, torch-equal loss when it appears)."""
+    labels = torch.tensor([0] * 30 + [2] * 5)  # class 1 never seen
+    loss_fn = lossdsl.compile("ce(weight=class_balanced(0.99))")
+    loss_fn.fit(target=labels, pred=torch.zeros(1, 3))
+    loss_fn.eval()
+    x = logits(6, 3)
+    t = torch.tensor([0, 1, 2, 1, 0, 2])
+    counts = torch.tensor([30, 5, 5])  # class 1 weighs as the rarest seen (5)
+    assert_parity(loss_fn(pred=x, target=t), F.cross_entropy(x, t, weight=cui_weights(counts, 0.99)), x)
+    torch.testing.assert_close(loss_fn.terms[0].class_counts, torch.tensor([30, 0, 5]))
+
+
+def test_class_balanced_binary_logits_and_smoothing():
+    z = logits(24)
+    y = torch.zeros(24, dtype=torch.long)
+    y[:5] = 1
+    ours = lossdsl.compile("ce(weight=class_balanced(0.9), label_smoothing=0.1)")(pred=z, target=y)
+    w = cui_weights(torch.tensor([19, 5]), 0.9)
+    two_class = torch.stack([torch.zeros_like(z), z], dim=1)
+    assert_parity(ours, F.cross_entropy(two_class, y, weight=w, label_smoothing=0.1), z)
+
+
+def test_class_balanced_survives_state_dict():
+    a = lossdsl.compile("ce(weight=class_balanced(0.9))")
+    a(pred=torch.randn(10, 3), target=torch.tensor([0, 0, 0, 0, 1, 1, 2, 0, 0, 1]))
+    b = lossdsl.compile("ce(weight=class_balanced(0.9))")
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b.terms[0].class_counts, torch.tensor([6, 3, 1]))
+
+
+def test_class_balanced_compiles_fullgraph():
+    loss_fn = lossdsl.compile("ce(weight=class_balanced(0.99), z_loss=1e-4)")
+    x, t = torch.randn(16, 4), skewed_labels(16, 4)
+    eager = loss_fn(pred=x, target=t)
+    loss_fn.fit(target=torch.tensor([], dtype=torch.long), pred=torch.zeros(1, 4))  # counts back to zero
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    torch.testing.assert_close(compiled(pred=x, target=t), eager)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("ce(weight=class_balanced)", "takes its number"),
+    ("ce(weight=class_balanced(1))", "less than 1"),
+    ("ce(weight=class_balanced(-0.5))", "greater than or equal to 0"),
+])
+def test_class_balanced_spec_errors(spec, message):
+    with pytest.raises(lossdsl.LossSpecError, match=message):
+        lossdsl.compile(spec)
+
+
+def test_class_balanced_needs_class_indices():
+    with pytest.raises(lossdsl.LossSpecError, match=r"class_balanced\(0.9\) counts classes"):
+        lossdsl.compile("ce(weight=class_balanced(0.9))")(pred=torch.randn(4, 3), target=torch.rand(4, 3).softmax(1))

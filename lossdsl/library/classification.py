@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 import torch
@@ -34,14 +35,19 @@ MAX_CLASS_WEIGHT = 1e15
 ClassWeights = Annotated[tuple[Annotated[float, Field(gt=0, le=MAX_CLASS_WEIGHT)], ...], Field(min_length=1)]
 
 
+#: ``weight=class_balanced(beta)``: Cui et al.'s effective-number weights, ``0 <= beta < 1``.
+ClassBalanced = tuple[Literal["class_balanced"], Annotated[float, Field(ge=0, lt=1)]]
+
+
 class CEParams(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits: [N, C, ...] for C classes, or [N] / [N, 1] for binary")
     target: InputOf("labels", "binary", "probs") = Field(
         "target", description="integer class indices [N, ...] (0/1 for binary logits), or class probabilities"
     )
-    weight: Literal["balanced"] | ClassWeights | None = Field(
-        None, description="class weights: none, 'balanced' (from running class counts) or a list, one per class, "
-        "each at most 1e15 (a batch's summed weights must stay within float32; only their ratios matter to mean)"
+    weight: Literal["balanced"] | ClassBalanced | ClassWeights | None = Field(
+        None, description="class weights: none, 'balanced' or 'class_balanced(beta)' (from running class counts) "
+        "or a list, one per class, each at most 1e15 (a batch's summed weights must stay within float32; only "
+        "their ratios matter to mean)"
     )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="mass spread uniformly over the classes")
     ignore_index: Int64 = Field(-100, description="targets equal to this are left out, as in F.cross_entropy")
@@ -55,7 +61,7 @@ class CEParams(TermParams):
 
 def _ce_layouts(params: CEParams) -> tuple[Layout, ...]:
     """A list of class weights fixes the class count (two: binary logits fit too)."""
-    if isinstance(params.weight, tuple):
+    if isinstance(params.weight, tuple) and params.weight[0] != "class_balanced":
         return class_layouts(len(params.weight), binary=len(params.weight) == 2)
     return class_layouts()
 
@@ -108,6 +114,12 @@ class CrossEntropy(Term):
       logits; with no counts at all every weight is 1. It is saved in ``state_dict()``. Under
       ``torch.distributed`` the batch's counts are summed over all ranks first, so every rank
       keeps the global counts (``fit`` is per rank: give each rank the whole label set).
+    - ``weight=class_balanced(beta)``, ``0 <= beta < 1``: Cui et al. (2019)'s weights by effective
+      number, ``(1 - beta) / (1 - beta^n_c)``, scaled to sum to ``C`` as the paper does, over
+      the same running class counts as ``balanced`` (counted, frozen, fitted, saved and summed over
+      ranks alike). ``beta=0`` weighs every class 1; as ``beta`` nears 1 the weights near
+      inverse class frequency. A class with ``n_c = 0`` (effective number 0) weighs as much as
+      the rarest class seen before the scaling, never inf; no counts at all give ones.
     - ``reduction=none``: ``F.cross_entropy(reduction="none")``, one loss per target ``[N, ...]``
       (``[N]`` for binary logits), class-weighted and 0 where ignored, times ``sample_weight``.
     - ``z_loss=z`` (PaLM, Chowdhery et al. 2022; 1e-4 there): each target's loss gains
@@ -123,12 +135,15 @@ class CrossEntropy(Term):
 
     def __init__(self, params: CEParams):
         super().__init__()
-        self.balanced = params.weight == "balanced"
+        weight = params.weight
+        # class_balanced(beta) has Cui et al.'s formula; both weigh classes by running counts.
+        self.beta = weight[1] if isinstance(weight, tuple) and weight[0] == "class_balanced" else None
+        self.balanced = weight == "balanced" or self.beta is not None
         self.label_smoothing = params.label_smoothing
         self.ignore_index = params.ignore_index
         self.reduction = params.reduction
         self.z_loss = params.z_loss
-        fixed = params.weight if isinstance(params.weight, tuple) else None
+        fixed = weight if isinstance(weight, tuple) and self.beta is None else None
         self.register_buffer("class_weight", torch.tensor(fixed, dtype=torch.float64) if fixed else None)
         # Sized on first use: the class count comes from the logits' shape.
         self.register_buffer("class_counts", torch.zeros(0, dtype=torch.long) if self.balanced else None)
@@ -249,7 +264,7 @@ class CrossEntropy(Term):
                 target = torch.stack([1 - probability, probability], dim=1)
         if target.is_floating_point():
             if self.balanced:
-                self.fail(1, "weight=balanced counts classes, so it needs integer class indices, not probabilities")
+                self.fail(1, f"weight={self._counted_weight()} counts classes, so it needs integer class indices, not probabilities")
             weight = self._class_weight(None, None, num_classes, pred.dtype)
             losses = F.cross_entropy(
                 pred, target.to(pred.dtype), weight=weight, reduction="none", label_smoothing=self.label_smoothing
@@ -351,7 +366,7 @@ class CrossEntropy(Term):
         self, pred: torch.Tensor, target: torch.Tensor, binary: bool, sample_weight: torch.Tensor | None
     ) -> torch.Tensor:
         if self.balanced:
-            self.fail(1, "weight=balanced counts classes, so it needs integer class indices, not probabilities")
+            self.fail(1, f"weight={self._counted_weight()} counts classes, so it needs integer class indices, not probabilities")
         if binary:  # the two-class form of F.cross_entropy, as for class indices
             logits = pred if pred.dim() == 1 else pred[:, 0]
             pred = torch.stack([torch.zeros_like(logits), logits], dim=1)
@@ -384,9 +399,17 @@ class CrossEntropy(Term):
             if distributed.active():  # every rank counts the global batch
                 distributed.all_reduce_counts_(batch_counts)
             counts.add_(batch_counts)
+            if self.beta is not None:
+                return class_balanced_weight(counts, self.beta, dtype)
             # This batch is counted, so only an all-ignored batch has no counts, and it weighs nothing.
             return balanced_weight(counts, dtype, guard_empty=False)
+        if self.beta is not None:
+            return class_balanced_weight(counts, self.beta, dtype)
         return balanced_weight(counts, dtype)
+
+    def _counted_weight(self) -> str:
+        """The weight option that counts classes, as the spec writes it."""
+        return "balanced" if self.beta is None else f"class_balanced({self.beta:g})"
 
     def fit(self, pred: torch.Tensor | None, target: torch.Tensor | None) -> None:
         """Set the class counts from a whole data set's targets (``LossModule.fit`` calls it).
@@ -424,6 +447,26 @@ def balanced_weight(counts: torch.Tensor, dtype: torch.dtype, guard_empty: bool 
     if not guard_empty:
         return weight
     return torch.where(total > 0, weight, torch.ones_like(weight))
+
+
+def class_balanced_weight(counts: torch.Tensor, beta: float, dtype: torch.dtype) -> torch.Tensor:
+    """Cui et al. (2019)'s class-balanced weights ``(1 - beta) / (1 - beta^n_c)``, scaled to sum
+    to the class count ``C`` as the paper does.
+
+    ``1 - beta^n`` is ``-expm1(n log beta)``, which keeps its digits for ``beta`` near 1 and small
+    ``n``. A class not seen yet (``n_c = 0``, whose effective number is 0) weighs as much as the
+    rarest class seen, as for ``balanced``; no counts at all give ones.
+    """
+    computed_in = accumulation_dtype(dtype)
+    counts = counts.to(computed_in)
+    seen = counts > 0
+    if beta == 0:  # every effective number is 1 (0^0 aside): equal weights
+        weight = torch.ones_like(counts)
+    else:
+        weight = (1 - beta) / -torch.expm1(counts.clamp_min(1) * math.log(beta))
+        weight = torch.where(seen, weight, weight.masked_fill(~seen, 0).amax())
+    weight = torch.where(seen.any(), weight, torch.ones_like(weight))
+    return (weight * (counts.numel() / weight.sum())).to(dtype)
 
 
 class BCEParams(TermParams):
