@@ -217,3 +217,66 @@ def test_class_balanced_spec_errors(spec, message):
 def test_class_balanced_needs_class_indices():
     with pytest.raises(lossdsl.LossSpecError, match=r"class_balanced\(0.9\) counts classes"):
         lossdsl.compile("ce(weight=class_balanced(0.9))")(pred=torch.randn(4, 3), target=torch.rand(4, 3).softmax(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. bce(weight=[...]): one weight per label of multi-label targets, beside pos_weight
+
+LABEL_WEIGHTS = [0.5, 2.0, 1.0, 4.0]
+
+
+def multi_label(*shape: int) -> torch.Tensor:
+    return torch.randint(0, 2, shape).double()
+
+
+@pytest.mark.parametrize("pos_weight", [None, 3.0, [1.0, 2.0, 0.5, 5.0]], ids=["none", "scalar", "per label"])
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_bce_label_weights_are_torchs_weight(reduction, pos_weight):
+    """sum and none are exactly torch's weight= of shape [C]."""
+    x, y = logits(10, 4), multi_label(10, 4)
+    w = torch.tensor(LABEL_WEIGHTS, dtype=torch.float64)
+    pw = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float64)
+    ref = F.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=pw, reduction=reduction)
+    spec = f"bce(weight={LABEL_WEIGHTS}, reduction={reduction}" + (f", pos_weight={pos_weight})" if pos_weight else ")")
+    assert_parity(lossdsl.compile(spec)(pred=x, target=y), ref, x)
+
+
+@pytest.mark.parametrize("shape", [(10, 4), (3, 5, 4)], ids=["NC", "NLC"])
+def test_bce_label_weights_mean_divides_by_the_summed_weights(shape):
+    x, y = logits(*shape), multi_label(*shape)
+    w = torch.tensor(LABEL_WEIGHTS, dtype=torch.float64)
+    total = F.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=torch.tensor(2.0, dtype=torch.float64), reduction="sum")
+    ours = lossdsl.compile(f"bce(weight={LABEL_WEIGHTS}, pos_weight=2.0)")(pred=x, target=y)
+    assert_parity(ours, total / w.expand(shape).sum(), x)
+
+
+def test_bce_label_weights_with_sample_weights_and_smoothing():
+    x, y = logits(8, 4), multi_label(8, 4)
+    sw = torch.rand(8, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor(LABEL_WEIGHTS, dtype=torch.float64)
+    element_weight = sw[:, None] * w
+    losses = F.binary_cross_entropy_with_logits(x, y * 0.9 + 0.05, reduction="none")
+    ours = lossdsl.compile(f"bce(weight={LABEL_WEIGHTS}, label_smoothing=0.1, sample_weight=sw)")(pred=x, target=y, sw=sw)
+    assert_parity(ours, (element_weight * losses).sum() / element_weight.sum(), x, sw)
+
+
+def test_bce_equal_label_weights_are_unweighted_bce():
+    x, y = logits(7, 4), multi_label(7, 4)
+    ours = lossdsl.compile("bce(weight=[3, 3, 3, 3])")(pred=x, target=y)
+    assert_parity(ours, F.binary_cross_entropy_with_logits(x, y), x)
+
+
+def test_bce_label_weights_empty_batch_is_zero():
+    x = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+    got = lossdsl.compile(f"bce(weight={LABEL_WEIGHTS})")(pred=x, target=torch.zeros(0, 4))
+    assert got.item() == 0.0
+
+
+def test_bce_label_weights_of_the_wrong_width_are_a_call_error():
+    with pytest.raises(lossdsl.LossSpecError, match="weight has 4 entries, one per label, but pred has 3 labels"):
+        lossdsl.compile(f"bce(weight={LABEL_WEIGHTS})")(pred=torch.randn(2, 3), target=torch.ones(2, 3))
+
+
+def test_bce_weight_and_pos_weight_disagreeing_on_labels_is_a_spec_error():
+    with pytest.raises(lossdsl.LossSpecError, match="weight and pos_weight have 2 and 3 entries"):
+        lossdsl.compile("bce(weight=[1, 2], pos_weight=[1, 2, 3])")

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat
+from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat, model_validator
 
 from .. import distributed, parity
 from ..registry import (
@@ -476,15 +476,28 @@ class BCEParams(TermParams):
         None, description="weight of positives: one number, or one per label, each at most 1e15 (a "
         "positive's loss is scaled by it, and must stay within float32)"
     )
+    weight: ClassWeights | None = Field(
+        None, description="one weight per label (pred.shape[-1]), each at most 1e15: every element's loss is "
+        "scaled by its label's weight, as F.binary_cross_entropy_with_logits's weight of shape [C]"
+    )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="targets become y * (1 - e) + e / 2")
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
+    @model_validator(mode="after")
+    def _one_label_count(self) -> BCEParams:
+        labels = {len(w) for w in (self.pos_weight, self.weight) if isinstance(w, tuple) and len(w) > 1}
+        if len(labels) > 1:
+            raise ValueError(f"weight and pos_weight have {' and '.join(map(str, sorted(labels)))} entries: "
+                             "each has one per label (or pos_weight one number)")
+        return self
+
 
 def _bce_layouts(params: BCEParams) -> tuple[Layout, ...]:
-    """pred and target of one shape; a list of several pos_weight entries is one per label (last dimension)."""
-    labels = len(params.pos_weight) if isinstance(params.pos_weight, tuple) and len(params.pos_weight) > 1 else None
-    return same_shape_layouts("pred", "target", last=labels)
+    """pred and target of one shape; a list of several weight or pos_weight entries is one per
+    label (last dimension)."""
+    lists = [len(w) for w in (params.weight, params.pos_weight) if isinstance(w, tuple) and len(w) > 1]
+    return same_shape_layouts("pred", "target", last=lists[0] if lists else None)
 
 
 def _bce_cases(s: parity.Sizes) -> list[parity.Case]:
@@ -508,6 +521,15 @@ class BinaryCrossEntropy(Term):
     ``pos_weight`` has one entry, or one per label (``pred.shape[-1]``). ``label_smoothing=e``
     replaces the targets by ``y * (1 - e) + e / 2`` (torch's function lacks it). ``reduction=none``
     gives the element-wise losses, of ``pred``'s shape.
+
+    ``weight=[w_1, ..., w_C]`` weighs each label of multi-label targets ``[N, C]`` (or ``[N, ...,
+    C]``): every element's loss times its label's weight, as torch's ``weight`` of shape ``[C]``;
+    ``sum`` and ``none`` are torch's. ``mean`` divides by the summed weights of the elements,
+    ``sum(w_c l_nc) / (N sum(w_c))``, as ce does with class weights (only the weights' ratios
+    matter); torch's ``F.binary_cross_entropy_with_logits(weight=w)`` divides by the element
+    count instead. ``pos_weight`` scales the positive part of the loss inside it, as in torch,
+    and never enters the denominator. With ``sample_weight``, each element's weight is its
+    label's weight times its sample's.
     """
 
     per_sample = True
@@ -520,6 +542,8 @@ class BinaryCrossEntropy(Term):
         if isinstance(pos_weight, float):
             pos_weight = (pos_weight,)
         self.register_buffer("pos_weight", torch.tensor(pos_weight, dtype=torch.float64) if pos_weight else None)
+        label_weight = params.weight
+        self.register_buffer("label_weight", torch.tensor(label_weight, dtype=torch.float64) if label_weight else None)
 
     def forward(
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
@@ -536,12 +560,43 @@ class BinaryCrossEntropy(Term):
         target = target.to(pred.dtype)
         if self.label_smoothing:
             target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
+        if self.label_weight is not None:
+            return self._label_weighted(pred, target, pos_weight, sample_weight, parts)
         if sample_weight is None and pred.numel():
             return F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction=self.reduction)
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
         losses = F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction="none")
         return self.reduce(losses, sample_weight, parts)
+
+    def _label_weighted(
+        self, pred: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | None,
+        sample_weight: torch.Tensor | None, parts: bool,
+    ) -> torch.Tensor:
+        """``weight=[...]``: each element's loss times its label's weight; ``mean`` divides by the
+        summed element weights."""
+        width = pred.shape[-1] if pred.dim() > 1 else 1
+        if self.label_weight.numel() != width:
+            self.fail(0, f"weight has {self.label_weight.numel()} entries, one per label, but pred has {width} labels")
+        weight = self.label_weight.to(pred.dtype)
+        losses = F.binary_cross_entropy_with_logits(pred, target, weight=weight, pos_weight=pos_weight, reduction="none")
+        share = weight.expand(pred.shape)
+        if parts:  # [N, 2]: each sample's weighted loss and weight, so a group's mean is bce's own
+            rows = (lambda t: t.flatten(1)) if pred.dim() > 1 else (lambda t: t.reshape(-1, 1))
+            total = rows(losses).sum(dim=1)
+            weights = torch.ones_like(total) if self.reduction == "sum" else rows(share).sum(dim=1)
+            return torch.stack([total, weights], dim=1)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
+            per_element = sample_weight.reshape(-1, *[1] * (pred.dim() - 1))
+            losses, share = losses * per_element, share * per_element
+        if self.reduction == "none":
+            return losses
+        computed_in = accumulation_dtype(pred.dtype)
+        total = losses.sum(dtype=computed_in)
+        if self.reduction == "sum":
+            return total.to(pred.dtype)
+        return weighted_mean(total, share.sum(dtype=computed_in)).to(pred.dtype)
 
 
 def _classes_at_least_two(alpha: tuple[float, ...]) -> tuple[float, ...]:
