@@ -280,3 +280,108 @@ def test_bce_label_weights_of_the_wrong_width_are_a_call_error():
 def test_bce_weight_and_pos_weight_disagreeing_on_labels_is_a_spec_error():
     with pytest.raises(lossdsl.LossSpecError, match="weight and pos_weight have 2 and 3 entries"):
         lossdsl.compile("bce(weight=[1, 2], pos_weight=[1, 2, 3])")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. normalize=weights|count: torch's mean (divided by the summed weights) or mmpretrain's
+#    (weight_reduce_loss in mmpretrain/models/losses/utils.py, avg_factor=None: mean over the
+#    elements of w * loss)
+
+CLASS_WEIGHTS = [0.5, 2.0, 1.0, 3.0]
+
+
+def mmpretrain_mean(losses: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """mmpretrain's weight_reduce_loss(loss, weight, reduction="mean", avg_factor=None)."""
+    if weight is not None:
+        losses = losses * weight
+    return losses.mean()
+
+
+@pytest.mark.parametrize("shape", [(24, 4), (3, 4, 5, 5)], ids=["NC", "NCHW"])
+def test_ce_normalize_weights_is_torchs_and_count_is_mmpretrains(shape):
+    x = logits(*shape)
+    t = torch.randint(0, 4, (shape[0], *shape[2:]))
+    w = torch.tensor(CLASS_WEIGHTS, dtype=torch.float64)
+    weights = lossdsl.compile(f"ce(weight={CLASS_WEIGHTS}, normalize=weights)")(pred=x, target=t)
+    assert_parity(weights, F.cross_entropy(x, t, weight=w), x)
+    count = lossdsl.compile(f"ce(weight={CLASS_WEIGHTS}, normalize=count)")(pred=x, target=t)
+    # mmpretrain's cross_entropy: F.cross_entropy(weight=class_weight, reduction="none"), then weight_reduce_loss
+    assert_parity(count, mmpretrain_mean(F.cross_entropy(x, t, weight=w, reduction="none")), x)
+    default = lossdsl.compile(f"ce(weight={CLASS_WEIGHTS})")(pred=x, target=t)
+    torch.testing.assert_close(default, weights)
+
+
+def test_ce_normalize_count_with_sample_weights_is_mmpretrains_weight():
+    """mmpretrain's weight (per sample) multiplies each loss and is not in the denominator."""
+    x, t = logits(16, 4), torch.randint(0, 4, (16,))
+    sw = torch.rand(16, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor(CLASS_WEIGHTS, dtype=torch.float64)
+    ours = lossdsl.compile(f"ce(weight={CLASS_WEIGHTS}, normalize=count, sample_weight=sw)")(pred=x, target=t, sw=sw)
+    assert_parity(ours, mmpretrain_mean(F.cross_entropy(x, t, weight=w, reduction="none"), sw), x, sw)
+    weights = lossdsl.compile(f"ce(weight={CLASS_WEIGHTS}, sample_weight=sw)")(pred=x, target=t, sw=sw)
+    assert_parity(weights, (sw * F.cross_entropy(x, t, weight=w, reduction="none")).sum() / (sw * w[t]).sum(), x, sw)
+
+
+def test_ce_normalize_count_divides_by_the_kept_targets():
+    x, t = logits(20, 4), torch.randint(0, 4, (20,))
+    t[::4] = -100
+    keep = t != -100
+    w = torch.tensor(CLASS_WEIGHTS, dtype=torch.float64)
+    losses = F.cross_entropy(x, t, weight=w, label_smoothing=0.2, reduction="none")
+    ours = lossdsl.compile(f"ce(weight={CLASS_WEIGHTS}, normalize=count, label_smoothing=0.2)")(pred=x, target=t)
+    assert_parity(ours, losses.sum() / keep.sum(), x)
+
+
+def test_ce_normalize_count_with_balanced_weights_and_z_loss():
+    x, t = logits(30, 3), skewed_labels(30, 3)
+    counts = torch.bincount(t, minlength=3).double()
+    w = counts.sum() / (3 * counts)
+    losses = F.cross_entropy(x, t, weight=w, reduction="none") + 1e-2 * z_term(x) * w[t]
+    ours = lossdsl.compile("ce(weight=balanced, normalize=count, z_loss=1e-2)")(pred=x, target=t)
+    assert_parity(ours, losses.mean(), x)
+
+
+def test_ce_normalize_count_on_binary_logits():
+    z, y = logits(18), torch.randint(0, 2, (18,))
+    w = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    two_class = torch.stack([torch.zeros_like(z), z], dim=1)
+    ours = lossdsl.compile("ce(weight=[1, 3], normalize=count)")(pred=z, target=y)
+    assert_parity(ours, F.cross_entropy(two_class, y, weight=w, reduction="none").mean(), z)
+
+
+def test_ce_normalize_is_moot_without_weights():
+    x, t = logits(10, 3), torch.randint(0, 3, (10,))
+    for reduction in ("mean", "sum"):
+        count = lossdsl.compile(f"ce(normalize=count, reduction={reduction})")(pred=x, target=t)
+        assert_parity(count, F.cross_entropy(x, t, reduction=reduction), x)
+
+
+@pytest.mark.parametrize("pos_weight", [None, 2.5])
+def test_bce_normalize_count_is_torchs_weight_mean(pos_weight):
+    x, y = logits(12, 4), multi_label(12, 4)
+    w = torch.tensor(LABEL_WEIGHTS, dtype=torch.float64)
+    pw = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float64)
+    spec = f"bce(weight={LABEL_WEIGHTS}, normalize=count" + (f", pos_weight={pos_weight})" if pos_weight else ")")
+    ref = F.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=pw)
+    assert_parity(lossdsl.compile(spec)(pred=x, target=y), ref, x)
+
+
+def test_bce_normalize_count_with_sample_weights_is_torchs_broadcast_weight():
+    x, y = logits(9, 4), multi_label(9, 4)
+    sw = torch.rand(9, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor(LABEL_WEIGHTS, dtype=torch.float64)
+    losses = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    ours = lossdsl.compile(f"bce(weight={LABEL_WEIGHTS}, normalize=count, sample_weight=sw)")(pred=x, target=y, sw=sw)
+    # torch's weight= takes no gradient: its value here, the gradients from the same formula
+    torch.testing.assert_close(ours, F.binary_cross_entropy_with_logits(x, y, weight=(sw[:, None] * w).detach()))
+    assert_parity(ours, (losses * sw[:, None] * w).mean(), x, sw)
+    plain = lossdsl.compile("bce(normalize=count, sample_weight=sw)")(pred=x, target=y, sw=sw)
+    torch.testing.assert_close(plain, F.binary_cross_entropy_with_logits(x, y, weight=sw[:, None].detach().expand(9, 4)))
+    assert_parity(plain, (losses * sw[:, None]).mean(), x, sw)
+    default = lossdsl.compile("bce(sample_weight=sw)")(pred=x, target=y, sw=sw)  # as before: sum(w l) / sum(w)
+    assert_parity(default, (sw[:, None] * F.binary_cross_entropy_with_logits(x, y, reduction="none")).sum() / (4 * sw.sum()), x, sw)
+
+
+def test_normalize_takes_two_names():
+    with pytest.raises(lossdsl.LossSpecError, match="E201"):
+        lossdsl.compile("ce(normalize=tokens)")

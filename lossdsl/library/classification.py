@@ -39,6 +39,14 @@ ClassWeights = Annotated[tuple[Annotated[float, Field(gt=0, le=MAX_CLASS_WEIGHT)
 ClassBalanced = tuple[Literal["class_balanced"], Annotated[float, Field(ge=0, lt=1)]]
 
 
+#: How ``mean`` divides a weighted loss: by the summed weights (torch's ``F.cross_entropy(weight=)``)
+#: or by the element count (mmpretrain's ``weight_reduce_loss`` with ``avg_factor=None``).
+Normalize = Annotated[Literal["weights", "count"], Field(
+    description="mean's denominator with weights: their sum over the elements ('weights', torch's cross-entropy) or "
+    "the number of elements ('count', mmpretrain's mean of w * loss)"
+)]
+
+
 class CEParams(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits: [N, C, ...] for C classes, or [N] / [N, 1] for binary")
     target: InputOf("labels", "binary", "probs") = Field(
@@ -55,6 +63,7 @@ class CEParams(TermParams):
         0.0, description="adds z_loss * logsumexp(logits)^2 to each target's loss, weighted and averaged as "
         "the ce (PaLM's z-loss, 1e-4 there)"
     )
+    normalize: Normalize = "weights"
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -122,6 +131,12 @@ class CrossEntropy(Term):
       the rarest class seen before the scaling, never inf; no counts at all give ones.
     - ``reduction=none``: ``F.cross_entropy(reduction="none")``, one loss per target ``[N, ...]``
       (``[N]`` for binary logits), class-weighted and 0 where ignored, times ``sample_weight``.
+    - ``normalize=count`` (mmpretrain's ``CrossEntropyLoss(class_weight=...)``, whose
+      ``weight_reduce_loss`` with ``avg_factor=None`` averages ``w * loss`` over the targets):
+      ``mean`` divides the weighted sum by the number of kept targets, not by their summed
+      weights (the default ``normalize=weights``, torch's); ``sample_weight`` then scales each
+      sample's losses but not the count, as mmpretrain's ``weight`` does. Probability targets,
+      ``sum`` and ``none`` are the same under both.
     - ``z_loss=z`` (PaLM, Chowdhery et al. 2022; 1e-4 there): each target's loss gains
       ``z * logsumexp(logits)^2`` over its classes (``softplus(x)^2`` for a binary logit ``x``),
       weighed as that target's ce (its class weight and ``sample_weight``, 0 where ignored) and
@@ -143,6 +158,7 @@ class CrossEntropy(Term):
         self.ignore_index = params.ignore_index
         self.reduction = params.reduction
         self.z_loss = params.z_loss
+        self.count = params.normalize == "count"
         fixed = weight if isinstance(weight, tuple) and self.beta is None else None
         self.register_buffer("class_weight", torch.tensor(fixed, dtype=torch.float64) if fixed else None)
         # Sized on first use: the class count comes from the logits' shape.
@@ -188,7 +204,7 @@ class CrossEntropy(Term):
             if self.balanced and self.training and distributed.active():  # still take part in the count sum
                 self._class_weight(target.long(), target == target, num_classes, pred.dtype)
             return pred.sum()
-        if self.z_loss:
+        if self.z_loss or self.count:
             return self._general_form(pred, target, binary, num_classes, sample_weight)
         if target.is_floating_point():
             return self._probability_form(pred, target, binary, sample_weight)
@@ -230,11 +246,13 @@ class CrossEntropy(Term):
         sample_weight: torch.Tensor | None,
     ) -> torch.Tensor:
         """``mean`` or ``sum`` from the element-wise losses and shares of ``_losses`` (for the
-        options the fused kernels lack: ``z_loss``)."""
+        options the fused kernels lack: ``z_loss``, ``normalize=count``)."""
         losses, share = self._losses(pred, target, binary, num_classes)
         if sample_weight is not None:
             per_element = sample_weight.reshape(-1, *[1] * (losses.dim() - 1))  # a sample's weight, per pixel
-            losses, share = losses * per_element, share * per_element
+            losses = losses * per_element
+            if not self.count:  # count divides by the targets alone, as mmpretrain does
+                share = share * per_element
         if self.reduction == "sum":
             return losses.sum()
         return weighted_mean(losses.sum(), share.sum())
@@ -255,7 +273,8 @@ class CrossEntropy(Term):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``F.cross_entropy(reduction="none")`` [N, ...] (binary logits as the two-class logits
         ``[0, z]``) plus the z-loss, and each element's share of ``mean``'s denominator: its class
-        weight, 0 where ignored, 1 for probability targets (torch's mean over them counts elements)."""
+        weight (1 with ``normalize=count``), 0 where ignored, 1 for probability targets (torch's
+        mean over them counts elements)."""
         if binary:  # the two-class softmax of [0, logit] is sigmoid(logit)
             logits = pred if pred.dim() == 1 else pred[:, 0]
             pred = torch.stack([torch.zeros_like(logits), logits], dim=1)
@@ -282,6 +301,8 @@ class CrossEntropy(Term):
             share = keep.to(pred.dtype) if weight is None else weight[labels] * keep
         if self.z_loss:  # weighed as the element's ce: by its class weight, 0 where ignored
             losses = losses + self.z_loss * torch.logsumexp(pred, dim=1).square() * share
+        if self.count and not target.is_floating_point():
+            share = keep.to(pred.dtype)
         return losses, share
 
     @staticmethod
@@ -481,6 +502,7 @@ class BCEParams(TermParams):
         "scaled by its label's weight, as F.binary_cross_entropy_with_logits's weight of shape [C]"
     )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="targets become y * (1 - e) + e / 2")
+    normalize: Normalize = "weights"
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -530,6 +552,12 @@ class BinaryCrossEntropy(Term):
     count instead. ``pos_weight`` scales the positive part of the loss inside it, as in torch,
     and never enters the denominator. With ``sample_weight``, each element's weight is its
     label's weight times its sample's.
+
+    ``normalize=count`` divides ``mean``'s weighted sum by the element count instead: torch's
+    ``F.binary_cross_entropy_with_logits(weight=...)`` and mmpretrain's (``weight_reduce_loss``,
+    ``avg_factor=None``), with label weights and ``sample_weight`` alike (the default
+    ``normalize=weights`` divides by their summed products). Without label or sample weights the
+    two agree.
     """
 
     per_sample = True
@@ -538,6 +566,7 @@ class BinaryCrossEntropy(Term):
         super().__init__()
         self.reduction = params.reduction
         self.label_smoothing = params.label_smoothing
+        self.count = params.normalize == "count"
         pos_weight = params.pos_weight
         if isinstance(pos_weight, float):
             pos_weight = (pos_weight,)
@@ -560,8 +589,8 @@ class BinaryCrossEntropy(Term):
         target = target.to(pred.dtype)
         if self.label_smoothing:
             target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
-        if self.label_weight is not None:
-            return self._label_weighted(pred, target, pos_weight, sample_weight, parts)
+        if self.label_weight is not None or self.count:
+            return self._weighted_form(pred, target, pos_weight, sample_weight, parts)
         if sample_weight is None and pred.numel():
             return F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction=self.reduction)
         if sample_weight is not None:
@@ -569,18 +598,20 @@ class BinaryCrossEntropy(Term):
         losses = F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction="none")
         return self.reduce(losses, sample_weight, parts)
 
-    def _label_weighted(
+    def _weighted_form(
         self, pred: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | None,
         sample_weight: torch.Tensor | None, parts: bool,
     ) -> torch.Tensor:
-        """``weight=[...]``: each element's loss times its label's weight; ``mean`` divides by the
-        summed element weights."""
-        width = pred.shape[-1] if pred.dim() > 1 else 1
-        if self.label_weight.numel() != width:
-            self.fail(0, f"weight has {self.label_weight.numel()} entries, one per label, but pred has {width} labels")
-        weight = self.label_weight.to(pred.dtype)
+        """``weight=[...]`` or ``normalize=count``: each element's loss times its label's weight;
+        ``mean`` divides by the summed element weights, or by the element count."""
+        weight = None
+        if self.label_weight is not None:
+            width = pred.shape[-1] if pred.dim() > 1 else 1
+            if self.label_weight.numel() != width:
+                self.fail(0, f"weight has {self.label_weight.numel()} entries, one per label, but pred has {width} labels")
+            weight = self.label_weight.to(pred.dtype)
         losses = F.binary_cross_entropy_with_logits(pred, target, weight=weight, pos_weight=pos_weight, reduction="none")
-        share = weight.expand(pred.shape)
+        share = torch.ones_like(losses) if weight is None or self.count else weight.expand(pred.shape)
         if parts:  # [N, 2]: each sample's weighted loss and weight, so a group's mean is bce's own
             rows = (lambda t: t.flatten(1)) if pred.dim() > 1 else (lambda t: t.reshape(-1, 1))
             total = rows(losses).sum(dim=1)
@@ -589,7 +620,9 @@ class BinaryCrossEntropy(Term):
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
             per_element = sample_weight.reshape(-1, *[1] * (pred.dim() - 1))
-            losses, share = losses * per_element, share * per_element
+            losses = losses * per_element
+            if not self.count:
+                share = share * per_element
         if self.reduction == "none":
             return losses
         computed_in = accumulation_dtype(pred.dtype)
