@@ -385,3 +385,92 @@ def test_bce_normalize_count_with_sample_weights_is_torchs_broadcast_weight():
 def test_normalize_takes_two_names():
     with pytest.raises(lossdsl.LossSpecError, match="E201"):
         lossdsl.compile("ce(normalize=tokens)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. soft_f1(average=micro|macro|samples): scikit-learn's f1_score averages on soft counts
+
+
+def soft_counts(pred: torch.Tensor, target: torch.Tensor, dims: tuple[int, ...], weight: torch.Tensor | None = None):
+    p = torch.sigmoid(pred)
+    if weight is not None:  # a sample's weight scales its counts
+        p, target_w = p * weight[:, None], target * weight[:, None]
+    else:
+        target_w = target
+    tp = (p * target).sum(dims)
+    return tp, p.sum(dims) - tp, target_w.sum(dims) - tp  # TP, FP, FN
+
+
+def one_minus_f(tp, fp, fn, beta: float = 1.0) -> torch.Tensor:
+    b2 = beta**2
+    return 1 - (1 + b2) * tp / ((1 + b2) * tp + b2 * fn + fp)
+
+
+AVERAGE_DIMS = {"macro": (0,), "micro": (0, 1), "samples": (1,)}
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.0, 0.5])
+@pytest.mark.parametrize("average", ["macro", "micro", "samples"])
+def test_soft_f1_averages_are_the_soft_count_formula(average, beta):
+    x, y = logits(12, 5), multi_label(12, 5)
+    y[0] = 1  # no sample or label without positives: every F is defined
+    y[:, 0] = 1
+    ref = one_minus_f(*soft_counts(x, y, AVERAGE_DIMS[average]), beta=beta)
+    for reduction in ("mean", "sum"):
+        ours = lossdsl.compile(f"soft_f1(average={average}, beta={beta}, reduction={reduction})")(pred=x, target=y)
+        assert_parity(ours, ref.mean() if reduction == "mean" else ref.sum(), x)
+
+
+def test_soft_f1_default_is_macro_as_before():
+    x, y = logits(10, 4), multi_label(10, 4)
+    torch.testing.assert_close(lossdsl.compile("soft_f1()")(pred=x, target=y),
+                               lossdsl.compile("soft_f1(average=macro)")(pred=x, target=y))
+    assert_parity(lossdsl.compile("soft_f1()")(pred=x, target=y), one_minus_f(*soft_counts(x, y, (0,))).mean(), x)
+
+
+@pytest.mark.parametrize("average", ["macro", "micro", "samples"])
+def test_soft_f1_sample_weights(average):
+    """macro and micro: a sample's weight scales its counts; samples: it weighs the sample's score
+    (scikit-learn's sample_weight in both)."""
+    x, y = logits(10, 4), multi_label(10, 4)
+    y[:, 1] = 1
+    sw = torch.rand(10, dtype=torch.float64, requires_grad=True)
+    if average == "samples":
+        losses = one_minus_f(*soft_counts(x, y, (1,)))
+        ref = (sw * losses).sum() / sw.sum()
+    else:
+        ref = one_minus_f(*soft_counts(x, y, AVERAGE_DIMS[average], sw)).mean()
+    ours = lossdsl.compile(f"soft_f1(average={average}, sample_weight=sw)")(pred=x, target=y, sw=sw)
+    assert_parity(ours, ref, x, sw)
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.0])
+@pytest.mark.parametrize("average", ["macro", "micro", "samples"])
+def test_soft_f1_at_hard_probabilities_is_one_minus_sklearns_f_beta(average, beta):
+    """Logits of +-100 make the sigmoid 0 or 1: the soft counts are scikit-learn's counts,
+    empty labels and samples included (zero_division=0)."""
+    from sklearn.metrics import fbeta_score
+
+    generator = torch.Generator().manual_seed(13)
+    y = torch.randint(0, 2, (40, 6), generator=generator)
+    predicted = torch.randint(0, 2, (40, 6), generator=generator)
+    y[:, 5] = 0
+    predicted[:, 5] = 0  # a label nobody has nor predicts
+    y[3], predicted[3] = 0, 0  # and such a sample
+    sw = torch.rand(40, dtype=torch.float64, generator=generator)
+    x = (200.0 * predicted.double() - 100.0)
+    for weights in (None, sw):
+        expected = 1 - fbeta_score(y.numpy(), predicted.numpy(), beta=beta, average=average, zero_division=0,
+                                   sample_weight=None if weights is None else weights.numpy())
+        spec = f"soft_f1(average={average}, beta={beta}" + (", sample_weight=sw)" if weights is not None else ")")
+        got = lossdsl.compile(spec)(pred=x, target=y.double(), **({} if weights is None else {"sw": weights}))
+        torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_soft_f1_binary_micro_and_macro_agree_and_samples_needs_labels():
+    x, y = logits(16), torch.randint(0, 2, (16,)).double()
+    ref = one_minus_f(*soft_counts(x[:, None], y[:, None], (0, 1)))
+    for average in ("macro", "micro"):
+        assert_parity(lossdsl.compile(f"soft_f1(average={average})")(pred=x, target=y), ref, x)
+    with pytest.raises(lossdsl.LossSpecError, match="average=samples .* needs multi-label"):
+        lossdsl.compile("soft_f1(average=samples)")(pred=x, target=y)

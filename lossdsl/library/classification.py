@@ -873,6 +873,10 @@ class SoftF1Params(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits: [N] / [N, 1] (binary) or [N, C] (multi-label)")
     target: InputOf("binary", "multihot") = Field("target", description="0/1 labels of pred's shape ([N] for [N, 1] too)")
     beta: PositiveFloat = Field(1.0, description="recall counts beta times as much as precision")
+    average: Literal["macro", "micro", "samples"] = Field(
+        "macro", description="scikit-learn's f1_score averages: one F per label, then their mean (macro), one F "
+        "from the counts pooled over labels (micro), or one F per sample over its labels, then their mean (samples)"
+    )
     reduction: BatchReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -889,26 +893,52 @@ def _soft_f1_reference(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (1 - 2 * tp / (2 * tp + fn + fp)).mean()
 
 
+def _soft_f1_soft_counts(pred: torch.Tensor, target: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """1 - F1 from the soft counts summed over ``dims``: (0, 1) micro, (1,) per sample."""
+    p = torch.sigmoid(pred)
+    tp = (p * target).sum(dims)
+    fp = (p * (1 - target)).sum(dims)
+    fn = ((1 - p) * target).sum(dims)
+    return (1 - 2 * tp / (2 * tp + fn + fp)).mean()
+
+
 def _soft_f1_cases(s: parity.Sizes) -> list[parity.Case]:
     n, c = s.n, s.classes
-    return [parity.Case("soft_f1()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.flags(n, c)),
-                        _soft_f1_reference)]
+    multi_label = parity.inputs(pred=parity.randn(n, c), target=parity.flags(n, c))
+    return [
+        parity.Case("soft_f1()", parity.shape(n, c), multi_label, _soft_f1_reference),
+        parity.Case("soft_f1(average=micro)", parity.shape(n, c), multi_label,
+                    lambda pred, target: _soft_f1_soft_counts(pred, target, (0, 1)), variant="micro"),
+        parity.Case("soft_f1(average=samples)", parity.shape(n, c), multi_label,
+                    lambda pred, target: _soft_f1_soft_counts(pred, target, (1,)), variant="samples"),
+    ]
 
 
 @register(
     "soft_f1",
     SoftF1Params,
-    "1 - F_beta from soft true/false positives and negatives: binary, or macro over labels.",
+    "1 - F_beta from soft true/false positives and negatives: binary, or macro, micro or samples over labels.",
     example="soft_f1(beta=2.0)",
     shapes=_soft_f1_layouts,
     cases=_soft_f1_cases,
 )
 class SoftF1(Term):
     """``1 - (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP)`` with ``TP = sum(p y)``, ``FP = sum(p (1 - y))``,
-    ``FN = sum((1 - p) y)`` and ``p = sigmoid(pred)``, per label. ``mean`` averages the labels
-    (macro), ``sum`` adds them. A label with no positives and no predicted mass scores F = 0, as
-    scikit-learn's ``fbeta_score`` does; an empty batch gives 0. ``sample_weight`` weighs each
-    sample's counts."""
+    ``FN = sum((1 - p) y)`` and ``p = sigmoid(pred)``. ``average`` is scikit-learn's
+    ``f1_score(average=...)`` on these soft counts:
+
+    - ``macro`` (the default, and the behaviour before the option): the counts are summed over the
+      batch per label, one F per label; ``mean`` averages the labels, ``sum`` adds them.
+    - ``micro``: the counts are summed over the batch and the labels, one F; ``mean`` and ``sum``
+      are that one ``1 - F``.
+    - ``samples`` (multi-label targets ``[N, C]`` only, as in scikit-learn): the counts are summed
+      over each sample's labels, one F per sample; ``mean`` averages the samples (weighted by
+      ``sample_weight``, as scikit-learn's ``sample_weight`` does), ``sum`` adds them.
+
+    At 0/1 probabilities this is ``1 - sklearn.metrics.fbeta_score(zero_division=0)``. A label
+    (or sample) with no positives and no predicted mass scores F = 0, as scikit-learn's
+    ``fbeta_score`` does; an empty batch gives 0. For ``macro`` and ``micro``, ``sample_weight``
+    weighs each sample's counts."""
 
     def __init__(self, params: SoftF1Params):
         super().__init__()
@@ -916,6 +946,7 @@ class SoftF1(Term):
         # factor overflows a half-precision loss for a large beta.
         beta2 = params.beta**2
         self.fn_weight, self.fp_weight = beta2 / (1 + beta2), 1 / (1 + beta2)
+        self.average = params.average
         self.reduction = params.reduction
 
     def forward(
@@ -927,6 +958,9 @@ class SoftF1(Term):
         if pred.dim() == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]:
             pred = pred[:, 0]
         self.expect_same_shape(1, 0, target, pred)
+        if self.average == "samples" and pred.dim() < 2:
+            self.fail(0, f"average=samples scores each sample over its labels, so it needs multi-label [N, C], "
+                         f"got binary {tuple(pred.shape)} (as in scikit-learn; macro or micro score binary targets)")
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, n, pred.dtype).unsqueeze(1)
         if n == 0:  # an empty batch adds nothing
@@ -934,15 +968,24 @@ class SoftF1(Term):
         computed_in = accumulation_dtype(pred.dtype)  # the counts are sums over the batch
         prob = torch.sigmoid(pred.to(computed_in))
         prob, labels = prob.reshape(n, -1), target.reshape(n, -1).to(computed_in)
+        score_weight = None
         if sample_weight is not None:
             sample_weight = sample_weight.to(computed_in)
-            prob, positives = prob * sample_weight, labels * sample_weight
+            if self.average == "samples":  # weighs each sample's score, not its counts (which F ignores)
+                score_weight, positives = sample_weight[:, 0], labels
+            else:
+                prob, positives = prob * sample_weight, labels * sample_weight
         else:
             positives = labels
-        true_positive = (prob * labels).sum(0)
-        predicted = prob.sum(0)  # TP + FP
-        actual = positives.sum(0)  # TP + FN
+        # The dimensions the counts are summed over: the batch (macro), everything (micro), the labels (samples).
+        dims = {"macro": (0,), "micro": (0, 1), "samples": (1,)}[self.average]
+        true_positive = (prob * labels).sum(dims)
+        predicted = prob.sum(dims)  # TP + FP
+        actual = positives.sum(dims)  # TP + FN
         denominator = true_positive + self.fn_weight * (actual - true_positive) + self.fp_weight * (predicted - true_positive)
         f_beta = safe_divide(true_positive, denominator)
         loss = 1 - f_beta
+        if score_weight is not None:
+            total = (loss * score_weight).sum()
+            return (weighted_mean(total, score_weight.sum()) if self.reduction == "mean" else total).to(pred.dtype)
         return (loss.mean() if self.reduction == "mean" else loss.sum()).to(pred.dtype)
