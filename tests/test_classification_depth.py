@@ -474,3 +474,227 @@ def test_soft_f1_binary_micro_and_macro_agree_and_samples_needs_labels():
         assert_parity(lossdsl.compile(f"soft_f1(average={average})")(pred=x, target=y), ref, x)
     with pytest.raises(lossdsl.LossSpecError, match="average=samples .* needs multi-label"):
         lossdsl.compile("soft_f1(average=samples)")(pred=x, target=y)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. docs/coming_from.md: every row of the torch section and of "### ce, bce, soft_f1" gives the
+#    peer's number (value and gradients); the table and this list name the same (peer, spec) pairs.
+
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+W4 = torch.tensor(CLASS_WEIGHTS, dtype=torch.float64)
+L4 = torch.tensor(LABEL_WEIGHTS, dtype=torch.float64)
+PW4 = torch.tensor([1.0, 2.0, 0.5, 5.0], dtype=torch.float64)
+
+
+def _classes(n: int = 12, c: int = 4) -> dict[str, torch.Tensor]:
+    return {"pred": logits(n, c), "target": torch.randint(0, c, (n,))}
+
+
+def _ignored() -> dict[str, torch.Tensor]:
+    inputs = _classes()
+    inputs["target"][::3] = -1
+    return inputs
+
+
+def _log_probabilities() -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Log-probabilities of logits x: the gradients compared are x's (the one to log_p itself
+    differs by softmax(log_p), which log_softmax's backward removes)."""
+    x = logits(12, 4)
+    return {"log_p": F.log_softmax(x, 1), "target": torch.randint(0, 4, (12,))}, [x]
+
+
+def _probabilities() -> dict[str, torch.Tensor]:
+    return {"pred": logits(12, 4), "target": torch.softmax(torch.randn(12, 4, dtype=torch.float64), dim=1)}
+
+
+def _multi_label() -> dict[str, torch.Tensor]:
+    return {"pred": logits(12, 4), "target": multi_label(12, 4)}
+
+
+def _pair(**extra) -> dict[str, torch.Tensor]:
+    return {"pred": logits(12, 3), "target": torch.randn(12, 3, dtype=torch.float64), **extra}
+
+
+def _sample_weighted() -> dict[str, torch.Tensor]:
+    return {**_classes(), "sw": torch.rand(12, dtype=torch.float64, requires_grad=True)}
+
+
+def _embeddings(*names: str, y: str | None = None) -> dict[str, torch.Tensor]:
+    inputs = {name: torch.randn(12, 5, dtype=torch.float64, requires_grad=True) for name in names}
+    if y is not None:
+        inputs[y] = torch.randint(0, 2, (12,)).double() * 2 - 1
+    return inputs
+
+
+# mmpretrain/models/losses/cross_entropy_loss.py and utils.py, their code inlined (mmpretrain
+# pulls in mmcv and mmengine: too heavy for CI).
+def mm_weight_reduce_loss(loss, weight=None, reduction="mean", avg_factor=None):
+    if weight is not None:
+        loss = loss * weight
+    if avg_factor is None:
+        return {"mean": loss.mean, "sum": loss.sum, "none": lambda: loss}[reduction]()
+    return loss.sum() / avg_factor if reduction == "mean" else loss
+
+
+def mm_cross_entropy(pred, label, weight=None, avg_factor=None, class_weight=None):
+    loss = F.cross_entropy(pred, label, weight=class_weight, reduction="none")
+    return mm_weight_reduce_loss(loss, weight=weight, avg_factor=avg_factor)
+
+
+def mm_soft_cross_entropy(pred, label, class_weight=None):
+    loss = -label * F.log_softmax(pred, dim=-1)
+    if class_weight is not None:
+        loss = loss * class_weight
+    return mm_weight_reduce_loss(loss.sum(dim=-1))
+
+
+def mm_binary_cross_entropy(pred, label, class_weight=None, pos_weight=None):
+    if class_weight is not None:
+        class_weight = class_weight.repeat(pred.size(0), 1)
+    loss = F.binary_cross_entropy_with_logits(pred, label.float().to(pred.dtype), weight=class_weight,
+                                              pos_weight=pos_weight, reduction="none")
+    return mm_weight_reduce_loss(loss)
+
+
+def _cui(counts: list[int], beta: float) -> torch.Tensor:
+    return cui_weights(torch.tensor(counts), beta)
+
+
+def _class_balanced_inputs() -> dict[str, torch.Tensor]:
+    return {"pred": logits(12, 3), "target": torch.tensor([0] * 8 + [1] * 3 + [2])}
+
+
+def _hard_multi_label() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    hard = torch.randint(0, 2, (20, 4), generator=generator)
+    return {"pred": 200.0 * hard.double() - 100.0, "target": torch.randint(0, 2, (20, 4), generator=generator).double()}
+
+
+def _sklearn_f1(average: str):
+    def reference(pred, target):
+        from sklearn.metrics import f1_score
+
+        value = f1_score(target.numpy(), (pred > 0).numpy().astype(int), average=average, zero_division=0)
+        return torch.tensor(1 - value, dtype=torch.float64)
+    return reference
+
+
+TORCH_ROWS = [
+    ("F.cross_entropy(x, y)", "ce()", _classes, lambda pred, target: F.cross_entropy(pred, target)),
+    ("F.cross_entropy(x, y, weight=w)", "ce(weight=[0.5, 2.0, 1.0, 3.0])", _classes,
+     lambda pred, target: F.cross_entropy(pred, target, weight=W4)),
+    ("F.cross_entropy(x, y, ignore_index=-1)", "ce(ignore_index=-1)", _ignored,
+     lambda pred, target: F.cross_entropy(pred, target, ignore_index=-1)),
+    ("F.cross_entropy(x, y, label_smoothing=0.1)", "ce(label_smoothing=0.1)", _classes,
+     lambda pred, target: F.cross_entropy(pred, target, label_smoothing=0.1)),
+    ("F.cross_entropy(x, q)", "ce()", _probabilities, lambda pred, target: F.cross_entropy(pred, target)),
+    ('F.cross_entropy(x, y, reduction="none")', "ce(reduction=none)", _classes,
+     lambda pred, target: F.cross_entropy(pred, target, reduction="none")),
+    ("F.nll_loss(F.log_softmax(x, 1), y)", "ce()", _classes,
+     lambda pred, target: F.nll_loss(F.log_softmax(pred, 1), target)),
+    ("nn.NLLLoss(weight=w, ignore_index=-1)(F.log_softmax(x, 1), y)", "ce(weight=[0.5, 2.0, 1.0, 3.0], ignore_index=-1)",
+     _ignored, lambda pred, target: torch.nn.NLLLoss(weight=W4, ignore_index=-1)(F.log_softmax(pred, 1), target)),
+    ("F.nll_loss(log_p, y)", "ce(pred=log_p)",
+     _log_probabilities,
+     lambda log_p, target: F.nll_loss(log_p, target)),
+    ("F.binary_cross_entropy_with_logits(x, y)", "bce()", _multi_label,
+     lambda pred, target: F.binary_cross_entropy_with_logits(pred, target)),
+    ("F.binary_cross_entropy_with_logits(x, y, pos_weight=p)", "bce(pos_weight=[1.0, 2.0, 0.5, 5.0])", _multi_label,
+     lambda pred, target: F.binary_cross_entropy_with_logits(pred, target, pos_weight=PW4)),
+    ("F.binary_cross_entropy_with_logits(x, y, weight=w)", "bce(weight=[0.5, 2.0, 1.0, 4.0], normalize=count)",
+     _multi_label, lambda pred, target: F.binary_cross_entropy_with_logits(pred, target, weight=L4)),
+    ('F.binary_cross_entropy_with_logits(x, y, weight=w, reduction="sum")', "bce(weight=[0.5, 2.0, 1.0, 4.0], reduction=sum)",
+     _multi_label, lambda pred, target: F.binary_cross_entropy_with_logits(pred, target, weight=L4, reduction="sum")),
+    ("F.binary_cross_entropy(torch.sigmoid(x), y)", "bce()", _multi_label,
+     lambda pred, target: F.binary_cross_entropy(torch.sigmoid(pred), target)),
+    ("F.mse_loss(x, y)", "mse()", _pair, lambda pred, target: F.mse_loss(pred, target)),
+    ("F.l1_loss(x, y)", "mae()", _pair, lambda pred, target: F.l1_loss(pred, target)),
+    ("F.huber_loss(x, y, delta=0.5)", "huber(delta=0.5)", _pair, lambda pred, target: F.huber_loss(pred, target, delta=0.5)),
+    ("F.smooth_l1_loss(x, y, beta=0.5)", "smooth_l1(beta=0.5)", _pair,
+     lambda pred, target: F.smooth_l1_loss(pred, target, beta=0.5)),
+    ("F.poisson_nll_loss(x, k, log_input=False, full=True)", "poisson_nll(log_input=false, full=true)",
+     lambda: {"pred": (torch.rand(12, 3, dtype=torch.float64) * 4 + 0.1).requires_grad_(),
+              "target": torch.randint(0, 6, (12, 3)).double()},
+     lambda pred, target: F.poisson_nll_loss(pred, target, log_input=False, full=True)),
+    ("F.gaussian_nll_loss(x, y, var, full=True)", "gaussian_nll(var=var, full=true)",
+     lambda: _pair(var=(torch.rand(12, 3, dtype=torch.float64) + 0.1).requires_grad_()),
+     lambda pred, target, var: F.gaussian_nll_loss(pred, target, var, full=True)),
+    ("F.cosine_embedding_loss(a, b, y, margin=0.5)", "cosine_embedding(x1=a, x2=b, y=y, margin=0.5)",
+     lambda: _embeddings("a", "b", y="y"), lambda a, b, y: F.cosine_embedding_loss(a, b, y, margin=0.5)),
+    ("F.margin_ranking_loss(a, b, y, margin=0.1)", "margin_ranking(x1=a, x2=b, y=y, margin=0.1)",
+     lambda: {"a": logits(12), "b": logits(12), "y": torch.randint(0, 2, (12,)).double() * 2 - 1},
+     lambda a, b, y: F.margin_ranking_loss(a, b, y, margin=0.1)),
+    ("F.triplet_margin_loss(a, p, n, margin=0.5, p=1)", "triplet(margin=0.5, p=1)",
+     lambda: _embeddings("anchor", "positive", "negative"),
+     lambda anchor, positive, negative: F.triplet_margin_loss(anchor, positive, negative, margin=0.5, p=1)),
+    ('F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")', "kl(p=t, q=s)",
+     lambda: {"t": logits(12, 4), "s": logits(12, 4)},
+     lambda t, s: F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")),
+    ("F.multi_margin_loss(x, y)", "hinge()", _classes, lambda pred, target: F.multi_margin_loss(pred, target)),
+    ("F.multi_margin_loss(x, y, p=2, margin=0.5)", "hinge(squared=true, margin=0.5)", _classes,
+     lambda pred, target: F.multi_margin_loss(pred, target, p=2, margin=0.5)),
+]
+
+CLASSIFICATION_ROWS = [
+    ("CrossEntropyLoss()", "ce()", _classes, lambda pred, target: mm_cross_entropy(pred, target)),
+    ("CrossEntropyLoss(class_weight=w)", "ce(weight=[0.5, 2.0, 1.0, 3.0], normalize=count)", _classes,
+     lambda pred, target: mm_cross_entropy(pred, target, class_weight=W4)),
+    ("CrossEntropyLoss()(x, y, weight=sw)", "ce(normalize=count, sample_weight=sw)", _sample_weighted,
+     lambda pred, target, sw: mm_cross_entropy(pred, target, weight=sw)),
+    ("CrossEntropyLoss()(x, y, avg_factor=64)", "ce(reduction=sum) / 64", _classes,
+     lambda pred, target: mm_cross_entropy(pred, target, avg_factor=64)),
+    ("CrossEntropyLoss(loss_weight=2.0)", "2.0 * ce()", _classes, lambda pred, target: 2.0 * mm_cross_entropy(pred, target)),
+    ("CrossEntropyLoss(use_soft=True, class_weight=w)", "ce(weight=[0.5, 2.0, 1.0, 3.0])", _probabilities,
+     lambda pred, target: mm_soft_cross_entropy(pred, target, class_weight=W4)),
+    ("CrossEntropyLoss(use_sigmoid=True)", "bce()", _multi_label,
+     lambda pred, target: mm_binary_cross_entropy(pred, target)),
+    ("CrossEntropyLoss(use_sigmoid=True, class_weight=w)", "bce(weight=[0.5, 2.0, 1.0, 4.0], normalize=count)",
+     _multi_label, lambda pred, target: mm_binary_cross_entropy(pred, target, class_weight=L4)),
+    ("CrossEntropyLoss(use_sigmoid=True, pos_weight=p)", "bce(pos_weight=[1.0, 2.0, 0.5, 5.0])", _multi_label,
+     lambda pred, target: mm_binary_cross_entropy(pred, target, pos_weight=PW4)),
+    ("nn.CrossEntropyLoss(label_smoothing=0.1)", "ce(label_smoothing=0.1)", _probabilities,
+     lambda pred, target: torch.nn.CrossEntropyLoss(label_smoothing=0.1)(pred, target)),
+    ("class-balanced weights (Cui et al. 2019), beta=0.999", "ce(weight=class_balanced(0.999))", _class_balanced_inputs,
+     lambda pred, target: F.cross_entropy(pred, target, weight=_cui([8, 3, 1], 0.999))),
+    ("z-loss (PaLM), 1e-4 * log(Z)^2", "ce(z_loss=1e-4)", _classes,
+     lambda pred, target: F.cross_entropy(pred, target) + 1e-4 * z_term(pred).mean()),
+    ('1 - f1_score(y, y_hat, average="macro")', "soft_f1()", _hard_multi_label, _sklearn_f1("macro")),
+    ('1 - f1_score(y, y_hat, average="micro")', "soft_f1(average=micro)", _hard_multi_label, _sklearn_f1("micro")),
+    ('1 - f1_score(y, y_hat, average="samples")', "soft_f1(average=samples)", _hard_multi_label, _sklearn_f1("samples")),
+]
+
+
+@pytest.mark.parametrize("peer, spec, make_inputs, reference", TORCH_ROWS + CLASSIFICATION_ROWS,
+                         ids=[row[0] for row in TORCH_ROWS + CLASSIFICATION_ROWS])
+def test_coming_from_row_gives_the_peers_number(peer, spec, make_inputs, reference):
+    inputs = make_inputs()
+    inputs, leaves = inputs if isinstance(inputs, tuple) else (inputs, [t for t in inputs.values() if t.requires_grad])
+    loss_fn = lossdsl.compile(spec)
+    ours = loss_fn(**inputs)
+    ref = reference(**{name: inputs[name] for name in loss_fn.inputs})
+    if ref.requires_grad:
+        assert_parity(ours, ref, *leaves)
+    else:  # scikit-learn's number, at hard 0/1 probabilities: the value
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+def _table_rows(text: str, heading: str) -> set[tuple[str, str]]:
+    """(peer, spec) of each row under ``heading``, up to the next heading of its level or above."""
+    level = heading.split(" ")[0]
+    start = text.index(heading + "\n") + len(heading) + 1
+    stops = [m.start() for m in re.finditer(rf"^#{{1,{len(level)}}} ", text[start:], re.M)]
+    body = text[start:start + stops[0]] if stops else text[start:]
+    rows = set()
+    for line in body.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) >= 2 and cells[1].startswith("`"):
+            rows.add((re.match(r"`([^`]*)`", cells[0]).group(1), re.match(r"`([^`]*)`", cells[1]).group(1)))
+    return rows
+
+
+def test_coming_from_rows_are_the_tested_ones():
+    text = (Path(__file__).parent.parent / "docs" / "coming_from.md").read_text(encoding="utf-8")
+    assert _table_rows(text, "## torch (`torch.nn.functional`)") == {(p, s) for p, s, *_ in TORCH_ROWS}
+    assert _table_rows(text, "### ce, bce, soft_f1") == {(p, s) for p, s, *_ in CLASSIFICATION_ROWS}
