@@ -698,3 +698,55 @@ def test_coming_from_rows_are_the_tested_ones():
     text = (Path(__file__).parent.parent / "docs" / "coming_from.md").read_text(encoding="utf-8")
     assert _table_rows(text, "## torch (`torch.nn.functional`)") == {(p, s) for p, s, *_ in TORCH_ROWS}
     assert _table_rows(text, "### ce, bce, soft_f1") == {(p, s) for p, s, *_ in CLASSIFICATION_ROWS}
+
+
+# ---------------------------------------------------------------------------------------------
+# The new options under torch.compile(fullgraph=True) (no host synchronisation, no graph break),
+# in half precision, and the class-balanced weights as a property over counts and beta
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@pytest.mark.parametrize("spec, make_inputs", [
+    ("ce(weight=[0.5, 2.0, 1.0, 3.0], normalize=count, z_loss=1e-3, sample_weight=sw)", _sample_weighted),
+    ("bce(weight=[0.5, 2.0, 1.0, 4.0], normalize=count, pos_weight=2.0)", _multi_label),
+    ("soft_f1(average=samples)", _multi_label),
+    ("soft_f1(average=micro)", _multi_label),
+], ids=["ce count z", "bce weight count", "soft_f1 samples", "soft_f1 micro"])
+def test_new_options_compile_fullgraph(spec, make_inputs):
+    inputs = {name: t.detach() for name, t in make_inputs().items()}
+    loss_fn = lossdsl.compile(spec)
+    eager = loss_fn(**inputs)
+    torch.testing.assert_close(torch.compile(loss_fn, fullgraph=True)(**inputs), eager)
+
+
+@pytest.mark.parametrize("spec, make_inputs", [
+    ("ce(weight=class_balanced(0.99), z_loss=1e-4, normalize=count)", _class_balanced_inputs),
+    (f"bce(weight={LABEL_WEIGHTS})", _multi_label),
+    (f"bce(weight={LABEL_WEIGHTS}, normalize=count)", _multi_label),
+    ("soft_f1(average=samples)", _multi_label),
+])
+def test_new_options_in_half_precision_match_float32(spec, make_inputs):
+    inputs = {name: t.detach() for name, t in make_inputs().items()}
+    half = {name: t.half() if t.is_floating_point() else t for name, t in inputs.items()}
+    single = {name: t.float() if t.is_floating_point() else t for name, t in half.items()}
+    got = lossdsl.compile(spec)(**half)
+    assert got.dtype == torch.float16 and torch.isfinite(got)
+    torch.testing.assert_close(got.float(), lossdsl.compile(spec)(**single), rtol=2e-3, atol=2e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(0, 10**7), min_size=1, max_size=12), beta=st.floats(0, 0.999999))
+def test_class_balanced_weights_are_finite_positive_and_sum_to_c(counts, beta):
+    from lossdsl.library.classification import class_balanced_weight
+
+    counts_t = torch.tensor(counts)
+    got = class_balanced_weight(counts_t, beta, torch.float32)
+    assert torch.isfinite(got).all() and (got > 0).all()
+    torch.testing.assert_close(got.sum(), torch.tensor(float(len(counts))), rtol=1e-5, atol=1e-5)
+    seen = counts_t > 0
+    if seen.sum() > 1:  # among the seen classes, the formula's ratios
+        expected = cui_weights(counts_t[seen], beta)
+        ratio = got[seen].double() / expected
+        torch.testing.assert_close(ratio, ratio[0].expand_as(ratio), rtol=1e-4, atol=0)
