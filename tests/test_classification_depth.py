@@ -750,3 +750,14 @@ def test_class_balanced_weights_are_finite_positive_and_sum_to_c(counts, beta):
         expected = cui_weights(counts_t[seen], beta)
         ratio = got[seen].double() / expected
         torch.testing.assert_close(ratio, ratio[0].expand_as(ratio), rtol=1e-4, atol=0)
+
+
+def test_class_balanced_from_the_builder_and_back():
+    from lossdsl import T
+
+    spec = T.ce(weight=T.call("class_balanced", 0.99), normalize="count", z_loss=1e-4)
+    assert str(spec) == "ce(weight=class_balanced(0.99), normalize=count, z_loss=0.0001)"
+    assert lossdsl.parse(str(spec)) == spec.spec
+    x, t = logits(12, 3), skewed_labels(12, 3)
+    torch.testing.assert_close(spec.compile()(pred=x, target=t),
+                               lossdsl.compile("ce(weight=class_balanced(0.99), normalize=count, z_loss=1e-4)")(pred=x, target=t))
