@@ -9,7 +9,8 @@ collected per call (``param_args``) and handed back in its ``TermPlan``, for ``b
 from __future__ import annotations
 
 import re
-from typing import Any
+import typing
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -223,7 +224,9 @@ def _validation_errors(ctx: Context, term: TermDef, call: ast.Call, given: dict[
         node = given.get(name)
         where: ast.Node | ast.Span | None = node if node is not None else name_span(call)
         value = values.get(name)
-        types = {e["type"] for e in errors}
+        # A tuple member of a union (class_balanced(beta)) reports its items "missing" for other
+        # values: only the parameter's own loc means the argument itself is missing.
+        types = {"missing-item" if e["type"] == "missing" and len(e["loc"]) > 1 else e["type"] for e in errors}
         options = tuple(dict.fromkeys(term.params.options(name))) if name in term.params.model_fields else ()
         if "missing" in types:
             if not report_missing:
@@ -233,6 +236,9 @@ def _validation_errors(ctx: Context, term: TermDef, call: ast.Call, given: dict[
                        hint=f"{name}: {description}" if description else None)
         elif isinstance(value, str) and value in term.params.inner_forms(name):
             ctx.report("E204", f"{value} takes the loss it averages per group, as in {value}(mse)", where)
+        elif isinstance(value, str) and value in _options_with_arguments(term, name):
+            ctx.report("E204", f"{value} in '{name}' of {call.name}() takes its number, as in {value}(0.9)", where,
+                       hint=term.params.model_fields[name].description)
         elif isinstance(value, str) and options:
             noun = term.noun if name in term.params.positional else "value"
             ctx.report("E201", f"unknown {noun} '{value}' for {call.name}()", where,
@@ -289,7 +295,8 @@ def _expected(term: TermDef, name: str) -> str:
     parts = []
     options = term.params.options(name)
     if options:
-        parts.append("one of " + ", ".join(dict.fromkeys(options)))
+        with_arguments = _options_with_arguments(term, name)
+        parts.append("one of " + ", ".join(f"{o}(...)" if o in with_arguments else o for o in dict.fromkeys(options)))
     if "tuple" in annotation:
         parts.append("a list of numbers")
     elif "bool" in annotation:
@@ -299,6 +306,23 @@ def _expected(term: TermDef, name: str) -> str:
     elif "int" in annotation:
         parts.append("an integer")
     return " or ".join(parts) or "a value"
+
+
+def _options_with_arguments(term: TermDef, name: str) -> set[str]:
+    """Options written only as a call with numbers (``class_balanced(0.999)``): the ``Literal``
+    heading a tuple in the annotation, and not an option on its own too (``softplus`` is both)."""
+    def literals(annotation: Any, in_tuple: bool, found: dict[str, set[bool]]) -> None:
+        if typing.get_origin(annotation) is Literal:
+            for option in typing.get_args(annotation):
+                found.setdefault(option, set()).add(in_tuple)
+            return
+        inside = in_tuple or typing.get_origin(annotation) is tuple
+        for arg in typing.get_args(annotation):
+            literals(arg, inside, found)
+
+    found: dict[str, set[bool]] = {}
+    literals(term.params.model_fields[name].annotation, False, found)
+    return {option for option, where in found.items() if where == {True}}
 
 
 def _example_keyword(term: TermDef) -> str:

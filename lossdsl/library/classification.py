@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 import torch
@@ -35,24 +36,42 @@ MAX_CLASS_WEIGHT = 1e15
 ClassWeights = Annotated[tuple[Annotated[float, Field(gt=0, le=MAX_CLASS_WEIGHT)], ...], Field(min_length=1)]
 
 
+#: ``weight=class_balanced(beta)``: Cui et al.'s effective-number weights, ``0 <= beta < 1``.
+ClassBalanced = tuple[Literal["class_balanced"], Annotated[float, Field(ge=0, lt=1)]]
+
+
+#: How ``mean`` divides a weighted loss: by the summed weights (torch's ``F.cross_entropy(weight=)``)
+#: or by the element count (mmpretrain's ``weight_reduce_loss`` with ``avg_factor=None``).
+Normalize = Annotated[Literal["weights", "count"], Field(
+    description="mean's denominator with weights: their sum over the elements ('weights', torch's cross-entropy) or "
+    "the number of elements ('count', mmpretrain's mean of w * loss)"
+)]
+
+
 class CEParams(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits: [N, C, ...] for C classes, or [N] / [N, 1] for binary")
     target: InputOf("labels", "binary", "probs") = Field(
         "target", description="integer class indices [N, ...] (0/1 for binary logits), or class probabilities"
     )
-    weight: Literal["balanced"] | ClassWeights | None = Field(
-        None, description="class weights: none, 'balanced' (from running class counts) or a list, one per class, "
-        "each at most 1e15 (a batch's summed weights must stay within float32; only their ratios matter to mean)"
+    weight: Literal["balanced"] | ClassBalanced | ClassWeights | None = Field(
+        None, description="class weights: none, 'balanced' or 'class_balanced(beta)' (from running class counts) "
+        "or a list, one per class, each at most 1e15 (a batch's summed weights must stay within float32; only "
+        "their ratios matter to mean)"
     )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="mass spread uniformly over the classes")
     ignore_index: Int64 = Field(-100, description="targets equal to this are left out, as in F.cross_entropy")
+    z_loss: NonNegativeFloat = Field(
+        0.0, description="adds z_loss * logsumexp(logits)^2 to each target's loss, weighted and averaged as "
+        "the ce (PaLM's z-loss, 1e-4 there)"
+    )
+    normalize: Normalize = "weights"
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
 
 def _ce_layouts(params: CEParams) -> tuple[Layout, ...]:
     """A list of class weights fixes the class count (two: binary logits fit too)."""
-    if isinstance(params.weight, tuple):
+    if isinstance(params.weight, tuple) and params.weight[0] != "class_balanced":
         return class_layouts(len(params.weight), binary=len(params.weight) == 2)
     return class_layouts()
 
@@ -105,8 +124,25 @@ class CrossEntropy(Term):
       logits; with no counts at all every weight is 1. It is saved in ``state_dict()``. Under
       ``torch.distributed`` the batch's counts are summed over all ranks first, so every rank
       keeps the global counts (``fit`` is per rank: give each rank the whole label set).
+    - ``weight=class_balanced(beta)``, ``0 <= beta < 1``: Cui et al. (2019)'s weights by effective
+      number, ``(1 - beta) / (1 - beta^n_c)``, scaled to sum to ``C`` as the paper does, over
+      the same running class counts as ``balanced`` (counted, frozen, fitted, saved and summed over
+      ranks alike). ``beta=0`` weighs every class 1; as ``beta`` nears 1 the weights near
+      inverse class frequency. A class with ``n_c = 0`` (effective number 0) weighs as much as
+      the rarest class seen before the scaling, never inf; no counts at all give ones.
     - ``reduction=none``: ``F.cross_entropy(reduction="none")``, one loss per target ``[N, ...]``
       (``[N]`` for binary logits), class-weighted and 0 where ignored, times ``sample_weight``.
+    - ``normalize=count`` (mmpretrain's ``CrossEntropyLoss(class_weight=...)``, whose
+      ``weight_reduce_loss`` with ``avg_factor=None`` averages ``w * loss`` over the targets):
+      ``mean`` divides the weighted sum by the number of kept targets, not by their summed
+      weights (the default ``normalize=weights``, torch's); ``sample_weight`` then scales each
+      sample's losses but not the count, as mmpretrain's ``weight`` does. Probability targets,
+      ``sum`` and ``none`` are the same under both.
+    - ``z_loss=z`` (PaLM, Chowdhery et al. 2022; 1e-4 there): each target's loss gains
+      ``z * logsumexp(logits)^2`` over its classes (``softplus(x)^2`` for a binary logit ``x``),
+      weighed as that target's ce (its class weight and ``sample_weight``, 0 where ignored) and
+      reduced with it, so ``mean`` is ce's mean plus ``z`` times the same weighted mean of
+      ``log^2 Z``; it keeps the softmax normaliser near 1 (``log Z`` near 0).
     - Half-precision logits are computed in float32 (torch's own float16 mean is NaN past 65,536
       targets) and the loss comes back in their dtype.
     """
@@ -115,11 +151,16 @@ class CrossEntropy(Term):
 
     def __init__(self, params: CEParams):
         super().__init__()
-        self.balanced = params.weight == "balanced"
+        weight = params.weight
+        # class_balanced(beta) has Cui et al.'s formula; both weigh classes by running counts.
+        self.beta = weight[1] if isinstance(weight, tuple) and weight[0] == "class_balanced" else None
+        self.balanced = weight == "balanced" or self.beta is not None
         self.label_smoothing = params.label_smoothing
         self.ignore_index = params.ignore_index
         self.reduction = params.reduction
-        fixed = params.weight if isinstance(params.weight, tuple) else None
+        self.z_loss = params.z_loss
+        self.count = params.normalize == "count"
+        fixed = weight if isinstance(weight, tuple) and self.beta is None else None
         self.register_buffer("class_weight", torch.tensor(fixed, dtype=torch.float64) if fixed else None)
         # Sized on first use: the class count comes from the logits' shape.
         self.register_buffer("class_counts", torch.zeros(0, dtype=torch.long) if self.balanced else None)
@@ -164,6 +205,8 @@ class CrossEntropy(Term):
             if self.balanced and self.training and distributed.active():  # still take part in the count sum
                 self._class_weight(target.long(), target == target, num_classes, pred.dtype)
             return pred.sum()
+        if self.z_loss or self.count:
+            return self._general_form(pred, target, binary, num_classes, sample_weight)
         if target.is_floating_point():
             return self._probability_form(pred, target, binary, sample_weight)
         if binary and self._nothing_to_ignore(target) and self.class_weight is None and not self.balanced:
@@ -199,6 +242,22 @@ class CrossEntropy(Term):
             return total
         return weighted_mean(total, denominator)
 
+    def _general_form(
+        self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int,
+        sample_weight: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``mean`` or ``sum`` from the element-wise losses and shares of ``_losses`` (for the
+        options the fused kernels lack: ``z_loss``, ``normalize=count``)."""
+        losses, share = self._losses(pred, target, binary, num_classes)
+        if sample_weight is not None:
+            per_element = sample_weight.reshape(-1, *[1] * (losses.dim() - 1))  # a sample's weight, per pixel
+            losses = losses * per_element
+            if not self.count:  # count divides by the targets alone, as mmpretrain does
+                share = share * per_element
+        if self.reduction == "sum":
+            return losses.sum()
+        return weighted_mean(losses.sum(), share.sum())
+
     def _per_sample(self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int) -> torch.Tensor:
         """For group_loss and ``LossModule.per_sample``: [N, 2] of each sample's weighted loss and
         weight, summed over its elements, so a group's mean is ce's own mean over the group (class
@@ -214,8 +273,9 @@ class CrossEntropy(Term):
         self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``F.cross_entropy(reduction="none")`` [N, ...] (binary logits as the two-class logits
-        ``[0, z]``), and each element's share of ``mean``'s denominator: its class weight, 0 where
-        ignored, 1 for probability targets (torch's mean over them counts elements)."""
+        ``[0, z]``) plus the z-loss, and each element's share of ``mean``'s denominator: its class
+        weight (1 with ``normalize=count``), 0 where ignored, 1 for probability targets (torch's
+        mean over them counts elements)."""
         if binary:  # the two-class softmax of [0, logit] is sigmoid(logit)
             logits = pred if pred.dim() == 1 else pred[:, 0]
             pred = torch.stack([torch.zeros_like(logits), logits], dim=1)
@@ -224,21 +284,27 @@ class CrossEntropy(Term):
                 target = torch.stack([1 - probability, probability], dim=1)
         if target.is_floating_point():
             if self.balanced:
-                self.fail(1, "weight=balanced counts classes, so it needs integer class indices, not probabilities")
+                self.fail(1, f"weight={self._counted_weight()} counts classes, so it needs integer class indices, not probabilities")
             weight = self._class_weight(None, None, num_classes, pred.dtype)
             losses = F.cross_entropy(
                 pred, target.to(pred.dtype), weight=weight, reduction="none", label_smoothing=self.label_smoothing
             )
-            return losses, torch.ones_like(losses)
-        target = target.long()
-        keep = target != self.ignore_index
-        labels = target * keep
-        weight = self._class_weight(labels, keep, num_classes, pred.dtype)
-        losses = F.cross_entropy(
-            pred, target, weight=weight, ignore_index=self.ignore_index, reduction="none",
-            label_smoothing=self.label_smoothing,
-        )
-        return losses, (keep.to(pred.dtype) if weight is None else weight[labels] * keep)
+            share = torch.ones_like(losses)
+        else:
+            target = target.long()
+            keep = target != self.ignore_index
+            labels = target * keep
+            weight = self._class_weight(labels, keep, num_classes, pred.dtype)
+            losses = F.cross_entropy(
+                pred, target, weight=weight, ignore_index=self.ignore_index, reduction="none",
+                label_smoothing=self.label_smoothing,
+            )
+            share = keep.to(pred.dtype) if weight is None else weight[labels] * keep
+        if self.z_loss:  # weighed as the element's ce: by its class weight, 0 where ignored
+            losses = losses + self.z_loss * torch.logsumexp(pred, dim=1).square() * share
+        if self.count and not target.is_floating_point():
+            share = keep.to(pred.dtype)
+        return losses, share
 
     @staticmethod
     def _layout_hint(pred: torch.Tensor, target: torch.Tensor) -> str:
@@ -322,7 +388,7 @@ class CrossEntropy(Term):
         self, pred: torch.Tensor, target: torch.Tensor, binary: bool, sample_weight: torch.Tensor | None
     ) -> torch.Tensor:
         if self.balanced:
-            self.fail(1, "weight=balanced counts classes, so it needs integer class indices, not probabilities")
+            self.fail(1, f"weight={self._counted_weight()} counts classes, so it needs integer class indices, not probabilities")
         if binary:  # the two-class form of F.cross_entropy, as for class indices
             logits = pred if pred.dim() == 1 else pred[:, 0]
             pred = torch.stack([torch.zeros_like(logits), logits], dim=1)
@@ -355,9 +421,17 @@ class CrossEntropy(Term):
             if distributed.active():  # every rank counts the global batch
                 distributed.all_reduce_counts_(batch_counts)
             counts.add_(batch_counts)
+            if self.beta is not None:
+                return class_balanced_weight(counts, self.beta, dtype)
             # This batch is counted, so only an all-ignored batch has no counts, and it weighs nothing.
             return balanced_weight(counts, dtype, guard_empty=False)
+        if self.beta is not None:
+            return class_balanced_weight(counts, self.beta, dtype)
         return balanced_weight(counts, dtype)
+
+    def _counted_weight(self) -> str:
+        """The weight option that counts classes, as the spec writes it."""
+        return "balanced" if self.beta is None else f"class_balanced({self.beta:g})"
 
     def fit(self, pred: torch.Tensor | None, target: torch.Tensor | None) -> None:
         """Set the class counts from a whole data set's targets (``LossModule.fit`` calls it).
@@ -397,6 +471,26 @@ def balanced_weight(counts: torch.Tensor, dtype: torch.dtype, guard_empty: bool 
     return torch.where(total > 0, weight, torch.ones_like(weight))
 
 
+def class_balanced_weight(counts: torch.Tensor, beta: float, dtype: torch.dtype) -> torch.Tensor:
+    """Cui et al. (2019)'s class-balanced weights ``(1 - beta) / (1 - beta^n_c)``, scaled to sum
+    to the class count ``C`` as the paper does.
+
+    ``1 - beta^n`` is ``-expm1(n log beta)``, which keeps its digits for ``beta`` near 1 and small
+    ``n``. A class not seen yet (``n_c = 0``, whose effective number is 0) weighs as much as the
+    rarest class seen, as for ``balanced``; no counts at all give ones.
+    """
+    computed_in = accumulation_dtype(dtype)
+    counts = counts.to(computed_in)
+    seen = counts > 0
+    if beta == 0:  # every effective number is 1 (0^0 aside): equal weights
+        weight = torch.ones_like(counts)
+    else:
+        weight = (1 - beta) / -torch.expm1(counts.clamp_min(1) * math.log(beta))
+        weight = torch.where(seen, weight, weight.masked_fill(~seen, 0).amax())
+    weight = torch.where(seen.any(), weight, torch.ones_like(weight))
+    return (weight * (counts.numel() / weight.sum())).to(dtype)
+
+
 class BCEParams(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits, any shape: [N] binary, [N, C] multi-label")
     target: InputOf("binary", "multihot", "probs") = Field("target", description="0/1 targets (or probabilities) of pred's shape")
@@ -404,15 +498,29 @@ class BCEParams(TermParams):
         None, description="weight of positives: one number, or one per label, each at most 1e15 (a "
         "positive's loss is scaled by it, and must stay within float32)"
     )
+    weight: ClassWeights | None = Field(
+        None, description="one weight per label (pred.shape[-1]), each at most 1e15: every element's loss is "
+        "scaled by its label's weight, as F.binary_cross_entropy_with_logits's weight of shape [C]"
+    )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="targets become y * (1 - e) + e / 2")
+    normalize: Normalize = "weights"
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
+    @model_validator(mode="after")
+    def _one_label_count(self) -> BCEParams:
+        labels = {len(w) for w in (self.pos_weight, self.weight) if isinstance(w, tuple) and len(w) > 1}
+        if len(labels) > 1:
+            raise ValueError(f"weight and pos_weight have {' and '.join(map(str, sorted(labels)))} entries: "
+                             "each has one per label (or pos_weight one number)")
+        return self
+
 
 def _bce_layouts(params: BCEParams) -> tuple[Layout, ...]:
-    """pred and target of one shape; a list of several pos_weight entries is one per label (last dimension)."""
-    labels = len(params.pos_weight) if isinstance(params.pos_weight, tuple) and len(params.pos_weight) > 1 else None
-    return same_shape_layouts("pred", "target", last=labels)
+    """pred and target of one shape; a list of several weight or pos_weight entries is one per
+    label (last dimension)."""
+    lists = [len(w) for w in (params.weight, params.pos_weight) if isinstance(w, tuple) and len(w) > 1]
+    return same_shape_layouts("pred", "target", last=lists[0] if lists else None)
 
 
 def _bce_cases(s: parity.Sizes) -> list[parity.Case]:
@@ -436,6 +544,21 @@ class BinaryCrossEntropy(Term):
     ``pos_weight`` has one entry, or one per label (``pred.shape[-1]``). ``label_smoothing=e``
     replaces the targets by ``y * (1 - e) + e / 2`` (torch's function lacks it). ``reduction=none``
     gives the element-wise losses, of ``pred``'s shape.
+
+    ``weight=[w_1, ..., w_C]`` weighs each label of multi-label targets ``[N, C]`` (or ``[N, ...,
+    C]``): every element's loss times its label's weight, as torch's ``weight`` of shape ``[C]``;
+    ``sum`` and ``none`` are torch's. ``mean`` divides by the summed weights of the elements,
+    ``sum(w_c l_nc) / (N sum(w_c))``, as ce does with class weights (only the weights' ratios
+    matter); torch's ``F.binary_cross_entropy_with_logits(weight=w)`` divides by the element
+    count instead. ``pos_weight`` scales the positive part of the loss inside it, as in torch,
+    and never enters the denominator. With ``sample_weight``, each element's weight is its
+    label's weight times its sample's.
+
+    ``normalize=count`` divides ``mean``'s weighted sum by the element count instead: torch's
+    ``F.binary_cross_entropy_with_logits(weight=...)`` and mmpretrain's (``weight_reduce_loss``,
+    ``avg_factor=None``), with label weights and ``sample_weight`` alike (the default
+    ``normalize=weights`` divides by their summed products). Without label or sample weights the
+    two agree.
     """
 
     per_sample = True
@@ -444,10 +567,13 @@ class BinaryCrossEntropy(Term):
         super().__init__()
         self.reduction = params.reduction
         self.label_smoothing = params.label_smoothing
+        self.count = params.normalize == "count"
         pos_weight = params.pos_weight
         if isinstance(pos_weight, float):
             pos_weight = (pos_weight,)
         self.register_buffer("pos_weight", torch.tensor(pos_weight, dtype=torch.float64) if pos_weight else None)
+        label_weight = params.weight
+        self.register_buffer("label_weight", torch.tensor(label_weight, dtype=torch.float64) if label_weight else None)
 
     def forward(
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
@@ -464,12 +590,47 @@ class BinaryCrossEntropy(Term):
         target = target.to(pred.dtype)
         if self.label_smoothing:
             target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
+        if self.label_weight is not None or self.count:
+            return self._weighted_form(pred, target, pos_weight, sample_weight, parts)
         if sample_weight is None and pred.numel():
             return F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction=self.reduction)
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
         losses = F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction="none")
         return self.reduce(losses, sample_weight, parts)
+
+    def _weighted_form(
+        self, pred: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | None,
+        sample_weight: torch.Tensor | None, parts: bool,
+    ) -> torch.Tensor:
+        """``weight=[...]`` or ``normalize=count``: each element's loss times its label's weight;
+        ``mean`` divides by the summed element weights, or by the element count."""
+        weight = None
+        if self.label_weight is not None:
+            width = pred.shape[-1] if pred.dim() > 1 else 1
+            if self.label_weight.numel() != width:
+                self.fail(0, f"weight has {self.label_weight.numel()} entries, one per label, but pred has {width} labels")
+            weight = self.label_weight.to(pred.dtype)
+        losses = F.binary_cross_entropy_with_logits(pred, target, weight=weight, pos_weight=pos_weight, reduction="none")
+        share = torch.ones_like(losses) if weight is None or self.count else weight.expand(pred.shape)
+        if parts:  # [N, 2]: each sample's weighted loss and weight, so a group's mean is bce's own
+            rows = (lambda t: t.flatten(1)) if pred.dim() > 1 else (lambda t: t.reshape(-1, 1))
+            total = rows(losses).sum(dim=1)
+            weights = torch.ones_like(total) if self.reduction == "sum" else rows(share).sum(dim=1)
+            return torch.stack([total, weights], dim=1)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, self.batch_size(0, pred), pred.dtype)
+            per_element = sample_weight.reshape(-1, *[1] * (pred.dim() - 1))
+            losses = losses * per_element
+            if not self.count:
+                share = share * per_element
+        if self.reduction == "none":
+            return losses
+        computed_in = accumulation_dtype(pred.dtype)
+        total = losses.sum(dtype=computed_in)
+        if self.reduction == "sum":
+            return total.to(pred.dtype)
+        return weighted_mean(total, share.sum(dtype=computed_in)).to(pred.dtype)
 
 
 def _classes_at_least_two(alpha: tuple[float, ...]) -> tuple[float, ...]:
@@ -893,6 +1054,10 @@ class SoftF1Params(TermParams):
     pred: InputOf("logits") = Field("pred", description="logits: [N] / [N, 1] (binary) or [N, C] (multi-label)")
     target: InputOf("binary", "multihot") = Field("target", description="0/1 labels of pred's shape ([N] for [N, 1] too)")
     beta: PositiveFloat = Field(1.0, description="recall counts beta times as much as precision")
+    average: Literal["macro", "micro", "samples"] = Field(
+        "macro", description="scikit-learn's f1_score averages: one F per label, then their mean (macro), one F "
+        "from the counts pooled over labels (micro), or one F per sample over its labels, then their mean (samples)"
+    )
     reduction: BatchReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -909,26 +1074,52 @@ def _soft_f1_reference(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (1 - 2 * tp / (2 * tp + fn + fp)).mean()
 
 
+def _soft_f1_soft_counts(pred: torch.Tensor, target: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """1 - F1 from the soft counts summed over ``dims``: (0, 1) micro, (1,) per sample."""
+    p = torch.sigmoid(pred)
+    tp = (p * target).sum(dims)
+    fp = (p * (1 - target)).sum(dims)
+    fn = ((1 - p) * target).sum(dims)
+    return (1 - 2 * tp / (2 * tp + fn + fp)).mean()
+
+
 def _soft_f1_cases(s: parity.Sizes) -> list[parity.Case]:
     n, c = s.n, s.classes
-    return [parity.Case("soft_f1()", parity.shape(n, c), parity.inputs(pred=parity.randn(n, c), target=parity.flags(n, c)),
-                        _soft_f1_reference)]
+    multi_label = parity.inputs(pred=parity.randn(n, c), target=parity.flags(n, c))
+    return [
+        parity.Case("soft_f1()", parity.shape(n, c), multi_label, _soft_f1_reference),
+        parity.Case("soft_f1(average=micro)", parity.shape(n, c), multi_label,
+                    lambda pred, target: _soft_f1_soft_counts(pred, target, (0, 1)), variant="micro"),
+        parity.Case("soft_f1(average=samples)", parity.shape(n, c), multi_label,
+                    lambda pred, target: _soft_f1_soft_counts(pred, target, (1,)), variant="samples"),
+    ]
 
 
 @register(
     "soft_f1",
     SoftF1Params,
-    "1 - F_beta from soft true/false positives and negatives: binary, or macro over labels.",
+    "1 - F_beta from soft true/false positives and negatives: binary, or macro, micro or samples over labels.",
     example="soft_f1(beta=2.0)",
     shapes=_soft_f1_layouts,
     cases=_soft_f1_cases,
 )
 class SoftF1(Term):
     """``1 - (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP)`` with ``TP = sum(p y)``, ``FP = sum(p (1 - y))``,
-    ``FN = sum((1 - p) y)`` and ``p = sigmoid(pred)``, per label. ``mean`` averages the labels
-    (macro), ``sum`` adds them. A label with no positives and no predicted mass scores F = 0, as
-    scikit-learn's ``fbeta_score`` does; an empty batch gives 0. ``sample_weight`` weighs each
-    sample's counts."""
+    ``FN = sum((1 - p) y)`` and ``p = sigmoid(pred)``. ``average`` is scikit-learn's
+    ``f1_score(average=...)`` on these soft counts:
+
+    - ``macro`` (the default, and the behaviour before the option): the counts are summed over the
+      batch per label, one F per label; ``mean`` averages the labels, ``sum`` adds them.
+    - ``micro``: the counts are summed over the batch and the labels, one F; ``mean`` and ``sum``
+      are that one ``1 - F``.
+    - ``samples`` (multi-label targets ``[N, C]`` only, as in scikit-learn): the counts are summed
+      over each sample's labels, one F per sample; ``mean`` averages the samples (weighted by
+      ``sample_weight``, as scikit-learn's ``sample_weight`` does), ``sum`` adds them.
+
+    At 0/1 probabilities this is ``1 - sklearn.metrics.fbeta_score(zero_division=0)``. A label
+    (or sample) with no positives and no predicted mass scores F = 0, as scikit-learn's
+    ``fbeta_score`` does; an empty batch gives 0. For ``macro`` and ``micro``, ``sample_weight``
+    weighs each sample's counts."""
 
     def __init__(self, params: SoftF1Params):
         super().__init__()
@@ -936,6 +1127,7 @@ class SoftF1(Term):
         # factor overflows a half-precision loss for a large beta.
         beta2 = params.beta**2
         self.fn_weight, self.fp_weight = beta2 / (1 + beta2), 1 / (1 + beta2)
+        self.average = params.average
         self.reduction = params.reduction
 
     def forward(
@@ -947,6 +1139,9 @@ class SoftF1(Term):
         if pred.dim() == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]:
             pred = pred[:, 0]
         self.expect_same_shape(1, 0, target, pred)
+        if self.average == "samples" and pred.dim() < 2:
+            self.fail(0, f"average=samples scores each sample over its labels, so it needs multi-label [N, C], "
+                         f"got binary {tuple(pred.shape)} (as in scikit-learn; macro or micro score binary targets)")
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, n, pred.dtype).unsqueeze(1)
         if n == 0:  # an empty batch adds nothing
@@ -954,17 +1149,26 @@ class SoftF1(Term):
         computed_in = accumulation_dtype(pred.dtype)  # the counts are sums over the batch
         prob = torch.sigmoid(pred.to(computed_in))
         prob, labels = prob.reshape(n, -1), target.reshape(n, -1).to(computed_in)
+        score_weight = None
         if sample_weight is not None:
             sample_weight = sample_weight.to(computed_in)
-            prob, positives = prob * sample_weight, labels * sample_weight
+            if self.average == "samples":  # weighs each sample's score, not its counts (which F ignores)
+                score_weight, positives = sample_weight[:, 0], labels
+            else:
+                prob, positives = prob * sample_weight, labels * sample_weight
         else:
             positives = labels
-        true_positive = (prob * labels).sum(0)
-        predicted = prob.sum(0)  # TP + FP
-        actual = positives.sum(0)  # TP + FN
+        # The dimensions the counts are summed over: the batch (macro), everything (micro), the labels (samples).
+        dims = {"macro": (0,), "micro": (0, 1), "samples": (1,)}[self.average]
+        true_positive = (prob * labels).sum(dims)
+        predicted = prob.sum(dims)  # TP + FP
+        actual = positives.sum(dims)  # TP + FN
         denominator = true_positive + self.fn_weight * (actual - true_positive) + self.fp_weight * (predicted - true_positive)
         f_beta = safe_divide(true_positive, denominator)
         loss = 1 - f_beta
+        if score_weight is not None:
+            total = (loss * score_weight).sum()
+            return (weighted_mean(total, score_weight.sum()) if self.reduction == "mean" else total).to(pred.dtype)
         return (loss.mean() if self.reduction == "mean" else loss.sum()).to(pred.dtype)
 
 
