@@ -248,3 +248,105 @@ def test_absent_skip_compiles_fullgraph():
     x, t, w = torch.randn(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4)), torch.tensor([1.0, 3.0])
     compiled = compiled_fullgraph(loss)
     torch.testing.assert_close(compiled(pred=x, target=t, w=w), loss(pred=x, target=t, w=w))
+
+
+# --------------------------------------------------------------------------------------------
+# ignore_index: pixels left out of every class's sums (smp's convention,
+# segmentation_models_pytorch/losses/dice.py: y_pred * mask, one_hot(y_true * mask) * mask)
+# --------------------------------------------------------------------------------------------
+
+
+def masked_closed_form(kind: str, prob: torch.Tensor, labels: torch.Tensor, ignore: int, smooth: float = 1e-5,
+                       alpha: float = 0.5, beta: float = 0.5) -> torch.Tensor:
+    """[N, C]: each class's loss over the kept pixels only, picked out by boolean indexing
+    (no masking by multiplication), written from the formulas: dice 1 - (2I + s) / (|P| + |G| + s),
+    tversky 1 - (TP + s) / (TP + a FP + b FN + s), jaccard (MONAI's) 1 - (2I + s) / (2(|P| + |G| - I) + s)."""
+    n, c = prob.shape[:2]
+    rows = []
+    for i in range(n):
+        kept = labels[i] != ignore
+        row = []
+        for k in range(c):
+            p = prob[i, k][kept]
+            g = (labels[i][kept] == k).to(prob.dtype)
+            inter = (p * g).sum()
+            if kind == "dice":
+                row.append(1 - (2 * inter + smooth) / (p.sum() + g.sum() + smooth))
+            elif kind == "jaccard":
+                row.append(1 - (2 * inter + smooth) / (2 * (p.sum() + g.sum() - inter) + smooth))
+            else:
+                fp, fn = (p * (1 - g)).sum(), ((1 - p) * g).sum()
+                row.append(1 - (inter + smooth) / (inter + alpha * fp + beta * fn + smooth))
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def void_labels(n: int, c: int, h: int, w: int, ignore: int = 255) -> torch.Tensor:
+    """Class indices with about a quarter of the pixels void (``ignore``), class c - 1 void-only in image 0."""
+    t = torch.randint(0, c, (n, h, w))
+    t[torch.rand(n, h, w) < 0.25] = ignore
+    t[0][t[0] == c - 1] = ignore
+    return t
+
+
+@pytest.mark.parametrize("kind", ["dice", "tversky", "jaccard"])
+@pytest.mark.parametrize("ignore", [255, -100, 0])
+def test_ignore_index_leaves_pixels_out_of_every_class(kind, ignore):
+    torch.manual_seed(3)
+    x = logits(3, 4, 5, 6, dtype=torch.float64)
+    t = void_labels(3, 4, 5, 6, ignore=ignore)  # ignore=0: class 0 is the void, absent from every sum
+    losses = masked_closed_form(kind, x.softmax(1), t, ignore)
+    for reduction, expected in [("mean", losses.mean()), ("sum", losses.sum())]:
+        value = lossdsl.compile(f"{kind}(ignore_index={ignore}, reduction={reduction})")(pred=x, target=t)
+        assert_parity(value, expected, x)
+    # [N, 1, H, W] class indices, as MONAI's to_onehot_y takes them, give the same
+    same = lossdsl.compile(f"{kind}(ignore_index={ignore})")(pred=x, target=t.unsqueeze(1))
+    torch.testing.assert_close(same, losses.mean())
+
+
+@pytest.mark.parametrize("kind", ["dice", "tversky", "jaccard"])
+def test_ignore_index_is_monai_on_zeroed_pixels(kind):
+    """MONAI has no ignore_index: zeroing the ignored pixels of its probabilities and one-hot target
+    is the same loss, value and gradient (activation=sigmoid over masks, batch=true, no background)."""
+    x = logits(2, 3, 4, 5, dtype=torch.float64)
+    t = void_labels(2, 3, 4, 5)
+    kept = (t != 255).unsqueeze(1).double()
+    onehot = torch.nn.functional.one_hot(torch.where(t == 255, 0, t), 3).movedim(-1, 1).double() * kept
+    extra = {"jaccard": True} if kind == "jaccard" else {}
+    cls = DiceLoss if kind == "jaccard" else MONAI[kind]
+    for ours, theirs in [("", {}), ("batch=true, include_background=false", {"batch": True, "include_background": False})]:
+        value = lossdsl.compile(f"{kind}(ignore_index=255{', ' + ours if ours else ''})")(pred=x, target=t)
+        ref = cls(**theirs, **extra)(x.softmax(1) * kept, onehot)
+        assert_parity(value, ref, x)
+    # masks of pred's shape: an element equal to ignore_index leaves its own channel only (smp's multilabel)
+    masks = brats_masks(2, torch.float64)[:, :, :4, :5]
+    masks[torch.rand(masks.shape) < 0.2] = 255
+    kept = (masks != 255).double()
+    value = lossdsl.compile(f"{kind}(activation=sigmoid, ignore_index=255)")(pred=x, target=masks)
+    assert_parity(value, cls(**extra)(x.sigmoid() * kept, masks * kept), x)
+
+
+def test_ignore_index_ignored_pixels_get_no_gradient_even_from_nan_logits():
+    x = logits(2, 3, 4, 4, dtype=torch.float64)
+    t = void_labels(2, 3, 4, 4)
+    with torch.no_grad():
+        x[:, :, 0, 0] = float("nan")
+    t[:, 0, 0] = 255
+    value = lossdsl.compile("dice(ignore_index=255)")(pred=x, target=t)
+    (g,) = torch.autograd.grad(value, x)
+    assert torch.isfinite(value) and torch.isfinite(g).all()
+    ignored = (t == 255).unsqueeze(1).expand_as(g)
+    assert torch.equal(g[ignored], torch.zeros_like(g[ignored]))
+
+
+def test_ignore_index_on_uint8_targets_and_fullgraph():
+    x = torch.randn(2, 3, 4, 4)
+    t = void_labels(2, 3, 4, 4).to(torch.uint8)
+    loss = lossdsl.compile("dice(ignore_index=255)")
+    expected = masked_closed_form("dice", x.softmax(1), t.long(), 255).mean()
+    torch.testing.assert_close(loss(pred=x, target=t), expected)
+    # a negative ignore_index cannot equal a uint8 value: nothing is left out
+    torch.testing.assert_close(lossdsl.compile("dice(ignore_index=-100)")(pred=x, target=t.clamp(max=2)),
+                               lossdsl.compile("dice()")(pred=x, target=t.clamp(max=2)))
+    compiled = compiled_fullgraph(loss)
+    torch.testing.assert_close(compiled(pred=x, target=t), loss(pred=x, target=t))

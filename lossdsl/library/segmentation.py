@@ -10,7 +10,9 @@ import torch
 from pydantic import Field, NonNegativeFloat, model_validator
 
 from .. import parity
-from ..registry import BatchReductionParam, Fit, InputOf, Layout, SampleWeight, Term, TermParams, accumulation_dtype, register, safe_divide
+from ..registry import (
+    BatchReductionParam, Fit, InputOf, Int64, Layout, SampleWeight, Term, TermParams, accumulation_dtype, register, safe_divide,
+)
 
 
 class OverlapParams(TermParams):
@@ -33,6 +35,11 @@ class OverlapParams(TermParams):
                                 "predicted), skip (left out of the mean), zero (loss 0, still counted: smp)"
     )
     include_background: bool = Field(True, description="keep channel 0 when there are several")
+    ignore_index: Int64 | None = Field(
+        None, description="target value left out: a pixel whose class index equals it is left out of every "
+                          "class's sums (with masks of pred's shape, an element equal to it is left out of its "
+                          "channel's), as smp's ignore_index; default: none"
+    )
     reduction: BatchReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -92,7 +99,14 @@ class _Overlap(Term):
     weighted by its sample's ``sample_weight``), 0 when none is present, and ``sum`` adds them
     (checked against this formula, not against another library); ``zero`` gives it loss 0 but still counts it in ``mean``, as smp's
     ``DiceLoss`` does (``loss *= y_true.sum(dims) > 0``). Under ``skip`` and ``zero`` an absent
-    class adds no gradient."""
+    class adds no gradient.
+
+    ``ignore_index=k`` leaves out the pixels whose class index is ``k`` (255, say, for void): their
+    probabilities and masks add to no class's sums, so they change neither the value nor the
+    gradient, as smp's ``ignore_index`` (which multiplies both by ``y_true != ignore_index``); with
+    masks of ``pred``'s shape each element equal to ``k`` is left out of its own channel's sums
+    (smp's binary and multilabel modes). A class whose only pixels are ignored is absent. MONAI has
+    no ``ignore_index``; there, zero the ignored pixels of the probabilities and the one-hot target."""
 
     def __init__(self, params: OverlapParams):
         super().__init__()
@@ -102,6 +116,7 @@ class _Overlap(Term):
         self.batch = params.batch
         self.absent = params.absent
         self.include_background = params.include_background
+        self.ignore_index = params.ignore_index
         self.reduction = params.reduction
 
     def probabilities_and_masks(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,16 +129,13 @@ class _Overlap(Term):
         activation = self.activation
         if activation == "auto":
             activation = "sigmoid" if channels == 1 else "softmax"
-        if activation == "sigmoid":
-            prob = torch.sigmoid(pred)
-        elif activation == "softmax":
-            prob = torch.softmax(pred, dim=1)
-        else:
-            prob = pred
         # integer masks of pred's shape are masks when channels overlap (sigmoid) or there is one
         masks_of_any_dtype = channels == 1 or activation != "softmax"
         if target.shape == pred.shape and (masks_of_any_dtype or target.is_floating_point()):
+            valid = self.not_ignored(target)  # per element: each channel's mask has its own ignored pixels
             mask = target.to(pred.dtype)
+            if valid is not None:
+                mask = torch.where(valid, mask, torch.zeros_like(mask))
         else:
             spatial = pred.shape[2:]
             if target.shape == (n, 1, *spatial):
@@ -131,10 +143,26 @@ class _Overlap(Term):
             if target.shape != (n, *spatial) or target.is_floating_point():
                 self.fail(1, f"expected masks {tuple(pred.shape)} or class indices {(n, *spatial)}, got "
                              f"{tuple(target.shape)} {target.dtype}")
+            valid = self.not_ignored(target)
+            if valid is not None:  # ignored pixels: any class index for the scatter, masked below
+                target = torch.where(valid, target, torch.zeros_like(target))
+                valid = valid.unsqueeze(1)  # every class leaves the pixel out
             if channels == 1:  # sigmoid: integer 0/1 labels are the mask
                 mask = target.unsqueeze(1).to(pred.dtype)
             else:  # scattered into a contiguous float tensor (one_hot would be int64 and channels-last)
                 mask = torch.zeros_like(pred).scatter_(1, target.long().unsqueeze(1), 1.0)
+            if valid is not None:
+                mask = mask * valid
+        if valid is not None:  # an ignored pixel's logit, even NaN, reaches neither value nor gradient
+            pred = torch.where(valid, pred, torch.zeros_like(pred))
+        if activation == "sigmoid":
+            prob = torch.sigmoid(pred)
+        elif activation == "softmax":
+            prob = torch.softmax(pred, dim=1)
+        else:
+            prob = pred
+        if valid is not None:  # an ignored pixel adds to no sum: |P|, |G|, the intersection, FP and FN
+            prob = torch.where(valid, prob, torch.zeros_like(prob))
         if not self.include_background and channels > 1:
             prob, mask = prob[:, 1:], mask[:, 1:]
         size = math.prod(pred.shape[2:])  # not -1, which an empty batch leaves undetermined
@@ -143,6 +171,14 @@ class _Overlap(Term):
             prob = prob.transpose(0, 1).reshape(1, prob.shape[1], n * size)
             mask = mask.transpose(0, 1).reshape(1, mask.shape[1], n * size)
         return prob, mask
+
+    def not_ignored(self, target: torch.Tensor) -> torch.Tensor | None:
+        """Where ``target`` is not ``ignore_index`` (None when there is no ``ignore_index``), compared
+        in int64 for integer targets: a uint8 target cannot hold -100 and would wrap it."""
+        if self.ignore_index is None:
+            return None
+        comparable = target if target.is_floating_point() else target.long()
+        return comparable != self.ignore_index
 
     def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The loss per sample and channel, from probabilities and masks [N, C, P]."""
