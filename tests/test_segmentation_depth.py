@@ -350,3 +350,181 @@ def test_ignore_index_on_uint8_targets_and_fullgraph():
                                lossdsl.compile("dice()")(pred=x, target=t.clamp(max=2)))
     compiled = compiled_fullgraph(loss)
     torch.testing.assert_close(compiled(pred=x, target=t), loss(pred=x, target=t))
+
+
+# --------------------------------------------------------------------------------------------
+# weight=[...]: per-class weights, mean = sum(w_c * l) / sum(w_c) over the scores kept
+# --------------------------------------------------------------------------------------------
+
+MONAI_OF = {"dice": (DiceLoss, {}), "tversky": (TverskyLoss, {}), "jaccard": (DiceLoss, {"jaccard": True})}
+
+
+def monai_weighted(kind: str, w: torch.Tensor, x: torch.Tensor, t: torch.Tensor, reduction: str = "mean", **options) -> torch.Tensor:
+    """MONAI's loss with class weights ``w``: DiceLoss's ``weight`` (f * w, then its reduction);
+    TverskyLoss has none, so its reduction="none" losses times ``w``, reduced the same way."""
+    cls, extra = MONAI_OF[kind]
+    if kind != "tversky":
+        return cls(softmax=True, to_onehot_y=True, weight=w, reduction=reduction, **options, **extra)(x, t)
+    f = cls(softmax=True, to_onehot_y=True, reduction="none", **options)(x, t)
+    f = f * w.reshape(1, -1, *[1] * (f.dim() - 2))
+    return {"mean": f.mean, "sum": f.sum, "none": lambda: f}[reduction]()
+
+
+def weights_spec(w: list[float]) -> str:
+    return "[" + ", ".join(str(v) for v in w) + "]"
+
+
+@pytest.mark.parametrize("kind", ["dice", "tversky", "jaccard"])
+def test_class_weight_is_the_normalised_weighted_mean(kind):
+    torch.manual_seed(4)
+    x = logits(3, 4, 5, 4, dtype=torch.float64)
+    t = torch.randint(0, 4, (3, 5, 4))
+    w = torch.tensor([0.5, 2.0, 1.0, 3.5], dtype=torch.float64)
+    losses = masked_closed_form(kind, x.softmax(1), t, ignore=-1)  # [N, C]; nothing is -1
+    value = lossdsl.compile(f"{kind}(weight={weights_spec(w.tolist())})")(pred=x, target=t)
+    assert_parity(value, (losses * w).sum() / (3 * w.sum()), x)
+    summed = lossdsl.compile(f"{kind}(weight={weights_spec(w.tolist())}, reduction=sum)")(pred=x, target=t)
+    assert_parity(summed, (losses * w).sum(), x)
+    # MONAI's weight multiplies and then averages over N * C: ours is that times C / sum(w)
+    ref = monai_weighted(kind, w, x, t.unsqueeze(1))
+    assert_parity(value, ref * 4 / w.sum(), x)
+    # equal weights are no weights
+    torch.testing.assert_close(lossdsl.compile(f"{kind}(weight=[2.0, 2.0, 2.0, 2.0])")(pred=x, target=t),
+                               lossdsl.compile(f"{kind}()")(pred=x, target=t))
+
+
+@pytest.mark.parametrize("kind", ["dice", "tversky", "jaccard"])
+def test_class_weight_without_background_and_with_sample_weight_and_skip(kind):
+    torch.manual_seed(5)
+    x, t, mask = absent_case()  # class 2 absent from both images, class 1 from image 0
+    w = torch.tensor([3.0, 0.5], dtype=torch.float64)  # classes 1 and 2: the background is dropped
+    value = lossdsl.compile(f"{kind}(include_background=false, weight=[3.0, 0.5])")(pred=x, target=t)
+    ref = monai_weighted(kind, w, x, t.unsqueeze(1), include_background=False)
+    assert_parity(value, ref * 2 / w.sum(), x)
+    # absent=skip with sample weights: sum(s_n w_c k_nc l_nc) / sum(s_n w_c k_nc)
+    losses = masked_closed_form(kind, x.softmax(1), t, ignore=-1)[:, 1:]
+    kept = (mask.sum((2, 3)) > 0)[:, 1:].double()  # only (image 1, class 1)
+    s = torch.tensor([2.0, 0.25], dtype=torch.float64)
+    weigh = s[:, None] * w[None] * kept
+    value = lossdsl.compile(f"{kind}(include_background=false, weight=[3.0, 0.5], absent=skip, sample_weight=s)")(
+        pred=x, target=t, s=s)
+    assert_parity(value, (weigh * losses).sum() / weigh.sum(), x)
+    torch.testing.assert_close(value, losses[1, 0])  # one score kept: its weights cancel
+
+
+def test_class_weight_of_the_wrong_length_names_the_input():
+    loss = lossdsl.compile("dice(include_background=false, weight=[1.0, 2.0, 3.0])")
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        loss(pred=torch.randn(2, 3, 4, 4), target=torch.randint(0, 3, (2, 4, 4)))
+    assert info.value.diagnostics[0].code == "E402"
+    message = str(info.value)
+    assert "input 'pred' of dice()" in message and "3 entries but 2 classes are scored" in message
+    assert "include_background=false" in message
+    with pytest.raises(lossdsl.LossSpecError):
+        lossdsl.compile("dice(weight=[1.0, -2.0])")
+    with pytest.raises(lossdsl.LossSpecError):
+        lossdsl.compile("generalized_dice(weight=[1.0, 2.0])")
+
+
+# --------------------------------------------------------------------------------------------
+# reduction=none: the per-image-per-class losses [N, C], MONAI's reduction="none" (its [N, C, 1, 1]
+# squeezed); generalized_dice gives [N]
+# --------------------------------------------------------------------------------------------
+
+
+def assert_parity_unreduced(ours: torch.Tensor, ref: torch.Tensor, x: torch.Tensor) -> None:
+    """Same values; same gradient of a random linear combination of them."""
+    torch.testing.assert_close(ours, ref.to(ours.dtype), **tol(ours.dtype))
+    r = torch.rand(ours.shape, dtype=ours.dtype)
+    assert_parity((ours * r).sum(), (ref * r).sum(), x)
+
+
+@pytest.mark.parametrize("kind", ["dice", "tversky", "jaccard"])
+@pytest.mark.parametrize("ours, theirs", [("", {}), ("include_background=false", {"include_background": False}),
+                                          ("smooth_nr=0.0, smooth_dr=1e-3", {"smooth_nr": 0.0, "smooth_dr": 1e-3})],
+                         ids=["default", "no-background", "nr-dr"])
+def test_reduction_none_is_monais_per_image_and_class(kind, ours, theirs):
+    torch.manual_seed(6)
+    x = logits(3, 4, 5, 4, dtype=torch.float64)
+    t = torch.randint(0, 4, (3, 1, 5, 4))
+    cls, extra = MONAI_OF[kind]
+    args = ", ".join(filter(None, [ours, "reduction=none"]))
+    value = lossdsl.compile(f"{kind}({args})")(pred=x, target=t)
+    ref = cls(softmax=True, to_onehot_y=True, reduction="none", **theirs, **extra)(x, t)
+    assert value.shape == ref.shape[:2] == (3, 4 if not ours.startswith("include") else 3)
+    assert_parity_unreduced(value, ref.reshape(value.shape), x)
+    # its mean is the mean reduction
+    torch.testing.assert_close(value.mean(), lossdsl.compile(f"{kind}({ours})")(pred=x, target=t))
+    # sigmoid over overlapping masks, MONAI's sigmoid=True
+    masks = brats_masks(3, torch.float64)[:, :, :5, :4]
+    x3 = logits(3, 3, 5, 4, dtype=torch.float64)
+    value = lossdsl.compile(f"{kind}(activation=sigmoid, {args})")(pred=x3, target=masks)
+    ref = cls(sigmoid=True, reduction="none", **theirs, **extra)(x3, masks)
+    assert_parity_unreduced(value, ref.reshape(value.shape), x3)
+
+
+@pytest.mark.parametrize("kind", ["dice", "tversky", "jaccard"])
+def test_reduction_none_carries_the_weights_and_absent_classes(kind):
+    """Times w_c (MONAI's weight does the same under reduction="none") and s_n (as torch's
+    reduction="none" with weights); absent=skip and zero give an absent class 0."""
+    x, t, mask = absent_case()
+    w = torch.tensor([0.5, 2.0, 1.5], dtype=torch.float64)
+    s = torch.tensor([3.0, 0.5], dtype=torch.float64)
+    cls, extra = MONAI_OF[kind]
+    value = lossdsl.compile(f"{kind}(weight=[0.5, 2.0, 1.5], sample_weight=s, reduction=none)")(pred=x, target=t, s=s)
+    ref = monai_weighted(kind, w, x, t.unsqueeze(1), reduction="none").reshape(2, 3)
+    assert_parity_unreduced(value, ref * s[:, None], x)
+    present = mask.sum((2, 3)) > 0
+    unweighted = cls(softmax=True, to_onehot_y=True, reduction="none", **extra)(x, t.unsqueeze(1)).reshape(2, 3)
+    for absent in ["skip", "zero"]:
+        value = lossdsl.compile(f"{kind}(absent={absent}, reduction=none)")(pred=x, target=t)
+        assert_parity_unreduced(value, unweighted * present, x)
+
+
+def test_generalized_dice_reduction_none_is_per_image():
+    from monai.losses import GeneralizedDiceLoss
+
+    # float32: MONAI computes its weights from ground_o.float(), 2e-9 off float64's
+    x = logits(3, 4, 5, 4, dtype=torch.float32)
+    t = torch.randint(0, 4, (3, 1, 5, 4))
+    value = lossdsl.compile("generalized_dice(reduction=none)")(pred=x, target=t)
+    ref = GeneralizedDiceLoss(softmax=True, to_onehot_y=True, reduction="none")(x, t)
+    assert value.shape == (3,)
+    assert_parity_unreduced(value, ref.reshape(3), x)
+
+
+def test_per_sample_is_each_images_mean_over_its_kept_classes():
+    x, t, mask = absent_case()
+    w = torch.tensor([0.5, 2.0, 1.5], dtype=torch.float64)
+    losses = masked_closed_form("dice", x.softmax(1), t, ignore=-1)
+    per_image = lossdsl.compile("dice(weight=[0.5, 2.0, 1.5])").per_sample(pred=x, target=t)
+    torch.testing.assert_close(per_image, (losses * w).sum(1) / w.sum())
+    kept = (mask.sum((2, 3)) > 0).double()
+    skip = lossdsl.compile("dice(absent=skip)").per_sample(pred=x, target=t)
+    torch.testing.assert_close(skip, (losses * kept).sum(1) / kept.sum(1))
+    total = lossdsl.compile("dice(reduction=sum)").per_sample(pred=x, target=t)
+    torch.testing.assert_close(total, losses.sum(1))
+
+
+def test_batch_with_reduction_none_is_a_spec_error_and_per_sample_names_it():
+    with pytest.raises(lossdsl.LossSpecError, match="no per-image loss for reduction=none"):
+        lossdsl.compile("dice(batch=true, reduction=none)")
+    x, t = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile("dice(batch=true)").per_sample(pred=x, target=t)
+    assert info.value.diagnostics[0].code == "E403"
+    assert "dice() at <spec>:1:1 has batch=true" in str(info.value) and "no per-sample form" in str(info.value)
+
+
+def test_generalized_dice_refuses_absent():
+    """Its classes are scored together: an absent class takes the largest finite weight (MONAI's)."""
+    with pytest.raises(lossdsl.LossSpecError, match="absent= is for dice, tversky and jaccard"):
+        lossdsl.compile("generalized_dice(absent=skip)")
+
+
+def test_weights_and_reduction_none_compile_fullgraph():
+    x, t, s = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4)), torch.tensor([1.0, 2.0])
+    for text in ["dice(weight=[1.0, 2.0, 3.0], absent=skip, sample_weight=s)", "tversky(weight=[1.0, 2.0, 3.0], reduction=none)"]:
+        loss = lossdsl.compile(text)
+        compiled = compiled_fullgraph(loss)
+        torch.testing.assert_close(compiled(pred=x, target=t, s=s), loss(pred=x, target=t, s=s))

@@ -11,8 +11,10 @@ from pydantic import Field, NonNegativeFloat, model_validator
 
 from .. import parity
 from ..registry import (
-    BatchReductionParam, Fit, InputOf, Int64, Layout, SampleWeight, Term, TermParams, accumulation_dtype, register, safe_divide,
+    BatchReductionParam, Fit, InputOf, Int64, Layout, ReductionParam, SampleWeight, Term, TermParams, Weights,
+    accumulation_dtype, register, safe_divide,
 )
+from ..errors import LossSpecError
 
 
 class OverlapParams(TermParams):
@@ -40,7 +42,9 @@ class OverlapParams(TermParams):
                           "class's sums (with masks of pred's shape, an element equal to it is left out of its "
                           "channel's), as smp's ignore_index; default: none"
     )
-    reduction: BatchReductionParam = "mean"
+    reduction: ReductionParam = Field(
+        "mean", description="mean (weighted by sample_weight and weight, if given), sum, or none: the losses per "
+                            "image and class [N, C] (per image [N] for generalized_dice), times the weights")
     sample_weight: SampleWeight = None
 
     @model_validator(mode="after")
@@ -48,14 +52,24 @@ class OverlapParams(TermParams):
         if self.batch and self.sample_weight is not None:
             raise ValueError("batch=true pools the samples into one score per channel, so there is no "
                              "per-sample loss for sample_weight to weigh; drop one of them")
+        if self.batch and self.reduction == "none":
+            raise ValueError("batch=true pools the samples into one score per channel, so there is no "
+                             "per-image loss for reduction=none to give; drop one of them")
         return self
 
 
-class DiceParams(OverlapParams):
+class ClassOverlapParams(OverlapParams):
+    weight: Weights | None = Field(
+        None, description="one positive weight per scored class (without channel 0 under include_background=false): "
+                          "mean is sum(w_c * loss) / sum(w_c) over the (sample, class) scores kept"
+    )
+
+
+class DiceParams(ClassOverlapParams):
     squared: bool = Field(False, description="square predictions and targets in the denominator")
 
 
-class TverskyParams(OverlapParams):
+class TverskyParams(ClassOverlapParams):
     alpha: NonNegativeFloat = Field(0.5, description="weight of false positives")
     beta: NonNegativeFloat = Field(0.5, description="weight of false negatives")
 
@@ -75,6 +89,7 @@ def _overlap_layouts(params: OverlapParams) -> tuple[Layout, ...]:
 
 
 class _Overlap(Term):
+    sample_losses = True  # per image (and class): reduction=none, LossModule.per_sample; not group_loss
     """Per sample and channel, over the flattened spatial dimensions; ``mean`` averages the (sample,
     channel) scores as MONAI's ``reduction="mean"`` does. One channel: sigmoid, with 0/1 masks of
     ``pred``'s shape, or integer 0/1 labels ``[N, ...]``. Several: softmax, with integer class
@@ -106,7 +121,22 @@ class _Overlap(Term):
     gradient, as smp's ``ignore_index`` (which multiplies both by ``y_true != ignore_index``); with
     masks of ``pred``'s shape each element equal to ``k`` is left out of its own channel's sums
     (smp's binary and multilabel modes). A class whose only pixels are ignored is absent. MONAI has
-    no ``ignore_index``; there, zero the ignored pixels of the probabilities and the one-hot target."""
+    no ``ignore_index``; there, zero the ignored pixels of the probabilities and the one-hot target.
+
+    ``weight=[w_1, ..., w_C]`` weighs the classes, one positive weight per scored class (without
+    channel 0 under ``include_background=false``, as MONAI's): ``mean`` is the normalised weighted
+    mean ``sum(s_n w_c k_nc l_nc) / sum(s_n w_c k_nc)`` over the (sample, class) losses ``l``, with
+    sample weights ``s`` (1 without ``sample_weight``) and ``k`` 0 for a class ``absent=skip``
+    leaves out (else 1); ``sum`` is ``sum(s_n w_c l_nc)``. MONAI's ``DiceLoss(weight=w)`` averages
+    ``w_c l_nc`` over the N C scores instead, ``C / sum(w)`` times lossdsl's mean (equal when the
+    weights average 1).
+
+    ``reduction=none`` gives the losses per image and class ``[N, C]`` (MONAI's
+    ``reduction="none"`` ``[N, C, 1, ...]`` without its trailing 1s), times ``w_c`` and ``s_n``;
+    classes that ``absent=skip`` or ``zero`` leaves out are 0 there. ``generalized_dice`` gives one
+    loss per image ``[N]``. ``batch=true`` has no per-image loss, so it takes no ``reduction=none``
+    (nor ``LossModule.per_sample``, whose value per image is its mean over its kept classes,
+    weighted by ``weight``)."""
 
     def __init__(self, params: OverlapParams):
         super().__init__()
@@ -118,6 +148,8 @@ class _Overlap(Term):
         self.include_background = params.include_background
         self.ignore_index = params.ignore_index
         self.reduction = params.reduction
+        weight = getattr(params, "weight", None)
+        self.register_buffer("class_weight", torch.tensor(weight, dtype=torch.float64) if weight else None)
 
     def probabilities_and_masks(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-class probabilities and 0/1 masks, both [N, C, P] with P the flattened spatial size."""
@@ -198,29 +230,73 @@ class _Overlap(Term):
         return 1 - torch.where(defined, ratio, torch.ones_like(ratio))
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, parts: bool = False
     ) -> torch.Tensor:
+        if parts and self.batch:
+            raise LossSpecError(f"per_sample(): {self.where} has batch=true, which pools the samples into one score "
+                                "per channel, so this loss has no per-sample form", code="E403")
         prob, mask = self.probabilities_and_masks(pred, target)
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
         loss = self.score(prob, mask).to(pred.dtype)
-        if self.absent == "smoothed":
-            return self.reduce(loss, sample_weight)
-        present = self.pixel_sum(mask) > 0  # [N, C] (or [1, C] with batch): the class is in the target
-        loss = torch.where(present, loss, torch.zeros_like(loss))
-        if self.absent == "zero" or self.reduction == "sum":
-            return self.reduce(loss, sample_weight)
-        return self.mean_over_present(loss, present, sample_weight)
+        per_class = loss.dim() == 2
+        if not per_class:  # generalized_dice: one score per sample, its classes taken together
+            loss = loss.unsqueeze(1)
+        kept = None  # [N, C]: the (sample, class) scores a mean counts; None: all of them
+        if self.absent != "smoothed":
+            present = self.pixel_sum(mask) > 0  # [N, C] (or [1, C] with batch): the class is in the target
+            loss = torch.where(present, loss, torch.zeros_like(loss))
+            if self.absent == "skip":
+                kept = present
+        class_weight = self.class_weights(pred, loss.shape[1])
+        if self.reduction == "none":  # [N, C] (or [N]), times the weights, as torch's weighted reduction="none"
+            if class_weight is not None:
+                loss = loss * class_weight.to(loss.dtype)
+            if sample_weight is not None:
+                loss = loss * sample_weight.unsqueeze(1)
+            return loss if per_class else loss[:, 0]
+        return self.reduce_scores(loss, kept, class_weight, sample_weight, parts)
 
-    @staticmethod
-    def mean_over_present(loss: torch.Tensor, present: torch.Tensor, sample_weight: torch.Tensor | None) -> torch.Tensor:
-        """The mean of the (sample, class) losses whose class is present, weighted by the samples'
-        weights; 0 when none is."""
+    def class_weights(self, pred: torch.Tensor, scored: int) -> torch.Tensor | None:
+        """``weight`` as [1, C] in the accumulation dtype, checked against the number of scored classes."""
+        class_weight = getattr(self, "class_weight", None)
+        if class_weight is None:
+            return None
+        if class_weight.shape[0] != scored:
+            dropped = " (include_background=false leaves channel 0 out)" if not self.include_background and pred.shape[1] > 1 else ""
+            self.fail(0, f"weight= has {class_weight.shape[0]} entries but {scored} classes are scored{dropped}; "
+                         "give one weight per scored class")
+        return class_weight.to(accumulation_dtype(pred.dtype)).unsqueeze(0)
+
+    def reduce_scores(
+        self, loss: torch.Tensor, kept: torch.Tensor | None, class_weight: torch.Tensor | None,
+        sample_weight: torch.Tensor | None, parts: bool,
+    ) -> torch.Tensor:
+        """``mean``: ``sum(s_n w_c k_nc l_nc) / sum(s_n w_c k_nc)`` over the (sample, class) scores
+        ``l`` [N, C], with sample weights ``s``, class weights ``w`` and ``k`` 1 where kept (0 for a
+        class skipped as absent), and 0 when nothing weighs; ``sum``: ``sum(s_n w_c l_nc)``. With
+        ``parts``: [N, 2] of each sample's numerator and denominator over its classes (weight 1 per
+        sample), as ``Term.reduce`` gives them."""
         acc = accumulation_dtype(loss.dtype)
-        weight = present.to(acc)
+        values = loss.to(acc)
+        weight = torch.ones_like(values)
+        if class_weight is not None:
+            weight = weight * class_weight
+        if self.reduction == "sum":
+            weighted = values * weight
+            if parts:
+                per_sample = weighted.sum(dim=1)
+                return torch.stack([per_sample, torch.ones_like(per_sample)], dim=1).to(loss.dtype)
+            if sample_weight is not None:
+                weighted = weighted * sample_weight.to(acc).unsqueeze(1)
+            return weighted.sum().to(loss.dtype)
+        if kept is not None:
+            weight = weight * kept.to(acc)
+        if parts:
+            return torch.stack([(values * weight).sum(dim=1), weight.sum(dim=1)], dim=1).to(loss.dtype)
         if sample_weight is not None:
             weight = weight * sample_weight.to(acc).unsqueeze(1)
-        return safe_divide((loss.to(acc) * weight).sum(), weight.sum()).to(loss.dtype)
+        return safe_divide((values * weight).sum(), weight.sum()).to(loss.dtype)
 
 
 def _monai(name: str, **options: object) -> parity.Reference:
@@ -348,6 +424,13 @@ class GeneralizedDiceParams(OverlapParams):
     w_type: Literal["square", "simple", "uniform"] = Field(
         "square", description="class weights from the target's mass G per sample: 1 / G^2, 1 / G or 1 (MONAI's w_type)")
 
+    @model_validator(mode="after")
+    def _one_score_per_sample(self) -> GeneralizedDiceParams:
+        if self.absent != "smoothed":
+            raise ValueError("generalized_dice scores each sample's classes together, an absent class taking the "
+                             "sample's largest finite weight (MONAI's); absent= is for dice, tversky and jaccard")
+        return self
+
 
 def _generalized_dice_cases(s: parity.Sizes) -> list[parity.Case]:
     """Reference: monai.losses.GeneralizedDiceLoss(softmax=True, to_onehot_y=True)."""
@@ -373,7 +456,9 @@ class GeneralizedDice(_Overlap):
     target's mass of class c in the sample. A class absent from the sample's target (whose weight would
     be infinite) takes the sample's largest finite weight, as MONAI's; a sample with no target mass at
     all weighs every class 0 and scores 0 (MONAI's ``1 - s / s``). The weights are the target's, so no
-    gradient flows through them. ``mean`` averages the per-sample scores (MONAI's scores are ``[N, 1]``)."""
+    gradient flows through them. ``mean`` averages the per-sample scores (MONAI's scores are ``[N, 1]``),
+    ``reduction=none`` gives them ``[N]``. It takes no ``absent=`` (its classes are scored together)
+    and no ``weight=`` (its weights are the target's)."""
 
     def __init__(self, params: GeneralizedDiceParams):
         super().__init__(params)
