@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from monai.losses import DiceLoss, TverskyLoss
 
 import lossdsl
@@ -528,3 +530,175 @@ def test_weights_and_reduction_none_compile_fullgraph():
         loss = lossdsl.compile(text)
         compiled = compiled_fullgraph(loss)
         torch.testing.assert_close(compiled(pred=x, target=t, s=s), loss(pred=x, target=t, s=s))
+
+
+# --------------------------------------------------------------------------------------------
+# lovasz: Berman et al. 2018, smp's segmentation_models_pytorch/losses/lovasz.py (LovaszLoss:
+# multiclass Lovász-softmax, classes="present", per_image, ignore_index; binary Lovász hinge)
+# --------------------------------------------------------------------------------------------
+
+
+def jaccard_set_loss(fg: set[int], mistakes: set[int]) -> float:
+    """Δ_J(M) = 1 - |F \\ M| / |F ∪ M| for the ground-truth set F and the mispredicted set M."""
+    union = fg | mistakes
+    return 1 - len(fg - mistakes) / len(union) if union else 0.0
+
+
+def lovasz_by_definition(m: torch.Tensor, fg: set[int]) -> torch.Tensor:
+    """The Lovász extension of Δ_J at the errors ``m`` [P] (P kept pixels, indexed 0..P-1), by its
+    definition: sum_i m_(i) (Δ_J({(1), ..., (i)}) - Δ_J({(1), ..., (i-1)})) over the errors in
+    decreasing order, each Δ_J computed on Python sets."""
+    values = m.detach().tolist()
+    order = sorted(range(len(m)), key=lambda i: -values[i])
+    total, previous, taken = m.sum() * 0, 0.0, set()
+    for i in order:
+        taken.add(i)
+        current = jaccard_set_loss(fg, taken)
+        total = total + m[i] * (current - previous)
+        previous = current
+    return total
+
+
+def lovasz_reference(x: torch.Tensor, t: torch.Tensor, per_image: bool = False, classes: str = "present",
+                     ignore: int | None = None) -> torch.Tensor:
+    """Softmax errors |1[y = c] - p_c| per class (binary: hinge errors relu(1 - x (2y - 1))) over the
+    kept pixels, the Lovász extension of each, averaged over the present (or all) classes, per
+    image or over the batch pooled."""
+    n, c = x.shape[:2]
+    scores = x.softmax(1) if c > 1 else x
+    groups = [(scores[i:i + 1], t[i:i + 1]) for i in range(n)] if per_image else [(scores, t)]
+    results = []
+    for s, y in groups:
+        s = s.movedim(1, -1).reshape(-1, c)  # [P, C]
+        y = y.reshape(-1)
+        kept = [i for i in range(len(y)) if ignore is None or int(y[i]) != ignore]
+        s, y = s[kept], y[kept]
+        if c == 1:
+            m = torch.relu(1 - s[:, 0] * (2 * y.to(s.dtype) - 1))
+            results.append(lovasz_by_definition(m, {i for i in range(len(y)) if int(y[i]) == 1}))
+            continue
+        per_class = []
+        for k in range(c):
+            fg = {i for i in range(len(y)) if int(y[i]) == k}
+            if classes == "present" and not fg:
+                continue
+            per_class.append(lovasz_by_definition(((y == k).to(s.dtype) - s[:, k]).abs(), fg))
+        results.append(torch.stack(per_class).mean() if per_class else x.sum() * 0)
+    return torch.stack(results).mean()
+
+
+LOVASZ_OPTIONS = [
+    ({}, {}),
+    ({"per_image": "true"}, {"per_image": True}),
+    ({"classes": "all"}, {"classes": "all"}),
+    ({"ignore_index": "255"}, {"ignore": 255}),
+    ({"per_image": "true", "classes": "all", "ignore_index": "255"}, {"per_image": True, "classes": "all", "ignore": 255}),
+]
+
+
+def lovasz_spec(ours: dict, **more: str) -> str:
+    return "lovasz(" + ", ".join(f"{k}={v}" for k, v in {**ours, **more}.items()) + ")"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("ours, theirs", LOVASZ_OPTIONS, ids=["default", "per-image", "all", "ignore", "per-image-all-ignore"])
+def test_lovasz_softmax_is_the_extension_by_its_definition(ours, theirs, dtype):
+    torch.manual_seed(7)
+    x = logits(2, 4, 4, 3, dtype=dtype)
+    t = torch.randint(0, 4, (2, 4, 3))
+    t[1][t[1] == 3] = 0  # class 3 absent from image 1: present differs from all, per image
+    if "ignore" in theirs:
+        t[torch.rand(2, 4, 3) < 0.3] = 255
+    value = lossdsl.compile(lovasz_spec(ours))(pred=x, target=t)
+    assert_parity(value, lovasz_reference(x, t, **theirs), x)
+    # class indices [N, 1, H, W] are the same
+    torch.testing.assert_close(lossdsl.compile(lovasz_spec(ours))(pred=x, target=t.unsqueeze(1)), value)
+
+
+@pytest.mark.parametrize("ours, theirs", [o for o in LOVASZ_OPTIONS if "classes" not in o[0]], ids=["default", "per-image", "ignore"])
+def test_lovasz_hinge_on_one_channel_is_the_extension_by_its_definition(ours, theirs):
+    torch.manual_seed(8)
+    x = logits(3, 1, 4, 4, dtype=torch.float64)
+    t = (torch.rand(3, 1, 4, 4) < 0.4).long()
+    if "ignore" in theirs:
+        t[torch.rand(3, 1, 4, 4) < 0.3] = 255
+    value = lossdsl.compile(lovasz_spec(ours))(pred=x, target=t)
+    assert_parity(value, lovasz_reference(x, t, **theirs), x)
+    if "ignore" not in theirs:  # float masks [N, H, W] are the same
+        torch.testing.assert_close(lossdsl.compile(lovasz_spec(ours))(pred=x, target=t[:, 0].double()), value)
+
+
+def test_lovasz_per_image_reductions_and_sample_weight():
+    torch.manual_seed(9)
+    x = logits(3, 3, 4, 4, dtype=torch.float64)
+    t = torch.randint(0, 3, (3, 4, 4))
+    per_image = torch.stack([lovasz_reference(x[i:i + 1], t[i:i + 1]) for i in range(3)])
+    assert_parity(lossdsl.compile("lovasz(per_image=true, reduction=sum)")(pred=x, target=t), per_image.sum(), x)
+    w = torch.tensor([1.0, 0.0, 3.0], dtype=torch.float64)
+    value = lossdsl.compile("lovasz(per_image=true, sample_weight=w)")(pred=x, target=t, w=w)
+    assert_parity(value, (w * per_image).sum() / w.sum(), x)
+    with pytest.raises(lossdsl.LossSpecError, match="no per-image loss for sample_weight"):
+        lossdsl.compile("lovasz(sample_weight=w)")
+
+
+def test_lovasz_ignored_pixels_and_empty_images():
+    """Ignored pixels get no gradient, even from NaN logits; an image of ignored pixels only (no
+    class present) scores 0 and counts in the per-image mean, as smp's mean of an empty list (0)."""
+    x = logits(2, 3, 4, 4, dtype=torch.float64)
+    t = torch.randint(0, 3, (2, 4, 4))
+    t[0] = 255
+    with torch.no_grad():
+        x[0] = float("nan")
+    value = lossdsl.compile("lovasz(per_image=true, ignore_index=255)")(pred=x, target=t)
+    (g,) = torch.autograd.grad(value, x, retain_graph=True)
+    assert torch.isfinite(value) and torch.isfinite(g).all() and torch.equal(g[0], torch.zeros_like(g[0]))
+    assert_parity(value, lovasz_reference(x[1:], t[1:]) / 2, x)
+    pooled = lossdsl.compile("lovasz(ignore_index=255)")(pred=x, target=t)
+    assert_parity(pooled, lovasz_reference(x[1:], t[1:]), x)
+    empty = lossdsl.compile("lovasz()")(pred=torch.randn(0, 3, 4, 4), target=torch.zeros(0, 4, 4, dtype=torch.long))
+    assert empty == 0
+
+
+def test_lovasz_perfect_confident_predictions_score_zero_and_bad_ones_more():
+    t = torch.randint(0, 3, (2, 5, 5))
+    perfect = 30.0 * torch.nn.functional.one_hot(t, 3).movedim(-1, 1).double()
+    loss = lossdsl.compile("lovasz()")
+    assert loss(pred=perfect, target=t) < 1e-9
+    assert loss(pred=-perfect, target=t) > 0.9  # every pixel wrong: about 1 - IoU = 1
+    hinge = lossdsl.compile("lovasz()")
+    m = (torch.rand(2, 1, 5, 5) < 0.5).double()
+    assert hinge(pred=5 * (2 * m - 1), target=m) == 0  # margins of 5 > 1: no hinge error
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=12), st.lists(st.booleans(), min_size=12, max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_lovasz_extension_is_the_jaccard_loss_at_the_vertices(fg_flags, mistake_flags):
+    """At 0/1 errors the Lovász extension is the set function itself: Δ_J of the mispredicted set."""
+    from lossdsl.library.segmentation import Lovasz
+
+    p = len(fg_flags)
+    fg = torch.tensor(fg_flags, dtype=torch.float64).reshape(1, 1, p)
+    m = torch.tensor(mistake_flags[:p], dtype=torch.float64).reshape(1, 1, p)
+    value, present = Lovasz.lovasz_extension(m, fg, None)
+    expected = jaccard_set_loss({i for i in range(p) if fg_flags[i]}, {i for i in range(p) if mistake_flags[i]})
+    assert value.item() == pytest.approx(expected, abs=1e-12)
+    assert bool(present) == any(fg_flags)
+
+
+def test_lovasz_errors_name_the_input():
+    with pytest.raises(lossdsl.LossSpecError, match="input 'target' of lovasz.*integer class indices"):
+        lossdsl.compile("lovasz()")(pred=torch.randn(2, 3, 4, 4), target=torch.rand(2, 4, 4))
+    with pytest.raises(lossdsl.LossSpecError, match="input 'pred' of lovasz.*floating-point"):
+        lossdsl.compile("lovasz()")(pred=torch.ones(2, 3, 4, 4, dtype=torch.long), target=torch.zeros(2, 4, 4, dtype=torch.long))
+    with pytest.raises(lossdsl.LossSpecError, match="E402"):
+        lossdsl.compile("lovasz()")(pred=torch.randn(2, 3, 4, 4), target=torch.full((2, 4, 4), 7))
+
+
+@pytest.mark.parametrize("text", ["lovasz(per_image=true, ignore_index=255)", "lovasz(classes=all)", "lovasz()"])
+def test_lovasz_compiles_fullgraph(text):
+    c = 1 if text == "lovasz()" else 3
+    x = torch.randn(2, c, 4, 4)
+    t = torch.randint(0, 2 if c == 1 else 3, (2, 4, 4))
+    t[0, 0] = 255 if "ignore" in text else t[0, 0]
+    loss = lossdsl.compile(text)
+    torch.testing.assert_close(compiled_fullgraph(loss)(pred=x, target=t), loss(pred=x, target=t))

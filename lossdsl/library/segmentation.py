@@ -476,3 +476,192 @@ class GeneralizedDice(_Overlap):
             weight = torch.where(present, (mass.square() if self.w_type == "square" else mass).reciprocal(), 0.0)
             weight = torch.where(present, weight, weight.amax(dim=1, keepdim=True))
         return self.one_minus_ratio(2 * (weight * intersection).sum(dim=1), (weight * denominator).sum(dim=1))
+
+
+class LovaszParams(TermParams):
+    pred: InputOf("logits") = Field("pred", description="logits [N, C, ...spatial]; one channel: binary logits [N, 1, ...]")
+    target: InputOf("labels", "mask", "binary") = Field(
+        "target", description="integer class indices [N, ...] or [N, 1, ...]; one channel: 0/1 masks [N, 1, ...] or [N, ...]"
+    )
+    per_image: bool = Field(False, description="one loss per image, averaged (smp's per_image=True); default: the batch pooled")
+    classes: Literal["present", "all"] = Field(
+        "present", description="average over the classes present in the target (smp's default) or over all of them"
+    )
+    ignore_index: Int64 | None = Field(None, description="target value whose pixels are left out (smp's ignore_index)")
+    reduction: BatchReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+    @model_validator(mode="after")
+    def _pooled_has_no_samples_to_weigh(self) -> LovaszParams:
+        if self.sample_weight is not None and not self.per_image:
+            raise ValueError("lovasz pools the batch into one loss unless per_image=true, so there is no per-image "
+                             "loss for sample_weight to weigh; add per_image=true or drop sample_weight")
+        return self
+
+
+def _lovasz_layouts(params: LovaszParams) -> tuple[Layout, ...]:
+    """Logits [N, C, 4, 4] with class indices [N, 4, 4]; one channel with 0/1 masks."""
+    return (
+        {"pred": ("N", "C", 4, 4), "target": Fit(("N", 4, 4), ("labels",))},
+        {"pred": ("N", 1, 4, 4), "target": Fit(("N", 1, 4, 4), ("binary", "mask"))},
+    )
+
+
+def _lovasz_increments(labels_sorted: torch.Tensor) -> torch.Tensor:
+    """Berman et al.'s Algorithm 1, written for the parity reference: the Jaccard loss's increments
+    along one sorted list of 0/1 labels [P]."""
+    positives = labels_sorted.sum()
+    intersection = positives - labels_sorted.cumsum(0)
+    union = positives + (1 - labels_sorted).cumsum(0)
+    jaccard = 1 - intersection / union
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def _lovasz_reference(per_image: bool) -> parity.Reference:
+    """The practitioner's Lovász loss, a loop over images and classes as in the paper's code (smp's
+    segmentation_models_pytorch/losses/lovasz.py): softmax errors |fg - p| per present class, or on one
+    channel the hinge errors 1 - x (2y - 1), sorted, dotted with Algorithm 1's increments."""
+
+    def one(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pred [C, P], target [P]
+        if pred.shape[0] == 1:
+            labels = target.to(pred.dtype)
+            errors, order = torch.sort(1 - pred[0] * (2 * labels - 1), descending=True)
+            return torch.dot(torch.relu(errors), _lovasz_increments(labels[order]))
+        prob = pred.softmax(0)
+        losses = []
+        for c in range(pred.shape[0]):
+            fg = (target == c).to(pred.dtype)
+            if fg.sum() == 0:
+                continue
+            errors, order = torch.sort((fg - prob[c]).abs(), descending=True)
+            losses.append(torch.dot(errors, _lovasz_increments(fg[order])))
+        return torch.stack(losses).mean() if losses else pred.sum() * 0
+
+    def reference(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n, c = pred.shape[:2]
+        flat, labels = pred.reshape(n, c, -1), target.reshape(n, -1)
+        if per_image:
+            return torch.stack([one(flat[i], labels[i]) for i in range(n)]).mean()
+        return one(flat.transpose(0, 1).reshape(c, -1), labels.reshape(-1))
+
+    return reference
+
+
+def _lovasz_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: the paper's algorithm in a loop (smp's lovasz.py), softmax and binary hinge."""
+    images = s.images
+    one = (images[0], 1, *images[2:])
+    labels = parity.labels(images[0], *images[2:], classes=images[1])
+    return [
+        parity.Case("lovasz()", parity.shape(*images), parity.inputs(pred=parity.randn(*images), target=labels),
+                    _lovasz_reference(False), note="Berman et al.'s Lovász-softmax, a loop (smp's lovasz.py)"),
+        parity.Case("lovasz(per_image=true)", parity.shape(*images), parity.inputs(pred=parity.randn(*images), target=labels),
+                    _lovasz_reference(True), note="Berman et al.'s Lovász-softmax per image, a loop", variant="per image"),
+        parity.Case("lovasz()", parity.shape(*one), parity.inputs(pred=parity.randn(*one), target=parity.flags(*one, p=0.4)),
+                    _lovasz_reference(False), note="Berman et al.'s Lovász hinge, a loop (smp's lovasz.py)", variant="hinge"),
+    ]
+
+
+@register(
+    "lovasz",
+    LovaszParams,
+    "Lovász-softmax loss (Berman et al. 2018), the Lovász extension of the Jaccard loss, as smp's LovaszLoss.",
+    example="lovasz(per_image=true, ignore_index=255)",
+    shapes=_lovasz_layouts,
+    cases=_lovasz_cases,
+)
+class Lovasz(Term):
+    """Several channels: the Lovász-softmax loss of smp's ``LovaszLoss(mode="multiclass")``. For each
+    class c, the errors ``|fg_c - softmax(pred)_c|`` sorted in decreasing order, dotted with the
+    increments of the Jaccard loss ``1 - |F \\ S_k| / |F ∪ S_k|`` (F the class's pixels, S_k the k
+    largest errors' pixels), a convex surrogate of 1 - IoU; averaged over the classes present in the
+    target (``classes=present``, smp's default; a batch or image without any scores 0) or over all
+    of them (``classes=all``). One channel: the binary Lovász hinge of smp's ``mode="binary"``, the
+    hinge errors ``relu(1 - x (2y - 1))`` on the logits in the same sum (``classes`` does not apply).
+
+    Default: one loss for the whole batch, its pixels pooled, as smp's default ``per_image=False``;
+    ``per_image=true`` scores each image alone and averages them (``reduction=sum`` adds them;
+    ``sample_weight`` weighs them, and needs ``per_image=true``). ``ignore_index`` leaves out the pixels
+    whose target equals it: they are in no error list and no set, and their logits get no gradient.
+    Sorting runs on the device: no host synchronisation. Class indices must lie in ``[0, C)``
+    (or equal ``ignore_index``); smp's multilabel mode (a hinge over all channels pooled) has no
+    counterpart here."""
+
+    def __init__(self, params: LovaszParams):
+        super().__init__()
+        self.per_image = params.per_image
+        self.all_classes = params.classes == "all"
+        self.ignore_index = params.ignore_index
+        self.reduction = params.reduction
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+        self.expect_float(0, pred)
+        self.expect_real(1, target)
+        if pred.dim() < 2:
+            self.fail(0, f"expected logits [N, C, ...spatial], got shape {tuple(pred.shape)}")
+        n, channels = pred.shape[:2]
+        spatial = pred.shape[2:]
+        if target.shape == (n, 1, *spatial):
+            target = target[:, 0]
+        if target.shape != (n, *spatial) or (channels > 1 and target.is_floating_point()):
+            kind = "0/1 masks" if channels == 1 else "integer class indices"
+            self.fail(1, f"expected {kind} of shape {(n, *spatial)} or {(n, 1, *spatial)}, got {tuple(target.shape)} {target.dtype}")
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, n, pred.dtype)
+        size = math.prod(spatial)
+        logits = pred.reshape(n, channels, size)
+        target = target.reshape(n, size)
+        valid = None
+        if self.ignore_index is not None:
+            comparable = target if target.is_floating_point() else target.long()
+            valid = (comparable != self.ignore_index).unsqueeze(1)  # [N, 1, P]
+            logits = torch.where(valid, logits, torch.zeros_like(logits))  # even a NaN logit there adds nothing
+            target = torch.where(valid[:, 0], target, torch.zeros_like(target))
+        if channels == 1:  # the binary hinge on the logits
+            fg = target.unsqueeze(1).to(pred.dtype)
+            errors = 1 - logits * (2 * fg - 1)
+        else:
+            fg = torch.zeros_like(logits).scatter_(1, target.long().unsqueeze(1), 1.0)
+            errors = (fg - logits.softmax(dim=1)).abs()
+        if valid is not None:
+            fg = fg * valid
+        if not self.per_image:  # one list per class over the whole batch
+            errors, fg = (t.transpose(0, 1).reshape(1, t.shape[1], n * size) for t in (errors, fg))
+            valid = None if valid is None else valid.transpose(0, 1).reshape(1, 1, n * size)
+        losses, present = self.lovasz_extension(errors, fg, valid)  # [G, C] each
+        if channels == 1 or self.all_classes:
+            per_group = losses.mean(dim=1)
+        else:
+            counted = present.to(losses.dtype)
+            per_group = safe_divide((losses * counted).sum(dim=1), counted.sum(dim=1))  # 0 with no class present
+        per_group = per_group.to(pred.dtype)
+        if not self.per_image:
+            return per_group[0]
+        return self.reduce(per_group, sample_weight)
+
+    @staticmethod
+    def lovasz_extension(
+        errors: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Lovász extension of the Jaccard loss at ``errors`` [G, C, P] for the 0/1 sets ``fg``
+        [G, C, P], left-out pixels (``valid`` False, [G, 1, P]) sorted last with no error and counted
+        in no set; and whether each set is non-empty. In the accumulation dtype."""
+        acc = accumulation_dtype(errors.dtype)
+        if valid is not None:
+            errors = torch.where(valid, errors, torch.zeros_like(errors))
+            key = torch.where(valid, errors, torch.full_like(errors, -math.inf))
+        else:
+            key = errors
+        order = key.argsort(dim=-1, descending=True)  # by value: the gradient flows through the gather
+        errors_sorted = errors.gather(-1, order).to(acc)
+        fg_sorted = fg.gather(-1, order).to(torch.int64)  # counts stay exact past float32's 2^24
+        if valid is None:
+            bg_sorted = 1 - fg_sorted
+        else:
+            bg_sorted = valid.expand_as(fg).gather(-1, order).to(torch.int64) - fg_sorted
+        positives = fg_sorted.sum(dim=-1, keepdim=True)
+        intersection = (positives - fg_sorted.cumsum(dim=-1)).to(acc)  # |F \ S_k|
+        union = (positives + bg_sorted.cumsum(dim=-1)).to(acc)  # |F ∪ S_k|
+        jaccard = torch.where(union > 0, 1 - safe_divide(intersection, union), torch.zeros_like(union))
+        increments = torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
+        return (torch.relu(errors_sorted) * increments).sum(dim=-1), positives[..., 0] > 0
