@@ -702,3 +702,96 @@ def test_lovasz_compiles_fullgraph(text):
     t[0, 0] = 255 if "ignore" in text else t[0, 0]
     loss = lossdsl.compile(text)
     torch.testing.assert_close(compiled_fullgraph(loss)(pred=x, target=t), loss(pred=x, target=t))
+
+
+# --------------------------------------------------------------------------------------------
+# docs/coming_from.md, segmentation: each row's lossdsl spec gives the peer's number
+# --------------------------------------------------------------------------------------------
+
+
+def smp_overlap(kind: str, x: torch.Tensor, t: torch.Tensor, smooth: float = 0.0, eps: float = 1e-7,
+                ignore: int | None = None, alpha: float = 0.5, beta: float = 0.5) -> torch.Tensor:
+    """smp's DiceLoss / JaccardLoss / TverskyLoss(mode="multiclass") written from
+    segmentation_models_pytorch/losses/dice.py, jaccard.py, tversky.py and _functional.py: the batch
+    pooled (dims (0, 2)), smooth on both sides, the denominator clamped at eps, absent classes' loss
+    zeroed, the mean over the classes."""
+    n, c = x.shape[:2]
+    p = x.softmax(1).reshape(n, c, -1)
+    y = t.reshape(n, -1)
+    kept = torch.ones_like(y, dtype=torch.bool) if ignore is None else y != ignore
+    p = p * kept.unsqueeze(1)
+    g = torch.nn.functional.one_hot(torch.where(kept, y, 0), c).permute(0, 2, 1).to(x.dtype) * kept.unsqueeze(1)
+    inter, card = (p * g).sum((0, 2)), (p + g).sum((0, 2))
+    if kind == "dice":
+        score = (2 * inter + smooth) / (card + smooth).clamp_min(eps)
+    elif kind == "jaccard":
+        score = (inter + smooth) / (card - inter + smooth).clamp_min(eps)
+    else:
+        fp, fn = (p * (1 - g)).sum((0, 2)), ((1 - p) * g).sum((0, 2))
+        score = (inter + smooth) / (inter + alpha * fp + beta * fn + smooth).clamp_min(eps)
+    return ((1 - score) * (g.sum((0, 2)) > 0)).mean()
+
+
+@pytest.mark.parametrize("kind", ["dice", "jaccard", "tversky"])
+@pytest.mark.parametrize("smooth", [0.0, 0.5])
+def test_coming_from_smp_overlap_losses(kind, smooth):
+    x, t, _ = absent_case()
+    t[0, 3] = 255
+    ours_smooth = 2 * smooth if kind == "jaccard" else smooth  # smp adds s to I and the union, MONAI's form 2I and 2U
+    extra = ", alpha=0.3, beta=0.7" if kind == "tversky" else ""
+    value = lossdsl.compile(f"{kind}(batch=true, absent=zero, smooth={ours_smooth}, ignore_index=255{extra})")(pred=x, target=t)
+    more = {"alpha": 0.3, "beta": 0.7} if kind == "tversky" else {}
+    assert_parity(value, smp_overlap(kind, x, t, smooth=smooth, ignore=255, **more), x)
+
+
+def test_coming_from_monai_dice_ce():
+    from monai.losses import DiceCELoss
+
+    x = logits(2, 3, 4, 5, dtype=torch.float64)
+    t = torch.randint(0, 3, (2, 1, 4, 5))
+    ref = DiceCELoss(softmax=True, to_onehot_y=True, lambda_dice=0.7, lambda_ce=1.5)(x, t)
+    value = lossdsl.compile("loss = 0.7 * dice() + 1.5 * ce()")(pred=x, target=t[:, 0])
+    assert_parity(value, ref, x)
+
+
+@pytest.mark.parametrize("ignore", [-100, 255])
+def test_coming_from_kornia_dice_and_tversky(ignore):
+    kornia_losses = pytest.importorskip("kornia.losses")
+    torch.manual_seed(11)
+    x = logits(3, 4, 5, 6, dtype=torch.float64)
+    t = torch.randint(0, 4, (3, 5, 6))
+    t[torch.rand(3, 5, 6) < 0.2] = ignore
+    t[1][t[1] == 2] = 0  # image 1 lacks class 2: the images have different numbers of present classes
+    # average="micro" (kornia's default): every class pooled per image
+    micro = lossdsl.compile(f"generalized_dice(w_type=uniform, smooth_nr=0, smooth_dr=1e-8, ignore_index={ignore})")
+    assert_parity(micro(pred=x, target=t), kornia_losses.dice_loss(x, t, ignore_index=ignore), x)
+    # average="macro", with and without weights, and tversky: each image's mean over its present
+    # classes, then the mean over the images: LossModule.per_sample(...).mean()
+    w = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)
+    rows = [
+        ("dice(smooth_nr=0, smooth_dr=1e-8, absent=skip", lambda: kornia_losses.dice_loss(x, t, average="macro", ignore_index=ignore)),
+        ("dice(weight=[0.5, 2.0, 1.0, 3.0], smooth_nr=0, smooth_dr=1e-8, absent=skip",
+         lambda: kornia_losses.dice_loss(x, t, average="macro", weight=w, ignore_index=ignore)),
+        ("tversky(alpha=0.3, beta=0.7, smooth_nr=0, smooth_dr=1e-8, absent=skip",
+         lambda: kornia_losses.tversky_loss(x, t, alpha=0.3, beta=0.7, ignore_index=ignore)),
+    ]
+    for spec_text, ref in rows:
+        loss = lossdsl.compile(f"{spec_text}, ignore_index={ignore})")
+        assert_parity(loss.per_sample(pred=x, target=t).mean(), ref(), x)
+        # the forward averages the present (image, class) scores pooled instead: not the same here
+        assert not torch.isclose(loss(pred=x, target=t), ref())
+
+
+def test_coming_from_smp_binary_and_multilabel_dice():
+    """smp's DiceLoss("binary" / "multilabel"): a sigmoid per channel, masks, dims (0, 2) pooled,
+    absent channels zeroed, smooth 0 (segmentation_models_pytorch/losses/dice.py)."""
+    x = logits(2, 3, 4, 5, dtype=torch.float64)
+    masks = brats_masks(2, torch.float64)[:, :, :4, :5]
+    masks[:, 2] = 0  # one channel absent from the batch
+    p, g = x.sigmoid().reshape(2, 3, -1), masks.reshape(2, 3, -1)
+    score = 2 * (p * g).sum((0, 2)) / (p + g).sum((0, 2)).clamp_min(1e-7)
+    expected = ((1 - score) * (g.sum((0, 2)) > 0)).mean()
+    value = lossdsl.compile("dice(activation=sigmoid, batch=true, absent=zero, smooth=0)")(pred=x, target=masks)
+    assert_parity(value, expected, x)
+    one = lossdsl.compile("dice(batch=true, absent=zero, smooth=0)")(pred=x[:, :1], target=masks[:, :1])
+    assert_parity(one, 1 - score[0], x)

@@ -114,7 +114,9 @@ class _Overlap(Term):
     weighted by its sample's ``sample_weight``), 0 when none is present, and ``sum`` adds them
     (checked against this formula, not against another library); ``zero`` gives it loss 0 but still counts it in ``mean``, as smp's
     ``DiceLoss`` does (``loss *= y_true.sum(dims) > 0``). Under ``skip`` and ``zero`` an absent
-    class adds no gradient.
+    class adds no gradient. kornia's ``dice_loss(average="macro")`` and ``tversky_loss`` skip absent
+    classes too but average each image's classes first, then the images: that is
+    ``LossModule.per_sample(...).mean()`` here (an image with no class present: kornia 1, lossdsl 0).
 
     ``ignore_index=k`` leaves out the pixels whose class index is ``k`` (255, say, for void): their
     probabilities and masks add to no class's sums, so they change neither the value nor the
