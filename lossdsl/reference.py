@@ -41,8 +41,9 @@ Every term returns a scalar loss. Each reads `pred` and `target` unless told oth
 (`huber(pred=box, target=box_target)`); `reduction=mean|sum` and `sample_weight=NAME` (per-sample
 weights `[N]`: `mean` becomes `sum(w * loss) / sum(w)`) work the same way everywhere. Terms that
 average over samples also take `reduction=none`: the unreduced losses, of torch's
-`reduction="none"` shape, times `sample_weight` when given; batch-level terms (`dice`, `tversky`,
-`soft_f1`, `fairness`, `l1`, `l2`) refuse it (E204). Sums and counts accumulate in float32 at
+`reduction="none"` shape, times `sample_weight` when given (the overlap losses `dice`, `tversky`,
+`jaccard`: `[N, C]`, per image and class); batch-level terms (`soft_f1`, `fairness`, `l1`, `l2`)
+refuse it (E204). Sums and counts accumulate in float32 at
 least, whatever the inputs' dtype, and the loss comes back in the inputs' dtype. In the
 tables, an input parameter's default is the input name it reads, `—` means not set (leave it
 out), and `required` parameters have no default. `lossdsl terms` prints the same in a terminal.

@@ -399,7 +399,7 @@ class LossModule(nn.Module):
         ``sample_weight`` when the term has one. Weights, params and schedules apply as in the
         forward, at the current step. Nothing is updated: the step counter does not move and
         ``ce(weight=balanced)`` reads its class counts without adding the batch. Differentiable.
-        A spec with a batch-level term (fairness, dice, soft_f1, l1/l2, custom terms) or a
+        A spec with a batch-level term (fairness, dice(batch=true), soft_f1, l1/l2, custom terms) or a
         constraint has no per-sample form: E403 naming it.
         """
         if pred is not None:

@@ -226,8 +226,6 @@ def test_reduction_none_counts_balanced_classes_in_training():
 
 
 @pytest.mark.parametrize("spec", [
-    "dice(reduction=none)",
-    "tversky(reduction=none)",
     "soft_f1(reduction=none)",
     "fairness(dp_gap, group=g, reduction=none)",
     "fairness(group_loss(mse), group=g, reduction=none)",
@@ -272,7 +270,8 @@ def test_per_sample_terms_take_reduction_none_and_the_rest_do_not():
              and "none" in t.params.options("reduction")}
     assert takes == {"ce", "bce", "focal", "hinge", "mse", "mae", "huber", "smooth_l1", "log_cosh", "quantile",
                      "kl_normal", "kl", "contrastive", "triplet", "soft_bound",
-                     "poisson_nll", "gaussian_nll", "cosine_embedding", "margin_ranking", "js"}
+                     "poisson_nll", "gaussian_nll", "cosine_embedding", "margin_ranking", "js",
+                     "dice", "tversky", "jaccard", "generalized_dice"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +378,6 @@ def test_per_sample_of_expressions_and_soft_bounds():
 
 
 @pytest.mark.parametrize("spec, named", [
-    ("ce() + dice(pred=seg, target=mask)", "dice() at <spec>:1:8"),
     ("mse() + 0.1 * fairness(dp_gap, group=g)", "fairness() at <spec>:1:15"),
     ("mse() + soft_f1(pred=p)", "soft_f1() at"),
 ])

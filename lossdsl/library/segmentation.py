@@ -10,7 +10,11 @@ import torch
 from pydantic import Field, NonNegativeFloat, model_validator
 
 from .. import parity
-from ..registry import BatchReductionParam, Fit, InputOf, Layout, SampleWeight, Term, TermParams, accumulation_dtype, register, safe_divide
+from ..registry import (
+    BatchReductionParam, Fit, InputOf, Int64, Layout, ReductionParam, SampleWeight, Term, TermParams, Weights,
+    accumulation_dtype, register, safe_divide,
+)
+from ..errors import LossSpecError
 
 
 class OverlapParams(TermParams):
@@ -33,7 +37,14 @@ class OverlapParams(TermParams):
                                 "predicted), skip (left out of the mean), zero (loss 0, still counted: smp)"
     )
     include_background: bool = Field(True, description="keep channel 0 when there are several")
-    reduction: BatchReductionParam = "mean"
+    ignore_index: Int64 | None = Field(
+        None, description="target value left out: a pixel whose class index equals it is left out of every "
+                          "class's sums (with masks of pred's shape, an element equal to it is left out of its "
+                          "channel's), as smp's ignore_index; default: none"
+    )
+    reduction: ReductionParam = Field(
+        "mean", description="mean (weighted by sample_weight and weight, if given), sum, or none: the losses per "
+                            "image and class [N, C] (per image [N] for generalized_dice), times the weights")
     sample_weight: SampleWeight = None
 
     @model_validator(mode="after")
@@ -41,14 +52,24 @@ class OverlapParams(TermParams):
         if self.batch and self.sample_weight is not None:
             raise ValueError("batch=true pools the samples into one score per channel, so there is no "
                              "per-sample loss for sample_weight to weigh; drop one of them")
+        if self.batch and self.reduction == "none":
+            raise ValueError("batch=true pools the samples into one score per channel, so there is no "
+                             "per-image loss for reduction=none to give; drop one of them")
         return self
 
 
-class DiceParams(OverlapParams):
+class ClassOverlapParams(OverlapParams):
+    weight: Weights | None = Field(
+        None, description="one positive weight per scored class (without channel 0 under include_background=false): "
+                          "mean is sum(w_c * loss) / sum(w_c) over the (sample, class) scores kept"
+    )
+
+
+class DiceParams(ClassOverlapParams):
     squared: bool = Field(False, description="square predictions and targets in the denominator")
 
 
-class TverskyParams(OverlapParams):
+class TverskyParams(ClassOverlapParams):
     alpha: NonNegativeFloat = Field(0.5, description="weight of false positives")
     beta: NonNegativeFloat = Field(0.5, description="weight of false negatives")
 
@@ -68,6 +89,7 @@ def _overlap_layouts(params: OverlapParams) -> tuple[Layout, ...]:
 
 
 class _Overlap(Term):
+    sample_losses = True  # per image (and class): reduction=none, LossModule.per_sample; not group_loss
     """Per sample and channel, over the flattened spatial dimensions; ``mean`` averages the (sample,
     channel) scores as MONAI's ``reduction="mean"`` does. One channel: sigmoid, with 0/1 masks of
     ``pred``'s shape, or integer 0/1 labels ``[N, ...]``. Several: softmax, with integer class
@@ -92,7 +114,31 @@ class _Overlap(Term):
     weighted by its sample's ``sample_weight``), 0 when none is present, and ``sum`` adds them
     (checked against this formula, not against another library); ``zero`` gives it loss 0 but still counts it in ``mean``, as smp's
     ``DiceLoss`` does (``loss *= y_true.sum(dims) > 0``). Under ``skip`` and ``zero`` an absent
-    class adds no gradient."""
+    class adds no gradient. kornia's ``dice_loss(average="macro")`` and ``tversky_loss`` skip absent
+    classes too but average each image's classes first, then the images: that is
+    ``LossModule.per_sample(...).mean()`` here (an image with no class present: kornia 1, lossdsl 0).
+
+    ``ignore_index=k`` leaves out the pixels whose class index is ``k`` (255, say, for void): their
+    probabilities and masks add to no class's sums, so they change neither the value nor the
+    gradient, as smp's ``ignore_index`` (which multiplies both by ``y_true != ignore_index``); with
+    masks of ``pred``'s shape each element equal to ``k`` is left out of its own channel's sums
+    (smp's binary and multilabel modes). A class whose only pixels are ignored is absent. MONAI has
+    no ``ignore_index``; there, zero the ignored pixels of the probabilities and the one-hot target.
+
+    ``weight=[w_1, ..., w_C]`` weighs the classes, one positive weight per scored class (without
+    channel 0 under ``include_background=false``, as MONAI's): ``mean`` is the normalised weighted
+    mean ``sum(s_n w_c k_nc l_nc) / sum(s_n w_c k_nc)`` over the (sample, class) losses ``l``, with
+    sample weights ``s`` (1 without ``sample_weight``) and ``k`` 0 for a class ``absent=skip``
+    leaves out (else 1); ``sum`` is ``sum(s_n w_c l_nc)``. MONAI's ``DiceLoss(weight=w)`` averages
+    ``w_c l_nc`` over the N C scores instead, ``C / sum(w)`` times lossdsl's mean (equal when the
+    weights average 1).
+
+    ``reduction=none`` gives the losses per image and class ``[N, C]`` (MONAI's
+    ``reduction="none"`` ``[N, C, 1, ...]`` without its trailing 1s), times ``w_c`` and ``s_n``;
+    classes that ``absent=skip`` or ``zero`` leaves out are 0 there. ``generalized_dice`` gives one
+    loss per image ``[N]``. ``batch=true`` has no per-image loss, so it takes no ``reduction=none``
+    (nor ``LossModule.per_sample``, whose value per image is its mean over its kept classes,
+    weighted by ``weight``)."""
 
     def __init__(self, params: OverlapParams):
         super().__init__()
@@ -102,7 +148,10 @@ class _Overlap(Term):
         self.batch = params.batch
         self.absent = params.absent
         self.include_background = params.include_background
+        self.ignore_index = params.ignore_index
         self.reduction = params.reduction
+        weight = getattr(params, "weight", None)
+        self.register_buffer("class_weight", torch.tensor(weight, dtype=torch.float64) if weight else None)
 
     def probabilities_and_masks(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-class probabilities and 0/1 masks, both [N, C, P] with P the flattened spatial size."""
@@ -114,16 +163,13 @@ class _Overlap(Term):
         activation = self.activation
         if activation == "auto":
             activation = "sigmoid" if channels == 1 else "softmax"
-        if activation == "sigmoid":
-            prob = torch.sigmoid(pred)
-        elif activation == "softmax":
-            prob = torch.softmax(pred, dim=1)
-        else:
-            prob = pred
         # integer masks of pred's shape are masks when channels overlap (sigmoid) or there is one
         masks_of_any_dtype = channels == 1 or activation != "softmax"
         if target.shape == pred.shape and (masks_of_any_dtype or target.is_floating_point()):
+            valid = self.not_ignored(target)  # per element: each channel's mask has its own ignored pixels
             mask = target.to(pred.dtype)
+            if valid is not None:
+                mask = torch.where(valid, mask, torch.zeros_like(mask))
         else:
             spatial = pred.shape[2:]
             if target.shape == (n, 1, *spatial):
@@ -131,10 +177,26 @@ class _Overlap(Term):
             if target.shape != (n, *spatial) or target.is_floating_point():
                 self.fail(1, f"expected masks {tuple(pred.shape)} or class indices {(n, *spatial)}, got "
                              f"{tuple(target.shape)} {target.dtype}")
+            valid = self.not_ignored(target)
+            if valid is not None:  # ignored pixels: any class index for the scatter, masked below
+                target = torch.where(valid, target, torch.zeros_like(target))
+                valid = valid.unsqueeze(1)  # every class leaves the pixel out
             if channels == 1:  # sigmoid: integer 0/1 labels are the mask
                 mask = target.unsqueeze(1).to(pred.dtype)
             else:  # scattered into a contiguous float tensor (one_hot would be int64 and channels-last)
                 mask = torch.zeros_like(pred).scatter_(1, target.long().unsqueeze(1), 1.0)
+            if valid is not None:
+                mask = mask * valid
+        if valid is not None:  # an ignored pixel's logit, even NaN, reaches neither value nor gradient
+            pred = torch.where(valid, pred, torch.zeros_like(pred))
+        if activation == "sigmoid":
+            prob = torch.sigmoid(pred)
+        elif activation == "softmax":
+            prob = torch.softmax(pred, dim=1)
+        else:
+            prob = pred
+        if valid is not None:  # an ignored pixel adds to no sum: |P|, |G|, the intersection, FP and FN
+            prob = torch.where(valid, prob, torch.zeros_like(prob))
         if not self.include_background and channels > 1:
             prob, mask = prob[:, 1:], mask[:, 1:]
         size = math.prod(pred.shape[2:])  # not -1, which an empty batch leaves undetermined
@@ -143,6 +205,14 @@ class _Overlap(Term):
             prob = prob.transpose(0, 1).reshape(1, prob.shape[1], n * size)
             mask = mask.transpose(0, 1).reshape(1, mask.shape[1], n * size)
         return prob, mask
+
+    def not_ignored(self, target: torch.Tensor) -> torch.Tensor | None:
+        """Where ``target`` is not ``ignore_index`` (None when there is no ``ignore_index``), compared
+        in int64 for integer targets: a uint8 target cannot hold -100 and would wrap it."""
+        if self.ignore_index is None:
+            return None
+        comparable = target if target.is_floating_point() else target.long()
+        return comparable != self.ignore_index
 
     def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The loss per sample and channel, from probabilities and masks [N, C, P]."""
@@ -162,29 +232,73 @@ class _Overlap(Term):
         return 1 - torch.where(defined, ratio, torch.ones_like(ratio))
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, parts: bool = False
     ) -> torch.Tensor:
+        if parts and self.batch:
+            raise LossSpecError(f"per_sample(): {self.where} has batch=true, which pools the samples into one score "
+                                "per channel, so this loss has no per-sample form", code="E403")
         prob, mask = self.probabilities_and_masks(pred, target)
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
         loss = self.score(prob, mask).to(pred.dtype)
-        if self.absent == "smoothed":
-            return self.reduce(loss, sample_weight)
-        present = self.pixel_sum(mask) > 0  # [N, C] (or [1, C] with batch): the class is in the target
-        loss = torch.where(present, loss, torch.zeros_like(loss))
-        if self.absent == "zero" or self.reduction == "sum":
-            return self.reduce(loss, sample_weight)
-        return self.mean_over_present(loss, present, sample_weight)
+        per_class = loss.dim() == 2
+        if not per_class:  # generalized_dice: one score per sample, its classes taken together
+            loss = loss.unsqueeze(1)
+        kept = None  # [N, C]: the (sample, class) scores a mean counts; None: all of them
+        if self.absent != "smoothed":
+            present = self.pixel_sum(mask) > 0  # [N, C] (or [1, C] with batch): the class is in the target
+            loss = torch.where(present, loss, torch.zeros_like(loss))
+            if self.absent == "skip":
+                kept = present
+        class_weight = self.class_weights(pred, loss.shape[1])
+        if self.reduction == "none":  # [N, C] (or [N]), times the weights, as torch's weighted reduction="none"
+            if class_weight is not None:
+                loss = loss * class_weight.to(loss.dtype)
+            if sample_weight is not None:
+                loss = loss * sample_weight.unsqueeze(1)
+            return loss if per_class else loss[:, 0]
+        return self.reduce_scores(loss, kept, class_weight, sample_weight, parts)
 
-    @staticmethod
-    def mean_over_present(loss: torch.Tensor, present: torch.Tensor, sample_weight: torch.Tensor | None) -> torch.Tensor:
-        """The mean of the (sample, class) losses whose class is present, weighted by the samples'
-        weights; 0 when none is."""
+    def class_weights(self, pred: torch.Tensor, scored: int) -> torch.Tensor | None:
+        """``weight`` as [1, C] in the accumulation dtype, checked against the number of scored classes."""
+        class_weight = getattr(self, "class_weight", None)
+        if class_weight is None:
+            return None
+        if class_weight.shape[0] != scored:
+            dropped = " (include_background=false leaves channel 0 out)" if not self.include_background and pred.shape[1] > 1 else ""
+            self.fail(0, f"weight= has {class_weight.shape[0]} entries but {scored} classes are scored{dropped}; "
+                         "give one weight per scored class")
+        return class_weight.to(accumulation_dtype(pred.dtype)).unsqueeze(0)
+
+    def reduce_scores(
+        self, loss: torch.Tensor, kept: torch.Tensor | None, class_weight: torch.Tensor | None,
+        sample_weight: torch.Tensor | None, parts: bool,
+    ) -> torch.Tensor:
+        """``mean``: ``sum(s_n w_c k_nc l_nc) / sum(s_n w_c k_nc)`` over the (sample, class) scores
+        ``l`` [N, C], with sample weights ``s``, class weights ``w`` and ``k`` 1 where kept (0 for a
+        class skipped as absent), and 0 when nothing weighs; ``sum``: ``sum(s_n w_c l_nc)``. With
+        ``parts``: [N, 2] of each sample's numerator and denominator over its classes (weight 1 per
+        sample), as ``Term.reduce`` gives them."""
         acc = accumulation_dtype(loss.dtype)
-        weight = present.to(acc)
+        values = loss.to(acc)
+        weight = torch.ones_like(values)
+        if class_weight is not None:
+            weight = weight * class_weight
+        if self.reduction == "sum":
+            weighted = values * weight
+            if parts:
+                per_sample = weighted.sum(dim=1)
+                return torch.stack([per_sample, torch.ones_like(per_sample)], dim=1).to(loss.dtype)
+            if sample_weight is not None:
+                weighted = weighted * sample_weight.to(acc).unsqueeze(1)
+            return weighted.sum().to(loss.dtype)
+        if kept is not None:
+            weight = weight * kept.to(acc)
+        if parts:
+            return torch.stack([(values * weight).sum(dim=1), weight.sum(dim=1)], dim=1).to(loss.dtype)
         if sample_weight is not None:
             weight = weight * sample_weight.to(acc).unsqueeze(1)
-        return safe_divide((loss.to(acc) * weight).sum(), weight.sum()).to(loss.dtype)
+        return safe_divide((values * weight).sum(), weight.sum()).to(loss.dtype)
 
 
 def _monai(name: str, **options: object) -> parity.Reference:
@@ -312,6 +426,13 @@ class GeneralizedDiceParams(OverlapParams):
     w_type: Literal["square", "simple", "uniform"] = Field(
         "square", description="class weights from the target's mass G per sample: 1 / G^2, 1 / G or 1 (MONAI's w_type)")
 
+    @model_validator(mode="after")
+    def _one_score_per_sample(self) -> GeneralizedDiceParams:
+        if self.absent != "smoothed":
+            raise ValueError("generalized_dice scores each sample's classes together, an absent class taking the "
+                             "sample's largest finite weight (MONAI's); absent= is for dice, tversky and jaccard")
+        return self
+
 
 def _generalized_dice_cases(s: parity.Sizes) -> list[parity.Case]:
     """Reference: monai.losses.GeneralizedDiceLoss(softmax=True, to_onehot_y=True)."""
@@ -337,7 +458,9 @@ class GeneralizedDice(_Overlap):
     target's mass of class c in the sample. A class absent from the sample's target (whose weight would
     be infinite) takes the sample's largest finite weight, as MONAI's; a sample with no target mass at
     all weighs every class 0 and scores 0 (MONAI's ``1 - s / s``). The weights are the target's, so no
-    gradient flows through them. ``mean`` averages the per-sample scores (MONAI's scores are ``[N, 1]``)."""
+    gradient flows through them. ``mean`` averages the per-sample scores (MONAI's scores are ``[N, 1]``),
+    ``reduction=none`` gives them ``[N]``. It takes no ``absent=`` (its classes are scored together)
+    and no ``weight=`` (its weights are the target's)."""
 
     def __init__(self, params: GeneralizedDiceParams):
         super().__init__(params)
@@ -355,3 +478,192 @@ class GeneralizedDice(_Overlap):
             weight = torch.where(present, (mass.square() if self.w_type == "square" else mass).reciprocal(), 0.0)
             weight = torch.where(present, weight, weight.amax(dim=1, keepdim=True))
         return self.one_minus_ratio(2 * (weight * intersection).sum(dim=1), (weight * denominator).sum(dim=1))
+
+
+class LovaszParams(TermParams):
+    pred: InputOf("logits") = Field("pred", description="logits [N, C, ...spatial]; one channel: binary logits [N, 1, ...]")
+    target: InputOf("labels", "mask", "binary") = Field(
+        "target", description="integer class indices [N, ...] or [N, 1, ...]; one channel: 0/1 masks [N, 1, ...] or [N, ...]"
+    )
+    per_image: bool = Field(False, description="one loss per image, averaged (smp's per_image=True); default: the batch pooled")
+    classes: Literal["present", "all"] = Field(
+        "present", description="average over the classes present in the target (smp's default) or over all of them"
+    )
+    ignore_index: Int64 | None = Field(None, description="target value whose pixels are left out (smp's ignore_index)")
+    reduction: BatchReductionParam = "mean"
+    sample_weight: SampleWeight = None
+
+    @model_validator(mode="after")
+    def _pooled_has_no_samples_to_weigh(self) -> LovaszParams:
+        if self.sample_weight is not None and not self.per_image:
+            raise ValueError("lovasz pools the batch into one loss unless per_image=true, so there is no per-image "
+                             "loss for sample_weight to weigh; add per_image=true or drop sample_weight")
+        return self
+
+
+def _lovasz_layouts(params: LovaszParams) -> tuple[Layout, ...]:
+    """Logits [N, C, 4, 4] with class indices [N, 4, 4]; one channel with 0/1 masks."""
+    return (
+        {"pred": ("N", "C", 4, 4), "target": Fit(("N", 4, 4), ("labels",))},
+        {"pred": ("N", 1, 4, 4), "target": Fit(("N", 1, 4, 4), ("binary", "mask"))},
+    )
+
+
+def _lovasz_increments(labels_sorted: torch.Tensor) -> torch.Tensor:
+    """Berman et al.'s Algorithm 1, written for the parity reference: the Jaccard loss's increments
+    along one sorted list of 0/1 labels [P]."""
+    positives = labels_sorted.sum()
+    intersection = positives - labels_sorted.cumsum(0)
+    union = positives + (1 - labels_sorted).cumsum(0)
+    jaccard = 1 - intersection / union
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def _lovasz_reference(per_image: bool) -> parity.Reference:
+    """The practitioner's Lovász loss, a loop over images and classes as in the paper's code (smp's
+    segmentation_models_pytorch/losses/lovasz.py): softmax errors |fg - p| per present class, or on one
+    channel the hinge errors 1 - x (2y - 1), sorted, dotted with Algorithm 1's increments."""
+
+    def one(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pred [C, P], target [P]
+        if pred.shape[0] == 1:
+            labels = target.to(pred.dtype)
+            errors, order = torch.sort(1 - pred[0] * (2 * labels - 1), descending=True)
+            return torch.dot(torch.relu(errors), _lovasz_increments(labels[order]))
+        prob = pred.softmax(0)
+        losses = []
+        for c in range(pred.shape[0]):
+            fg = (target == c).to(pred.dtype)
+            if fg.sum() == 0:
+                continue
+            errors, order = torch.sort((fg - prob[c]).abs(), descending=True)
+            losses.append(torch.dot(errors, _lovasz_increments(fg[order])))
+        return torch.stack(losses).mean() if losses else pred.sum() * 0
+
+    def reference(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n, c = pred.shape[:2]
+        flat, labels = pred.reshape(n, c, -1), target.reshape(n, -1)
+        if per_image:
+            return torch.stack([one(flat[i], labels[i]) for i in range(n)]).mean()
+        return one(flat.transpose(0, 1).reshape(c, -1), labels.reshape(-1))
+
+    return reference
+
+
+def _lovasz_cases(s: parity.Sizes) -> list[parity.Case]:
+    """Reference: the paper's algorithm in a loop (smp's lovasz.py), softmax and binary hinge."""
+    images = s.images
+    one = (images[0], 1, *images[2:])
+    labels = parity.labels(images[0], *images[2:], classes=images[1])
+    return [
+        parity.Case("lovasz()", parity.shape(*images), parity.inputs(pred=parity.randn(*images), target=labels),
+                    _lovasz_reference(False), note="Berman et al.'s Lovász-softmax, a loop (smp's lovasz.py)"),
+        parity.Case("lovasz(per_image=true)", parity.shape(*images), parity.inputs(pred=parity.randn(*images), target=labels),
+                    _lovasz_reference(True), note="Berman et al.'s Lovász-softmax per image, a loop", variant="per image"),
+        parity.Case("lovasz()", parity.shape(*one), parity.inputs(pred=parity.randn(*one), target=parity.flags(*one, p=0.4)),
+                    _lovasz_reference(False), note="Berman et al.'s Lovász hinge, a loop (smp's lovasz.py)", variant="hinge"),
+    ]
+
+
+@register(
+    "lovasz",
+    LovaszParams,
+    "Lovász-softmax loss (Berman et al. 2018), the Lovász extension of the Jaccard loss, as smp's LovaszLoss.",
+    example="lovasz(per_image=true, ignore_index=255)",
+    shapes=_lovasz_layouts,
+    cases=_lovasz_cases,
+)
+class Lovasz(Term):
+    """Several channels: the Lovász-softmax loss of smp's ``LovaszLoss(mode="multiclass")``. For each
+    class c, the errors ``|fg_c - softmax(pred)_c|`` sorted in decreasing order, dotted with the
+    increments of the Jaccard loss ``1 - |F \\ S_k| / |F ∪ S_k|`` (F the class's pixels, S_k the k
+    largest errors' pixels), a convex surrogate of 1 - IoU; averaged over the classes present in the
+    target (``classes=present``, smp's default; a batch or image without any scores 0) or over all
+    of them (``classes=all``). One channel: the binary Lovász hinge of smp's ``mode="binary"``, the
+    hinge errors ``relu(1 - x (2y - 1))`` on the logits in the same sum (``classes`` does not apply).
+
+    Default: one loss for the whole batch, its pixels pooled, as smp's default ``per_image=False``;
+    ``per_image=true`` scores each image alone and averages them (``reduction=sum`` adds them;
+    ``sample_weight`` weighs them, and needs ``per_image=true``). ``ignore_index`` leaves out the pixels
+    whose target equals it: they are in no error list and no set, and their logits get no gradient.
+    Sorting runs on the device: no host synchronisation. Class indices must lie in ``[0, C)``
+    (or equal ``ignore_index``); smp's multilabel mode (a hinge over all channels pooled) has no
+    counterpart here."""
+
+    def __init__(self, params: LovaszParams):
+        super().__init__()
+        self.per_image = params.per_image
+        self.all_classes = params.classes == "all"
+        self.ignore_index = params.ignore_index
+        self.reduction = params.reduction
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+        self.expect_float(0, pred)
+        self.expect_real(1, target)
+        if pred.dim() < 2:
+            self.fail(0, f"expected logits [N, C, ...spatial], got shape {tuple(pred.shape)}")
+        n, channels = pred.shape[:2]
+        spatial = pred.shape[2:]
+        if target.shape == (n, 1, *spatial):
+            target = target[:, 0]
+        if target.shape != (n, *spatial) or (channels > 1 and target.is_floating_point()):
+            kind = "0/1 masks" if channels == 1 else "integer class indices"
+            self.fail(1, f"expected {kind} of shape {(n, *spatial)} or {(n, 1, *spatial)}, got {tuple(target.shape)} {target.dtype}")
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(2, sample_weight, n, pred.dtype)
+        size = math.prod(spatial)
+        logits = pred.reshape(n, channels, size)
+        target = target.reshape(n, size)
+        valid = None
+        if self.ignore_index is not None:
+            comparable = target if target.is_floating_point() else target.long()
+            valid = (comparable != self.ignore_index).unsqueeze(1)  # [N, 1, P]
+            logits = torch.where(valid, logits, torch.zeros_like(logits))  # even a NaN logit there adds nothing
+            target = torch.where(valid[:, 0], target, torch.zeros_like(target))
+        if channels == 1:  # the binary hinge on the logits
+            fg = target.unsqueeze(1).to(pred.dtype)
+            errors = 1 - logits * (2 * fg - 1)
+        else:
+            fg = torch.zeros_like(logits).scatter_(1, target.long().unsqueeze(1), 1.0)
+            errors = (fg - logits.softmax(dim=1)).abs()
+        if valid is not None:
+            fg = fg * valid
+        if not self.per_image:  # one list per class over the whole batch
+            errors, fg = (t.transpose(0, 1).reshape(1, t.shape[1], n * size) for t in (errors, fg))
+            valid = None if valid is None else valid.transpose(0, 1).reshape(1, 1, n * size)
+        losses, present = self.lovasz_extension(errors, fg, valid)  # [G, C] each
+        if channels == 1 or self.all_classes:
+            per_group = losses.mean(dim=1)
+        else:
+            counted = present.to(losses.dtype)
+            per_group = safe_divide((losses * counted).sum(dim=1), counted.sum(dim=1))  # 0 with no class present
+        per_group = per_group.to(pred.dtype)
+        if not self.per_image:
+            return per_group[0]
+        return self.reduce(per_group, sample_weight)
+
+    @staticmethod
+    def lovasz_extension(
+        errors: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Lovász extension of the Jaccard loss at ``errors`` [G, C, P] for the 0/1 sets ``fg``
+        [G, C, P], left-out pixels (``valid`` False, [G, 1, P]) sorted last with no error and counted
+        in no set; and whether each set is non-empty. In the accumulation dtype."""
+        acc = accumulation_dtype(errors.dtype)
+        if valid is not None:
+            errors = torch.where(valid, errors, torch.zeros_like(errors))
+            key = torch.where(valid, errors, torch.full_like(errors, -math.inf))
+        else:
+            key = errors
+        order = key.argsort(dim=-1, descending=True)  # by value: the gradient flows through the gather
+        errors_sorted = errors.gather(-1, order).to(acc)
+        fg_sorted = fg.gather(-1, order).to(torch.int64)  # counts stay exact past float32's 2^24
+        if valid is None:
+            bg_sorted = 1 - fg_sorted
+        else:
+            bg_sorted = valid.expand_as(fg).gather(-1, order).to(torch.int64) - fg_sorted
+        positives = fg_sorted.sum(dim=-1, keepdim=True)
+        intersection = (positives - fg_sorted.cumsum(dim=-1)).to(acc)  # |F \ S_k|
+        union = (positives + bg_sorted.cumsum(dim=-1)).to(acc)  # |F ∪ S_k|
+        jaccard = torch.where(union > 0, 1 - safe_divide(intersection, union), torch.zeros_like(union))
+        increments = torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
+        return (torch.relu(errors_sorted) * increments).sum(dim=-1), positives[..., 0] > 0
