@@ -74,7 +74,7 @@ def test_the_command_checks_and_rewrites(tmp_path):
         (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / page, tmp_path / page)
     readme = tmp_path / "README.md"
-    readme.write_text(readme.read_text(encoding="utf-8").replace("`soft_f1`\n", "`soft_f1`, `old_term`\n", 1),
+    readme.write_text(readme.read_text(encoding="utf-8").replace("- Classification: `ce`", "- Classification: `old_term`, `ce`", 1),
                       encoding="utf-8")
     command = [sys.executable, "-m", "lossdsl.reference", str(tmp_path)]
     check = subprocess.run([*command, "--check"], capture_output=True, text=True, timeout=120, cwd=ROOT)
