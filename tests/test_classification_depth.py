@@ -242,28 +242,45 @@ def test_bce_label_weights_are_torchs_weight(reduction, pos_weight):
 
 
 @pytest.mark.parametrize("shape", [(10, 4), (3, 5, 4)], ids=["NC", "NLC"])
-def test_bce_label_weights_mean_divides_by_the_summed_weights(shape):
+def test_bce_label_weights_mean_is_torchs_by_default(shape):
+    """A PyTorch user's F.binary_cross_entropy_with_logits(weight=w) is bce(weight=w): mean over elements."""
+    x, y = logits(*shape), multi_label(*shape)
+    w = torch.tensor(LABEL_WEIGHTS, dtype=torch.float64)
+    pw = torch.tensor(2.0, dtype=torch.float64)
+    ours = lossdsl.compile(f"bce(weight={LABEL_WEIGHTS}, pos_weight=2.0)")(pred=x, target=y)
+    assert_parity(ours, F.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=pw), x)
+
+
+@pytest.mark.parametrize("shape", [(10, 4), (3, 5, 4)], ids=["NC", "NLC"])
+def test_bce_normalize_weights_divides_by_the_summed_weights(shape):
     x, y = logits(*shape), multi_label(*shape)
     w = torch.tensor(LABEL_WEIGHTS, dtype=torch.float64)
     total = F.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=torch.tensor(2.0, dtype=torch.float64), reduction="sum")
-    ours = lossdsl.compile(f"bce(weight={LABEL_WEIGHTS}, pos_weight=2.0)")(pred=x, target=y)
+    ours = lossdsl.compile(f"bce(weight={LABEL_WEIGHTS}, pos_weight=2.0, normalize=weights)")(pred=x, target=y)
     assert_parity(ours, total / w.expand(shape).sum(), x)
 
 
-def test_bce_label_weights_with_sample_weights_and_smoothing():
+@pytest.mark.parametrize("normalize", [None, "weights"])
+def test_bce_label_weights_with_sample_weights_and_smoothing(normalize):
     x, y = logits(8, 4), multi_label(8, 4)
     sw = torch.rand(8, dtype=torch.float64, requires_grad=True)
     w = torch.tensor(LABEL_WEIGHTS, dtype=torch.float64)
     element_weight = sw[:, None] * w
     losses = F.binary_cross_entropy_with_logits(x, y * 0.9 + 0.05, reduction="none")
-    ours = lossdsl.compile(f"bce(weight={LABEL_WEIGHTS}, label_smoothing=0.1, sample_weight=sw)")(pred=x, target=y, sw=sw)
-    assert_parity(ours, (element_weight * losses).sum() / element_weight.sum(), x, sw)
+    option = f", normalize={normalize}" if normalize else ""
+    spec = f"bce(weight={LABEL_WEIGHTS}, label_smoothing=0.1, sample_weight=sw{option})"
+    ours = lossdsl.compile(spec)(pred=x, target=y, sw=sw)
+    # by default the sample weights alone are the denominator (4 labels each), as any term's
+    denominator = element_weight.sum() if normalize == "weights" else 4 * sw.sum()
+    assert_parity(ours, (element_weight * losses).sum() / denominator, x, sw)
 
 
-def test_bce_equal_label_weights_are_unweighted_bce():
+def test_bce_equal_label_weights_scale_the_loss_unless_normalize_weights():
     x, y = logits(7, 4), multi_label(7, 4)
     ours = lossdsl.compile("bce(weight=[3, 3, 3, 3])")(pred=x, target=y)
-    assert_parity(ours, F.binary_cross_entropy_with_logits(x, y), x)
+    assert_parity(ours, 3 * F.binary_cross_entropy_with_logits(x, y), x)  # torch's weight=: a factor
+    ours = lossdsl.compile("bce(weight=[3, 3, 3, 3], normalize=weights)")(pred=x, target=y)
+    assert_parity(ours, F.binary_cross_entropy_with_logits(x, y), x)  # only the ratios matter
 
 
 def test_bce_label_weights_empty_batch_is_zero():
@@ -603,7 +620,7 @@ TORCH_ROWS = [
      lambda pred, target: F.binary_cross_entropy_with_logits(pred, target)),
     ("F.binary_cross_entropy_with_logits(x, y, pos_weight=p)", "bce(pos_weight=[1.0, 2.0, 0.5, 5.0])", _multi_label,
      lambda pred, target: F.binary_cross_entropy_with_logits(pred, target, pos_weight=PW4)),
-    ("F.binary_cross_entropy_with_logits(x, y, weight=w)", "bce(weight=[0.5, 2.0, 1.0, 4.0], normalize=count)",
+    ("F.binary_cross_entropy_with_logits(x, y, weight=w)", "bce(weight=[0.5, 2.0, 1.0, 4.0])",
      _multi_label, lambda pred, target: F.binary_cross_entropy_with_logits(pred, target, weight=L4)),
     ('F.binary_cross_entropy_with_logits(x, y, weight=w, reduction="sum")', "bce(weight=[0.5, 2.0, 1.0, 4.0], reduction=sum)",
      _multi_label, lambda pred, target: F.binary_cross_entropy_with_logits(pred, target, weight=L4, reduction="sum")),

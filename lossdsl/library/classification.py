@@ -503,7 +503,10 @@ class BCEParams(TermParams):
         "scaled by its label's weight, as F.binary_cross_entropy_with_logits's weight of shape [C]"
     )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="targets become y * (1 - e) + e / 2")
-    normalize: Normalize = "weights"
+    normalize: Literal["weights", "count"] | None = Field(
+        None, description="mean's denominator: unset, the element count weighted by sample weights only (torch's "
+        "weight=); 'weights', the summed label and sample weights (as ce's class weights); 'count', the element count"
+    )
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
@@ -547,18 +550,18 @@ class BinaryCrossEntropy(Term):
 
     ``weight=[w_1, ..., w_C]`` weighs each label of multi-label targets ``[N, C]`` (or ``[N, ...,
     C]``): every element's loss times its label's weight, as torch's ``weight`` of shape ``[C]``;
-    ``sum`` and ``none`` are torch's. ``mean`` divides by the summed weights of the elements,
-    ``sum(w_c l_nc) / (N sum(w_c))``, as ce does with class weights (only the weights' ratios
-    matter); torch's ``F.binary_cross_entropy_with_logits(weight=w)`` divides by the element
-    count instead. ``pos_weight`` scales the positive part of the loss inside it, as in torch,
-    and never enters the denominator. With ``sample_weight``, each element's weight is its
-    label's weight times its sample's.
+    ``sum`` and ``none`` are torch's. By default ``mean`` is torch's too: label weights scale
+    each element's loss and ``mean`` divides by the element count,
+    ``sum(w_c l_nc) / (N C)``, as ``F.binary_cross_entropy_with_logits(weight=w)`` does (unlike
+    ``F.cross_entropy(weight=w)``, which divides by the summed weights: so does ``ce``). With
+    ``sample_weight`` the denominator is the elements' summed sample weights, as for every
+    lossdsl term. ``pos_weight`` scales the positive part of the loss inside it, as in torch,
+    and never enters the denominator.
 
-    ``normalize=count`` divides ``mean``'s weighted sum by the element count instead: torch's
-    ``F.binary_cross_entropy_with_logits(weight=...)`` and mmpretrain's (``weight_reduce_loss``,
-    ``avg_factor=None``), with label weights and ``sample_weight`` alike (the default
-    ``normalize=weights`` divides by their summed products). Without label or sample weights the
-    two agree.
+    ``normalize=weights`` divides by the summed products of label and sample weights, ce's
+    convention (only the label weights' ratios matter); ``normalize=count`` by the element count
+    whatever the sample weights, mmpretrain's (``weight_reduce_loss``, ``avg_factor=None``).
+    Without label or sample weights the three agree.
     """
 
     per_sample = True
@@ -568,6 +571,7 @@ class BinaryCrossEntropy(Term):
         self.reduction = params.reduction
         self.label_smoothing = params.label_smoothing
         self.count = params.normalize == "count"
+        self.divide_by_label_weight = params.normalize == "weights"
         pos_weight = params.pos_weight
         if isinstance(pos_weight, float):
             pos_weight = (pos_weight,)
@@ -604,7 +608,8 @@ class BinaryCrossEntropy(Term):
         sample_weight: torch.Tensor | None, parts: bool,
     ) -> torch.Tensor:
         """``weight=[...]`` or ``normalize=count``: each element's loss times its label's weight;
-        ``mean`` divides by the summed element weights, or by the element count."""
+        ``mean`` divides by the element count (weighted by sample weights unless ``count``), or by
+        the summed element weights (``weights``)."""
         weight = None
         if self.label_weight is not None:
             width = pred.shape[-1] if pred.dim() > 1 else 1
@@ -612,7 +617,7 @@ class BinaryCrossEntropy(Term):
                 self.fail(0, f"weight has {self.label_weight.numel()} entries, one per label, but pred has {width} labels")
             weight = self.label_weight.to(pred.dtype)
         losses = F.binary_cross_entropy_with_logits(pred, target, weight=weight, pos_weight=pos_weight, reduction="none")
-        share = torch.ones_like(losses) if weight is None or self.count else weight.expand(pred.shape)
+        share = weight.expand(pred.shape) if weight is not None and self.divide_by_label_weight else torch.ones_like(losses)
         if parts:  # [N, 2]: each sample's weighted loss and weight, so a group's mean is bce's own
             rows = (lambda t: t.flatten(1)) if pred.dim() > 1 else (lambda t: t.reshape(-1, 1))
             total = rows(losses).sum(dim=1)
