@@ -161,13 +161,14 @@ LENGTHS = torch.tensor([6, 5])
         (LP, TARGETS, torch.tensor([6, 5, 4]), torch.tensor([2, 2]), "input_lengths", "shape (2,)"),
         (LP, TARGETS, LENGTHS, torch.tensor([3, 2]), "target_lengths", "length 3, outside [0, 2]"),
         (LP, TARGETS, LENGTHS, torch.tensor([[2], [2]]), "target_lengths", "shape (2,)"),
+        (LP, torch.tensor([1, 2, 3]), LENGTHS, torch.tensor([2, 2]), "target_lengths", "add up to 4, more than the 3"),
         (LP, torch.tensor([[1, 0], [3, 1]]), LENGTHS, torch.tensor([2, 2]), "targets", "is 0: the blank"),
         (LP, torch.tensor([[1, 2], [3, 4]]), LENGTHS, torch.tensor([2, 2]), "targets", "outside [0, 4)"),
         (LP, TARGETS.double(), LENGTHS, torch.tensor([2, 2]), "targets", "integer class indices"),
         (LP[0], TARGETS, LENGTHS, torch.tensor([2, 2]), "log_probs", "[T, N, C]"),
         (LP.argmax(2), TARGETS, LENGTHS, torch.tensor([2, 2]), "log_probs", "floating-point"),
     ],
-    ids=["input-long", "input-negative", "input-float", "input-shape", "target-long", "target-shape", "blank-inside",
+    ids=["input-long", "input-negative", "input-float", "input-shape", "target-long", "target-shape", "target-sum", "blank-inside",
          "class-outside", "targets-float", "log-probs-2d", "log-probs-int"],
 )
 def test_bad_inputs_are_e402_naming_the_input(log_probs, targets, input_lengths, target_lengths, culprit, message):

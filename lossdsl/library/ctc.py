@@ -137,7 +137,7 @@ class CTC(Term):
         target_lengths = self._lengths(3, target_lengths, n)
         padded = self._padded_targets(targets, target_lengths, n)
         if _values_readable(input_lengths):
-            self._check_values(input_lengths, target_lengths, padded, frames, classes)
+            self._check_values(input_lengths, target_lengths, padded, frames, classes, concatenated=targets.dim() == 1)
         input_lengths = input_lengths.clamp(0, frames)
         target_lengths = target_lengths.clamp(0, padded.shape[1])
         loss = self._negative_log_likelihood(log_probs, padded, input_lengths, target_lengths)
@@ -169,9 +169,12 @@ class CTC(Term):
         return targets.long()[positions.clamp(max=max(total - 1, 0))] if total else targets.long().reshape(n, 0)
 
     def _check_values(self, input_lengths: torch.Tensor, target_lengths: torch.Tensor, padded: torch.Tensor,
-                      frames: int, classes: int) -> None:
+                      frames: int, classes: int, concatenated: bool) -> None:
         """On the CPU (no device to synchronise with): lengths in range, targets classes but the blank."""
         width = padded.shape[1]
+        if concatenated and int(target_lengths.sum()) > width:
+            self.fail(3, f"the target lengths add up to {int(target_lengths.sum())}, more than the {width} "
+                      "concatenated targets")
         for position, lengths, most, what in ((2, input_lengths, frames, "T, log_probs' frames"),
                                               (3, target_lengths, width, "S, the targets' width")):
             bad = (lengths < 0) | (lengths > most)
@@ -208,10 +211,9 @@ class CTC(Term):
         alpha = torch.where(state[None, :] < 2, emissions[0], log_zero) if frames else emissions.new_full((n, states), log_zero)
         fill = alpha.new_full((n, 1), log_zero)
         for t in range(1, frames):
-            stay = alpha
-            step = torch.cat([fill, alpha[:, :-1]], dim=1)
-            jump = torch.where(skip, torch.cat([fill, fill, alpha[:, :-2]], dim=1), log_zero)
-            moved = _log_sum_exp(stay, step, jump) + emissions[t]
+            step = torch.cat([fill, alpha], dim=1)[:, :states]  # from the state before
+            jump = torch.where(skip, torch.cat([fill, fill, alpha], dim=1)[:, :states], log_zero)  # two before
+            moved = _log_sum_exp(alpha, step, jump) + emissions[t]
             alpha = torch.where((t < input_lengths)[:, None], moved, alpha)
         last = (2 * target_lengths)[:, None]
         end_blank = alpha.gather(1, last)[:, 0]
