@@ -187,3 +187,28 @@ def test_padded_targets_ignore_what_lies_past_each_length():
     clean = call(lossdsl.compile("ctc()"), log_probs, torch.tensor([[1, 2, 3], [4, 1, 1]]), lengths, target_lengths)
     padded = call(lossdsl.compile("ctc()"), log_probs, torch.tensor([[1, 2, 0], [4, 0, 99]]), lengths, target_lengths)
     torch.testing.assert_close(padded, clean)
+
+
+def test_reduction_none_and_per_sample_give_each_sequence_its_loss():
+    g = torch.Generator().manual_seed(5)
+    log_probs = torch.randn(10, 6, 5, generator=g, dtype=torch.float64).log_softmax(2).requires_grad_()
+    inputs = {"log_probs": log_probs, "targets": torch.randint(1, 5, (6, 3), generator=g),
+              "input_lengths": torch.randint(6, 11, (6,), generator=g), "target_lengths": torch.tensor([0, 1, 2, 3, 3, 1])}
+    none = F.ctc_loss(*inputs.values(), reduction="none")
+    got = lossdsl.compile("ctc(reduction=none)")(**inputs)
+    torch.testing.assert_close(got, none)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), log_probs)[0],
+                               torch.autograd.grad(ctc_reference("sum")(*inputs.values()), log_probs)[0])
+    weight = torch.rand(6, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(lossdsl.compile("ctc(reduction=none, sample_weight=w)")(**inputs, w=weight), none * weight)
+    # per_sample: what each sequence adds to the batch's mean (its loss over its target length)
+    per_sequence = none / inputs["target_lengths"].clamp(min=1)
+    torch.testing.assert_close(lossdsl.compile("ctc()").per_sample(**inputs), per_sequence)
+    torch.testing.assert_close(lossdsl.compile("ctc(sample_weight=w)").per_sample(**inputs, w=weight), per_sequence * weight)
+    torch.testing.assert_close(lossdsl.compile("ctc(reduction=sum)").per_sample(**inputs), none)
+
+
+def test_group_loss_refuses_ctc_whose_first_dimension_is_time():
+    with pytest.raises(lossdsl.LossSpecError, match=r"ctc\(\) has its samples along another dimension") as info:
+        lossdsl.compile("fairness(group_loss(ctc()), group=g)")
+    assert info.value.diagnostics[0].code == "E204"

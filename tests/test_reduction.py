@@ -272,7 +272,7 @@ def test_per_sample_terms_take_reduction_none_and_the_rest_do_not():
              and "none" in t.params.options("reduction")}
     assert takes == {"ce", "bce", "focal", "hinge", "mse", "mae", "huber", "smooth_l1", "log_cosh", "quantile",
                      "kl_normal", "kl", "contrastive", "triplet", "soft_bound",
-                     "poisson_nll", "gaussian_nll", "cosine_embedding", "margin_ranking", "js"}
+                     "poisson_nll", "gaussian_nll", "cosine_embedding", "margin_ranking", "js", "ctc"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .. import parity
-from ..registry import BatchReductionParam, InputOf, Layout, SampleWeight, Term, TermParams, accumulation_dtype, register
+from ..registry import InputOf, Layout, ReductionParam, SampleWeight, Term, TermParams, accumulation_dtype, register
 
 #: Whether dynamo is tracing (torch.compiler.is_compiling is torch 2.3 and later).
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
@@ -33,7 +33,7 @@ class CTCParams(TermParams):
         "target_lengths", description="labels of each target [N], at most S (padded targets)")
     blank: int = Field(0, ge=0, description="the blank class, in [0, C)")
     zero_infinity: bool = Field(False, description="an alignment that cannot exist (too few frames) gives 0, not inf")
-    reduction: BatchReductionParam = "mean"
+    reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
 
 
@@ -100,9 +100,12 @@ class CTC(Term):
       ``[sum(target_lengths)]`` concatenated, ``input_lengths`` and ``target_lengths`` ``[N]``
       integers. ``blank`` is class 0 by default.
     - ``reduction=mean`` is torch's: each sequence's loss divided by its target length (at least
-      1), then the mean over the batch; ``sum`` adds the sequences' losses (torch's ``none``, the
-      per-sequence losses, has no form here yet). ``sample_weight`` ``[N]`` weighs the sequences
-      (the weighted mean of the length-divided losses, or the weighted sum).
+      1), then the mean over the batch; ``sum`` adds the sequences' losses; ``none`` gives them,
+      ``[N]``, undivided (torch's). ``sample_weight`` ``[N]`` weighs the sequences (the weighted
+      mean of the length-divided losses, the weighted sum, or each loss times its weight). A
+      sequence's own loss (``LossModule.per_sample``) is its loss divided by its target length for
+      ``mean``, as the batch's mean counts it, and its loss otherwise. ``group_loss(ctc())`` is
+      refused: group_loss groups the rows of the first input, and log_probs' first dimension is time.
     - A target that needs more frames than its sequence has (its length plus its repeated
       neighbours) has no alignment: inf, as torch's, or 0 with ``zero_infinity=true``; either way its
       gradient is 0 (torch's is NaN without ``zero_infinity``). An empty batch gives 0 (torch: NaN).
@@ -118,6 +121,11 @@ class CTC(Term):
       where ``F.ctc_loss`` breaks the graph. Sums run in float32 at least.
     """
 
+    per_sample = True
+    #: The sequences lie along log_probs' second dimension: group_loss, which groups first-dimension
+    #: rows, refuses ctc (reduction=none and LossModule.per_sample give its [N] losses).
+    batch_dimension = 1
+
     def __init__(self, params: CTCParams):
         super().__init__()
         self.blank, self.zero_infinity, self.reduction = params.blank, params.zero_infinity, params.reduction
@@ -125,7 +133,7 @@ class CTC(Term):
 
     def forward(
         self, log_probs: torch.Tensor, targets: torch.Tensor, input_lengths: torch.Tensor, target_lengths: torch.Tensor,
-        sample_weight: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None, *, parts: bool = False,
     ) -> torch.Tensor:
         self.expect_float(0, log_probs)
         if log_probs.dim() != 3:
@@ -141,11 +149,18 @@ class CTC(Term):
         input_lengths = input_lengths.clamp(0, frames)
         target_lengths = target_lengths.clamp(0, padded.shape[1])
         loss = self._negative_log_likelihood(log_probs, padded, input_lengths, target_lengths)
-        if sample_weight is not None:
-            sample_weight = self.expect_sample_weight(4, sample_weight, n, loss.dtype)
         if self.reduction == "mean":
             loss = loss / target_lengths.clamp(min=1).to(loss.dtype)
+        if parts:  # each sequence's own loss, weight 1 (the callers weigh the sequences themselves)
+            return self.reduce(loss, None, parts=True).to(log_probs.dtype)
+        if sample_weight is not None:
+            sample_weight = self.expect_sample_weight(4, sample_weight, n, loss.dtype)
         return self.reduce(loss, sample_weight).to(log_probs.dtype)
+
+    def per_sample_parts(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``[N, 2]`` over the sequences: the batch dimension is log_probs' second, so the weights
+        callers size from the first input (``[T]``) are not read; each row has weight 1."""
+        return self(*inputs[:4], parts=True)
 
     def _lengths(self, position: int, lengths: torch.Tensor, n: int) -> torch.Tensor:
         if lengths.is_floating_point() or lengths.is_complex():

@@ -146,6 +146,10 @@ class FairnessParams(TermParams):
     def _one_count_for_one_column(self) -> FairnessParams:
         if isinstance(self.group, tuple) and self.groups is not None:
             raise ValueError("groups= counts the codes of one group input, not of an intersection")
+        if isinstance(self.stat, InnerLoss) and getattr(self.stat.inner.term.module, "batch_dimension", 0) != 0:
+            inner = self.stat.inner.term.name
+            raise ValueError(f"group_loss() groups the rows of its inner term's first input; {inner}() has its "
+                             "samples along another dimension, so it cannot be grouped here")
         misplaced = sorted(self.model_fields_set & {"pred", "target"}) if isinstance(self.stat, InnerLoss) else []
         if misplaced:
             raise ValueError(f"group_loss() reads the inner term's inputs: give {misplaced[0]}= to it, "
