@@ -162,13 +162,12 @@ LENGTHS = torch.tensor([6, 5])
         (LP, TARGETS, LENGTHS, torch.tensor([3, 2]), "target_lengths", "length 3, outside [0, 2]"),
         (LP, TARGETS, LENGTHS, torch.tensor([[2], [2]]), "target_lengths", "shape (2,)"),
         (LP, torch.tensor([1, 2, 3]), LENGTHS, torch.tensor([2, 2]), "target_lengths", "add up to 4, more than the 3"),
-        (LP, torch.tensor([[1, 0], [3, 1]]), LENGTHS, torch.tensor([2, 2]), "targets", "is 0: the blank"),
         (LP, torch.tensor([[1, 2], [3, 4]]), LENGTHS, torch.tensor([2, 2]), "targets", "outside [0, 4)"),
         (LP, TARGETS.double(), LENGTHS, torch.tensor([2, 2]), "targets", "integer class indices"),
         (LP[0], TARGETS, LENGTHS, torch.tensor([2, 2]), "log_probs", "[T, N, C]"),
         (LP.argmax(2), TARGETS, LENGTHS, torch.tensor([2, 2]), "log_probs", "floating-point"),
     ],
-    ids=["input-long", "input-negative", "input-float", "input-shape", "target-long", "target-shape", "target-sum", "blank-inside",
+    ids=["input-long", "input-negative", "input-float", "input-shape", "target-long", "target-shape", "target-sum",
          "class-outside", "targets-float", "log-probs-2d", "log-probs-int"],
 )
 def test_bad_inputs_are_e402_naming_the_input(log_probs, targets, input_lengths, target_lengths, culprit, message):
@@ -212,3 +211,10 @@ def test_group_loss_refuses_ctc_whose_first_dimension_is_time():
     with pytest.raises(lossdsl.LossSpecError, match=r"ctc\(\) has its samples along another dimension") as info:
         lossdsl.compile("fairness(group_loss(ctc()), group=g)")
     assert info.value.diagnostics[0].code == "E204"
+
+
+def test_a_blank_inside_a_target_is_read_as_a_label_as_torch_reads_it():
+    log_probs = torch.randn(6, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6)).log_softmax(2)
+    targets, lengths, target_lengths = torch.tensor([[1, 0, 2], [0, 3, 3]]), torch.tensor([6, 6]), torch.tensor([3, 3])
+    got = call(lossdsl.compile("ctc(reduction=none)"), log_probs, targets, lengths, target_lengths)
+    torch.testing.assert_close(got, F.ctc_loss(log_probs, targets, lengths, target_lengths, reduction="none"))

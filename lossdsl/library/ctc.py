@@ -26,7 +26,7 @@ class CTCParams(TermParams):
         "log_probs", description="log-probabilities [T, N, C] (log_softmax over C, as nn.CTCLoss takes them: "
         "they are not normalised here)")
     targets: InputOf("labels") = Field(
-        "targets", description="target classes [N, S], padded past each target length (not blank), or "
+        "targets", description="target classes [N, S] (not the blank), padded past each target length, or "
         "[sum(target_lengths)] concatenated")
     input_lengths: InputOf("labels") = Field("input_lengths", description="frames of each sequence [N], at most T")
     target_lengths: InputOf("labels") = Field(
@@ -114,8 +114,9 @@ class CTC(Term):
       of a ``log_softmax`` ahead of it, not of ``log_probs`` themselves: through a ``log_softmax``
       (the usual model) the two agree to float32 rounding.
     - Lengths and targets are checked on the CPU (E402 naming the input: a length below 0 or
-      above ``T`` or ``S``, a class outside ``[0, C)`` or the blank inside a target); on CUDA they
-      are not (that would synchronise with the device): a length is clamped into range.
+      above ``T`` or ``S``, a class outside ``[0, C)``); on CUDA they are not (that would
+      synchronise with the device): a length is clamped into range. A blank inside a target's
+      length is read as a label, as torch reads it (pad past the length instead).
     - The forward is a loop over the ``T`` frames of ``[N, 2 S + 1]`` tensors, with no host
       synchronisation: it traces under ``torch.compile(fullgraph=True)`` (which unrolls the loop),
       where ``F.ctc_loss`` breaks the graph. Sums run in float32 at least.
@@ -185,7 +186,8 @@ class CTC(Term):
 
     def _check_values(self, input_lengths: torch.Tensor, target_lengths: torch.Tensor, padded: torch.Tensor,
                       frames: int, classes: int, concatenated: bool) -> None:
-        """On the CPU (no device to synchronise with): lengths in range, targets classes but the blank."""
+        """On the CPU (no device to synchronise with): lengths in range, targets classes (the blank
+        among them: torch reads a blank inside a target as a label, and so does this)."""
         width = padded.shape[1]
         if concatenated and int(target_lengths.sum()) > width:
             self.fail(3, f"the target lengths add up to {int(target_lengths.sum())}, more than the {width} "
@@ -197,12 +199,10 @@ class CTC(Term):
                 index = int(bad.nonzero()[0, 0])
                 self.fail(position, f"sequence {index} has length {int(lengths[index])}, outside [0, {most}] ({what})")
         within = torch.arange(width)[None, :] < target_lengths[:, None]
-        bad = within & ((padded < 0) | (padded >= classes) | (padded == self.blank))
+        bad = within & ((padded < 0) | (padded >= classes))
         if bad.any():
             row, column = (int(i) for i in bad.nonzero()[0])
-            value = int(padded[row, column])
-            problem = "the blank" if value == self.blank else f"outside [0, {classes})"
-            self.fail(1, f"label {column} of sequence {row} is {value}: {problem}")
+            self.fail(1, f"label {column} of sequence {row} is {int(padded[row, column])}: outside [0, {classes})")
 
     def _negative_log_likelihood(self, log_probs: torch.Tensor, targets: torch.Tensor, input_lengths: torch.Tensor,
                                  target_lengths: torch.Tensor) -> torch.Tensor:
