@@ -133,7 +133,10 @@ def fairness_statistics() -> str:
 
 def inner_terms() -> str:
     """docs/fairness.md's list of the terms ``group_loss(INNER)`` takes: those with per-sample parts."""
-    return f"{_names([name for name, term in REGISTRY.items() if term.module.per_sample])}.\n"
+    # (ctc has per-sample losses, but along log_probs' second dimension: group_loss refuses it)
+    names = [name for name, term in REGISTRY.items()
+             if term.module.per_sample and getattr(term.module, "batch_dimension", 0) == 0]
+    return f"{_names(names)}.\n"
 
 
 #: Generated block name -> its text.

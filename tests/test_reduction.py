@@ -271,7 +271,8 @@ def test_per_sample_terms_take_reduction_none_and_the_rest_do_not():
     assert takes == {"ce", "bce", "focal", "hinge", "mse", "mae", "huber", "smooth_l1", "log_cosh", "quantile",
                      "kl_normal", "kl", "contrastive", "triplet", "soft_bound",
                      "poisson_nll", "gaussian_nll", "cosine_embedding", "margin_ranking", "js",
-                     "dice", "tversky", "jaccard", "generalized_dice", "asl", "token_ce", "linear_ce", "reinforce"}
+                     "dice", "tversky", "jaccard", "generalized_dice", "asl", "token_ce", "linear_ce", "reinforce",
+                     "ctc"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,8 +27,18 @@ _RATE_COLUMNS = {
     "tnr": ("(1-p)*(1-y)", "1-y"),
     "error_rate": ("p*(1-y)+(1-p)*y", "one"),
     "mean_pred": ("pred", "one"),
+    "ppv": ("p*y", "p"),
+    "accuracy": ("p*y+(1-p)*(1-y)", "one"),
 }
-_STATISTICS = {**{name: (name,) for name in _RATE_COLUMNS}, "eo": ("tpr", "fpr")}
+_STATISTICS = {**{name: (name,) for name in _RATE_COLUMNS}, "eo": ("tpr", "fpr"), "balanced_accuracy": ("tpr", "tnr")}
+# Statistics whose per-group rate is the mean of their rates' defined values (sklearn's
+# balanced_accuracy_score: the mean recall over the classes present); the others' rates each
+# give a disparity, and eo combines the disparities.
+_MEAN_OF_RATES = frozenset({"balanced_accuracy"})
+# A rate whose denominator is the predicted-positive mass (ppv) counts as undefined below float32's
+# smallest normal number: the gradient of numerator / denominator is about 1 / denominator before
+# the sigmoid's p (1 - p) scales it back, which overflows to inf (then NaN) for a subnormal mass.
+_PREDICTED_MASS_FLOOR = float(torch.finfo(torch.float32).tiny)
 # How each column is computed from (p, y, 1 - y); resolved once per term, so the forward looks nothing up.
 _COLUMN = {
     "p": lambda p, y, n: p,
@@ -41,11 +51,14 @@ _COLUMN = {
     "(1-p)*y": lambda p, y, n: (1 - p) * y,
     "(1-p)*(1-y)": lambda p, y, n: (1 - p) * n,
     "p*(1-y)+(1-p)*y": lambda p, y, n: p * n + (1 - p) * y,
+    "p*y+(1-p)*(1-y)": lambda p, y, n: p * y + (1 - p) * n,
 }
 GROUP_LOSS_FORMS = ("group_loss", "group_loss_gap", "group_loss_ratio")
 Statistic = Literal[
     "dp_gap", "tpr_gap", "fpr_gap", "fnr_gap", "tnr_gap", "error_rate_gap", "eo_gap", "mean_pred_gap",
+    "ppv_gap", "accuracy_gap", "balanced_accuracy_gap",
     "dp_ratio", "tpr_ratio", "fpr_ratio", "fnr_ratio", "tnr_ratio", "error_rate_ratio", "eo_ratio", "mean_pred_ratio",
+    "ppv_ratio", "accuracy_ratio", "balanced_accuracy_ratio",
 ]
 
 
@@ -69,7 +82,8 @@ Temperature = Annotated[PositiveFloat, AfterValidator(_normal_in_float32)]
 class FairnessParams(TermParams):
     positional = ("stat",)
     stat: Annotated[Statistic | InnerLoss, InnerForms(GROUP_LOSS_FORMS)] = Field(
-        description="a rate (dp, tpr, fpr, fnr, tnr, error_rate, mean_pred; eo = the worse of tpr and fpr) "
+        description="a rate (dp, tpr, fpr, fnr, tnr, error_rate, mean_pred, ppv (precision), accuracy, "
+        "balanced_accuracy (the mean of tpr and tnr); eo = the worse of tpr and fpr) "
         "and a form: _gap (largest minus smallest) or _ratio (1 - smallest / largest); or group_loss(INNER) "
         "(the worst group's mean INNER loss), group_loss_gap(INNER) or group_loss_ratio(INNER)"
     )
@@ -132,6 +146,10 @@ class FairnessParams(TermParams):
     def _one_count_for_one_column(self) -> FairnessParams:
         if isinstance(self.group, tuple) and self.groups is not None:
             raise ValueError("groups= counts the codes of one group input, not of an intersection")
+        if isinstance(self.stat, InnerLoss) and getattr(self.stat.inner.term.module, "batch_dimension", 0) != 0:
+            inner = self.stat.inner.term.name
+            raise ValueError(f"group_loss() groups the rows of its inner term's first input; {inner}() has its "
+                             "samples along another dimension, so it cannot be grouped here")
         misplaced = sorted(self.model_fields_set & {"pred", "target"}) if isinstance(self.stat, InnerLoss) else []
         if misplaced:
             raise ValueError(f"group_loss() reads the inner term's inputs: give {misplaced[0]}= to it, "
@@ -185,10 +203,33 @@ class FairnessParams(TermParams):
 
 
 
-def _above_zero(values: torch.Tensor) -> torch.Tensor:
-    """``values > 0``, but True for NaN: a guard against 0 / 0 must not take a NaN for an empty group
-    and hide it (a finite penalty with NaN gradients); NaN in gives NaN out."""
-    return ~(values <= 0)
+def _above_zero(values: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """``values > 0`` (or ``>= floor`` for a positive floor), but True for NaN: a guard against 0 / 0
+    must not take a NaN for an empty group and hide it (a finite penalty with NaN gradients); NaN in
+    gives NaN out."""
+    return ~(values < floor) if floor > 0 else ~(values <= 0)
+
+
+def _mean_of_defined(
+    rates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One rate per group, the mean of the given rates where each is defined (balanced accuracy: the
+    mean of tpr and tnr, or the one a group has, as sklearn averages the recalls of the classes present).
+    Defined where any is; the overall rate likewise (a rate is defined overall where any group has it)."""
+    total = count = None
+    overall_total = overall_count = None
+    for rate, defined, overall in rates:
+        share = rate.masked_fill(~defined, 0.0)
+        total = share if total is None else total + share
+        count = defined.to(rate.dtype) if count is None else count + defined.to(rate.dtype)
+        if overall is not None:
+            present = defined.any()
+            overall_share = torch.where(present, overall, torch.zeros_like(overall))
+            overall_total = overall_share if overall_total is None else overall_total + overall_share
+            overall_count = present.to(rate.dtype) if overall_count is None else overall_count + present.to(rate.dtype)
+    mean = total / count.clamp(min=1)
+    overall_mean = None if overall_total is None else overall_total / overall_count.clamp(min=1)
+    return mean, count > 0, overall_mean
 
 
 def _nan_if_any_nan(sums: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -291,7 +332,11 @@ class Fairness(Term):
       for ``[N, 2]``) and ``y`` the label, the per-group rates are soft: ``dp`` the selection rate
       ``sum(p) / n_g``, ``tpr`` ``sum(p y) / sum(y)``, ``fpr`` ``sum(p (1 - y)) / sum(1 - y)``,
       ``fnr`` and ``tnr`` their complements, ``error_rate`` ``sum(p (1 - y) + (1 - p) y) / n_g``,
-      and ``mean_pred`` the mean of the raw ``pred`` (regression; no sigmoid).
+      ``accuracy`` its complement ``sum(p y + (1 - p) (1 - y)) / n_g`` (sklearn's ``accuracy_score``),
+      ``ppv`` the precision ``sum(p y) / sum(p)`` (``precision_score``: true over predicted
+      positives), ``balanced_accuracy`` the mean of the group's ``tpr`` and ``tnr``, or the one it
+      has when its labels are all one class (``balanced_accuracy_score``, which averages the recalls
+      of the classes present), and ``mean_pred`` the mean of the raw ``pred`` (regression; no sigmoid).
     - The form: ``_gap`` is the largest minus the smallest group rate (fairlearn's
       ``difference(method="between_groups")``), ``_ratio`` is one minus the smallest over the
       largest (``1 - ratio(method="between_groups")``; for non-negative rates). With
@@ -320,10 +365,16 @@ class Fairness(Term):
     - On hard 0/1 predictions every statistic, form and ``ref`` equals fairlearn's
       ``MetricFrame(...).difference()`` / ``1 - ratio()``, sample weights included.
     - A group whose rate is undefined in the batch (absent, or without positives for tpr/fnr,
-      without negatives for fpr/tnr) is left out; with fewer than two groups left the value is 0,
-      never NaN; equal rates of 0 give a ratio penalty of 0 (fairlearn: NaN). fairlearn instead
-      scores an undefined rate as 0, so with such a group the two differ. NaN in gives NaN out: a
-      NaN prediction, label or weight is never taken for an empty group.
+      without negatives for fpr/tnr, without predicted positives for ppv) is left out; with fewer
+      than two groups left the value is 0, never NaN; equal rates of 0 give a ratio penalty of 0
+      (fairlearn: NaN). fairlearn instead scores an undefined rate as 0 (for ppv, sklearn's
+      ``precision_score`` with its default ``zero_division``), so with such a group the two differ;
+      lossdsl's value is fairlearn's with ``precision_score(zero_division=np.nan)``, whose NaN groups
+      ``difference()`` and ``ratio()`` skip. The soft ppv's denominator is the predicted-positive
+      mass ``sum(p)``, which hard predictions may leave empty while the soft one keeps a value (the
+      group's labels weighted by ``p``); a mass below float32's smallest normal number (1.2e-38, with
+      tiny sample weights or saturated logits) counts as empty, as its gradient would overflow. NaN
+      in gives NaN out: a NaN prediction, label or weight is never taken for an empty group.
     - Group codes are an integer (or bool) tensor ``[N]`` or ``[N, 1]``; ``group=(sex, race)``
       makes each combination of codes a group (an intersection, as fairlearn's several
       sensitive features). Without ``groups``, the codes are ranked within the batch (sort, then
@@ -384,10 +435,14 @@ class Fairness(Term):
             num_columns = len(self.columns)
         self.num_rates = num_columns // 2
         form = params.stat_name
+        rate_names = params.rate_names
+        # Each rate's smallest denominator that defines it: the predicted-positive mass's floor, else > 0.
+        self.floors = tuple(_PREDICTED_MASS_FLOOR if _RATE_COLUMNS[rate][1] == "p" else 0.0 for rate in rate_names)
+        self.mean_of_rates = form.rsplit("_", 1)[0] in _MEAN_OF_RATES
         self.ratio = form.endswith("_ratio")
         self.overall = params.ref == "overall"
         # agg: over groups (max, mean, smoothmax(T)); eo's worst_case or mean combines its two parts.
-        self.eo_mean = self.num_rates == 2 and params.agg == "mean"
+        self.eo_mean = form.startswith("eo_") and params.agg == "mean"
         self.agg = "max" if params.agg in (None, "worst_case") or self.eo_mean else params.agg
         self.temperature = params.agg[1] if isinstance(params.agg, tuple) else None
         if self.temperature is not None:
@@ -466,11 +521,17 @@ class Fairness(Term):
         if self.audited:
             return self._audited(pred, columns, positive, negative, codes, sample_weight)
         sums = self._group_sums(columns, codes, sample_weight)
-        rates = [self._rates(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(self.num_rates)]
-        return _nan_if_any_nan(sums, self._statistic(rates)).to(prob.dtype)
+        return _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums))).to(prob.dtype)
+
+    def _rates_of_sums(self, sums: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Each rate's (per-group rate, defined, overall rate) from the [slots, 2 x rates] group sums."""
+        return [self._rates(sums[:, 2 * i], sums[:, 2 * i + 1], self.floors[i]) for i in range(self.num_rates)]
 
     def _statistic(self, rates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
-        """The statistic from each rate's (per-group rate, defined, overall rate): eo combines two."""
+        """The statistic from each rate's (per-group rate, defined, overall rate): eo combines two
+        disparities, balanced_accuracy averages its two rates per group first."""
+        if self.mean_of_rates:
+            rates = [_mean_of_defined(rates)]
         gaps = [self._form(*rate) for rate in rates]
         if len(gaps) == 1:
             return gaps[0]
@@ -496,8 +557,7 @@ class Fairness(Term):
             if self.training:  # a batch of NaN (or inf) leaves the history as it was
                 finite = hard_sums.isfinite().all()
                 self.running_sums.copy_(torch.where(finite, hard_sums, self.running_sums.to(hard_sums.dtype)))
-        soft_rates = [self._rates(soft_sums[:, 2 * i], soft_sums[:, 2 * i + 1]) for i in range(self.num_rates)]
-        hard_rates = [self._rates(hard_sums[:, 2 * i], hard_sums[:, 2 * i + 1]) for i in range(self.num_rates)]
+        soft_rates, hard_rates = self._rates_of_sums(soft_sums), self._rates_of_sums(hard_sums)
         # The multiplier reads the audited statistic; the model's gradient is the batch's soft one
         # (TFCO's proxy-Lagrangian). Not mixed rate by rate: the window lags the model, and extreme
         # groups or a sign picked from stale rates would push the current gap the wrong way.
@@ -561,8 +621,7 @@ class Fairness(Term):
             sums.index_add_(0, slots[rows], columns)
         if self.inner is not None and self.worst_group:
             return self._worst_group(sums)
-        rates = [self._rates(sums[:, 2 * i], sums[:, 2 * i + 1]) for i in range(sums.shape[1] // 2)]
-        return _nan_if_any_nan(sums, self._statistic(rates))
+        return _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums)))
 
     def _audit_columns(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """One chunk's per-sample columns [n, k]: hard predictions for the rates."""
@@ -686,15 +745,16 @@ class Fairness(Term):
         return self._form(*self._rates(numerator, denominator))
 
     def _rates(
-        self, numerator: torch.Tensor, denominator: torch.Tensor
+        self, numerator: torch.Tensor, denominator: torch.Tensor, floor: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Each group's rate, whether it is defined, and (for ``ref=overall``) the overall rate."""
-        defined = _above_zero(denominator)
+        """Each group's rate, whether it is defined (its denominator above ``floor``), and (for
+        ``ref=overall``) the overall rate."""
+        defined = _above_zero(denominator, floor)
         rate = safe_divide(numerator, denominator, defined)
         if not self.overall:
             return rate, defined, None
         total = denominator.sum()
-        return rate, defined, safe_divide(numerator.sum(), total, _above_zero(total))
+        return rate, defined, safe_divide(numerator.sum(), total, _above_zero(total, floor))
 
     def _form(self, rate: torch.Tensor, defined: torch.Tensor, overall: torch.Tensor | None) -> torch.Tensor:
         """The statistic's form over the groups whose rate is defined; 0 with fewer than two of them."""
