@@ -45,13 +45,20 @@ def _products(left: Bounds, right: Bounds) -> Bounds:
     return min(products), max(products)
 
 
+def _quotients(left: Bounds, right: Bounds) -> Bounds:
+    """The corners' quotients themselves: ``a * (1 / b)`` overflows where ``1 / b`` does (a
+    subnormal divisor) and gives NaN for ``0 * inf`` where ``a / b`` is 0."""
+    quotients = [a / b for a in left for b in right]
+    return min(quotients), max(quotients)
+
+
 ARITHMETIC: dict[str, BinaryOperator] = {
     op.symbol: op
     for op in (
         BinaryOperator("+", SUM, operator.add, lambda a, b: (a[0] + b[0], a[1] + b[1])),
         BinaryOperator("-", SUM, operator.sub, lambda a, b: (a[0] - b[1], a[1] - b[0])),
         BinaryOperator("*", PRODUCT, operator.mul, _products),
-        BinaryOperator("/", PRODUCT, operator.truediv, lambda a, b: _products(a, (1 / b[1], 1 / b[0]))),
+        BinaryOperator("/", PRODUCT, operator.truediv, _quotients),
     )
 }
 
