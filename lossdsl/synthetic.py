@@ -5,7 +5,8 @@ Each term gives the layouts its inputs may take (``TermDef.layouts``: shapes, an
 them, which may follow its arguments: three class weights mean logits [N, 3], a list of four
 ``pos_weight`` entries pred [N, 4]). One layout is picked per term, the most preferred first, so that
 an input several terms read gets one shape and a kind each of them accepts (``dice() + bce()``:
-float masks of the logits' shape); declared inputs keep their declaration.
+float masks of the logits' shape); declared inputs keep their declaration. A scalar declared
+``NAME: KIND[]`` is a 0-dimensional tensor.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def _needs(term: TermPlan, layout: dict) -> dict[str, _Need]:
         for name in value if isinstance(value, tuple) else (value,):
             needs[name] = _Need(tuple(shape), kinds)
     return needs
+
+
+def _declared_shape(decl: ast.InputDecl) -> tuple[str | int, ...]:
+    """A declaration's shape: [N] when it gives none, () for a scalar (``count: weight[]``)."""
+    return ("N",) if decl.shape is None else tuple(decl.shape)
 
 
 def _sized(shape: tuple[str | int, ...]) -> tuple[str | int, ...]:
@@ -155,7 +161,7 @@ def _solve(plan: Plan) -> tuple[dict[str, _Need], list[dict[str, _Need]]]:
     """
     terms = _reading_terms(plan)
     options = [[_needs(term, dict(layout)) for layout in term.term.layouts(term.params)] for term in terms]
-    fixed = {decl.name: _Need(_sized(tuple(decl.shape or ("N",))), (decl.type,)) for decl in plan.declared}
+    fixed = {decl.name: _Need(_sized(_declared_shape(decl)), (decl.type,)) for decl in plan.declared}
     search = _Search(fixed)
     chosen: list[int] = []
     undo: list[tuple[dict, list]] = []
@@ -213,8 +219,7 @@ def synthetic_inputs(
     and reals (for extremes)."""
     decls = declarations(plan)
     generator = torch.Generator().manual_seed(seed)
-    shapes = {decl.name: tuple(batch if d == "N" else d for d in _sized(tuple(decl.shape or ("N",))))
-              for decl in decls}
+    shapes = {decl.name: tuple(batch if d == "N" else d for d in _sized(_declared_shape(decl))) for decl in decls}
     kinds = {decl.name: decl.type for decl in decls}
     classes = _class_counts(plan, shapes, kinds)
     tensors = {}

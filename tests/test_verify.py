@@ -253,3 +253,21 @@ def test_verify_says_whether_a_constraints_rates_run_over_a_window():
     assert "loss_fn.fit(sex=codes)" in unknown[-1].detail and unknown[-1].passed
     assert "a window over the known group count" in known[-1].detail
     assert penalty[-1].detail == "no fairness rate in a constraint"
+
+
+# -- synthetic inputs of sequence terms: lengths, a class dimension other than 1, scalar inputs --------
+
+
+@pytest.mark.parametrize("spec", ["token_ce(num_items=n)",
+                                  "inputs:\n  pred: logits[N, T, V]\n  target: labels[N, T]\n  n: weight[]\n"
+                                  "loss = token_ce(num_items=n)"])
+def test_a_scalar_input_is_synthesised_as_a_scalar(spec, tmp_path, capsys):
+    inputs = synthetic_inputs(plan_for(spec))
+    pred, target, count = inputs["pred"], inputs["target"], inputs["n"]
+    assert count.shape == () and count > 0
+    assert int(target.max()) < pred.shape[2]
+    summed = F.cross_entropy(pred.reshape(-1, pred.shape[2]), target.reshape(-1), reduction="sum")
+    torch.testing.assert_close(lossdsl.compile(spec)(**inputs), summed / count)
+    path = tmp_path / "count.loss"
+    path.write_text(spec + "\n")
+    assert cli.main(["verify", str(path), "--steps", "20"]) == 0, capsys.readouterr().out

@@ -54,7 +54,7 @@ def _token_ce_layouts(params: TokenCEParams) -> tuple[dict, ...]:
     # T = V = 4: synthetic labels index the classes of the scores' second dimension
     layout = {"pred": ("N", 4, 4), "target": Fit(("N", 4), ("labels",))}
     if params.num_items is not None:
-        layout["num_items"] = Fit((1,), ("weight",))
+        layout["num_items"] = Fit((), ("weight",))  # a scalar count
     return (layout,)
 
 
