@@ -223,10 +223,15 @@ Shape = tuple[str | int, ...]
 
 class Fit(NamedTuple):
     """An input's shape in one of a term's layouts, and the kinds (of those its parameter accepts)
-    that fit there: ``Fit(("N", 4, 4), ("labels",))`` for class indices beside logits [N, C, 4, 4]."""
+    that fit there: ``Fit(("N", 4, 4), ("labels",))`` for class indices beside logits [N, C, 4, 4].
+
+    ``classes``: the dimension of this input that counts the classes the labels beside it index
+    (None: dimension 1 of logits and probs, ``[N, C, ...]``; 2 for token logits ``[B, T, V]``, 0 for
+    an output layer's weight ``[V, D]``)."""
 
     shape: Shape
     kinds: tuple[str, ...] = ()
+    classes: int | None = None
 
 
 #: How a term's inputs may be shaped together: role -> shape (or Fit); roles left out are [N].

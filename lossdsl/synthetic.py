@@ -5,8 +5,10 @@ Each term gives the layouts its inputs may take (``TermDef.layouts``: shapes, an
 them, which may follow its arguments: three class weights mean logits [N, 3], a list of four
 ``pos_weight`` entries pred [N, 4]). One layout is picked per term, the most preferred first, so that
 an input several terms read gets one shape and a kind each of them accepts (``dice() + bce()``:
-float masks of the logits' shape); declared inputs keep their declaration. A scalar declared
-``NAME: KIND[]`` is a 0-dimensional tensor.
+float masks of the logits' shape); declared inputs keep their declaration.
+
+A layout also says what the values need (``registry.Fit``): which dimension of the scores counts the
+classes that labels beside them index (dim 1 unless it says: V of token logits [B, T, V]). A scalar declared ``NAME: KIND[]`` is a 0-dimensional tensor.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ _SCORES = ("logits", "probs")
 
 @dataclass(frozen=True)
 class _Need:
-    """What one term's layout needs of one input: a symbolic shape and the kinds that fit (None: any)."""
+    """What one term's layout needs of one input: a symbolic shape and the kinds that fit (None: any);
+    in the layout a term chose, also the dimension counting the classes (``Fit.classes``)."""
 
     shape: tuple[str | int, ...]
     kinds: tuple[str, ...] | None
+    classes: int | None = None
 
 
 def _reading_terms(plan: Plan) -> list[TermPlan]:
@@ -54,15 +58,16 @@ def _needs(term: TermPlan, layout: dict) -> dict[str, _Need]:
         value = getattr(term.params, role)
         accepted = term.params.kinds(role)
         entry = layout.get(role)
+        classes = None
         if isinstance(entry, Fit):
-            shape = entry.shape
+            shape, classes = entry.shape, entry.classes
             kinds = tuple(k for k in (accepted or entry.kinds) if k in entry.kinds) if entry.kinds else accepted
         else:
             shape, kinds = entry, accepted
         if shape is None:
             shape = ("N", "D") if kinds and kinds[0] == "embedding" else ("N",)
         for name in value if isinstance(value, tuple) else (value,):
-            needs[name] = _Need(tuple(shape), kinds)
+            needs[name] = _Need(tuple(shape), kinds, classes)
     return needs
 
 
@@ -194,6 +199,11 @@ def declarations(plan: Plan) -> list[ast.InputDecl]:
     """The declared inputs, and for the rest a declaration inferred from the terms that read them:
     the shape of the layouts picked (``[N]`` for inputs no term shapes), the first kind every
     reader accepts (``real`` for inputs read inside expressions)."""
+    return _declarations(plan)[0]
+
+
+def _declarations(plan: Plan) -> tuple[list[ast.InputDecl], list[dict[str, _Need]]]:
+    """``declarations``, and each reading term's chosen layout (as in ``_solve``)."""
     declared = {decl.name: decl for decl in plan.declared}
     needs, chosen = _solve(plan)
     result = []
@@ -209,7 +219,7 @@ def declarations(plan: Plan) -> list[ast.InputDecl]:
                       if name in layout]
             groups = min((c for c in counts if c), default=None)
         result.append(ast.InputDecl(name=name, type=kind, shape=need.shape, groups=groups))
-    return result
+    return result, chosen
 
 
 def synthetic_inputs(
@@ -217,11 +227,11 @@ def synthetic_inputs(
 ) -> dict[str, torch.Tensor]:
     """One tensor per input, of its declared (or inferred) kind and shape; ``scale`` multiplies logits
     and reals (for extremes)."""
-    decls = declarations(plan)
+    decls, chosen = _declarations(plan)
     generator = torch.Generator().manual_seed(seed)
     shapes = {decl.name: tuple(batch if d == "N" else d for d in _sized(_declared_shape(decl))) for decl in decls}
     kinds = {decl.name: decl.type for decl in decls}
-    classes = _class_counts(plan, shapes, kinds)
+    classes = _class_counts(plan, chosen, shapes, kinds)
     tensors = {}
     for decl in decls:
         shape = shapes[decl.name]
@@ -236,14 +246,23 @@ def synthetic_inputs(
     return tensors
 
 
-def _class_counts(plan: Plan, shapes: dict[str, tuple[int, ...]], kinds: dict[str, str]) -> dict[str, int]:
+def _class_counts(plan: Plan, chosen: list[dict[str, _Need]], shapes: dict[str, tuple[int, ...]],
+                  kinds: dict[str, str]) -> dict[str, int]:
     """How many classes each labels input may index: the fewest among the terms that read it, each
-    the second dimension of its scores [N, C, ...] beside the labels (2 beside binary scores [N])."""
+    the size of the class dimension of the scores beside the labels (as the term's layout gives it,
+    ``Fit.classes``; else the second of logits or probs [N, C, ...]; 2 beside binary scores [N])."""
     counts: dict[str, int] = {}
-    for term in _reading_terms(plan):
+    for term, layout in zip(_reading_terms(plan), chosen):
         names = term.inputs
-        scores = [shapes[n][1] for n in names if kinds.get(n) in _SCORES and len(shapes.get(n, ())) > 1]
+        scores = []
+        for name in names:
+            shape, need = shapes.get(name, ()), layout.get(name)
+            dim = need.classes if need is not None and need.classes is not None else (
+                1 if kinds.get(name) in _SCORES else None)
+            if dim is not None and len(shape) > dim:
+                scores.append(shape[dim])
         for name in names:
             if kinds.get(name) == "labels":
                 counts[name] = min(counts.get(name, math.inf), min(scores, default=2))
     return counts
+

@@ -258,6 +258,25 @@ def test_verify_says_whether_a_constraints_rates_run_over_a_window():
 # -- synthetic inputs of sequence terms: lengths, a class dimension other than 1, scalar inputs --------
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_token_ce_labels_index_the_vocabulary_not_the_time_steps(seed):
+    inputs = synthetic_inputs(plan_for("token_ce()"), seed=seed)
+    pred, target = inputs["pred"], inputs["target"]
+    batch, steps, vocabulary = pred.shape
+    assert steps != vocabulary and target.shape == (batch, steps)  # T 4, V 3: a swapped dimension shows
+    assert int(target.min()) >= 0 and int(target.max()) < vocabulary
+    expected = F.cross_entropy(pred.reshape(-1, vocabulary), target.reshape(-1))
+    torch.testing.assert_close(lossdsl.compile("token_ce()")(**inputs), expected)
+
+
+def test_linear_ce_labels_index_every_row_of_the_head():
+    inputs = synthetic_inputs(plan_for("linear_ce()"), batch=64)
+    vocabulary = inputs["head"].shape[0]
+    assert set(inputs["target"].tolist()) == set(range(vocabulary))  # all V classes, not 0/1 alone
+    expected = F.cross_entropy(inputs["hidden"] @ inputs["head"].T, inputs["target"])
+    torch.testing.assert_close(lossdsl.compile("linear_ce()")(**inputs), expected)
+
+
 @pytest.mark.parametrize("spec", ["token_ce(num_items=n)",
                                   "inputs:\n  pred: logits[N, T, V]\n  target: labels[N, T]\n  n: weight[]\n"
                                   "loss = token_ce(num_items=n)"])
