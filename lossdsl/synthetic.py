@@ -8,7 +8,9 @@ an input several terms read gets one shape and a kind each of them accepts (``di
 float masks of the logits' shape); declared inputs keep their declaration.
 
 A layout also says what the values need (``registry.Fit``): which dimension of the scores counts the
-classes that labels beside them index (dim 1 unless it says: V of token logits [B, T, V]). A scalar declared ``NAME: KIND[]`` is a 0-dimensional tensor.
+classes that labels beside them index (dim 1 unless it says: V of token logits [B, T, V]), and
+which integer inputs hold lengths along another input's dimension (``ctc``'s input lengths, T of
+log_probs [T, N, C]). A scalar declared ``NAME: KIND[]`` is a 0-dimensional tensor.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from . import ast
 from .errors import LossSpecError
-from .kinds import KINDS, Synthesis
+from .kinds import INDEX, KINDS, Synthesis
 from .plan import Plan, TermPlan
 from .registry import Fit
 
@@ -38,11 +40,13 @@ _SCORES = ("logits", "probs")
 @dataclass(frozen=True)
 class _Need:
     """What one term's layout needs of one input: a symbolic shape and the kinds that fit (None: any);
-    in the layout a term chose, also the dimension counting the classes (``Fit.classes``)."""
+    in the layout a term chose, also the dimension counting the classes (``Fit.classes``) and, for
+    lengths, (the input they measure, its dimension, whether every length is that dimension's size)."""
 
     shape: tuple[str | int, ...]
     kinds: tuple[str, ...] | None
     classes: int | None = None
+    lengths: tuple[str, int, bool] | None = None
 
 
 def _reading_terms(plan: Plan) -> list[TermPlan]:
@@ -58,16 +62,19 @@ def _needs(term: TermPlan, layout: dict) -> dict[str, _Need]:
         value = getattr(term.params, role)
         accepted = term.params.kinds(role)
         entry = layout.get(role)
-        classes = None
+        classes = lengths = None
         if isinstance(entry, Fit):
             shape, classes = entry.shape, entry.classes
             kinds = tuple(k for k in (accepted or entry.kinds) if k in entry.kinds) if entry.kinds else accepted
+            measured = getattr(term.params, entry.lengths.of, None) if entry.lengths else None
+            if isinstance(measured, str):  # the role's input name
+                lengths = (measured, entry.lengths.dim, entry.lengths.full)
         else:
             shape, kinds = entry, accepted
         if shape is None:
             shape = ("N", "D") if kinds and kinds[0] == "embedding" else ("N",)
         for name in value if isinstance(value, tuple) else (value,):
-            needs[name] = _Need(tuple(shape), kinds, classes)
+            needs[name] = _Need(tuple(shape), kinds, classes, lengths)
     return needs
 
 
@@ -232,6 +239,7 @@ def synthetic_inputs(
     shapes = {decl.name: tuple(batch if d == "N" else d for d in _sized(_declared_shape(decl))) for decl in decls}
     kinds = {decl.name: decl.type for decl in decls}
     classes = _class_counts(plan, chosen, shapes, kinds)
+    lengths = _length_bounds(chosen, shapes, kinds)
     tensors = {}
     for decl in decls:
         shape = shapes[decl.name]
@@ -240,6 +248,11 @@ def synthetic_inputs(
                 f"input '{decl.name}' of shape {shape} is too large for synthetic inputs "
                 f"(at most {MAX_ELEMENTS:,} elements)", code="E402",
             )
+        if decl.name in lengths:  # lengths along another input's dimension (ctc's frames, target lengths)
+            most, full = lengths[decl.name]
+            low = most if full else min(1, most)
+            tensors[decl.name] = torch.randint(low, most + 1, shape, generator=generator)
+            continue
         need = Synthesis(shape, generator, dtype, scale, classes.get(decl.name, 2), decl.groups or 3)
         value = KINDS[decl.type].synthesise(need)
         tensors[decl.name] = value
@@ -266,3 +279,20 @@ def _class_counts(plan: Plan, chosen: list[dict[str, _Need]], shapes: dict[str, 
                 counts[name] = min(counts.get(name, math.inf), min(scores, default=2))
     return counts
 
+
+def _length_bounds(chosen: list[dict[str, _Need]], shapes: dict[str, tuple[int, ...]],
+                   kinds: dict[str, str]) -> dict[str, tuple[int, bool]]:
+    """The integer inputs a chosen layout says hold lengths (``Fit.lengths``): the size of the
+    dimension they run along (the smallest when several terms say so), and whether each length is
+    that size."""
+    bounds: dict[str, tuple[int, bool]] = {}
+    for layout in chosen:
+        for name, need in layout.items():
+            if need.lengths is None or kinds.get(name) not in INDEX:
+                continue
+            measured, dim, full = need.lengths
+            shape = shapes.get(measured, ())
+            if -len(shape) <= dim < len(shape):
+                most = min(shape[dim], bounds.get(name, (math.inf,))[0])
+                bounds[name] = (most, full or bounds.get(name, (0, False))[1])
+    return bounds

@@ -258,6 +258,33 @@ def test_verify_says_whether_a_constraints_rates_run_over_a_window():
 # -- synthetic inputs of sequence terms: lengths, a class dimension other than 1, scalar inputs --------
 
 
+RENAMED_CTC = "ctc(log_probs=lp, targets=y, input_lengths=frames, target_lengths=n)"
+
+
+@pytest.mark.parametrize(("spec", "names"), [
+    ("ctc()", ("log_probs", "targets", "input_lengths", "target_lengths")),
+    (RENAMED_CTC, ("lp", "y", "frames", "n")),
+    # declared inputs keep their shapes (T 9, S 4, C 5) and take lengths along them as well
+    ("inputs:\n  lp: logits[9, N, 5]\n  y: labels[N, 4]\n  frames: labels[N]\n  n: labels[N]\nloss = " + RENAMED_CTC,
+     ("lp", "y", "frames", "n")),
+])
+def test_ctc_gets_valid_synthetic_lengths(spec, names, tmp_path, capsys):
+    inputs = synthetic_inputs(plan_for(spec))
+    log_probs, targets, frames, lengths = (inputs[name] for name in names)
+    steps, n, classes = log_probs.shape
+    width = targets.shape[1]
+    assert n == 8 and targets.shape == (n, width) and frames.shape == lengths.shape == (n,)
+    # every sequence has all T frames, every target 1 to S labels, and T >= 2 S + 1: an alignment exists
+    assert (frames == steps).all() and ((lengths >= 1) & (lengths <= width)).all() and steps >= 2 * width + 1
+    assert int(targets.min()) >= 0 and int(targets.max()) < classes  # classes along log_probs' dim 2
+    expected = F.ctc_loss(log_probs, targets, frames, lengths)
+    assert torch.isfinite(expected)
+    torch.testing.assert_close(lossdsl.compile(spec)(**inputs), expected, rtol=1e-5, atol=1e-5)
+    path = tmp_path / "ctc.loss"
+    path.write_text(spec if "\n" in spec else f"loss = {spec}\n")
+    assert cli.main(["verify", str(path), "--steps", "20"]) == 0, capsys.readouterr().out
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_token_ce_labels_index_the_vocabulary_not_the_time_steps(seed):
     inputs = synthetic_inputs(plan_for("token_ce()"), seed=seed)
@@ -290,3 +317,12 @@ def test_a_scalar_input_is_synthesised_as_a_scalar(spec, tmp_path, capsys):
     path = tmp_path / "count.loss"
     path.write_text(spec + "\n")
     assert cli.main(["verify", str(path), "--steps", "20"]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec", ["ctc()", "token_ce()", "token_ce(shift=true, normalize=sequences)",
+                                  "linear_ce()", "linear_ce(bias=b, reduction=sum)"])
+def test_sequence_terms_pass_verify_without_an_inputs_block(spec, tmp_path, capsys):
+    path = tmp_path / "spec.loss"
+    path.write_text(f"loss = {spec}\n")
+    assert cli.main(["verify", str(path), "--steps", "20"]) == 0, capsys.readouterr().out
+    assert "all 6 checks passed" in capsys.readouterr().out
