@@ -100,7 +100,9 @@ def _input_lines(plan: Plan) -> list[str]:
     lines = []
     for name in plan.inputs:
         decl = declared.get(name)
-        kind = f"{decl.type}[{', '.join(map(str, decl.shape))}]" if decl and decl.shape else (decl.type if decl else "")
+        kind = decl.type if decl else ""
+        if decl and decl.shape is not None:  # [] too: a scalar
+            kind += f"[{', '.join(map(str, decl.shape))}]"
         lines.append(f"{name}: {kind or '(not declared)'}  read by {', '.join(readers[name])}")
     return lines
 

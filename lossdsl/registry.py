@@ -221,12 +221,29 @@ def _mentions(annotation: Any, kind: type) -> bool:
 Shape = tuple[str | int, ...]
 
 
+class Lengths(NamedTuple):
+    """What a lengths input holds, in a term's layout: for each of its entries a length along
+    dimension ``dim`` of the input of role ``of``: that dimension's size when ``full``, else one
+    from 1 to it (``ctc``'s input_lengths, the frames of log_probs [T, N, C]: ``Lengths("log_probs",
+    0, full=True)``)."""
+
+    of: str
+    dim: int
+    full: bool = False
+
+
 class Fit(NamedTuple):
     """An input's shape in one of a term's layouts, and the kinds (of those its parameter accepts)
-    that fit there: ``Fit(("N", 4, 4), ("labels",))`` for class indices beside logits [N, C, 4, 4]."""
+    that fit there: ``Fit(("N", 4, 4), ("labels",))`` for class indices beside logits [N, C, 4, 4].
+
+    ``classes``: the dimension of this input that counts the classes the labels beside it index
+    (None: dimension 1 of logits and probs, ``[N, C, ...]``; 2 for token logits ``[B, T, V]``, 0 for
+    an output layer's weight ``[V, D]``). ``lengths``: the input holds lengths (see ``Lengths``)."""
 
     shape: Shape
     kinds: tuple[str, ...] = ()
+    classes: int | None = None
+    lengths: Lengths | None = None
 
 
 #: How a term's inputs may be shaped together: role -> shape (or Fit); roles left out are [N].

@@ -6,6 +6,11 @@ them, which may follow its arguments: three class weights mean logits [N, 3], a 
 ``pos_weight`` entries pred [N, 4]). One layout is picked per term, the most preferred first, so that
 an input several terms read gets one shape and a kind each of them accepts (``dice() + bce()``:
 float masks of the logits' shape); declared inputs keep their declaration.
+
+A layout also says what the values need (``registry.Fit``): which dimension of the scores counts the
+classes that labels beside them index (dim 1 unless it says: V of token logits [B, T, V]), and
+which integer inputs hold lengths along another input's dimension (``ctc``'s input lengths, T of
+log_probs [T, N, C]). A scalar declared ``NAME: KIND[]`` is a 0-dimensional tensor.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 
 from . import ast
 from .errors import LossSpecError
-from .kinds import KINDS, Synthesis
+from .kinds import INDEX, KINDS, Synthesis
 from .plan import Plan, TermPlan
 from .registry import Fit
 
@@ -34,10 +39,14 @@ _SCORES = ("logits", "probs")
 
 @dataclass(frozen=True)
 class _Need:
-    """What one term's layout needs of one input: a symbolic shape and the kinds that fit (None: any)."""
+    """What one term's layout needs of one input: a symbolic shape and the kinds that fit (None: any);
+    in the layout a term chose, also the dimension counting the classes (``Fit.classes``) and, for
+    lengths, (the input they measure, its dimension, whether every length is that dimension's size)."""
 
     shape: tuple[str | int, ...]
     kinds: tuple[str, ...] | None
+    classes: int | None = None
+    lengths: tuple[str, int, bool] | None = None
 
 
 def _reading_terms(plan: Plan) -> list[TermPlan]:
@@ -53,16 +62,25 @@ def _needs(term: TermPlan, layout: dict) -> dict[str, _Need]:
         value = getattr(term.params, role)
         accepted = term.params.kinds(role)
         entry = layout.get(role)
+        classes = lengths = None
         if isinstance(entry, Fit):
-            shape = entry.shape
+            shape, classes = entry.shape, entry.classes
             kinds = tuple(k for k in (accepted or entry.kinds) if k in entry.kinds) if entry.kinds else accepted
+            measured = getattr(term.params, entry.lengths.of, None) if entry.lengths else None
+            if isinstance(measured, str):  # the role's input name
+                lengths = (measured, entry.lengths.dim, entry.lengths.full)
         else:
             shape, kinds = entry, accepted
         if shape is None:
             shape = ("N", "D") if kinds and kinds[0] == "embedding" else ("N",)
         for name in value if isinstance(value, tuple) else (value,):
-            needs[name] = _Need(tuple(shape), kinds)
+            needs[name] = _Need(tuple(shape), kinds, classes, lengths)
     return needs
+
+
+def _declared_shape(decl: ast.InputDecl) -> tuple[str | int, ...]:
+    """A declaration's shape: [N] when it gives none, () for a scalar (``count: weight[]``)."""
+    return ("N",) if decl.shape is None else tuple(decl.shape)
 
 
 def _sized(shape: tuple[str | int, ...]) -> tuple[str | int, ...]:
@@ -155,7 +173,7 @@ def _solve(plan: Plan) -> tuple[dict[str, _Need], list[dict[str, _Need]]]:
     """
     terms = _reading_terms(plan)
     options = [[_needs(term, dict(layout)) for layout in term.term.layouts(term.params)] for term in terms]
-    fixed = {decl.name: _Need(_sized(tuple(decl.shape or ("N",))), (decl.type,)) for decl in plan.declared}
+    fixed = {decl.name: _Need(_sized(_declared_shape(decl)), (decl.type,)) for decl in plan.declared}
     search = _Search(fixed)
     chosen: list[int] = []
     undo: list[tuple[dict, list]] = []
@@ -188,6 +206,11 @@ def declarations(plan: Plan) -> list[ast.InputDecl]:
     """The declared inputs, and for the rest a declaration inferred from the terms that read them:
     the shape of the layouts picked (``[N]`` for inputs no term shapes), the first kind every
     reader accepts (``real`` for inputs read inside expressions)."""
+    return _declarations(plan)[0]
+
+
+def _declarations(plan: Plan) -> tuple[list[ast.InputDecl], list[dict[str, _Need]]]:
+    """``declarations``, and each reading term's chosen layout (as in ``_solve``)."""
     declared = {decl.name: decl for decl in plan.declared}
     needs, chosen = _solve(plan)
     result = []
@@ -203,7 +226,7 @@ def declarations(plan: Plan) -> list[ast.InputDecl]:
                       if name in layout]
             groups = min((c for c in counts if c), default=None)
         result.append(ast.InputDecl(name=name, type=kind, shape=need.shape, groups=groups))
-    return result
+    return result, chosen
 
 
 def synthetic_inputs(
@@ -211,12 +234,12 @@ def synthetic_inputs(
 ) -> dict[str, torch.Tensor]:
     """One tensor per input, of its declared (or inferred) kind and shape; ``scale`` multiplies logits
     and reals (for extremes)."""
-    decls = declarations(plan)
+    decls, chosen = _declarations(plan)
     generator = torch.Generator().manual_seed(seed)
-    shapes = {decl.name: tuple(batch if d == "N" else d for d in _sized(tuple(decl.shape or ("N",))))
-              for decl in decls}
+    shapes = {decl.name: tuple(batch if d == "N" else d for d in _sized(_declared_shape(decl))) for decl in decls}
     kinds = {decl.name: decl.type for decl in decls}
-    classes = _class_counts(plan, shapes, kinds)
+    classes = _class_counts(plan, chosen, shapes, kinds)
+    lengths = _length_bounds(chosen, shapes, kinds)
     tensors = {}
     for decl in decls:
         shape = shapes[decl.name]
@@ -225,20 +248,51 @@ def synthetic_inputs(
                 f"input '{decl.name}' of shape {shape} is too large for synthetic inputs "
                 f"(at most {MAX_ELEMENTS:,} elements)", code="E402",
             )
+        if decl.name in lengths:  # lengths along another input's dimension (ctc's frames, target lengths)
+            most, full = lengths[decl.name]
+            low = most if full else min(1, most)
+            tensors[decl.name] = torch.randint(low, most + 1, shape, generator=generator)
+            continue
         need = Synthesis(shape, generator, dtype, scale, classes.get(decl.name, 2), decl.groups or 3)
         value = KINDS[decl.type].synthesise(need)
         tensors[decl.name] = value
     return tensors
 
 
-def _class_counts(plan: Plan, shapes: dict[str, tuple[int, ...]], kinds: dict[str, str]) -> dict[str, int]:
+def _class_counts(plan: Plan, chosen: list[dict[str, _Need]], shapes: dict[str, tuple[int, ...]],
+                  kinds: dict[str, str]) -> dict[str, int]:
     """How many classes each labels input may index: the fewest among the terms that read it, each
-    the second dimension of its scores [N, C, ...] beside the labels (2 beside binary scores [N])."""
+    the size of the class dimension of the scores beside the labels (as the term's layout gives it,
+    ``Fit.classes``; else the second of logits or probs [N, C, ...]; 2 beside binary scores [N])."""
     counts: dict[str, int] = {}
-    for term in _reading_terms(plan):
+    for term, layout in zip(_reading_terms(plan), chosen):
         names = term.inputs
-        scores = [shapes[n][1] for n in names if kinds.get(n) in _SCORES and len(shapes.get(n, ())) > 1]
+        scores = []
+        for name in names:
+            shape, need = shapes.get(name, ()), layout.get(name)
+            dim = need.classes if need is not None and need.classes is not None else (
+                1 if kinds.get(name) in _SCORES else None)
+            if dim is not None and len(shape) > dim:
+                scores.append(shape[dim])
         for name in names:
             if kinds.get(name) == "labels":
                 counts[name] = min(counts.get(name, math.inf), min(scores, default=2))
     return counts
+
+
+def _length_bounds(chosen: list[dict[str, _Need]], shapes: dict[str, tuple[int, ...]],
+                   kinds: dict[str, str]) -> dict[str, tuple[int, bool]]:
+    """The integer inputs a chosen layout says hold lengths (``Fit.lengths``): the size of the
+    dimension they run along (the smallest when several terms say so), and whether each length is
+    that size."""
+    bounds: dict[str, tuple[int, bool]] = {}
+    for layout in chosen:
+        for name, need in layout.items():
+            if need.lengths is None or kinds.get(name) not in INDEX:
+                continue
+            measured, dim, full = need.lengths
+            shape = shapes.get(measured, ())
+            if -len(shape) <= dim < len(shape):
+                most = min(shape[dim], bounds.get(name, (math.inf,))[0])
+                bounds[name] = (most, full or bounds.get(name, (0, False))[1])
+    return bounds

@@ -69,9 +69,6 @@ def _doc_specs() -> list[tuple[str, str, dict | None]]:
 DECLARED = {
     "bce(pos_weight=[1.0, 4.0, 2.5])": "inputs:\n    pred: logits[N, 3]\n    target: multihot[N, 3]\n",
     "quantile(q=[0.1, 0.5, 0.9])": "inputs:\n    pred: real[N, 3]\n    target: real[N]\n",
-    # lengths are labels below N = 8: T = 8 frames, targets [N, 8] of C = 9 classes
-    "ctc(log_probs=log_probs, targets=targets, input_lengths=frames, target_lengths=lengths)":
-        "inputs:\n    log_probs: logits[8, N, 9]\n    targets: labels[N, 8]\n    frames: labels[N]\n    lengths: labels[N]\n",
 }
 
 SPEC_FILES = sorted((ROOT / "specs").glob("*.loss"))

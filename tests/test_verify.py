@@ -253,3 +253,76 @@ def test_verify_says_whether_a_constraints_rates_run_over_a_window():
     assert "loss_fn.fit(sex=codes)" in unknown[-1].detail and unknown[-1].passed
     assert "a window over the known group count" in known[-1].detail
     assert penalty[-1].detail == "no fairness rate in a constraint"
+
+
+# -- synthetic inputs of sequence terms: lengths, a class dimension other than 1, scalar inputs --------
+
+
+RENAMED_CTC = "ctc(log_probs=lp, targets=y, input_lengths=frames, target_lengths=n)"
+
+
+@pytest.mark.parametrize(("spec", "names"), [
+    ("ctc()", ("log_probs", "targets", "input_lengths", "target_lengths")),
+    (RENAMED_CTC, ("lp", "y", "frames", "n")),
+    # declared inputs keep their shapes (T 9, S 4, C 5) and take lengths along them as well
+    ("inputs:\n  lp: logits[9, N, 5]\n  y: labels[N, 4]\n  frames: labels[N]\n  n: labels[N]\nloss = " + RENAMED_CTC,
+     ("lp", "y", "frames", "n")),
+])
+def test_ctc_gets_valid_synthetic_lengths(spec, names, tmp_path, capsys):
+    inputs = synthetic_inputs(plan_for(spec))
+    log_probs, targets, frames, lengths = (inputs[name] for name in names)
+    steps, n, classes = log_probs.shape
+    width = targets.shape[1]
+    assert n == 8 and targets.shape == (n, width) and frames.shape == lengths.shape == (n,)
+    # every sequence has all T frames, every target 1 to S labels, and T >= 2 S + 1: an alignment exists
+    assert (frames == steps).all() and ((lengths >= 1) & (lengths <= width)).all() and steps >= 2 * width + 1
+    assert int(targets.min()) >= 0 and int(targets.max()) < classes  # classes along log_probs' dim 2
+    expected = F.ctc_loss(log_probs, targets, frames, lengths)
+    assert torch.isfinite(expected)
+    torch.testing.assert_close(lossdsl.compile(spec)(**inputs), expected, rtol=1e-5, atol=1e-5)
+    path = tmp_path / "ctc.loss"
+    path.write_text(spec if "\n" in spec else f"loss = {spec}\n")
+    assert cli.main(["verify", str(path), "--steps", "20"]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_token_ce_labels_index_the_vocabulary_not_the_time_steps(seed):
+    inputs = synthetic_inputs(plan_for("token_ce()"), seed=seed)
+    pred, target = inputs["pred"], inputs["target"]
+    batch, steps, vocabulary = pred.shape
+    assert steps != vocabulary and target.shape == (batch, steps)  # T 4, V 3: a swapped dimension shows
+    assert int(target.min()) >= 0 and int(target.max()) < vocabulary
+    expected = F.cross_entropy(pred.reshape(-1, vocabulary), target.reshape(-1))
+    torch.testing.assert_close(lossdsl.compile("token_ce()")(**inputs), expected)
+
+
+def test_linear_ce_labels_index_every_row_of_the_head():
+    inputs = synthetic_inputs(plan_for("linear_ce()"), batch=64)
+    vocabulary = inputs["head"].shape[0]
+    assert set(inputs["target"].tolist()) == set(range(vocabulary))  # all V classes, not 0/1 alone
+    expected = F.cross_entropy(inputs["hidden"] @ inputs["head"].T, inputs["target"])
+    torch.testing.assert_close(lossdsl.compile("linear_ce()")(**inputs), expected)
+
+
+@pytest.mark.parametrize("spec", ["token_ce(num_items=n)",
+                                  "inputs:\n  pred: logits[N, T, V]\n  target: labels[N, T]\n  n: weight[]\n"
+                                  "loss = token_ce(num_items=n)"])
+def test_a_scalar_input_is_synthesised_as_a_scalar(spec, tmp_path, capsys):
+    inputs = synthetic_inputs(plan_for(spec))
+    pred, target, count = inputs["pred"], inputs["target"], inputs["n"]
+    assert count.shape == () and count > 0
+    assert int(target.max()) < pred.shape[2]
+    summed = F.cross_entropy(pred.reshape(-1, pred.shape[2]), target.reshape(-1), reduction="sum")
+    torch.testing.assert_close(lossdsl.compile(spec)(**inputs), summed / count)
+    path = tmp_path / "count.loss"
+    path.write_text(spec + "\n")
+    assert cli.main(["verify", str(path), "--steps", "20"]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec", ["ctc()", "token_ce()", "token_ce(shift=true, normalize=sequences)",
+                                  "linear_ce()", "linear_ce(bias=b, reduction=sum)"])
+def test_sequence_terms_pass_verify_without_an_inputs_block(spec, tmp_path, capsys):
+    path = tmp_path / "spec.loss"
+    path.write_text(f"loss = {spec}\n")
+    assert cli.main(["verify", str(path), "--steps", "20"]) == 0, capsys.readouterr().out
+    assert "all 6 checks passed" in capsys.readouterr().out

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .. import parity
-from ..registry import InputOf, Layout, ReductionParam, SampleWeight, Term, TermParams, accumulation_dtype, register
+from ..registry import (
+    Fit, InputOf, Layout, Lengths, ReductionParam, SampleWeight, Term, TermParams, accumulation_dtype, register,
+)
 
 #: Whether dynamo is tracing (torch.compiler.is_compiling is torch 2.3 and later).
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
@@ -37,8 +39,21 @@ class CTCParams(TermParams):
     sample_weight: SampleWeight = None
 
 
+#: Synthetic targets' width S, and frames T = 2 S + 1: enough for any target of up to S labels
+#: (one frame a label, a blank between repeats), so that every synthetic sequence has an alignment.
+_SYNTHETIC_WIDTH = 4
+
+
 def _ctc_layouts(params: CTCParams) -> tuple[Layout, ...]:
-    return ({params.log_probs: ("T", "N", "C"), params.targets: ("N", "S")},)
+    """log_probs [T, N, C] (classes along dim 2), targets [N, S], every input length T and target
+    lengths from 1 to S."""
+    width = _SYNTHETIC_WIDTH
+    return ({
+        "log_probs": Fit((2 * width + 1, "N", "C"), classes=2),
+        "targets": ("N", width),
+        "input_lengths": Fit(("N",), lengths=Lengths("log_probs", 0, full=True)),
+        "target_lengths": Fit(("N",), lengths=Lengths("targets", 1)),
+    },)
 
 
 def _ctc_cases(s: parity.Sizes) -> list[parity.Case]:

@@ -51,10 +51,10 @@ class TokenCEParams(TermParams):
 
 
 def _token_ce_layouts(params: TokenCEParams) -> tuple[dict, ...]:
-    # T = V = 4: synthetic labels index the classes of the scores' second dimension
-    layout = {"pred": ("N", 4, 4), "target": Fit(("N", 4), ("labels",))}
+    """Logits [B, T, V] (the classes along dim 2; synthetic T 4, V 3), token ids [B, T], a scalar count."""
+    layout = {"pred": Fit(("N", "T", "C"), classes=2), "target": Fit(("N", "T"), ("labels",))}
     if params.num_items is not None:
-        layout["num_items"] = Fit((1,), ("weight",))
+        layout["num_items"] = Fit((), ("weight",))
     return (layout,)
 
 
@@ -215,8 +215,9 @@ class LinearCEParams(TermParams):
 
 
 def _linear_ce_layouts(params: LinearCEParams) -> tuple[dict, ...]:
-    layout = {"hidden": Fit(("N", "D"), ("embedding", "real")), "head": Fit(("C", "D"), ("real", "embedding")),
-              "target": Fit(("N",), ("labels",))}
+    # the classes are the head's rows: synthetic targets index all V of them
+    layout = {"hidden": Fit(("N", "D"), ("embedding", "real")),
+              "head": Fit(("C", "D"), ("real", "embedding"), classes=0), "target": Fit(("N",), ("labels",))}
     if params.bias is not None:
         layout["bias"] = Fit(("C",), ("real",))
     return (layout,)
