@@ -70,6 +70,16 @@ def test_moving_weights_and_multipliers_are_the_values_the_call_used():
     torch.testing.assert_close(loss_fn.last_terms["weight/mse"], torch.tensor(0.5))
 
 
+def test_under_inference_mode_the_weight_read_is_still_the_step_the_call_used():
+    """There the counter moves in place (+= 1), so last_terms keeps a copy of the step it used."""
+    loss_fn = lossdsl.compile("mse() + warmup(4) * mae()")
+    with torch.inference_mode():
+        for step in range(3):
+            loss_fn(torch.randn(4), torch.randn(4))
+            torch.testing.assert_close(loss_fn.last_terms["weight/mae"], torch.tensor(step / 4))
+    assert int(loss_fn.step_count) == 3
+
+
 def test_a_loss_weighed_twice_and_a_let_get_their_own_weight_keys():
     loss_fn = lossdsl.compile("let both = mse() + mae()\nloss = warmup(2) * mse() + cosine(1, 0, 2) * mse() "
                               "+ linear(0, 2, 2) * both")
