@@ -136,3 +136,35 @@ def test_a_tiny_gpt2_under_transformers_gives_its_own_loss():
     count = torch.tensor(25)
     torch.testing.assert_close(loss(outputs, labels, num_items_in_batch=count),
                                model(input_ids=ids, labels=labels, num_items_in_batch=count).loss)
+
+
+def test_under_the_trainer_four_accumulation_steps_take_the_whole_batchs_sgd_step(tmp_path):
+    """With transformers installed: Trainer(compute_loss_func=..., gradient_accumulation_steps=4)
+    on 8 sequences of different lengths takes one SGD step (lr 1, no clipping) equal to the one
+    the whole batch's token mean gives (HF's loss on the 8 at once). Dropout off; each sequence's
+    first label is -100 (a masked prompt token), so the Trainer's count of labels, before the shift
+    or after it (versions differ), is the shifted tokens' count."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # the Trainer's
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=31, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(config)
+    ids = torch.randint(0, 31, (8, 9))
+    labels = ids.masked_fill(torch.arange(9) >= torch.tensor([9, 2, 4, 7, 3, 9, 5, 6])[:, None], -100)
+    labels[:, 0] = -100
+    reference = transformers.GPT2LMHeadModel(config)
+    reference.load_state_dict(model.state_dict())
+    reference.train()
+    reference(input_ids=ids, labels=labels).loss.backward()
+    expected = {name: p.detach() - p.grad for name, p in reference.named_parameters()}
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=4, max_steps=1,
+        learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
+        report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no", seed=0, dataloader_drop_last=False)
+    dataset = [{"input_ids": ids[i], "labels": labels[i]} for i in range(8)]
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset,
+                                   compute_loss_func=compute_loss_func("token_ce(shift=true, num_items=n)"))
+    trainer.train()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=0, atol=1e-5, msg=name)
