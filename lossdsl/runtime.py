@@ -235,7 +235,7 @@ class LossModule(nn.Module):
         The keys are fixed when the module is built (the same on every rank and at every step)."""
         last = self._last[0]
         terms = {label: value.detach() for label, value in zip(self._last_labels, last)}
-        if self._weights and last:
+        if self._weights and len(last) == len(self._last_labels) + 1:  # (a pickle of older code kept no step)
             total = terms.pop(TOTAL_LABEL)
             with torch.no_grad():
                 for label, weight in self._weights:

@@ -139,8 +139,10 @@ class HFLoss:
             return outputs[source]
         if not isinstance(outputs, Mapping) and hasattr(outputs, source):
             return getattr(outputs, source)
-        keys = list(outputs.keys()) if isinstance(outputs, Mapping) else [k for k in vars(outputs) if not k.startswith("_")] \
-            if hasattr(outputs, "__dict__") else []
+        if isinstance(outputs, Mapping):
+            keys = list(outputs.keys())
+        else:
+            keys = [k for k in getattr(outputs, "__dict__", {}) if not k.startswith("_")]
         hint = did_you_mean(source, keys)
         available = f"; {hint}" if hint else (f"; they hold {', '.join(map(str, keys))}" if keys else "")
         raise LossSpecError(
