@@ -123,6 +123,9 @@ class LossModule(nn.Module):
             *(f"{c.name}{part}" for c in plan.constraints for part in ("", ".surrogate", ".violation", ".multiplier")),
             TOTAL_LABEL,
         )
+        # Each weight that moves (a schedule, alone or times numbers) over a loss, under "weight/<loss>":
+        # computed when last_terms is read, from the step the last call used (kept after its values).
+        self._weights = _weight_labels(resolve.moving)
         self._last: list[tuple[torch.Tensor, ...]] = [()]
         declared = {decl.name: decl for decl in plan.declared}
         self._declared = tuple(
@@ -165,10 +168,13 @@ class LossModule(nn.Module):
             constraint_values += reported_values
         # Kept as computed and detached when read: no work in the forward for logging.
         reported = [let_values[i] for i in self._reported_lets]
-        self._last[0] = (*values, *reported, *constraint_values, total)  # a list slot: Module.__setattr__ is slow
+        last = (*values, *reported, *constraint_values, total)
+        self._last[0] = (*last, step) if self._weights else last  # a list slot: Module.__setattr__ is slow
         if self._scheduled and self.training:
             if not _is_compiling() and torch.is_inference_mode_enabled():
                 # no backward to come, and a new tensor made here would be an inference tensor
+                if self._weights:  # the step kept for last_terms is this one, which += changes
+                    self._last[0] = (*last, step.clone())
                 self.step_count += 1
             else:
                 # A new tensor, not += 1: under torch.compile the backward recomputes the schedules from
@@ -224,8 +230,18 @@ class LossModule(nn.Module):
 
     @property
     def last_terms(self) -> dict[str, torch.Tensor]:
-        """Detached values of the last call: each term, each let of several terms, and ``total``."""
-        return {label: value.detach() for label, value in zip(self._last_labels, self._last[0])}
+        """Detached values of the last call: each term, each let of several terms, each constraint's
+        value, surrogate, violation and multiplier, each moving weight (``weight/<loss>``) and ``total``.
+        The keys are fixed when the module is built (the same on every rank and at every step)."""
+        last = self._last[0]
+        terms = {label: value.detach() for label, value in zip(self._last_labels, last)}
+        if self._weights and len(last) == len(self._last_labels) + 1:  # (a pickle of older code kept no step)
+            total = terms.pop(TOTAL_LABEL)
+            with torch.no_grad():
+                for label, weight in self._weights:
+                    terms[label] = torch.as_tensor(weight((), (), last[-1])).detach()
+            terms[TOTAL_LABEL] = total
+        return terms
 
     def _gather(self, given: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         tensors = []
@@ -525,6 +541,7 @@ class _Resolver:
         self.intervals = intervals  # bind's: the numbers' values, folded and checked
         self.schedules = 0
         self.weights: dict[int, Combine] = {}  # the weights that move (schedules), for ``silencers``
+        self.moving: list[tuple[ObjectiveExpr, Combine]] = []  # (the loss, its moving weight), for last_terms
 
     def terms_reached(self, plan: Plan) -> tuple[set[int], set[int]]:
         """The terms the objective reaches and those the constraints reach (through lets too)."""
@@ -582,6 +599,7 @@ class _Resolver:
             return lambda terms, lets, step: _zero_keeping_graph(loss(terms, lets, step))
         if fixed is not None:
             return lambda terms, lets, step: fixed * loss(terms, lets, step)
+        self.moving.append((expr.right if number_first else expr.left, number))
 
         def weighed(terms: Values, lets: Values, step: torch.Tensor | None) -> torch.Tensor:
             weight = number(terms, lets, step)
@@ -657,6 +675,33 @@ class _Resolver:
     def constant(self, expr: ObjectiveExpr) -> float | None:
         """The value of number arithmetic over params, computed once here; None for losses and schedules."""
         return folding.constant(expr, self.params, self.intervals)
+
+
+def _weight_labels(moving: list[tuple[ObjectiveExpr, Combine]]) -> tuple[tuple[str, Combine], ...]:
+    """``weight/<loss>`` for each moving weight: the loss's label (a term's, a let's) or its arithmetic;
+    a loss weighed twice is numbered (``weight/kl``, ``weight/kl_2``)."""
+    labels: list[tuple[str, Combine]] = []
+    seen: dict[str, int] = {}
+    for loss, weight in moving:
+        label = f"weight/{_expr_label(loss)}"
+        seen[label] = seen.get(label, 0) + 1
+        labels.append((label if seen[label] == 1 else f"{label}_{seen[label]}", weight))
+    return tuple(labels)
+
+
+def _expr_label(expr: ObjectiveExpr) -> str:
+    """A short text of an objective expression: labels, names and numbers, arithmetic in parentheses."""
+    if isinstance(expr, TermValue):
+        return expr.term.label
+    if isinstance(expr, LetValue):
+        return expr.name
+    if isinstance(expr, Negate):
+        return f"-{_expr_label(expr.operand)}"
+    if isinstance(expr, Arithmetic):
+        return f"({_expr_label(expr.left)}{expr.op}{_expr_label(expr.right)})"
+    if isinstance(expr, ScheduleValue):
+        return expr.kind
+    return str(getattr(expr, "name", getattr(expr, "value", "?")))
 
 
 #: Per term index: None when some use of the term is under no weight that can be 0, else the set of

@@ -199,7 +199,9 @@ def test_state_of_every_kind_survives_with_its_values():
         assert copied.terms[1].running_sums.abs().sum() > 0
         assert_same_state(copied, loss_fn)
         assert list(copied.last_terms) == ["data", "fairness_1", "fairness_2", "parity", "parity.surrogate",
-                                           "parity.violation", "parity.multiplier", "total"]
+                                           "parity.violation", "parity.multiplier", "weight/fairness_1", "total"]
+        # warmup(5) at step 3, the step of the last call (then the counter moved to 4), carried too
+        torch.testing.assert_close(copied.last_terms["weight/fairness_1"], torch.tensor(3 / 5))
 
 
 def test_the_last_values_are_kept_detached_and_copies_do_not_share_state():
