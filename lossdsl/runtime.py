@@ -703,9 +703,8 @@ class _Resolver:
 
 def _weighting_where(expr: Weighted) -> str:
     """``uncertainty() at spec:3:8 (weighing mse, mse_2)``: the place and the terms it weighs, for warnings."""
-    labels = [value.term.label for operand in expr.operands for value in operand.find_all(TermValue)]
-    names = [value.name for operand in expr.operands for value in operand.find_all(LetValue)]
-    weighed = ", ".join(dict.fromkeys([*labels, *names]))
+    found = (node for operand in expr.operands for node in operand.find_all((TermValue, LetValue)))
+    weighed = ", ".join(dict.fromkeys(node.term.label if isinstance(node, TermValue) else node.name for node in found))
     return f"{expr.where} (weighing {weighed})"
 
 

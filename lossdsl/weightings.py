@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .errors import LossSpecWarning
+from .errors import LossSpecError, LossSpecWarning
 
 
 class _WeightingParams(BaseModel):
@@ -71,6 +71,14 @@ class Weighting(nn.Module):
     def watch(self) -> None:
         """Called after each training-mode forward (never under torch.compile): nothing to watch here."""
 
+    def _on_device_of(self, stacked: torch.Tensor, state: torch.Tensor) -> None:
+        """The losses and the weighting's state on one device (metadata only, no sync): else E402,
+        not torch's message from deep inside the objective."""
+        if stacked.device != state.device:
+            raise LossSpecError(
+                f"{self.where}: the losses are on {stacked.device} but its weights' state is on {state.device}: "
+                "move the loss module too, loss_fn.to(device) (before making the optimiser)", code="E402")
+
 
 class Uncertainty(Weighting):
     """``sum_i 0.5 * exp(-s_i) * L_i + 0.5 * s_i``, ``s_i = log sigma_i^2`` the parameter ``log_variances``."""
@@ -86,6 +94,7 @@ class Uncertainty(Weighting):
 
     def forward(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
         stacked = _stacked(values)
+        self._on_device_of(stacked, self.log_variances)
         s = _per_loss(self.log_variances, stacked)
         return (0.5 * torch.exp(-s) * stacked + 0.5 * s).sum(0)
 
@@ -141,6 +150,7 @@ class Dwa(Weighting):
 
     def forward(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
         stacked = _stacked(values)
+        self._on_device_of(stacked, self.history)
         weights = self.weights()
         total = (_per_loss(weights, stacked) * stacked).sum(0)
         if self.training:  # a step: the values become L(t-1), no sync

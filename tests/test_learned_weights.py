@@ -273,3 +273,37 @@ def test_explain_and_verify_know_the_weightings():
     assert "uncertainty(...): Loss" in text
     checks = verify(plan, steps=20)
     assert all(check.passed for check in checks), checks
+
+
+@pytest.mark.parametrize("weighting", ["uncertainty", "dwa"])
+def test_losses_on_another_device_than_the_weights_are_E402_naming_the_weighting(weighting):
+    """A loss module left on the CPU while the model is on a GPU (meta tensors stand in for one)."""
+    loss_fn = lossdsl.compile(TWO_TASKS.replace("uncertainty", weighting))
+    x = {name: torch.zeros(4, device="meta") for name in ("p1", "y1", "p2", "y2")}
+    with pytest.raises(LossSpecError) as raised:
+        loss_fn(**x)
+    diagnostic = raised.value.diagnostics[0]
+    assert diagnostic.code == "E402"
+    assert f"{weighting}() at <spec>:1:8 (weighing mse_1, mse_2): the losses are on meta" in diagnostic.message
+    assert "loss_fn.to(device)" in diagnostic.message
+
+
+def test_the_training_guide_section_runs():
+    """docs/training.md's "Learned multi-task weights": its specs check and its Python runs as shown."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "training.md").read_text(encoding="utf-8")
+    section = text.split("## Learned multi-task weights\n", 1)[1].split("\n## ", 1)[0]
+    for block in re.findall(r"^```loss\n(.*?)^```", section, re.M | re.S):
+        lossdsl.compile(block)
+    namespace: dict = {}
+    blocks = re.findall(r"^```python\n(.*?)^```", section, re.M | re.S)
+    assert len(blocks) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LossSpecWarning)  # the loop gives the optimiser the learned weights
+        exec(compile(blocks[0], "docs/training.md", "exec"), namespace)  # the guide's own code, not a spec
+    learned = namespace["loss_fn"].weightings[0].log_variances.detach()
+    assert not torch.equal(learned, torch.zeros(2))
+    exec(compile(blocks[1], "docs/training.md", "exec"), namespace)
+    assert list(namespace["losses"]) == ["mse_1", "mse_2"]
