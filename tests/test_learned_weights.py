@@ -307,3 +307,16 @@ def test_the_training_guide_section_runs():
     assert not torch.equal(learned, torch.zeros(2))
     exec(compile(blocks[1], "docs/training.md", "exec"), namespace)
     assert list(namespace["losses"]) == ["mse_1", "mse_2"]
+
+
+def test_the_python_builders_write_weightings():
+    from lossdsl import T
+
+    spec = T.uncertainty(T.mse(pred="p1", target="y1"), 0.5 * T.mse(pred="p2", target="y2"))
+    assert str(spec) == "uncertainty(mse(pred=p1, target=y1), 0.5 * mse(pred=p2, target=y2))"
+    assert str(T.dwa(T.mse(), T.mae(), T=3)) == "dwa(mse(), mae(), T=3)"
+    assert {"uncertainty", "dwa"} <= set(dir(T))
+    loss_fn = spec.compile()
+    x = _inputs()
+    expected = 0.5 * F.mse_loss(x["p1"], x["y1"]) + 0.5 * 0.5 * F.mse_loss(x["p2"], x["y2"])  # s = 0
+    torch.testing.assert_close(loss_fn(**x), expected)
