@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from . import distributed
 from .errors import LossSpecError, LossSpecWarning
 
 
@@ -156,6 +157,8 @@ class Dwa(Weighting):
         if self.training:  # a step: the values become L(t-1), no sync
             with torch.no_grad():
                 current = stacked.detach().reshape(self.count, -1).mean(1).to(self.history.dtype)
+                if distributed.active():  # every rank weighs alike: the mean of the ranks' losses
+                    current = distributed.all_reduce_counts_(current) / torch.distributed.get_world_size()
                 self.history.copy_(torch.stack([current, self.history[0]]))
                 self.recorded.copy_(torch.clamp(self.recorded + 1, max=2))
         return total

@@ -320,3 +320,49 @@ def test_the_python_builders_write_weightings():
     x = _inputs()
     expected = 0.5 * F.mse_loss(x["p1"], x["y1"]) + 0.5 * 0.5 * F.mse_loss(x["p2"], x["y2"])  # s = 0
     torch.testing.assert_close(loss_fn(**x), expected)
+
+
+# --- dwa under torch.distributed: every rank keeps the same history, so weighs alike ------------
+
+DWA = "loss = dwa(mse(pred=p1, target=y1), mse(pred=p2, target=y2))"
+
+
+def _dwa_history(rank: int, world: int, steps: int = 3) -> torch.Tensor:
+    loss_fn = lossdsl.compile(DWA)
+    for step in range(steps):
+        x = _inputs(seed=step, n=8 * world)
+        part = slice(rank * 8, (rank + 1) * 8)
+        loss_fn(**{name: tensor[part] for name, tensor in x.items()})
+    return loss_fn.weightings[0].history
+
+
+def _dwa_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        torch.set_num_threads(1)
+        torch.save(_dwa_history(rank, 2), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed with gloo")
+def test_dwa_history_is_the_mean_over_ranks():
+    import os
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.start_processes(_dwa_worker, args=(os.path.join(out_dir, "init"), out_dir), nprocs=2, join=True,
+                           start_method="spawn")
+        histories = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
+    alone = [_dwa_history(rank, 2) for rank in range(2)]  # each half alone, no process group
+    assert not torch.allclose(alone[0], alone[1])  # the halves differ, so local weights would too
+    for history in histories:
+        torch.testing.assert_close(history, (alone[0] + alone[1]) / 2)
