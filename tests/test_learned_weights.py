@@ -10,6 +10,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 
 import lossdsl
@@ -366,3 +368,58 @@ def test_dwa_history_is_the_mean_over_ranks():
     assert not torch.allclose(alone[0], alone[1])  # the halves differ, so local weights would too
     for history in histories:
         torch.testing.assert_close(history, (alone[0] + alone[1]) / 2)
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+_s = st.floats(-8, 8, allow_nan=False, width=32)
+_loss = st.floats(0, 1e4, allow_nan=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_s, _loss), min_size=2, max_size=5))
+def test_uncertainty_is_the_closed_form_for_any_log_variances_and_losses(pairs):
+    s = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
+    losses = [torch.tensor(p[1], dtype=torch.float64, requires_grad=True) for p in pairs]
+    spec = "loss = uncertainty(" + ", ".join(f"mse(pred=p{i})" for i in range(len(pairs))) + ")"
+    weighting = lossdsl.compile(spec).double().weightings[0]
+    with torch.no_grad():
+        weighting.log_variances.copy_(s)
+    value = weighting(losses)
+    expected = sum(0.5 * math.exp(-si) * li + 0.5 * si for si, li in zip(s.tolist(), (p[1] for p in pairs)))
+    assert math.isfinite(float(value.detach()))
+    torch.testing.assert_close(float(value.detach()), expected, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(value, [weighting.log_variances, *losses])
+    loss_values = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
+    torch.testing.assert_close(grads[0], 0.5 - 0.5 * torch.exp(-s) * loss_values)
+    torch.testing.assert_close(torch.stack(grads[1:]), 0.5 * torch.exp(-s))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(1e-3, 1e3), st.floats(1e-3, 1e3)), min_size=2, max_size=5),
+       st.floats(0.05, 20))
+def test_dwa_weights_are_positive_sum_to_k_and_follow_the_slower_loss(pairs, temperature):
+    count = len(pairs)
+    spec = f"loss = dwa({', '.join(f'mse(pred=p{i})' for i in range(count))}, T={temperature!r})"
+    weighting = lossdsl.compile(spec).double().weightings[0]
+    for column in (1, 0):  # L(t-2), then L(t-1)
+        weighting([torch.tensor(p[column], dtype=torch.float64) for p in pairs])
+    weights = weighting.weights()
+    ratios = torch.tensor([p[0] / p[1] for p in pairs], dtype=torch.float64)
+    torch.testing.assert_close(weights, count * torch.softmax(ratios / temperature, 0))
+    assert bool((weights >= 0).all())
+    if float(ratios.max() - ratios.min()) / temperature < 700:  # beyond, exp underflows a weight to 0, as the formula's
+        assert bool((weights > 0).all())
+    torch.testing.assert_close(weights.sum(), torch.tensor(float(count), dtype=torch.float64))
+    slowest, fastest = int(ratios.argmax()), int(ratios.argmin())
+    assert weights[slowest] >= weights[fastest]
+
+
+def test_per_sample_with_uncertainty_averages_to_the_loss():
+    loss_fn = lossdsl.compile(TWO_TASKS)
+    with torch.no_grad():
+        loss_fn.weightings[0].log_variances.copy_(torch.tensor([0.4, -1.0]))
+    x = _inputs()
+    per_sample = loss_fn.per_sample(**x)
+    assert per_sample.shape == (8,)
+    torch.testing.assert_close(per_sample.mean(), loss_fn(**x))
