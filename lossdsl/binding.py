@@ -28,6 +28,7 @@ from .plan import (
     ScheduleValue,
     TermPlan,
     TermValue,
+    Weighted,
     constraint_overflow,
 )
 from .registry import MAX_LOSS_WEIGHT, TermParams
@@ -150,6 +151,10 @@ class _Arithmetic:
             return
         if isinstance(expr, Negate):
             self.check(expr.operand)
+            return
+        if isinstance(expr, Weighted):
+            for operand in expr.operands:
+                self.check(operand)
             return
         assert isinstance(expr, Arithmetic)
         is_number = self.fold(folding.is_number, expr)

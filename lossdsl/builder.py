@@ -263,9 +263,12 @@ def _kind_of(name: str) -> str | None:
     from .library.group_fairness import GROUP_LOSS_FORMS
     from .schedules import SCHEDULES
     from .tensor_expr import FUNCTIONS
+    from .weightings import WEIGHTINGS
 
     if name in SCHEDULES:
         return "the schedule"
+    if name in WEIGHTINGS:
+        return "the multi-task weighting"
     if name in METHODS:
         return "the constraint method"
     if name in GROUP_LOSS_FORMS:
@@ -322,9 +325,10 @@ class Builders:
         from .library.group_fairness import GROUP_LOSS_FORMS
         from .schedules import SCHEDULES
         from .tensor_expr import FUNCTIONS
+        from .weightings import WEIGHTINGS
 
         return sorted({"input", "chain", "call", "group_loss", "implies", *REGISTRY, *SCHEDULES, *METHODS,
-                       *GROUP_LOSS_FORMS, *FUNCTIONS})
+                       *GROUP_LOSS_FORMS, *FUNCTIONS, *WEIGHTINGS})
 
     def __repr__(self) -> str:
         return "<lossdsl.T: spec builders>"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import ast
 from .formatting import format as format_spec
-from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, Plan, ScheduleValue, TermValue
+from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, Plan, ScheduleValue, TermValue, Weighted
 from .runtime import LossModule
 from .tensor_expr import Lowered
 
@@ -61,6 +61,10 @@ def _tree(expr: ObjectiveExpr, lets: dict, depth: int) -> list[str]:
             lines.append(f"{pad}{expr.value!r}: Number")
         elif isinstance(expr, ScheduleValue):
             lines.append(f"{pad}{expr.kind}({', '.join(f'{k}={v!r}' for k, v in expr.params)}): Schedule")
+        elif isinstance(expr, Weighted):
+            options = "".join(f", {k}={v!r}" for k, v in expr.params)
+            lines.append(f"{pad}{expr.kind}(...{options}): Loss  (weights that change as it trains)")
+            stack += [(operand, depth + 1) for operand in reversed(expr.operands)]
         elif isinstance(expr, Negate):
             lines.append(f"{pad}neg: {_type(expr)}")
             stack.append((expr.operand, depth + 1))

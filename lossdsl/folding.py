@@ -17,7 +17,7 @@ from typing import Any
 
 from . import ast
 from .operators import ARITHMETIC
-from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, ScheduleValue, TermValue
+from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, ScheduleValue, TermValue, Weighted
 from .schedules import value_range
 
 
@@ -151,6 +151,8 @@ def weight(expr: ObjectiveExpr, params: Mapping[str, float], known: Intervals | 
         return 1.0
     if isinstance(expr, Negate):
         return weight(expr.operand, params, known)
+    if isinstance(expr, Weighted):  # its own weights are learned, not the spec's: those inside it count
+        return max(weight(operand, params, known) for operand in expr.operands)
     if not isinstance(expr, Arithmetic):
         return 0.0
     left, right = interval(expr.left, params, known), interval(expr.right, params, known)

@@ -113,7 +113,25 @@ class Negate(PlanNode):
     operand: ObjectiveExpr
 
 
-ObjectiveExpr = Union[TermValue, LetValue, ParamValue, ScheduleValue, Constant, Arithmetic, Negate]
+@dataclass(frozen=True, eq=False)
+class Weighted(PlanNode):
+    """``uncertainty(L1, L2)``, ``dwa(L1, L2, T=2)``: losses combined with weights the module learns
+    or computes as it trains (``lossdsl.weightings``); a loss."""
+
+    kind: str
+    operands: tuple[ObjectiveExpr, ...]
+    params: object  # the weighting's validated parameter model
+    span: ast.Span | None = None
+
+    @property
+    def where(self) -> str:
+        """``uncertainty() at specs/a.loss:3:8``; just ``uncertainty()`` for a spec built in Python."""
+        if self.span is None:
+            return f"{self.kind}()"
+        return f"{self.kind}() at {self.span.filename or '<spec>'}:{self.span.line}:{self.span.column}"
+
+
+ObjectiveExpr = Union[TermValue, LetValue, ParamValue, ScheduleValue, Constant, Arithmetic, Negate, Weighted]
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,8 +30,10 @@ from .plan import (
     ScheduleValue,
     TOTAL_LABEL,
     TermValue,
+    Weighted,
 )
 from .schedules import SCHEDULES
+from .weightings import WEIGHTINGS, Weighting
 from .registry import weighted_mean
 
 Values = Sequence[torch.Tensor]
@@ -62,6 +64,11 @@ class LossModule(nn.Module):
     #: reads the values on the host, a synchronisation per term on CUDA, so it is off by default.
     check_finite: bool = False
 
+    #: Whether training-mode calls watch that ``uncertainty(...)``'s learned weights move, and warn
+    #: (LossSpecWarning, once) when they do not: they are missing from the optimiser. One host
+    #: synchronisation, once, after ``weightings.CHECK_AFTER_BACKWARDS`` backward passes.
+    watch_learned_weights: bool = True
+
     def __init__(self, plan: Plan | BoundPlan, params: Mapping[str, float] | None = None):
         """Build the module of a bound plan (``build``), or of a plan and its params' values (bound here)."""
         super().__init__()
@@ -89,6 +96,9 @@ class LossModule(nn.Module):
             (resolve(c.value), resolve(c.bound), duals.rule_for(c.method, c.rate, c.op == "=="), c.op == ">=")
             for c in plan.constraints
         )
+        if resolve.weightings:  # uncertainty(...), dwa(...): their learned parameters and buffers
+            self.weightings = nn.ModuleList(resolve.weightings)
+        self._weightings: tuple[Weighting, ...] = tuple(resolve.weightings)
         if plan.constraints:  # per constraint: its multiplier and its update's state, saved in state_dict
             self.register_buffer("multipliers", torch.zeros(len(plan.constraints)))
             self.register_buffer("dual_state", torch.zeros(len(plan.constraints), duals.STATE_SIZE))
@@ -158,6 +168,9 @@ class LossModule(nn.Module):
         for let in self._lets:
             let_values.append(let(values, let_values, step))
         total = self._objective(values, let_values, step)
+        if self._weightings and self.training and self.watch_learned_weights and not _is_compiling():
+            for weighting in self._weightings:  # learned weights left out of the optimiser (one sync, once)
+                weighting.watch()
         constraint_values: list[torch.Tensor] = []
         for index, (value_of, bound_of, rule, lower_bound) in enumerate(self._constraints):
             value = value_of(values, let_values, step)
@@ -242,6 +255,16 @@ class LossModule(nn.Module):
                     terms[label] = torch.as_tensor(weight((), (), last[-1])).detach()
             terms[TOTAL_LABEL] = total
         return terms
+
+    def term_losses(
+        self, pred: torch.Tensor | None = None, target: torch.Tensor | None = None, **inputs: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Each term's own value, not detached and not weighed, by its label (as in ``last_terms``),
+        in source order: the losses a Jacobian-descent or PCGrad-style aggregator takes
+        (``torchjd.backward(list(loss_fn.term_losses(...).values()), aggregator)``). It is one call of
+        the loss: the step counter, multipliers and ``dwa`` history advance as in ``loss_fn(...)``."""
+        self(pred, target, **inputs)
+        return {label: value for label, value in zip(self._last_labels, self._last[0][:len(self.terms)])}
 
     def _gather(self, given: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         tensors = []
@@ -455,10 +478,17 @@ class LossModule(nn.Module):
                 raise LossSpecError(f"per_sample(): {plan.where} has {value.shape[0]} samples but "
                                     f"{self.plan.terms[0].where} has {values[0].shape[0]}", code="E402")
             values.append(value)
-        let_values: list[torch.Tensor] = []
-        for let in self._lets:
-            let_values.append(let(values, let_values, step))
-        return self._objective(values, let_values, step)
+        training = [weighting.training for weighting in self._weightings]
+        for weighting in self._weightings:
+            weighting.training = False  # dwa() records no step
+        try:
+            let_values: list[torch.Tensor] = []
+            for let in self._lets:
+                let_values.append(let(values, let_values, step))
+            return self._objective(values, let_values, step)
+        finally:
+            for weighting, mode in zip(self._weightings, training):
+                weighting.training = mode
 
     def extra_repr(self) -> str:
         objective = self.plan.spec.objective
@@ -540,6 +570,7 @@ class _Resolver:
         self.term_index, self.let_index, self.params = term_index, let_index, params
         self.intervals = intervals  # bind's: the numbers' values, folded and checked
         self.schedules = 0
+        self.weightings: list[Weighting] = []  # uncertainty(...), dwa(...): one module each
         self.weights: dict[int, Combine] = {}  # the weights that move (schedules), for ``silencers``
         self.moving: list[tuple[ObjectiveExpr, Combine]] = []  # (the loss, its moving weight), for last_terms
 
@@ -575,6 +606,12 @@ class _Resolver:
             self.schedules += 1
             function = SCHEDULES[expr.kind][2](expr.params)
             return lambda terms, lets, step: function(step)
+        if isinstance(expr, Weighted):
+            model, module_class = WEIGHTINGS[expr.kind]
+            weighting = module_class(expr.params, len(expr.operands), _weighting_where(expr))
+            self.weightings.append(weighting)
+            operands = [self(operand) for operand in expr.operands]
+            return lambda terms, lets, step: weighting([operand(terms, lets, step) for operand in operands])
         value = self.constant(expr)
         if value is not None:
             return lambda terms, lets, step: value
@@ -634,6 +671,11 @@ class _Resolver:
             return let_uses[expr.name]
         if isinstance(expr, Negate):
             return self._uses(expr.operand, let_uses)
+        if isinstance(expr, Weighted):  # its weights are never 0: the uses inside it decide
+            uses: _Uses = {}
+            for operand in expr.operands:
+                uses = _merge_uses(uses, self._uses(operand, let_uses) or {})
+            return uses
         if not isinstance(expr, Arithmetic):
             return None  # a number
         left, right = self._uses(expr.left, let_uses), self._uses(expr.right, let_uses)
@@ -699,9 +741,16 @@ def _expr_label(expr: ObjectiveExpr) -> str:
         return f"-{_expr_label(expr.operand)}"
     if isinstance(expr, Arithmetic):
         return f"({_expr_label(expr.left)}{expr.op}{_expr_label(expr.right)})"
-    if isinstance(expr, ScheduleValue):
+    if isinstance(expr, (ScheduleValue, Weighted)):
         return expr.kind
     return str(getattr(expr, "name", getattr(expr, "value", "?")))
+
+
+def _weighting_where(expr: Weighted) -> str:
+    """``uncertainty() at spec:3:8 (weighing mse, mse_2)``: the place and the terms it weighs, for warnings."""
+    found = (node for operand in expr.operands for node in operand.find_all((TermValue, LetValue)))
+    weighed = ", ".join(dict.fromkeys(node.term.label if isinstance(node, TermValue) else node.name for node in found))
+    return f"{expr.where} (weighing {weighed})"
 
 
 #: Per term index: None when some use of the term is under no weight that can be 0, else the set of

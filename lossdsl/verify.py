@@ -148,7 +148,8 @@ def _descent(plan: Plan, kinds: dict[str, str], steps: int) -> Check:
         return Check("optimisation lowers the loss", True, "nothing to learn")
     module = LossModule(plan)
     module.window_warning = False  # said by the window check instead
-    optimizer = torch.optim.Adam(learned.values(), lr=0.05)
+    # The loss's own parameters too (uncertainty()'s learned weights), as a training loop gives them.
+    optimizer = torch.optim.Adam([*learned.values(), *module.parameters()], lr=0.05)
     first = last = None
     for _ in range(steps):
         loss = module(**{**inputs, **learned}).sum()

@@ -9,7 +9,7 @@ from ..duals import DEFAULT_METHOD, METHODS
 from ..errors import did_you_mean
 from ..folding import literal, literal_number
 from ..formatting import format_expr
-from ..plan import MULTIPLIER_CAP, ConstraintPlan, ScheduleValue, TOTAL_LABEL, constraint_overflow
+from ..plan import MULTIPLIER_CAP, ConstraintPlan, ScheduleValue, TOTAL_LABEL, Weighted, constraint_overflow
 from .context import Context, Type, where
 from .scope import lets_before
 from .types import objective, unreduced_term
@@ -34,6 +34,11 @@ def constraint(ctx: Context, statement: ast.SubjectTo) -> ConstraintPlan | None:
         return None
     if kind is not Type.LOSS or bound_kind is not Type.NUMBER or isinstance(bound, ScheduleValue):
         ctx.report("E302", "a constraint bounds a loss by a number", compare, hint=usage)
+        return None
+    weighted = next(value.find_all(Weighted), None)  # type: ignore[union-attr]
+    if weighted is not None:
+        ctx.report("E302", f"a constraint bounds a loss, not one {weighted.kind}() weighs as it trains", weighted.span,
+                   hint=f"weigh the objective with it: loss = {weighted.kind}(...); bound each loss alone")
         return None
     unreduced = unreduced_term(ctx, value)
     if unreduced is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from ..plan import TOTAL_LABEL, Arithmetic, Negate, ObjectiveExpr, TermPlan, TermValue
+from ..plan import TOTAL_LABEL, Arithmetic, Negate, ObjectiveExpr, TermPlan, TermValue, Weighted
 from .context import Context
 
 
@@ -40,5 +40,7 @@ def relabel(expr: ObjectiveExpr, labelled: dict[int, TermPlan]) -> ObjectiveExpr
         return Arithmetic(expr.op, relabel(expr.left, labelled), relabel(expr.right, labelled), expr.span)
     if isinstance(expr, Negate):
         return Negate(relabel(expr.operand, labelled))
+    if isinstance(expr, Weighted):
+        return dataclasses.replace(expr, operands=tuple(relabel(operand, labelled) for operand in expr.operands))
     return expr
 

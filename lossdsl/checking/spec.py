@@ -24,6 +24,7 @@ from ..plan import (
     TOTAL_LABEL,
     TermPlan,
     TermValue,
+    Weighted,
 )
 from ..registry import MAX_GROUP_STATE
 from . import types
@@ -116,6 +117,8 @@ def _plan(ctx: Context, objective: ObjectiveExpr) -> Plan:
                 stack += [expr.right, expr.left]
             elif isinstance(expr, Negate):
                 stack.append(expr.operand)
+            elif isinstance(expr, Weighted):
+                stack += reversed(expr.operands)
 
     if objective is not None:
         visit(objective)

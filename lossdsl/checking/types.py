@@ -15,9 +15,12 @@ from .. import ast
 from ..errors import did_you_mean
 from ..folding import INVALID, FoldError, fold, literal_number
 from ..formatting import format_expr
-from ..plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, ScheduleValue, TermPlan, TermValue
+from ..plan import (
+    Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, ScheduleValue, TermPlan, TermValue, Weighted,
+)
 from ..registry import REGISTRY
 from ..schedules import SCHEDULES
+from ..weightings import WEIGHTINGS
 from .arguments import RANGE_ERRORS, term_call
 from .context import Context, LetState, Type, describe
 from .scope import Scope, lets_before
@@ -40,6 +43,8 @@ def objective(ctx: Context, expr: ast.Node, defined: Scope) -> tuple[Type, Objec
         return Type.NUMBER, Constant(float(expr.value))
     if isinstance(expr, ast.Call) and expr.name in SCHEDULES:
         return _schedule(ctx, expr)
+    if isinstance(expr, ast.Call) and expr.name in WEIGHTINGS:
+        return _weighting(ctx, expr, defined)
     if isinstance(expr, ast.Call):
         term = term_call(ctx, expr)
         return (Type.LOSS, TermValue(term)) if term else (Type.ERROR, None)
@@ -176,6 +181,55 @@ def _schedule(ctx: Context, call: ast.Call) -> tuple[Type, ObjectiveExpr | None]
                    hint=f"{call.name}({', '.join(positional)})")
         return Type.ERROR, None
     return Type.NUMBER, ScheduleValue(call.name, params)
+
+
+def _weighting(ctx: Context, call: ast.Call, defined: Scope) -> tuple[Type, ObjectiveExpr | None]:
+    """``uncertainty(L1, L2, ...)``, ``dwa(L1, L2, ..., T=2)``: two losses or more, then the options by name."""
+    model, _ = WEIGHTINGS[call.name]
+    options = ", ".join(f"{name}={field.default!r}" for name, field in model.model_fields.items())
+    usage = f"{call.name}(ce(), mse(){', ' + options if options else ''})"
+    if len(call.args) < 2:
+        ctx.report("E207", f"{call.name}() weighs two losses or more, given as positional arguments", call,
+                   hint=usage)
+        return Type.ERROR, None
+    operands: list[ObjectiveExpr] = []
+    failed = False
+    for arg in call.args:
+        kind, value = objective(ctx, arg, defined)
+        if kind is Type.ERROR:
+            failed = True
+            continue
+        unreduced = unreduced_term(ctx, value)
+        if kind is Type.NUMBER or unreduced is not None:
+            problem = (f"{unreduced.term.name}() has reduction=none (a loss per sample)" if unreduced is not None
+                       else f"{format_expr(arg)} is a number")
+            ctx.report("E302", f"{call.name}() weighs losses, but {problem}", arg, hint=usage)
+            failed = True
+            continue
+        operands.append(value)  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for keyword in call.keywords:
+        if keyword.name not in model.model_fields:
+            ctx.report("E203", f"unknown argument '{keyword.name}' for {call.name}()", keyword,
+                       hint=did_you_mean(keyword.name, model.model_fields) or usage)
+            return Type.ERROR, None
+        number = literal_number(keyword.value)
+        if number is None:
+            ctx.report("E204", f"'{keyword.name}' of {call.name}() takes a number; got {describe(keyword.value)}",
+                       keyword.value)
+            return Type.ERROR, None
+        values[keyword.name] = float(number)
+    try:
+        params = model(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = error["loc"][0] if error["loc"] else "?"
+        ctx.report("E205", f"'{field}' of {call.name}() {error['msg'].replace('Input should be', 'must be')}", call,
+                   hint=usage)
+        return Type.ERROR, None
+    if failed:
+        return Type.ERROR, None
+    return Type.LOSS, Weighted(call.name, tuple(operands), params, call.span)
 
 
 def unreduced_term(ctx: Context, expr: ObjectiveExpr | None) -> TermPlan | None:
