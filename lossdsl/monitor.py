@@ -38,6 +38,7 @@ class Check:
     norms: dict[str, float]
     coefficients: dict[str, float] = field(default_factory=dict)
     multipliers: dict[str, float] = field(default_factory=dict)
+    violations: dict[str, float] = field(default_factory=dict)
     total: float = 0.0
     metric: float | None = None
 
@@ -81,6 +82,8 @@ class Monitor:
         self.labels = tuple(term.label for term in plan.terms)
         self._where = {term.label: _where_with_line(term.where, term.span, plan.source) for term in plan.terms}
         self._kl = {term.label for term in plan.terms if term.term.name in KL_TERMS}
+        # Terms only constraints read are weighed by their multipliers, not by a weight to lower.
+        self._constrained = _constraint_only_labels(plan)
         self._constraints = {c.name: _where_with_line(_constraint_where(c.name, c.span, plan.filename), c.span,
                                                       plan.source) for c in plan.constraints}
         if primary is not None and primary not in self.labels:
@@ -102,8 +105,8 @@ class Monitor:
         if not module.training or _is_compiling():
             return
         self.calls += 1
-        if (self.calls - 1) % self.every or not torch.is_grad_enabled() or not total.requires_grad:
-            return
+        if (self.calls - 1) % self.every or not torch.is_grad_enabled() or not total.requires_grad or total.dim():
+            return  # (a total of reduction=none terms has no single gradient to share out)
         named = dict(zip(("pred", "target"), args))
         named.update(kwargs)
         self.observe(self._measure(module, named, total))
@@ -115,7 +118,7 @@ class Monitor:
         names = self.wrt or tuple(name for name in module.inputs if isinstance(inputs.get(name), torch.Tensor)
                                   and inputs[name].requires_grad)
         watched = [inputs[name] for name in names if isinstance(inputs.get(name), torch.Tensor) and inputs[name].requires_grad]
-        differentiable = [i for i, value in enumerate(values) if value.requires_grad]
+        differentiable = [i for i, value in enumerate(values) if value.requires_grad and value.dim() == 0]
         coefficients = [0.0] * count
         norms = [0.0] * count
         if differentiable and watched:
@@ -129,13 +132,15 @@ class Monitor:
                 norms[i] = math.sqrt(value)
         last = module.last_terms
         multipliers = {name: float(last[f"{name}.multiplier"]) for name in self._constraints}
+        violations = {name: float(last[f"{name}.violation"]) for name in self._constraints}
         metric = float(self.metric()) if self.metric is not None else None
         return Check(
             step=self.calls - 1,
-            values={label: float(v.detach()) for label, v in zip(self.labels, values)},
+            values={label: float(v.detach().double().mean()) for label, v in zip(self.labels, values)},
             norms=dict(zip(self.labels, norms)),
             coefficients=dict(zip(self.labels, coefficients)),
             multipliers=multipliers,
+            violations=violations,
             total=float(total.detach()),
             metric=metric,
         )
@@ -204,7 +209,7 @@ class Monitor:
         if len(recent) < self.patience:
             return
         for label in self.labels:
-            if label == self.primary:
+            if label == self.primary or label in self._constrained:
                 continue
             shares = [c.shares.get(label, 0.0) for c in recent]
             if min(shares) > self.dominance:
@@ -215,16 +220,23 @@ class Monitor:
                     f"{self.primary} {main:.0%}: its weight drowns the task; lower it"))
 
     def _check_multipliers(self) -> None:
-        recent = self.history[-self.window:]
-        if len(recent) < self.window:
+        """Over twice ``window`` checks: a multiplier that rises at each while its constraint is violated
+        at every one, and no less in the later half than in the earlier. (A multiplier rises for a
+        while from 0 in a healthy run too, with the violation shrinking as it does, or batches that
+        meet the bound in between: measured on examples/adult_fairness.py's constrained runs.)"""
+        span = 2 * self.window
+        recent = self.history[-span:]
+        if len(recent) < span:
             return
         for name, where in self._constraints.items():
             series = [c.multipliers.get(name, 0.0) for c in recent]
-            if all(b > a for a, b in zip(series, series[1:])):
+            violations = [c.violations.get(name, 1.0) for c in recent]
+            earlier, later = sum(violations[: self.window]), sum(violations[self.window:])
+            if min(violations) > 0 and later >= earlier and all(b > a for a, b in zip(series, series[1:])):
                 self._warn("multiplier", name, (
-                    f"{where}: its multiplier grew at each of the last {self.window} checks "
-                    f"({series[0]:.3g} -> {series[-1]:.3g}): the bound is not being met; loosen it, give the "
-                    "model a way to meet it, or check the term's scale"))
+                    f"{where}: its multiplier grew at each of the last {span} checks ({series[0]:.3g} -> "
+                    f"{series[-1]:.3g}) and the bound was violated at every one, no less at the end: it is not "
+                    "being met; loosen it, give the model a way to meet it, or check the term's scale"))
 
     def _check_collapse(self) -> None:
         recent = self.history[-self.patience:]
@@ -281,7 +293,8 @@ class Monitor:
         listed = ", ".join(f"{label} {share:.0%}" for label, share in shares.items())
         kinds = sorted({f"{kind}: {subject}" for kind, subject in self._warned})
         said = f"{len(self.warnings)} warning{'s' * (len(self.warnings) != 1)} ({'; '.join(kinds)})" if kinds else "no warnings"
-        return (f"lossdsl.watch: {len(self.history)} checks over {self.calls} training calls; "
+        checks = len(self.history)
+        return (f"lossdsl.watch: {checks} check{'s' * (checks != 1)} over {self.calls} training calls; "
                 f"mean gradient share {listed}; {said}")
 
     def close(self) -> None:
@@ -314,6 +327,29 @@ def _change(series: list[float]) -> float:
     mean_x, mean_y = (n - 1) / 2, sum(series) / n
     slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(series)) / sum((x - mean_x) ** 2 for x in range(n))
     return slope * (n - 1)
+
+
+def _constraint_only_labels(plan: object) -> frozenset[str]:
+    """The labels of the terms the constraints read and the objective does not (through lets too)."""
+    from .plan import LetValue, TermValue
+
+    lets = {let.name: let.value for let in plan.lets}
+
+    def reached(roots: list) -> set[str]:
+        found: set[str] = set()
+        seen: set[str] = set()
+        pending = list(roots)
+        while pending:
+            for expr in pending.pop().find_all((TermValue, LetValue)):
+                if isinstance(expr, TermValue):
+                    found.add(expr.term.label)
+                elif expr.name not in seen and expr.name in lets:
+                    seen.add(expr.name)
+                    pending.append(lets[expr.name])
+        return found
+
+    objective = reached([plan.objective] if plan.objective is not None else [])
+    return frozenset(reached([e for c in plan.constraints for e in (c.value, c.bound)]) - objective)
 
 
 def _where_with_line(where: str, span: object, source: str) -> str:

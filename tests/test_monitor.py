@@ -168,15 +168,35 @@ def test_a_metric_handed_in_by_step_pairs_with_the_mean_total_since() -> None:
 
 def test_a_multiplier_that_keeps_growing_is_flagged() -> None:
     spec = "loss = ce()\nsubject to fairness(dp_gap, group=g) <= 0.01 as dp"
-    monitor = _monitor(spec, window=4)
     norms = {"ce": 1.0, "fairness": 0.1}
-    wobbling = [0.1, 0.2, 0.15, 0.3, 0.25]
-    assert _feed(monitor, [Check(i, _moving(i, "ce", "fairness"), norms, multipliers={"dp": m}) for i, m in enumerate(wobbling)]) == []
-    growing = [0.2, 0.45, 0.7, 1.2]
-    said = _feed(monitor, [Check(5 + i, _moving(5 + i, "ce", "fairness"), norms, multipliers={"dp": m}) for i, m in enumerate(growing)])
+
+    def checks(multipliers, violations, start=0):
+        return [Check(start + i, _moving(start + i, "ce", "fairness"), norms, multipliers={"dp": m},
+                      violations={"dp": v}) for i, (m, v) in enumerate(zip(multipliers, violations))]
+
+    growing = [0.1 * 1.5**i for i in range(8)]
+    # Rising at each of 2 x window checks, but the bound met at one of them: a multiplier on its way up.
+    met_once = _monitor(spec, window=4)
+    assert _feed(met_once, checks(growing, [0.05, 0.04, 0.0, 0.03, 0.02, 0.03, 0.01, 0.02])) == []
+    # Violated throughout, but the multiplier fell once: quiet too.
+    wobbling = _monitor(spec, window=4)
+    assert _feed(wobbling, checks([*growing[:4], 0.2, *growing[5:]], [0.05] * 8)) == []
+    # Violated throughout, but less and less: the multiplier is doing its work.
+    shrinking = _monitor(spec, window=4)
+    assert _feed(shrinking, checks(growing, [0.05, 0.06, 0.04, 0.05, 0.03, 0.04, 0.02, 0.03])) == []
+    monitor = _monitor(spec, window=4)
+    said = _feed(monitor, checks(growing, [0.05, 0.04, 0.06, 0.05, 0.05, 0.06, 0.04, 0.05]))
     assert said == ["constraint 'dp' at <spec>:2:1 (`subject to fairness(dp_gap, group=g) <= 0.01 as dp`): its "
-                    "multiplier grew at each of the last 4 checks (0.2 -> 1.2): the bound is not being met; loosen "
-                    "it, give the model a way to meet it, or check the term's scale"]
+                    "multiplier grew at each of the last 8 checks (0.1 -> 1.71) and the bound was violated at every "
+                    "one, no less at the end: it is not being met; loosen it, give the model a way to meet it, or "
+                    "check the term's scale"]
+
+
+def test_a_term_only_a_constraint_reads_is_not_said_to_dominate() -> None:
+    """Its multiplier weighs it: the multiplier's rule speaks for it, not the dominance rule."""
+    monitor = _monitor("loss = ce()\nsubject to fairness(dp_gap, group=g) <= 0.01 as dp")
+    assert _feed(monitor, [Check(i, _moving(i, "ce", "fairness"), {"ce": 1.0, "fairness": 50.0},
+                                 multipliers={"dp": 1.0}, violations={"dp": 0.0}) for i in range(4)]) == []
 
 
 def test_a_real_constraint_reports_its_multiplier() -> None:
@@ -242,3 +262,12 @@ def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match="watches a compiled loss"):
         lossdsl.watch(torch.nn.MSELoss())
     assert lossdsl.watch(loss_fn).summary() == "lossdsl.watch: no checks yet (0 training calls, every 10)"
+
+
+def test_a_total_of_unreduced_losses_is_not_checked() -> None:
+    """reduction=none gives a loss per sample: no single gradient to share out, so no check (no error)."""
+    loss_fn = lossdsl.compile("mse(reduction=none)")
+    monitor = lossdsl.watch(loss_fn, every=1)
+    losses = loss_fn(torch.randn(4, requires_grad=True), torch.zeros(4))
+    assert losses.shape == (4,)
+    assert monitor.calls == 1 and monitor.history == []
