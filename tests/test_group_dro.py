@@ -208,3 +208,76 @@ def test_group_dro_raises_the_worst_groups_accuracy_over_ce() -> None:
     # weight to the core feature, whose accuracy (about 69% in every group) it then reaches.
     assert erm < 0.2
     assert dro > 0.6
+
+
+def test_under_torch_compile_fullgraph_it_matches_eager() -> None:
+    spec = "group_dro(ce(), group=g, groups=3, eta=0.5, adjust=1)"
+    eager, compiled_fn = lossdsl.compile(spec), lossdsl.compile(spec)
+    compiled = torch.compile(compiled_fn, fullgraph=True)
+    for pred, target, g in random_batches(3, n=16, classes=4, groups=3, seed=5):
+        pred = pred.float()
+        torch.testing.assert_close(compiled(pred, target, g=g), eager(pred, target, g=g))
+        torch.testing.assert_close(compiled_fn.terms[0].group_weights, eager.terms[0].group_weights)
+
+
+WORLD, PER_RANK = 2, 12
+DISTRIBUTED_SPEC = "group_dro(ce(), group=g, groups=3, eta=2)"
+
+
+def _distributed_batch():
+    gen = torch.Generator().manual_seed(7)
+    pred = torch.randn(WORLD * PER_RANK, 3, dtype=torch.float64, generator=gen)
+    target = torch.randint(0, 3, (WORLD * PER_RANK,), generator=gen)
+    g = torch.randint(0, 3, (WORLD * PER_RANK,), generator=gen)
+    g[:PER_RANK] = torch.where(g[:PER_RANK] == 2, 0, g[:PER_RANK])  # group 2 mostly on rank 1
+    return pred, target, g
+
+
+def _distributed_steps(pred, target, g, steps: int = 2):
+    loss_fn = lossdsl.compile(DISTRIBUTED_SPEC)
+    results = []
+    for _ in range(steps):
+        leaf = pred.clone().requires_grad_()
+        loss = loss_fn(leaf, target, g=g)
+        loss.backward()
+        results.append((loss.detach(), leaf.grad, loss_fn.terms[0].group_weights.clone()))
+    return results
+
+
+def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        torch.set_num_threads(1)
+        pred, target, g = _distributed_batch()
+        part = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+        torch.save(_distributed_steps(pred[part], target[part], g[part]), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torch_distributed_the_ranks_keep_the_global_q(tmp_path) -> None:
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("needs torch.distributed with gloo")
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_distributed_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True,
+                       start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    pred, target, g = _distributed_batch()
+    whole = _distributed_steps(pred, target, g)
+    for step, (loss, grad, q) in enumerate(whole):
+        for rank, results in enumerate(ranks):
+            rank_loss, rank_grad, rank_q = results[step]
+            torch.testing.assert_close(rank_q, q)  # every rank took the global batch's step
+            torch.testing.assert_close(rank_loss, loss)
+            # Each rank's own rows get the global loss's gradient times the world size (the
+            # all-reduce's backward sums it); DDP's averaging of parameter gradients divides it back.
+            part = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+            torch.testing.assert_close(rank_grad / WORLD, grad[part])
