@@ -90,8 +90,9 @@ cross-validation.
 
 All configurations times three seeds take about 100 s on one CPU core, about 210 s with
 ``--cv``; a progress bar goes to stderr. Set ``LOSSDSL_EXAMPLE_QUICK=1`` for a run of a few
-seconds on a subset (one seed, two epochs) whose numbers mean nothing. Needs pandas, fairlearn,
-matplotlib and tqdm besides torch.
+seconds on a subset (one seed, two epochs) whose numbers mean nothing. Last, the script prints
+``lossdsl.watch``'s summary of each spec's first run: each term's share of the gradient, and the
+warnings, if any (none here). Needs pandas, fairlearn, matplotlib and tqdm besides torch.
 """
 
 import argparse
@@ -159,6 +160,8 @@ CONFIGS = [
     *((name, spec, None, "b") for name, spec in CONSTRAINED.items()),
 ]
 CV_CONFIGS = [config for config in CONFIGS if config[3] == "b"]
+#: lossdsl.watch's summary of each spec's first run (spec, params) -> line; printed at the end.
+MONITORED: dict[tuple[str, str], str] = {}
 TARGETS = {  # target: (gap metric, largest gap, smallest accuracy)
     "a": ("fpr_gap", 0.01, 0.845),
     "b": ("eo_gap", 0.02, 0.84),
@@ -227,6 +230,9 @@ def train(
     steps_per_epoch = -(-len(data["target"]) // BATCH)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=EPOCHS * steps_per_epoch)
     loss_fn.train()  # constraint multipliers and ema windows update in training mode only
+    # Once per epoch: each term's share of the gradient, and a warning if the fairness term drowned the
+    # task or a multiplier kept growing (docs/training.md, "The monitor"); these runs give none.
+    monitor = lossdsl.watch(loss_fn, every=steps_per_epoch)
     for _ in range(EPOCHS):
         for batch in torch.randperm(len(data["target"])).split(BATCH):
             logits = model(data["x"][batch])[:, 0]
@@ -237,6 +243,8 @@ def train(
             schedule.step()
             averaged.update_parameters(model)
         bar.update()
+    monitor.close()
+    MONITORED.setdefault((spec, repr(params)), monitor.summary())
     return averaged.module.eval(), loss_fn.last_terms
 
 
@@ -440,6 +448,10 @@ def main() -> None:
             "women with incomes over $50K), fairlearn on hard predictions\n"
         )
         print_table(CV_CONFIGS, cv_results)
+
+    print("\nlossdsl.watch, once per epoch, the first run of each spec:")
+    for name, spec, params, _ in CONFIGS:
+        print(f"  {name:<27} {MONITORED[(spec, repr(params))].removeprefix('lossdsl.watch: ')}")
 
     plot(results, args.out)
     print(f"\nplot: {args.out}")

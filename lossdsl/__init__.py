@@ -19,6 +19,7 @@ from .formatting import format
 from .parsing import parse
 from .registry import REGISTRY, TermParams
 from .runtime import LossModule
+from .monitor import watch
 
 __all__ = [
     "Advice",
@@ -39,6 +40,7 @@ __all__ = [
     "load",
     "parse",
     "term",
+    "watch",
 ]
 
 load_plugins()

@@ -27,6 +27,7 @@ FAMILIES = {
     "lossdsl.library.reductions": "Reductions of tensor expressions",
     "lossdsl.library.penalties": "Weight penalties",
     "lossdsl.library.group_fairness": "Fairness",
+    "lossdsl.library.group_dro": "Fairness",
     "lossdsl.library.soft_bound": "Constraints",
 }
 NOT_SET = "—"

@@ -117,6 +117,9 @@ def argument(ctx: Context, term: TermDef, name: str, node: ast.Node, param_args:
         return node
     if isinstance(node, ast.Call) and node.name in term.params.inner_forms(name):
         return _inner_loss(ctx, term, node)
+    if term.name in term.params.inner_forms(name) and isinstance(node, (ast.Call, ast.Name)):
+        # The term itself wraps its loss, as group_dro(ce(), ...): the call takes the inner term directly.
+        return _inner_loss(ctx, term, ast.Call(name=term.name, args=(node,), span=node.span))
     if INPUT in metadata:
         if isinstance(node, ast.Tuple) and term.params.accepts(name, tuple):
             names = [argument(ctx, term, name, item, param_args) for item in node.items]

@@ -10,6 +10,7 @@ from . import (  # noqa: F401
     classification,
     ctc,
     divergence,
+    group_dro,
     group_fairness,
     metric_learning,
     penalties,
