@@ -12,8 +12,9 @@ small VAE with a 4-D latent space is trained with
 
 ``mse`` averages the squared error over the 64 pixels and the batch; ``kl_normal`` sums the KL
 divergence over the latent dimensions and averages it over the batch, so the weight 0.01 sets
-the balance between the two (a beta-VAE; at 0.02 the posterior collapses and every
-reconstruction is a blur of the mean glyph). ``warmup(800)`` ramps the KL weight up from 0 over
+the balance between the two (a beta-VAE: a larger weight buys a smoother latent space with
+blurrier reconstructions; at 0.02 the KL still holds about 1.7 nats and the held-out MSE is
+0.033 against 0.095 for the mean image). ``warmup(800)`` ramps the KL weight up from 0 over
 the first 800 training steps (about ten epochs), the usual guard against an early collapse; the
 step counter lives in the loss module.
 
