@@ -182,7 +182,8 @@ class LossModule(nn.Module):
         # Kept as computed and detached when read: no work in the forward for logging.
         reported = [let_values[i] for i in self._reported_lets]
         last = (*values, *reported, *constraint_values, total)
-        self._last[0] = (*last, step) if self._weights else last  # a list slot: Module.__setattr__ is slow
+        # a list slot (Module.__setattr__ is slow); the step only learned weights need is any tensor
+        self._last[0] = (*last, total if step is None else step) if self._weights else last
         if self._scheduled and self.training:
             if not _is_compiling() and torch.is_inference_mode_enabled():
                 # no backward to come, and a new tensor made here would be an inference tensor
@@ -244,7 +245,8 @@ class LossModule(nn.Module):
     @property
     def last_terms(self) -> dict[str, torch.Tensor]:
         """Detached values of the last call: each term, each let of several terms, each constraint's
-        value, surrogate, violation and multiplier, each moving weight (``weight/<loss>``) and ``total``.
+        value, surrogate, violation and multiplier, each moving weight (``weight/<loss>``: a schedule's
+        at the step the call used; ``uncertainty``'s and ``dwa``'s as they are now) and ``total``.
         The keys are fixed when the module is built (the same on every rank and at every step)."""
         last = self._last[0]
         terms = {label: value.detach() for label, value in zip(self._last_labels, last)}
@@ -610,6 +612,8 @@ class _Resolver:
             model, module_class = WEIGHTINGS[expr.kind]
             weighting = module_class(expr.params, len(expr.operands), _weighting_where(expr))
             self.weightings.append(weighting)
+            for i, operand in enumerate(expr.operands):  # last_terms' weight/<loss>: the weights now
+                self.moving.append((operand, lambda terms, lets, step, w=weighting, i=i: w.weights()[i]))
             operands = [self(operand) for operand in expr.operands]
             return lambda terms, lets, step: weighting([operand(terms, lets, step) for operand in operands])
         value = self.constant(expr)

@@ -95,7 +95,7 @@ def test_uncertainty_weighs_lets_and_weighted_terms_and_sits_inside_arithmetic()
     l1, l2 = F.mse_loss(x["p1"], x["y1"]), 0.5 * F.mse_loss(x["p2"], x["y2"])
     inner = 0.5 * math.exp(-0.2) * l1 + 0.1 + 0.5 * math.exp(-0.4) * l2 + 0.2
     torch.testing.assert_close(loss_fn(**x), 2 * inner + F.l1_loss(x["p1"], x["y1"]))
-    assert set(loss_fn.last_terms) == {"a", "mse", "mae", "total"}
+    assert set(loss_fn.last_terms) == {"a", "mse", "mae", "weight/a", "weight/(0.5*mse)", "total"}
 
 
 def test_uncertainty_recovers_the_ratio_of_the_noise_variances():
@@ -423,3 +423,22 @@ def test_per_sample_with_uncertainty_averages_to_the_loss():
     per_sample = loss_fn.per_sample(**x)
     assert per_sample.shape == (8,)
     torch.testing.assert_close(per_sample.mean(), loss_fn(**x))
+
+
+def test_last_terms_report_the_learned_weights_under_stable_keys():
+    """uncertainty's weight on each loss, 0.5 * exp(-s_i), and dwa's, as weight/<loss> (logged by Lightning)."""
+    a, b, y1, y2 = torch.randn(4, 8, generator=torch.Generator().manual_seed(3))
+    loss_fn = lossdsl.compile("loss = uncertainty(mse(pred=a, target=y1), mse(pred=b, target=y2))")
+    loss_fn(a=a, b=b, y1=y1, y2=y2)
+    assert list(loss_fn.last_terms) == ["mse_1", "mse_2", "weight/mse_1", "weight/mse_2", "total"]
+    with torch.no_grad():
+        loss_fn.weightings[0].log_variances.copy_(torch.tensor([1.0, -0.5]))
+    expected = 0.5 * torch.exp(-torch.tensor([1.0, -0.5]))
+    torch.testing.assert_close(loss_fn.last_terms["weight/mse_1"], expected[0])
+    torch.testing.assert_close(loss_fn.last_terms["weight/mse_2"], expected[1])
+
+    dwa = lossdsl.compile("loss = dwa(mse(pred=a, target=y1), mse(pred=b, target=y2), T=2)")
+    for _ in range(3):
+        dwa(a=a, b=b, y1=y1, y2=y2)
+    reported = torch.stack([dwa.last_terms["weight/mse_1"], dwa.last_terms["weight/mse_2"]])
+    torch.testing.assert_close(reported, dwa.weightings[0].weights())
