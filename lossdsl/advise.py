@@ -327,18 +327,27 @@ def _group_arrays(groups: Any, rows: int) -> list[tuple[str, Any]]:
     return result
 
 
+def input_name(column: str) -> str:
+    """The spec's input name for a column: its own where it is a valid name, else sanitised (other
+    characters become '_', a leading digit gets 'c_', a reserved word '_col'). ``compare`` passes
+    each column under this name too, so the specs advise writes find their inputs."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", column) or "target"
+    if name[0].isdigit():
+        name = "c_" + name
+    while name in _NOT_NAMES:
+        name += "_col"
+    return name
+
+
 class _Names:
-    """Input names for the spec: the column's own where it is a valid name, else sanitised
-    (other characters become '_', a leading digit gets 'c_', a reserved word or a taken name '_col')."""
+    """Input names for the spec: ``input_name``'s, and '_col' after a name another column took."""
 
     def __init__(self, draft: _Draft) -> None:
         self.draft = draft
         self.taken: set[str] = set()
 
     def add(self, column: str) -> str:
-        name = re.sub(r"[^A-Za-z0-9_]", "_", column) or "target"
-        if name[0].isdigit():
-            name = "c_" + name
+        name = input_name(column)
         while name in _NOT_NAMES or name in self.taken:
             name += "_col"
         self.taken.add(name)

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .advise import input_name
 from .errors import LossSpecError
 
 import torch  # loaded with lossdsl already; numpy (and fairlearn, matplotlib, tqdm) inside the functions
@@ -297,6 +298,12 @@ def compare(
             extra[name] = values
     if target_name is not None and target_name not in extra:
         extra[target_name] = y
+    for name in list(extra):  # the names advise gives columns (income-level -> income_level), "target" never twice
+        alias = input_name(name)
+        if alias not in extra:
+            extra[alias] = extra[name]
+    for reserved in ("pred", "target"):  # passed as such: a column named so is that argument already
+        extra.pop(reserved, None)
     metric = _metric_name(metric, task, classes, group_names)
     if holdout is None and not 2 <= folds <= len(y):
         raise DataError(f"folds: expected 2 to {len(y)} (the rows), got {folds}")
@@ -598,7 +605,8 @@ def fit_predict(spec, factory, task, num_classes, x_train, y_train, x_test, inpu
         net = _Affine(net, centre, scale)
     loss_fn.fit(pred=torch.zeros((len(target),) if width is None else (len(target), width)), target=target, **tensors)
     loss_fn.train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    # the loss's own parameters too: uncertainty(...)'s learned weights
+    optimizer = torch.optim.Adam([*net.parameters(), *loss_fn.parameters()], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(epochs):

@@ -157,7 +157,7 @@ class Monitor:
             rows = torch.autograd.grad(stacked, watched, grad_outputs=weights, retain_graph=True,
                                        allow_unused=True, is_grads_batched=True)
             return sum((r.flatten(1).double().square().sum(1) for r in rows if r is not None),
-                       torch.zeros(len(values), dtype=torch.float64))
+                       torch.zeros(len(values), dtype=torch.float64, device=stacked.device))
         except RuntimeError:  # (vmap over an op without a batching rule)
             result = []
             for row in range(len(values)):

@@ -374,3 +374,39 @@ def test_cli_a_spec_reading_the_target_by_its_column_name_trains_as_on_target(da
     scores = [spec["metrics"] for spec in json.loads(out)["specs"]]
     assert scores[0] == scores[1]
     assert set(scores[2]) == set(scores[0])
+
+
+def test_a_target_column_named_target_is_passed_once():
+    x, y = blobs(n=60)
+    columns = {"a": x[:, 0], "b": x[:, 1], "target": y}
+    by_name = lossdsl.compare(["ce()"], columns, "target", folds=2, epochs=1, progress=False)
+    renamed = lossdsl.compare(["ce()"], {"a": x[:, 0], "b": x[:, 1], "y": y}, "y", folds=2, epochs=1, progress=False)
+    assert by_name.to_json() == renamed.to_json()
+
+
+def test_columns_are_also_passed_under_the_names_advise_gives_them():
+    """advise renames income-level to income_level and sex-code to sex_code in the specs it writes."""
+    x, y = blobs(n=60)
+    sex = np.random.default_rng(4).integers(0, 2, 60)
+    columns = {"a": x[:, 0], "b": x[:, 1], "sex-code": sex, "income-level": y}
+    spec = ("inputs:\n    pred: logits[N]\n    income_level: binary[N]\n    sex_code: group[N] of 2\n"
+            "loss = ce(target=income_level) + 0.1 * fairness(dp_gap, group=sex_code, target=income_level)\n")
+    plain = "loss = ce() + 0.1 * fairness(dp_gap, group=g)\n"
+    ours = json.loads(lossdsl.compare([spec], columns, "income-level", groups=["sex-code"], folds=2, epochs=1,
+                                      progress=False).to_json())
+    theirs = json.loads(lossdsl.compare([plain], {"a": x[:, 0], "b": x[:, 1], "income-level": y},
+                                        "income-level", groups={"g": sex}, folds=2, epochs=1,
+                                        progress=False).to_json())
+    assert ours["specs"][0]["metrics"]["accuracy"] == theirs["specs"][0]["metrics"]["accuracy"]
+
+
+def test_the_losss_own_parameters_are_trained_too(monkeypatch):
+    """uncertainty(...)'s learned weights are in compare's optimiser: no 'not in the optimiser' warning."""
+    import warnings
+
+    x, y = blobs(n=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lossdsl.LossSpecWarning)
+        result = lossdsl.compare(["uncertainty(ce(), 0.5 * ce(label_smoothing=0.1))"], x, y, folds=2, epochs=20,
+                                 progress=False)
+    assert result.to_json()

@@ -44,7 +44,8 @@ ClassBalanced = tuple[Literal["class_balanced"], Annotated[float, Field(ge=0, lt
 #: or by the element count (mmpretrain's ``weight_reduce_loss`` with ``avg_factor=None``).
 Normalize = Annotated[Literal["weights", "count"], Field(
     description="mean's denominator with weights: their sum over the elements ('weights', torch's cross-entropy) or "
-    "the number of elements ('count', mmpretrain's mean of w * loss)"
+    "the number of elements ('count', mmpretrain's mean of w * loss); inside group_loss or group_dro a group's "
+    "mean divides by its summed sample weights either way"
 )]
 
 
@@ -505,7 +506,8 @@ class BCEParams(TermParams):
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="targets become y * (1 - e) + e / 2")
     normalize: Literal["weights", "count"] | None = Field(
         None, description="mean's denominator: unset, the element count weighted by sample weights only (torch's "
-        "weight=); 'weights', the summed label and sample weights (as ce's class weights); 'count', the element count"
+        "weight=); 'weights', the summed label and sample weights (as ce's class weights); 'count', the element count "
+        "(inside group_loss or group_dro a group's mean divides by its summed sample weights either way)"
     )
     reduction: ReductionParam = "mean"
     sample_weight: SampleWeight = None
