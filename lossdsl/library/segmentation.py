@@ -343,12 +343,15 @@ class Dice(_Overlap):
         self.squared = params.squared
 
     def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        intersection, total = self.intersection_and_total(prob, mask)
+        return self.one_minus_ratio(2 * intersection, total)
+
+    def intersection_and_total(self, prob: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``I = sum(p * g)`` and ``|P| + |G|`` (of squares with ``squared``, MONAI's ``squared_pred``)."""
         intersection = self.pixel_sum(prob * mask)
         if self.squared:
-            denominator = self.pixel_sum(prob.square()) + self.pixel_sum(mask.square())
-        else:
-            denominator = self.pixel_sum(prob) + self.pixel_sum(mask)
-        return self.one_minus_ratio(2 * intersection, denominator)
+            return intersection, self.pixel_sum(prob.square()) + self.pixel_sum(mask.square())
+        return intersection, self.pixel_sum(prob) + self.pixel_sum(mask)
 
 
 def _tversky_cases(s: parity.Sizes) -> list[parity.Case]:
@@ -403,22 +406,14 @@ def _jaccard_cases(s: parity.Sizes) -> list[parity.Case]:
     shapes=_overlap_layouts,
     cases=_jaccard_cases,
 )
-class Jaccard(_Overlap):
+class Jaccard(Dice):
     """MONAI's ``DiceLoss(jaccard=True)`` formula, smoothing included: ``1 - (2 I + s) / (2 (|P| + |G|
     - I) + s)``, which for ``s = 0`` is ``1 - I / (|P| + |G| - I)``, one minus the soft IoU (smp's
     ``JaccardLoss`` adds its smoothing to ``I`` and the union instead: the same loss at ``s = 0``).
     ``squared`` squares predictions and targets in ``|P|`` and ``|G|``, as MONAI's ``squared_pred``."""
 
-    def __init__(self, params: DiceParams):
-        super().__init__(params)
-        self.squared = params.squared
-
     def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        intersection = self.pixel_sum(prob * mask)
-        if self.squared:
-            total = self.pixel_sum(prob.square()) + self.pixel_sum(mask.square())
-        else:
-            total = self.pixel_sum(prob) + self.pixel_sum(mask)
+        intersection, total = self.intersection_and_total(prob, mask)
         return self.one_minus_ratio(2 * intersection, 2 * (total - intersection))
 
 
