@@ -12,7 +12,7 @@ parameters and called with the input tensors in the order of
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
@@ -361,6 +361,32 @@ class Term(nn.Module):
         if not self.has_sample_losses():
             raise TypeError(f"{type(self).__name__} is computed over the whole batch: it has no per-sample parts")
         return self(*inputs, parts=True)
+
+    def specialise(self, *inputs: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """The forward for inputs like these: the same dtypes, dimensions and devices, in the module's
+        current training mode (the input signature). ``LossModule`` calls it once per signature, in
+        eager mode only, with that call's tensors, and then calls what it returns instead of ``forward``.
+
+        A term may check here, once, whatever depends only on the signature (raising as ``forward``
+        would), and return a function of the same inputs that skips those checks and the ops these
+        inputs make unneeded (no ignore_index mask for 0/1 targets, ...). It must give what ``forward``
+        gives, values, gradients and state updates, for every input of that signature; checks on sizes
+        stay in it. The default is ``forward`` itself (which skips ``nn.Module.__call__``'s hooks: a
+        term's own hooks are not a supported extension point).
+        """
+        return self.forward
+
+    def fusion_key(self) -> Hashable | None:
+        """Terms of one spec with equal keys (not None), of one class, reading the same inputs, are
+        computed by one call of ``type(self).fuse(terms)``: work they share (one ``index_add`` over
+        the groups for several fairness statistics) is done once. None (the default): computed alone."""
+        return None
+
+    @classmethod
+    def fuse(cls, terms: Sequence[Term]) -> Callable[..., tuple[torch.Tensor, ...]]:
+        """For terms with one ``fusion_key``: a function of their (shared) inputs giving what each
+        term's ``forward`` gives, in order, values, gradients and state updates alike."""
+        raise NotImplementedError(f"{cls.__name__} gives no fusion_key")
 
     def bind_context(self, where: str, input_names: tuple[str, ...]) -> None:
         """``where`` reads like "ce() at specs/a.loss:3:12"; ``input_names`` follow the forward's order."""
