@@ -15,7 +15,7 @@ from torch import nn
 
 import warnings
 
-from . import ast, duals, folding, kinds, pickling
+from . import ast, codegen, duals, folding, kinds, pickling
 from .binding import BoundPlan, bind
 from .errors import Diagnostic, LossSpecError, LossSpecWarning, did_you_mean
 from .formatting import format_expr
@@ -68,6 +68,10 @@ class LossModule(nn.Module):
     #: (LossSpecWarning, once) when they do not: they are missing from the optimiser. One host
     #: synchronisation, once, after ``weightings.CHECK_AFTER_BACKWARDS`` backward passes.
     watch_learned_weights: bool = True
+
+    #: Whether modules are built with the straight-line forward generated from their plan
+    #: (``lossdsl.codegen``); ``LossModule.forward`` is the reference path it is tested against.
+    straight_line: bool = True
 
     def __init__(self, plan: Plan | BoundPlan, params: Mapping[str, float] | None = None):
         """Build the module of a bound plan (``build``), or of a plan and its params' values (bound here)."""
@@ -146,6 +150,11 @@ class LossModule(nn.Module):
             for name in dict.fromkeys(term.inputs):
                 readers[name].append(term.where)
         self._readers = {name: ", ".join(where) for name, where in readers.items()}
+        #: Per input signature (training mode; each input's dtype, dims, device): each term's
+        #: specialised forward (``Term.specialise``), made at the signature's first eager call.
+        self._specialised: dict[tuple, tuple[Callable[..., torch.Tensor], ...]] = {}
+        if self.straight_line:  # an instance attribute: this module's own code object (see codegen)
+            self.forward = codegen.generate(self, resolve)
 
     def forward(self, pred: torch.Tensor | None = None, target: torch.Tensor | None = None, **inputs: torch.Tensor):
         if pred is not None:
@@ -185,15 +194,7 @@ class LossModule(nn.Module):
         # a list slot (Module.__setattr__ is slow); the step only learned weights need is any tensor
         self._last[0] = (*last, total if step is None else step) if self._weights else last
         if self._scheduled and self.training:
-            if not _is_compiling() and torch.is_inference_mode_enabled():
-                # no backward to come, and a new tensor made here would be an inference tensor
-                if self._weights:  # the step kept for last_terms is this one, which += changes
-                    self._last[0] = (*last, step.clone())
-                self.step_count += 1
-            else:
-                # A new tensor, not += 1: under torch.compile the backward recomputes the schedules from
-                # the counter, and read the advanced one (warmup(3) at step 0 passed 1/3 of the gradient).
-                self.step_count = self.step_count + 1
+            self._advance_step()
         return total
 
     def _constrain(
@@ -282,10 +283,64 @@ class LossModule(nn.Module):
                 )
             tensors.append(tensor)
         if self._declared:
-            sizes: dict[str, tuple[int, str]] = {}  # symbolic dimension -> (size, the input that set it)
-            for i, declaration in self._declared:
-                declaration.check(tensors[i], sizes)
+            self._check_declared(tensors)
         return tensors
+
+    # -- what the straight-line forward calls (lossdsl.codegen) --
+
+    def _bad_input(self, position: int, pred: object, target: object, given: dict[str, object]) -> typing.NoReturn:
+        """Input ``position`` is missing or no tensor: the reference path's errors (E401, E402)."""
+        given = dict(given)
+        if pred is not None:
+            given["pred"] = pred
+        if target is not None:
+            given["target"] = target
+        self._gather(given)
+        raise AssertionError("unreachable: _gather accepted an input the forward refused")
+
+    def _check_declared(self, tensors: Sequence[torch.Tensor]) -> None:
+        sizes: dict[str, tuple[int, str]] = {}  # symbolic dimension -> (size, the input that set it)
+        for i, declaration in self._declared:
+            declaration.check(tensors[i], sizes)
+
+    def _specialise(self, key: tuple, tensors: tuple[torch.Tensor, ...]) -> tuple[Callable[..., torch.Tensor], ...]:
+        """Each unfused term's forward for this signature (``Term.specialise``), kept for the next calls."""
+        if len(self._specialised) >= codegen.MAX_SIGNATURES:
+            self._specialised.clear()
+        fused = {index for group in codegen._fusion_groups(self)[0] for index in group}
+        functions = []
+        for index, (term, positions) in enumerate(zip(self.terms, self._term_inputs)):
+            if index in fused:
+                continue
+            arguments = [tensors[i] for i in positions]
+            try:
+                functions.append(term.specialise(*arguments))
+            except (IndexError, RuntimeError) as exc:
+                if isinstance(exc, _NOT_INPUT_ERRORS):
+                    raise
+                raise self._torch_error(index, arguments, exc) from None
+        self._specialised[key] = functions = tuple(functions)
+        return functions
+
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - nn.Module's
+        self._specialised.clear()  # .to(), .half(), ...: a specialised forward may hold a buffer's old form
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - nn.Module's
+        self._specialised.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _advance_step(self) -> None:
+        """After a training-mode call of a spec with schedules: the step counter moves on."""
+        if not _is_compiling() and torch.is_inference_mode_enabled():
+            # no backward to come, and a new tensor made here would be an inference tensor
+            if self._weights:  # the step kept for last_terms is this one, which += changes
+                self._last[0] = (*self._last[0][:-1], self.step_count.clone())
+            self.step_count += 1
+        else:
+            # A new tensor, not += 1: under torch.compile the backward recomputes the schedules from
+            # the counter, and read the advanced one (warmup(3) at step 0 passed 1/3 of the gradient).
+            self.step_count = self.step_count + 1
 
     def _call_term(self, index: int, term: Callable[..., torch.Tensor], arguments: list[torch.Tensor], step: torch.Tensor | None,
                    *extra: torch.Tensor) -> torch.Tensor:
@@ -575,6 +630,13 @@ class _Resolver:
         self.weightings: list[Weighting] = []  # uncertainty(...), dwa(...): one module each
         self.weights: dict[int, Combine] = {}  # the weights that move (schedules), for ``silencers``
         self.moving: list[tuple[ObjectiveExpr, Combine]] = []  # (the loss, its moving weight), for last_terms
+        # What the straight-line forward (``lossdsl.codegen``) reads, by node id: each node's closure,
+        # the numbers folded, the number arithmetic that is not folded, and each Number * Loss's
+        # (number first?, the number when fixed).
+        self.closures: dict[int, Combine] = {}
+        self.constants: dict[int, float] = {}
+        self.numbers: set[int] = set()
+        self.weighings: dict[int, tuple[bool, float | None]] = {}
 
     def terms_reached(self, plan: Plan) -> tuple[set[int], set[int]]:
         """The terms the objective reaches and those the constraints reach (through lets too)."""
@@ -598,6 +660,11 @@ class _Resolver:
         return found
 
     def __call__(self, expr: ObjectiveExpr) -> Combine:
+        combine = self._resolve(expr)
+        self.closures[id(expr)] = combine
+        return combine
+
+    def _resolve(self, expr: ObjectiveExpr) -> Combine:
         if isinstance(expr, TermValue):
             i = self.term_index[id(expr.term)]
             return lambda terms, lets, step: terms[i]
@@ -618,6 +685,7 @@ class _Resolver:
             return lambda terms, lets, step: weighting([operand(terms, lets, step) for operand in operands])
         value = self.constant(expr)
         if value is not None:
+            self.constants[id(expr)] = value
             return lambda terms, lets, step: value
         if isinstance(expr, Negate):
             operand = self(expr.operand)
@@ -626,6 +694,8 @@ class _Resolver:
         is_number = folding.is_number(expr, self.params, self.intervals)  # (bind checked divisors and sizes)
         op = ARITHMETIC[expr.op].function
         left, right = self(expr.left), self(expr.right)
+        if is_number:
+            self.numbers.add(id(expr))
         if expr.op == "*" and not is_number:
             return self._weigh(expr, left, right)
         return lambda terms, lets, step: op(left(terms, lets, step), right(terms, lets, step))
@@ -636,6 +706,7 @@ class _Resolver:
         number_first = folding.is_number(expr.left, self.params, self.intervals)
         number, loss = (left, right) if number_first else (right, left)
         fixed = self.constant(expr.left if number_first else expr.right)
+        self.weighings[id(expr)] = (number_first, fixed)
         if fixed == 0:  # a literal or a param of 0: still in the graph, so gradients are 0 (as 0 * loss), not None
             return lambda terms, lets, step: _zero_keeping_graph(loss(terms, lets, step))
         if fixed is not None:

@@ -109,6 +109,7 @@ from lossdsl.synthetic import synthetic_inputs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fuzz_specs import spec_text  # noqa: E402
+from test_straight_line import assert_same_behaviour  # noqa: E402
 
 #: Specs per run of the suite (a few seconds); ``python tests/fuzz_specs.py 20000`` runs more.
 SUITE_SPECS = int(os.environ.get("LOSSDSL_FUZZ_SPECS", "250"))
@@ -158,9 +159,9 @@ def _format_round_trips(text: str) -> str | None:
 
 
 def run_properties(count: int, seed: int, stop_at_first: bool = True) -> tuple[dict[str, int], list[Failure]]:
-    """Generate ``count`` specs from ``seed`` and check the three properties on each."""
+    """Generate ``count`` specs from ``seed`` and check the four properties on each."""
     rng = random.Random(seed)
-    summary = {"specs": 0, "parsed": 0, "compiled": 0, "called": 0, "did not fit": 0}
+    summary = {"specs": 0, "parsed": 0, "compiled": 0, "called": 0, "did not fit": 0, "as the reference": 0}
     failures: list[Failure] = []
     for _ in range(count):
         text = spec_text(rng)
@@ -197,6 +198,13 @@ def run_properties(count: int, seed: int, stop_at_first: bool = True) -> tuple[d
                 problem = "the call raised " + traceback.format_exc(limit=-3)
             if problem:
                 failures.append(Failure("finite call", problem, text))
+            try:  # (d) the straight-line forward behaves as the reference path
+                assert_same_behaviour(text, calls=2)
+                summary["as the reference"] += 1
+            except lossdsl.LossSpecError:
+                pass
+            except Exception:  # noqa: BLE001
+                failures.append(Failure("straight-line forward", traceback.format_exc(limit=-3), text))
         if failures and stop_at_first:
             break
     return summary, failures
@@ -205,7 +213,8 @@ def run_properties(count: int, seed: int, stop_at_first: bool = True) -> tuple[d
 def test_generated_specs_compile_or_diagnose_call_finite_and_format_round_trip():
     """A seeded corpus of generated specs: (a) compile succeeds or raises LossSpecError, never
     another exception; (b) each compiled spec, called on synthetic inputs that fit it, is finite with
-    finite gradients; (c) format and lossdsl fmt keep the spec and are idempotent."""
+    finite gradients; (c) format and lossdsl fmt keep the spec and are idempotent; (d) its straight-line
+    forward (lossdsl.codegen) gives the reference path's values, gradients, last_terms and state."""
     summary, failures = run_properties(SUITE_SPECS, SUITE_SEED)
     assert not failures, f"{failures[0].property}: {failures[0].problem}\n--- spec:\n{failures[0].text}"
     # the corpus reaches every stage: most specs parse, many compile and are called
