@@ -209,7 +209,7 @@ def advise(target: Any, features: Any = None, task: str | None = None, groups: A
     weight_name, weight_values = _weight_array(weight, rows)
     group_columns = _group_arrays(groups, rows)
 
-    task, why = infer_task(target_values, task, target_name)
+    task, why = infer_task(target_values, task, target_name, list(map(str, target)) if several else None)
     stats["task"] = task
     draft.header.append(draft.reason("task", task, why))
     _check_metric(metric_name, task)
@@ -399,9 +399,11 @@ def _check_metric(metric: str | None, task: str) -> None:
 # -- rule 1: the task ---------------------------------------------------------------------------------
 
 
-def infer_task(values: Any, task: str | None = None, name: str = "") -> tuple[str, str]:
+def infer_task(values: Any, task: str | None = None, name: str = "",
+               columns: Any = None) -> tuple[str, str]:
     """The task and the reason, AutoGluon's rule (docs/choosing.md); ``task`` overrides it after a
-    check that the data can serve it."""
+    check that the data can serve it. ``columns``: the names of a 2-D target's columns, for the
+    message about one that is not 0/1 (``lossdsl compare`` infers multi-label here too)."""
     import numpy as np
 
     label = f"target '{name}'" if name else "the target"
@@ -421,8 +423,13 @@ def infer_task(values: Any, task: str | None = None, name: str = "") -> tuple[st
         if task not in (None, "multilabel"):
             raise DataError(f"{label} has {values.shape[1]} columns: several 0/1 columns are a multilabel task")
         numbers = _numeric(values, name, "multilabel")
-        if not np.isin(numbers, (0, 1)).all():
-            raise DataError(f"{label} has {values.shape[1]} columns but not all of them hold 0/1: "
+        binary = np.isin(numbers, (0, 1))
+        if not binary.all():
+            bad = int(np.flatnonzero(~binary.all(axis=0))[0])
+            which = (f"target column '{columns[bad]}'" if columns is not None and len(columns) == values.shape[1]
+                     else f"column {bad} of {label}")
+            example = numbers[:, bad][~binary[:, bad]][0]
+            raise DataError(f"{label} has {values.shape[1]} columns but {which} holds {_show(example)}, not 0/1: "
                             "several target columns are read as multi-label")
         return "multilabel", f"{values.shape[1]} target columns, every value 0 or 1"
     if values.ndim == 2:

@@ -83,14 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare = commands.add_parser("compare", help="train candidate specs on your data and score them by a metric")
     compare.add_argument("specs", nargs="+", metavar="SPEC", help=".loss files, or spec text such as 'ce()'")
     compare.add_argument("--data", required=True, metavar="DATA", help="a .csv file (.parquet, .npz where installed)")
-    compare.add_argument("--target", required=True, metavar="COL", help="the column to predict")
-    compare.add_argument("--task", choices=("binary", "multiclass", "regression"), default=None,
+    compare.add_argument("--target", action="append", required=True, metavar="COL",
+                         help="the column to predict (repeat, or COL1,COL2, for several 0/1 columns: multi-label)")
+    compare.add_argument("--task", choices=("binary", "multiclass", "multilabel", "regression"), default=None,
                          help="default: inferred from the target")
     compare.add_argument("--model", default="linear", metavar="linear|mlp|python:MODULE:FACTORY",
                          help="linear (default), mlp (one hidden layer of 64), or your factory f(n_features, n_outputs)")
     compare.add_argument("--metric", default=None, metavar="NAME",
                          help="the metric that decides: accuracy, f1, recall, balanced_accuracy, macro_f1, "
-                              "recall[CLASS], dp_gap, eo_gap; mae, rmse, pinball@Q")
+                              "recall[CLASS], dp_gap, eo_gap; mae, rmse, pinball@Q; multi-label: f1 (macro), "
+                              "micro_f1, samples_f1, subset_accuracy, hamming_loss, f1[LABEL], recall[LABEL]")
     compare.add_argument("--folds", type=_positive_int, default=3, metavar="K", help="cross-validation folds (default 3)")
     compare.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
                          help="one held-out fraction instead of folds")
@@ -311,10 +313,7 @@ def _advise(args: argparse.Namespace) -> int:
     from .advise import advise
     from .datafiles import DataError, read_table, select_columns
 
-    def names(values: Sequence[str]) -> list[str]:
-        return [name.strip() for value in values for name in value.split(",") if name.strip()]
-
-    targets, group_names = names(args.target), names(args.group)
+    targets, group_names = _column_names(args.target), _column_names(args.group)
     try:
         table = read_table(args.data)
         if not targets:
@@ -322,7 +321,7 @@ def _advise(args: argparse.Namespace) -> int:
                 raise DataError(f"{args.data}: name the target column with --target "
                                 f"(columns: {', '.join(list(table)[:20])})")
             targets = list(table)
-        chosen = names([args.features]) if args.features else None
+        chosen = _column_names([args.features]) if args.features else None
         named = [*targets, *group_names, *([args.weight] if args.weight else []), *(chosen or [])]
         select_columns(table, named, args.data)  # a missing column: one line naming the file and the columns
         rows = table[targets[0]].shape[0]
@@ -359,11 +358,16 @@ def _compare(args: argparse.Namespace) -> int:
     line on stderr, or the spec's diagnostic; no traceback."""
     from .compare import DataError, compare, load_factory, read_table
 
+    targets = _column_names(args.target)  # several (repeated, or COL1,COL2): multi-label, as advise reads them
+    if not targets:
+        print("lossdsl compare: --target: no column named", file=sys.stderr)
+        return EXIT_USAGE
+    target = targets[0] if len(targets) == 1 else targets
     try:
         table = read_table(args.data)
         model = load_factory(args.model) if args.model not in ("linear", "mlp") else args.model
-        inputs = _compare_inputs(args.specs, table, args.target, args.group)
-        result = compare(args.specs, table, args.target, task=args.task, model=model, metric=args.metric,
+        inputs = _compare_inputs(args.specs, table, targets, args.group)
+        result = compare(args.specs, table, target, task=args.task, model=model, metric=args.metric,
                          folds=args.folds, holdout=args.holdout, seed=args.seed, groups=args.group or None,
                          inputs=inputs, epochs=args.epochs, progress=not args.quiet)
     except DataError as exc:
@@ -388,14 +392,20 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _compare_inputs(specs: Sequence[str], table: dict, target: str, groups: Sequence[str]) -> dict[str, str]:
+def _column_names(values: Sequence[str]) -> list[str]:
+    """Repeated options and comma-separated lists, as one list of column names."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def _compare_inputs(specs: Sequence[str], table: dict, targets: Sequence[str],
+                    groups: Sequence[str]) -> dict[str, str]:
     """The columns the specs read besides pred, target and the groups (a sample_weight=w): inputs, not features."""
     from .compare import _compiled, _load
 
     names: dict[str, str] = {}
     for spec in specs:
         for name in _compiled(_load(spec)).inputs:
-            if name not in ("pred", "target", *groups) and name in table and name != target:
+            if name not in ("pred", "target", *groups, *targets) and name in table:
                 names[name] = name
     return names
 

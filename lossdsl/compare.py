@@ -13,11 +13,16 @@ metric. The defaults, documented in docs/choosing.md ("Comparing"):
   unit scale;
 - Adam (``lr=3e-3``), batches of 256, and as many epochs as make 1,000 optimiser steps (at
   least 5) unless ``epochs`` is given;
-- 3-fold cross-validation, stratified by class for classification, or one ``holdout`` fraction;
+- 3-fold cross-validation, stratified by class for binary and multiclass targets (not for
+  multi-label ones: each row holds several labels), or one ``holdout`` fraction;
 - one torch thread while training (restored after): small models lose more to threads than they gain;
 - deterministic for a ``seed``: the folds come from ``numpy.random.default_rng(seed)``, the
   initial weights from ``torch.manual_seed(seed + fold)``, the batches from a generator seeded
   the same way.
+
+A multi-label target (several 0/1 columns, or an ``[N, C]`` 0/1 array; inferred by advise's
+``infer_task``) gives C logits per row, ``target`` is the ``[N, C]`` float 0/1 matrix, and the
+metrics are scikit-learn's at ``sigmoid(logit) > 0.5``.
 
 Spec inputs are bound by name: ``pred`` is the model's output, ``target`` the target, and every
 other input the spec reads (a ``group=sex``, a ``sample_weight=w``) the data column of that name.
@@ -34,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .advise import input_name
+from .advise import _target_array, infer_task, input_name
 from .errors import LossSpecError
 
 import torch  # loaded with lossdsl already; numpy (and fairlearn, matplotlib, tqdm) inside the functions
@@ -90,10 +95,12 @@ except ImportError:  # pragma: no cover - replaced when datafiles.py is on the b
         return table
 
 
-TASKS = ("binary", "multiclass", "regression")
+TASKS = ("binary", "multiclass", "multilabel", "regression")
 #: Integer targets with at most this many distinct values are classes (AutoGluon's rule, simplified).
 MAX_CLASSES = 20
-DEFAULT_METRIC = {"binary": "accuracy", "multiclass": "accuracy", "regression": "rmse"}
+DEFAULT_METRIC = {"binary": "accuracy", "multiclass": "accuracy", "multilabel": "f1", "regression": "rmse"}
+#: The multi-label metrics (scikit-learn's, at sigmoid(logit) > 0.5), besides f1[LABEL] and recall[LABEL].
+MULTILABEL_METRICS = ("f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
 HIDDEN = 64
 BATCH_SIZE = 256
 LR = 3e-3
@@ -101,7 +108,7 @@ LR = 3e-3
 TARGET_STEPS = 1000
 MIN_EPOCHS = 5
 #: Metrics where lower is better; every other metric is better higher.
-_LOWER_IS_BETTER = ("mae", "rmse", "pinball", "dp_gap", "eo_gap")
+_LOWER_IS_BETTER = ("mae", "rmse", "pinball", "dp_gap", "eo_gap", "hamming_loss")
 
 ModelFactory = Callable[[int, int], Any]
 
@@ -153,22 +160,27 @@ class Comparison:
         direction = "higher" if self.higher_is_better else "lower"
         mean, std = self.summary(self.winner)
         footer = f"winner by {self.metric} ({direction} is better): {self.winner}  {_cell(mean, std)}"
+        notes = [f"note: {note}" for note in self.setup.get("notes", [])]
         if markdown:
             lines = ["| " + " | ".join(c.replace("|", "\\|") for c in header) + " |",
                      "| " + " | ".join(["---"] + ["---:"] * len(labels)) + " |"]
             lines += ["| " + " | ".join(row) + " |" for row in rows]
-            return "\n".join([self.describe(), "", *lines, "", footer.replace(self.winner, f"`{self.winner}`")]) + "\n"
+            return "\n".join([self.describe(), "", *lines, "", footer.replace(self.winner, f"`{self.winner}`"),
+                              *(["", *notes] if notes else [])]) + "\n"
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
                  for r in [header, *rows]]
         legend = [f"  {label} = {spec}" for label, spec in zip(labels, self.specs) if label != spec]
-        return "\n".join([self.describe(), *lines, *(["specs:", *legend] if legend else []), footer]) + "\n"
+        return "\n".join([self.describe(), *lines, *(["specs:", *legend] if legend else []), footer, *notes]) + "\n"
 
     def describe(self) -> str:
         setup = self.setup
-        split = (f"{setup['folds']}-fold cross-validation" + (", stratified" if self.task != "regression" else "")
+        split = (f"{setup['folds']}-fold cross-validation"
+                 + (", stratified" if self.task in ("binary", "multiclass") else "")
                  if setup["holdout"] is None else f"holdout of {setup['holdout']:g}")
-        return (f"{self.task}, {setup['rows']} rows, {setup['features']} features; {split}; model {setup['model']}, "
+        labels = f", {len(setup['labels'])} labels" if setup.get("labels") else ""
+        return (f"{self.task}, {setup['rows']} rows, {setup['features']} features{labels}; {split}; "
+                f"model {setup['model']}, "
                 f"{setup['epochs']} epochs, seed {setup['seed']}; mean ± std over folds")
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,7 +250,8 @@ def compare(
 
     ``features``: an array ``[N, D]`` (numpy or torch), or a mapping of columns (numeric columns as
     they are, text columns one-hot encoded); then ``target``, ``groups`` and ``inputs`` may name
-    its columns, which are then no features. ``groups``: ``{name: codes}`` (or column names): the
+    its columns, which are then no features. ``target``: one value per row, or a multi-label
+    target: an ``[N, C]`` 0/1 array, or a list of several 0/1 columns' names. ``groups``: ``{name: codes}`` (or column names): the
     spec's group inputs, and the fairness gaps reported per group (binary tasks). ``inputs``:
     any other tensor the specs read, by name. Bad data or options raise ``DataError`` (a
     ``ValueError`` with a one-line message); a spec that does not fit the data its
@@ -251,6 +264,13 @@ def compare(
     extra: dict[str, np.ndarray] = {}
     group_names: list[str] = []
     target_name: str | None = None  # a spec may read the target by its column's name (advise writes so)
+    label_names: list[str] | None = None  # multi-label: the target columns, in order
+    named_columns = (isinstance(target, (list, tuple)) and bool(target)
+                     and all(isinstance(name, str) for name in target))
+    if named_columns and len(target) == 1:
+        target = target[0]
+    if named_columns and not isinstance(features, Mapping):
+        raise DataError("target: column names need the features as a mapping of columns")
     if isinstance(features, Mapping):
         columns = {str(k): np.asarray(v) for k, v in features.items()}
         if isinstance(target, str):
@@ -258,6 +278,15 @@ def compare(
             target = _column(columns, target, "target")
             del columns[target[0]]
             target = target[1]
+        elif named_columns:
+            label_names = [str(name) for name in target]
+            twice = next((name for i, name in enumerate(label_names) if name in label_names[:i]), None)
+            if twice is not None:
+                raise DataError(f"target column {twice!r} is named twice")
+            # stacked by advise's reader of several target columns: numeric, one length
+            target = _target_array({name: _column(columns, name, "target")[1] for name in label_names})[1]
+            for name in label_names:
+                del columns[name]
         if groups is not None and not isinstance(groups, Mapping):
             groups = {name: _column(columns, name, "group")[1] for name in groups}
             for name in groups:
@@ -274,13 +303,19 @@ def compare(
         if x.ndim != 2:
             raise DataError(f"features: expected a 2-D array [N, D], got shape {x.shape}")
     y_raw = _array(target, "target")
-    if y_raw.ndim != 1:
-        raise DataError(f"target: expected one value per row, got shape {y_raw.shape}")
+    if y_raw.ndim == 2 and y_raw.shape[1] == 1:
+        y_raw = y_raw[:, 0]
+    if y_raw.ndim not in (1, 2):
+        raise DataError(f"target: expected one value per row, or [N, C] 0/1 labels (multi-label), "
+                        f"got shape {y_raw.shape}")
     if len(y_raw) == 0:
         raise DataError("no rows: the data is empty")
     if len(x) != len(y_raw):
         raise DataError(f"features have {len(x)} rows but the target {len(y_raw)}")
-    task, y, classes = prepare_target(y_raw, task)
+    if y_raw.ndim == 2 or task == "multilabel":
+        task, y, classes = prepare_multilabel(y_raw, task, label_names)
+    else:
+        task, y, classes = prepare_target(y_raw, task)
     if groups is not None:
         if not isinstance(groups, Mapping):
             raise DataError("groups: pass {name: codes} with array features (names only with a mapping of columns)")
@@ -305,13 +340,20 @@ def compare(
     for reserved in ("pred", "target"):  # passed as such: a column named so is that argument already
         extra.pop(reserved, None)
     metric = _metric_name(metric, task, classes, group_names)
+    notes = []
+    if task == "multilabel":
+        multilabel_metrics_module()  # scikit-learn, checked before anything trains
+        if group_names:
+            notes.append("fairness gaps are computed for binary targets only; for multi-label the groups "
+                         "feed the specs' group inputs")
     if holdout is None and not 2 <= folds <= len(y):
         raise DataError(f"folds: expected 2 to {len(y)} (the rows), got {folds}")
     if holdout is not None and not 0 < holdout < 1:
         raise DataError(f"holdout: expected a fraction in (0, 1), got {holdout}")
-    if task != "regression" and holdout is None and np.bincount(y).min() < folds:
+    classification = task in ("binary", "multiclass")
+    if classification and holdout is None and np.bincount(y).min() < folds:
         raise DataError(f"the rarest class has {np.bincount(y).min()} rows, fewer than the {folds} folds")
-    splits = make_splits(y if task != "regression" else None, len(y), folds, holdout, seed)
+    splits = make_splits(y if classification else None, len(y), folds, holdout, seed)
     factory, model_name = _factory(model)
     losses = [_load(spec) for spec in specs]
     if names is not None and len(names) != len(specs):
@@ -347,7 +389,11 @@ def compare(
         outputs.close()
     setup = {"rows": len(y), "features": x.shape[1], "folds": len(splits) if holdout is None else 1,
              "holdout": holdout, "model": model_name, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-             "seed": seed, "classes": [str(c) for c in classes] if task != "regression" else None}
+             "seed": seed, "classes": [str(c) for c in classes] if classification else None}
+    if task == "multilabel":
+        setup["labels"] = [str(c) for c in classes]
+    if notes:
+        setup["notes"] = notes
     return Comparison(labels, task, metric, metric_names, scores, setup)
 
 
@@ -429,6 +475,23 @@ def prepare_target(values: numpy.ndarray, task: str | None) -> tuple[str, numpy.
         raise DataError(f"target: task binary needs two values, found {len(distinct)}")
     classes, codes = np.unique(values, return_inverse=True)
     return task, codes.astype(np.int64), classes
+
+
+def prepare_multilabel(values: numpy.ndarray, task: str | None,
+                       names: Sequence[str] | None = None) -> tuple[str, numpy.ndarray, numpy.ndarray]:
+    """("multilabel", the [N, C] 0/1 matrix as float32, as bce reads it, the label names: the
+    columns' or 0..C-1). Inferred and checked by advise's ``infer_task``, so both commands read
+    several target columns alike (a column that is not 0/1, a one-column target with
+    ``task="multilabel"``: a DataError)."""
+    import numpy as np
+
+    if task is not None and task not in TASKS:
+        raise DataError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
+    task, _ = infer_task(values, task, columns=names)
+    if task != "multilabel":  # pragma: no cover - infer_task refuses other tasks for [N, C] targets
+        raise DataError(f"target: [N, C] labels are a multilabel task, not {task}")
+    labels = list(names) if names is not None else [str(j) for j in range(values.shape[1])]
+    return task, values.astype(np.float32), np.array(labels)
 
 
 def make_splits(labels: numpy.ndarray | None, n: int, folds: int, holdout: float | None,
@@ -546,7 +609,7 @@ def _pred_widths(task: str, num_classes: int, loss_fn) -> list[int | None]:  # n
     """The prediction layouts to try, in order: None is one value per row ([N]), an int a column each."""
     if task == "binary":
         return [None, 2]
-    if task == "multiclass":
+    if task in ("multiclass", "multilabel"):  # a logit per class, or per label
         return [num_classes]
     widths: list[int | None] = [None]
     for term in loss_fn.plan.terms:  # quantile(q=[...]): a column per quantile
@@ -638,6 +701,8 @@ def _metric_name(metric: str | None, task: str, classes: Any, groups: Sequence[s
     if metric is None:
         return DEFAULT_METRIC[task]
     name = metric.strip().lower()
+    if task == "multilabel":
+        return _multilabel_metric_name(metric, name, classes)
     classification = ("accuracy", "balanced_accuracy", "macro_f1", "f1", "recall")
     regression = ("mae", "rmse")
     if task != "regression":
@@ -667,13 +732,64 @@ def _metric_name(metric: str | None, task: str, classes: Any, groups: Sequence[s
     raise DataError(f"metric {metric!r} does not fit a {task} task; known: {known}")
 
 
+def _multilabel_metric_name(metric: str, name: str, labels: Any) -> str:
+    if name == "macro_f1":  # what multiclass calls it: the same macro mean over labels
+        return "f1"
+    if name in MULTILABEL_METRICS:
+        return name
+    for prefix in ("f1[", "recall["):
+        if name.startswith(prefix) and name.endswith("]"):
+            wanted = name[len(prefix):-1]
+            match = next((str(label) for label in labels if str(label).lower() == wanted), None)
+            if match is None:
+                raise DataError(f"metric {metric!r}: no label {wanted!r} (labels: {', '.join(map(str, labels))})")
+            return f"{prefix}{match}]"
+    if name.startswith(("dp_gap", "eo_gap")):
+        raise DataError(f"metric {metric!r}: fairness gaps are computed for binary targets only, not multi-label")
+    known = ", ".join((*MULTILABEL_METRICS, "f1[LABEL]", "recall[LABEL]"))
+    raise DataError(f"metric {metric!r} does not fit a multilabel task; known: {known}")
+
+
+def multilabel_metrics_module():  # noqa: ANN201
+    """sklearn.metrics, or a DataError saying how to install it (the multi-label metrics are its own)."""
+    try:
+        from sklearn import metrics
+    except ImportError:
+        raise DataError("multi-label metrics need scikit-learn: pip install scikit-learn") from None
+    return metrics
+
+
+def multilabel_scores(y_true: Any, logits: Any, labels: Any) -> dict[str, float]:
+    """scikit-learn's multi-label metrics of the predictions at sigmoid(logit) > 0.5 (that is, logit > 0,
+    exactly and without overflow); an F1 or recall with no positives to divide by is 0 (``zero_division=0``)."""
+    import numpy as np
+
+    metrics = multilabel_metrics_module()
+    truth = np.asarray(y_true).astype(np.int64)
+    hard = (np.asarray(logits) > 0).astype(np.int64)
+    values = {
+        "f1": float(metrics.f1_score(truth, hard, average="macro", zero_division=0)),
+        "micro_f1": float(metrics.f1_score(truth, hard, average="micro", zero_division=0)),
+        "samples_f1": float(metrics.f1_score(truth, hard, average="samples", zero_division=0)),
+        "subset_accuracy": float(metrics.accuracy_score(truth, hard)),
+        "hamming_loss": float(metrics.hamming_loss(truth, hard)),
+    }
+    per_label_f1 = metrics.f1_score(truth, hard, average=None, zero_division=0)
+    per_label_recall = metrics.recall_score(truth, hard, average=None, zero_division=0)
+    values.update({f"f1[{label}]": float(v) for label, v in zip(labels, per_label_f1)})
+    values.update({f"recall[{label}]": float(v) for label, v in zip(labels, per_label_recall)})
+    return values
+
+
 def score(task: str, metric: str, classes: Any, y_true: Any, predicted: _Predictions,
           groups: Mapping[str, Any]) -> dict[str, float]:
     """Every metric of one fold, the named one first."""
     import numpy as np
 
     values: dict[str, float] = {}
-    if task == "regression":
+    if task == "multilabel":  # fairness gaps: binary only (the table says so when groups were given)
+        values = multilabel_scores(y_true, predicted.values, classes)
+    elif task == "regression":
         out = predicted.values
         levels = predicted.levels
 
@@ -717,8 +833,9 @@ def score(task: str, metric: str, classes: Any, y_true: Any, predicted: _Predict
             values.update(fairness_gaps(y_true, labels, groups))
     if metric not in values:
         raise DataError(f"metric {metric!r}: not computed for this task")
+    # multiclass: f1 and recall are macro_f1 and balanced_accuracy again, so not listed twice
     return {metric: values.pop(metric), **{k: v for k, v in values.items() if k not in ("f1", "recall")
-                                            or task == "binary"}}
+                                            or task != "multiclass"}}
 
 
 def pinball(y_true: Any, predicted: Any, q: float) -> float:

@@ -105,6 +105,15 @@ def test_real_values_are_regression_and_several_01_columns_multilabel():
     assert_valid(advice.spec)
 
 
+def test_a_target_column_that_is_not_01_is_named():
+    """advise and compare share infer_task: the message names the first column that is not 0/1 and a value."""
+    labels = np.array([[0, 1, 0], [1, 0, 3], [1, 1, 0]])
+    with pytest.raises(DataError, match=r"target column 'c' holds 3, not 0/1"):
+        advise(target={"a": labels[:, 0], "b": labels[:, 1], "c": labels[:, 2]})
+    with pytest.raises(DataError, match=r"column 2 of the target holds 3, not 0/1"):
+        infer_task(labels)
+
+
 def test_task_override_and_its_checks():
     labels = np.arange(3000) % 5
     assert advise(target=labels, task="regression").task == "regression"

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -410,3 +411,196 @@ def test_the_losss_own_parameters_are_trained_too(monkeypatch):
         result = lossdsl.compare(["uncertainty(ce(), 0.5 * ce(label_smoothing=0.1))"], x, y, folds=2, epochs=20,
                                  progress=False)
     assert result.to_json()
+
+
+# ------------------------------------------------------------------------------------------ multi-label
+
+
+def multilabel_data(n=240, seed=0, labels=4):
+    """sklearn's make_multilabel_classification, seeded: labels of unequal frequencies."""
+    from sklearn.datasets import make_multilabel_classification
+
+    x, y = make_multilabel_classification(n_samples=n, n_features=6, n_classes=labels, n_labels=1,
+                                          random_state=seed)
+    return x.astype(np.float64), y.astype(np.int64)
+
+
+def sklearn_multilabel(y, hard, labels):
+    """The expected multi-label metrics, from scikit-learn directly (zero_division=0, as compare documents)."""
+    f1 = sklearn_metrics.f1_score
+    expected = {"f1": f1(y, hard, average="macro", zero_division=0),
+                "micro_f1": f1(y, hard, average="micro", zero_division=0),
+                "samples_f1": f1(y, hard, average="samples", zero_division=0),
+                "subset_accuracy": sklearn_metrics.accuracy_score(y, hard),
+                "hamming_loss": sklearn_metrics.hamming_loss(y, hard)}
+    for label, value in zip(labels, f1(y, hard, average=None, zero_division=0)):
+        expected[f"f1[{label}]"] = value
+    for label, value in zip(labels, sklearn_metrics.recall_score(y, hard, average=None, zero_division=0)):
+        expected[f"recall[{label}]"] = value
+    return expected
+
+
+def test_multilabel_metrics_by_hand():
+    """Two labels, three rows; predictions at sigmoid(logit) > 0.5. Label a: 1 hit, 1 miss, no false
+    alarm (precision 1, recall 1/2, F1 2/3); label b: 1 hit, 1 miss, 1 false alarm (1/2, 1/2, 1/2).
+    Micro: 2 hits, 1 false alarm, 2 misses: F1 = 2*2 / (2*2 + 1 + 2) = 4/7. Rows (true -> predicted):
+    {a} -> {a} F1 1; {a, b} -> {b} F1 2/3; {b} -> {} F1 0; {} -> {b} F1 0 (zero_division=0)."""
+    y = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
+    logits = np.array([[2.0, -1.0], [-0.5, 3.0], [-2.0, -0.1], [-1.0, 0.2]])
+    values = score("multilabel", "f1", np.array(["a", "b"]), y, _Predictions(logits), {})
+    assert values["f1[a]"] == pytest.approx(2 / 3) and values["recall[a]"] == pytest.approx(1 / 2)
+    assert values["f1[b]"] == pytest.approx(1 / 2) and values["recall[b]"] == pytest.approx(1 / 2)
+    assert values["f1"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert values["micro_f1"] == pytest.approx(4 / 7)
+    assert values["samples_f1"] == pytest.approx((1 + 2 / 3 + 0 + 0) / 4)
+    assert values["subset_accuracy"] == pytest.approx(1 / 4)  # only the first row is right in every label
+    assert values["hamming_loss"] == pytest.approx(3 / 8)  # 3 wrong cells of 8
+    assert list(values)[0] == "f1"
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 5), st.integers(3, 50))
+def test_multilabel_metrics_equal_sklearn_at_sigmoid_one_half(seed, labels, n):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, (n, labels))
+    logits = rng.normal(size=(n, labels)) * 3
+    names = np.array([f"l{j}" for j in range(labels)])
+    hard = (1 / (1 + np.exp(-logits)) > 0.5).astype(int)
+    values = score("multilabel", "hamming_loss", names, y, _Predictions(logits), {})
+    expected = sklearn_multilabel(y, hard, names)
+    assert set(values) == set(expected) and list(values)[0] == "hamming_loss"
+    for name, value in expected.items():
+        assert values[name] == pytest.approx(value), name
+
+
+def test_advised_multilabel_spec_is_scored_with_sklearns_metrics_on_its_predictions(monkeypatch):
+    """advise's bce(pos_weight=...) against bce(): C logits per row, the [N, C] float 0/1 target, and
+    every fold's metrics equal to scikit-learn's on that fold's predictions."""
+    import lossdsl.compare as compare_module
+
+    x, y = multilabel_data()
+    advice = lossdsl.advise(target=y)
+    assert advice.task == "multilabel" and "bce(pos_weight=[" in advice.spec
+    seen = []
+    original = compare_module.score
+
+    def recording(task, metric, classes, y_true, predicted, groups):
+        seen.append((y_true.copy(), predicted.values.copy()))
+        return original(task, metric, classes, y_true, predicted, groups)
+
+    monkeypatch.setattr(compare_module, "score", recording)
+    result = lossdsl.compare([advice.spec, "bce()"], x, y, names=["advise", "bce()"], folds=2, epochs=3,
+                             progress=False)
+    assert result.task == "multilabel" and result.metric == "f1" and result.higher_is_better
+    assert result.setup["labels"] == ["0", "1", "2", "3"] and result.setup["classes"] is None
+    assert result.metrics[:5] == ["f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss"]
+    assert len(seen) == 4  # two specs, two folds: fold 0 (advise, bce), fold 1 (advise, bce)
+    for call, (y_true, logits) in enumerate(seen):
+        assert logits.shape == (len(y_true), 4) and y_true.dtype == np.float32
+        expected = sklearn_multilabel(y_true.astype(int), (logits > 0).astype(int), result.setup["labels"])
+        label, fold = ["advise", "bce()"][call % 2], call // 2
+        for name, value in expected.items():
+            assert result.scores[label][name][fold] == pytest.approx(value), name
+    # the folds are not stratified: the rows shuffled once and dealt in turn, as for regression
+    held = [test for _, test in make_splits(None, len(y), 2, None, seed=0)]
+    assert [len(rows) for rows in held] == [len(seen[0][0]), len(seen[2][0])]
+    assert "stratified" not in result.describe() and "4 labels" in result.describe()
+
+
+def test_multilabel_from_named_columns_equals_the_array_form():
+    x, y = multilabel_data(n=120)
+    columns = {**{f"x{j}": x[:, j] for j in range(x.shape[1])}, **{f"tag{j}": y[:, j] for j in range(4)}}
+    named = lossdsl.compare(["bce()"], columns, [f"tag{j}" for j in range(4)], folds=2, epochs=2, progress=False,
+                            metric="recall[TAG2]")
+    plain = lossdsl.compare(["bce()"], x, y, folds=2, epochs=2, progress=False, metric="recall[2]")
+    assert named.metric == "recall[tag2]" and named.setup["labels"] == ["tag0", "tag1", "tag2", "tag3"]
+    assert named.setup["features"] == 6  # the target columns are no features
+    assert named.scores["bce()"]["recall[tag2]"] == plain.scores["bce()"]["recall[2]"]
+    assert named.scores["bce()"]["f1"] == plain.scores["bce()"]["f1"]
+
+
+def test_multilabel_bad_input_is_a_data_error():
+    x, y = multilabel_data(n=60)
+    bad = y.copy()
+    bad[5, 2] = 2
+    with pytest.raises(DataError, match="column 2 of the target holds 2, not 0/1"):
+        lossdsl.compare(["bce()"], x, bad, epochs=1, progress=False)
+    with pytest.raises(DataError, match=r"metric 'accuracy' does not fit a multilabel task; known: f1, micro_f1"):
+        lossdsl.compare(["bce()"], x, y, metric="accuracy", epochs=1, progress=False)
+    with pytest.raises(DataError, match="no label '7'"):
+        lossdsl.compare(["bce()"], x, y, metric="f1[7]", epochs=1, progress=False)
+    with pytest.raises(DataError, match="several 0/1 columns are a multilabel task"):
+        lossdsl.compare(["bce()"], x, y, task="binary", epochs=1, progress=False)
+    with pytest.raises(DataError, match="multilabel needs several 0/1 columns"):
+        lossdsl.compare(["bce()"], x, y[:, 0], task="multilabel", epochs=1, progress=False)
+
+
+@pytest.fixture
+def multilabel_csv(tmp_path):
+    x, y = multilabel_data(n=150)
+    header = ",".join([f"f{j}" for j in range(6)] + ["sex", "tag-a", "tag_b", "tag_c", "tag_d"])
+    sex = np.random.default_rng(5).integers(0, 2, len(y))
+    rows = [[f"{v:.0f}" for v in features] + [s, *labels] for features, s, labels in zip(x, sex, y)]
+    return write_csv(tmp_path / "tags.csv", rows, header=header)
+
+
+def test_cli_advise_then_compare_on_the_same_multilabel_csv(multilabel_csv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a short path: the table labels a column by it
+    advised = Path("advised.loss")
+    targets = ["--target", "tag-a", "--target", "tag_b", "--target", "tag_c,tag_d"]
+    code, _, err = run_cli(capsys, "advise", str(multilabel_csv), *targets, "--features", "f0,f1,f2,f3,f4,f5",
+                           "--group", "sex", "-o", str(advised))
+    assert code == 0, err
+    assert "multihot[N, 4]" in advised.read_text() and "group=sex) <= 0.2" in advised.read_text()
+    code, out, err = run_cli(capsys, "compare", str(advised), "bce()", "--data", str(multilabel_csv), *targets,
+                             "--epochs", "2", "--quiet", "--group", "sex")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("multilabel, 150 rows, 6 features, 4 labels; 3-fold cross-validation; ")
+    assert lines[1].split()[:3] == ["metric", str(advised), "bce()"]
+    assert lines[2].startswith("* f1 ")
+    rows = [line.split()[0] for line in lines[3:-2]]  # the metric rows, then the winner and the note
+    assert rows[:4] == ["micro_f1", "samples_f1", "subset_accuracy", "hamming_loss"]
+    assert rows[4:] == [f"{kind}[{label}]" for kind in ("f1", "recall") for label in ("tag-a", "tag_b", "tag_c", "tag_d")]
+    assert lines[-2].startswith("winner by f1 (higher is better): ")
+    assert lines[-1].startswith("note: fairness gaps are computed for binary targets only")
+    assert "dp_gap" not in out
+
+
+def test_cli_multilabel_hamming_loss_is_lower_is_better_and_seeded(multilabel_csv, capsys):
+    argv = ["compare", "bce()", "bce(pos_weight=[2, 2, 2, 2])", "--data", str(multilabel_csv), "--target",
+            "tag-a,tag_b,tag_c,tag_d", "--metric", "hamming_loss", "--epochs", "2", "--folds", "2", "--quiet",
+            "--format", "json"]
+    first, second, other = (run_cli(capsys, *argv, "--seed", seed) for seed in ("3", "3", "4"))
+    assert first[0] == second[0] == other[0] == 0, first[2]
+    document = json.loads(first[1])
+    assert document["metric"] == "hamming_loss" and document["higher_is_better"] is False
+    assert first[1] == second[1]
+    assert json.loads(other[1])["specs"] != document["specs"]  # other folds and initial weights
+    means = {spec["spec"]: spec["metrics"]["hamming_loss"]["mean"] for spec in document["specs"]}
+    assert document["winner"] == min(means, key=means.get)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--target", "tag-a,tag_b,count"], "target column 'count' holds 2, not 0/1"),
+        (["--target", "tag-a,tag_b", "--metric", "accuracy"],
+         "metric 'accuracy' does not fit a multilabel task; known: f1, micro_f1, samples_f1, subset_accuracy, "
+         "hamming_loss, f1[LABEL], recall[LABEL]"),
+        (["--target", "tag-a,tag_b", "--metric", "dp_gap", "--group", "sex"], "binary targets only"),
+        (["--target", "tag-a", "--target", "tag-a"], "target column 'tag-a' is named twice"),
+        (["--target", "tag-a,nope"], "no target column 'nope'"),
+        (["--target", "tag-a,tag_b", "--task", "regression"], "several 0/1 columns are a multilabel task"),
+    ],
+)
+def test_cli_multilabel_bad_input_exits_2_with_one_line(multilabel_csv, capsys, argv, message):
+    header, *rows = multilabel_csv.read_text(encoding="utf-8").splitlines()
+    # a column of counts 0, 1, 2, 0, ... (the first value that is not 0/1: 2, in the third row)
+    multilabel_csv.write_text("\n".join([header + ",count", *(f"{row},{i % 3}" for i, row in enumerate(rows))]) + "\n",
+                              encoding="utf-8")
+    code, out, err = run_cli(capsys, "compare", "bce()", "--data", str(multilabel_csv), *argv, "--quiet")
+    assert code == 2
+    assert message in err
+    assert err.startswith("lossdsl compare: ") and err.count("\n") == 1
+    assert "Traceback" not in err and out == ""
