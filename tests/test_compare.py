@@ -278,11 +278,13 @@ EXAMPLE = __import__("pathlib").Path(__file__).resolve().parent.parent / "exampl
 
 def test_worked_examples_run_in_quick_mode_and_print_their_tables():
     env = dict(__import__("os").environ, LOSSDSL_EXAMPLE_QUICK="1", OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, str(EXAMPLE), "--only", "digits", "diabetes"], capture_output=True,
-                            text=True, env=env, timeout=300)
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--only", "digits", "diabetes", "multilabel"],
+                            capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "== digits: Digits (ten balanced classes)" in result.stdout
     assert "winner by accuracy (higher is better): " in result.stdout
+    assert "== multilabel: Synthetic multi-label" in result.stdout
+    assert "winner by f1 (higher is better): " in result.stdout and "\nhamming_loss " in result.stdout
     assert "winner by mae (lower is better): " in result.stdout
 
 
@@ -295,6 +297,21 @@ def choosing():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_the_multilabel_example_compares_advise_with_plain_bce(choosing):
+    """Its data has the label frequencies its text quotes, and its markdown measures advise against bce()."""
+    example = next(e for e in choosing.EXAMPLES if e.name == "multilabel")
+    counts = choosing.multilabel()["target"].sum(axis=0)
+    assert counts.tolist() == [1054, 1264, 79, 863, 579]
+    assert "1,054, 1,264, 79, 863 and 579 rows" in example.about
+    assert f"{(2000 - counts.min()) / counts.min():.1f}" in example.about  # the largest ratio, 24.3
+    comparison = Comparison(["bce()", "advise"], "multilabel", "f1", ["f1"],
+                            {"bce()": {"f1": [0.5]}, "advise": {"f1": [0.6]}},
+                            {"rows": 9, "features": 2, "folds": 3, "holdout": None, "model": "linear", "epochs": 1,
+                             "seed": 0, "labels": ["0", "1"]})
+    text = choosing.markdown(example, {"result": comparison, "seconds": 1.0, "advice": "loss = bce()\n"})
+    assert "advise against plain `bce()` on f1: 0.600 against 0.500, at least as good." in text
 
 
 def test_worked_examples_refuse_to_write_quick_numbers_into_the_docs(choosing, monkeypatch, capsys):
