@@ -148,7 +148,7 @@ class TermParams(BaseModel):
     """Base of every term's parameter model."""
 
     # strict: a spec's "0.1" is a string, not a number; ints still pass as floats.
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, strict=True, defer_build=True)
 
     #: Parameters that may be given positionally, in order.
     positional: ClassVar[tuple[str, ...]] = ()

@@ -200,3 +200,46 @@ def test_names_that_need_torch_still_import():
     assert callable(term) and callable(watch) and compile_tensor_expr is tensor_eval.compile_tensor_expr
     assert isinstance(lossdsl.compile("mse()"), LossModule)
     assert lossdsl.registry.REGISTRY is REGISTRY  # a submodule as an attribute, as before
+
+
+# -- the grammar's cache: lark's LALR tables kept between processes ---------------------------------
+
+_PARSE_AND_LOG = """\
+import logging, sys
+import lark
+lark.logger.setLevel(logging.DEBUG)
+import lossdsl
+print(lossdsl.parse("loss = ce() + 0.5 * mse(pred=y, target=z)\\n").objective.value)
+"""
+
+
+def _parse_in_fresh_process(cache_home: Path) -> subprocess.CompletedProcess:
+    env = {**__import__("os").environ, "XDG_CACHE_HOME": str(cache_home)}
+    return subprocess.run([sys.executable, "-c", _PARSE_AND_LOG], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_the_grammar_is_analysed_once_and_cached_privately(tmp_path):
+    first = _parse_in_fresh_process(tmp_path)
+    assert first.returncode == 0, first.stderr
+    cache = next((tmp_path / "lossdsl").glob("grammar-*.lark-cache"))
+    assert "Saving grammar to cache" in first.stderr and "Loading grammar from cache" not in first.stderr
+    assert (tmp_path / "lossdsl").stat().st_mode & 0o777 == 0o700  # only the user writes the pickle
+    second = _parse_in_fresh_process(tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert f"Loading grammar from cache: {cache}" in second.stderr and "Saving" not in second.stderr
+    expected = f"{lossdsl.parse('loss = ce() + 0.5 * mse(pred=y, target=z)').objective.value}\n"
+    assert first.stdout == second.stdout == expected  # the same tree from the cached tables
+
+
+def test_a_broken_or_unusable_cache_costs_only_time(tmp_path):
+    (tmp_path / "lossdsl").mkdir(mode=0o700)
+    (tmp_path / "lossdsl" / f"grammar-py{sys.version_info[0]}{sys.version_info[1]}.lark-cache").write_bytes(b"not a cache\n")
+    broken = _parse_in_fresh_process(tmp_path)
+    assert broken.returncode == 0, broken.stderr
+    expected = f"{lossdsl.parse('loss = ce() + 0.5 * mse(pred=y, target=z)').objective.value}\n"
+    assert broken.stdout == expected  # rebuilt (and rewritten) past the broken file
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("", encoding="utf-8")  # XDG_CACHE_HOME is a file: no cache, still a parser
+    unusable = _parse_in_fresh_process(not_a_folder)
+    assert unusable.returncode == 0, unusable.stderr
+    assert unusable.stdout == broken.stdout and "cache" not in unusable.stderr.lower()
