@@ -294,7 +294,7 @@ class TermDef:
     #: Where the module class lives, ``"package.module:Class"``: ``module`` imports it on first use.
     implementation: str = ""
     #: The module class's flags, which the checks read without importing it (``Term.per_sample``,
-    #: ``Term.sample_losses``); ``@implements`` refuses a class whose flags differ.
+    #: ``Term.sample_losses``, ``batch_dimension``); ``@implements`` refuses a class whose flags differ.
     per_sample: bool = False
     sample_losses: bool = False
     #: The dimension of the first input that counts the samples (``Term.batch_dimension``, 1 for ctc's
@@ -312,7 +312,7 @@ class TermDef:
     def module(self) -> type:
         """The term's ``nn.Module`` class, its implementation imported (with torch) on first use."""
         if self._module is None:
-            path, _, class_name = self.implementation.partition(":")
+            path = self.implementation.partition(":")[0]
             importlib.import_module(path)  # its @implements(name) calls implement
             if self._module is None:
                 raise RuntimeError(f"term '{self.name}' is declared as implemented by {self.implementation}, "

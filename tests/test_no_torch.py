@@ -85,7 +85,7 @@ def test_lossdsl_check_imports_no_torch(tmp_path):
     broken.write_text("loss = ce(weight=balanced) + fairness(fpr_gap, group=sex, hard=maybe)\n", encoding="utf-8")
     result = run_without_torch(f"""\
         import runpy
-        for argv in (["check", {str(spec)!r}], ["check", "--format", "json", {str(broken)!r}],
+        for argv in (["check", "--param", "lam=0.3", {str(spec)!r}], ["check", "--format", "json", {str(broken)!r}],
                      ["fmt", "--check", {str(spec)!r}], ["terms"]):
             sys.argv = ["lossdsl", *argv]
             try:
@@ -136,7 +136,7 @@ def test_every_example_is_checked_without_torch(tmp_path):
         except lossdsl.LossSpecError as error:
             expected[name] = [d.code for d in error.diagnostics]
     assert result["checked"] == expected
-    assert len(expected) == 40
+    assert len(expected) >= 40  # every built-in term, checked in the subprocess too
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
