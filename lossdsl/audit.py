@@ -8,10 +8,12 @@ chunk by chunk on the inputs' device, and the values are read to the host once, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported by audit() itself: ``import lossdsl`` stays free of it
+    import torch
 
-from .runtime import LossModule
+    from .runtime import LossModule
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ def audit(
     mode. Constraints compare their value (built from the terms' audited values) with their bound.
     Nothing in ``loss_fn`` changes (its multipliers, windows and step counter stay as they are).
     """
+    import torch
+
+    from .runtime import LossModule
+
     if not isinstance(loss_fn, LossModule):
         raise TypeError(f"audit() takes a compiled loss (lossdsl.compile(...)), got {type(loss_fn).__name__}")
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:

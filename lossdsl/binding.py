@@ -31,7 +31,7 @@ from .plan import (
     Weighted,
     constraint_overflow,
 )
-from .registry import MAX_LOSS_WEIGHT, TermParams
+from .declarations import MAX_LOSS_WEIGHT, TermParams
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,9 +18,9 @@ import re
 from typing import Any
 
 from . import ast
+from .declarations import REGISTRY
 from .formatting import format as format_spec
 from .formatting import format_expr
-from .registry import REGISTRY
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -259,11 +259,11 @@ class _TermBuilder:
 
 def _kind_of(name: str) -> str | None:
     """What a callable name of the language is, besides a term: None for none."""
-    from .duals import METHODS
-    from .library.group_fairness import GROUP_LOSS_FORMS
-    from .schedules import SCHEDULES
+    from .dual_methods import METHOD_ARGUMENTS as METHODS
+    from .library.params.group_fairness import GROUP_LOSS_FORMS
+    from .schedule_params import SCHEDULE_PARAMS as SCHEDULES
     from .tensor_expr import FUNCTIONS
-    from .weightings import WEIGHTINGS
+    from .weighting_params import WEIGHTING_PARAMS as WEIGHTINGS
 
     if name in SCHEDULES:
         return "the schedule"
@@ -321,11 +321,11 @@ class Builders:
             raise KeyError(name) from None
 
     def __dir__(self) -> list[str]:
-        from .duals import METHODS
-        from .library.group_fairness import GROUP_LOSS_FORMS
-        from .schedules import SCHEDULES
+        from .dual_methods import METHOD_ARGUMENTS as METHODS
+        from .library.params.group_fairness import GROUP_LOSS_FORMS
+        from .schedule_params import SCHEDULE_PARAMS as SCHEDULES
         from .tensor_expr import FUNCTIONS
-        from .weightings import WEIGHTINGS
+        from .weighting_params import WEIGHTING_PARAMS as WEIGHTINGS
 
         return sorted({"input", "chain", "call", "group_loss", "implies", *REGISTRY, *SCHEDULES, *METHODS,
                        *GROUP_LOSS_FORMS, *FUNCTIONS, *WEIGHTINGS})

@@ -26,18 +26,15 @@ register theirs through the entry-point group ``lossdsl.terms``: each entry poin
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import Any
 
 import torch
 from pydantic import Field, create_model
 from torch import nn
 
+from .plugins import ENTRY_POINT_GROUP, load_plugins  # noqa: F401  (re-exported: their home needs no torch)
 from .registry import Input, Term, TermParams, register
-
-ENTRY_POINT_GROUP = "lossdsl.terms"
 
 
 def term(
@@ -119,14 +116,3 @@ class _CustomTerm(Term):
 
             raise LossSpecError(f"{self.where} must return a scalar tensor, got {shape}", code="E404")
         return value
-
-
-def load_plugins() -> None:
-    """Import the packages registered under the ``lossdsl.terms`` entry-point group."""
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            loaded = entry_point.load()
-            if callable(loaded) and not isinstance(loaded, type) and not inspect.ismodule(loaded):
-                loaded()
-        except Exception as exc:  # a broken plug-in must not break lossdsl itself
-            warnings.warn(f"lossdsl: the term plug-in {entry_point.name!r} failed to load: {exc}", stacklevel=2)

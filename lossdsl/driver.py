@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from . import ast
 from .binding import BoundPlan, bind
@@ -24,7 +25,9 @@ from .files import DEFAULT_MAX_BYTES, FileProblem, check_max_bytes, read_text
 from .includes import FileReader, expand_includes
 from .parsing import parse
 from .plan import Plan
-from .runtime import LossModule, build
+
+if TYPE_CHECKING:  # the runtime imports torch: ``compile`` imports it, the checks never do
+    from .runtime import LossModule
 
 #: How many spec texts each cache keeps (parsed specs; plans of specs without includes).
 CACHE_SIZE = 256
@@ -96,6 +99,8 @@ class Driver:
             plan = self.plan(spec, filename, include_root=root, max_bytes=max_bytes)
         else:
             plan = self.check(spec, include_root=root, max_bytes=max_bytes)
+        from .runtime import build
+
         return build(bind(plan, overrides=overrides))
 
     def load(self, path: str | os.PathLike[str], params: Mapping[str, float] | None = None, *,

@@ -7,39 +7,18 @@ strings and reads nothing from the device. ``g`` is the signed excess (positive 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
 from . import ast
-
-#: The largest size of a constraint's multiplier: the learned ones saturate here rather than grow
-#: until ``lam * g`` overflows (a multiplier of 1e6 weighs the constraint a million times the loss:
-#: beyond it, the constraint is infeasible or its scale is wrong).
-MULTIPLIER_CAP = 1e6
-#: Values of state per constraint in ``dual_state``: the violation's running mean size, the
-#: number of updates, and the multiplier's integral part.
-STATE_SIZE = 3
-
-
-@dataclass(frozen=True)
-class Adaptive:
-    """The default method's settings: ``adaptive(lr)``."""
-
-    #: The integral part's step per update, for a violation of its running mean size:
-    #: relative to the multiplier's size (at least ``unit``) when ``relative``, else absolute.
-    lr: float = 0.01
-    relative: bool = True
-    #: The proportional (damping) part: this fraction of the multiplier's size (at least ``unit``)
-    #: per running mean size of violation.
-    damping: float = 0.25
-    unit: float = 0.1
-    #: The decay of the violation's running mean size (about 1,000 updates).
-    decay: float = 0.999
-
-
-ADAPTIVE = Adaptive()
+from .dual_methods import (  # noqa: F401  (re-exported: the checks read them from dual_methods, without torch)
+    ADAPTIVE,
+    DEFAULT_METHOD,
+    METHOD_ARGUMENTS,
+    MULTIPLIER_CAP,
+    STATE_SIZE,
+    Adaptive,
+    constraint_overflow,
+)
 
 
 class DualRule:
@@ -124,32 +103,13 @@ class AdaptiveRule(DualRule):
         return torch.where(finite, used, lam), torch.where(finite, new_state, state)
 
 
-#: ``using METHOD(ARG)``: the rule, the argument's name and its default.
+#: ``using METHOD(ARG)``: the rule, the argument's name and its default (``dual_methods.METHOD_ARGUMENTS``).
 METHODS: dict[str, tuple[type[DualRule], str, float]] = {
-    "adaptive": (AdaptiveRule, "lr", ADAPTIVE.lr),
-    "lagrangian": (Lagrangian, "lr", 0.01),
-    "penalty": (Penalty, "weight", 10.0),
-    "augmented": (Augmented, "rho", 1.0),
+    name: (rule, *METHOD_ARGUMENTS[name])
+    for name, rule in {"adaptive": AdaptiveRule, "lagrangian": Lagrangian, "penalty": Penalty, "augmented": Augmented}.items()
 }
-DEFAULT_METHOD = "adaptive"
+assert METHODS.keys() == METHOD_ARGUMENTS.keys()
 
 
 def rule_for(method: str, rate: float, equality: bool) -> DualRule:
     return METHODS[method][0](rate, equality)
-
-
-def constraint_overflow(method: str, rate: float, bound: float) -> str | None:
-    """Why a constraint with this bound cannot stay in float32, or None: its contribution with the
-    excess ``g`` at twice the bound's size (at least 2: a loss of 0 to twice the bound) and the
-    multiplier at ``MULTIPLIER_CAP`` (a penalty's weight for ``penalty``) passes float32's largest."""
-    excess = 2 * max(abs(bound), 1.0)
-    if method == "penalty":
-        worst = rate * excess
-    elif method in ("lagrangian", "adaptive"):
-        worst = MULTIPLIER_CAP * excess
-    else:  # augmented: lam * g + rho / 2 * g^2
-        worst = MULTIPLIER_CAP * excess + rate / 2 * excess * excess
-    if worst <= ast.LARGEST_NUMBER and math.isfinite(worst):
-        return None
-    return (f"the constraint's {method} term reaches {worst:.3g} for a loss near its bound {bound:g}, "
-            f"beyond float32's largest number ({ast.LARGEST_NUMBER:.3g})")

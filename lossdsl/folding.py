@@ -18,7 +18,7 @@ from typing import Any
 from . import ast
 from .operators import ARITHMETIC
 from .plan import Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, ScheduleValue, TermValue, Weighted
-from .schedules import value_range
+from .schedule_params import value_range
 
 
 #: A value whose problem has already been reported (distinct from None: "not a constant").

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -163,6 +165,23 @@ def _keep_comment(token: Token) -> Token:
     return token
 
 
+def _grammar_cache() -> str | bool:
+    """Where lark keeps the analysed grammar between processes (building its LALR tables is most of
+    the parser's start-up): a file in the user's own cache folder, made private; lark checks that it
+    holds this grammar, these options and this lark (by a hash) and rebuilds it when not. Not lark's
+    default, a file in the shared temporary folder: the cache is a pickle, which only the user may
+    write. False (no cache) when there is no such folder to make."""
+    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lossdsl")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        owner = os.stat(folder).st_uid
+    except OSError:
+        return False
+    if hasattr(os, "getuid") and owner != os.getuid():
+        return False  # someone else's folder: read no pickle from it
+    return os.path.join(folder, f"grammar-py{sys.version_info[0]}{sys.version_info[1]}.lark-cache")
+
+
 @functools.cache
 def _parser() -> Lark:
     return Lark.open_from_package(
@@ -173,6 +192,7 @@ def _parser() -> Lark:
         maybe_placeholders=True,
         postlex=_LINE_JOINER,
         lexer_callbacks={"COMMENT": _keep_comment},
+        cache=_grammar_cache(),
     )
 
 

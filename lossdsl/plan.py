@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Union
 
 from . import ast, trees
-from .duals import MULTIPLIER_CAP, constraint_overflow  # noqa: F401  (the checks and the runtime import them here)
+from .dual_methods import MULTIPLIER_CAP, constraint_overflow  # noqa: F401  (the checks and the runtime import them here)
 from .errors import Diagnostic
-from .registry import TermDef, TermParams
+from .declarations import TermDef, TermParams
 
 
 class PlanNode(trees.DataclassNode):

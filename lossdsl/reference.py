@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .registry import REGISTRY, TermDef
+from .declarations import REGISTRY, TermDef
 
 # Headings for the built-in families, by module; anything else (custom terms) is "Other terms".
 FAMILIES = {
@@ -31,6 +31,11 @@ FAMILIES = {
     "lossdsl.library.soft_bound": "Constraints",
 }
 NOT_SET = "—"
+
+
+def _family(term: TermDef) -> str:
+    """The heading of the term's family, by the module of its class (read from the declaration: no import)."""
+    return FAMILIES.get(term.implementation.partition(":")[0], "Other terms")
 
 _HEADER = """\
 # Terms
@@ -81,7 +86,7 @@ def terms_markdown() -> str:
     """The whole of ``docs/terms.md``."""
     families: dict[str, list[TermDef]] = {}
     for term in REGISTRY.values():
-        families.setdefault(FAMILIES.get(term.module.__module__, "Other terms"), []).append(term)
+        families.setdefault(_family(term), []).append(term)
     order = [*FAMILIES.values(), "Other terms"]
     sections = [_HEADER]
     for family in sorted(families, key=order.index):
@@ -118,14 +123,14 @@ def readme_terms() -> str:
     """README.md's list of terms: each family's names, in the order of docs/terms.md."""
     families: dict[str, list[str]] = {}
     for term in REGISTRY.values():
-        families.setdefault(FAMILIES.get(term.module.__module__, "Other terms"), []).append(term.name)
+        families.setdefault(_family(term), []).append(term.name)
     order = [*FAMILIES.values(), "Other terms"]
     return "".join(f"  - {family}: {_names(families[family])}\n" for family in sorted(families, key=order.index))
 
 
 def fairness_statistics() -> str:
     """docs/fairness.md's list of every statistic ``fairness`` takes."""
-    from .library.group_fairness import GROUP_LOSS_FORMS, FairnessParams
+    from .library.params.group_fairness import GROUP_LOSS_FORMS, FairnessParams
 
     rates = [name for name in FairnessParams.options("stat")]
     forms = [f"{form}(INNER)" for form in GROUP_LOSS_FORMS]
@@ -136,7 +141,7 @@ def inner_terms() -> str:
     """docs/fairness.md's list of the terms ``group_loss(INNER)`` takes: those with per-sample parts."""
     # (ctc has per-sample losses, but along log_probs' second dimension: group_loss refuses it)
     names = [name for name, term in REGISTRY.items()
-             if term.module.per_sample and getattr(term.module, "batch_dimension", 0) == 0]
+             if term.per_sample and term.batch_dimension == 0]
     return f"{_names(names)}.\n"
 
 

@@ -13,26 +13,15 @@ import math
 from collections.abc import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-
-class _ScheduleParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-#: The most steps a schedule takes: the step counter is an int64, which counts no further.
-MAX_STEPS = 2**63 - 1
-_STEPS_DESCRIPTION = "at most 2^63 - 1, as far as the int64 step counter counts"
-
-
-class Warmup(_ScheduleParams):
-    steps: PositiveInt = Field(le=MAX_STEPS, description=f"steps to rise from 0 to 1 ({_STEPS_DESCRIPTION})")
-
-
-class Ramp(_ScheduleParams):
-    start: float = Field(description="the value at step 0")
-    end: float = Field(description="the value from `steps` on")
-    steps: PositiveInt = Field(le=MAX_STEPS, description=f"steps to move from start to end ({_STEPS_DESCRIPTION})")
+from .schedule_params import (  # noqa: F401  (re-exported: the checks read them from schedule_params, without torch)
+    MAX_STEPS,
+    SCHEDULE_PARAMS,
+    Ramp,
+    Warmup,
+    _ScheduleParams,
+    value_range,
+)
 
 
 def _progress(step: torch.Tensor, steps: int) -> torch.Tensor:
@@ -59,16 +48,9 @@ def _cosine(params: Ramp) -> Callable[[torch.Tensor], torch.Tensor]:
     )
 
 
-def value_range(kind: str, params: _ScheduleParams) -> tuple[float, float]:
-    """The smallest and the largest value a schedule takes."""
-    if isinstance(params, Ramp):
-        return min(params.start, params.end), max(params.start, params.end)
-    return 0.0, 1.0  # warmup
-
-
 #: name -> (parameter model, positional parameter names, factory of the function of the step).
 SCHEDULES: dict[str, tuple[type[_ScheduleParams], tuple[str, ...], Callable]] = {
-    "warmup": (Warmup, ("steps",), _warmup),
-    "linear": (Ramp, ("start", "end", "steps"), _linear),
-    "cosine": (Ramp, ("start", "end", "steps"), _cosine),
+    name: (*SCHEDULE_PARAMS[name], factory)
+    for name, factory in {"warmup": _warmup, "linear": _linear, "cosine": _cosine}.items()
 }
+assert SCHEDULES.keys() == SCHEDULE_PARAMS.keys()

@@ -3,35 +3,31 @@
 They appear in ``soft_bound`` comparisons and in ``mean(...)`` / ``sum(...)``. The checker
 (``checks``) validates them on the AST; ``lower_tensor_expr`` then turns the checked AST into a
 small IR of frozen dataclasses, once, when the term's parameters are built (terms never see the
-AST), and the term turns the IR into closures over its input tensors, once, at construction.
+AST), and the term turns the IR into closures over its input tensors, once, at construction
+(``lossdsl.tensor_eval.compile_tensor_expr``, with torch: this module imports none, for the checks).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
-
-import torch
-import torch.nn.functional as F
 
 from . import ast, trees
 from .formatting import format_expr
 from .operators import ARITHMETIC
 
-TensorFn = Callable[[tuple[torch.Tensor, ...]], Union[torch.Tensor, float]]
-
-#: Element-wise functions on tensors: name -> (number of arguments, function).
-FUNCTIONS: dict[str, tuple[int, Callable[..., torch.Tensor]]] = {
-    "abs": (1, torch.abs),
-    "square": (1, torch.square),
-    "relu": (1, F.relu),
-    "exp": (1, torch.exp),
-    "log": (1, torch.log),
-    "sigmoid": (1, torch.sigmoid),
-    "softplus": (1, F.softplus),
-    "clamp": (3, torch.clamp),  # clamp(x, lo, hi), lo and hi numbers
+#: Element-wise functions on tensors: name -> number of arguments (their torch functions are in
+#: ``lossdsl.tensor_eval``, which turns the IR into closures over tensors; the checks need only this).
+FUNCTIONS: dict[str, int] = {
+    "abs": 1,
+    "square": 1,
+    "relu": 1,
+    "exp": 1,
+    "log": 1,
+    "sigmoid": 1,
+    "softplus": 1,
+    "clamp": 3,  # clamp(x, lo, hi), lo and hi numbers
 }
 
 
@@ -213,42 +209,6 @@ def _number_value(expr: TensorIR) -> float | None:
     return None
 
 
-def compile_tensor_expr(expr: TensorIR, position: dict[str, int]) -> TensorFn:
-    """A function of the term's input tensors computing the lowered expression ``expr``."""
-    if isinstance(expr, Const):
-        value = expr.value
-        return lambda tensors: value
-    if isinstance(expr, Input):
-        index = position[expr.name]
-        return lambda tensors: tensors[index]
-    if isinstance(expr, Negative):
-        operand = compile_tensor_expr(expr.operand, position)
-        return lambda tensors: -operand(tensors)
-    if isinstance(expr, Arith):
-        op = ARITHMETIC[expr.op].function
-        left, right = compile_tensor_expr(expr.left, position), compile_tensor_expr(expr.right, position)
-        return lambda tensors: op(left(tensors), right(tensors))
-    if isinstance(expr, Function):
-        _, function = FUNCTIONS[expr.name]
-        operand = compile_tensor_expr(expr.operand, position)
-        if expr.name == "clamp":
-            low, high = expr.numbers
-            return lambda tensors: _clamp(_as_tensor(operand(tensors)), low, high)
-        return lambda tensors: function(_as_tensor(operand(tensors)))
-    raise TypeError(f"not a tensor expression: {expr!r}")  # lowering rules this out
-
-
-def _clamp(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """``torch.clamp`` with bounds beyond the dtype's range moved to its edge (torch refuses them:
-    1e30 does not fit in float16)."""
-    finfo = torch.finfo(value.dtype)
-    return torch.clamp(value, min(max(low, finfo.min), finfo.max), min(max(high, finfo.min), finfo.max))
-
-
-def _as_tensor(value: torch.Tensor | float) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else torch.tensor(value)
-
-
 def _constant(expr: ast.Node) -> float:
     """A number argument (a clamp bound): a number or a negated one."""
     if isinstance(expr, ast.Number):
@@ -259,3 +219,11 @@ def _constant(expr: ast.Node) -> float:
 
 
 trees.fill_table(IRNode)  # the table of child fields, derived once at import (conditions add theirs)
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    if name in ("compile_tensor_expr", "TensorFn"):  # with torch: moved to lossdsl.tensor_eval, found here as before
+        from . import tensor_eval
+
+        return getattr(tensor_eval, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

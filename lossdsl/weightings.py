@@ -24,23 +24,16 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from . import distributed
 from .errors import LossSpecError, LossSpecWarning
-
-
-class _WeightingParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-class UncertaintyParams(_WeightingParams):
-    pass
-
-
-class DwaParams(_WeightingParams):
-    T: float = Field(default=2.0, gt=0, le=1e30, description="the softmax temperature: larger evens the weights out")
+from .weighting_params import (  # noqa: F401  (re-exported: the checks read them from weighting_params, without torch)
+    WEIGHTING_PARAMS,
+    DwaParams,
+    UncertaintyParams,
+    _WeightingParams,
+)
 
 
 #: Backward passes after which the learned weights are compared with their value at the first
@@ -166,6 +159,6 @@ class Dwa(Weighting):
 
 #: name -> (parameter model, the module's class).
 WEIGHTINGS: dict[str, tuple[type[_WeightingParams], Callable[..., Weighting]]] = {
-    "uncertainty": (UncertaintyParams, Uncertainty),
-    "dwa": (DwaParams, Dwa),
+    name: (WEIGHTING_PARAMS[name], module) for name, module in {"uncertainty": Uncertainty, "dwa": Dwa}.items()
 }
+assert WEIGHTINGS.keys() == WEIGHTING_PARAMS.keys()

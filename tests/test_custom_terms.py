@@ -96,7 +96,7 @@ def test_registration_mistakes():
 
 
 def test_plugins_load_from_the_entry_point_group(monkeypatch):
-    from lossdsl import custom
+    from lossdsl import plugins
 
     calls = []
 
@@ -112,7 +112,7 @@ def test_plugins_load_from_the_entry_point_group(monkeypatch):
         def load(self):
             raise ImportError("no module named fake_plugin")
 
-    monkeypatch.setattr(custom, "entry_points", lambda group: [FakeEntryPoint(), BrokenEntryPoint()] if group == "lossdsl.terms" else [])
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [FakeEntryPoint(), BrokenEntryPoint()] if group == "lossdsl.terms" else [])
     with pytest.warns(UserWarning, match="'broken' failed to load"):
-        custom.load_plugins()
+        plugins.load_plugins()
     assert calls == ["registered"]

@@ -19,7 +19,7 @@ from ..errors import did_you_mean
 from ..folding import INVALID, literal_number
 from ..formatting import format_expr
 from ..plan import TermPlan
-from ..registry import CONDITION, INPUT, MAX_GROUPS, REGISTRY, TENSOR, InnerLoss, TermDef
+from ..declarations import CONDITION, INPUT, MAX_GROUPS, REGISTRY, TENSOR, InnerLoss, TermDef
 from .context import Context, describe, name_span
 from .scope import check_input
 from .tensor_exprs import condition, reads_input, tensor_expr
@@ -52,7 +52,7 @@ def term_call(ctx: Context, call: ast.Call) -> TermPlan | None:
             continue
         given[positional[index]] = arg
     for keyword in call.keywords:
-        if keyword.name == "reduction" and _names_none(keyword.value) and not term.module.has_sample_losses():
+        if keyword.name == "reduction" and _names_none(keyword.value) and not term.has_sample_losses():
             _no_sample_losses(ctx, term, keyword)
             ok = False
         elif keyword.name not in fields:
@@ -176,7 +176,7 @@ def argument(ctx: Context, term: TermDef, name: str, node: ast.Node, param_args:
 
 def _no_sample_losses(ctx: Context, term: TermDef, keyword: ast.Keyword) -> None:
     """``reduction=none`` on a batch-level term (fairness, dice, l2, ...)."""
-    have = ", ".join(name for name, t in REGISTRY.items() if t.module.has_sample_losses() and "reduction" in t.params.model_fields)
+    have = ", ".join(name for name, t in REGISTRY.items() if t.has_sample_losses() and "reduction" in t.params.model_fields)
     ctx.report("E204", f"{term.name}() has no per-sample form: it is computed over the whole batch, so it "
                "takes no reduction=none", keyword, hint=f"reduction=none is for terms that average over samples: {have}")
 
@@ -194,8 +194,8 @@ def _inner_loss(ctx: Context, term: TermDef, call: ast.Call) -> Any:
         ctx.report("E204", f"{call.name}() takes a loss term, as in {usage}; got {describe(inner)}", inner)
         return INVALID
     inner_term = REGISTRY.get(inner.name)
-    if inner_term is not None and not inner_term.module.per_sample:
-        per_sample = ", ".join(name for name, t in REGISTRY.items() if t.module.per_sample)
+    if inner_term is not None and not inner_term.per_sample:
+        per_sample = ", ".join(name for name, t in REGISTRY.items() if t.per_sample)
         ctx.report("E204", f"{call.name}() needs a loss with one value per sample, which {inner.name}() has not",
                    name_span(inner), hint=f"these have one: {per_sample}")
         return INVALID

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from .. import ast
-from ..duals import DEFAULT_METHOD, METHODS
+from ..dual_methods import DEFAULT_METHOD, METHOD_ARGUMENTS
 from ..errors import did_you_mean
 from ..folding import literal, literal_number
 from ..formatting import format_expr
@@ -15,7 +15,7 @@ from .scope import lets_before
 from .types import objective, unreduced_term
 
 #: ``using METHOD(ARG)``: the argument's name and default.
-_METHODS = {name: (argument, default) for name, (_, argument, default) in METHODS.items()}
+_METHODS = METHOD_ARGUMENTS
 
 
 def constraint(ctx: Context, statement: ast.SubjectTo) -> ConstraintPlan | None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from .. import ast
 from ..errors import did_you_mean
-from ..registry import INPUT_KINDS, MAX_GROUPS
+from ..declarations import INPUT_KINDS, MAX_GROUPS
 from .context import Context
 
 

@@ -26,7 +26,7 @@ from ..plan import (
     TermValue,
     Weighted,
 )
-from ..registry import MAX_GROUP_STATE
+from ..declarations import MAX_GROUP_STATE
 from . import types
 from .constraints import name_constraints
 from .context import Context, LetState, Type, where

@@ -12,7 +12,7 @@ from .. import ast
 from ..errors import did_you_mean
 from ..folding import INVALID, literal_number, number_value
 from ..formatting import format_expr
-from ..registry import REGISTRY
+from ..declarations import REGISTRY
 from ..tensor_expr import FUNCTIONS, names_in
 from .context import Context, describe, name_span
 from .scope import check_input
@@ -86,7 +86,7 @@ def _tensor_function(ctx: Context, call: ast.Call) -> bool:
             hint = f"{call.name}() is a loss term, not an element-wise function; {hint}"
         ctx.report("E202", f"unknown function '{call.name}' in a tensor expression", name_span(call), hint=hint)
         return False
-    arity = FUNCTIONS[call.name][0]
+    arity = FUNCTIONS[call.name]
     if call.keywords or len(call.args) != arity:
         usage = "clamp(x, lo, hi)" if call.name == "clamp" else f"{call.name}(x)"
         ctx.report("E207", f"{call.name}() takes {arity} positional argument{'s' * (arity != 1)}: {usage}", call)

@@ -18,9 +18,9 @@ from ..formatting import format_expr
 from ..plan import (
     Arithmetic, Constant, LetValue, Negate, ObjectiveExpr, ParamValue, ScheduleValue, TermPlan, TermValue, Weighted,
 )
-from ..registry import REGISTRY
-from ..schedules import SCHEDULES
-from ..weightings import WEIGHTINGS
+from ..declarations import REGISTRY
+from ..schedule_params import SCHEDULE_PARAMS
+from ..weighting_params import WEIGHTING_PARAMS
 from .arguments import RANGE_ERRORS, term_call
 from .context import Context, LetState, Type, describe
 from .scope import Scope, lets_before
@@ -41,9 +41,9 @@ def check_let(ctx: Context, let: LetState) -> None:
 def objective(ctx: Context, expr: ast.Node, defined: Scope) -> tuple[Type, ObjectiveExpr | None]:
     if isinstance(expr, ast.Number):
         return Type.NUMBER, Constant(float(expr.value))
-    if isinstance(expr, ast.Call) and expr.name in SCHEDULES:
+    if isinstance(expr, ast.Call) and expr.name in SCHEDULE_PARAMS:
         return _schedule(ctx, expr)
-    if isinstance(expr, ast.Call) and expr.name in WEIGHTINGS:
+    if isinstance(expr, ast.Call) and expr.name in WEIGHTING_PARAMS:
         return _weighting(ctx, expr, defined)
     if isinstance(expr, ast.Call):
         term = term_call(ctx, expr)
@@ -154,7 +154,7 @@ def _fold(ctx: Context, expr: ast.BinOp, left: float, right: float) -> Any:
 
 
 def _schedule(ctx: Context, call: ast.Call) -> tuple[Type, ObjectiveExpr | None]:
-    model, positional, _ = SCHEDULES[call.name]
+    model, positional = SCHEDULE_PARAMS[call.name]
     if len(call.args) > len(positional):
         ctx.report("E207", f"{call.name}() takes {len(positional)} positional arguments: "
                            f"{call.name}({', '.join(positional)})", call)
@@ -185,7 +185,7 @@ def _schedule(ctx: Context, call: ast.Call) -> tuple[Type, ObjectiveExpr | None]
 
 def _weighting(ctx: Context, call: ast.Call, defined: Scope) -> tuple[Type, ObjectiveExpr | None]:
     """``uncertainty(L1, L2, ...)``, ``dwa(L1, L2, ..., T=2)``: two losses or more, then the options by name."""
-    model, _ = WEIGHTINGS[call.name]
+    model = WEIGHTING_PARAMS[call.name]
     options = ", ".join(f"{name}={field.default!r}" for name, field in model.model_fields.items())
     usage = f"{call.name}(ce(), mse(){', ' + options if options else ''})"
     if len(call.args) < 2:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from .. import parity
-from ..registry import (
-    Fit, InputOf, Layout, Lengths, ReductionParam, SampleWeight, Term, TermParams, accumulation_dtype, register,
-)
+from ..registry import Term, accumulation_dtype, implements
+from .params.ctc import CTCParams
 
 #: Whether dynamo is tracing (torch.compiler.is_compiling is torch 2.3 and later).
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
@@ -21,39 +19,6 @@ def _values_readable(tensor: torch.Tensor) -> bool:
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
     return tensor.device.type == "cpu" and not _is_compiling() and _get_current_dispatch_mode() is None
-
-
-class CTCParams(TermParams):
-    log_probs: InputOf("logits", "real") = Field(
-        "log_probs", description="log-probabilities [T, N, C] (log_softmax over C, as nn.CTCLoss takes them: "
-        "they are not normalised here)")
-    targets: InputOf("labels") = Field(
-        "targets", description="target classes [N, S] (not the blank), padded past each target length, or "
-        "[sum(target_lengths)] concatenated")
-    input_lengths: InputOf("labels") = Field("input_lengths", description="frames of each sequence [N], at most T")
-    target_lengths: InputOf("labels") = Field(
-        "target_lengths", description="labels of each target [N], at most S (padded targets)")
-    blank: int = Field(0, ge=0, description="the blank class, in [0, C)")
-    zero_infinity: bool = Field(False, description="an alignment that cannot exist (too few frames) gives 0, not inf")
-    reduction: ReductionParam = "mean"
-    sample_weight: SampleWeight = None
-
-
-#: Synthetic targets' width S, and frames T = 2 S + 1: enough for any target of up to S labels
-#: (one frame a label, a blank between repeats), so that every synthetic sequence has an alignment.
-_SYNTHETIC_WIDTH = 4
-
-
-def _ctc_layouts(params: CTCParams) -> tuple[Layout, ...]:
-    """log_probs [T, N, C] (classes along dim 2), targets [N, S], every input length T and target
-    lengths from 1 to S."""
-    width = _SYNTHETIC_WIDTH
-    return ({
-        "log_probs": Fit((2 * width + 1, "N", "C"), classes=2),
-        "targets": ("N", width),
-        "input_lengths": Fit(("N",), lengths=Lengths("log_probs", 0, full=True)),
-        "target_lengths": Fit(("N",), lengths=Lengths("targets", 1)),
-    },)
 
 
 def _ctc_cases(s: parity.Sizes) -> list[parity.Case]:
@@ -97,14 +62,7 @@ def ctc_reference(reduction: str, blank: int = 0, zero_infinity: bool = False) -
     return reference
 
 
-@register(
-    "ctc",
-    CTCParams,
-    "Connectionist temporal classification, as F.ctc_loss (blank, zero_infinity, torch's mean over target lengths).",
-    example="ctc(log_probs=log_probs, targets=targets, input_lengths=frames, target_lengths=lengths)",
-    shapes=_ctc_layouts,
-    cases=_ctc_cases,
-)
+@implements("ctc", cases=_ctc_cases)
 class CTC(Term):
     """``nn.CTCLoss``: the negative log-likelihood of each target over all its alignments to the
     frames (blanks between and around the labels, repeats merged), by the forward (alpha) recursion

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from .. import parity
-from ..registry import InputOf, ReductionParam, SampleWeight, Term, TermParams, accumulation_dtype, register
-
-
-class KLNormalParams(TermParams):
-    mu: InputOf("real", "embedding") = Field("mu", description="the input holding posterior means [N, D] ([N]: D = 1)")
-    logvar: InputOf("real", "embedding") = Field("logvar", description="the input holding posterior log-variances, of mu's shape")
-    reduction: ReductionParam = "mean"
-    sample_weight: SampleWeight = None
+from ..registry import Term, accumulation_dtype, implements
+from .params.divergence import JSParams, KLNormalParams, KLParams
 
 
 def _kl_normal_reference(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -28,13 +21,7 @@ def _kl_normal_cases(s: parity.Sizes) -> list[parity.Case]:
                         _kl_normal_reference, grad=("mu", "logvar"))]
 
 
-@register(
-    "kl_normal",
-    KLNormalParams,
-    "KL divergence of N(mu, exp(logvar)) from N(0, I), summed over latent dimensions.",
-    example="kl_normal(mu=mu, logvar=logvar)",
-    cases=_kl_normal_cases,
-)
+@implements("kl_normal", cases=_kl_normal_cases)
 class KLNormal(Term):
     """``-0.5 * sum(1 + logvar - mu^2 - exp(logvar))`` over every dimension but the first, then
     ``mean`` (or ``sum``) over the batch. Statistics ``[N]`` have one latent dimension each.
@@ -63,13 +50,6 @@ class KLNormal(Term):
         return self.reduce(-0.5 * per_sample, sample_weight, parts)
 
 
-class KLParams(TermParams):
-    p: InputOf("logits") = Field(description="logits of P, the reference distribution [N, C] (e.g. a teacher)")
-    q: InputOf("logits") = Field(description="logits of Q, the approximating distribution [N, C] (e.g. the student)")
-    reduction: ReductionParam = "mean"
-    sample_weight: SampleWeight = None
-
-
 def _kl_cases(s: parity.Sizes) -> list[parity.Case]:
     """Reference: F.kl_div on log-softmaxes, batchmean."""
     n, c = s.n, s.classes
@@ -80,14 +60,7 @@ def _kl_cases(s: parity.Sizes) -> list[parity.Case]:
                         grad=("student",), one_call=True)]
 
 
-@register(
-    "kl",
-    KLParams,
-    "KL(P || Q) between categorical distributions given as logits, averaged over the batch.",
-    example="kl(p=teacher, q=student)",
-    shapes={"p": ("N", "C"), "q": ("N", "C")},
-    cases=_kl_cases,
-)
+@implements("kl", cases=_kl_cases)
 class KL(Term):
     """``F.kl_div(log_softmax(q), log_softmax(p), log_target=True, reduction="batchmean")``: summed
     over classes (and any further dimensions), then ``mean`` (or ``sum``) over the batch. A class
@@ -122,16 +95,6 @@ class KL(Term):
         return self.reduce(per_sample, sample_weight, parts)
 
 
-class JSParams(TermParams):
-    pred: InputOf("logits", "probs") = Field("pred", description="logits [N, C, ...], made a distribution over C by a "
-                                             "softmax; with softmax=false, that distribution itself")
-    target: InputOf("probs") = Field("target", description="the target distribution over C, of pred's shape")
-    softmax: bool = Field(True, description="apply a softmax over dim 1 to pred; false: pred holds probabilities "
-                          "(kornia's js_div_loss_2d takes probabilities)")
-    reduction: ReductionParam = "mean"
-    sample_weight: SampleWeight = None
-
-
 def _kl_rows(a: torch.Tensor, log_m: torch.Tensor) -> torch.Tensor:
     """kornia's ``_kl_div_2d(a, m)``, ``F.kl_div(log m, a, reduction="none")`` summed over dim 1."""
     return F.kl_div(log_m, a, reduction="none").sum(dim=1)
@@ -161,14 +124,7 @@ def _js_cases(s: parity.Sizes) -> list[parity.Case]:
     ]
 
 
-@register(
-    "js",
-    JSParams,
-    "Jensen-Shannon divergence between softmax(pred) and a target distribution, kornia's js_div_loss_2d formula.",
-    example="js(pred=student, target=teacher_probs)",
-    shapes={"pred": ("N", "C"), "target": ("N", "C")},
-    cases=_js_cases,
-)
+@implements("js", cases=_js_cases)
 class JS(Term):
     """``0.5 KL(target || m) + 0.5 KL(p || m)`` with ``m = (p + target) / 2`` and ``p = softmax(pred)``
     over dim 1 (``softmax=false``: ``p = pred``), in nats, between 0 and ``log 2``; summed over classes

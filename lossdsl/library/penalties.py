@@ -6,20 +6,11 @@ import math
 from collections.abc import Callable
 
 import torch
-from pydantic import Field, NonNegativeFloat
 from torch import nn
 
 from .. import parity
-from ..registry import MAX_LOSS_WEIGHT, Term, TermParams, register
-
-
-class PenaltyParams(TermParams):
-    weight: NonNegativeFloat = Field(
-        1.0, le=MAX_LOSS_WEIGHT,
-        description="the penalty's coefficient, at most 1e15 (as any loss's weight: beyond, float32 overflows)",
-    )
-    include_bias: bool = Field(False, description="penalise biases too (parameters named '...bias')")
-    include_norm: bool = Field(False, description="penalise normalisation layers too (BatchNorm, LayerNorm, GroupNorm, ...)")
+from ..registry import Term, implements
+from .params.penalties import PenaltyParams
 
 
 _NORMALISATION = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
@@ -98,15 +89,13 @@ def _penalty_cases(name: str, norm: Callable[[torch.Tensor], torch.Tensor]) -> p
     return cases
 
 
-@register("l1", PenaltyParams, "L1 penalty: weight * sum(|w|) over a bound model's weights.", example="l1(weight=1e-5)",
-          cases=_penalty_cases("l1", lambda p: p.abs().sum()))
+@implements("l1", cases=_penalty_cases("l1", lambda p: p.abs().sum()))
 class L1(_Penalty):
     def norm(self, parameter: torch.Tensor) -> torch.Tensor:
         return parameter.abs().sum()
 
 
-@register("l2", PenaltyParams, "L2 penalty: weight * sum(w^2) over a bound model's weights.", example="l2(weight=1e-4)",
-          cases=_penalty_cases("l2", lambda p: p.square().sum()))
+@implements("l2", cases=_penalty_cases("l2", lambda p: p.square().sum()))
 class L2(_Penalty):
     def norm(self, parameter: torch.Tensor) -> torch.Tensor:
         return parameter.square().sum()

@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
 from .. import parity
-from ..registry import SampleWeight, TensorExpression, Term, TermParams, register
-from ..tensor_expr import compile_tensor_expr
-
-EXPRESSION_DOC = (
-    "an element-wise expression over inputs: numbers, + - * /, abs, square, relu, exp, log, sigmoid, "
-    "softplus, clamp(x, lo, hi)"
-)
-
-
-class ReductionTermParams(TermParams):
-    positional = ("expr",)
-    expr: TensorExpression = Field(description=EXPRESSION_DOC)
-    sample_weight: SampleWeight = None
-
-    def input_names(self) -> tuple[str, ...]:
-        names = self.expr.inputs
-        return (*names, self.sample_weight) if self.sample_weight else names
+from ..registry import Term, implements
+from ..tensor_eval import compile_tensor_expr
+from .params.reductions import EXPRESSION_DOC, ReductionTermParams  # noqa: F401  (re-exported)
 
 
 class _Reduce(Term):
@@ -71,7 +56,7 @@ def _mean_cases(s: parity.Sizes) -> list[parity.Case]:
                         lambda pred, target: (pred - target).abs().mean())]
 
 
-@register("mean", ReductionTermParams, "The mean of an element-wise tensor expression.", example="mean(abs(pred - target))", cases=_mean_cases)
+@implements("mean", cases=_mean_cases)
 class Mean(_Reduce):
     __doc__ = _Reduce.__doc__
     reduction = "mean"
@@ -84,7 +69,7 @@ def _sum_cases(s: parity.Sizes) -> list[parity.Case]:
                         lambda pred, target: (pred - target).square().sum())]
 
 
-@register("sum", ReductionTermParams, "The sum of an element-wise tensor expression.", example="sum(square(pred - target))", cases=_sum_cases)
+@implements("sum", cases=_sum_cases)
 class Sum(_Reduce):
     __doc__ = _Reduce.__doc__
     reduction = "sum"

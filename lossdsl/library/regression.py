@@ -4,35 +4,21 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from .. import parity
-from ..registry import Input, InputOf, Layout, ReductionParam, SampleWeight, Term, TermParams, register, same_shape_layouts
-
-
-class RegressionParams(TermParams):
-    pred: Input = Field("pred", description="the input holding predictions")
-    target: Input = Field("target", description="the input holding targets, of pred's shape")
-    reduction: ReductionParam = "mean"
-    sample_weight: SampleWeight = None
-
-
-class HuberParams(RegressionParams):
-    positional = ("delta",)
-    delta: float = Field(1.0, gt=0, description="where the loss turns from quadratic to linear")
-
-
-class SmoothL1Params(RegressionParams):
-    positional = ("beta",)
-    beta: float = Field(1.0, ge=0, description="where the loss turns from quadratic to linear; 0 gives mae")
-
-
-def _pointwise_layouts(params: RegressionParams) -> tuple[Layout, ...]:
-    return same_shape_layouts("pred", "target")
+from ..registry import Term, implements
+from .params.regression import (  # noqa: F401  (re-exported)
+    GaussianNLLParams,
+    HuberParams,
+    PoissonNLLParams,
+    Quantile,
+    QuantileParams,
+    RegressionParams,
+    SmoothL1Params,
+)
 
 
 class _Pointwise(Term):
@@ -76,8 +62,7 @@ def _mse_cases(s: parity.Sizes) -> list[parity.Case]:
     return _pointwise_case(s, "mse()", lambda pred, target: F.mse_loss(pred, target), one_call=True)
 
 
-@register("mse", RegressionParams, "Mean squared error, as F.mse_loss.", example="mse(pred=aux_pred, target=aux_target)",
-          shapes=_pointwise_layouts, cases=_mse_cases)
+@implements("mse", cases=_mse_cases)
 class MSE(_Pointwise):
     def elementwise(self, pred: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
         return F.mse_loss(pred, target, reduction=reduction)
@@ -87,8 +72,7 @@ def _mae_cases(s: parity.Sizes) -> list[parity.Case]:
     return _pointwise_case(s, "mae()", lambda pred, target: F.l1_loss(pred, target), one_call=True)
 
 
-@register("mae", RegressionParams, "Mean absolute error, as F.l1_loss.", example="mae(reduction=sum)",
-          shapes=_pointwise_layouts, cases=_mae_cases)
+@implements("mae", cases=_mae_cases)
 class MAE(_Pointwise):
     def elementwise(self, pred: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
         return F.l1_loss(pred, target, reduction=reduction)
@@ -98,14 +82,7 @@ def _huber_cases(s: parity.Sizes) -> list[parity.Case]:
     return _pointwise_case(s, "huber()", lambda pred, target: F.huber_loss(pred, target), one_call=True)
 
 
-@register(
-    "huber",
-    HuberParams,
-    "Huber loss, quadratic within delta and linear beyond, as F.huber_loss.",
-    example="huber(0.5)",
-    shapes=_pointwise_layouts,
-    cases=_huber_cases,
-)
+@implements("huber", cases=_huber_cases)
 class Huber(_Pointwise):
     def __init__(self, params: HuberParams):
         super().__init__(params)
@@ -119,8 +96,7 @@ def _smooth_l1_cases(s: parity.Sizes) -> list[parity.Case]:
     return _pointwise_case(s, "smooth_l1()", lambda pred, target: F.smooth_l1_loss(pred, target), one_call=True)
 
 
-@register("smooth_l1", SmoothL1Params, "Smooth L1 loss, as F.smooth_l1_loss.", example="smooth_l1(beta=0.5)",
-          shapes=_pointwise_layouts, cases=_smooth_l1_cases)
+@implements("smooth_l1", cases=_smooth_l1_cases)
 class SmoothL1(_Pointwise):
     """``F.smooth_l1_loss``: ``huber(delta) / delta`` for ``beta = delta > 0``, ``mae`` for ``beta = 0``."""
 
@@ -137,14 +113,7 @@ def _log_cosh_cases(s: parity.Sizes) -> list[parity.Case]:
                            note="naive log(cosh(x)); lossdsl's form does not overflow")
 
 
-@register(
-    "log_cosh",
-    RegressionParams,
-    "log(cosh(pred - target)): quadratic near zero, linear far away.",
-    example="log_cosh()",
-    shapes=_pointwise_layouts,
-    cases=_log_cosh_cases,
-)
+@implements("log_cosh", cases=_log_cosh_cases)
 class LogCosh(_Pointwise):
     """Computed as ``|x| + softplus(-2|x|) - log(2)``, finite for any residual ``x``."""
 
@@ -154,28 +123,6 @@ class LogCosh(_Pointwise):
         if reduction == "none":
             return loss
         return loss.mean() if reduction == "mean" else loss.sum()
-
-
-Quantile = Annotated[float, Field(gt=0, lt=1)]
-
-
-class QuantileParams(TermParams):
-    positional = ("q",)
-    pred: Input = Field("pred", description="predictions [N, ...], or [N, ..., Q] with one column per quantile")
-    target: Input = Field("target", description="targets [N, ...]")
-    q: Quantile | Annotated[tuple[Quantile, ...], Field(min_length=1)] = Field(
-        0.5, description="the quantile in (0, 1), or a list of them (one pred column each)"
-    )
-    reduction: ReductionParam = "mean"
-    sample_weight: SampleWeight = None
-
-
-def _quantile_layouts(params: QuantileParams) -> tuple[Layout, ...]:
-    """A list of Q quantiles takes one pred column each: pred [..., Q] beside targets [...]."""
-    if not isinstance(params.q, tuple):
-        return same_shape_layouts("pred", "target")
-    columns = len(params.q)
-    return ({"pred": ("N", columns), "target": ("N",)}, {"pred": ("N", "C", columns), "target": ("N", "C")})
 
 
 def _quantile_reference(quantiles: tuple[float, ...]) -> parity.Reference:
@@ -199,14 +146,7 @@ def _quantile_cases(s: parity.Sizes) -> list[parity.Case]:
                         parity.inputs(pred=parity.randn(n, 3), target=parity.randn(n)), _quantile_reference((0.1, 0.5, 0.9)))]
 
 
-@register(
-    "quantile",
-    QuantileParams,
-    "Pinball loss max(q r, (q - 1) r) of the residual r = target - pred; several quantiles at once.",
-    example="quantile(q=[0.1, 0.5, 0.9])",
-    shapes=_quantile_layouts,
-    cases=_quantile_cases,
-)
+@implements("quantile", cases=_quantile_cases)
 class QuantileLoss(Term):
     """With a list of Q quantiles, ``pred`` has a last dimension of Q (one column per quantile), the
     target is compared with each column, and the loss averages over columns and samples.
@@ -242,15 +182,6 @@ class QuantileLoss(Term):
         return self.reduce(loss, sample_weight, parts)
 
 
-class PoissonNLLParams(RegressionParams):
-    pred: Input = Field("pred", description="log-rates (log_input=true) or rates (log_input=false), of target's shape")
-    target: Input = Field("target", description="observed counts, of pred's shape")
-    log_input: bool = Field(True, description="pred holds log-rates: the loss is exp(pred) - target * pred; "
-                            "false: rates, pred - target * log(pred + eps)")
-    full: bool = Field(False, description="add Stirling's approximation of log(target!) where target > 1")
-    eps: float = Field(1e-8, gt=0, description="added to pred inside the log when log_input is false")
-
-
 def _poisson_nll_cases(s: parity.Sizes) -> list[parity.Case]:
     n, o = s.n, s.outputs
     counts = lambda g: torch.poisson(torch.full((n, o), 3.0), generator=g)  # noqa: E731
@@ -264,14 +195,7 @@ def _poisson_nll_cases(s: parity.Sizes) -> list[parity.Case]:
     ]
 
 
-@register(
-    "poisson_nll",
-    PoissonNLLParams,
-    "Poisson negative log-likelihood of counts, as F.poisson_nll_loss (log_input, full, eps).",
-    example="poisson_nll(log_input=false, full=true)",
-    shapes=_pointwise_layouts,
-    cases=_poisson_nll_cases,
-)
+@implements("poisson_nll", cases=_poisson_nll_cases)
 class PoissonNLL(_Pointwise):
     """``F.poisson_nll_loss`` with torch's keywords and defaults (``log_input=true``, ``full=false``,
     ``eps=1e-8``): with log-rates, ``exp(pred) - target * pred``; with rates, ``pred - target *
@@ -300,20 +224,6 @@ class PoissonNLL(_Pointwise):
         return loss if reduction == "none" else self.reduce(loss)
 
 
-class GaussianNLLParams(RegressionParams):
-    pred: Input = Field("pred", description="predicted means [N, ...]")
-    target: Input = Field("target", description="targets, of pred's shape")
-    var: InputOf("real", "weight") = Field(
-        "var", description="predicted variances: of pred's shape, or with a last dimension of 1 (or none) for "
-        "one variance per sample (torch's homoscedastic forms)")
-    full: bool = Field(False, description="add the constant log(2 pi) / 2")
-    eps: float = Field(1e-6, gt=0, description="variances are clamped to at least eps (the gradient passes through, as torch's)")
-
-
-def _gaussian_nll_layouts(params: GaussianNLLParams) -> tuple[Layout, ...]:
-    return same_shape_layouts("pred", "target", "var") + ({"pred": ("N", "C"), "target": ("N", "C"), "var": ("N", 1)},)
-
-
 def _gaussian_nll_cases(s: parity.Sizes) -> list[parity.Case]:
     n, o = s.n, s.outputs
     var = lambda *shape: lambda g: torch.rand(*shape, generator=g) + 0.1  # noqa: E731
@@ -328,14 +238,7 @@ def _gaussian_nll_cases(s: parity.Sizes) -> list[parity.Case]:
     ]
 
 
-@register(
-    "gaussian_nll",
-    GaussianNLLParams,
-    "Gaussian negative log-likelihood with predicted variances, as F.gaussian_nll_loss (full, eps).",
-    example="gaussian_nll(var=var, full=true)",
-    shapes=_gaussian_nll_layouts,
-    cases=_gaussian_nll_cases,
-)
+@implements("gaussian_nll", cases=_gaussian_nll_cases)
 class GaussianNLL(Term):
     """``(log(max(var, eps)) + (pred - target)^2 / max(var, eps)) / 2`` element-wise, plus
     ``log(2 pi) / 2`` with ``full``, as ``F.gaussian_nll_loss``: the clamp passes the gradient through

@@ -4,88 +4,20 @@ with MONAI's defaults."""
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import Field, NonNegativeFloat, model_validator
 
 from .. import parity
-from ..registry import (
-    BatchReductionParam, Fit, InputOf, Int64, Layout, ReductionParam, SampleWeight, Term, TermParams, Weights,
-    accumulation_dtype, register, safe_divide,
-)
+from ..registry import Term, accumulation_dtype, implements, safe_divide
 from ..errors import LossSpecError
-
-
-class OverlapParams(TermParams):
-    pred: InputOf("logits", "probs") = Field(
-        "pred", description="logits [N, C, ...spatial] (probabilities with activation=none)"
-    )
-    target: InputOf("labels", "mask", "binary", "multihot", "probs") = Field(
-        "target", description="0/1 masks of pred's shape, or integer class indices [N, ...] or [N, 1, ...] (0/1 when C is 1)"
-    )
-    activation: Literal["auto", "sigmoid", "softmax", "none"] = Field(
-        "auto", description="auto: sigmoid when C is 1, softmax over C otherwise; sigmoid: per channel "
-                            "(overlapping masks, MONAI's sigmoid=True); softmax; none: pred holds probabilities"
-    )
-    smooth: NonNegativeFloat = Field(1e-5, description="added to numerator and denominator (MONAI's smooth_nr, smooth_dr); 0 / 0 gives loss 0")
-    smooth_nr: NonNegativeFloat | None = Field(None, description="added to the numerator only (MONAI's smooth_nr); default: smooth")
-    smooth_dr: NonNegativeFloat | None = Field(None, description="added to the denominator only (MONAI's smooth_dr); default: smooth")
-    batch: bool = Field(False, description="pool the samples: one score per channel over the whole batch (MONAI's batch=True)")
-    absent: Literal["smoothed", "skip", "zero"] = Field(
-        "smoothed", description="a class absent from the target: smoothed (MONAI: loss about 1 where mass is "
-                                "predicted), skip (left out of the mean), zero (loss 0, still counted: smp)"
-    )
-    include_background: bool = Field(True, description="keep channel 0 when there are several")
-    ignore_index: Int64 | None = Field(
-        None, description="target value left out: a pixel whose class index equals it is left out of every "
-                          "class's sums (with masks of pred's shape, an element equal to it is left out of its "
-                          "channel's), as smp's ignore_index; default: none"
-    )
-    reduction: ReductionParam = Field(
-        "mean", description="mean (weighted by sample_weight and weight, if given), sum, or none: the losses per "
-                            "image and class [N, C] (per image [N] for generalized_dice), times the weights")
-    sample_weight: SampleWeight = None
-
-    @model_validator(mode="after")
-    def _batch_has_no_samples_to_weigh(self) -> OverlapParams:
-        if self.batch and self.sample_weight is not None:
-            raise ValueError("batch=true pools the samples into one score per channel, so there is no "
-                             "per-sample loss for sample_weight to weigh; drop one of them")
-        if self.batch and self.reduction == "none":
-            raise ValueError("batch=true pools the samples into one score per channel, so there is no "
-                             "per-image loss for reduction=none to give; drop one of them")
-        return self
-
-
-class ClassOverlapParams(OverlapParams):
-    weight: Weights | None = Field(
-        None, description="one positive weight per scored class (without channel 0 under include_background=false): "
-                          "mean is sum(w_c * loss) / sum(w_c) over the (sample, class) scores kept"
-    )
-
-
-class DiceParams(ClassOverlapParams):
-    squared: bool = Field(False, description="square predictions and targets in the denominator")
-
-
-class TverskyParams(ClassOverlapParams):
-    alpha: NonNegativeFloat = Field(0.5, description="weight of false positives")
-    beta: NonNegativeFloat = Field(0.5, description="weight of false negatives")
-
-
-def _overlap_layouts(params: OverlapParams) -> tuple[Layout, ...]:
-    """Logits [N, C, 4, 4] with class indices [N, 4, 4], or with float masks of their shape (which
-    bce shares); one channel with 0/1 masks. With activation=none, pred holds probabilities."""
-    several = ("N", "C", 4, 4)
-    one = ("N", 1, 4, 4)
-    if params.activation == "none":
-        several, one = Fit(several, ("probs",)), Fit(one, ("probs",))
-    return (
-        {"pred": several, "target": Fit(("N", 4, 4), ("labels",))},
-        {"pred": several, "target": Fit(("N", "C", 4, 4), ("multihot", "probs"))},
-        {"pred": one, "target": Fit(("N", 1, 4, 4), ("binary", "mask", "multihot", "probs"))},
-    )
+from .params.segmentation import (  # noqa: F401  (re-exported)
+    ClassOverlapParams,
+    DiceParams,
+    GeneralizedDiceParams,
+    LovaszParams,
+    OverlapParams,
+    TverskyParams,
+)
 
 
 class _Overlap(Term):
@@ -329,14 +261,7 @@ def _dice_cases(s: parity.Sizes) -> list[parity.Case]:
     return _overlap_cases(s, "DiceLoss", "dice")
 
 
-@register(
-    "dice",
-    DiceParams,
-    "Soft Dice loss, 1 - (2|P∩G| + s) / (|P| + |G| + s), as monai.losses.DiceLoss.",
-    example="dice(include_background=false)",
-    shapes=_overlap_layouts,
-    cases=_dice_cases,
-)
+@implements("dice", cases=_dice_cases)
 class Dice(_Overlap):
     def __init__(self, params: DiceParams):
         super().__init__(params)
@@ -359,14 +284,7 @@ def _tversky_cases(s: parity.Sizes) -> list[parity.Case]:
     return _overlap_cases(s, "TverskyLoss", "tversky")
 
 
-@register(
-    "tversky",
-    TverskyParams,
-    "Tversky loss, 1 - (TP + s) / (TP + a FP + b FN + s), as monai.losses.TverskyLoss.",
-    example="tversky(alpha=0.3, beta=0.7)",
-    shapes=_overlap_layouts,
-    cases=_tversky_cases,
-)
+@implements("tversky", cases=_tversky_cases)
 class Tversky(_Overlap):
     def __init__(self, params: TverskyParams):
         super().__init__(params)
@@ -398,14 +316,7 @@ def _jaccard_cases(s: parity.Sizes) -> list[parity.Case]:
                         note="monai DiceLoss(softmax=True, to_onehot_y=True, jaccard=True)")]
 
 
-@register(
-    "jaccard",
-    DiceParams,
-    "Soft Jaccard (IoU) loss, 1 - (2|P∩G| + s) / (2(|P| + |G| - |P∩G|) + s), as monai.losses.DiceLoss(jaccard=True).",
-    example="jaccard(include_background=false)",
-    shapes=_overlap_layouts,
-    cases=_jaccard_cases,
-)
+@implements("jaccard", cases=_jaccard_cases)
 class Jaccard(Dice):
     """MONAI's ``DiceLoss(jaccard=True)`` formula, smoothing included: ``1 - (2 I + s) / (2 (|P| + |G|
     - I) + s)``, which for ``s = 0`` is ``1 - I / (|P| + |G| - I)``, one minus the soft IoU (smp's
@@ -415,18 +326,6 @@ class Jaccard(Dice):
     def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         intersection, total = self.intersection_and_total(prob, mask)
         return self.one_minus_ratio(2 * intersection, 2 * (total - intersection))
-
-
-class GeneralizedDiceParams(OverlapParams):
-    w_type: Literal["square", "simple", "uniform"] = Field(
-        "square", description="class weights from the target's mass G per sample: 1 / G^2, 1 / G or 1 (MONAI's w_type)")
-
-    @model_validator(mode="after")
-    def _one_score_per_sample(self) -> GeneralizedDiceParams:
-        if self.absent != "smoothed":
-            raise ValueError("generalized_dice scores each sample's classes together, an absent class taking the "
-                             "sample's largest finite weight (MONAI's); absent= is for dice, tversky and jaccard")
-        return self
 
 
 def _generalized_dice_cases(s: parity.Sizes) -> list[parity.Case]:
@@ -439,14 +338,7 @@ def _generalized_dice_cases(s: parity.Sizes) -> list[parity.Case]:
                         note="monai GeneralizedDiceLoss(softmax=True, to_onehot_y=True)")]
 
 
-@register(
-    "generalized_dice",
-    GeneralizedDiceParams,
-    "Generalized Dice loss (Sudre et al. 2017), classes weighted by 1 / G^2, as monai.losses.GeneralizedDiceLoss.",
-    example="generalized_dice(w_type=simple)",
-    shapes=_overlap_layouts,
-    cases=_generalized_dice_cases,
-)
+@implements("generalized_dice", cases=_generalized_dice_cases)
 class GeneralizedDice(_Overlap):
     """Per sample, ``1 - (2 sum_c w_c I_c + s) / (sum_c w_c (|P_c| + |G_c|) + s)`` with ``w_c = 1 / G_c^2``
     (``w_type=square``, MONAI's default), ``1 / G_c`` (``simple``) or 1 (``uniform``), ``G_c`` the
@@ -473,35 +365,6 @@ class GeneralizedDice(_Overlap):
             weight = torch.where(present, (mass.square() if self.w_type == "square" else mass).reciprocal(), 0.0)
             weight = torch.where(present, weight, weight.amax(dim=1, keepdim=True))
         return self.one_minus_ratio(2 * (weight * intersection).sum(dim=1), (weight * denominator).sum(dim=1))
-
-
-class LovaszParams(TermParams):
-    pred: InputOf("logits") = Field("pred", description="logits [N, C, ...spatial]; one channel: binary logits [N, 1, ...]")
-    target: InputOf("labels", "mask", "binary") = Field(
-        "target", description="integer class indices [N, ...] or [N, 1, ...]; one channel: 0/1 masks [N, 1, ...] or [N, ...]"
-    )
-    per_image: bool = Field(False, description="one loss per image, averaged (smp's per_image=True); default: the batch pooled")
-    classes: Literal["present", "all"] = Field(
-        "present", description="average over the classes present in the target (smp's default) or over all of them"
-    )
-    ignore_index: Int64 | None = Field(None, description="target value whose pixels are left out (smp's ignore_index)")
-    reduction: BatchReductionParam = "mean"
-    sample_weight: SampleWeight = None
-
-    @model_validator(mode="after")
-    def _pooled_has_no_samples_to_weigh(self) -> LovaszParams:
-        if self.sample_weight is not None and not self.per_image:
-            raise ValueError("lovasz pools the batch into one loss unless per_image=true, so there is no per-image "
-                             "loss for sample_weight to weigh; add per_image=true or drop sample_weight")
-        return self
-
-
-def _lovasz_layouts(params: LovaszParams) -> tuple[Layout, ...]:
-    """Logits [N, C, 4, 4] with class indices [N, 4, 4]; one channel with 0/1 masks."""
-    return (
-        {"pred": ("N", "C", 4, 4), "target": Fit(("N", 4, 4), ("labels",))},
-        {"pred": ("N", 1, 4, 4), "target": Fit(("N", 1, 4, 4), ("binary", "mask"))},
-    )
 
 
 def _lovasz_increments(labels_sorted: torch.Tensor) -> torch.Tensor:
@@ -559,14 +422,7 @@ def _lovasz_cases(s: parity.Sizes) -> list[parity.Case]:
     ]
 
 
-@register(
-    "lovasz",
-    LovaszParams,
-    "Lovász-softmax loss (Berman et al. 2018), the Lovász extension of the Jaccard loss, as smp's LovaszLoss.",
-    example="lovasz(per_image=true, ignore_index=255)",
-    shapes=_lovasz_layouts,
-    cases=_lovasz_cases,
-)
+@implements("lovasz", cases=_lovasz_cases)
 class Lovasz(Term):
     """Several channels: the Lovász-softmax loss of smp's ``LovaszLoss(mode="multiclass")``. For each
     class c, the errors ``|fg_c - softmax(pred)_c|`` sorted in decreasing order, dotted with the
