@@ -3,7 +3,8 @@
 Rates are soft: computed per group from predicted probabilities, so they are
 differentiable; on hard 0/1 predictions they equal fairlearn's metrics. Group
 statistics are summed with one ``index_add`` over group slots, with no Python
-loop over groups and no host synchronisation.
+loop over groups and no host synchronisation on CUDA (on the CPU the group count is read from the
+codes, which costs none there).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ Statistic = Literal[
 ]
 
 
+#: The largest ``groups=K`` (codes of int32 range): a batch of fewer rows than K ranks its codes,
+#: so K itself sizes no per-call work; window state per group is capped by MAX_GROUP_STATE.
+MAX_GROUP_COUNT = 2**31 - 1
+
 #: The momentum of the window over which a constraint's audited rates run by default (about 20 batches).
 AUDIT_WINDOW = 0.95
 
@@ -91,9 +96,10 @@ class FairnessParams(TermParams):
         description="the input holding integer group codes [N], or a tuple of them for intersections: (sex, race)"
     )
     groups: PositiveInt | None = Field(
-        None, le=MAX_GROUPS,
-        description=f"number of groups when known (codes in [0, groups), at most {MAX_GROUPS}: each call works "
-        "over every slot); cheaper than ranking the codes while groups is near the batch size or below",
+        None, le=MAX_GROUP_COUNT,
+        description="number of groups when known (codes in [0, groups)): a batch of at least that many rows sums "
+        "into that many slots (cheaper than ranking the codes), a smaller one ranks its codes, so a large count "
+        "costs no per-call work of its size (except window=, which keeps state per group)",
     )
     ref: Literal["groups", "overall"] = Field(
         "groups", description="compare the groups with each other, or each group with the whole batch"
@@ -168,10 +174,11 @@ class FairnessParams(TermParams):
             raise ValueError("window=ema(m) keeps sums per group slot: give the group count, groups=K")
         return self
 
-    def state_size(self) -> int:
-        """Values of per-group state the module keeps: the ema window's running sums, K x columns."""
-        if self.groups is None or (self.window is None and self.hard is False):
-            return 0  # (a window by default only in a constraint: counted as if it were in one)
+    def state_size(self, in_constraint: bool = True) -> int:
+        """Values of per-group state the module keeps: the ema window's running sums, K x columns
+        (``in_constraint``: a term only constraints read, whose audited rates keep a window by default)."""
+        if self.groups is None or (self.window is None and (self.hard is False or not in_constraint)):
+            return 0
         columns = 2 if isinstance(self.stat, InnerLoss) else 2 * len(self.rate_names)
         return self.groups * columns
 
@@ -377,12 +384,18 @@ class Fairness(Term):
       in gives NaN out: a NaN prediction, label or weight is never taken for an empty group.
     - Group codes are an integer (or bool) tensor ``[N]`` or ``[N, 1]``; ``group=(sex, race)``
       makes each combination of codes a group (an intersection, as fairlearn's several
-      sensitive features). Without ``groups``, the codes are ranked within the batch (sort, then
-      ``index_add`` into N slots): any codes work, sparse, negative or large. With ``groups=K``
-      (one group input only, K at most 65,536) they index K slots directly (cheaper) and must lie
-      in ``[0, K)``, which is not checked ahead (that would synchronise with the device): on the
-      CPU a code outside is E402 naming the group input, on CUDA torch's device-side assert.
-    - Group sums use one ``index_add``: no Python loop over groups, no host synchronisation.
+      sensitive features). Without ``groups``, on the CPU (outside torch.compile), where reading
+      a value costs no synchronisation, the count is read from the data (the largest code plus
+      one) and the codes index that many slots, as with a known count; on CUDA, under
+      torch.compile, and for negative codes or codes sparser than the batch's rows, they are
+      ranked within the batch (sort, then ``index_add`` into N slots): any codes work, sparse,
+      negative or large. Both give the same value. With ``groups=K`` (one group input only) they
+      index K slots directly when the batch has at least K rows or the K slots are needed (a
+      window, torch.distributed), else the batch's codes are counted or ranked as without it, so
+      a large K costs no per-call work of its size. They must lie in ``[0, K)``, which is not
+      checked ahead on CUDA (that would synchronise with the device): on the CPU a code outside
+      is E402 naming the group input, on CUDA torch's device-side assert (K slots) or nothing.
+    - Group sums use one ``index_add``: no Python loop over groups, no host synchronisation on CUDA.
       ``sample_weight`` weighs each sample in the group sums, as fairlearn's ``sample_weight``
       does. An empty batch gives 0.
     - Under ``torch.distributed`` (an initialised process group of several ranks) the group sums
@@ -864,26 +877,78 @@ class Fairness(Term):
         return logit
 
     def _slots(self, codes: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Each sample's group slot, and the number of slots: static shapes, no sync.
+        """Each sample's group slot, and the number of slots.
 
-        Without a known count the codes are ranked within the batch (a batch of N holds at most N
-        groups): sorted lexicographically over the columns of an intersection, one stable sort
-        per column (a loop over columns, not groups), then numbered where any column changes.
+        - ``groups=K`` where the K slots are needed (a window's rows, the ranks' shared slots under
+          torch.distributed) or cost no more than the batch (K <= N): the codes index K slots.
+        - Else, on the CPU outside torch.compile, where reading a value costs no synchronisation:
+          the count is read from the data (the largest code plus one; the product of the columns'
+          for an intersection, numbered as the ranking would order them) and the codes index that
+          many slots when they are non-negative and need no more slots than the batch has rows.
+          With ``groups=K`` a code outside [0, K) is E402 here, as the K slots' index_add gives.
+        - Else (CUDA, torch.compile, negative or sparse codes): the codes are ranked within the
+          batch, which needs no read (a batch of N holds at most N groups): sorted
+          lexicographically over the columns of an intersection, one stable sort per column (a
+          loop over columns, not groups), then numbered where any column changes.
+
+        A group absent from the batch takes an empty slot in the first two, which the statistic
+        leaves out as it does any undefined rate, so all three give the same value.
         """
-        if self.num_groups is not None:
+        n = codes[0].shape[0]
+        if self.num_groups is not None and (self.num_groups <= n or self.momentum is not None or self._syncs()):
             return codes[0].long(), self.num_groups
-        if len(codes) == 1:  # one column: the sort gives the ordered codes too
-            ordered, order = torch.sort(codes[0])
-            changed = ordered[1:] != ordered[:-1]
-        else:
-            order = torch.argsort(codes[-1], stable=True)
-            for column in reversed(codes[:-1]):
-                order = order[torch.argsort(column[order], stable=True)]
-            changed = torch.zeros_like(order[1:], dtype=torch.bool)
-            for column in codes:
-                ordered = column[order]
-                changed = changed | (ordered[1:] != ordered[:-1])
-        starts = torch.ones_like(order)
-        starts[1:] = changed.long()
-        ranks = starts.cumsum(0) - 1
-        return torch.empty_like(ranks).scatter_(0, order, ranks), order.shape[0]
+        if n and _reads_host(codes[0]):
+            counted = self._count_codes(codes, n)
+            if counted is not None:
+                return counted
+        return _ranked_slots(codes)
+
+    def _count_codes(self, codes: list[torch.Tensor], n: int) -> tuple[torch.Tensor, int] | None:
+        """Slots from the codes read on the CPU: mixed-radix codes over the columns' counts and
+        their product, or None where that needs more slots than ``n`` (or a code is negative)."""
+        sizes = []
+        for column in codes:
+            lowest, highest = torch.aminmax(column)
+            lowest, highest = int(lowest), int(highest)  # a host read: free on the CPU
+            if self.num_groups is not None and (lowest < 0 or highest >= self.num_groups):
+                bad = lowest if lowest < 0 else highest
+                self.fail(1 if self.inner is None else self.num_inner_inputs,
+                          f"group code {bad} lies outside [0, {self.num_groups}) (groups={self.num_groups}); "
+                          "leave groups= out for any codes")
+            if lowest < 0:
+                return None
+            sizes.append(highest + 1)
+        count = 1
+        for size in sizes:
+            count *= size
+            if count > n:
+                return None
+        slots = codes[0].long()
+        for column, size in zip(codes[1:], sizes[1:]):
+            slots = slots * size + column.long()
+        return slots, count
+
+
+def _reads_host(codes: torch.Tensor) -> bool:
+    """Whether a value of ``codes`` may be read: on the CPU (no synchronisation) and outside
+    torch.compile (whose graph may not depend on data)."""
+    return codes.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _ranked_slots(codes: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """The codes ranked within the batch, into N slots: static shapes, no read, no sync."""
+    if len(codes) == 1:  # one column: the sort gives the ordered codes too
+        ordered, order = torch.sort(codes[0])
+        changed = ordered[1:] != ordered[:-1]
+    else:
+        order = torch.argsort(codes[-1], stable=True)
+        for column in reversed(codes[:-1]):
+            order = order[torch.argsort(column[order], stable=True)]
+        changed = torch.zeros_like(order[1:], dtype=torch.bool)
+        for column in codes:
+            ordered = column[order]
+            changed = changed | (ordered[1:] != ordered[:-1])
+    starts = torch.ones_like(order)
+    starts[1:] = changed.long()
+    ranks = starts.cumsum(0) - 1
+    return torch.empty_like(ranks).scatter_(0, order, ranks), order.shape[0]
