@@ -9,6 +9,7 @@ codes, which costs none there).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
@@ -441,10 +442,12 @@ class Fairness(Term):
             self.inner.bind_context(stat.inner.where, stat.inner.inputs)
             self.num_inner_inputs = len(stat.inner.inputs)
             self.worst_group = stat.form == "group_loss"
+            self.column_names: tuple[str, ...] = ()
             self.columns: tuple = ()
             num_columns = 2
         else:
-            self.columns = tuple(_COLUMN[column] for rate in params.rate_names for column in _RATE_COLUMNS[rate])
+            self.column_names = tuple(column for rate in params.rate_names for column in _RATE_COLUMNS[rate])
+            self.columns = tuple(_COLUMN[column] for column in self.column_names)
             num_columns = len(self.columns)
         self.num_rates = num_columns // 2
         form = params.stat_name
@@ -514,6 +517,23 @@ class Fairness(Term):
         group_loss, the inner term's inputs take ``pred``'s and ``target``'s places before the groups."""
         if self.inner is not None:
             return self._group_loss(inputs)
+        pred, prob, codes, positive, negative, sample_weight = self._prepared(inputs)
+        if prob.shape[0] == 0 and not self._syncs():  # an empty rank still takes part in the ranks' sums
+            return prob.sum()
+        columns = torch.stack([column(prob, positive, negative) for column in self.columns], dim=1)
+        if self.audited:
+            hard = (self._positive_logit(pred) > 0).to(columns.dtype)
+            hard_columns = torch.stack([column(hard, positive, negative) for column in self.columns], dim=1)
+            # One index_add for both halves; the window is the audited half's only (the batch's soft sums stay its own).
+            return self._audited(pred, self._group_sums(torch.cat([columns, hard_columns], dim=1), codes, sample_weight,
+                                                        windowed=False))
+        sums = self._group_sums(columns, codes, sample_weight)
+        return _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums))).to(prob.dtype)
+
+    def _prepared(self, inputs: tuple[torch.Tensor, ...]) -> tuple:
+        """The rates' inputs, checked: ``pred``, the prediction the columns read (``p``, or the raw
+        ``pred`` for mean_pred), the group codes, the labels and their complement (None when not
+        read), ``sample_weight`` (None when not given)."""
         pred, rest = inputs[0], inputs[1:]
         groups, rest = rest[: self.num_columns], rest[self.num_columns:]
         target = rest[0] if self.reads_target else None
@@ -521,20 +541,60 @@ class Fairness(Term):
         prob = self._raw_prediction(pred) if self.raw else self._positive_probability(pred)
         n = prob.shape[0]
         codes = self._codes(groups, n, first_position=1)
+        positive = negative = None
         if target is not None:
             if not _is_column(target, n):
                 self.fail(1 + self.num_columns, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
             positive = (target if target.dim() == 1 else target[:, 0]).to(prob.dtype)
             negative = 1 - positive
-        if n == 0 and not self._syncs():  # an empty rank still takes part in the ranks' sums
-            return prob.sum()
-        if target is None:
-            positive = negative = None
-        columns = torch.stack([column(prob, positive, negative) for column in self.columns], dim=1)
-        if self.audited:
-            return self._audited(pred, columns, positive, negative, codes, sample_weight)
-        sums = self._group_sums(columns, codes, sample_weight)
-        return _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums))).to(prob.dtype)
+        return pred, prob, codes, positive, negative, sample_weight
+
+    def fusion_key(self) -> tuple | None:
+        """Rate statistics over the same inputs with the same prediction (soft, straight-through
+        hard, or raw for mean_pred), sample weighting and distributed summing share their columns,
+        slots and ``index_add``; the statistic, ``ref``, ``agg``, window and audited mode may differ.
+        group_loss (its inner term's columns) is computed alone."""
+        if self.inner is not None:
+            return None
+        return ("fairness rates", self.input_names, self.raw, self.hard, self.sync, self.weighted)
+
+    @classmethod
+    def fuse(cls, terms: Sequence[Term]) -> Callable[..., tuple]:
+        """One call for fairness terms of one ``fusion_key``: each distinct column (``p * (1 - y)``,
+        ``1 - y``, ...) computed once, one ``index_add`` over all of them (one per slot layout:
+        a window's K slots and the batch's counted or ranked ones differ), then each term's
+        window, rates and statistic on its own columns of the sums, as its ``forward`` gives."""
+        terms = tuple(terms)
+        first = terms[0]
+
+        def fused(*inputs: torch.Tensor) -> tuple:
+            pred, prob, codes, positive, negative, sample_weight = first._prepared(inputs)
+            if prob.shape[0] == 0 and not first._syncs():
+                return tuple(prob.sum() for _ in terms)
+            names = list(dict.fromkeys(name for term in terms for name in term.column_names))
+            hard_names = list(dict.fromkeys(name for term in terms if term.audited for name in term.column_names))
+            stacked = [_COLUMN[name](prob, positive, negative) for name in names]
+            if hard_names:
+                hard = (first._positive_logit(pred) > 0).to(prob.dtype)
+                stacked += [_COLUMN[name](hard, positive, negative) for name in hard_names]
+            columns = torch.stack(stacked, dim=1)
+            layouts: dict[tuple, torch.Tensor] = {}  # terms whose slots agree share one index_add
+            values = []
+            for term in terms:
+                layout = (term.num_groups, term.momentum is not None)
+                sums = layouts.get(layout)
+                if sums is None:
+                    sums = layouts[layout] = term._group_sums(columns, codes, sample_weight, windowed=False)
+                own = [names.index(name) for name in term.column_names]
+                if term.audited:
+                    own += [len(names) + hard_names.index(name) for name in term.column_names]
+                    values.append(term._audited(pred, sums[:, own]))
+                    continue
+                own_sums = term._windowed(sums[:, own])
+                values.append(_nan_if_any_nan(own_sums, term._statistic(term._rates_of_sums(own_sums))).to(prob.dtype))
+            return tuple(values)
+
+        return fused
 
     def _rates_of_sums(self, sums: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Each rate's (per-group rate, defined, overall rate) from the [slots, 2 x rates] group sums."""
@@ -550,17 +610,11 @@ class Fairness(Term):
             return gaps[0]
         return (gaps[0] + gaps[1]) / 2 if self.eo_mean else torch.maximum(gaps[0], gaps[1])
 
-    def _audited(
-        self, pred: torch.Tensor, soft_columns: torch.Tensor, positive: torch.Tensor | None,
-        negative: torch.Tensor | None, codes: list[torch.Tensor], sample_weight: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _audited(self, pred: torch.Tensor, sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """In a constraint: the statistic of the hard rates (over the window) with the gradient of the
-        batch's soft statistic (``hard + (soft - soft.detach())``); and that soft statistic."""
-        hard = (self._positive_logit(pred) > 0).to(soft_columns.dtype)
-        hard_columns = torch.stack([column(hard, positive, negative) for column in self.columns], dim=1)
-        width = soft_columns.shape[1]
-        # One index_add for both halves; the window is the audited half's only (the batch's soft sums stay its own).
-        sums = self._group_sums(torch.cat([soft_columns, hard_columns], dim=1), codes, sample_weight, windowed=False)
+        batch's soft statistic (``hard + (soft - soft.detach())``); and that soft statistic. ``sums``
+        holds the soft columns' group sums, then the hard columns'."""
+        width = sums.shape[1] // 2
         momentum = self.momentum
         soft_sums, hard_sums = sums[:, :width], sums[:, width:].detach()
         if momentum is not None:
@@ -745,12 +799,18 @@ class Fairness(Term):
                     code="E403",
                 )
             sums = distributed.all_reduce_sum(sums)
-        if windowed and self.momentum is not None:  # the batch's differentiable sums over the detached history
-            sums = self.momentum * self.running_sums.to(sums.dtype) + (1 - self.momentum) * sums
-            if self.training:  # a batch of NaN (or inf) gives NaN now, and leaves the history as it was
-                history = sums.detach()
-                finite = history.isfinite().all()  # the whole batch, so the sums stay consistent (no sync)
-                self.running_sums.copy_(torch.where(finite, history, self.running_sums.to(history.dtype)))
+        return self._windowed(sums) if windowed else sums
+
+    def _windowed(self, sums: torch.Tensor) -> torch.Tensor:
+        """The batch's group sums mixed into the ema window's history (updated in training mode)."""
+        if self.momentum is None:
+            return sums
+        # The batch's differentiable sums over the detached history.
+        sums = self.momentum * self.running_sums.to(sums.dtype) + (1 - self.momentum) * sums
+        if self.training:  # a batch of NaN (or inf) gives NaN now, and leaves the history as it was
+            history = sums.detach()
+            finite = history.isfinite().all()  # the whole batch, so the sums stay consistent (no sync)
+            self.running_sums.copy_(torch.where(finite, history, self.running_sums.to(history.dtype)))
         return sums
 
     def _disparity(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

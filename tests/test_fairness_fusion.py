@@ -1,0 +1,131 @@
+"""Fairness terms over the same inputs fused into one call (issue 16): ``fusion_key`` and ``fuse``
+give what each term's own ``forward`` gives, values, gradients and window state, with one
+``index_add`` over the columns they need between them."""
+
+from __future__ import annotations
+
+import copy
+from unittest import mock
+
+import pytest
+import torch
+
+import lossdsl
+import lossdsl.library.group_fairness as group_fairness
+from lossdsl.library.group_fairness import Fairness
+
+SPECS = {
+    "three statistics": "fairness(fpr_gap, group=sex) + fairness(tpr_gap, group=sex, ref=overall)"
+                        " + fairness(error_rate_gap, group=sex, agg=smoothmax(0.1))",
+    "windowed and not": "fairness(fpr_gap, group=sex, groups=3, window=ema(0.8))"
+                        " + fairness(eo_gap, group=sex, groups=3) + fairness(tnr_ratio, group=sex, groups=3, window=ema(0.5))",
+    "sample weights": "fairness(fpr_gap, group=sex, sample_weight=w) + fairness(balanced_accuracy_gap, group=sex, sample_weight=w)"
+                      " + fairness(ppv_ratio, group=sex, sample_weight=w, agg=mean)",
+    "objective and constraint": "ce() + fairness(fpr_gap, group=sex, groups=3)\n"
+                                "subject to fairness(tpr_gap, group=sex, groups=3) <= 0.1",
+}
+
+
+def batch(seed: int, n: int = 40, dtype=torch.float64) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "pred": torch.randn(n, generator=g, dtype=dtype),
+        "target": torch.randint(0, 2, (n,), generator=g),
+        "sex": torch.randint(0, 3, (n,), generator=g),
+        "w": torch.rand(n, generator=g, dtype=dtype),
+    }
+
+
+def fairness_terms(loss_fn) -> list[Fairness]:
+    return [term for term in loss_fn.terms if isinstance(term, Fairness)]
+
+
+def flat(values) -> list[torch.Tensor]:
+    """A term's value, or an audited one's (value, surrogate), as a list of tensors."""
+    out = []
+    for value in values:
+        out += list(value) if isinstance(value, tuple) else [value]
+    return out
+
+
+def run(terms, fused: bool, inputs: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each term's values and each value's gradient on pred, from the fused call or each forward."""
+    names = terms[0].input_names
+    pred = inputs["pred"].clone().requires_grad_()
+    arguments = [pred if name == "pred" else inputs[name] for name in names]
+    values = type(terms[0]).fuse(terms)(*arguments) if fused else tuple(term(*arguments) for term in terms)
+    values = flat(values)
+    # (An audited term's surrogate is detached: no gradient, in both.)
+    grads = [torch.autograd.grad(v, pred, retain_graph=True)[0] if v.requires_grad else None for v in values]
+    return [v.detach() for v in values], [torch.zeros_like(pred) if g is None else g for g in grads]
+
+
+@pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
+@pytest.mark.parametrize("reads", [True, False], ids=["cpu count", "ranked"])
+def test_fused_terms_give_each_forward_values_gradients_and_state(spec, reads):
+    loss_fn = lossdsl.compile(spec)
+    loss_fn.train()
+    twin = copy.deepcopy(loss_fn)
+    terms, twin_terms = fairness_terms(loss_fn), fairness_terms(twin)
+    keys = {term.fusion_key() for term in terms}
+    assert len(terms) >= 2 and len(keys) == 1 and None not in keys
+    with mock.patch.object(group_fairness, "_reads_host", lambda codes: reads):
+        for call in range(3):  # the windows' history after each training call too
+            inputs = batch(call)
+            fused_values, fused_grads = run(terms, True, inputs)
+            own_values, own_grads = run(twin_terms, False, inputs)
+            assert len(fused_values) == len(own_values)
+            for ours, theirs in zip(fused_values + fused_grads, own_values + own_grads):
+                assert torch.equal(ours, theirs)
+            assert any(v.abs().sum() > 0 for v in fused_values)  # real gaps, not 0 = 0
+            assert any(g.abs().sum() > 0 for g in fused_grads)
+            for term, twin_term in zip(terms, twin_terms):
+                if term.running_sums is not None:
+                    assert term.running_sums.abs().sum() > 0
+                    assert torch.equal(term.running_sums, twin_term.running_sums)
+
+
+def test_fused_terms_in_eval_mode_leave_the_window_as_it_was():
+    loss_fn = lossdsl.compile(SPECS["windowed and not"]).eval()
+    terms = fairness_terms(loss_fn)
+    before = [term.running_sums.clone() for term in terms if term.running_sums is not None]
+    run(terms, True, batch(0))
+    assert all(torch.equal(a, t.running_sums) for a, t in zip(before, [t for t in terms if t.running_sums is not None]))
+
+
+def test_the_fused_call_sums_once():
+    """Three statistics share one index_add over their six distinct columns, where their forwards
+    take three."""
+    terms = fairness_terms(lossdsl.compile(SPECS["three statistics"]))
+    inputs = batch(5)
+    arguments = [inputs[name] for name in terms[0].input_names]
+    calls = []
+    original = torch.Tensor.index_add_
+
+    def counting(self, dim, index, source, **kwargs):
+        calls.append(tuple(source.shape))
+        return original(self, dim, index, source, **kwargs)
+
+    with mock.patch.object(torch.Tensor, "index_add_", counting):
+        Fairness.fuse(terms)(*arguments)
+        fused_calls = list(calls)
+        calls.clear()
+        for term in terms:
+            term(*arguments)
+    assert fused_calls == [(40, 6)]  # p(1-y), 1-y; py, y; p(1-y) + (1-p)y, 1: each once
+    assert calls == [(40, 2), (40, 2), (40, 2)]
+
+
+def test_terms_that_read_other_inputs_or_an_inner_loss_have_other_keys():
+    loss_fn = lossdsl.compile("fairness(fpr_gap, group=sex) + fairness(dp_gap, group=sex)"
+                              " + fairness(fpr_gap, group=sex, hard=true) + fairness(group_loss(mse), group=sex)")
+    keys = [term.fusion_key() for term in loss_fn.terms]
+    assert keys[3] is None  # group_loss: its inner term's columns
+    assert len({keys[0], keys[1], keys[2]}) == 3  # dp reads no target; hard=true another prediction
+
+
+def test_an_empty_batch_gives_each_term_its_empty_value():
+    terms = fairness_terms(lossdsl.compile(SPECS["three statistics"]))
+    empty = [torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)]
+    fused = Fairness.fuse(terms)(*empty)
+    assert [v.item() for v in fused] == [0.0, 0.0, 0.0]
