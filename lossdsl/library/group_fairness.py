@@ -858,19 +858,21 @@ class Fairness(Term):
     def _largest_and_smallest(self, rate: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """ref=groups: largest minus smallest (or 1 - smallest / largest); smoothmax(T) softens both."""
         if self.temperature is None:  # sentinels never win and take no gradient
-            largest = rate.masked_fill(~defined, float("-inf")).amax()
-            smallest = rate.masked_fill(~defined, float("inf")).amin()
+            undefined = ~defined
+            largest = rate.masked_fill(undefined, float("-inf")).amax()
+            smallest = rate.masked_fill(undefined, float("inf")).amin()
         else:
             largest = self._log_mean_exp(rate, defined, count)
             smallest = -self._log_mean_exp(-rate, defined, count)
         enough = count >= 2
+        if not self.ratio:  # one where: the unused -inf - inf (no group) takes no gradient through it
+            gap = largest - smallest
+            return torch.where(enough, gap, torch.zeros_like(gap))
         largest = torch.where(enough, largest, torch.ones_like(largest))
         smallest = torch.where(enough, smallest, torch.ones_like(smallest))
-        if self.ratio:
-            positive = _above_zero(largest)
-            ratio = safe_divide(smallest, largest, positive)
-            return torch.where(positive, 1 - ratio, torch.zeros_like(ratio))
-        return largest - smallest
+        positive = _above_zero(largest)
+        ratio = safe_divide(smallest, largest, positive)
+        return torch.where(positive, 1 - ratio, torch.zeros_like(ratio))
 
     def _log_mean_exp(self, values: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """``T * log(mean(exp(values / T)))`` over the defined groups: between their mean and their max."""
