@@ -94,26 +94,26 @@ def test_fused_terms_in_eval_mode_leave_the_window_as_it_was():
 
 
 def test_the_fused_call_sums_once():
-    """Three statistics share one index_add over their six distinct columns, where their forwards
-    take three."""
+    """Three statistics share one scatter over their six distinct columns ([columns, N] on the CPU),
+    where their forwards take three."""
     terms = fairness_terms(lossdsl.compile(SPECS["three statistics"]))
     inputs = batch(5)
     arguments = [inputs[name] for name in terms[0].input_names]
     calls = []
-    original = torch.Tensor.index_add_
+    original = torch.Tensor.scatter_add_
 
     def counting(self, dim, index, source, **kwargs):
         calls.append(tuple(source.shape))
         return original(self, dim, index, source, **kwargs)
 
-    with mock.patch.object(torch.Tensor, "index_add_", counting):
+    with mock.patch.object(torch.Tensor, "scatter_add_", counting):
         Fairness.fuse(terms)(*arguments)
         fused_calls = list(calls)
         calls.clear()
         for term in terms:
             term(*arguments)
-    assert fused_calls == [(40, 6)]  # p(1-y), 1-y; py, y; p(1-y) + (1-p)y, 1: each once
-    assert calls == [(40, 2), (40, 2), (40, 2)]
+    assert fused_calls == [(6, 40)]  # p(1-y), 1-y; py, y; p(1-y) + (1-p)y, 1: each once
+    assert calls == [(2, 40), (2, 40), (2, 40)]
 
 
 def test_terms_that_read_other_inputs_or_an_inner_loss_have_other_keys():

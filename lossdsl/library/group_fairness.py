@@ -520,12 +520,12 @@ class Fairness(Term):
         pred, prob, codes, positive, negative, sample_weight = self._prepared(inputs)
         if prob.shape[0] == 0 and not self._syncs():  # an empty rank still takes part in the ranks' sums
             return prob.sum()
-        columns = torch.stack([column(prob, positive, negative) for column in self.columns], dim=1)
+        columns = torch.stack([column(prob, positive, negative) for column in self.columns])
         if self.audited:
             hard = (self._positive_logit(pred) > 0).to(columns.dtype)
-            hard_columns = torch.stack([column(hard, positive, negative) for column in self.columns], dim=1)
+            hard_columns = torch.stack([column(hard, positive, negative) for column in self.columns])
             # One index_add for both halves; the window is the audited half's only (the batch's soft sums stay its own).
-            return self._audited(pred, self._group_sums(torch.cat([columns, hard_columns], dim=1), codes, sample_weight,
+            return self._audited(pred, self._group_sums(torch.cat([columns, hard_columns]), codes, sample_weight,
                                                         windowed=False))
         sums = self._group_sums(columns, codes, sample_weight)
         return _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums))).to(prob.dtype)
@@ -577,7 +577,7 @@ class Fairness(Term):
             if hard_names:
                 hard = (first._positive_logit(pred) > 0).to(prob.dtype)
                 stacked += [_COLUMN[name](hard, positive, negative) for name in hard_names]
-            columns = torch.stack(stacked, dim=1)
+            columns = torch.stack(stacked)
             layouts: dict[tuple, torch.Tensor] = {}  # terms whose slots agree share one index_add
             values = []
             for term in terms:
@@ -742,7 +742,7 @@ class Fairness(Term):
         codes = self._codes(groups, n, first_position=self.num_inner_inputs)
         if n == 0 and not self._syncs():
             return per_sample.sum()
-        sums = self._group_sums(per_sample, codes, sample_weight)
+        sums = self._group_sums(per_sample.T, codes, sample_weight)
         if not self.worst_group:
             return _nan_if_any_nan(sums, self._disparity(sums[:, 0], sums[:, 1])).to(per_sample.dtype)
         return self._worst_group(sums).to(per_sample.dtype)
@@ -778,18 +778,25 @@ class Fairness(Term):
         self, columns: torch.Tensor, codes: list[torch.Tensor], sample_weight: torch.Tensor | None,
         windowed: bool = True,
     ) -> torch.Tensor:
-        """Per-sample columns [N, k] summed per group slot with one index_add; the ema window's history mixed in.
+        """Per-sample columns ``[k, N]`` summed per group slot with one scatter (``index_add``), as
+        ``[slots, k]``; the ema window's history mixed in.
 
-        Half-precision columns are summed in float32: a batch's sums overflow float16 (and its
-        log-mean-exp would); the caller casts the statistic back.
+        On the CPU the columns are summed along their rows (``scatter_add_`` over ``[k, N]``): about
+        three times faster than ``index_add_`` of ``[N, k]`` rows, which also needs the columns
+        interleaved (and the same sums, added in the same order). CUDA keeps ``index_add_``, which
+        has a deterministic mode. Half-precision columns are summed in float32: a batch's sums
+        overflow float16 (and its log-mean-exp would); the caller casts the statistic back.
         """
         if columns.dtype in (torch.float16, torch.bfloat16):
             columns = columns.float()
         if sample_weight is not None:
-            weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, columns.shape[0], columns.dtype)
-            columns = columns * weight[:, None]
+            weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, columns.shape[1], columns.dtype)
+            columns = columns * weight
         slots, num_slots = self._slots(codes)
-        sums = columns.new_zeros(num_slots, columns.shape[1]).index_add_(0, slots, columns)
+        if columns.device.type == "cpu":
+            sums = columns.new_zeros(columns.shape[0], num_slots).scatter_add_(1, slots.expand_as(columns), columns).T
+        else:
+            sums = columns.new_zeros(num_slots, columns.shape[0]).index_add_(0, slots, columns.T)
         if self._syncs():
             if self.num_groups is None:
                 raise LossSpecError(
@@ -798,7 +805,7 @@ class Fairness(Term):
                     "each rank's own batch",
                     code="E403",
                 )
-            sums = distributed.all_reduce_sum(sums)
+            sums = distributed.all_reduce_sum(sums.contiguous())
         return self._windowed(sums) if windowed else sums
 
     def _windowed(self, sums: torch.Tensor) -> torch.Tensor:
