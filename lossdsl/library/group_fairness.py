@@ -556,7 +556,7 @@ class Fairness(Term):
         group_loss (its inner term's columns) is computed alone."""
         if self.inner is not None:
             return None
-        return ("fairness rates", self.input_names, self.raw, self.hard, self.sync, self.weighted)
+        return ("fairness rates", getattr(self, "input_names", None), self.raw, self.hard, self.sync, self.weighted)
 
     @classmethod
     def fuse(cls, terms: Sequence[Term]) -> Callable[..., tuple]:
