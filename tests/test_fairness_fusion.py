@@ -129,3 +129,58 @@ def test_an_empty_batch_gives_each_term_its_empty_value():
     empty = [torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)]
     fused = Fairness.fuse(terms)(*empty)
     assert [v.item() for v in fused] == [0.0, 0.0, 0.0]
+
+
+# --------------------------------------------------------------------------------------------
+# specialise: the common signature without the forward's layers of checks
+# --------------------------------------------------------------------------------------------
+
+STRAIGHT = ["fpr_gap", "dp_gap", "eo_gap", "ppv_ratio", "balanced_accuracy_gap", "tpr_gap, ref=overall",
+            "error_rate_ratio, agg=mean", "fnr_gap, agg=smoothmax(0.2)", "fpr_gap, groups=3", "accuracy_gap, groups=100"]
+
+
+@pytest.mark.parametrize("stat", STRAIGHT)
+@pytest.mark.parametrize("reads", [True, False], ids=["cpu count", "ranked"])
+def test_the_specialised_forward_gives_the_forward_bit_for_bit(stat, reads):
+    loss_fn = lossdsl.compile(f"fairness({stat}, group=sex)")
+    term = loss_fn.terms[0]
+    for seed, n in ((0, 40), (1, 3), (2, 1)):
+        inputs = batch(seed, n)
+        arguments = [inputs[name] for name in term.input_names]
+        fast = term.specialise(*arguments)
+        assert fast != term.forward
+        with mock.patch.object(group_fairness, "_reads_host", lambda codes: reads):
+            for function in (fast, term.forward):
+                pred = arguments[0].clone().requires_grad_()
+                value = function(pred, *arguments[1:])
+                (grad,) = torch.autograd.grad(value, pred)
+                if function is fast:
+                    expected = (value, grad)
+                else:
+                    assert torch.equal(value, expected[0]) and torch.equal(grad, expected[1])
+
+
+@pytest.mark.parametrize("spec,inputs", [
+    ("fairness(fpr_gap, group=sex)", lambda b: (torch.stack([-b["pred"], b["pred"]], 1), b["sex"], b["target"])),
+    ("fairness(fpr_gap, group=sex, sample_weight=w)", lambda b: (b["pred"], b["sex"], b["target"], b["w"])),
+    ("fairness(fpr_gap, group=sex, groups=3, window=ema(0.5))", lambda b: (b["pred"], b["sex"], b["target"])),
+    ("fairness(fpr_gap, group=sex, hard=true)", lambda b: (b["pred"], b["sex"], b["target"])),
+    ("fairness(mean_pred_gap, group=sex)", lambda b: (b["pred"], b["sex"])),
+    ("fairness(dp_gap, group=(sex, race))", lambda b: (b["pred"], b["sex"], b["sex"] % 2)),
+    ("fairness(fpr_gap, group=sex)", lambda b: (b["pred"].half(), b["sex"], b["target"])),
+    ("fairness(group_loss(mse), group=sex)", lambda b: (b["pred"], b["pred"], b["sex"])),
+])
+def test_other_signatures_keep_the_forward(spec, inputs):
+    term = lossdsl.compile(spec).terms[0]
+    assert term.specialise(*inputs(batch(0))) == term.forward
+
+
+def test_the_specialised_forward_still_checks_sizes():
+    term = lossdsl.compile("fairness(fpr_gap, group=sex)").terms[0]
+    b = batch(0)
+    fast = term.specialise(b["pred"], b["sex"], b["target"])
+    with pytest.raises(lossdsl.LossSpecError, match=r"E402.*'sex'.*expected group codes of shape \(40,\), got \(39,\)"):
+        fast(b["pred"], b["sex"][:39], b["target"])
+    with pytest.raises(lossdsl.LossSpecError, match=r"E402.*'target'.*expected 0/1 labels of shape \(40,\), got \(4,\)"):
+        fast(b["pred"], b["sex"], b["target"][:4])
+    assert fast(b["pred"][:0], b["sex"][:0], b["target"][:0]).item() == 0.0  # an empty batch, as forward gives

@@ -549,6 +549,48 @@ class Fairness(Term):
             negative = 1 - positive
         return pred, prob, codes, positive, negative, sample_weight
 
+    def specialise(self, *inputs: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """For the common signature, 1-D float32/float64 logits, one 1-D integer group input and 1-D
+        labels, no sample weight, window, audit, straight-through or group_loss: the forward's ops
+        in the forward's order without its layers of per-call checks (dtypes and dimensions are
+        this signature's; the sizes are still checked). Any other signature: ``forward``."""
+        fast = self._straight_line(inputs)
+        return fast if fast is not None else self.forward
+
+    def _straight_line(self, inputs: tuple[torch.Tensor, ...]) -> Callable[..., torch.Tensor] | None:
+        if (self.inner is not None or self.audited or self.momentum is not None or self.raw or self.hard
+                or self.weighted or self.num_columns != 1 or len(inputs) != 2 + self.reads_target):
+            return None
+        pred, group = inputs[0], inputs[1]
+        if pred.dim() != 1 or pred.dtype not in (torch.float32, torch.float64):
+            return None
+        if group.dim() != 1 or group.is_floating_point() or group.is_complex():
+            return None
+        if self.reads_target and inputs[2].dim() != 1:
+            return None
+        columns, reads_target, forward = self.columns, self.reads_target, self.forward
+
+        def straight_line(*inputs: torch.Tensor) -> torch.Tensor:
+            pred, group = inputs[0], inputs[1]
+            n = pred.shape[0]
+            if group.shape[0] != n:
+                self.fail(1, f"expected group codes of shape ({n},), got {tuple(group.shape)}")
+            if n == 0 or self._syncs():  # (rare: the forward's own handling)
+                return forward(*inputs)
+            prob = torch.sigmoid(pred)
+            positive = negative = None
+            if reads_target:
+                target = inputs[2]
+                if target.shape[0] != n:
+                    self.fail(2, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
+                positive = target.to(prob.dtype)
+                negative = 1 - positive
+            stacked = torch.stack([column(prob, positive, negative) for column in columns])
+            sums = _summed(stacked, *self._slots([group]))
+            return _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums))).to(prob.dtype)
+
+        return straight_line
+
     def fusion_key(self) -> tuple | None:
         """Rate statistics over the same inputs with the same prediction (soft, straight-through
         hard, or raw for mean_pred), sample weighting and distributed summing share their columns,
@@ -792,11 +834,7 @@ class Fairness(Term):
         if sample_weight is not None:
             weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, columns.shape[1], columns.dtype)
             columns = columns * weight
-        slots, num_slots = self._slots(codes)
-        if columns.device.type == "cpu":
-            sums = columns.new_zeros(columns.shape[0], num_slots).scatter_add_(1, slots.expand_as(columns), columns).T
-        else:
-            sums = columns.new_zeros(num_slots, columns.shape[0]).index_add_(0, slots, columns.T)
+        sums = _summed(columns, *self._slots(codes))
         if self._syncs():
             if self.num_groups is None:
                 raise LossSpecError(
@@ -996,6 +1034,13 @@ class Fairness(Term):
         for column, size in zip(codes[1:], sizes[1:]):
             slots = slots * size + column.long()
         return slots, count
+
+
+def _summed(columns: torch.Tensor, slots: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """``[k, N]`` columns summed per slot, as ``[slots, k]`` (see ``Fairness._group_sums``)."""
+    if columns.device.type == "cpu":
+        return columns.new_zeros(columns.shape[0], num_slots).scatter_add_(1, slots.expand_as(columns), columns).T
+    return columns.new_zeros(num_slots, columns.shape[0]).index_add_(0, slots, columns.T)
 
 
 def _reads_host(codes: torch.Tensor) -> bool:
