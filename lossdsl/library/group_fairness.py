@@ -587,7 +587,8 @@ class Fairness(Term):
                 negative = 1 - positive
             stacked = torch.stack([column(prob, positive, negative) for column in columns])
             sums = _summed(stacked, *self._slots([group]))
-            return _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums))).to(prob.dtype)
+            value = _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums)))
+            return value if value.dtype == prob.dtype else value.to(prob.dtype)
 
         return straight_line
 
@@ -890,7 +891,7 @@ class Fairness(Term):
             value = self._mean_over_pairs(rate, defined, count)
         else:
             return self._largest_and_smallest(rate, defined, count)  # 0 for fewer than two groups already
-        return torch.where(count >= 2, value, torch.zeros_like(value))
+        return torch.where(count >= 2, value, 0.0)
 
     def _combine_distances(self, distance: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """ref=overall: the largest, mean or log-mean-exp of the defined groups' distances."""
@@ -912,12 +913,12 @@ class Fairness(Term):
         enough = count >= 2
         if not self.ratio:  # one where: the unused -inf - inf (no group) takes no gradient through it
             gap = largest - smallest
-            return torch.where(enough, gap, torch.zeros_like(gap))
+            return torch.where(enough, gap, 0.0)  # (a scalar: no zeros_like op)
         largest = torch.where(enough, largest, torch.ones_like(largest))
         smallest = torch.where(enough, smallest, torch.ones_like(smallest))
         positive = _above_zero(largest)
         ratio = safe_divide(smallest, largest, positive)
-        return torch.where(positive, 1 - ratio, torch.zeros_like(ratio))
+        return torch.where(positive, 1 - ratio, 0.0)
 
     def _log_mean_exp(self, values: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """``T * log(mean(exp(values / T)))`` over the defined groups: between their mean and their max."""
