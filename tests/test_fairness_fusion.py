@@ -184,3 +184,17 @@ def test_the_specialised_forward_still_checks_sizes():
     with pytest.raises(lossdsl.LossSpecError, match=r"E402.*'target'.*expected 0/1 labels of shape \(40,\), got \(4,\)"):
         fast(b["pred"], b["sex"], b["target"][:4])
     assert fast(b["pred"][:0], b["sex"][:0], b["target"][:0]).item() == 0.0  # an empty batch, as forward gives
+
+
+def test_the_fused_call_compiles_fullgraph():
+    """torch.compile(fullgraph=True) of the fused call (no read: the ranked slots): each term's
+    eager value and gradient."""
+    terms = fairness_terms(lossdsl.compile(SPECS["three statistics"]))
+    inputs = batch(7)
+    eager_values, eager_grads = run(terms, True, inputs)
+    fused = torch.compile(Fairness.fuse(terms), fullgraph=True)
+    pred = inputs["pred"].clone().requires_grad_()
+    values = fused(pred, inputs["sex"], inputs["target"])
+    grads = [torch.autograd.grad(v, pred, retain_graph=True)[0] for v in values]
+    torch.testing.assert_close([v.detach() for v in values], eager_values)
+    torch.testing.assert_close(grads, eager_grads)

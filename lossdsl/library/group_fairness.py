@@ -631,9 +631,9 @@ class Fairness(Term):
                 own = [names.index(name) for name in term.column_names]
                 if term.audited:
                     own += [len(names) + hard_names.index(name) for name in term.column_names]
-                    values.append(term._audited(pred, sums[:, own]))
+                    values.append(term._audited(pred, _columns_of(sums, own)))
                     continue
-                own_sums = term._windowed(sums[:, own])
+                own_sums = term._windowed(_columns_of(sums, own))
                 values.append(_nan_if_any_nan(own_sums, term._statistic(term._rates_of_sums(own_sums))).to(prob.dtype))
             return tuple(values)
 
@@ -1035,6 +1035,14 @@ class Fairness(Term):
         for column, size in zip(codes[1:], sizes[1:]):
             slots = slots * size + column.long()
         return slots, count
+
+
+def _columns_of(sums: torch.Tensor, own: list[int]) -> torch.Tensor:
+    """A fused term's columns of the shared sums: a view where they are adjacent (no copy, and no
+    index op in the backward), else gathered."""
+    if own == list(range(own[0], own[0] + len(own))):
+        return sums[:, own[0]: own[0] + len(own)]
+    return sums[:, own]
 
 
 def _summed(columns: torch.Tensor, slots: torch.Tensor, num_slots: int) -> torch.Tensor:
