@@ -21,6 +21,12 @@ SPECS = {
                         " + fairness(eo_gap, group=sex, groups=3) + fairness(tnr_ratio, group=sex, groups=3, window=ema(0.5))",
     "sample weights": "fairness(fpr_gap, group=sex, sample_weight=w) + fairness(balanced_accuracy_gap, group=sex, sample_weight=w)"
                       " + fairness(ppv_ratio, group=sex, sample_weight=w, agg=mean)",
+    # One max/min over [groups, terms] for the adjacent single-rate gaps (and ratios, ppv apart: its floor).
+    "batched gaps": "fairness(fpr_gap, group=sex) + fairness(tpr_gap, group=sex) + fairness(error_rate_gap, group=sex)"
+                    " + fairness(fnr_ratio, group=sex)",
+    "batched ratios": "fairness(fpr_ratio, group=sex, groups=3) + fairness(accuracy_ratio, group=sex, groups=3)"
+                      " + fairness(tnr_ratio, group=sex, groups=3) + fairness(ppv_ratio, group=sex, groups=3)"
+                      " + fairness(tpr_ratio, group=sex, groups=3)",
     "objective and constraint": "ce() + fairness(fpr_gap, group=sex, groups=3)\n"
                                 "subject to fairness(tpr_gap, group=sex, groups=3) <= 0.1",
 }
@@ -198,3 +204,35 @@ def test_the_fused_call_compiles_fullgraph():
     grads = [torch.autograd.grad(v, pred, retain_graph=True)[0] for v in values]
     torch.testing.assert_close([v.detach() for v in values], eager_values)
     torch.testing.assert_close(grads, eager_grads)
+
+
+@pytest.mark.parametrize("spec", ["batched gaps", "batched ratios"])
+def test_batched_statistics_keep_each_terms_nan_and_its_empty_groups(spec):
+    """A NaN prediction makes every term NaN, as alone; a batch where one group has no positives
+    (tpr undefined there) and one where a single group is present give each term its own value."""
+    terms = fairness_terms(lossdsl.compile(SPECS[spec]))
+    inputs = batch(3, n=12)
+    cases = [dict(inputs, pred=inputs["pred"].clone().index_fill_(0, torch.tensor([4]), float("nan"))),
+             dict(inputs, target=torch.where(inputs["sex"] == 1, 0, inputs["target"])),
+             dict(inputs, sex=torch.zeros_like(inputs["sex"]))]
+    for case in cases:
+        fused, own = run(terms, True, case), run(terms, False, case)
+        torch.testing.assert_close(fused, own, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize(("spec", "batches"), [("batched gaps", [3]), ("batched ratios", [2]), ("three statistics", [])])
+def test_which_terms_share_one_statistic(spec, batches):
+    """Adjacent single-rate statistics of one form share the max/min; a term whose columns are
+    shared with an earlier one (tnr's 1 - y after fpr), another floor (ppv) or form is alone."""
+    terms = fairness_terms(lossdsl.compile(SPECS[spec]))
+    inputs = batch(0)
+    seen = []
+    original = group_fairness._batched_gaps
+
+    def counting(term, sums, start, count, dtype):
+        seen.append(count)
+        return original(term, sums, start, count, dtype)
+
+    with mock.patch.object(group_fairness, "_batched_gaps", counting):
+        Fairness.fuse(terms)(*[inputs[name] for name in terms[0].input_names])
+    assert seen == batches

@@ -475,6 +475,14 @@ class Fairness(Term):
         #: Set by ``audit_in_constraint``: the forward returns (audited value, surrogate).
         self.audited = False
         self._params = params
+        # Fused with others of the same key (ratio or not, floor), one max/min over [groups, terms]
+        # gives each one's gap: a single rate, ref=groups, agg=max, no window (False: computed alone).
+        self._batchable = (
+            (self.ratio, self.floors[0])
+            if (self.inner is None and self.num_rates == 1 and not self.mean_of_rates and not self.overall
+                and self.agg == "max" and self.temperature is None and explicit_window is None)
+            else False
+        )
         # Running group sums for window=ema(m): one row per group slot, saved in state_dict.
         shape = (params.groups or 0, num_columns)
         self.register_buffer("running_sums", torch.zeros(shape, dtype=torch.float64) if explicit_window is not None else None)
@@ -622,19 +630,40 @@ class Fairness(Term):
                 stacked += [_COLUMN[name](hard, positive, negative) for name in hard_names]
             columns = torch.stack(stacked)
             layouts: dict[tuple, torch.Tensor] = {}  # terms whose slots agree share one index_add
-            values = []
+            values: list = []
+            batch: list[tuple[Fairness, int]] = []  # (term, first column): one statistic for them all
+
+            def flush() -> None:
+                if len(batch) == 1:
+                    term, start = batch[0]
+                    own_sums = sums_of[term][:, start: start + 2]
+                    values.append(_nan_if_any_nan(own_sums, term._statistic(term._rates_of_sums(own_sums))).to(prob.dtype))
+                elif batch:
+                    values.extend(_batched_gaps(batch[0][0], sums_of[batch[0][0]], batch[0][1], len(batch), prob.dtype))
+                batch.clear()
+
+            sums_of: dict[Fairness, torch.Tensor] = {}
             for term in terms:
                 layout = (term.num_groups, term.momentum is not None)
                 sums = layouts.get(layout)
                 if sums is None:
                     sums = layouts[layout] = term._group_sums(columns, codes, sample_weight, windowed=False)
+                sums_of[term] = sums
                 own = [names.index(name) for name in term.column_names]
+                if term._batchable and not term.audited and own[1] == own[0] + 1:
+                    if batch and (term._batchable != batch[0][0]._batchable or sums is not sums_of[batch[0][0]]
+                                  or own[0] != batch[-1][1] + 2):
+                        flush()  # another form, layout, or columns not next to the batch's
+                    batch.append((term, own[0]))
+                    continue
+                flush()
                 if term.audited:
                     own += [len(names) + hard_names.index(name) for name in term.column_names]
                     values.append(term._audited(pred, _columns_of(sums, own)))
                     continue
                 own_sums = term._windowed(_columns_of(sums, own))
                 values.append(_nan_if_any_nan(own_sums, term._statistic(term._rates_of_sums(own_sums))).to(prob.dtype))
+            flush()
             return tuple(values)
 
         return fused
@@ -1035,6 +1064,32 @@ class Fairness(Term):
         for column, size in zip(codes[1:], sizes[1:]):
             slots = slots * size + column.long()
         return slots, count
+
+
+def _batched_gaps(term: Fairness, sums: torch.Tensor, start: int, count: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """``count`` fused single-rate statistics (ref=groups, agg=max) whose (numerator, denominator)
+    columns follow each other from ``start``: the ops of one term's ``_form`` over ``[groups,
+    terms]``, reducing over the groups. Max, min, the counts and the element-wise rates are those
+    of each term alone (exact), and so are the gradients."""
+    block = sums[:, start: start + 2 * count]
+    numerator, denominator = block[:, 0::2], block[:, 1::2]
+    defined = _above_zero(denominator, term.floors[0])
+    rate = safe_divide(numerator, denominator, defined)
+    count_defined = defined.sum(0)
+    undefined = ~defined
+    largest = rate.masked_fill(undefined, float("-inf")).amax(0)
+    smallest = rate.masked_fill(undefined, float("inf")).amin(0)
+    enough = count_defined >= 2
+    if not term.ratio:
+        value = torch.where(enough, largest - smallest, 0.0)
+    else:
+        largest = torch.where(enough, largest, torch.ones_like(largest))
+        smallest = torch.where(enough, smallest, torch.ones_like(smallest))
+        positive = _above_zero(largest)
+        value = torch.where(positive, 1 - safe_divide(smallest, largest, positive), 0.0)
+    has_nan = block.isnan().reshape(block.shape[0], count, 2).any(2).any(0)  # each term's own two columns
+    value = torch.where(has_nan, float("nan"), value)
+    return list((value if value.dtype == dtype else value.to(dtype)).unbind(0))
 
 
 def _columns_of(sums: torch.Tensor, own: list[int]) -> torch.Tensor:
