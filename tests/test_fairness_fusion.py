@@ -195,7 +195,7 @@ def test_the_specialised_forward_still_checks_sizes():
 def test_the_fused_call_compiles_fullgraph():
     """torch.compile(fullgraph=True) of the fused call (no read: the ranked slots): each term's
     eager value and gradient."""
-    terms = fairness_terms(lossdsl.compile(SPECS["three statistics"]))
+    terms = fairness_terms(lossdsl.compile(SPECS["batched gaps"]))
     inputs = batch(7)
     eager_values, eager_grads = run(terms, True, inputs)
     fused = torch.compile(Fairness.fuse(terms), fullgraph=True)
