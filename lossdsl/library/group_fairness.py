@@ -577,6 +577,7 @@ class Fairness(Term):
         if self.reads_target and inputs[2].dim() != 1:
             return None
         columns, reads_target, forward = self.columns, self.reads_target, self.forward
+        batchable, floor = bool(self._batchable), self.floors[0] if self.floors else 0.0
 
         def straight_line(*inputs: torch.Tensor) -> torch.Tensor:
             pred, group = inputs[0], inputs[1]
@@ -595,6 +596,8 @@ class Fairness(Term):
                 negative = 1 - positive
             stacked = torch.stack([column(prob, positive, negative) for column in columns])
             sums = _summed(stacked, *self._slots([group]))
+            if batchable:  # the default comparison written out: its ops, fewer Python calls
+                return _gap_of_one(self.ratio, floor, sums, prob.dtype)
             value = _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums)))
             return value if value.dtype == prob.dtype else value.to(prob.dtype)
 
@@ -1090,6 +1093,28 @@ def _batched_gaps(term: Fairness, sums: torch.Tensor, start: int, count: int, dt
     has_nan = block.isnan().reshape(block.shape[0], count, 2).any(2).any(0)  # each term's own two columns
     value = torch.where(has_nan, float("nan"), value)
     return list((value if value.dtype == dtype else value.to(dtype)).unbind(0))
+
+
+def _gap_of_one(ratio: bool, floor: float, sums: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """One single-rate statistic (ref=groups, agg=max) from its [slots, 2] sums: the ops of
+    ``_rates``, ``_largest_and_smallest`` and ``_nan_if_any_nan`` in their order."""
+    numerator, denominator = sums[:, 0], sums[:, 1]
+    defined = _above_zero(denominator, floor)
+    rate = safe_divide(numerator, denominator, defined)
+    count = defined.sum()
+    undefined = ~defined
+    largest = rate.masked_fill(undefined, float("-inf")).amax()
+    smallest = rate.masked_fill(undefined, float("inf")).amin()
+    enough = count >= 2
+    if not ratio:
+        value = torch.where(enough, largest - smallest, 0.0)
+    else:
+        largest = torch.where(enough, largest, torch.ones_like(largest))
+        smallest = torch.where(enough, smallest, torch.ones_like(smallest))
+        positive = _above_zero(largest)
+        value = torch.where(positive, 1 - safe_divide(smallest, largest, positive), 0.0)
+    value = torch.where(sums.isnan().any(), float("nan"), value)
+    return value if value.dtype == dtype else value.to(dtype)
 
 
 def _columns_of(sums: torch.Tensor, own: list[int]) -> torch.Tensor:
