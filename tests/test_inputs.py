@@ -83,7 +83,7 @@ def test_fixed_dimensions_are_checked():
          "loss = fairness(dp_gap, group=sex)", "E205", 4, 3, "a group input has 1 to 65536 groups"),
         ("inputs:\n  pred: logits[N]\n  target: binary[N]\n  sex: group[N] of 0\n"
          "loss = fairness(dp_gap, group=sex)", "E205", 4, 3, "a group input has 1 to 65536 groups"),
-        ("fairness(dp_gap, group=sex, groups=65537)", "E205", 1, 36, "less than or equal to 65536"),
+        ("fairness(dp_gap, group=sex, groups=2147483648)", "E205", 1, 36, "less than or equal to 2147483647"),
         ("inputs:\n  y: real[N]\nloss = soft_bound(yy <= 1)", "E104", 3, 19, "did you mean 'y'?"),
         ("inputs:\n  y: real[N]\nloss = mean(abs(y)) + z", "E104", 3, 23, "undefined name 'z'"),
         ("loss = ce()\ny: real[N]", "E005", 2, 1, "outside an 'inputs:' block"),

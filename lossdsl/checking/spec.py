@@ -122,6 +122,7 @@ def _plan(ctx: Context, objective: ObjectiveExpr) -> Plan:
 
     if objective is not None:
         visit(objective)
+    in_objective = {id(term) for term in terms}  # (a term the objective reads keeps no audited window)
     for constraint in ctx.constraints:
         visit(constraint.value)
     unused_is_expected = objective is None  # a file to include defines things for others
@@ -138,7 +139,7 @@ def _plan(ctx: Context, objective: ObjectiveExpr) -> Plan:
             ctx.report("W001", f"'{name}' is defined but not used in the objective", let.statement,
                        hint="it is not computed; add it to 'loss = ...' or remove it", severity="warning")
     terms.sort(key=lambda t: (t.span.line, t.span.column) if t.span else (0, 0))  # stable: built specs keep visit order
-    _check_group_state(ctx, terms)
+    _check_group_state(ctx, terms, in_objective)
     if any(d.severity == "error" for d in ctx.diagnostics):
         raise LossSpecError(ctx.diagnostics)
     labelled = label_terms(ctx, terms, used_lets)
@@ -166,12 +167,14 @@ def _plan(ctx: Context, objective: ObjectiveExpr) -> Plan:
     )
 
 
-def _check_group_state(ctx: Context, terms: list[TermPlan]) -> None:
+def _check_group_state(ctx: Context, terms: list[TermPlan], in_objective: set[int]) -> None:
     """The per-group state of all the terms (``state_size``: window=ema's running sums) is bounded:
-    eight eo terms over 2^24 groups allocated 4.3 GB when the module was built."""
+    eight eo terms over 2^24 groups allocated 4.3 GB when the module was built. A term only
+    constraints read may keep an audited window besides (``in_constraint``)."""
     kept = 0
     for term in terms:
-        size = getattr(term.params, "state_size", lambda: 0)()
+        state_size = getattr(term.params, "state_size", None)
+        size = state_size(in_constraint=id(term) not in in_objective) if state_size is not None else 0
         kept += size
         if size and kept > MAX_GROUP_STATE:
             ctx.report("E205", f"the spec's window=ema terms keep {kept} running sums (groups x 2 per rate, "

@@ -3,11 +3,13 @@
 Rates are soft: computed per group from predicted probabilities, so they are
 differentiable; on hard 0/1 predictions they equal fairlearn's metrics. Group
 statistics are summed with one ``index_add`` over group slots, with no Python
-loop over groups and no host synchronisation.
+loop over groups and no host synchronisation on CUDA (on the CPU the group count is read from the
+codes, which costs none there).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -17,6 +19,7 @@ from ..registry import MAX_GROUPS, InnerLoss, Term, implements, safe_divide
 from .params.group_fairness import (  # noqa: F401  (re-exported)
     AUDIT_WINDOW,
     GROUP_LOSS_FORMS,
+    MAX_GROUP_COUNT,
     _RATE_COLUMNS,
     FairnessParams,
     Statistic,
@@ -210,12 +213,18 @@ class Fairness(Term):
       in gives NaN out: a NaN prediction, label or weight is never taken for an empty group.
     - Group codes are an integer (or bool) tensor ``[N]`` or ``[N, 1]``; ``group=(sex, race)``
       makes each combination of codes a group (an intersection, as fairlearn's several
-      sensitive features). Without ``groups``, the codes are ranked within the batch (sort, then
-      ``index_add`` into N slots): any codes work, sparse, negative or large. With ``groups=K``
-      (one group input only, K at most 65,536) they index K slots directly (cheaper) and must lie
-      in ``[0, K)``, which is not checked ahead (that would synchronise with the device): on the
-      CPU a code outside is E402 naming the group input, on CUDA torch's device-side assert.
-    - Group sums use one ``index_add``: no Python loop over groups, no host synchronisation.
+      sensitive features). Without ``groups``, on the CPU (outside torch.compile), where reading
+      a value costs no synchronisation, the count is read from the data (the largest code plus
+      one) and the codes index that many slots, as with a known count; on CUDA, under
+      torch.compile, and for negative codes or codes sparser than the batch's rows, they are
+      ranked within the batch (sort, then ``index_add`` into N slots): any codes work, sparse,
+      negative or large. Both give the same value. With ``groups=K`` (one group input only) they
+      index K slots directly when the batch has at least K rows or the K slots are needed (a
+      window, torch.distributed), else the batch's codes are counted or ranked as without it, so
+      a large K costs no per-call work of its size. They must lie in ``[0, K)``, which is not
+      checked ahead on CUDA (that would synchronise with the device): on the CPU a code outside
+      is E402 naming the group input, on CUDA torch's device-side assert (K slots) or nothing.
+    - Group sums use one ``index_add``: no Python loop over groups, no host synchronisation on CUDA.
       ``sample_weight`` weighs each sample in the group sums, as fairlearn's ``sample_weight``
       does. An empty batch gives 0.
     - Under ``torch.distributed`` (an initialised process group of several ranks) the group sums
@@ -261,10 +270,12 @@ class Fairness(Term):
             self.inner.bind_context(stat.inner.where, stat.inner.inputs)
             self.num_inner_inputs = len(stat.inner.inputs)
             self.worst_group = stat.form == "group_loss"
+            self.column_names: tuple[str, ...] = ()
             self.columns: tuple = ()
             num_columns = 2
         else:
-            self.columns = tuple(_COLUMN[column] for rate in params.rate_names for column in _RATE_COLUMNS[rate])
+            self.column_names = tuple(column for rate in params.rate_names for column in _RATE_COLUMNS[rate])
+            self.columns = tuple(_COLUMN[column] for column in self.column_names)
             num_columns = len(self.columns)
         self.num_rates = num_columns // 2
         form = params.stat_name
@@ -292,6 +303,14 @@ class Fairness(Term):
         #: Set by ``audit_in_constraint``: the forward returns (audited value, surrogate).
         self.audited = False
         self._params = params
+        # Fused with others of the same key (ratio or not, floor), one max/min over [groups, terms]
+        # gives each one's gap: a single rate, ref=groups, agg=max, no window (False: computed alone).
+        self._batchable = (
+            (self.ratio, self.floors[0])
+            if (self.inner is None and self.num_rates == 1 and not self.mean_of_rates and not self.overall
+                and self.agg == "max" and self.temperature is None and explicit_window is None)
+            else False
+        )
         # Running group sums for window=ema(m): one row per group slot, saved in state_dict.
         shape = (params.groups or 0, num_columns)
         self.register_buffer("running_sums", torch.zeros(shape, dtype=torch.float64) if explicit_window is not None else None)
@@ -334,6 +353,23 @@ class Fairness(Term):
         group_loss, the inner term's inputs take ``pred``'s and ``target``'s places before the groups."""
         if self.inner is not None:
             return self._group_loss(inputs)
+        pred, prob, codes, positive, negative, sample_weight = self._prepared(inputs)
+        if prob.shape[0] == 0 and not self._syncs():  # an empty rank still takes part in the ranks' sums
+            return prob.sum()
+        columns = torch.stack([column(prob, positive, negative) for column in self.columns])
+        if self.audited:
+            hard = (self._positive_logit(pred) > 0).to(columns.dtype)
+            hard_columns = torch.stack([column(hard, positive, negative) for column in self.columns])
+            # One index_add for both halves; the window is the audited half's only (the batch's soft sums stay its own).
+            return self._audited(pred, self._group_sums(torch.cat([columns, hard_columns]), codes, sample_weight,
+                                                        windowed=False))
+        sums = self._group_sums(columns, codes, sample_weight)
+        return _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums))).to(prob.dtype)
+
+    def _prepared(self, inputs: tuple[torch.Tensor, ...]) -> tuple:
+        """The rates' inputs, checked: ``pred``, the prediction the columns read (``p``, or the raw
+        ``pred`` for mean_pred), the group codes, the labels and their complement (None when not
+        read), ``sample_weight`` (None when not given)."""
         pred, rest = inputs[0], inputs[1:]
         groups, rest = rest[: self.num_columns], rest[self.num_columns:]
         target = rest[0] if self.reads_target else None
@@ -341,20 +377,127 @@ class Fairness(Term):
         prob = self._raw_prediction(pred) if self.raw else self._positive_probability(pred)
         n = prob.shape[0]
         codes = self._codes(groups, n, first_position=1)
+        positive = negative = None
         if target is not None:
             if not _is_column(target, n):
                 self.fail(1 + self.num_columns, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
             positive = (target if target.dim() == 1 else target[:, 0]).to(prob.dtype)
             negative = 1 - positive
-        if n == 0 and not self._syncs():  # an empty rank still takes part in the ranks' sums
-            return prob.sum()
-        if target is None:
+        return pred, prob, codes, positive, negative, sample_weight
+
+    def specialise(self, *inputs: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """For the common signature, 1-D float32/float64 logits, one 1-D integer group input and 1-D
+        labels, no sample weight, window, audit, straight-through or group_loss: the forward's ops
+        in the forward's order without its layers of per-call checks (dtypes and dimensions are
+        this signature's; the sizes are still checked). Any other signature: ``forward``."""
+        fast = self._straight_line(inputs)
+        return fast if fast is not None else self.forward
+
+    def _straight_line(self, inputs: tuple[torch.Tensor, ...]) -> Callable[..., torch.Tensor] | None:
+        if (self.inner is not None or self.audited or self.momentum is not None or self.raw or self.hard
+                or self.weighted or self.num_columns != 1 or len(inputs) != 2 + self.reads_target):
+            return None
+        pred, group = inputs[0], inputs[1]
+        if pred.dim() != 1 or pred.dtype not in (torch.float32, torch.float64):
+            return None
+        if group.dim() != 1 or group.is_floating_point() or group.is_complex():
+            return None
+        if self.reads_target and inputs[2].dim() != 1:
+            return None
+        columns, reads_target, forward = self.columns, self.reads_target, self.forward
+        batchable, floor = bool(self._batchable), self.floors[0] if self.floors else 0.0
+
+        def straight_line(*inputs: torch.Tensor) -> torch.Tensor:
+            pred, group = inputs[0], inputs[1]
+            n = pred.shape[0]
+            if group.shape[0] != n:
+                self.fail(1, f"expected group codes of shape ({n},), got {tuple(group.shape)}")
+            if n == 0 or self._syncs():  # (rare: the forward's own handling)
+                return forward(*inputs)
+            prob = torch.sigmoid(pred)
             positive = negative = None
-        columns = torch.stack([column(prob, positive, negative) for column in self.columns], dim=1)
-        if self.audited:
-            return self._audited(pred, columns, positive, negative, codes, sample_weight)
-        sums = self._group_sums(columns, codes, sample_weight)
-        return _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums))).to(prob.dtype)
+            if reads_target:
+                target = inputs[2]
+                if target.shape[0] != n:
+                    self.fail(2, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
+                positive = target.to(prob.dtype)
+                negative = 1 - positive
+            stacked = torch.stack([column(prob, positive, negative) for column in columns])
+            sums = _summed(stacked, *self._slots([group]))
+            if batchable:  # the default comparison written out: its ops, fewer Python calls
+                return _gap_of_one(self.ratio, floor, sums, prob.dtype)
+            value = _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums)))
+            return value if value.dtype == prob.dtype else value.to(prob.dtype)
+
+        return straight_line
+
+    def fusion_key(self) -> tuple | None:
+        """Rate statistics over the same inputs with the same prediction (soft, straight-through
+        hard, or raw for mean_pred), sample weighting and distributed summing share their columns,
+        slots and ``index_add``; the statistic, ``ref``, ``agg``, window and audited mode may differ.
+        group_loss (its inner term's columns) is computed alone."""
+        if self.inner is not None:
+            return None
+        return ("fairness rates", getattr(self, "input_names", None), self.raw, self.hard, self.sync, self.weighted)
+
+    @classmethod
+    def fuse(cls, terms: Sequence[Term]) -> Callable[..., tuple]:
+        """One call for fairness terms of one ``fusion_key``: each distinct column (``p * (1 - y)``,
+        ``1 - y``, ...) computed once, one ``index_add`` over all of them (one per slot layout:
+        a window's K slots and the batch's counted or ranked ones differ), then each term's
+        window, rates and statistic on its own columns of the sums, as its ``forward`` gives."""
+        terms = tuple(terms)
+        first = terms[0]
+
+        def fused(*inputs: torch.Tensor) -> tuple:
+            pred, prob, codes, positive, negative, sample_weight = first._prepared(inputs)
+            if prob.shape[0] == 0 and not first._syncs():
+                return tuple(prob.sum() for _ in terms)
+            names = list(dict.fromkeys(name for term in terms for name in term.column_names))
+            hard_names = list(dict.fromkeys(name for term in terms if term.audited for name in term.column_names))
+            stacked = [_COLUMN[name](prob, positive, negative) for name in names]
+            if hard_names:
+                hard = (first._positive_logit(pred) > 0).to(prob.dtype)
+                stacked += [_COLUMN[name](hard, positive, negative) for name in hard_names]
+            columns = torch.stack(stacked)
+            layouts: dict[tuple, torch.Tensor] = {}  # terms whose slots agree share one index_add
+            values: list = []
+            batch: list[tuple[Fairness, int]] = []  # (term, first column): one statistic for them all
+
+            def flush() -> None:
+                if len(batch) == 1:
+                    term, start = batch[0]
+                    own_sums = sums_of[term][:, start: start + 2]
+                    values.append(_nan_if_any_nan(own_sums, term._statistic(term._rates_of_sums(own_sums))).to(prob.dtype))
+                elif batch:
+                    values.extend(_batched_gaps(batch[0][0], sums_of[batch[0][0]], batch[0][1], len(batch), prob.dtype))
+                batch.clear()
+
+            sums_of: dict[Fairness, torch.Tensor] = {}
+            for term in terms:
+                layout = (term.num_groups, term.momentum is not None)
+                sums = layouts.get(layout)
+                if sums is None:
+                    sums = layouts[layout] = term._group_sums(columns, codes, sample_weight, windowed=False)
+                sums_of[term] = sums
+                own = [names.index(name) for name in term.column_names]
+                if term._batchable and not term.audited and own[1] == own[0] + 1:
+                    if batch and (term._batchable != batch[0][0]._batchable or sums is not sums_of[batch[0][0]]
+                                  or own[0] != batch[-1][1] + 2):
+                        flush()  # another form, layout, or columns not next to the batch's
+                    batch.append((term, own[0]))
+                    continue
+                flush()
+                if term.audited:
+                    own += [len(names) + hard_names.index(name) for name in term.column_names]
+                    values.append(term._audited(pred, _columns_of(sums, own)))
+                    continue
+                own_sums = term._windowed(_columns_of(sums, own))
+                values.append(_nan_if_any_nan(own_sums, term._statistic(term._rates_of_sums(own_sums))).to(prob.dtype))
+            flush()
+            return tuple(values)
+
+        return fused
 
     def _rates_of_sums(self, sums: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Each rate's (per-group rate, defined, overall rate) from the [slots, 2 x rates] group sums."""
@@ -370,17 +513,11 @@ class Fairness(Term):
             return gaps[0]
         return (gaps[0] + gaps[1]) / 2 if self.eo_mean else torch.maximum(gaps[0], gaps[1])
 
-    def _audited(
-        self, pred: torch.Tensor, soft_columns: torch.Tensor, positive: torch.Tensor | None,
-        negative: torch.Tensor | None, codes: list[torch.Tensor], sample_weight: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _audited(self, pred: torch.Tensor, sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """In a constraint: the statistic of the hard rates (over the window) with the gradient of the
-        batch's soft statistic (``hard + (soft - soft.detach())``); and that soft statistic."""
-        hard = (self._positive_logit(pred) > 0).to(soft_columns.dtype)
-        hard_columns = torch.stack([column(hard, positive, negative) for column in self.columns], dim=1)
-        width = soft_columns.shape[1]
-        # One index_add for both halves; the window is the audited half's only (the batch's soft sums stay its own).
-        sums = self._group_sums(torch.cat([soft_columns, hard_columns], dim=1), codes, sample_weight, windowed=False)
+        batch's soft statistic (``hard + (soft - soft.detach())``); and that soft statistic. ``sums``
+        holds the soft columns' group sums, then the hard columns'."""
+        width = sums.shape[1] // 2
         momentum = self.momentum
         soft_sums, hard_sums = sums[:, :width], sums[:, width:].detach()
         if momentum is not None:
@@ -508,7 +645,7 @@ class Fairness(Term):
         codes = self._codes(groups, n, first_position=self.num_inner_inputs)
         if n == 0 and not self._syncs():
             return per_sample.sum()
-        sums = self._group_sums(per_sample, codes, sample_weight)
+        sums = self._group_sums(per_sample.T, codes, sample_weight)
         if not self.worst_group:
             return _nan_if_any_nan(sums, self._disparity(sums[:, 0], sums[:, 1])).to(per_sample.dtype)
         return self._worst_group(sums).to(per_sample.dtype)
@@ -544,18 +681,21 @@ class Fairness(Term):
         self, columns: torch.Tensor, codes: list[torch.Tensor], sample_weight: torch.Tensor | None,
         windowed: bool = True,
     ) -> torch.Tensor:
-        """Per-sample columns [N, k] summed per group slot with one index_add; the ema window's history mixed in.
+        """Per-sample columns ``[k, N]`` summed per group slot with one scatter (``index_add``), as
+        ``[slots, k]``; the ema window's history mixed in.
 
-        Half-precision columns are summed in float32: a batch's sums overflow float16 (and its
-        log-mean-exp would); the caller casts the statistic back.
+        On the CPU the columns are summed along their rows (``scatter_add_`` over ``[k, N]``): about
+        three times faster than ``index_add_`` of ``[N, k]`` rows, which also needs the columns
+        interleaved (and the same sums, added in the same order). CUDA keeps ``index_add_``, which
+        has a deterministic mode. Half-precision columns are summed in float32: a batch's sums
+        overflow float16 (and its log-mean-exp would); the caller casts the statistic back.
         """
         if columns.dtype in (torch.float16, torch.bfloat16):
             columns = columns.float()
         if sample_weight is not None:
-            weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, columns.shape[0], columns.dtype)
-            columns = columns * weight[:, None]
-        slots, num_slots = self._slots(codes)
-        sums = columns.new_zeros(num_slots, columns.shape[1]).index_add_(0, slots, columns)
+            weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, columns.shape[1], columns.dtype)
+            columns = columns * weight
+        sums = _summed(columns, *self._slots(codes))
         if self._syncs():
             if self.num_groups is None:
                 raise LossSpecError(
@@ -564,13 +704,19 @@ class Fairness(Term):
                     "each rank's own batch",
                     code="E403",
                 )
-            sums = distributed.all_reduce_sum(sums)
-        if windowed and self.momentum is not None:  # the batch's differentiable sums over the detached history
-            sums = self.momentum * self.running_sums.to(sums.dtype) + (1 - self.momentum) * sums
-            if self.training:  # a batch of NaN (or inf) gives NaN now, and leaves the history as it was
-                history = sums.detach()
-                finite = history.isfinite().all()  # the whole batch, so the sums stay consistent (no sync)
-                self.running_sums.copy_(torch.where(finite, history, self.running_sums.to(history.dtype)))
+            sums = distributed.all_reduce_sum(sums.contiguous())
+        return self._windowed(sums) if windowed else sums
+
+    def _windowed(self, sums: torch.Tensor) -> torch.Tensor:
+        """The batch's group sums mixed into the ema window's history (updated in training mode)."""
+        if self.momentum is None:
+            return sums
+        # The batch's differentiable sums over the detached history.
+        sums = self.momentum * self.running_sums.to(sums.dtype) + (1 - self.momentum) * sums
+        if self.training:  # a batch of NaN (or inf) gives NaN now, and leaves the history as it was
+            history = sums.detach()
+            finite = history.isfinite().all()  # the whole batch, so the sums stay consistent (no sync)
+            self.running_sums.copy_(torch.where(finite, history, self.running_sums.to(history.dtype)))
         return sums
 
     def _disparity(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -605,7 +751,7 @@ class Fairness(Term):
             value = self._mean_over_pairs(rate, defined, count)
         else:
             return self._largest_and_smallest(rate, defined, count)  # 0 for fewer than two groups already
-        return torch.where(count >= 2, value, torch.zeros_like(value))
+        return torch.where(count >= 2, value, 0.0)
 
     def _combine_distances(self, distance: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """ref=overall: the largest, mean or log-mean-exp of the defined groups' distances."""
@@ -618,19 +764,21 @@ class Fairness(Term):
     def _largest_and_smallest(self, rate: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """ref=groups: largest minus smallest (or 1 - smallest / largest); smoothmax(T) softens both."""
         if self.temperature is None:  # sentinels never win and take no gradient
-            largest = rate.masked_fill(~defined, float("-inf")).amax()
-            smallest = rate.masked_fill(~defined, float("inf")).amin()
+            undefined = ~defined
+            largest = rate.masked_fill(undefined, float("-inf")).amax()
+            smallest = rate.masked_fill(undefined, float("inf")).amin()
         else:
             largest = self._log_mean_exp(rate, defined, count)
             smallest = -self._log_mean_exp(-rate, defined, count)
         enough = count >= 2
+        if not self.ratio:  # one where: the unused -inf - inf (no group) takes no gradient through it
+            gap = largest - smallest
+            return torch.where(enough, gap, 0.0)  # (a scalar: no zeros_like op)
         largest = torch.where(enough, largest, torch.ones_like(largest))
         smallest = torch.where(enough, smallest, torch.ones_like(smallest))
-        if self.ratio:
-            positive = _above_zero(largest)
-            ratio = safe_divide(smallest, largest, positive)
-            return torch.where(positive, 1 - ratio, torch.zeros_like(ratio))
-        return largest - smallest
+        positive = _above_zero(largest)
+        ratio = safe_divide(smallest, largest, positive)
+        return torch.where(positive, 1 - ratio, 0.0)
 
     def _log_mean_exp(self, values: torch.Tensor, defined: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """``T * log(mean(exp(values / T)))`` over the defined groups: between their mean and their max."""
@@ -697,26 +845,141 @@ class Fairness(Term):
         return logit
 
     def _slots(self, codes: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Each sample's group slot, and the number of slots: static shapes, no sync.
+        """Each sample's group slot, and the number of slots.
 
-        Without a known count the codes are ranked within the batch (a batch of N holds at most N
-        groups): sorted lexicographically over the columns of an intersection, one stable sort
-        per column (a loop over columns, not groups), then numbered where any column changes.
+        - ``groups=K`` where the K slots are needed (a window's rows, the ranks' shared slots under
+          torch.distributed) or cost no more than the batch (K <= N): the codes index K slots.
+        - Else, on the CPU outside torch.compile, where reading a value costs no synchronisation:
+          the count is read from the data (the largest code plus one; the product of the columns'
+          for an intersection, numbered as the ranking would order them) and the codes index that
+          many slots when they are non-negative and need no more slots than the batch has rows.
+          With ``groups=K`` a code outside [0, K) is E402 here, as the K slots' index_add gives.
+        - Else (CUDA, torch.compile, negative or sparse codes): the codes are ranked within the
+          batch, which needs no read (a batch of N holds at most N groups): sorted
+          lexicographically over the columns of an intersection, one stable sort per column (a
+          loop over columns, not groups), then numbered where any column changes.
+
+        A group absent from the batch takes an empty slot in the first two, which the statistic
+        leaves out as it does any undefined rate, so all three give the same value.
         """
-        if self.num_groups is not None:
+        n = codes[0].shape[0]
+        if self.num_groups is not None and (self.num_groups <= n or self.momentum is not None or self._syncs()):
             return codes[0].long(), self.num_groups
-        if len(codes) == 1:  # one column: the sort gives the ordered codes too
-            ordered, order = torch.sort(codes[0])
-            changed = ordered[1:] != ordered[:-1]
-        else:
-            order = torch.argsort(codes[-1], stable=True)
-            for column in reversed(codes[:-1]):
-                order = order[torch.argsort(column[order], stable=True)]
-            changed = torch.zeros_like(order[1:], dtype=torch.bool)
-            for column in codes:
-                ordered = column[order]
-                changed = changed | (ordered[1:] != ordered[:-1])
-        starts = torch.ones_like(order)
-        starts[1:] = changed.long()
-        ranks = starts.cumsum(0) - 1
-        return torch.empty_like(ranks).scatter_(0, order, ranks), order.shape[0]
+        if n and _reads_host(codes[0]):
+            counted = self._count_codes(codes, n)
+            if counted is not None:
+                return counted
+        return _ranked_slots(codes)
+
+    def _count_codes(self, codes: list[torch.Tensor], n: int) -> tuple[torch.Tensor, int] | None:
+        """Slots from the codes read on the CPU: mixed-radix codes over the columns' counts and
+        their product, or None where that needs more slots than ``n`` (or a code is negative)."""
+        sizes = []
+        for column in codes:
+            lowest, highest = torch.aminmax(column)
+            lowest, highest = int(lowest), int(highest)  # a host read: free on the CPU
+            if self.num_groups is not None and (lowest < 0 or highest >= self.num_groups):
+                bad = lowest if lowest < 0 else highest
+                self.fail(1 if self.inner is None else self.num_inner_inputs,
+                          f"group code {bad} lies outside [0, {self.num_groups}) (groups={self.num_groups}); "
+                          "leave groups= out for any codes")
+            if lowest < 0:
+                return None
+            sizes.append(highest + 1)
+        count = 1
+        for size in sizes:
+            count *= size
+            if count > n:
+                return None
+        slots = codes[0].long()
+        for column, size in zip(codes[1:], sizes[1:]):
+            slots = slots * size + column.long()
+        return slots, count
+
+
+def _batched_gaps(term: Fairness, sums: torch.Tensor, start: int, count: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """``count`` fused single-rate statistics (ref=groups, agg=max) whose (numerator, denominator)
+    columns follow each other from ``start``: the ops of one term's ``_form`` over ``[groups,
+    terms]``, reducing over the groups. Max, min, the counts and the element-wise rates are those
+    of each term alone (exact), and so are the gradients."""
+    block = sums[:, start: start + 2 * count]
+    numerator, denominator = block[:, 0::2], block[:, 1::2]
+    defined = _above_zero(denominator, term.floors[0])
+    rate = safe_divide(numerator, denominator, defined)
+    count_defined = defined.sum(0)
+    undefined = ~defined
+    largest = rate.masked_fill(undefined, float("-inf")).amax(0)
+    smallest = rate.masked_fill(undefined, float("inf")).amin(0)
+    enough = count_defined >= 2
+    if not term.ratio:
+        value = torch.where(enough, largest - smallest, 0.0)
+    else:
+        largest = torch.where(enough, largest, torch.ones_like(largest))
+        smallest = torch.where(enough, smallest, torch.ones_like(smallest))
+        positive = _above_zero(largest)
+        value = torch.where(positive, 1 - safe_divide(smallest, largest, positive), 0.0)
+    has_nan = block.isnan().reshape(block.shape[0], count, 2).any(2).any(0)  # each term's own two columns
+    value = torch.where(has_nan, float("nan"), value)
+    return list((value if value.dtype == dtype else value.to(dtype)).unbind(0))
+
+
+def _gap_of_one(ratio: bool, floor: float, sums: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """One single-rate statistic (ref=groups, agg=max) from its [slots, 2] sums: the ops of
+    ``_rates``, ``_largest_and_smallest`` and ``_nan_if_any_nan`` in their order."""
+    numerator, denominator = sums[:, 0], sums[:, 1]
+    defined = _above_zero(denominator, floor)
+    rate = safe_divide(numerator, denominator, defined)
+    count = defined.sum()
+    undefined = ~defined
+    largest = rate.masked_fill(undefined, float("-inf")).amax()
+    smallest = rate.masked_fill(undefined, float("inf")).amin()
+    enough = count >= 2
+    if not ratio:
+        value = torch.where(enough, largest - smallest, 0.0)
+    else:
+        largest = torch.where(enough, largest, torch.ones_like(largest))
+        smallest = torch.where(enough, smallest, torch.ones_like(smallest))
+        positive = _above_zero(largest)
+        value = torch.where(positive, 1 - safe_divide(smallest, largest, positive), 0.0)
+    value = torch.where(sums.isnan().any(), float("nan"), value)
+    return value if value.dtype == dtype else value.to(dtype)
+
+
+def _columns_of(sums: torch.Tensor, own: list[int]) -> torch.Tensor:
+    """A fused term's columns of the shared sums: a view where they are adjacent (no copy, and no
+    index op in the backward), else gathered."""
+    if own == list(range(own[0], own[0] + len(own))):
+        return sums[:, own[0]: own[0] + len(own)]
+    return sums[:, own]
+
+
+def _summed(columns: torch.Tensor, slots: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """``[k, N]`` columns summed per slot, as ``[slots, k]`` (see ``Fairness._group_sums``)."""
+    if columns.device.type == "cpu":
+        return columns.new_zeros(columns.shape[0], num_slots).scatter_add_(1, slots.expand_as(columns), columns).T
+    return columns.new_zeros(num_slots, columns.shape[0]).index_add_(0, slots, columns.T)
+
+
+def _reads_host(codes: torch.Tensor) -> bool:
+    """Whether a value of ``codes`` may be read: on the CPU (no synchronisation) and outside
+    torch.compile (whose graph may not depend on data)."""
+    return codes.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _ranked_slots(codes: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """The codes ranked within the batch, into N slots: static shapes, no read, no sync."""
+    if len(codes) == 1:  # one column: the sort gives the ordered codes too
+        ordered, order = torch.sort(codes[0])
+        changed = ordered[1:] != ordered[:-1]
+    else:
+        order = torch.argsort(codes[-1], stable=True)
+        for column in reversed(codes[:-1]):
+            order = order[torch.argsort(column[order], stable=True)]
+        changed = torch.zeros_like(order[1:], dtype=torch.bool)
+        for column in codes:
+            ordered = column[order]
+            changed = changed | (ordered[1:] != ordered[:-1])
+    starts = torch.ones_like(order)
+    starts[1:] = changed.long()
+    ranks = starts.cumsum(0) - 1
+    return torch.empty_like(ranks).scatter_(0, order, ranks), order.shape[0]

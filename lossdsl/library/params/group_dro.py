@@ -49,8 +49,8 @@ class GroupDROParams(TermParams):
                              "has its samples along another dimension")
         return self
 
-    def state_size(self) -> int:
-        """The group weights and the groups' sizes."""
+    def state_size(self, in_constraint: bool = True) -> int:
+        """The group weights and the groups' sizes (wherever the term is read)."""
         return 2 * (self.groups or 0)
 
     def input_names(self) -> tuple[str, ...]:

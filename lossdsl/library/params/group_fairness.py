@@ -13,7 +13,6 @@ from pydantic_core import PydanticCustomError
 
 from ...declarations import (
     INPUT,
-    MAX_GROUPS,
     InnerForms,
     InnerLoss,
     InputOf,
@@ -52,6 +51,10 @@ Statistic = Literal[
 ]
 
 
+#: The largest ``groups=K`` (codes of int32 range): a batch of fewer rows than K ranks its codes,
+#: so K itself sizes no per-call work; window state per group is capped by MAX_GROUP_STATE.
+MAX_GROUP_COUNT = 2**31 - 1
+
 #: The momentum of the window over which a constraint's audited rates run by default (about 20 batches).
 AUDIT_WINDOW = 0.95
 
@@ -83,9 +86,10 @@ class FairnessParams(TermParams):
         description="the input holding integer group codes [N], or a tuple of them for intersections: (sex, race)"
     )
     groups: PositiveInt | None = Field(
-        None, le=MAX_GROUPS,
-        description=f"number of groups when known (codes in [0, groups), at most {MAX_GROUPS}: each call works "
-        "over every slot); cheaper than ranking the codes while groups is near the batch size or below",
+        None, le=MAX_GROUP_COUNT,
+        description="number of groups when known (codes in [0, groups)): a batch of at least that many rows sums "
+        "into that many slots (cheaper than ranking the codes), a smaller one ranks its codes, so a large count "
+        "costs no per-call work of its size (except window=, which keeps state per group)",
     )
     ref: Literal["groups", "overall"] = Field(
         "groups", description="compare the groups with each other, or each group with the whole batch"
@@ -160,10 +164,11 @@ class FairnessParams(TermParams):
             raise ValueError("window=ema(m) keeps sums per group slot: give the group count, groups=K")
         return self
 
-    def state_size(self) -> int:
-        """Values of per-group state the module keeps: the ema window's running sums, K x columns."""
-        if self.groups is None or (self.window is None and self.hard is False):
-            return 0  # (a window by default only in a constraint: counted as if it were in one)
+    def state_size(self, in_constraint: bool = True) -> int:
+        """Values of per-group state the module keeps: the ema window's running sums, K x columns
+        (``in_constraint``: a term only constraints read, whose audited rates keep a window by default)."""
+        if self.groups is None or (self.window is None and (self.hard is False or not in_constraint)):
+            return 0
         columns = 2 if isinstance(self.stat, InnerLoss) else 2 * len(self.rate_names)
         return self.groups * columns
 
