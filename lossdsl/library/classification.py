@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import torch
@@ -215,6 +216,11 @@ class CrossEntropy(Term):
         target = target.long()  # torch's kernels take int64 indices, and int32 would wrap a large ignore_index
         if not binary and sample_weight is None and not self.label_smoothing and not self.balanced:
             return self._plain_softmax_form(pred, target)
+        if binary and sample_weight is None and self.class_weight is None and not self.balanced:
+            return self._masked_sigmoid_form(logits, target)
+        if (sample_weight is None and self.balanced and not self.label_smoothing
+                and self.class_counts.numel() == num_classes and not distributed.active()):
+            return self._balanced_form(logits if binary else pred, target)
         keep = target != self.ignore_index
         labels = None
         if self.class_weight is not None or self.balanced:  # class indices to look weights up
@@ -242,6 +248,95 @@ class CrossEntropy(Term):
         if self.reduction == "sum":
             return total
         return weighted_mean(total, denominator)
+
+    def specialise(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> Callable[..., torch.Tensor]:
+        """The forward's straight path for this layout (see ``Term.specialise``), without sample
+        weights, z-loss, ``normalize=count`` or ``reduction=none``, for float32 or float64 logits:
+
+        - binary logits [N] with bool or uint8 targets (no ignore_index to mask when it is
+          negative), with int64 targets (masked), or with probabilities; no class weights;
+        - logits [N, C, ...] with integer class indices, with or without a list of class weights,
+          without label smoothing;
+        - ``weight=balanced`` or ``class_balanced`` on int64 indices (binary or [N, C, ...]),
+          without label smoothing, with the counts already sized for the logits' classes.
+
+        Each checks the sizes it relies on per call and hands any other call to ``forward``, which
+        gives the diagnostics (and an empty batch's 0)."""
+        fast = self._straight_path(pred, target, sample_weight)
+        return self.forward if fast is None else fast
+
+    def _straight_path(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None
+    ) -> Callable[..., torch.Tensor] | None:
+        if (sample_weight is not None or self.z_loss or self.count or self.reduction == "none"
+                or pred.dtype not in (torch.float32, torch.float64) or target.is_complex()):
+            return None
+        forward, weighted = self.forward, self.class_weight is not None
+        convert = target.dtype != torch.long  # int32 from numpy, uint8: torch's kernels take int64
+        if pred.dim() == 1:
+            if target.dim() != 1 or weighted:
+                return None
+            if target.is_floating_point():
+                if self.balanced:
+                    return None  # forward's diagnostic: balanced counts classes
+
+                def binary_probabilities(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                    if target.shape != pred.shape or not pred.shape[0]:
+                        return forward(pred, target)
+                    return self._binary_probability_form(pred, target, None)
+
+                return binary_probabilities
+            if self.balanced:
+                if self.label_smoothing or convert:
+                    return None
+
+                def binary_balanced(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                    if (target.shape != pred.shape or not pred.shape[0] or self.class_counts.shape[0] != 2
+                            or distributed.active()):
+                        return forward(pred, target)
+                    return self._balanced_form(pred, target)
+
+                return binary_balanced
+            if self._nothing_to_ignore(target):  # bool or uint8 cannot equal a negative ignore_index
+
+                def binary_flags(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                    if target.shape != pred.shape or not pred.shape[0]:
+                        return forward(pred, target)
+                    return self._plain_sigmoid_form(pred, target, None)
+
+                return binary_flags
+
+            def binary_labels(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                if target.shape != pred.shape or not pred.shape[0]:
+                    return forward(pred, target)
+                return self._masked_sigmoid_form(pred, target.long() if convert else target)
+
+            return binary_labels
+        if target.is_floating_point() or target.dim() != pred.dim() - 1 or self.label_smoothing:
+            return None
+        # [N, 1, ...] logits are binary (forward's reshapes); a list of weights fixes the class count.
+        classes = self.class_weight.numel() if weighted else None
+        if self.balanced:
+            if convert:
+                return None
+
+            def balanced(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                if (pred.shape[1] < 2 or target.shape[1:] != pred.shape[2:] or target.shape[0] != pred.shape[0]
+                        or not target.numel() or self.class_counts.shape[0] != pred.shape[1] or distributed.active()):
+                    return forward(pred, target)
+                return self._balanced_form(pred, target)
+
+            return balanced
+
+        def class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if (pred.shape[1] < 2 or target.shape[1:] != pred.shape[2:] or target.shape[0] != pred.shape[0]
+                    or not target.numel() or (classes is not None and pred.shape[1] != classes)):
+                return forward(pred, target)
+            return self._plain_softmax_form(pred, target.long() if convert else target)
+
+        return class_indices
 
     def _general_form(
         self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int,
@@ -347,7 +442,74 @@ class CrossEntropy(Term):
             )
         if self.reduction == "sum":
             return total
+        if weight is None:  # total_weight counts the kept targets: 0 only when none is kept, and then total is 0
+            return total / total_weight.clamp_min(1)
         return weighted_mean(total, total_weight)
+
+    def _masked_sigmoid_form(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Binary logits, int64 targets that may equal ignore_index, no class or sample weights: one
+        fused kernel weighted by the kept targets; ``mean`` divides by their count (0 when none is kept)."""
+        keep = (target != self.ignore_index).to(logits.dtype)
+        y = target.to(logits.dtype)
+        if self.label_smoothing:
+            y = y * (1 - self.label_smoothing) + self.label_smoothing / 2
+        total = F.binary_cross_entropy_with_logits(logits, y, weight=keep, reduction="sum")
+        if self.reduction == "sum":
+            return total
+        return total / keep.sum().clamp_min(1)  # a count: 0 only when nothing is kept, and then total is 0
+
+    def _balanced_form(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``weight=balanced`` or ``class_balanced`` on int64 class indices (binary logits [N] or
+        logits [N, C, ...]), without label smoothing or sample weights, outside torch.distributed, with
+        ``class_counts`` sized for the logits' classes.
+
+        In training the batch's kept targets are counted into ``class_counts`` first, so every class a
+        kept target names has a count: the unseen-class rule and the all-empty guard of
+        ``balanced_weight`` cannot change a weight the loss reads (without smoothing it reads only the
+        targets' classes, and an ignored target's weight times 0), and are left out."""
+        keep = target != self.ignore_index
+        labels = target * keep  # ignored targets point at class 0 and weigh 0
+        counts = self.class_counts
+        if self.training:
+            counts.index_add_(0, labels.reshape(-1), keep.reshape(-1).long())
+            if self.beta is not None:
+                weight = class_balanced_weight(counts, self.beta, pred.dtype)
+            else:
+                weight = counts.to(pred.dtype)
+                weight = weight.sum() / (counts.numel() * weight.clamp_min(1))
+        elif self.beta is not None:
+            weight = class_balanced_weight(counts, self.beta, pred.dtype)
+        else:
+            weight = balanced_weight(counts, pred.dtype)
+        if pred.dim() == 1:  # binary logits: the sigmoid form, each target weighted by its class's weight
+            share = weight.index_select(0, labels) * keep
+            total = F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), weight=share, reduction="sum")
+            denominator = share.sum()
+        else:  # one NLL kernel that also sums the kept targets' weights
+            log_prob = F.log_softmax(pred, dim=1)
+            if pred.dim() == 2:
+                total, denominator = torch.ops.aten.nll_loss_forward(log_prob, target, weight, 2, self.ignore_index)
+            else:
+                n, c = pred.shape[:2]
+                total, denominator = torch.ops.aten.nll_loss2d_forward(
+                    log_prob.reshape(n, c, -1, 1), target.reshape(n, -1, 1), weight, 2, self.ignore_index
+                )
+        if self.reduction == "sum":
+            return total
+        return weighted_mean(total, denominator)
+
+    def _binary_probability_form(self, logits: torch.Tensor, target: torch.Tensor,
+                                 sample_weight: torch.Tensor | None) -> torch.Tensor:
+        """Binary logits [N] with probabilities of class 1, no class weights: F.cross_entropy's
+        two-class form of ``[0, z]`` against ``[1 - p, p]`` is exactly the binary cross-entropy
+        ``-(1 - p) log sigmoid(-z) - p log sigmoid(z)`` (smoothing included: ``p (1 - e) + e / 2``),
+        which torch computes in one kernel."""
+        y = target.to(logits.dtype)
+        if self.label_smoothing:
+            y = y * (1 - self.label_smoothing) + self.label_smoothing / 2
+        if sample_weight is None and self.reduction != "none":
+            return F.binary_cross_entropy_with_logits(logits, y, reduction=self.reduction)
+        return self.reduce(F.binary_cross_entropy_with_logits(logits, y, reduction="none"), sample_weight)
 
     def _sigmoid_form(
         self,
@@ -390,6 +552,8 @@ class CrossEntropy(Term):
     ) -> torch.Tensor:
         if self.balanced:
             self.fail(1, f"weight={self._counted_weight()} counts classes, so it needs integer class indices, not probabilities")
+        if binary and self.class_weight is None:
+            return self._binary_probability_form(pred if pred.dim() == 1 else pred[:, 0], target, sample_weight)
         if binary:  # the two-class form of F.cross_entropy, as for class indices
             logits = pred if pred.dim() == 1 else pred[:, 0]
             pred = torch.stack([torch.zeros_like(logits), logits], dim=1)

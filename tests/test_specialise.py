@@ -1,0 +1,208 @@
+"""The terms' specialised forwards (``Term.specialise``) against their own ``forward``.
+
+For each layout a term has a straight path for, ``specialise(inputs)`` is called once with the
+first call's tensors (as ``LossModule`` does) and its function then takes calls of other sizes of
+that signature; a twin module runs ``forward`` on the same calls. Values, gradients and buffers
+(class counts) must be equal bit for bit, in training and in eval mode. Calls the straight path
+does not cover (an empty batch, other sizes) go back to ``forward``, which these tests exercise too.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import lossdsl
+
+IGNORE = -100
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the ATen ops dispatched (forward and backward) while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.ops.append(str(func.overloadpacket.__name__))
+        return func(*args, **(kwargs or {}))
+
+
+def twins(spec: str, index: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Two equal term modules of a compiled spec: one runs forward, the other its specialisation."""
+    loss_fn = lossdsl.compile(spec)
+    return loss_fn.terms[index], copy.deepcopy(loss_fn).terms[index]
+
+
+def run(function, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    leaves = tuple(t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs)
+    value = function(*leaves)
+    if value.requires_grad:
+        value.backward()
+    return value.detach(), [leaf.grad for leaf in leaves]
+
+
+def assert_same_calls(reference: torch.nn.Module, special: torch.nn.Module, calls: list[tuple[torch.Tensor, ...]],
+                      train: bool = True, straight: bool = True) -> None:
+    """``special.specialise(calls[0])`` then every call, against ``reference.forward``, bit for bit;
+    then the same in eval mode (specialised again: the training flag is part of the signature)."""
+    for mode in (True, False) if train else (False,):
+        reference.train(mode)
+        special.train(mode)
+        function = special.specialise(*calls[0])
+        if straight:
+            assert function != special.forward, f"no straight path for {[(t.dtype, t.dim()) for t in calls[0]]}"
+        for inputs in calls:
+            expected, expected_grads = run(reference.forward, inputs)
+            got, grads = run(function, inputs)
+            assert torch.equal(got, expected), (got, expected)
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            for grad, expected_grad in zip(grads, expected_grads):
+                assert (grad is None) == (expected_grad is None)
+                if grad is not None:
+                    assert torch.equal(grad, expected_grad)
+            for (name, buffer), (_, expected_buffer) in zip(special.named_buffers(), reference.named_buffers()):
+                assert torch.equal(buffer, expected_buffer), name
+
+
+def labels(n: int, classes: int, ignored: float, generator: torch.Generator, *spatial: int,
+           dtype: torch.dtype = torch.long, ignore_index: int = IGNORE) -> torch.Tensor:
+    values = torch.randint(0, classes, (n, *spatial), generator=generator)
+    if ignored:
+        values = torch.where(torch.rand(values.shape, generator=generator) < ignored, ignore_index, values)
+    return values.to(dtype)
+
+
+sizes = st.lists(st.integers(0, 24), min_size=2, max_size=4)
+ignored_share = st.sampled_from([0.0, 0.3, 1.0])
+
+
+# --- ce ------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=sizes, classes=st.integers(2, 5), ignored=ignored_share, seed=st.integers(0, 2**16),
+       spatial=st.sampled_from([(), (3, 2)]), reduction=st.sampled_from(["mean", "sum"]),
+       weight=st.sampled_from([None, "list", "balanced", "class_balanced(0.9)"]),
+       target_dtype=st.sampled_from([torch.long, torch.int32]), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_ce_class_indices_specialised_equals_forward(batches, classes, ignored, seed, spatial, reduction, weight,
+                                                    target_dtype, dtype):
+    options = [f"reduction={reduction}"]
+    if weight == "list":
+        options.append("weight=[" + ", ".join(str(0.5 + i) for i in range(classes)) + "]")
+    elif weight:
+        options.append(f"weight={weight}")
+    reference, special = twins(f"ce({', '.join(options)})")
+    g = torch.Generator().manual_seed(seed)
+    calls = [(torch.randn(n, classes, *spatial, generator=g, dtype=dtype),
+              labels(n, classes, ignored, g, *spatial, dtype=target_dtype)) for n in batches]
+    counted = weight in ("balanced", "class_balanced(0.9)")
+    if counted:  # the straight path needs the counts sized: a first call sizes them (forward's padding)
+        for module in (reference, special):
+            module(*calls[0])
+    straight = not (counted and target_dtype != torch.long)
+    assert_same_calls(reference, special, calls, straight=straight)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=sizes, ignored=ignored_share, seed=st.integers(0, 2**16),
+       reduction=st.sampled_from(["mean", "sum"]), smoothing=st.sampled_from([0.0, 0.1]),
+       target=st.sampled_from(["long", "int32", "bool", "uint8", "float"]),
+       weight=st.sampled_from([None, "balanced", "class_balanced(0.5)"]), ignore_index=st.sampled_from([-100, 1]))
+def test_ce_binary_specialised_equals_forward(batches, ignored, seed, reduction, smoothing, target, weight,
+                                              ignore_index):
+    options = [f"reduction={reduction}", f"label_smoothing={smoothing}", f"ignore_index={ignore_index}"]
+    if weight:
+        options.append(f"weight={weight}")
+    reference, special = twins(f"ce({', '.join(options)})")
+    g = torch.Generator().manual_seed(seed)
+
+    def target_of(n: int) -> torch.Tensor:
+        if target == "float":
+            return torch.rand(n, generator=g)
+        if target in ("long", "int32"):
+            return labels(n, 2, ignored, g, dtype=getattr(torch, target), ignore_index=ignore_index)
+        return labels(n, 2, 0.0, g, dtype=getattr(torch, target))
+
+    if weight and target == "float":
+        return  # forward's diagnostic (balanced counts classes): covered by test_ce_balanced_probabilities_*
+    calls = [(torch.randn(n, generator=g), target_of(n)) for n in batches]
+    if weight:
+        for module in (reference, special):
+            module(*calls[0])
+    straight = not (weight and (smoothing or target != "long"))
+    assert_same_calls(reference, special, calls, straight=straight)
+
+
+def test_ce_specialised_falls_back_to_forwards_diagnostics():
+    """Another layout of the same dimensions (binary [N, 1] logits beside [N, C]), a target of the
+    wrong size and an empty batch go to forward: its E402 and its 0."""
+    loss_fn = lossdsl.compile("ce()")
+    term = loss_fn.terms[0]
+    function = term.specialise(torch.randn(4, 3), torch.tensor([0, 1, 2, 1]))
+    assert function != term.forward
+    empty = function(torch.randn(0, 3, requires_grad=True), torch.zeros(0, dtype=torch.long))
+    assert empty.item() == 0.0
+    binary = function(torch.zeros(2, 1), torch.tensor([0, 1]))  # [N, 1]: binary logits, log 2 each
+    torch.testing.assert_close(binary, torch.tensor(2.0).log())
+    try:
+        function(torch.randn(4, 3), torch.tensor([0, 1]))
+    except lossdsl.LossSpecError as error:
+        assert "E402" in str(error) and "class indices of shape (4,)" in str(error)
+    else:
+        raise AssertionError("no diagnostic for targets of the wrong size")
+
+
+def test_ce_binary_probabilities_are_the_binary_cross_entropy():
+    """Probability targets beside binary logits: torch's binary cross-entropy (one kernel), which
+    equals F.cross_entropy's two-class form of [0, z] against [1 - p, p]."""
+    term = lossdsl.compile("ce(label_smoothing=0.2)").terms[0]
+    pred, target = torch.randn(50, dtype=torch.float64), torch.rand(50, dtype=torch.float64)
+    two_class = F.cross_entropy(torch.stack([torch.zeros_like(pred), pred], 1), torch.stack([1 - target, target], 1),
+                                label_smoothing=0.2)
+    torch.testing.assert_close(term.specialise(pred, target)(pred, target), two_class)
+    torch.testing.assert_close(term(pred, target), two_class)
+
+
+def test_ce_all_ignored_specialised_is_zero_with_zero_gradients():
+    """Every target ignored: 0, and zero gradients (the count's clamp at 1 divides 0 by 1)."""
+    for pred in (torch.randn(6, 3), torch.randn(6)):
+        term = lossdsl.compile("ce()").terms[0]
+        target = torch.full((6,), IGNORE)
+        leaf = pred.requires_grad_()
+        value = term.specialise(leaf, target)(leaf, target)
+        value.backward()
+        assert value.item() == 0.0 and torch.equal(leaf.grad, torch.zeros_like(leaf))
+
+
+def test_ce_straight_paths_dispatch_no_more_ops_than_torchs_own_function():
+    """ce() on [N, C] with int64 targets: log_softmax, nll_loss and the division by the kept count
+    (F.cross_entropy's mean would be NaN with every target ignored): three ops more; binary bool targets: exactly
+    F.binary_cross_entropy_with_logits's ops, no ignore_index mask."""
+    pred, target = torch.randn(64, 10, requires_grad=True), torch.randint(0, 10, (64,))
+    term = lossdsl.compile("ce()").terms[0]
+    function = term.specialise(pred, target)
+    with CountOps() as ours:
+        function(pred, target).backward()
+    pred = pred.detach().requires_grad_()  # a fresh leaf: no gradient to accumulate into
+    with CountOps() as torchs:
+        F.cross_entropy(pred, target).backward()
+    extra = list(ours.ops)
+    for op in torchs.ops:
+        extra.remove(op)
+    assert sorted(extra) == ["clamp_min", "div", "div"], (ours.ops, torchs.ops)  # the division, forward and back
+
+    logits, flags = torch.randn(64, requires_grad=True), torch.rand(64) < 0.5
+    function = term.specialise(logits, flags)
+    with CountOps() as ours:
+        function(logits, flags).backward()
+    logits = logits.detach().requires_grad_()
+    with CountOps() as torchs:
+        F.binary_cross_entropy_with_logits(logits, flags.to(logits.dtype)).backward()
+    assert ours.ops == torchs.ops
