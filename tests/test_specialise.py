@@ -206,3 +206,58 @@ def test_ce_straight_paths_dispatch_no_more_ops_than_torchs_own_function():
     with CountOps() as torchs:
         F.binary_cross_entropy_with_logits(logits, flags.to(logits.dtype)).backward()
     assert ours.ops == torchs.ops
+
+
+# --- focal ---------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=sizes, classes=st.integers(1, 5), seed=st.integers(0, 2**16), spatial=st.sampled_from([(), (3, 2)]),
+       reduction=st.sampled_from(["mean", "sum"]), gamma=st.sampled_from([0.0, 0.5, 1.0, 2.0]),
+       alpha=st.sampled_from([None, 0.25]), target=st.sampled_from(["float", "bool", "long"]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_focal_sigmoid_specialised_equals_forward(batches, classes, seed, spatial, reduction, gamma, alpha, target,
+                                                  dtype):
+    options = [f"reduction={reduction}", f"gamma={gamma}"] + ([f"alpha={alpha}"] if alpha is not None else [])
+    reference, special = twins(f"focal({', '.join(options)})")
+    g = torch.Generator().manual_seed(seed)
+
+    def flags(n: int) -> torch.Tensor:
+        values = torch.rand(n, classes, *spatial, generator=g, dtype=dtype)
+        return values if target == "float" else (values < 0.5).to(getattr(torch, target))
+
+    calls = [(8 * torch.randn(n, classes, *spatial, generator=g, dtype=dtype), flags(n)) for n in batches]
+    assert_same_calls(reference, special, calls)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=sizes, classes=st.integers(2, 5), seed=st.integers(0, 2**16), spatial=st.sampled_from([(), (3, 2)]),
+       reduction=st.sampled_from(["mean", "sum"]), gamma=st.sampled_from([0.0, 0.5, 1.0, 2.0]),
+       class_reduction=st.sampled_from(["sum", "mean"]), target_dtype=st.sampled_from([torch.long, torch.int32]))
+def test_focal_softmax_specialised_equals_forward(batches, classes, seed, spatial, reduction, gamma, class_reduction,
+                                                  target_dtype):
+    reference, special = twins(f"focal(reduction={reduction}, gamma={gamma}, class_reduction={class_reduction})")
+    g = torch.Generator().manual_seed(seed)
+    calls = [(8 * torch.randn(n, classes, *spatial, generator=g), labels(n, classes, 0.0, g, *spatial, dtype=target_dtype))
+             for n in batches]
+    assert_same_calls(reference, special, calls)
+
+
+def test_focal_gamma_at_least_one_needs_no_clamp_and_stays_finite():
+    """At saturated logits (1 - p_t = 0) the power's gradient is finite for gamma >= 1, so the
+    straight path leaves out the clamp at the smallest float; gamma = 0.5 keeps it (finite too)."""
+    pred = torch.tensor([[60.0, -60.0], [-60.0, 60.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    for gamma in (0.5, 1.0, 2.0):
+        term = lossdsl.compile(f"focal(gamma={gamma})").terms[0]
+        function = term.specialise(pred, target)
+        with CountOps() as counted:
+            value = function(pred, target)
+        assert ("clamp_min" in counted.ops) == (gamma < 1)
+        (grad,) = torch.autograd.grad(value, pred)
+        assert torch.isfinite(grad).all() and torch.isfinite(value)
+        # torchvision's formula, computed in float64
+        p = torch.sigmoid(pred.double())
+        bce = F.binary_cross_entropy_with_logits(pred.double(), target.double(), reduction="none")
+        expected = (bce * (1 - (p * target + (1 - p) * (1 - target))) ** gamma).mean()
+        torch.testing.assert_close(value.double(), expected)

@@ -969,10 +969,11 @@ class Focal(Term):
       the mean, as every lossdsl term's ``sample_weight``. ``pos_weight`` and a scalar ``alpha``
       are part of the loss, never of the divisor (as in torch's BCE and torchvision).
     - ``mean`` averages over elements (samples, and labels or pixels). ``gamma=0`` without
-      ``alpha`` is cross-entropy. ``(1 - p_t)`` is clamped at the smallest positive float before
-      the power, so gradients stay finite for ``gamma < 1`` at saturated logits. ``reduction=none``
-      gives the element-wise losses (0 where ignored, times the weights): of ``pred``'s shape
-      (sigmoid form, without the background channel if it is left out), or ``[N, ...]`` (softmax form).
+      ``alpha`` is cross-entropy. For ``gamma < 1``, ``(1 - p_t)`` is clamped at the smallest
+      positive float before the power, so gradients stay finite at saturated logits (for ``gamma >= 1``
+      they are finite unclamped). ``reduction=none`` gives the element-wise losses (0 where ignored,
+      times the weights): of ``pred``'s shape (sigmoid form, without the background channel if it
+      is left out), or ``[N, ...]`` (softmax form).
       Half-precision logits are computed in float32 and the loss comes back in their dtype.
     """
 
@@ -1025,10 +1026,69 @@ class Focal(Term):
                          "for the sigmoid form")
         return self._reduce(*self._softmax_form(pred, target.long()), sample_weight, parts)
 
-    def _modulation(self, one_minus_p: torch.Tensor) -> torch.Tensor | float:
+    def specialise(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> Callable[..., torch.Tensor]:
+        """The forward's straight path (see ``Term.specialise``) for float32 or float64 logits
+        without sample weights, ``reduction=none``, ``ignore_index``, ``weight``, ``pos_weight`` or
+        ``include_background=false``: the sigmoid form on targets of pred's dimensions (a number
+        ``alpha`` or none), or the softmax form on integer class indices [N, ...] (no ``alpha``).
+        Other sizes of those dimensions (an empty batch, [N, 1, ...] logits beside [N, ...] targets)
+        go to ``forward``."""
+        fast = self._straight_path(pred, target, sample_weight)
+        return self.forward if fast is None else fast
+
+    def _straight_path(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None
+    ) -> Callable[..., torch.Tensor] | None:
+        if (sample_weight is not None or self.reduction == "none" or pred.dtype not in (torch.float32, torch.float64)
+                or target.is_complex() or self.ignore_index is not None or self.pos_weight is not None
+                or self.class_weight is not None or not self.include_background):
+            return None
+        forward, reduce = self.forward, self._plain_reduction
+        if target.dim() == pred.dim():
+            if self.class_alpha is not None:
+                return None
+            convert = target.dtype != pred.dtype
+
+            def sigmoid_form(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                if target.shape != pred.shape or not pred.numel():
+                    return forward(pred, target)
+                return reduce(self._sigmoid_losses(pred, target.to(pred.dtype) if convert else target))
+
+            return sigmoid_form
+        if target.dim() != pred.dim() - 1 or pred.dim() < 2 or target.is_floating_point() or self.scalar_alpha is not None:
+            return None
+        if self.class_alpha is not None:
+            return None
+        convert = target.dtype != torch.long
+
+        def softmax_form(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if (pred.shape[1] == 1 or target.shape[0] != pred.shape[0] or target.shape[1:] != pred.shape[2:]
+                    or not target.numel()):
+                return forward(pred, target)
+            return reduce(self._softmax_form(pred, target.long() if convert else target)[0])
+
+        return softmax_form
+
+    def _plain_reduction(self, loss: torch.Tensor) -> torch.Tensor:
+        """``Term.reduce`` of a non-empty float32 or float64 loss without weights."""
+        return loss.mean(dtype=loss.dtype) if self.reduction == "mean" else loss.sum(dtype=loss.dtype)
+
+    def _focused(self, loss: torch.Tensor, one_minus_p: torch.Tensor) -> torch.Tensor:
+        """``loss * (1 - p)^gamma``; ``gamma=0`` multiplies by nothing."""
         if self.gamma == 0:
-            return 1.0
-        return one_minus_p.clamp_min(torch.finfo(one_minus_p.dtype).tiny).pow(self.gamma)
+            return loss
+        return loss * self._modulation(one_minus_p)
+
+    def _modulation(self, one_minus_p: torch.Tensor) -> torch.Tensor:
+        """``(1 - p)^gamma``, its base clamped at the smallest positive float for ``gamma < 1`` only:
+        there the power's gradient at 0 is infinite; for ``gamma >= 1`` it is finite, so no clamp."""
+        if self.gamma == 1:
+            return one_minus_p
+        if self.gamma < 1:
+            one_minus_p = one_minus_p.clamp_min(torch.finfo(one_minus_p.dtype).tiny)
+        return one_minus_p.pow(self.gamma)
 
     def _per_class(self, values: torch.Tensor | None, loss_shape: torch.Size, name: str,
                    dtype: torch.dtype) -> torch.Tensor | None:
@@ -1059,13 +1119,18 @@ class Focal(Term):
             keep = None if keep is None else keep[:, 1:]
         y = target.to(logits.dtype)
         pos_weight = self._per_class(self.pos_weight, logits.shape, "pos_weight", logits.dtype)
+        loss = self._sigmoid_losses(logits, y, pos_weight)
+        return loss, self._per_class(self.class_weight, logits.shape, "weight", logits.dtype), keep
+
+    def _sigmoid_losses(self, logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The sigmoid form's element-wise losses, ``y`` of the logits' dtype."""
         prob = torch.sigmoid(logits)
         bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
         p_t = prob * y + (1 - prob) * (1 - y)
-        loss = bce * self._modulation(1 - p_t)
+        loss = self._focused(bce, 1 - p_t)
         if self.scalar_alpha is not None:
             loss = loss * (self.scalar_alpha * y + (1 - self.scalar_alpha) * (1 - y))
-        return loss, self._per_class(self.class_weight, logits.shape, "weight", logits.dtype), keep
+        return loss
 
     def _softmax_form(
         self, logits: torch.Tensor, target: torch.Tensor
@@ -1084,7 +1149,7 @@ class Focal(Term):
             logits, foreground = logits[:, 1:], target > 0
             target = (target - 1).clamp_min(0)
         log_p = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
-        loss = -self._modulation(-torch.expm1(log_p)) * log_p
+        loss = -log_p if self.gamma == 0 else -self._modulation(-torch.expm1(log_p)) * log_p
         if foreground is not None:
             loss = loss * foreground
         classes = logits.shape[1]
