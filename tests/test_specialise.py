@@ -261,3 +261,50 @@ def test_focal_gamma_at_least_one_needs_no_clamp_and_stays_finite():
         bce = F.binary_cross_entropy_with_logits(pred.double(), target.double(), reduction="none")
         expected = (bce * (1 - (p * target + (1 - p) * (1 - target))) ** gamma).mean()
         torch.testing.assert_close(value.double(), expected)
+
+
+# --- dice and its family -------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches=sizes, classes=st.integers(2, 4), seed=st.integers(0, 2**16),
+       term=st.sampled_from(["dice", "dice(squared=true", "jaccard", "tversky(alpha=0.3, beta=0.7",
+                             "generalized_dice"]),
+       activation=st.sampled_from(["auto", "softmax", "sigmoid"]), smooth=st.sampled_from([1e-5, 0.0]),
+       batch=st.booleans(), absent=st.sampled_from(["smoothed", "skip", "zero"]), background=st.booleans(),
+       reduction=st.sampled_from(["mean", "sum"]), weighted=st.booleans(), one_channel_axis=st.booleans(),
+       target_dtype=st.sampled_from([torch.long, torch.int32, torch.uint8]))
+def test_overlap_class_indices_specialised_equals_forward(batches, classes, seed, term, activation, smooth, batch,
+                                                          absent, background, reduction, weighted, one_channel_axis,
+                                                          target_dtype):
+    name, _, given_options = term.partition("(")
+    options = [given_options] if given_options else []
+    options += [f"activation={activation}", f"smooth={smooth}", f"batch={str(batch).lower()}",
+                f"include_background={str(background).lower()}", f"reduction={reduction}"]
+    if name != "generalized_dice":
+        options.append(f"absent={absent}")
+        if weighted:
+            scored = classes - (not background)
+            options.append("weight=[" + ", ".join(str(1.0 + i) for i in range(scored)) + "]")
+    reference, special = twins(f"{name}({', '.join(options)})")
+    g = torch.Generator().manual_seed(seed)
+    calls = []
+    for n in batches:
+        target = labels(n, classes, 0.0, g, 3, 2, dtype=target_dtype)
+        calls.append((4 * torch.randn(n, classes, 3, 2, generator=g), target.unsqueeze(1) if one_channel_axis else target))
+    assert_same_calls(reference, special, calls)
+
+
+def test_dice_straight_path_has_no_zero_over_zero_guard():
+    """With smooth > 0 the smoothed denominator of softmax probabilities and one-hot masks is
+    positive: dice() dispatches no comparison or where for a guard, and equals MONAI's formula
+    1 - (2 I + s) / (|P| + |G| + s) per sample and class, averaged."""
+    pred, target = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randint(0, 3, (2, 4, 4))
+    term = lossdsl.compile("dice()").terms[0]
+    function = term.specialise(pred, target)
+    with CountOps() as counted:
+        value = function(pred, target)
+    assert not {"le", "lt", "gt", "where", "logical_not", "bitwise_not"} & set(counted.ops), counted.ops
+    prob, mask = torch.softmax(pred, 1), F.one_hot(target, 3).permute(0, 3, 1, 2).double()
+    intersection, total = (prob * mask).sum((2, 3)), prob.sum((2, 3)) + mask.sum((2, 3))
+    torch.testing.assert_close(value, (1 - (2 * intersection + 1e-5) / (total + 1e-5)).mean())
