@@ -372,3 +372,76 @@ def test_simplified_folds_numbers_and_identities():
     term = lossdsl.compile("mean(abs(2 * 3 * y - 0) + 1 * exp(0) * z)").terms[0]
     a, b = torch.randn(20, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
     torch.testing.assert_close(term(a, b), ((6 * a).abs() + b).mean())
+
+
+# --- buffers at their final size -----------------------------------------------------------------
+
+
+def test_compile_of_balanced_ce_compiles_one_frame_for_several_calls():
+    """ce(weight=balanced)'s class_counts is a lazy buffer that dynamo sizes before it traces: one
+    frame for three calls (it was two: the counts started at size 0 and were reassigned), and the
+    counts are every call's targets, as eager counts them."""
+    from torch._dynamo.testing import CompileCounter
+
+    for logits in ((32, 4), (32,)):
+        torch._dynamo.reset()
+        counter = CompileCounter()
+        loss_fn, eager = lossdsl.compile("ce(weight=balanced)"), lossdsl.compile("ce(weight=balanced)")
+        compiled = torch.compile(loss_fn, backend=counter, fullgraph=True)
+        classes = logits[1] if len(logits) > 1 else 2
+        for seed in range(3):
+            g = torch.Generator().manual_seed(seed)
+            pred, target = torch.randn(*logits, generator=g), torch.randint(0, classes, (32,), generator=g)
+            torch.testing.assert_close(compiled(pred, target), eager(pred, target))
+        assert counter.frame_count == 1
+        assert torch.equal(loss_fn.terms[0].class_counts, eager.terms[0].class_counts)
+        assert int(loss_fn.terms[0].class_counts.sum()) == 3 * 32
+
+
+def test_unsized_class_counts_copy_pickle_and_load_as_before():
+    """Before any call the counts are unsized: state_dict() holds the empty int64 tensor it always
+    did, deepcopy and pickle keep them unsized int64 (torch's own lazy buffer pickles as float32), a
+    copy sizes them on its first call, and loading a sized checkpoint into an unsized module (or an
+    empty one into a sized module) takes the checkpoint's counts."""
+    import io
+    import pickle
+
+    from torch.nn.parameter import UninitializedBuffer
+
+    fresh = lossdsl.compile("ce(weight=balanced)")
+    saved = fresh.state_dict()["terms.0.class_counts"]
+    assert saved.dtype == torch.long and saved.shape == (0,) and not isinstance(saved, UninitializedBuffer)
+    buffer = io.BytesIO()
+    torch.save(fresh.state_dict(), buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True)["terms.0.class_counts"].shape == (0,)
+    for copied in (copy.deepcopy(fresh), pickle.loads(pickle.dumps(fresh))):
+        counts = copied.terms[0].class_counts
+        assert isinstance(counts, UninitializedBuffer) and counts.dtype == torch.long
+        copied(torch.randn(6, 3), torch.tensor([0, 0, 1, 2, 2, 2]))
+        assert copied.terms[0].class_counts.tolist() == [2, 1, 3]
+    trained = copy.deepcopy(fresh)
+    trained(torch.randn(4), torch.tensor([1, 1, 0, 1]))  # binary: 2 classes
+    assert trained.terms[0].class_counts.tolist() == [1, 3]
+    into_unsized = lossdsl.compile("ce(weight=balanced)")
+    into_unsized.load_state_dict(trained.state_dict())
+    assert into_unsized.terms[0].class_counts.tolist() == [1, 3]
+    trained.load_state_dict(fresh.state_dict())  # an unsized checkpoint: unsized again
+    assert isinstance(trained.terms[0].class_counts, UninitializedBuffer)
+    trained.eval()(torch.randn(3, 5), torch.tensor([0, 4, 4]))  # eval sizes them too, and counts nothing
+    assert trained.terms[0].class_counts.tolist() == [0, 0, 0, 0, 0]
+
+
+def test_unsized_counts_follow_the_module_and_fit():
+    """.to() before the first call moves the unsized buffer (its dtype stays int64); fit() before
+    any call sets the counts, which the first call then adds to."""
+    loss_fn = lossdsl.compile("ce(weight=balanced)").to(torch.float64)
+    assert loss_fn.terms[0].class_counts.dtype == torch.long
+    loss_fn.fit(target=torch.tensor([0, 1, 1, 2]))
+    assert loss_fn.terms[0].class_counts.tolist() == [1, 2, 1]
+    pred = torch.zeros(2, 3, dtype=torch.float64)
+    value = loss_fn(pred, torch.tensor([0, 0]))
+    assert loss_fn.terms[0].class_counts.tolist() == [3, 2, 1]
+    # balanced weight of class 0: n / (C * count) = 6 / (3 * 3); every target is class 0, so the
+    # weighted mean is the plain log 3 of uniform logits
+    torch.testing.assert_close(value, torch.tensor(3.0, dtype=torch.float64).log())

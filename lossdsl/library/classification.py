@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat, model_validator
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedBuffer
 
 from .. import distributed, parity
 from ..registry import (
@@ -94,6 +96,27 @@ def _ce_cases(s: parity.Sizes) -> list[parity.Case]:
     ]
 
 
+class UnsizedCounts(UninitializedBuffer):
+    """``class_counts`` before a call has shown the class count: torch's lazy buffer, materialised
+    (at its final size, as zeros) from the first call's logits, by torch.compile too before it
+    traces (``LazyModuleMixin``), so a compiled spec compiles once. Unlike torch's, it deep-copies
+    and pickles as itself, an int64 buffer still unsized (torch's own pickles as float32)."""
+
+    def __new__(cls, device: torch.device | str | None = None) -> UnsizedCounts:
+        return super().__new__(cls, device=device, dtype=torch.long)
+
+    def __deepcopy__(self, memo: dict) -> UnsizedCounts:
+        return UnsizedCounts(self.device)
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        return UnsizedCounts, (str(self.device),)
+
+
+def _unsized(tensor: torch.Tensor | None) -> bool:
+    """Whether a buffer is still a lazy one (``isinstance``: dynamo traces it, not torch's ``is_lazy``)."""
+    return isinstance(tensor, UninitializedBuffer)
+
+
 @register(
     "ce",
     CEParams,
@@ -102,7 +125,7 @@ def _ce_cases(s: parity.Sizes) -> list[parity.Case]:
     shapes=_ce_layouts,
     cases=_ce_cases,
 )
-class CrossEntropy(Term):
+class CrossEntropy(LazyModuleMixin, Term):
     """``F.cross_entropy``; on binary logits ``[N]`` or ``[N, 1]``, the same loss in sigmoid form.
 
     - Logits ``[N, C, ...]`` with integer targets ``[N, ...]``: exactly ``F.cross_entropy(pred,
@@ -122,8 +145,10 @@ class CrossEntropy(Term):
     - ``weight=balanced``: scikit-learn's ``n / (C * count_c)`` over running class counts kept in
       the buffer ``class_counts``; a class not seen yet weighs as much as the rarest class seen. In training mode each call first adds the batch's kept
       targets, then weighs the batch; in eval mode the counts are frozen; ``LossModule.fit(target=
-      labels)`` replaces them with a data set's. The buffer is sized on first use from the
-      logits; with no counts at all every weight is 1. It is saved in ``state_dict()``. Under
+      labels)`` replaces them with a data set's. The buffer is sized (zeros) by the first call's
+      logits, in eval mode too, before anything runs (a torch lazy buffer, so ``torch.compile``
+      compiles a spec once); with no counts at all every weight is 1. It is saved in
+      ``state_dict()``, as an empty tensor while unsized. Under
       ``torch.distributed`` the batch's counts are summed over all ranks first, so every rank
       keeps the global counts (``fit`` is per rank: give each rank the whole label set).
     - ``weight=class_balanced(beta)``, ``0 <= beta < 1``: Cui et al. (2019)'s weights by effective
@@ -164,14 +189,43 @@ class CrossEntropy(Term):
         self.count = params.normalize == "count"
         fixed = weight if isinstance(weight, tuple) and self.beta is None else None
         self.register_buffer("class_weight", torch.tensor(fixed, dtype=torch.float64) if fixed else None)
-        # Sized on first use: the class count comes from the logits' shape.
-        self.register_buffer("class_counts", torch.zeros(0, dtype=torch.long) if self.balanced else None)
+        # Sized by the first call (initialize_parameters): the class count comes from the logits' shape.
+        self.register_buffer("class_counts", UnsizedCounts() if self.balanced else None)
+        if not self.balanced:  # nothing to size: not lazy at all (no hooks on every call)
+            self._initialize_hook.remove()
+            self._load_hook.remove()
+            del self._initialize_hook, self._load_hook
+
+    def initialize_parameters(self, pred: torch.Tensor, *args: object, **kwargs: object) -> None:
+        """Size ``class_counts`` (zeros) for these logits: 2 for binary logits [N] or [N, 1], else C
+        of [N, C, ...]. Called before the first forward (``LazyModuleMixin``'s hook, which dynamo
+        runs before tracing), by ``specialise`` and by ``forward`` itself; logits of no valid shape
+        leave it unsized for forward's diagnostic."""
+        if not self.balanced or not _unsized(self.class_counts) or not isinstance(pred, torch.Tensor) or pred.dim() == 0:
+            return
+        classes = 2 if pred.dim() == 1 or pred.shape[1] == 1 else pred.shape[1]
+        with torch.no_grad():
+            self.class_counts.materialize((classes,))
+            self.class_counts.zero_()
+
+    def _replicate_for_data_parallel(self) -> CrossEntropy:
+        if self.has_uninitialized_params():
+            return super()._replicate_for_data_parallel()  # torch's error: call it once first
+        return Term._replicate_for_data_parallel(self)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + "class_counts"
+        if key in destination and _unsized(destination[key]):  # unsized: the empty counts of before
+            destination[key] = torch.zeros(0, dtype=torch.long, device=destination[key].device)
 
     def forward(
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         self.expect_real(1, target)
+        if self.balanced and _unsized(self.class_counts):  # called as forward, not through the module's hook
+            self.initialize_parameters(pred)
         computed_in = accumulation_dtype(pred.dtype)
         if computed_in != pred.dtype:  # half precision: its sums and counts overflow at 65,504 (torch's too)
             return self.forward(pred.to(computed_in), target, sample_weight).to(pred.dtype)
@@ -264,6 +318,7 @@ class CrossEntropy(Term):
 
         Each checks the sizes it relies on per call and hands any other call to ``forward``, which
         gives the diagnostics (and an empty batch's 0)."""
+        self.initialize_parameters(pred)
         fast = self._straight_path(pred, target, sample_weight)
         return self.forward if fast is None else fast
 
@@ -485,15 +540,12 @@ class CrossEntropy(Term):
             share = weight.index_select(0, labels) * keep
             total = F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), weight=share, reduction="sum")
             denominator = share.sum()
-        else:  # one NLL kernel that also sums the kept targets' weights
-            log_prob = F.log_softmax(pred, dim=1)
-            if pred.dim() == 2:
-                total, denominator = torch.ops.aten.nll_loss_forward(log_prob, target, weight, 2, self.ignore_index)
-            else:
-                n, c = pred.shape[:2]
-                total, denominator = torch.ops.aten.nll_loss2d_forward(
-                    log_prob.reshape(n, c, -1, 1), target.reshape(n, -1, 1), weight, 2, self.ignore_index
-                )
+        else:
+            total = F.cross_entropy(pred, target, weight=weight, ignore_index=self.ignore_index, reduction="sum")
+            if self.reduction == "sum":
+                return total
+            # Summed as forward always did (not nll_loss's own total weight), to the last bit.
+            denominator = (weight[labels] * keep).sum()
         if self.reduction == "sum":
             return total
         return weighted_mean(total, denominator)
@@ -613,10 +665,13 @@ class CrossEntropy(Term):
         self.class_counts = torch.bincount(labels, minlength=num_classes).to(self.class_counts.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        # The counts buffer is sized lazily; take the checkpoint's size.
+        # Take the checkpoint's size; an empty one (saved unsized) leaves the counts unsized.
         key = prefix + "class_counts"
         if self.balanced and key in state_dict:
-            self.class_counts = torch.zeros_like(state_dict[key])
+            saved = state_dict[key]
+            self.class_counts = UnsizedCounts(saved.device) if _unsized(saved) or not saved.numel() else torch.zeros_like(saved)
+            if _unsized(self.class_counts):
+                state_dict = {**state_dict, key: self.class_counts}  # nothing to copy into an unsized buffer
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
