@@ -171,9 +171,12 @@ def test_ce_binary_probabilities_are_the_binary_cross_entropy():
 
 
 def test_ce_all_ignored_specialised_is_zero_with_zero_gradients():
-    """Every target ignored: 0, and zero gradients (the count's clamp at 1 divides 0 by 1)."""
-    for pred in (torch.randn(6, 3), torch.randn(6)):
-        term = lossdsl.compile("ce()").terms[0]
+    """Every target ignored: 0, and zero gradients (the count's clamp at 1 divides 0 by 1; the
+    balanced weights' 0/0 guard divides by 1 too: a clamp at the smallest float would scale the
+    ignored targets' (sigmoid(z) + 100) gradient to inf before their zero weight, NaN)."""
+    for spec, pred in (("ce()", torch.randn(6, 3)), ("ce()", torch.randn(6)), ("ce(weight=balanced)", torch.randn(6)),
+                       ("ce(weight=balanced)", torch.randn(6, 3))):
+        term = lossdsl.compile(spec).terms[0]
         target = torch.full((6,), IGNORE)
         leaf = pred.requires_grad_()
         value = term.specialise(leaf, target)(leaf, target)
@@ -445,3 +448,40 @@ def test_unsized_counts_follow_the_module_and_fit():
     # balanced weight of class 0: n / (C * count) = 6 / (3 * 3); every target is class 0, so the
     # weighted mean is the plain log 3 of uniform logits
     torch.testing.assert_close(value, torch.tensor(3.0, dtype=torch.float64).log())
+
+
+def test_balanced_ce_and_soft_bound_keep_for_backward_what_hand_written_code_keeps():
+    """Saved-tensor hooks count the bytes autograd keeps: ce(weight=balanced) on binary logits keeps
+    the logits, the float targets and the per-target weights, as F.binary_cross_entropy_with_logits
+    with those weights does; soft_bound(y <= 100) keeps relu's output, as relu(y - 100).square() does."""
+    n = 4096
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(n, generator=g, requires_grad=True)
+    target = (torch.rand(n, generator=g) < 0.3).long()
+    y = (90 + 20 * torch.rand(n, generator=g)).requires_grad_()
+
+    def saved_bytes(function) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            function()
+        return sum(storages.values())
+
+    loss_fn = lossdsl.compile("ce(weight=balanced) + soft_bound(y <= 100)")
+    ce, bound = loss_fn.terms
+    ce_function, bound_function = ce.specialise(pred, target), bound.specialise(y)
+    counts = torch.zeros(2, dtype=torch.long)
+
+    def hand_written_ce() -> torch.Tensor:
+        counts.index_add_(0, target, torch.ones_like(target))
+        weight = counts.sum() / (2 * counts.clamp_min(1).to(pred.dtype))
+        weights = weight[target]
+        return F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), weight=weights, reduction="sum") / weights.sum()
+
+    # logits, float targets, weights [N] (float32) and the divisor, a scalar
+    assert saved_bytes(lambda: ce_function(pred, target)) == saved_bytes(hand_written_ce) == 3 * 4 * n + 4
+    assert saved_bytes(lambda: bound_function(y)) == saved_bytes(lambda: F.relu(y - 100).square().mean()) == 4 * n
