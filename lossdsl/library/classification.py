@@ -99,11 +99,21 @@ def _ce_cases(s: parity.Sizes) -> list[parity.Case]:
 class UnsizedCounts(UninitializedBuffer):
     """``class_counts`` before a call has shown the class count: torch's lazy buffer, materialised
     (at its final size, as zeros) from the first call's logits, by torch.compile too before it
-    traces (``LazyModuleMixin``), so a compiled spec compiles once. Unlike torch's, it deep-copies
-    and pickles as itself, an int64 buffer still unsized (torch's own pickles as float32)."""
+    traces (``LazyModuleMixin``), so a compiled spec compiles once. Unlike torch's, it reads as the
+    empty counts it replaces, and deep-copies and pickles as itself, an int64 buffer still unsized
+    (torch's own pickles as float32)."""
 
     def __new__(cls, device: torch.device | str | None = None) -> UnsizedCounts:
         return super().__new__(cls, device=device, dtype=torch.long)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+        """Moves and casts keep it unsized (torch's rule); anything else reads it as the empty int64
+        counts it stands for (``numel()`` is 0, ``tolist()`` is []), as before it was lazy."""
+        if func in cls._allowed_methods or func.__class__.__name__ == "method-wrapper":
+            return super().__torch_function__(func, types, args, kwargs)
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
 
     def __deepcopy__(self, memo: dict) -> UnsizedCounts:
         return UnsizedCounts(self.device)
