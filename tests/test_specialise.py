@@ -485,3 +485,23 @@ def test_balanced_ce_and_soft_bound_keep_for_backward_what_hand_written_code_kee
     # logits, float targets, weights [N] (float32) and the divisor, a scalar
     assert saved_bytes(lambda: ce_function(pred, target)) == saved_bytes(hand_written_ce) == 3 * 4 * n + 4
     assert saved_bytes(lambda: bound_function(y)) == saved_bytes(lambda: F.relu(y - 100).square().mean()) == 4 * n
+
+
+def test_compile_of_ce_on_int64_binary_targets_still_masks_and_eager_skips_the_mask_on_cpu():
+    """Eager on the CPU, int64 binary targets with none ignored take torch's unweighted kernel
+    (a read of the targets, free there); under torch.compile(fullgraph=True) the mask stays (no
+    value can be read), and both give F.binary_cross_entropy_with_logits's value."""
+    pred, target = torch.randn(64), torch.randint(0, 2, (64,))
+    term = lossdsl.compile("ce()").terms[0]
+    function = term.specialise(pred, target)
+    with CountOps() as counted:
+        value = function(pred, target)
+    assert "ne" not in counted.ops and "clamp_min" not in counted.ops
+    expected = F.binary_cross_entropy_with_logits(pred, target.float())
+    assert torch.equal(value, expected)
+    loss_fn = lossdsl.compile("ce()")
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(pred, target), expected)
+    ignored = torch.where(torch.arange(64) < 8, -100, target)
+    torch.testing.assert_close(compiled(pred, ignored), F.binary_cross_entropy_with_logits(pred[8:], target[8:].float()))
+    torch.testing.assert_close(function(pred, ignored), F.binary_cross_entropy_with_logits(pred[8:], target[8:].float()))

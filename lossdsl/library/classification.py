@@ -144,7 +144,9 @@ class CrossEntropy(LazyModuleMixin, Term):
       ``F.cross_entropy`` on the two-class logits ``[0, z]``, class weights and label smoothing
       included; without them it is ``F.binary_cross_entropy_with_logits``. The targets are not
       checked to be 0 or 1: reading their values would synchronise with the device. Bool or
-      uint8 targets cannot hold a negative ``ignore_index``, so they skip its masking (faster).
+      uint8 targets cannot hold a negative ``ignore_index``, so they skip its masking (faster); so
+      does a CPU batch of other integer targets none of which is ``ignore_index`` (outside
+      ``torch.compile``: on the CPU that read costs no synchronisation).
       Integer targets of any dtype (int32 from numpy, uint8, ...) are read as int64.
     - Floating-point targets are class probabilities: of ``pred``'s shape for ``[N, C, ...]``
       logits, or the probability of class 1 for binary logits. As in torch, ``ignore_index`` does
@@ -513,7 +515,13 @@ class CrossEntropy(LazyModuleMixin, Term):
 
     def _masked_sigmoid_form(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Binary logits, int64 targets that may equal ignore_index, no class or sample weights: one
-        fused kernel weighted by the kept targets; ``mean`` divides by their count (0 when none is kept)."""
+        fused kernel weighted by the kept targets; ``mean`` divides by their count (0 when none is kept).
+
+        On the CPU, where reading a value costs no synchronisation, a batch with no ignored target
+        takes torch's unweighted kernel instead (not while torch.compile traces: it cannot read values)."""
+        if (logits.device.type == "cpu" and not torch.compiler.is_compiling()
+                and not bool((target == self.ignore_index).any())):
+            return self._plain_sigmoid_form(logits, target, None)
         keep = (target != self.ignore_index).to(logits.dtype)
         y = target.to(logits.dtype)
         if self.label_smoothing:
