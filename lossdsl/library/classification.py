@@ -519,8 +519,7 @@ class CrossEntropy(LazyModuleMixin, Term):
 
         On the CPU, where reading a value costs no synchronisation, a batch with no ignored target
         takes torch's unweighted kernel instead (not while torch.compile traces: it cannot read values)."""
-        if (logits.device.type == "cpu" and not torch.compiler.is_compiling()
-                and not bool((target == self.ignore_index).any())):
+        if logits.device.type == "cpu" and not torch.compiler.is_compiling() and not self._any_ignored(target):
             return self._plain_sigmoid_form(logits, target, None)
         keep = (target != self.ignore_index).to(logits.dtype)
         y = target.to(logits.dtype)
@@ -530,6 +529,13 @@ class CrossEntropy(LazyModuleMixin, Term):
         if self.reduction == "sum":
             return total
         return total / keep.sum().clamp_min(1)  # a count: 0 only when nothing is kept, and then total is 0
+
+    def _any_ignored(self, target: torch.Tensor) -> bool:
+        """Whether a (non-empty) target equals ignore_index, read on the host. A negative index
+        below the smallest target cannot be equal: one min over the targets, cheaper than a comparison."""
+        if self.ignore_index < 0:
+            return int(target.min()) <= self.ignore_index
+        return bool((target == self.ignore_index).any())
 
     def _balanced_form(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``weight=balanced`` or ``class_balanced`` on int64 class indices (binary logits [N] or
