@@ -505,3 +505,28 @@ def test_compile_of_ce_on_int64_binary_targets_still_masks_and_eager_skips_the_m
     ignored = torch.where(torch.arange(64) < 8, -100, target)
     torch.testing.assert_close(compiled(pred, ignored), F.binary_cross_entropy_with_logits(pred[8:], target[8:].float()))
     torch.testing.assert_close(function(pred, ignored), F.binary_cross_entropy_with_logits(pred[8:], target[8:].float()))
+
+
+def test_compile_of_balanced_ce_masks_and_eager_cpu_skips_the_mask_with_equal_bits():
+    """ce(weight=balanced) on a CPU batch with no ignored target skips the mask eagerly (no `ne`
+    dispatched); under torch.compile the mask stays; values, gradients and counts are equal bit
+    for bit (each weight times 1 is itself, and the positive divisor needs no guard)."""
+    # The second module shares LossModule.forward's compiled code with other shapes: dynamo makes
+    # them dynamic, and the lazy sizing must still read a concrete class count (it raised).
+    for logits in ((40,), (40, 3)):
+        classes = logits[1] if len(logits) > 1 else 2
+        g = torch.Generator().manual_seed(1)
+        pred, target = torch.randn(*logits, generator=g), torch.randint(0, classes, (40,), generator=g)
+        eager, compiled_source = lossdsl.compile("ce(weight=balanced)"), lossdsl.compile("ce(weight=balanced)")
+        compiled = torch.compile(compiled_source, fullgraph=True, backend="eager")
+        function = eager.terms[0].specialise(pred, target)
+        for _ in range(2):
+            leaf, other = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+            with CountOps() as counted:
+                value = function(leaf, target)
+            assert "ne" not in counted.ops
+            expected = compiled(other, target)
+            value.backward()
+            expected.backward()
+            assert torch.equal(value, expected) and torch.equal(leaf.grad, other.grad)
+            assert torch.equal(eager.terms[0].class_counts, compiled_source.terms[0].class_counts)

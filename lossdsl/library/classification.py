@@ -215,7 +215,8 @@ class CrossEntropy(LazyModuleMixin, Term):
         leave it unsized for forward's diagnostic."""
         if not self.balanced or not _unsized(self.class_counts) or not isinstance(pred, torch.Tensor) or pred.dim() == 0:
             return
-        classes = 2 if pred.dim() == 1 or pred.shape[1] == 1 else pred.shape[1]
+        # int(): under dynamo's dynamic shapes the class count is symbolic; the buffer needs a number
+        classes = 2 if pred.dim() == 1 or pred.shape[1] == 1 else int(pred.shape[1])
         with torch.no_grad():
             self.class_counts.materialize((classes,))
             self.class_counts.zero_()
@@ -545,12 +546,19 @@ class CrossEntropy(LazyModuleMixin, Term):
         In training the batch's kept targets are counted into ``class_counts`` first, so every class a
         kept target names has a count: the unseen-class rule and the all-empty guard of
         ``balanced_weight`` cannot change a weight the loss reads (without smoothing it reads only the
-        targets' classes, and an ignored target's weight times 0), and are left out."""
-        keep = target != self.ignore_index
-        labels = target * keep  # ignored targets point at class 0 and weigh 0
+        targets' classes, and an ignored target's weight times 0), and are left out.
+
+        On the CPU (outside torch.compile) a batch read to hold no ignored target skips the mask:
+        each target weighs its class's weight times 1, the same values, and the summed weights of a
+        non-empty batch are positive, so the division needs no 0/0 guard."""
+        keep = None
+        if pred.device.type != "cpu" or torch.compiler.is_compiling() or self._any_ignored(target):
+            keep = target != self.ignore_index
+        labels = target if keep is None else target * keep  # ignored targets point at class 0 and weigh 0
         counts = self.class_counts
         if self.training:
-            counts.index_add_(0, labels.reshape(-1), keep.reshape(-1).long())
+            ones = torch.ones_like(labels.reshape(-1)) if keep is None else keep.reshape(-1).long()
+            counts.index_add_(0, labels.reshape(-1), ones)
             if self.beta is not None:
                 weight = class_balanced_weight(counts, self.beta, pred.dtype)
             else:
@@ -561,7 +569,8 @@ class CrossEntropy(LazyModuleMixin, Term):
         else:
             weight = balanced_weight(counts, pred.dtype)
         if pred.dim() == 1:  # binary logits: the sigmoid form, each target weighted by its class's weight
-            share = weight.index_select(0, labels) * keep
+            share = weight.index_select(0, labels)
+            share = share if keep is None else share * keep
             total = F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), weight=share, reduction="sum")
             denominator = share.sum()
         else:
@@ -569,10 +578,10 @@ class CrossEntropy(LazyModuleMixin, Term):
             if self.reduction == "sum":
                 return total
             # Summed as forward always did (not nll_loss's own total weight), to the last bit.
-            denominator = (weight[labels] * keep).sum()
+            denominator = weight[labels].sum() if keep is None else (weight[labels] * keep).sum()
         if self.reduction == "sum":
             return total
-        return weighted_mean(total, denominator)
+        return total / denominator if keep is None else weighted_mean(total, denominator)
 
     def _binary_probability_form(self, logits: torch.Tensor, target: torch.Tensor,
                                  sample_weight: torch.Tensor | None) -> torch.Tensor:
