@@ -185,21 +185,29 @@ def test_ce_all_ignored_specialised_is_zero_with_zero_gradients():
 
 
 def test_ce_straight_paths_dispatch_no_more_ops_than_torchs_own_function():
-    """ce() on [N, C] with int64 targets: log_softmax, nll_loss and the division by the kept count
-    (F.cross_entropy's mean would be NaN with every target ignored): three ops more; binary bool targets: exactly
-    F.binary_cross_entropy_with_logits's ops, no ignore_index mask."""
+    """ce() on [N, C] with int64 targets, on the CPU: one max over the targets read on the host
+    (free there) shows a kept target, and then F.cross_entropy's own ops follow; with every target
+    ignored (F.cross_entropy's mean would be NaN) the division by the kept count clamped at 1
+    instead: three ops more. Binary bool targets: exactly F.binary_cross_entropy_with_logits's
+    ops, no ignore_index mask."""
     pred, target = torch.randn(64, 10, requires_grad=True), torch.randint(0, 10, (64,))
     term = lossdsl.compile("ce()").terms[0]
     function = term.specialise(pred, target)
     with CountOps() as ours:
         function(pred, target).backward()
-    pred = pred.detach().requires_grad_()  # a fresh leaf: no gradient to accumulate into
+    fresh = pred.detach().requires_grad_()  # a fresh leaf: no gradient to accumulate into
     with CountOps() as torchs:
-        F.cross_entropy(pred, target).backward()
+        F.cross_entropy(fresh, target).backward()
+    assert ours.ops == ["max", "_local_scalar_dense", *torchs.ops], (ours.ops, torchs.ops)
+    ignored, leaf = torch.full((64,), IGNORE), pred.detach().requires_grad_()
+    with CountOps() as ours:
+        value = function(leaf, ignored)
+        value.backward()
     extra = list(ours.ops)
-    for op in torchs.ops:
+    for op in ["max", "_local_scalar_dense", *torchs.ops]:
         extra.remove(op)
-    assert sorted(extra) == ["clamp_min", "div", "div"], (ours.ops, torchs.ops)  # the division, forward and back
+    assert sorted(extra) == ["clamp_min", "div", "div"], ours.ops  # the division, forward and back
+    assert value.item() == 0.0
 
     logits, flags = torch.randn(64, requires_grad=True), torch.rand(64) < 0.5
     function = term.specialise(logits, flags)

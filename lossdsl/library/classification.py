@@ -498,7 +498,13 @@ class CrossEntropy(LazyModuleMixin, Term):
     def _plain_softmax_form(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Class indices without smoothing or running counts: one NLL kernel that also returns the
         summed weight of the kept targets, so ``mean`` needs no second pass (and is 0, not NaN, when
-        every target is ignored)."""
+        every target is ignored).
+
+        On the CPU (outside torch.compile), where reading a value costs no synchronisation, a batch
+        read to keep a target takes torch's own ``F.cross_entropy`` mean, whose divisor is then at least 1."""
+        if (self.reduction == "mean" and self.class_weight is None and pred.device.type == "cpu"
+                and not torch.compiler.is_compiling() and self._any_kept(target)):
+            return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
         log_prob = F.log_softmax(pred, dim=1)
         weight = self._class_weight(None, None, pred.shape[1], pred.dtype)
         if pred.dim() == 2:
@@ -530,6 +536,14 @@ class CrossEntropy(LazyModuleMixin, Term):
         if self.reduction == "sum":
             return total
         return total / keep.sum().clamp_min(1)  # a count: 0 only when nothing is kept, and then total is 0
+
+    def _any_kept(self, target: torch.Tensor) -> bool:
+        """Whether a (non-empty) target differs from ignore_index, read on the host: for a negative
+        index, one max over the targets (a target above the index is kept)."""
+        if self.ignore_index < 0:
+            return int(target.max()) > self.ignore_index
+        low, high = torch.aminmax(target)
+        return not int(low) == int(high) == self.ignore_index
 
     def _any_ignored(self, target: torch.Tensor) -> bool:
         """Whether a (non-empty) target equals ignore_index, read on the host. A negative index
