@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat, model_validator
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .. import distributed, parity
 from ..registry import (
@@ -217,7 +218,8 @@ class CrossEntropy(LazyModuleMixin, Term):
             return
         # int(): under dynamo's dynamic shapes the class count is symbolic; the buffer needs a number
         classes = 2 if pred.dim() == 1 or pred.shape[1] == 1 else int(pred.shape[1])
-        with torch.no_grad():
+        # Outside any tracing mode (make_fx in `lossdsl explain`): the buffer is state, not a traced op.
+        with torch.no_grad(), _disable_current_modes():
             self.class_counts.materialize((classes,))
             self.class_counts.zero_()
 
