@@ -14,7 +14,7 @@ text. Expressions become one statement per node, so the source is as flat as it 
 checker bounds a spec's nesting at 100 levels; the generator recurses no deeper than that).
 
 Under ``torch.compile`` the function takes a branch without the signature cache (dynamo traces the
-terms' own forwards, and their checks cost nothing at run time); each module has its own code
+terms' own modules, and their checks cost nothing at run time); each module has its own code
 object, so dynamo's cache of compiled frames is per module, not shared by every spec.
 """
 
@@ -214,7 +214,8 @@ def _emit_terms(source: _Source, module: LossModule, groups: list[list[int]], al
             call = f"{function}({_arguments(module, index)})"
             targets = ", ".join(f"v{i}" for i in indices)
         else:
-            function = f"f{index}" if specialised else f"{source.value('T', module.terms[index])}.forward"
+            # Compiled: through the module's __call__, whose pre-hooks size lazy buffers before dynamo traces.
+            function = f"f{index}" if specialised else source.value("T", module.terms[index])
             arguments = _arguments(module, index)
             silencer = module._silencers[index]
             if silencer is not None:

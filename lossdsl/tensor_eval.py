@@ -28,8 +28,63 @@ TORCH_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
 assert TORCH_FUNCTIONS.keys() == FUNCTIONS.keys()
 
 
+def simplified(expr: TensorIR) -> TensorIR:
+    """``expr`` folded at build time, so the forward does no arithmetic on numbers alone: constant
+    subexpressions become one number (``2 * 3 * y`` is ``6 * y``, ``abs(-3)`` is 3), and the identities
+    ``x * 1``, ``1 * x``, ``x / 1``, ``x + 0``, ``0 + x``, ``x - 0`` (``x``), ``0 - x``, ``x * -1`` (``-x``),
+    ``-(-x)`` and ``-(a - b)`` (``b - a``) leave no op behind; all of them give the same value (up
+    to the sign of a zero). Numbers fold in float64, before any cast to the inputs' dtype."""
+    if isinstance(expr, (Const, Input)):
+        return expr
+    if isinstance(expr, Negative):
+        operand = simplified(expr.operand)
+        if isinstance(operand, Const):
+            return Const(-operand.value)
+        if isinstance(operand, Negative):
+            return operand.operand
+        if isinstance(operand, Arith) and operand.op == "-":
+            return Arith("-", operand.right, operand.left)
+        return Negative(operand)
+    if isinstance(expr, Arith):
+        left, right = simplified(expr.left), simplified(expr.right)
+        if isinstance(left, Const) and isinstance(right, Const):
+            value = ARITHMETIC[expr.op].fold(left.value, right.value)
+            if value is not None:
+                return Const(value)
+        number = lambda side, *values: isinstance(side, Const) and side.value in values  # noqa: E731
+        if expr.op in ("+", "-") and number(right, 0.0):
+            return left
+        if expr.op == "+" and number(left, 0.0):
+            return right
+        if expr.op == "-" and number(left, 0.0):
+            return simplified(Negative(right))
+        if expr.op in ("*", "/") and number(right, 1.0):
+            return left
+        if expr.op == "*" and number(left, 1.0):
+            return right
+        if expr.op == "*" and number(right, -1.0):
+            return simplified(Negative(left))
+        if expr.op == "*" and number(left, -1.0):
+            return simplified(Negative(right))
+        return Arith(expr.op, left, right)
+    if isinstance(expr, Function):
+        operand = simplified(expr.operand)
+        if isinstance(operand, Const):  # a function of a number: computed once, in float64
+            value = torch.tensor(operand.value, dtype=torch.float64)
+            if expr.name == "clamp":
+                return Const(float(_clamp(value, *expr.numbers)))
+            return Const(float(TORCH_FUNCTIONS[expr.name](value)))
+        return Function(expr.name, operand, expr.numbers)
+    return expr
+
+
 def compile_tensor_expr(expr: TensorIR, position: dict[str, int]) -> TensorFn:
-    """A function of the term's input tensors computing the lowered expression ``expr``."""
+    """A function of the term's input tensors computing the lowered expression ``expr``, folded
+    first (``simplified``)."""
+    return _compiled(simplified(expr), position)
+
+
+def _compiled(expr: TensorIR, position: dict[str, int]) -> TensorFn:
     if isinstance(expr, Const):
         value = expr.value
         return lambda tensors: value
@@ -37,15 +92,15 @@ def compile_tensor_expr(expr: TensorIR, position: dict[str, int]) -> TensorFn:
         index = position[expr.name]
         return lambda tensors: tensors[index]
     if isinstance(expr, Negative):
-        operand = compile_tensor_expr(expr.operand, position)
+        operand = _compiled(expr.operand, position)
         return lambda tensors: -operand(tensors)
     if isinstance(expr, Arith):
         op = ARITHMETIC[expr.op].function
-        left, right = compile_tensor_expr(expr.left, position), compile_tensor_expr(expr.right, position)
+        left, right = _compiled(expr.left, position), _compiled(expr.right, position)
         return lambda tensors: op(left(tensors), right(tensors))
     if isinstance(expr, Function):
         function = TORCH_FUNCTIONS[expr.name]
-        operand = compile_tensor_expr(expr.operand, position)
+        operand = _compiled(expr.operand, position)
         if expr.name == "clamp":
             low, high = expr.numbers
             return lambda tensors: _clamp(_as_tensor(operand(tensors)), low, high)

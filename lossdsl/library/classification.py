@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedBuffer
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .. import distributed, parity
 from ..registry import Term, accumulation_dtype, implements, safe_divide, weighted_mean
@@ -39,8 +43,39 @@ def _ce_cases(s: parity.Sizes) -> list[parity.Case]:
     ]
 
 
+class UnsizedCounts(UninitializedBuffer):
+    """``class_counts`` before a call has shown the class count: torch's lazy buffer, materialised
+    (at its final size, as zeros) from the first call's logits, by torch.compile too before it
+    traces (``LazyModuleMixin``), so a compiled spec compiles once. Unlike torch's, it reads as the
+    empty counts it replaces, and deep-copies and pickles as itself, an int64 buffer still unsized
+    (torch's own pickles as float32)."""
+
+    def __new__(cls, device: torch.device | str | None = None) -> UnsizedCounts:
+        return super().__new__(cls, device=device, dtype=torch.long)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+        """Moves and casts keep it unsized (torch's rule); anything else reads it as the empty int64
+        counts it stands for (``numel()`` is 0, ``tolist()`` is []), as before it was lazy."""
+        if func in cls._allowed_methods or func.__class__.__name__ == "method-wrapper":
+            return super().__torch_function__(func, types, args, kwargs)
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+    def __deepcopy__(self, memo: dict) -> UnsizedCounts:
+        return UnsizedCounts(self.device)
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        return UnsizedCounts, (str(self.device),)
+
+
+def _unsized(tensor: torch.Tensor | None) -> bool:
+    """Whether a buffer is still a lazy one (``isinstance``: dynamo traces it, not torch's ``is_lazy``)."""
+    return isinstance(tensor, UninitializedBuffer)
+
+
 @implements("ce", cases=_ce_cases)
-class CrossEntropy(Term):
+class CrossEntropy(LazyModuleMixin, Term):
     """``F.cross_entropy``; on binary logits ``[N]`` or ``[N, 1]``, the same loss in sigmoid form.
 
     - Logits ``[N, C, ...]`` with integer targets ``[N, ...]``: exactly ``F.cross_entropy(pred,
@@ -49,7 +84,9 @@ class CrossEntropy(Term):
       ``F.cross_entropy`` on the two-class logits ``[0, z]``, class weights and label smoothing
       included; without them it is ``F.binary_cross_entropy_with_logits``. The targets are not
       checked to be 0 or 1: reading their values would synchronise with the device. Bool or
-      uint8 targets cannot hold a negative ``ignore_index``, so they skip its masking (faster).
+      uint8 targets cannot hold a negative ``ignore_index``, so they skip its masking (faster); so
+      does a CPU batch of other integer targets none of which is ``ignore_index`` (outside
+      ``torch.compile``: on the CPU that read costs no synchronisation).
       Integer targets of any dtype (int32 from numpy, uint8, ...) are read as int64.
     - Floating-point targets are class probabilities: of ``pred``'s shape for ``[N, C, ...]``
       logits, or the probability of class 1 for binary logits. As in torch, ``ignore_index`` does
@@ -60,8 +97,10 @@ class CrossEntropy(Term):
     - ``weight=balanced``: scikit-learn's ``n / (C * count_c)`` over running class counts kept in
       the buffer ``class_counts``; a class not seen yet weighs as much as the rarest class seen. In training mode each call first adds the batch's kept
       targets, then weighs the batch; in eval mode the counts are frozen; ``LossModule.fit(target=
-      labels)`` replaces them with a data set's. The buffer is sized on first use from the
-      logits; with no counts at all every weight is 1. It is saved in ``state_dict()``. Under
+      labels)`` replaces them with a data set's. The buffer is sized (zeros) by the first call's
+      logits, in eval mode too, before anything runs (a torch lazy buffer, so ``torch.compile``
+      compiles a spec once); with no counts at all every weight is 1. It is saved in
+      ``state_dict()``, as an empty tensor while unsized. Under
       ``torch.distributed`` the batch's counts are summed over all ranks first, so every rank
       keeps the global counts (``fit`` is per rank: give each rank the whole label set).
     - ``weight=class_balanced(beta)``, ``0 <= beta < 1``: Cui et al. (2019)'s weights by effective
@@ -102,14 +141,45 @@ class CrossEntropy(Term):
         self.count = params.normalize == "count"
         fixed = weight if isinstance(weight, tuple) and self.beta is None else None
         self.register_buffer("class_weight", torch.tensor(fixed, dtype=torch.float64) if fixed else None)
-        # Sized on first use: the class count comes from the logits' shape.
-        self.register_buffer("class_counts", torch.zeros(0, dtype=torch.long) if self.balanced else None)
+        # Sized by the first call (initialize_parameters): the class count comes from the logits' shape.
+        self.register_buffer("class_counts", UnsizedCounts() if self.balanced else None)
+        if not self.balanced:  # nothing to size: not lazy at all (no hooks on every call)
+            self._initialize_hook.remove()
+            self._load_hook.remove()
+            del self._initialize_hook, self._load_hook
+
+    def initialize_parameters(self, pred: torch.Tensor, *args: object, **kwargs: object) -> None:
+        """Size ``class_counts`` (zeros) for these logits: 2 for binary logits [N] or [N, 1], else C
+        of [N, C, ...]. Called before the first forward (``LazyModuleMixin``'s hook, which dynamo
+        runs before tracing), by ``specialise`` and by ``forward`` itself; logits of no valid shape
+        leave it unsized for forward's diagnostic."""
+        if not self.balanced or not _unsized(self.class_counts) or not isinstance(pred, torch.Tensor) or pred.dim() == 0:
+            return
+        # int(): under dynamo's dynamic shapes the class count is symbolic; the buffer needs a number
+        classes = 2 if pred.dim() == 1 or pred.shape[1] == 1 else int(pred.shape[1])
+        # Outside any tracing mode (make_fx in `lossdsl explain`): the buffer is state, not a traced op.
+        with torch.no_grad(), _disable_current_modes():
+            self.class_counts.materialize((classes,))
+            self.class_counts.zero_()
+
+    def _replicate_for_data_parallel(self) -> CrossEntropy:
+        if self.has_uninitialized_params():
+            return super()._replicate_for_data_parallel()  # torch's error: call it once first
+        return Term._replicate_for_data_parallel(self)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + "class_counts"
+        if key in destination and _unsized(destination[key]):  # unsized: the empty counts of before
+            destination[key] = torch.zeros(0, dtype=torch.long, device=destination[key].device)
 
     def forward(
         self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
     ) -> torch.Tensor:
         self.expect_float(0, pred)
         self.expect_real(1, target)
+        if self.balanced and _unsized(self.class_counts):  # called as forward, not through the module's hook
+            self.initialize_parameters(pred)
         computed_in = accumulation_dtype(pred.dtype)
         if computed_in != pred.dtype:  # half precision: its sums and counts overflow at 65,504 (torch's too)
             return self.forward(pred.to(computed_in), target, sample_weight).to(pred.dtype)
@@ -154,6 +224,11 @@ class CrossEntropy(Term):
         target = target.long()  # torch's kernels take int64 indices, and int32 would wrap a large ignore_index
         if not binary and sample_weight is None and not self.label_smoothing and not self.balanced:
             return self._plain_softmax_form(pred, target)
+        if binary and sample_weight is None and self.class_weight is None and not self.balanced:
+            return self._masked_sigmoid_form(logits, target)
+        if (sample_weight is None and self.balanced and not self.label_smoothing
+                and self.class_counts.numel() == num_classes and not distributed.active()):
+            return self._balanced_form(logits if binary else pred, target)
         keep = target != self.ignore_index
         labels = None
         if self.class_weight is not None or self.balanced:  # class indices to look weights up
@@ -181,6 +256,96 @@ class CrossEntropy(Term):
         if self.reduction == "sum":
             return total
         return weighted_mean(total, denominator)
+
+    def specialise(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> Callable[..., torch.Tensor]:
+        """The forward's straight path for this layout (see ``Term.specialise``), without sample
+        weights, z-loss, ``normalize=count`` or ``reduction=none``, for float32 or float64 logits:
+
+        - binary logits [N] with bool or uint8 targets (no ignore_index to mask when it is
+          negative), with int64 targets (masked), or with probabilities; no class weights;
+        - logits [N, C, ...] with integer class indices, with or without a list of class weights,
+          without label smoothing;
+        - ``weight=balanced`` or ``class_balanced`` on int64 indices (binary or [N, C, ...]),
+          without label smoothing, with the counts already sized for the logits' classes.
+
+        Each checks the sizes it relies on per call and hands any other call to ``forward``, which
+        gives the diagnostics (and an empty batch's 0)."""
+        self.initialize_parameters(pred)
+        fast = self._straight_path(pred, target, sample_weight)
+        return self.forward if fast is None else fast
+
+    def _straight_path(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None
+    ) -> Callable[..., torch.Tensor] | None:
+        if (sample_weight is not None or self.z_loss or self.count or self.reduction == "none"
+                or pred.dtype not in (torch.float32, torch.float64) or target.is_complex()):
+            return None
+        forward, weighted = self.forward, self.class_weight is not None
+        convert = target.dtype != torch.long  # int32 from numpy, uint8: torch's kernels take int64
+        if pred.dim() == 1:
+            if target.dim() != 1 or weighted:
+                return None
+            if target.is_floating_point():
+                if self.balanced:
+                    return None  # forward's diagnostic: balanced counts classes
+
+                def binary_probabilities(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                    if target.shape != pred.shape or not pred.shape[0]:
+                        return forward(pred, target)
+                    return self._binary_probability_form(pred, target, None)
+
+                return binary_probabilities
+            if self.balanced:
+                if self.label_smoothing or convert:
+                    return None
+
+                def binary_balanced(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                    if (target.shape != pred.shape or not pred.shape[0] or self.class_counts.shape[0] != 2
+                            or distributed.active()):
+                        return forward(pred, target)
+                    return self._balanced_form(pred, target)
+
+                return binary_balanced
+            if self._nothing_to_ignore(target):  # bool or uint8 cannot equal a negative ignore_index
+
+                def binary_flags(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                    if target.shape != pred.shape or not pred.shape[0]:
+                        return forward(pred, target)
+                    return self._plain_sigmoid_form(pred, target, None)
+
+                return binary_flags
+
+            def binary_labels(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                if target.shape != pred.shape or not pred.shape[0]:
+                    return forward(pred, target)
+                return self._masked_sigmoid_form(pred, target.long() if convert else target)
+
+            return binary_labels
+        if target.is_floating_point() or target.dim() != pred.dim() - 1 or self.label_smoothing:
+            return None
+        # [N, 1, ...] logits are binary (forward's reshapes); a list of weights fixes the class count.
+        classes = self.class_weight.numel() if weighted else None
+        if self.balanced:
+            if convert:
+                return None
+
+            def balanced(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                if (pred.shape[1] < 2 or target.shape[1:] != pred.shape[2:] or target.shape[0] != pred.shape[0]
+                        or not target.numel() or self.class_counts.shape[0] != pred.shape[1] or distributed.active()):
+                    return forward(pred, target)
+                return self._balanced_form(pred, target)
+
+            return balanced
+
+        def class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if (pred.shape[1] < 2 or target.shape[1:] != pred.shape[2:] or target.shape[0] != pred.shape[0]
+                    or not target.numel() or (classes is not None and pred.shape[1] != classes)):
+                return forward(pred, target)
+            return self._plain_softmax_form(pred, target.long() if convert else target)
+
+        return class_indices
 
     def _general_form(
         self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int,
@@ -274,7 +439,13 @@ class CrossEntropy(Term):
     def _plain_softmax_form(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Class indices without smoothing or running counts: one NLL kernel that also returns the
         summed weight of the kept targets, so ``mean`` needs no second pass (and is 0, not NaN, when
-        every target is ignored)."""
+        every target is ignored).
+
+        On the CPU (outside torch.compile), where reading a value costs no synchronisation, a batch
+        read to keep a target takes torch's own ``F.cross_entropy`` mean, whose divisor is then at least 1."""
+        if (self.reduction == "mean" and self.class_weight is None and pred.device.type == "cpu"
+                and not torch.compiler.is_compiling() and self._any_kept(target)):
+            return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
         log_prob = F.log_softmax(pred, dim=1)
         weight = self._class_weight(None, None, pred.shape[1], pred.dtype)
         if pred.dim() == 2:
@@ -286,7 +457,99 @@ class CrossEntropy(Term):
             )
         if self.reduction == "sum":
             return total
+        if weight is None:  # total_weight counts the kept targets: 0 only when none is kept, and then total is 0
+            return total / total_weight.clamp_min(1)
         return weighted_mean(total, total_weight)
+
+    def _masked_sigmoid_form(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Binary logits, int64 targets that may equal ignore_index, no class or sample weights: one
+        fused kernel weighted by the kept targets; ``mean`` divides by their count (0 when none is kept).
+
+        On the CPU, where reading a value costs no synchronisation, a batch with no ignored target
+        takes torch's unweighted kernel instead (not while torch.compile traces: it cannot read values)."""
+        if logits.device.type == "cpu" and not torch.compiler.is_compiling() and not self._any_ignored(target):
+            return self._plain_sigmoid_form(logits, target, None)
+        keep = (target != self.ignore_index).to(logits.dtype)
+        y = target.to(logits.dtype)
+        if self.label_smoothing:
+            y = y * (1 - self.label_smoothing) + self.label_smoothing / 2
+        total = F.binary_cross_entropy_with_logits(logits, y, weight=keep, reduction="sum")
+        if self.reduction == "sum":
+            return total
+        return total / keep.sum().clamp_min(1)  # a count: 0 only when nothing is kept, and then total is 0
+
+    def _any_kept(self, target: torch.Tensor) -> bool:
+        """Whether a (non-empty) target differs from ignore_index, read on the host: for a negative
+        index, one max over the targets (a target above the index is kept)."""
+        if self.ignore_index < 0:
+            return int(target.max()) > self.ignore_index
+        low, high = torch.aminmax(target)
+        return not int(low) == int(high) == self.ignore_index
+
+    def _any_ignored(self, target: torch.Tensor) -> bool:
+        """Whether a (non-empty) target equals ignore_index, read on the host. A negative index
+        below the smallest target cannot be equal: one min over the targets, cheaper than a comparison."""
+        if self.ignore_index < 0:
+            return int(target.min()) <= self.ignore_index
+        return bool((target == self.ignore_index).any())
+
+    def _balanced_form(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``weight=balanced`` or ``class_balanced`` on int64 class indices (binary logits [N] or
+        logits [N, C, ...]), without label smoothing or sample weights, outside torch.distributed, with
+        ``class_counts`` sized for the logits' classes.
+
+        In training the batch's kept targets are counted into ``class_counts`` first, so every class a
+        kept target names has a count: the unseen-class rule and the all-empty guard of
+        ``balanced_weight`` cannot change a weight the loss reads (without smoothing it reads only the
+        targets' classes, and an ignored target's weight times 0), and are left out.
+
+        On the CPU (outside torch.compile) a batch read to hold no ignored target skips the mask:
+        each target weighs its class's weight times 1, the same values, and the summed weights of a
+        non-empty batch are positive, so the division needs no 0/0 guard."""
+        keep = None
+        if pred.device.type != "cpu" or torch.compiler.is_compiling() or self._any_ignored(target):
+            keep = target != self.ignore_index
+        labels = target if keep is None else target * keep  # ignored targets point at class 0 and weigh 0
+        counts = self.class_counts
+        if self.training:
+            ones = torch.ones_like(labels.reshape(-1)) if keep is None else keep.reshape(-1).long()
+            counts.index_add_(0, labels.reshape(-1), ones)
+            if self.beta is not None:
+                weight = class_balanced_weight(counts, self.beta, pred.dtype)
+            else:
+                weight = counts.to(pred.dtype)
+                weight = weight.sum() / (counts.numel() * weight.clamp_min(1))
+        elif self.beta is not None:
+            weight = class_balanced_weight(counts, self.beta, pred.dtype)
+        else:
+            weight = balanced_weight(counts, pred.dtype)
+        if pred.dim() == 1:  # binary logits: the sigmoid form, each target weighted by its class's weight
+            share = weight.index_select(0, labels)
+            share = share if keep is None else share * keep
+            total = F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), weight=share, reduction="sum")
+            denominator = share.sum()
+        else:
+            total = F.cross_entropy(pred, target, weight=weight, ignore_index=self.ignore_index, reduction="sum")
+            if self.reduction == "sum":
+                return total
+            # Summed as forward always did (not nll_loss's own total weight), to the last bit.
+            denominator = weight[labels].sum() if keep is None else (weight[labels] * keep).sum()
+        if self.reduction == "sum":
+            return total
+        return total / denominator if keep is None else weighted_mean(total, denominator)
+
+    def _binary_probability_form(self, logits: torch.Tensor, target: torch.Tensor,
+                                 sample_weight: torch.Tensor | None) -> torch.Tensor:
+        """Binary logits [N] with probabilities of class 1, no class weights: F.cross_entropy's
+        two-class form of ``[0, z]`` against ``[1 - p, p]`` is exactly the binary cross-entropy
+        ``-(1 - p) log sigmoid(-z) - p log sigmoid(z)`` (smoothing included: ``p (1 - e) + e / 2``),
+        which torch computes in one kernel."""
+        y = target.to(logits.dtype)
+        if self.label_smoothing:
+            y = y * (1 - self.label_smoothing) + self.label_smoothing / 2
+        if sample_weight is None and self.reduction != "none":
+            return F.binary_cross_entropy_with_logits(logits, y, reduction=self.reduction)
+        return self.reduce(F.binary_cross_entropy_with_logits(logits, y, reduction="none"), sample_weight)
 
     def _sigmoid_form(
         self,
@@ -329,6 +592,8 @@ class CrossEntropy(Term):
     ) -> torch.Tensor:
         if self.balanced:
             self.fail(1, f"weight={self._counted_weight()} counts classes, so it needs integer class indices, not probabilities")
+        if binary and self.class_weight is None:
+            return self._binary_probability_form(pred if pred.dim() == 1 else pred[:, 0], target, sample_weight)
         if binary:  # the two-class form of F.cross_entropy, as for class indices
             logits = pred if pred.dim() == 1 else pred[:, 0]
             pred = torch.stack([torch.zeros_like(logits), logits], dim=1)
@@ -388,10 +653,13 @@ class CrossEntropy(Term):
         self.class_counts = torch.bincount(labels, minlength=num_classes).to(self.class_counts.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        # The counts buffer is sized lazily; take the checkpoint's size.
+        # Take the checkpoint's size; an empty one (saved unsized) leaves the counts unsized.
         key = prefix + "class_counts"
         if self.balanced and key in state_dict:
-            self.class_counts = torch.zeros_like(state_dict[key])
+            saved = state_dict[key]
+            self.class_counts = UnsizedCounts(saved.device) if _unsized(saved) or not saved.numel() else torch.zeros_like(saved)
+            if _unsized(self.class_counts):
+                state_dict = {**state_dict, key: self.class_counts}  # nothing to copy into an unsized buffer
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -622,10 +890,11 @@ class Focal(Term):
       the mean, as every lossdsl term's ``sample_weight``. ``pos_weight`` and a scalar ``alpha``
       are part of the loss, never of the divisor (as in torch's BCE and torchvision).
     - ``mean`` averages over elements (samples, and labels or pixels). ``gamma=0`` without
-      ``alpha`` is cross-entropy. ``(1 - p_t)`` is clamped at the smallest positive float before
-      the power, so gradients stay finite for ``gamma < 1`` at saturated logits. ``reduction=none``
-      gives the element-wise losses (0 where ignored, times the weights): of ``pred``'s shape
-      (sigmoid form, without the background channel if it is left out), or ``[N, ...]`` (softmax form).
+      ``alpha`` is cross-entropy. For ``gamma < 1``, ``(1 - p_t)`` is clamped at the smallest
+      positive float before the power, so gradients stay finite at saturated logits (for ``gamma >= 1``
+      they are finite unclamped). ``reduction=none`` gives the element-wise losses (0 where ignored,
+      times the weights): of ``pred``'s shape (sigmoid form, without the background channel if it
+      is left out), or ``[N, ...]`` (softmax form).
       Half-precision logits are computed in float32 and the loss comes back in their dtype.
     """
 
@@ -678,10 +947,69 @@ class Focal(Term):
                          "for the sigmoid form")
         return self._reduce(*self._softmax_form(pred, target.long()), sample_weight, parts)
 
-    def _modulation(self, one_minus_p: torch.Tensor) -> torch.Tensor | float:
+    def specialise(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> Callable[..., torch.Tensor]:
+        """The forward's straight path (see ``Term.specialise``) for float32 or float64 logits
+        without sample weights, ``reduction=none``, ``ignore_index``, ``weight``, ``pos_weight`` or
+        ``include_background=false``: the sigmoid form on targets of pred's dimensions (a number
+        ``alpha`` or none), or the softmax form on integer class indices [N, ...] (no ``alpha``).
+        Other sizes of those dimensions (an empty batch, [N, 1, ...] logits beside [N, ...] targets)
+        go to ``forward``."""
+        fast = self._straight_path(pred, target, sample_weight)
+        return self.forward if fast is None else fast
+
+    def _straight_path(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None
+    ) -> Callable[..., torch.Tensor] | None:
+        if (sample_weight is not None or self.reduction == "none" or pred.dtype not in (torch.float32, torch.float64)
+                or target.is_complex() or self.ignore_index is not None or self.pos_weight is not None
+                or self.class_weight is not None or not self.include_background):
+            return None
+        forward, reduce = self.forward, self._plain_reduction
+        if target.dim() == pred.dim():
+            if self.class_alpha is not None:
+                return None
+            convert = target.dtype != pred.dtype
+
+            def sigmoid_form(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                if target.shape != pred.shape or not pred.numel():
+                    return forward(pred, target)
+                return reduce(self._sigmoid_losses(pred, target.to(pred.dtype) if convert else target))
+
+            return sigmoid_form
+        if target.dim() != pred.dim() - 1 or pred.dim() < 2 or target.is_floating_point() or self.scalar_alpha is not None:
+            return None
+        if self.class_alpha is not None:
+            return None
+        convert = target.dtype != torch.long
+
+        def softmax_form(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if (pred.shape[1] == 1 or target.shape[0] != pred.shape[0] or target.shape[1:] != pred.shape[2:]
+                    or not target.numel()):
+                return forward(pred, target)
+            return reduce(self._softmax_form(pred, target.long() if convert else target)[0])
+
+        return softmax_form
+
+    def _plain_reduction(self, loss: torch.Tensor) -> torch.Tensor:
+        """``Term.reduce`` of a non-empty float32 or float64 loss without weights."""
+        return loss.mean(dtype=loss.dtype) if self.reduction == "mean" else loss.sum(dtype=loss.dtype)
+
+    def _focused(self, loss: torch.Tensor, one_minus_p: torch.Tensor) -> torch.Tensor:
+        """``loss * (1 - p)^gamma``; ``gamma=0`` multiplies by nothing."""
         if self.gamma == 0:
-            return 1.0
-        return one_minus_p.clamp_min(torch.finfo(one_minus_p.dtype).tiny).pow(self.gamma)
+            return loss
+        return loss * self._modulation(one_minus_p)
+
+    def _modulation(self, one_minus_p: torch.Tensor) -> torch.Tensor:
+        """``(1 - p)^gamma``, its base clamped at the smallest positive float for ``gamma < 1`` only:
+        there the power's gradient at 0 is infinite; for ``gamma >= 1`` it is finite, so no clamp."""
+        if self.gamma == 1:
+            return one_minus_p
+        if self.gamma < 1:
+            one_minus_p = one_minus_p.clamp_min(torch.finfo(one_minus_p.dtype).tiny)
+        return one_minus_p.pow(self.gamma)
 
     def _per_class(self, values: torch.Tensor | None, loss_shape: torch.Size, name: str,
                    dtype: torch.dtype) -> torch.Tensor | None:
@@ -712,13 +1040,18 @@ class Focal(Term):
             keep = None if keep is None else keep[:, 1:]
         y = target.to(logits.dtype)
         pos_weight = self._per_class(self.pos_weight, logits.shape, "pos_weight", logits.dtype)
+        loss = self._sigmoid_losses(logits, y, pos_weight)
+        return loss, self._per_class(self.class_weight, logits.shape, "weight", logits.dtype), keep
+
+    def _sigmoid_losses(self, logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The sigmoid form's element-wise losses, ``y`` of the logits' dtype."""
         prob = torch.sigmoid(logits)
         bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
         p_t = prob * y + (1 - prob) * (1 - y)
-        loss = bce * self._modulation(1 - p_t)
+        loss = self._focused(bce, 1 - p_t)
         if self.scalar_alpha is not None:
             loss = loss * (self.scalar_alpha * y + (1 - self.scalar_alpha) * (1 - y))
-        return loss, self._per_class(self.class_weight, logits.shape, "weight", logits.dtype), keep
+        return loss
 
     def _softmax_form(
         self, logits: torch.Tensor, target: torch.Tensor
@@ -737,7 +1070,7 @@ class Focal(Term):
             logits, foreground = logits[:, 1:], target > 0
             target = (target - 1).clamp_min(0)
         log_p = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
-        loss = -self._modulation(-torch.expm1(log_p)) * log_p
+        loss = -log_p if self.gamma == 0 else -self._modulation(-torch.expm1(log_p)) * log_p
         if foreground is not None:
             loss = loss * foreground
         classes = logits.shape[1]

@@ -4,6 +4,7 @@ with MONAI's defaults."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -132,11 +133,7 @@ class _Overlap(Term):
         if not self.include_background and channels > 1:
             prob, mask = prob[:, 1:], mask[:, 1:]
         size = math.prod(pred.shape[2:])  # not -1, which an empty batch leaves undetermined
-        prob, mask = prob.reshape(n, prob.shape[1], size), mask.reshape(n, mask.shape[1], size)
-        if self.batch:  # one "sample" holding every pixel of the batch, per channel
-            prob = prob.transpose(0, 1).reshape(1, prob.shape[1], n * size)
-            mask = mask.transpose(0, 1).reshape(1, mask.shape[1], n * size)
-        return prob, mask
+        return self.flat_scores_layout(prob, mask, n, size)
 
     def not_ignored(self, target: torch.Tensor) -> torch.Tensor | None:
         """Where ``target`` is not ``ignore_index`` (None when there is no ``ignore_index``), compared
@@ -146,8 +143,9 @@ class _Overlap(Term):
         comparable = target if target.is_floating_point() else target.long()
         return comparable != self.ignore_index
 
-    def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The loss per sample and channel, from probabilities and masks [N, C, P]."""
+    def score(self, prob: torch.Tensor, mask: torch.Tensor, positive: bool = False) -> torch.Tensor:
+        """The loss per sample and channel, from probabilities and masks [N, C, P]. ``positive``: the
+        probabilities are in [0, 1] and the masks 0 or 1 (see ``one_minus_ratio``)."""
         raise NotImplementedError
 
     @staticmethod
@@ -155,10 +153,18 @@ class _Overlap(Term):
         """The sum over pixels, in float32 at least: a float16 mask of 65,536 pixels sums to inf."""
         return values.sum(-1, dtype=accumulation_dtype(values.dtype))
 
-    def one_minus_ratio(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    def one_minus_ratio(self, numerator: torch.Tensor, denominator: torch.Tensor, positive: bool = False) -> torch.Tensor:
         """``1 - (numerator + smooth_nr) / (denominator + smooth_dr)``, and 0 (with zero gradients)
-        where the smoothed denominator is 0."""
-        numerator, denominator = numerator + self.smooth_nr, denominator + self.smooth_dr
+        where the smoothed denominator is 0.
+
+        ``positive``: the denominator is a sum of probabilities in [0, 1] and 0/1 masks, so at least
+        0; with ``smooth_dr > 0`` the smoothed one is then positive (or NaN) and needs no guard."""
+        if self.smooth_nr:
+            numerator = numerator + self.smooth_nr
+        if self.smooth_dr:
+            denominator = denominator + self.smooth_dr
+            if positive:
+                return 1 - numerator / denominator
         defined = ~(denominator <= 0)  # not `> 0`: NaN (from a NaN logit) must give NaN, not a hidden 0
         ratio = safe_divide(numerator, denominator, defined)
         return 1 - torch.where(defined, ratio, torch.ones_like(ratio))
@@ -172,7 +178,59 @@ class _Overlap(Term):
         prob, mask = self.probabilities_and_masks(pred, target)
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
-        loss = self.score(prob, mask).to(pred.dtype)
+        return self.reduce_losses(pred, prob, mask, sample_weight, parts)
+
+    def specialise(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> Callable[..., torch.Tensor]:
+        """The forward's straight path (see ``Term.specialise``) for float32 or float64 logits with
+        integer class indices [N, ...] or [N, 1, ...] beside [N, C, ...], C >= 2, a sigmoid or softmax
+        activation, no ``ignore_index`` and no ``sample_weight``: the one-hot masks are 0/1 and the
+        probabilities in [0, 1], so with ``smooth_dr > 0`` the ratio needs no 0/0 guard. Other calls
+        (one channel, masks of pred's shape, an empty batch) go to ``forward``."""
+        if (sample_weight is not None or self.ignore_index is not None or self.activation == "none"
+                or pred.dtype not in (torch.float32, torch.float64) or target.is_floating_point()
+                or target.is_complex() or pred.dim() < 2 or target.dim() not in (pred.dim() - 1, pred.dim())):
+            return self.forward
+        forward, softmax = self.forward, self.activation != "sigmoid"
+        convert, squeeze = target.dtype != torch.long, target.dim() == pred.dim()
+        background = self.include_background
+
+        def class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            n = pred.shape[0]
+            if squeeze:  # [N, 1, ...] class-index maps; [N, C, ...] of pred's shape are masks: forward
+                if target.shape[1] != 1 or pred.shape[1] == 1:
+                    return forward(pred, target)
+                target = target[:, 0]
+            if pred.shape[1] < 2 or target.shape[0] != n or target.shape[1:] != pred.shape[2:] or not pred.numel():
+                return forward(pred, target)
+            indices = (target.long() if convert else target).unsqueeze(1)
+            mask = torch.zeros_like(pred).scatter_(1, indices, 1.0)
+            prob = torch.softmax(pred, dim=1) if softmax else torch.sigmoid(pred)
+            if not background:
+                prob, mask = prob[:, 1:], mask[:, 1:]
+            prob, mask = self.flat_scores_layout(prob, mask, n, math.prod(pred.shape[2:]))
+            return self.reduce_losses(pred, prob, mask, None, False, positive=True)
+
+        return class_indices
+
+    def flat_scores_layout(self, prob: torch.Tensor, mask: torch.Tensor, n: int, size: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, C, P] per sample, or [1, C, N P] with ``batch``: every pixel of the batch, per channel."""
+        prob, mask = prob.reshape(n, prob.shape[1], size), mask.reshape(n, mask.shape[1], size)
+        if self.batch:
+            prob = prob.transpose(0, 1).reshape(1, prob.shape[1], n * size)
+            mask = mask.transpose(0, 1).reshape(1, mask.shape[1], n * size)
+        return prob, mask
+
+    def reduce_losses(
+        self, pred: torch.Tensor, prob: torch.Tensor, mask: torch.Tensor, sample_weight: torch.Tensor | None,
+        parts: bool, positive: bool = False,
+    ) -> torch.Tensor:
+        """The scores of probabilities and masks [N, C, P], reduced (forward's second half)."""
+        loss = self.score(prob, mask, positive)
+        if loss.dtype != pred.dtype:
+            loss = loss.to(pred.dtype)
         per_class = loss.dim() == 2
         if not per_class:  # generalized_dice: one score per sample, its classes taken together
             loss = loss.unsqueeze(1)
@@ -213,6 +271,10 @@ class _Overlap(Term):
         sample), as ``Term.reduce`` gives them."""
         acc = accumulation_dtype(loss.dtype)
         values = loss.to(acc)
+        if class_weight is None and sample_weight is None and not parts and values.numel() and (
+                self.reduction == "sum" or kept is None):  # no weights: the plain sum, or mean over the scores
+            total = values.sum()
+            return (total if self.reduction == "sum" else total / values.numel()).to(loss.dtype)
         weight = torch.ones_like(values)
         if class_weight is not None:
             weight = weight * class_weight
@@ -267,9 +329,9 @@ class Dice(_Overlap):
         super().__init__(params)
         self.squared = params.squared
 
-    def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def score(self, prob: torch.Tensor, mask: torch.Tensor, positive: bool = False) -> torch.Tensor:
         intersection, total = self.intersection_and_total(prob, mask)
-        return self.one_minus_ratio(2 * intersection, total)
+        return self.one_minus_ratio(2 * intersection, total, positive)
 
     def intersection_and_total(self, prob: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``I = sum(p * g)`` and ``|P| + |G|`` (of squares with ``squared``, MONAI's ``squared_pred``)."""
@@ -290,12 +352,12 @@ class Tversky(_Overlap):
         super().__init__(params)
         self.alpha, self.beta = params.alpha, params.beta
 
-    def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def score(self, prob: torch.Tensor, mask: torch.Tensor, positive: bool = False) -> torch.Tensor:
         true_positive = self.pixel_sum(prob * mask)
         false_positive = self.pixel_sum(prob * (1 - mask))
         false_negative = self.pixel_sum((1 - prob) * mask)
         denominator = true_positive + self.alpha * false_positive + self.beta * false_negative
-        return self.one_minus_ratio(true_positive, denominator)
+        return self.one_minus_ratio(true_positive, denominator, positive)
 
 
 def _monai_with(name: str, **options: object) -> parity.Reference:
@@ -323,9 +385,9 @@ class Jaccard(Dice):
     ``JaccardLoss`` adds its smoothing to ``I`` and the union instead: the same loss at ``s = 0``).
     ``squared`` squares predictions and targets in ``|P|`` and ``|G|``, as MONAI's ``squared_pred``."""
 
-    def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def score(self, prob: torch.Tensor, mask: torch.Tensor, positive: bool = False) -> torch.Tensor:
         intersection, total = self.intersection_and_total(prob, mask)
-        return self.one_minus_ratio(2 * intersection, 2 * (total - intersection))
+        return self.one_minus_ratio(2 * intersection, 2 * (total - intersection), positive)
 
 
 def _generalized_dice_cases(s: parity.Sizes) -> list[parity.Case]:
@@ -353,7 +415,7 @@ class GeneralizedDice(_Overlap):
         super().__init__(params)
         self.w_type = params.w_type
 
-    def score(self, prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def score(self, prob: torch.Tensor, mask: torch.Tensor, positive: bool = False) -> torch.Tensor:
         intersection = self.pixel_sum(prob * mask)
         target_mass = self.pixel_sum(mask)
         denominator = self.pixel_sum(prob) + target_mass
@@ -364,7 +426,7 @@ class GeneralizedDice(_Overlap):
             mass = torch.where(present, target_mass, torch.ones_like(target_mass))
             weight = torch.where(present, (mass.square() if self.w_type == "square" else mass).reciprocal(), 0.0)
             weight = torch.where(present, weight, weight.amax(dim=1, keepdim=True))
-        return self.one_minus_ratio(2 * (weight * intersection).sum(dim=1), (weight * denominator).sum(dim=1))
+        return self.one_minus_ratio(2 * (weight * intersection).sum(dim=1), (weight * denominator).sum(dim=1), positive)
 
 
 def _lovasz_increments(labels_sorted: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from .. import parity
 from ..conditions import Any, Compare, ConditionIR
 from ..operators import COMPARISONS
-from ..registry import Term, implements
-from ..tensor_eval import compile_tensor_expr
+from ..registry import Term, accumulation_dtype, implements
+from ..tensor_eval import compile_tensor_expr, simplified
+from ..tensor_expr import Arith, Const, TensorIR
 from .params.soft_bound import BARRIER_EDGE, PENALTY_LIMIT, SoftBoundParams  # noqa: F401  (re-exported)
 
 
@@ -50,6 +51,8 @@ class SoftBound(Term):
       for ``a == b`` (the margin does not apply to ``==``; ``<`` is treated as ``<=``). The
       penalty is the violation squared (``squared``) or itself (``hinge``), reduced over
       elements; a chain ``0 <= y <= 1`` adds its links' penalties (it is ``0 <= y and y <= 1``).
+      A number bound absorbs the margin when the module is built: ``y <= 100`` with ``margin=0.1``
+      computes ``relu(y - 99.9)``, one op (its last bit may differ from ``(y - 100) + 0.1``).
     - ``penalty=softplus(k)`` is the smooth hinge ``softplus(k * e) / k`` of the signed excess
       ``e = a - b + margin`` (k = 1 when written ``softplus``). ``penalty=log_barrier`` is
       ``-log(-e)``: it grows as a satisfied bound is approached, and from ``e = -0.01`` on it
@@ -105,6 +108,28 @@ class SoftBound(Term):
                 self.fail(i, f"shape {tuple(tensor.shape)} differs from {self.input_names[0]}'s {tuple(tensors[0].shape)}")
         return self.reduce(self._violation(tensors), sample_weight, parts)
 
+    def specialise(self, *tensors: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """The forward's straight path (see ``Term.specialise``) for floating-point inputs of one
+        dtype without ``sample_weight``: no casts, the shapes compared per call (other shapes and
+        empty inputs go to ``forward``, for its diagnostic and its 0)."""
+        if self.weighted or not tensors or any(not t.is_floating_point() or t.dtype != tensors[0].dtype for t in tensors):
+            return self.forward
+        forward, violation, reduction = self.forward, self._violation, self.reduction
+        computed_in = accumulation_dtype(tensors[0].dtype)
+        cast_back = computed_in != tensors[0].dtype
+
+        def straight(*tensors: torch.Tensor) -> torch.Tensor:
+            shape = tensors[0].shape
+            if not tensors[0].numel() or any(tensor.shape != shape for tensor in tensors[1:]):
+                return forward(*tensors)
+            loss = violation(tensors)
+            if reduction == "none":
+                return loss
+            total = loss.mean(dtype=computed_in) if reduction == "mean" else loss.sum(dtype=computed_in)
+            return total.to(tensors[0].dtype) if cast_back else total
+
+        return straight
+
     def _compile(self, node: ConditionIR, position: dict[str, int]) -> Callable:
         """The element-wise penalty of a lowered condition (DL2): an ``All`` adds its items'
         penalties, an ``Any`` multiplies them, left to right."""
@@ -123,14 +148,26 @@ class SoftBound(Term):
 
     def _link(self, compare: Compare, position: dict[str, int]) -> Callable:
         """One comparison ``a OP b``: its penalty per element."""
-        left = compile_tensor_expr(compare.lhs, position)
-        right = compile_tensor_expr(compare.rhs, position)
         if compare.op == "==":
-            equality = self._equality_penalty
-            return lambda tensors: equality((left(tensors) - right(tensors)).abs())
-        sign, margin, penalty = (1.0 if COMPARISONS[compare.op].upper else -1.0), self.margin, self._penalty
-        # How far past the (tightened) bound: positive when violated.
-        return lambda tensors: penalty(sign * (left(tensors) - right(tensors)) + margin)
+            equality, difference = self._equality_penalty, compile_tensor_expr(Arith("-", compare.lhs, compare.rhs), position)
+            return lambda tensors: equality(difference(tensors).abs())
+        # How far past the (tightened) bound: positive when violated. Built as one expression and
+        # folded (tensor_expr.simplified): y <= 100 is y - 100, 0 <= y is -y, no 1 * or + 0.
+        penalty = self._penalty
+        excess = compile_tensor_expr(self._excess(compare), position)
+        return lambda tensors: penalty(excess(tensors))
+
+    def _excess(self, compare: Compare) -> TensorIR:
+        """``a - b + margin`` for ``a <= b`` (``b - a + margin`` for ``a >= b``), the margin folded
+        into the bound when the bound is a number: ``y <= 100`` with ``margin=0.1`` is ``y - 99.9``
+        (computed in float64, then once in the inputs' dtype)."""
+        first, second = (compare.lhs, compare.rhs) if COMPARISONS[compare.op].upper else (compare.rhs, compare.lhs)
+        first, second = simplified(first), simplified(second)
+        if self.margin and isinstance(second, Const):
+            return Arith("-", first, Const(second.value - self.margin))
+        if self.margin and isinstance(first, Const):
+            return Arith("-", Const(first.value + self.margin), second)
+        return Arith("+", Arith("-", first, second), Const(self.margin))
 
     @staticmethod
     def _squared(excess: torch.Tensor) -> torch.Tensor:
