@@ -499,6 +499,12 @@ def run_memory(rows: tuple[Row, ...], device: torch.device, n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None) -> list[Result]:
+    """Parse ``argv``, check, measure and print; the measurements (``benchmarks/cuda.py`` reads them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
     parser.add_argument("--row", action="append", choices=list(ROW_KEYS), help="only these rows (repeatable)")
@@ -568,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                     pred = inputs["pred"].clone().requires_grad_()
                     print_profile(f"{row.key} {name}: N={size_label(sizes[0])}", lambda: step(module, inputs, pred),
                                   device, 50)
-    return 0
+    return results
 
 
 if __name__ == "__main__":
