@@ -216,7 +216,7 @@ def table(device: torch.device, dry_run: bool, full: bool) -> list[str]:
         eager = overhead.run([*base, "--quick", "--n", "256"])
         compiled = []
     else:
-        eager = overhead.run([*base, "--markdown"])
+        eager = overhead.run([*base, "--markdown", "--memory"])
         compiled = overhead.run([*base, "--compile", "--markdown", *([] if full else ["--n", str(1 << 20)])])
     lines = []
     worst = max(eager, key=lambda r: r.ratio(r.fastest_known)[0])
@@ -291,29 +291,44 @@ def main(argv: list[str] | None = None) -> int:
     summary: list[str] = []
     problems: list[str] = []
 
+    def part(label: str, run: Callable[[], list[str]]) -> list[str]:
+        """Run one part; a part that breaks (or a benchmark that stops on unequal values) is a failed
+        check, and the later parts and the summary still run: a GPU lease is short."""
+        try:
+            return run()
+        except (Exception, SystemExit) as error:  # noqa: BLE001
+            problem = f"{label} broke: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            print("  " + problem, flush=True)
+            problems.append(problem)
+            summary.append(problem)
+            return []
+
     print(f"\n(a) host syncs in forward + backward, N={overhead.size_label(n_small)}")
-    found = check_syncs(device, n_small)
+    found = part("(a)", lambda: check_syncs(device, n_small))
     problems += found
     if device.type == "cpu":
         summary.append("(a) CPU: host reads, if any, listed above (allowed there; the sync check needs CUDA)")
-    else:
-        summary.append("(a) " + (f"{len(found)} syncing calls: " + "; ".join(found) if found
-                                 else "no host sync in any row's forward or backward"))
+    elif found:
+        summary.append(f"(a) {len(found)} syncing calls: " + "; ".join(found))
+    elif not any(line.startswith("(a)") for line in summary):
+        summary.append("(a) no host sync in any row's forward or backward")
 
     print(f"\n(b) a captured training step, N={overhead.size_label(n_small)}")
-    found = check_graph(device, n_small)
+    found = part("(b)", lambda: check_graph(device, n_small))
     problems += found
-    summary.append("(b) " + (found[0] if found else "replay equals eager (losses and parameters)"
-                             if device.type == "cuda" else "eager twins equal (no capture on the CPU)"))
+    if not any(line.startswith("(b)") for line in summary):
+        summary.append("(b) " + (found[0] if found else "replay equals eager (losses and parameters)"
+                                 if device.type == "cuda" else "eager twins equal (no capture on the CPU)"))
 
     print("\n(c) the table")
-    summary += ["(c) " + line for line in table(device, args.dry_run, args.full)]
+    summary += ["(c) " + line for line in part("(c)", lambda: table(device, args.dry_run, args.full))]
 
     print("\n(d) the 4M target")
     n_big = 4096 if args.dry_run else 4 << 20
-    line = target_4m(device, n_big, compiled=not args.dry_run, reps=5 if args.dry_run else 50)
-    print("  " + line)
-    summary.append("(d) " + line + (" (--dry-run: eager, small N)" if args.dry_run else ""))
+    found = part("(d)", lambda: [target_4m(device, n_big, compiled=not args.dry_run, reps=5 if args.dry_run else 50)])
+    for line in found:
+        print("  " + line)
+        summary.append("(d) " + line + (" (--dry-run: eager, small N)" if args.dry_run else ""))
 
     print("\nsummary:")
     print("\n".join("  " + line for line in summary))

@@ -117,3 +117,23 @@ def test_the_cuda_check_dry_run_passes_its_checks_on_the_cpu(monkeypatch, capsys
 def test_the_cuda_check_without_cuda_says_so(monkeypatch, capsys):
     assert load("cuda_check", monkeypatch).main([]) == 0
     assert "no CUDA device here, nothing checked" in capsys.readouterr().out
+
+
+def test_a_part_of_the_cuda_check_that_breaks_fails_it_and_the_rest_still_runs(monkeypatch, capsys):
+    threads = torch.get_num_threads()
+    try:
+        cuda_check = load("cuda_check", monkeypatch)
+
+        def broken(device, n):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+        monkeypatch.setattr(cuda_check, "check_graph", broken)
+        monkeypatch.setattr(cuda_check, "table", lambda device, dry_run, full: ["skipped by the test"])
+        assert cuda_check.main(["--dry-run"]) == 1
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    summary = out[out.index("summary:"):]
+    assert "(b) broke: RuntimeError: operation not permitted when stream is capturing\n" in summary
+    assert "(c) skipped by the test" in summary and "(d) one-liner N=4096" in summary
+    assert "1 check(s) failed" in summary
