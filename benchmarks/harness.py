@@ -1,8 +1,10 @@
-"""What both benchmark scripts share: the common options, ATen op counts and profiler tables."""
+"""What the benchmark scripts share: the common options, ratio spreads, peak memory, ATen op counts and
+profiler tables."""
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 
 import torch
@@ -78,3 +80,54 @@ def print_profile(title: str, run: Callable[[], object], device: torch.device, r
     print(f"\n== {title}, {device.type}, {reps} forward+backward ==")
     print(f"ATen ops per forward+backward: {count_ops(run)}")
     print(prof.key_averages().table(sort_by=sort_by, row_limit=rows))
+
+
+def block_ratios(ours: list[float], theirs: list[float], blocks: int = 10) -> list[float]:
+    """Per-block ratios of two sides timed in the same interleaved repetitions: the repetitions cut
+    into ``blocks`` consecutive blocks (fewer when there are fewer repetitions), each block's ratio
+    the median of ``ours`` over the median of ``theirs`` in it. Their spread is the run-to-run noise
+    of the ratio itself, which each side's own spread overstates (drift hits both sides of a block)."""
+    size = max(1, len(ours) // blocks)
+    starts = range(0, len(ours) - size + 1, size)
+    return [statistics.median(ours[s:s + size]) / statistics.median(theirs[s:s + size]) for s in starts]
+
+
+def spread(ratios: list[float]) -> tuple[float, float, float]:
+    """(median, 10th percentile, 90th percentile) of ``ratios``."""
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    deciles = statistics.quantiles(ratios, n=10, method="inclusive")
+    return statistics.median(ratios), deciles[0], deciles[-1]
+
+
+def format_spread(ratio: tuple[float, float, float]) -> str:
+    """``1.23 [1.20, 1.27]``: the median ratio and its [p10, p90]."""
+    return f"{ratio[0]:.2f} [{ratio[1]:.2f}, {ratio[2]:.2f}]"
+
+
+def peak_memory_bytes(run: Callable[[], object], device: torch.device) -> int:
+    """Peak memory ``run()`` allocates above what was allocated when it started.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak, minus the memory allocated
+    before. CPU (no allocator statistics): the profiler's allocation events (``profile_memory=True``,
+    bytes allocated positive and freed negative, every thread), summed in time order; the peak is the
+    largest running sum. Both count tensor storage only, which is what the two sides differ in.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted((event.start_ns(), event.nbytes()) for event in prof.profiler.kineto_results.events()
+                    if event.name() == "[memory]")
+    peak = level = 0
+    for _, nbytes in events:
+        level += nbytes
+        peak = max(peak, level)
+    return peak

@@ -28,7 +28,9 @@ than that call, and the worst of their ratios is reported against the target 1.0
 Before timing, each case checks that lossdsl and the reference give the same
 value and the same gradients (``lossdsl.parity.check_parity``: ``torch.testing.assert_close``,
 float32 tolerances; ``tests/test_parity.py`` runs the same check at small sizes). Timing follows ``benchmarks/overhead.py``: lossdsl and reference
-repetitions alternate in ABBA order in one loop, each side's time is the median,
+repetitions alternate in ABBA order in one loop, each side's time is the median, the
+ratio is the median of per-block ratios (10 blocks of consecutive repetitions) shown with
+their [p10, p90] spread,
 and on CUDA each repetition is bracketed by ``torch.cuda.synchronize()``. The
 number of repetitions adapts to the step time (a time budget per row, with a
 floor and a cap). ``--clock cpu`` times with the process's CPU time instead of the
@@ -50,7 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import lossdsl  # noqa: E402
-from harness import add_common_arguments, devices, print_profile  # noqa: E402
+from harness import add_common_arguments, block_ratios, devices, format_spread, print_profile, spread  # noqa: E402
 from lossdsl.parity import LARGE, SMALL, Case, check_parity, materialise, registered_cases, step  # noqa: E402
 
 SIZES = {"small": SMALL, "large": LARGE}
@@ -82,8 +84,10 @@ def check_coverage(cases: list[Case]) -> None:
 
 
 def measure(case: Case, device: torch.device, budget_s: float, min_reps: int, max_reps: int,
-            warmup: int, clock: Callable[[], float] = time.perf_counter) -> tuple[float, float, int]:
-    """Median ms per forward+backward (lossdsl, reference) and the repetitions per side.
+            warmup: int, clock: Callable[[], float] = time.perf_counter) -> tuple[float, float, list[float], int]:
+    """Median ms per forward+backward (lossdsl, reference), the per-block ratios (``harness.block_ratios``:
+    10 blocks of consecutive repetitions, each block's medians divided; their spread is the ratio's
+    noise) and the repetitions per side.
 
     ``clock`` is wall time by default; ``time.process_time`` (CPU time of the process) leaves out
     the time the process waits for a core, which on a shared machine is most of the noise.
@@ -113,7 +117,8 @@ def measure(case: Case, device: torch.device, budget_s: float, min_reps: int, ma
         order = sides if rep % 2 == 0 else sides[::-1]  # ABBA: cancels order effects
         for name, loss_fn in order:
             times[name].append(timed(loss_fn))
-    return statistics.median(times["lossdsl"]), statistics.median(times["reference"]), reps
+    return (statistics.median(times["lossdsl"]), statistics.median(times["reference"]),
+            block_ratios(times["lossdsl"], times["reference"]), reps)
 
 
 def profile(case: Case, device: torch.device, reps: int = 20) -> None:
@@ -161,22 +166,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     print(f"forward + backward, median {'CPU' if args.clock == 'cpu' else 'wall'}-clock ms over interleaved ABBA "
-          f"repetitions{' (--quick)' if args.quick else ''}; "
+          f"repetitions{' (--quick)' if args.quick else ''}; ratio: median of per-block ratios [p10, p90]; "
           f"value and gradients checked equal first; 1-call: the reference is one torch call\n")
-    header = ["term", "spec", "size", "device", "lossdsl ms", "reference ms", "ratio", "1-call", "reps"]
+    header = ["term", "spec", "size", "device", "lossdsl ms", "reference ms", "ratio [p10, p90]", "1-call", "reps"]
     rows: list[tuple[Case, torch.device, float]] = []
-    widths = [11, 43, 24, 6, 10, 12, 5, 6, 5]
+    widths = [11, 43, 24, 6, 10, 12, 17, 6, 5]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     started = time.perf_counter()
     for device in chosen:
         for case in selected:
             check_parity(case, device)
-            ours, theirs, reps = measure(case, device, budget_s, min_reps, max_reps, warmup, clock)
-            ratio = ours / theirs
-            rows.append((case, device, ratio))
+            ours, theirs, ratios, reps = measure(case, device, budget_s, min_reps, max_reps, warmup, clock)
+            ratio = spread(ratios)  # the median of the per-block ratios, and their [p10, p90]
+            rows.append((case, device, ratio[0]))
             cells = [case.term, f"`{case.spec}`", case.size_label, device.type, f"{ours:.3f}", f"{theirs:.3f}",
-                     f"{ratio:.2f}", "yes" if case.one_call else "", str(reps)]
+                     format_spread(ratio), "yes" if case.one_call else "", str(reps)]
             print("| " + " | ".join(cell.ljust(w) for cell, w in zip(cells, widths)) + " |", flush=True)
     elapsed = time.perf_counter() - started
 
