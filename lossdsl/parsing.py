@@ -167,19 +167,35 @@ def _keep_comment(token: Token) -> Token:
 
 def _grammar_cache() -> str | bool:
     """Where lark keeps the analysed grammar between processes (building its LALR tables is most of
-    the parser's start-up): a file in the user's own cache folder, made private; lark checks that it
-    holds this grammar, these options and this lark (by a hash) and rebuilds it when not. Not lark's
-    default, a file in the shared temporary folder: the cache is a pickle, which only the user may
-    write. False (no cache) when there is no such folder to make."""
-    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lossdsl")
+    the parser's start-up): a file in the user's own cache folder; lark checks that it holds this
+    grammar, these options and this lark (by a hash) and rebuilds it when not. Not lark's default, a
+    file in the shared temporary folder: the cache is a pickle, so it is read only from a folder (and
+    a file) that the user owns and nobody else may write. False (no cache) otherwise, or when there
+    is no such folder to make: ``$XDG_CACHE_HOME`` when it is an absolute path (the XDG rule), else
+    ``~/.cache``, made only inside a home folder that exists."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home) or not os.path.isdir(home):
+            return False
+        base = os.path.join(home, ".cache")
+    folder = os.path.join(base, "lossdsl")
+    path = os.path.join(folder, f"grammar-py{sys.version_info[0]}{sys.version_info[1]}.lark-cache")
     try:
+        if not os.path.isdir(base):
+            os.mkdir(base, 0o700)
         os.makedirs(folder, mode=0o700, exist_ok=True)
-        owner = os.stat(folder).st_uid
+        if not _private(os.stat(folder)) or (os.path.lexists(path) and not _private(os.lstat(path))):
+            return False  # someone else's, or writable by others: read no pickle from it
     except OSError:
         return False
-    if hasattr(os, "getuid") and owner != os.getuid():
-        return False  # someone else's folder: read no pickle from it
-    return os.path.join(folder, f"grammar-py{sys.version_info[0]}{sys.version_info[1]}.lark-cache")
+    return path
+
+
+def _private(status: os.stat_result) -> bool:
+    """Owned by this user (where there are users) and writable by nobody else."""
+    owned = not hasattr(os, "getuid") or status.st_uid == os.getuid()
+    return owned and not status.st_mode & 0o022
 
 
 @functools.cache

@@ -225,6 +225,21 @@ class Term(nn.Module):
             self.fail(a, f"shape {tuple(x.shape)} differs from {other}'s {tuple(y.shape)}; reshape one of them")
 
 
+def host_reads_are_free(tensor: torch.Tensor) -> bool:
+    """Whether a term may read ``tensor``'s values on the host to choose a cheaper path: a plain CPU
+    tensor in eager mode, where the read costs no synchronisation. Not on CUDA (a sync), nor under
+    torch.compile, a torch.func transform (vmap, grad: its tensors are wrapped) or tracing (make_fx
+    in ``lossdsl explain``, fake tensors: their modes), where a read of data is an error. (A plain
+    dispatch mode, such as a FLOP counter, sees the same ops as a call without it.)"""
+    if tensor.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    functorch = torch._C._functorch
+    if functorch.is_functorch_wrapped_tensor(tensor) or functorch.peek_interpreter_stack() is not None:
+        return False
+    tracing = torch._C._TorchDispatchModeKey
+    return all(torch._C._get_dispatch_mode(key) is None for key in (tracing.PROXY, tracing.FAKE, tracing.FUNCTIONAL))
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype sums and counts over a batch accumulate in: float32 for half precision (whose
     largest value is 65,504, and whose bfloat16 sums stop growing at 256 ones), else ``dtype``."""

@@ -153,7 +153,9 @@ class LossModule(nn.Module):
         #: Per input signature (training mode; each input's dtype, dims, device): each term's
         #: specialised forward (``Term.specialise``), made at the signature's first eager call.
         self._specialised: dict[tuple, tuple[Callable[..., torch.Tensor], ...]] = {}
-        if self.straight_line:  # an instance attribute: this module's own code object (see codegen)
+        # An instance attribute: this module's own code object (see codegen). A subclass that
+        # overrides forward keeps its own (its super().forward is the reference path).
+        if self.straight_line and type(self).forward is LossModule.forward:
             self.forward = codegen.generate(self, resolve)
 
     def forward(self, pred: torch.Tensor | None = None, target: torch.Tensor | None = None, **inputs: torch.Tensor):
@@ -321,6 +323,14 @@ class LossModule(nn.Module):
                 raise self._torch_error(index, arguments, exc) from None
         self._specialised[key] = functions = tuple(functions)
         return functions
+
+    def _replicate_for_data_parallel(self) -> LossModule:
+        """``nn.DataParallel``'s replica shares this module's ``__dict__``, so its generated forward
+        would run on this module's terms and state: the replica takes the reference path."""
+        replica = super()._replicate_for_data_parallel()
+        replica.__dict__.pop("forward", None)
+        replica._specialised = {}
+        return replica
 
     def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - nn.Module's
         self._specialised.clear()  # .to(), .half(), ...: a specialised forward may hold a buffer's old form

@@ -75,7 +75,7 @@ def test_fused_terms_give_each_forward_values_gradients_and_state(spec, reads):
     terms, twin_terms = fairness_terms(loss_fn), fairness_terms(twin)
     keys = {term.fusion_key() for term in terms}
     assert len(terms) >= 2 and len(keys) == 1 and None not in keys
-    with mock.patch.object(group_fairness, "_reads_host", lambda codes: reads):
+    with mock.patch.object(group_fairness, "host_reads_are_free", lambda codes: reads):
         for call in range(3):  # the windows' history after each training call too
             inputs = batch(call)
             fused_values, fused_grads = run(terms, True, inputs)
@@ -155,7 +155,7 @@ def test_the_specialised_forward_gives_the_forward_bit_for_bit(stat, reads):
         arguments = [inputs[name] for name in term.input_names]
         fast = term.specialise(*arguments)
         assert fast != term.forward
-        with mock.patch.object(group_fairness, "_reads_host", lambda codes: reads):
+        with mock.patch.object(group_fairness, "host_reads_are_free", lambda codes: reads):
             for function in (fast, term.forward):
                 pred = arguments[0].clone().requires_grad_()
                 value = function(pred, *arguments[1:])

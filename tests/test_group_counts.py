@@ -32,7 +32,7 @@ ROUNDED = ["fpr_gap, ref=overall", "dp_ratio, agg=mean", "tpr_gap, agg=smoothmax
 
 def ranked_only():
     """The path CUDA and torch.compile take (no value read), forced on the CPU."""
-    return mock.patch.object(group_fairness, "_reads_host", lambda codes: False)
+    return mock.patch.object(group_fairness, "host_reads_are_free", lambda codes: False)
 
 
 def value_and_grad(loss_fn, pred, **inputs):
@@ -196,7 +196,7 @@ def test_a_count_far_above_the_batch_allocates_nothing_of_its_size(reads):
     pred = torch.randn(n, generator=g, requires_grad=True)
     target, sex = torch.randint(0, 2, (n,), generator=g), torch.randint(0, k, (n,), generator=g)
     loss_fn = lossdsl.compile(f"fairness(fpr_gap, group=sex, groups={k})")
-    with mock.patch.object(group_fairness, "_reads_host", lambda codes: reads):
+    with mock.patch.object(group_fairness, "host_reads_are_free", lambda codes: reads):
         largest = _allocated_bytes(lambda: loss_fn(pred=pred, target=target, sex=sex).backward())
         value = loss_fn(pred=pred, target=target, sex=sex)
     assert largest < 64 * n * 8  # a few [N, 2] columns; K slots of 2 floats would be 128 MiB

@@ -243,3 +243,34 @@ def test_a_broken_or_unusable_cache_costs_only_time(tmp_path):
     unusable = _parse_in_fresh_process(not_a_folder)
     assert unusable.returncode == 0, unusable.stderr
     assert unusable.stdout == broken.stdout and "cache" not in unusable.stderr.lower()
+
+
+def test_no_pickle_is_read_from_a_folder_or_file_others_may_write(tmp_path, monkeypatch):
+    from lossdsl.parsing import _grammar_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = _grammar_cache()
+    assert path and Path(path).parent == tmp_path / "lossdsl"
+    (tmp_path / "lossdsl").chmod(0o777)  # a folder anyone may write: its pickle could be anyone's
+    assert _grammar_cache() is False
+    (tmp_path / "lossdsl").chmod(0o700)
+    Path(path).write_bytes(b"")
+    Path(path).chmod(0o666)  # a file anyone may write
+    assert _grammar_cache() is False
+    Path(path).chmod(0o600)
+    assert _grammar_cache() == path
+
+
+def test_a_relative_cache_home_is_ignored_and_no_home_is_made(tmp_path, monkeypatch):
+    from lossdsl.parsing import _grammar_cache
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # the XDG rule: only absolute paths count
+    assert _grammar_cache() == str(home / ".cache" / "lossdsl" / Path(_grammar_cache()).name)
+    assert not (tmp_path / "relative").exists()
+    monkeypatch.setenv("HOME", str(tmp_path / "missing"))
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert _grammar_cache() is False and not (tmp_path / "missing").exists()

@@ -50,7 +50,7 @@ def reference_twin(module: LossModule) -> LossModule:
     twin = LossModule(module.plan, dict(module.params))
     twin.forward = types.MethodType(LossModule.forward, twin)
     twin.load_state_dict(module.state_dict())
-    return twin
+    return twin.train(module.training)
 
 
 def assert_same_behaviour(text: str, calls: int = 3, batch: int = 8) -> None:
@@ -200,3 +200,48 @@ def test_two_specs_compiled_in_one_process_each_compile_once():
             run(pred=torch.randn(5), target=torch.randn(5))
         counters.append(counter.frame_count)
     assert counters == [1, 1, 1]
+
+
+def test_a_subclass_that_overrides_forward_keeps_it():
+    class Scaled(LossModule):
+        def forward(self, pred=None, target=None, **inputs):
+            return 2 * super().forward(pred, target, **inputs)
+
+    plain = lossdsl.compile("mse()")
+    scaled = Scaled(plain.plan)
+    pred, target = torch.randn(5), torch.randn(5)
+    torch.testing.assert_close(scaled(pred, target), 2 * plain(pred, target))
+
+
+def test_a_data_parallel_replica_runs_on_its_own_terms_and_state():
+    module = lossdsl.compile("ce(weight=balanced) + 0.1 * mse(pred=aux, target=y)")
+    module(torch.randn(6, 3), torch.tensor([0, 0, 0, 0, 1, 2]), aux=torch.randn(6), y=torch.randn(6))
+    replica = module._replicate_for_data_parallel()
+    # DataParallel copies __dict__ and gives the replica its own submodules: a generated forward bound
+    # to the original would run the original's terms and state, so the replica takes the reference path.
+    assert replica.forward.__self__ is replica and replica.forward.__func__ is LossModule.forward
+    inputs = {"pred": torch.randn(4, 3), "target": torch.tensor([0, 1, 2, 2]), "aux": torch.randn(4), "y": torch.randn(4)}
+    replica.eval(), module.eval()
+    torch.testing.assert_close(replica(**inputs), module(**inputs))
+
+
+@pytest.mark.parametrize("text", ["ce(weight=balanced)", "ce()", "ce() + 0.1 * fairness(fpr_gap, group=sex)"])
+def test_torch_func_transforms_take_the_paths_without_host_reads(text):
+    """vmap and grad wrap their tensors: a term's CPU read of values would be an error there."""
+    generator = torch.Generator().manual_seed(0)
+    binary = "fairness" in text
+    pred = torch.randn(6, 5, generator=generator) if binary else torch.randn(6, 5, 4, generator=generator)
+    target = torch.randint(0, 2 if binary else 4, (6, 5), generator=generator)
+    sex = torch.randint(0, 2, (6, 5), generator=generator)
+    module = lossdsl.compile(text).eval()
+    inputs = {"sex": sex} if binary else {}
+    batched = torch.func.vmap(lambda p, y, *g: module(pred=p, target=y, **dict(zip(inputs, g))))(pred, target, *inputs.values())
+    looped = torch.stack([reference_twin(module)(pred=pred[i], target=target[i], **{k: v[i] for k, v in inputs.items()})
+                          for i in range(6)])
+    torch.testing.assert_close(batched, looped)
+    fresh = lossdsl.compile(text)  # its first call inside the transform (ce's counts are sized there)
+    jacobian = torch.func.jacrev(lambda p: fresh(pred=p, target=target[0], **{k: v[0] for k, v in inputs.items()}))(pred[0])
+    twin = reference_twin(lossdsl.compile(text))
+    leaf = pred[0].clone().requires_grad_()
+    twin(pred=leaf, target=target[0], **{k: v[0] for k, v in inputs.items()}).backward()
+    torch.testing.assert_close(jacobian, leaf.grad)

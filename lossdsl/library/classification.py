@@ -12,7 +12,7 @@ from torch.nn.parameter import UninitializedBuffer
 from torch.utils._python_dispatch import _disable_current_modes
 
 from .. import distributed, parity
-from ..registry import Term, accumulation_dtype, implements, safe_divide, weighted_mean
+from ..registry import Term, accumulation_dtype, host_reads_are_free, implements, safe_divide, weighted_mean
 from .params.classification import (  # noqa: F401  (re-exported)
     MAX_CLASS_WEIGHT,
     ASLParams,
@@ -158,9 +158,10 @@ class CrossEntropy(LazyModuleMixin, Term):
         # int(): under dynamo's dynamic shapes the class count is symbolic; the buffer needs a number
         classes = 2 if pred.dim() == 1 or pred.shape[1] == 1 else int(pred.shape[1])
         # Outside any tracing mode (make_fx in `lossdsl explain`): the buffer is state, not a traced op.
+        # A fresh tensor, not materialize() in place: inside a torch.func transform (vmap, grad) an
+        # in-place resize of the lazy buffer crashed the interpreter.
         with torch.no_grad(), _disable_current_modes():
-            self.class_counts.materialize((classes,))
-            self.class_counts.zero_()
+            self.class_counts = torch.zeros(classes, dtype=torch.long, device=self.class_counts.device)
 
     def _replicate_for_data_parallel(self) -> CrossEntropy:
         if self.has_uninitialized_params():
@@ -443,8 +444,8 @@ class CrossEntropy(LazyModuleMixin, Term):
 
         On the CPU (outside torch.compile), where reading a value costs no synchronisation, a batch
         read to keep a target takes torch's own ``F.cross_entropy`` mean, whose divisor is then at least 1."""
-        if (self.reduction == "mean" and self.class_weight is None and pred.device.type == "cpu"
-                and not torch.compiler.is_compiling() and self._any_kept(target)):
+        if (self.reduction == "mean" and self.class_weight is None and host_reads_are_free(target)
+                and self._any_kept(target)):
             return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
         log_prob = F.log_softmax(pred, dim=1)
         weight = self._class_weight(None, None, pred.shape[1], pred.dtype)
@@ -467,7 +468,7 @@ class CrossEntropy(LazyModuleMixin, Term):
 
         On the CPU, where reading a value costs no synchronisation, a batch with no ignored target
         takes torch's unweighted kernel instead (not while torch.compile traces: it cannot read values)."""
-        if logits.device.type == "cpu" and not torch.compiler.is_compiling() and not self._any_ignored(target):
+        if host_reads_are_free(target) and not self._any_ignored(target):
             return self._plain_sigmoid_form(logits, target, None)
         keep = (target != self.ignore_index).to(logits.dtype)
         y = target.to(logits.dtype)
@@ -507,7 +508,7 @@ class CrossEntropy(LazyModuleMixin, Term):
         each target weighs its class's weight times 1, the same values, and the summed weights of a
         non-empty batch are positive, so the division needs no 0/0 guard."""
         keep = None
-        if pred.device.type != "cpu" or torch.compiler.is_compiling() or self._any_ignored(target):
+        if not host_reads_are_free(target) or self._any_ignored(target):
             keep = target != self.ignore_index
         labels = target if keep is None else target * keep  # ignored targets point at class 0 and weigh 0
         counts = self.class_counts

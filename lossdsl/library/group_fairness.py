@@ -15,7 +15,7 @@ import torch
 
 from .. import distributed, parity
 from ..errors import LossSpecError
-from ..registry import MAX_GROUPS, InnerLoss, Term, implements, safe_divide
+from ..registry import MAX_GROUPS, InnerLoss, Term, host_reads_are_free, implements, safe_divide
 from .params.group_fairness import (  # noqa: F401  (re-exported)
     AUDIT_WINDOW,
     GROUP_LOSS_FORMS,
@@ -865,7 +865,7 @@ class Fairness(Term):
         n = codes[0].shape[0]
         if self.num_groups is not None and (self.num_groups <= n or self.momentum is not None or self._syncs()):
             return codes[0].long(), self.num_groups
-        if n and _reads_host(codes[0]):
+        if n and host_reads_are_free(codes[0]):
             counted = self._count_codes(codes, n)
             if counted is not None:
                 return counted
@@ -958,12 +958,6 @@ def _summed(columns: torch.Tensor, slots: torch.Tensor, num_slots: int) -> torch
     if columns.device.type == "cpu":
         return columns.new_zeros(columns.shape[0], num_slots).scatter_add_(1, slots.expand_as(columns), columns).T
     return columns.new_zeros(num_slots, columns.shape[0]).index_add_(0, slots, columns.T)
-
-
-def _reads_host(codes: torch.Tensor) -> bool:
-    """Whether a value of ``codes`` may be read: on the CPU (no synchronisation) and outside
-    torch.compile (whose graph may not depend on data)."""
-    return codes.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _ranked_slots(codes: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
