@@ -143,3 +143,26 @@ def test_group_loss_and_group_dro_at_a_million_rows_are_the_float64_means():
     value = dro(pred, target, sex)
     q = torch.softmax(0.5 * means + torch.log(torch.full((2,), 0.5, dtype=torch.float64)), 0)
     torch.testing.assert_close(value.double(), (q * means).sum(), rtol=rtol, atol=0)
+
+
+def test_sample_weights_and_the_audited_hard_rates_at_a_million_rows_are_the_float64_values():
+    """The weighted sums (the weights multiply the float64 columns) and a constraint's audited value
+    (hard rates, each batch's without a count) with its soft surrogate: float64 values to the bound."""
+    pred, target, sex = _batch()
+    weight = torch.rand(N, generator=torch.Generator().manual_seed(4)) + 0.5
+    negative = 1 - target
+    rates = _reference_rates(torch.sigmoid(pred) * weight.double(), negative, negative * weight.double(), sex)
+    weighted = lossdsl.compile("fairness(fpr_gap, group=sex, sample_weight=w)").terms[0](pred, sex, target, weight)
+    # (one more rounding per term: the weight's product, u64 each, inside the bound's slack)
+    torch.testing.assert_close(weighted.double(), (rates[0] - rates[1]).abs(),
+                               rtol=_gap_tolerance(rates, torch.float32), atol=0)
+
+    loss_fn = lossdsl.compile("loss = ce()\nsubject to fairness(fpr_gap, group=sex) <= 0.1 as c")
+    (term,) = [t for t in loss_fn.terms if isinstance(t, group_fairness.Fairness)]
+    assert term.audited and not term.window_known
+    value, surrogate = term(pred, sex, target)
+    hard_rates = _reference_rates((pred > 0).double(), negative, negative, sex)
+    soft, soft_rates = _fpr_reference(pred, target, sex)
+    torch.testing.assert_close(value.double(), (hard_rates[0] - hard_rates[1]).abs(),
+                               rtol=_gap_tolerance(hard_rates, torch.float32), atol=0)
+    torch.testing.assert_close(surrogate.double(), soft, rtol=_gap_tolerance(soft_rates, torch.float32), atol=0)
