@@ -24,7 +24,7 @@ def group_dro_reference(groups: int, eta: float) -> parity.Reference:
 
     def reference(pred: torch.Tensor, target: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         squared = (pred - target).square().double()
-        sums = pred.new_zeros(groups, 2).index_add_(0, g, torch.stack([squared, torch.ones_like(squared)], dim=1))
+        sums = squared.new_zeros(groups, 2).index_add_(0, g, torch.stack([squared, torch.ones_like(squared)], dim=1))
         present = sums[:, 1] > 0
         means = torch.where(present, sums[:, 0] / sums[:, 1].clamp(min=1), torch.zeros_like(sums[:, 0]))
         unnormalised = torch.where(present, torch.exp(eta * means.detach()), torch.zeros_like(means)) / groups

@@ -142,7 +142,7 @@ def _worst_group_mse(groups: int) -> parity.Reference:
 
     def reference(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
         squared = (pred - target).square().double()
-        sums = pred.new_zeros(groups, 2).index_add_(0, sex, torch.stack([squared, torch.ones_like(squared)], dim=1))
+        sums = squared.new_zeros(groups, 2).index_add_(0, sex, torch.stack([squared, torch.ones_like(squared)], dim=1))
         defined = sums[:, 1] > 0
         denominator = torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
         means = sums[:, 0] / denominator
