@@ -165,10 +165,10 @@ def test_the_one_liner_without_groups_equals_the_hand_written_gap_that_knows_two
     target, sex = torch.randint(0, 2, (n,), generator=g), torch.randint(0, 2, (n,), generator=g)
     value = lossdsl.compile("fairness(fpr_gap, group=sex)")(pred=pred, target=target, sex=sex)
     (grad,) = torch.autograd.grad(value, pred)
-    prob, negative = torch.sigmoid(pred), 1 - target.float()
-    sums = torch.zeros(2, 2).index_add_(0, sex, torch.stack([prob * negative, negative], dim=1))
+    prob, negative = torch.sigmoid(pred).double(), 1 - target.double()  # summed in float64, as the term sums
+    sums = torch.zeros(2, 2, dtype=torch.float64).index_add_(0, sex, torch.stack([prob * negative, negative], dim=1))
     rates = sums[:, 0] / sums[:, 1]
-    expected = rates.max() - rates.min()
+    expected = (rates.max() - rates.min()).float()
     (expected_grad,) = torch.autograd.grad(expected, pred)
     assert torch.equal(value, expected) and torch.equal(grad, expected_grad)
 

@@ -3,7 +3,7 @@
 Sagawa et al. (2020), "Distributionally Robust Neural Networks for Group Shifts": the objective is
 a weighted sum of the groups' mean losses, the weights ``q`` (a buffer, one per group) moving
 towards the groups that do worst by exponentiated-gradient ascent. Group means use one
-``index_add`` over the inner term's per-sample parts, as ``fairness(group_loss(INNER))`` does.
+``index_add`` over the inner term's per-sample parts, in float64, as ``fairness(group_loss(INNER))`` does.
 """
 
 from __future__ import annotations
@@ -13,23 +13,24 @@ import torch
 
 from .. import distributed, parity
 from ..registry import Term, implements, safe_divide
-from .group_fairness import _is_column
+from .group_fairness import _SUM_DTYPE, _is_column, _summed
 from .params.group_dro import GroupDROParams
 
 
 def group_dro_reference(groups: int, eta: float) -> parity.Reference:
     """group_dro(mse) on its first training call, hand-written: per-group mean squared errors by
-    index_add, q = the uniform weights times exp(eta l_g) over the groups present, normalised; sum q l."""
+    index_add in float64, q = the uniform weights times exp(eta l_g) over the groups present, normalised;
+    sum q l."""
 
     def reference(pred: torch.Tensor, target: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        squared = (pred - target).square()
-        sums = pred.new_zeros(groups, 2).index_add_(0, g, torch.stack([squared, torch.ones_like(squared)], dim=1))
+        squared = (pred - target).square().double()
+        sums = squared.new_zeros(groups, 2).index_add_(0, g, torch.stack([squared, torch.ones_like(squared)], dim=1))
         present = sums[:, 1] > 0
         means = torch.where(present, sums[:, 0] / sums[:, 1].clamp(min=1), torch.zeros_like(sums[:, 0]))
         unnormalised = torch.where(present, torch.exp(eta * means.detach()), torch.zeros_like(means)) / groups
         q = unnormalised / unnormalised.sum() * (present.sum() / groups)  # the present groups keep their mass
         q = torch.where(present, q, torch.full_like(q, 1 / groups))
-        return (q * means).sum()
+        return (q * means).sum().to(pred.dtype)
 
     return reference
 
@@ -50,6 +51,7 @@ class GroupDRO(Term):
     - ``l_g`` is the inner term's mean over the batch's samples of group ``g`` (its per-sample
       parts summed with one ``index_add``, exactly as ``fairness(group_loss(INNER))`` averages a
       group: ce's class weights and ignored targets included; ``sample_weight`` weighs the samples).
+      The sums, the means and the objective are in float64, cast to the prediction's dtype.
     - The weights ``q`` (the buffer ``group_weights``, uniform at first, saved in ``state_dict``)
       take one step of exponentiated-gradient ascent per training-mode call, before the loss is
       formed (Sagawa et al.'s Algorithm 1): ``q_g <- q_g exp(eta (l_g + C / sqrt(n_g)))``,
@@ -103,12 +105,11 @@ class GroupDRO(Term):
         codes = (group if group.dim() == 1 else group[:, 0]).long()
         dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
         parts = self.inner.per_sample_parts(*inner_inputs, torch.ones(n, dtype=dtype, device=first.device))  # [N, 2]
-        if parts.dtype in (torch.float16, torch.bfloat16):
-            parts = parts.float()
+        parts = parts.to(_SUM_DTYPE)  # summed as fairness sums its groups (a float32 sum drifts with N)
         if self.weighted:
             weight = self.expect_sample_weight(len(inputs) - 1, inputs[-1], n, parts.dtype)
             parts = parts * weight[:, None]
-        sums = parts.new_zeros(self.num_groups, 2).index_add_(0, codes, parts)
+        sums = _summed(parts.T, codes, self.num_groups)
         if self.sync and distributed.active():
             sums = distributed.all_reduce_sum(sums)
         present = sums[:, 1] > 0

@@ -2,7 +2,7 @@
 
 Rates are soft: computed per group from predicted probabilities, so they are
 differentiable; on hard 0/1 predictions they equal fairlearn's metrics. Group
-statistics are summed with one ``index_add`` over group slots, with no Python
+statistics are summed in float64 with one ``index_add`` over group slots, with no Python
 loop over groups and no host synchronisation on CUDA (on the CPU the group count is read from the
 codes, which costs none there).
 """
@@ -34,6 +34,15 @@ _MEAN_OF_RATES = frozenset({"balanced_accuracy"})
 # smallest normal number: the gradient of numerator / denominator is about 1 / denominator before
 # the sigmoid's p (1 - p) scales it back, which overflows to inf (then NaN) for a subnormal mass.
 _PREDICTED_MASS_FLOOR = float(torch.finfo(torch.float32).tiny)
+# The dtype group sums accumulate in, and the rates and statistic are formed in (the value is cast
+# back to the prediction's dtype at the end). A scatter adds each slot's values one after another,
+# so a float32 sum of N values drifts by up to N float32 roundings (fpr_gap at N = 2^20 was 3 % off);
+# and a gap is a difference of rates near 0.5, so even exactly rounded float32 rates leave it a
+# relative 1e-4 off. float64 sums stay within N * 1.1e-16, below float32's last place. On the CPU a
+# float64 scatter is no slower than a float32 one; the cost is the cast of the columns each way
+# (benchmarks/group_sums.py). Blocked float32 sums (runs of 2048, partials added in float64) cost
+# as much and stay float32-accurate per block (3.5e-5 off at N = 4096), and not for ranked slots.
+_SUM_DTYPE = torch.float64
 # How each column is computed from (p, y, 1 - y); resolved once per term, so the forward looks nothing up.
 _COLUMN = {
     "p": lambda p, y, n: p,
@@ -105,45 +114,46 @@ def gap_of_sums(sums: torch.Tensor) -> torch.Tensor:
 
 def fpr_gap_ranked(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
     """fairness(fpr_gap, group=sex) hand-written: soft false-positive rate per group (codes ranked in
-    the batch by a sort, summed with index_add_), largest minus smallest; 0 with fewer than two groups."""
+    the batch by a sort, summed in float64 with index_add_), largest minus smallest; 0 with fewer than
+    two groups."""
     n = pred.shape[0]
-    prob = torch.sigmoid(pred)
-    negative = 1 - target.to(pred.dtype)
+    prob = torch.sigmoid(pred).double()
+    negative = 1 - target.double()
     sorted_codes, order = torch.sort(sex)
     starts = torch.ones_like(sorted_codes, dtype=torch.long)
     starts[1:] = (sorted_codes[1:] != sorted_codes[:-1]).long()
     slots = torch.empty_like(order).scatter_(0, order, starts.cumsum(0) - 1)
     sums = prob.new_zeros(n, 2).index_add_(0, slots, torch.stack([prob * negative, negative], dim=1))
-    return gap_of_sums(sums)
+    return gap_of_sums(sums).to(pred.dtype)
 
 
 def _fpr_gap_known_groups(groups: int) -> parity.Reference:
     def reference(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
-        prob = torch.sigmoid(pred)
-        negative = 1 - target.to(pred.dtype)
+        prob = torch.sigmoid(pred).double()  # summed in float64, as the term sums
+        negative = 1 - target.double()
         sums = prob.new_zeros(groups, 2).index_add_(0, sex, torch.stack([prob * negative, negative], dim=1))
-        return gap_of_sums(sums)
+        return gap_of_sums(sums).to(pred.dtype)
 
     return reference
 
 
 def _worst_group_mse(groups: int) -> parity.Reference:
-    """group_loss(mse) with known groups: the largest per-group mean squared error, by index_add."""
+    """group_loss(mse) with known groups: the largest per-group mean squared error, by index_add in float64."""
 
     def reference(pred: torch.Tensor, target: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
-        squared = (pred - target).square()
-        sums = pred.new_zeros(groups, 2).index_add_(0, sex, torch.stack([squared, torch.ones_like(squared)], dim=1))
+        squared = (pred - target).square().double()
+        sums = squared.new_zeros(groups, 2).index_add_(0, sex, torch.stack([squared, torch.ones_like(squared)], dim=1))
         defined = sums[:, 1] > 0
         denominator = torch.where(defined, sums[:, 1], torch.ones_like(sums[:, 1]))
         means = sums[:, 0] / denominator
-        return means.masked_fill(~defined, float("-inf")).amax()
+        return means.masked_fill(~defined, float("-inf")).amax().to(pred.dtype)
 
     return reference
 
 
 def _fairness_cases(s: parity.Sizes) -> list[parity.Case]:
-    """References: the gap of soft group rates by index_add (codes ranked by a sort, or known
-    groups), and the worst group's mean loss."""
+    """References: the gap of soft group rates by index_add in float64 (codes ranked by a sort, or
+    known groups), and the worst group's mean loss."""
     n, k, many = s.n, s.groups, s.many_groups
     binary = {"pred": parity.randn(n), "target": parity.flags(n, dtype=torch.long)}
     return [
@@ -225,6 +235,9 @@ class Fairness(Term):
       checked ahead on CUDA (that would synchronise with the device): on the CPU a code outside
       is E402 naming the group input, on CUDA torch's device-side assert (K slots) or nothing.
     - Group sums use one ``index_add``: no Python loop over groups, no host synchronisation on CUDA.
+      They accumulate in float64, and the rates and statistic are formed in float64 and cast to the
+      prediction's dtype: a float32 scatter adds each group's values one after another, which at
+      N = 2^20 put fpr_gap 3 % off.
       ``sample_weight`` weighs each sample in the group sums, as fairlearn's ``sample_weight``
       does. An empty batch gives 0.
     - Under ``torch.distributed`` (an initialised process group of several ranks) the group sums
@@ -687,11 +700,11 @@ class Fairness(Term):
         On the CPU the columns are summed along their rows (``scatter_add_`` over ``[k, N]``): about
         three times faster than ``index_add_`` of ``[N, k]`` rows, which also needs the columns
         interleaved (and the same sums, added in the same order). CUDA keeps ``index_add_``, which
-        has a deterministic mode. Half-precision columns are summed in float32: a batch's sums
-        overflow float16 (and its log-mean-exp would); the caller casts the statistic back.
+        has a deterministic mode. Columns are summed in float64 (``_SUM_DTYPE``): a float32 or
+        half-precision sum drifts with N (and a batch's sums overflow float16); the caller casts the
+        statistic back.
         """
-        if columns.dtype in (torch.float16, torch.bfloat16):
-            columns = columns.float()
+        columns = columns.to(_SUM_DTYPE)
         if sample_weight is not None:
             weight = self.expect_sample_weight(len(self.input_names) - 1, sample_weight, columns.shape[1], columns.dtype)
             columns = columns * weight
@@ -954,7 +967,10 @@ def _columns_of(sums: torch.Tensor, own: list[int]) -> torch.Tensor:
 
 
 def _summed(columns: torch.Tensor, slots: torch.Tensor, num_slots: int) -> torch.Tensor:
-    """``[k, N]`` columns summed per slot, as ``[slots, k]`` (see ``Fairness._group_sums``)."""
+    """``[k, N]`` columns summed per slot in float64, as ``[slots, k]`` (see ``Fairness._group_sums``)."""
+    # Cast here, once for the stacked columns: computing them from a float64 p instead mixes dtypes
+    # in each product (slower: 1.55 against 1.30 times float32's time at N = 2^20, and twice the memory).
+    columns = columns.to(_SUM_DTYPE)
     if columns.device.type == "cpu":
         return columns.new_zeros(columns.shape[0], num_slots).scatter_add_(1, slots.expand_as(columns), columns).T
     return columns.new_zeros(num_slots, columns.shape[0]).index_add_(0, slots, columns.T)
