@@ -66,7 +66,7 @@ def test_fpr_gap_at_a_million_rows_is_the_float64_value_on_every_path(path):
         path, "fairness(fpr_gap, group=sex)")
     term = lossdsl.compile(spec).terms[0]
     reads = path != "ranked"
-    with mock.patch.object(group_fairness, "_reads_host", lambda codes: reads):
+    with mock.patch.object(group_fairness, "host_reads_are_free", lambda codes: reads):
         if path == "specialised":
             value = term.specialise(pred, sex, target)(pred, sex, target)
         else:

@@ -532,7 +532,12 @@ def test_a_pickle_from_before_the_library_move_still_loads():
     spec.loader.exec_module(maker)
     loaded = pickle.loads((folder / "loss_before_library_move.pkl").read_bytes())
     fresh = maker.trained()
-    assert_same_state(loaded, fresh)
+    # Its window state was summed in float32 then; group sums are float64 now: equal to rounding.
+    loaded_state, fresh_state = loaded.state_dict(), fresh.state_dict()
+    assert list(loaded_state) == list(fresh_state)
+    for key, tensor in fresh_state.items():
+        assert loaded_state[key].dtype == tensor.dtype, key
+        torch.testing.assert_close(loaded_state[key], tensor, equal_nan=True, msg=key)
     for loss_fn in (loaded, fresh):
         loss_fn.eval()
     torch.testing.assert_close(loaded(**maker.inputs(2)), fresh(**maker.inputs(2)))
