@@ -918,19 +918,7 @@ def _batched_gaps(term: Fairness, sums: torch.Tensor, start: int, count: int, dt
     block = sums[:, start: start + 2 * count]
     numerator, denominator = block[:, 0::2], block[:, 1::2]
     defined = _above_zero(denominator, term.floors[0])
-    rate = safe_divide(numerator, denominator, defined)
-    count_defined = defined.sum(0)
-    undefined = ~defined
-    largest = rate.masked_fill(undefined, float("-inf")).amax(0)
-    smallest = rate.masked_fill(undefined, float("inf")).amin(0)
-    enough = count_defined >= 2
-    if not term.ratio:
-        value = torch.where(enough, largest - smallest, 0.0)
-    else:
-        largest = torch.where(enough, largest, torch.ones_like(largest))
-        smallest = torch.where(enough, smallest, torch.ones_like(smallest))
-        positive = _above_zero(largest)
-        value = torch.where(positive, 1 - safe_divide(smallest, largest, positive), 0.0)
+    value = _spread(safe_divide(numerator, denominator, defined), defined, term.ratio)
     has_nan = block.isnan().reshape(block.shape[0], count, 2).any(2).any(0)  # each term's own two columns
     value = torch.where(has_nan, float("nan"), value)
     return list((value if value.dtype == dtype else value.to(dtype)).unbind(0))
@@ -941,21 +929,24 @@ def _gap_of_one(ratio: bool, floor: float, sums: torch.Tensor, dtype: torch.dtyp
     ``_rates``, ``_largest_and_smallest`` and ``_nan_if_any_nan`` in their order."""
     numerator, denominator = sums[:, 0], sums[:, 1]
     defined = _above_zero(denominator, floor)
-    rate = safe_divide(numerator, denominator, defined)
-    count = defined.sum()
-    undefined = ~defined
-    largest = rate.masked_fill(undefined, float("-inf")).amax()
-    smallest = rate.masked_fill(undefined, float("inf")).amin()
-    enough = count >= 2
-    if not ratio:
-        value = torch.where(enough, largest - smallest, 0.0)
-    else:
-        largest = torch.where(enough, largest, torch.ones_like(largest))
-        smallest = torch.where(enough, smallest, torch.ones_like(smallest))
-        positive = _above_zero(largest)
-        value = torch.where(positive, 1 - safe_divide(smallest, largest, positive), 0.0)
+    value = _spread(safe_divide(numerator, denominator, defined), defined, ratio)
     value = torch.where(sums.isnan().any(), float("nan"), value)
     return value if value.dtype == dtype else value.to(dtype)
+
+
+def _spread(rate: torch.Tensor, defined: torch.Tensor, ratio: bool) -> torch.Tensor:
+    """Over the groups (dim 0): the largest defined rate minus the smallest, or for a ratio
+    1 - smallest / largest; 0 where fewer than two groups have a defined rate."""
+    undefined = ~defined
+    largest = rate.masked_fill(undefined, float("-inf")).amax(0)
+    smallest = rate.masked_fill(undefined, float("inf")).amin(0)
+    enough = defined.sum(0) >= 2
+    if not ratio:
+        return torch.where(enough, largest - smallest, 0.0)
+    largest = torch.where(enough, largest, torch.ones_like(largest))
+    smallest = torch.where(enough, smallest, torch.ones_like(smallest))
+    positive = _above_zero(largest)
+    return torch.where(positive, 1 - safe_divide(smallest, largest, positive), 0.0)
 
 
 def _columns_of(sums: torch.Tensor, own: list[int]) -> torch.Tensor:
