@@ -261,7 +261,11 @@ def _emit_rest(source: _Source, module: LossModule, resolved: typing.Any, indent
         value, bound = expressions(constraint.value), expressions(constraint.bound)
         _, _, rule, lower_bound = module._constraints[k]
         rule_name = source.value("R", rule)
-        source.emit(indent, f"contribution, q{k} = self._constrain({k}, {rule_name}, {lower_bound}, {value}, {bound})")
+        windows = [f"{source.value('T', module.terms[i])}.window_updates" for i in module._constraint_windows[k]]
+        window = windows[0] if windows else "1.0"
+        for other in windows[1:]:
+            window = f"{source.value('M', torch.maximum)}({window}, {other})"
+        source.emit(indent, f"contribution, q{k} = self._constrain({k}, {rule_name}, {lower_bound}, {value}, {bound}, {window})")
         source.emit(indent, "total = total + contribution")
         surrogate = module._constraint_surrogates[k]
         source.emit(indent, f"q{k}.insert(1, {'q%d[0]' % k if surrogate is None else 'r%d' % surrogate})")

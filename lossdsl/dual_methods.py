@@ -33,6 +33,10 @@ class Adaptive:
     unit: float = 0.1
     #: The decay of the violation's running mean size (about 1,000 updates).
     decay: float = 0.999
+    #: The integral part's largest step per window of the audited rates it reads (a window of
+    #: ``W`` updates: the rate is at most ``per_window / W``): the multiplier may not outrun the
+    #: measurement that drives it, or it overshoots while the window still shows the old violation.
+    per_window: float = 0.3
 
 
 ADAPTIVE = Adaptive()

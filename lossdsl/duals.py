@@ -34,8 +34,12 @@ class DualRule:
     def contribution(self, g: torch.Tensor, violation: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         return lam * g
 
-    def update(self, lam: torch.Tensor, g: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The multiplier after a step on the detached excess ``g``, and the rule's new state."""
+    def update(
+        self, lam: torch.Tensor, g: torch.Tensor, state: torch.Tensor, window: torch.Tensor | float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The multiplier after a step on the detached excess ``g``, and the rule's new state.
+        ``window``: how many updates the constraint's value averages over (1: none; the default
+        rule slows down to it, the overrides take the step they were given)."""
         return (lam + self.rate * g).clamp(self.lowest, MULTIPLIER_CAP), state
 
 
@@ -79,14 +83,25 @@ class AdaptiveRule(DualRule):
     ``I + damping * e * max(|I|, unit)``: the proportional part reacts to the violation at once
     and fades with it, which damps the oscillation of plain dual ascent. A slow scale matters: one
     that follows a shrinking violation down raises the gain until the multiplier chatters.
+
+    The integral's rate is at most ``per_window / W`` where the constraint's value is a window of
+    ``W`` updates (audited fairness rates over about an epoch: ``W = N / n``): a controller faster
+    than its measurement keeps pushing after the model has complied, and overshoots into the
+    trivial classifier and back (a limit cycle). Short windows (small data) keep ``lr``.
     """
 
     def __init__(self, rate: float, equality: bool, settings: Adaptive = ADAPTIVE):
         super().__init__(rate, equality)
         self.settings = settings
 
-    def update(self, lam: torch.Tensor, g: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, lam: torch.Tensor, g: torch.Tensor, state: torch.Tensor, window: torch.Tensor | float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.settings
+        if isinstance(window, torch.Tensor):
+            rate = (s.per_window / window.to(state.dtype)).clamp(max=self.rate)
+        else:
+            rate = min(self.rate, s.per_window / window)
         size_of_g, count, integral = state[0], state[1] + 1, state[2]
         g = g.to(state.dtype)
         # The running mean of |g| (bias-corrected), not of g^2: a violation of 1e30 squares past float32.
@@ -96,7 +111,7 @@ class AdaptiveRule(DualRule):
         # A violation of 0 moves nothing; a NaN or inf one leaves the state as it was.
         normalised = torch.where(scale > tiny, g / scale.clamp(min=tiny), torch.zeros_like(g))
         size = integral.abs().clamp(min=s.unit)
-        integral = (integral + self.rate * normalised * (size if s.relative else 1.0)).clamp(self.lowest, MULTIPLIER_CAP)
+        integral = (integral + rate * normalised * (size if s.relative else 1.0)).clamp(self.lowest, MULTIPLIER_CAP)
         used = (integral + s.damping * normalised * integral.abs().clamp(min=s.unit)).clamp(self.lowest, MULTIPLIER_CAP)
         new_state = torch.stack([size_of_g, count, integral])
         finite = torch.isfinite(new_state).all() & torch.isfinite(used)

@@ -114,6 +114,10 @@ class LossModule(nn.Module):
             index for index in sorted(in_constraints - in_objective)
             if getattr(self.terms[index], "audit_in_constraint", lambda: False)()
         )
+        # Per constraint: the audited terms its value reads, whose window (in updates) the default
+        # multiplier rule slows down to (``duals.AdaptiveRule``).
+        audited = set(self.audited_terms)
+        self._constraint_windows = tuple(tuple(sorted(resolve.terms_in(c.value, plan) & audited)) for c in plan.constraints)
         # A constraint on one audited term reports that term's surrogate beside its value.
         self._constraint_surrogates = tuple(
             term_index[id(c.value.term)] if isinstance(c.value, TermValue) and term_index[id(c.value.term)] in self.audited_terms
@@ -185,7 +189,10 @@ class LossModule(nn.Module):
         constraint_values: list[torch.Tensor] = []
         for index, (value_of, bound_of, rule, lower_bound) in enumerate(self._constraints):
             value = value_of(values, let_values, step)
-            contribution, reported_values = self._constrain(index, rule, lower_bound, value, bound_of(values, let_values, step))
+            window = self._window(self._constraint_windows[index])
+            contribution, reported_values = self._constrain(
+                index, rule, lower_bound, value, bound_of(values, let_values, step), window
+            )
             total = total + contribution
             surrogate = self._constraint_surrogates[index]
             reported_values.insert(1, reported_values[0] if surrogate is None else surrogates[surrogate])
@@ -199,8 +206,19 @@ class LossModule(nn.Module):
             self._advance_step()
         return total
 
+    def _window(self, indices: tuple[int, ...]) -> torch.Tensor | float:
+        """How many updates a constraint's value averages over: its audited terms' longest window, or 1."""
+        if not indices:
+            return 1.0
+        terms = list(self.terms)
+        window = terms[indices[0]].window_updates
+        for i in indices[1:]:
+            window = torch.maximum(window, terms[i].window_updates)
+        return window
+
     def _constrain(
-        self, index: int, rule: duals.DualRule, lower_bound: bool, value: torch.Tensor, bound: torch.Tensor | float
+        self, index: int, rule: duals.DualRule, lower_bound: bool, value: torch.Tensor, bound: torch.Tensor | float,
+        window: torch.Tensor | float = 1.0,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The constraint's contribution to the loss, and its value, violation and multiplier.
 
@@ -218,7 +236,7 @@ class LossModule(nn.Module):
         contribution = rule.contribution(excess, violation, multiplier)
         if self.training and rule.learns:
             with torch.no_grad():
-                updated, state = rule.update(multiplier, excess.detach(), self.dual_state[index])
+                updated, state = rule.update(multiplier, excess.detach(), self.dual_state[index], window)
                 self.multipliers[index] = updated.to(self.multipliers.dtype)  # saturates, never inf
                 self.dual_state[index] = state
         return contribution, [value, violation, multiplier]
@@ -647,6 +665,10 @@ class _Resolver:
         self.constants: dict[int, float] = {}
         self.numbers: set[int] = set()
         self.weighings: dict[int, tuple[bool, float | None]] = {}
+
+    def terms_in(self, expr: ObjectiveExpr, plan: Plan) -> set[int]:
+        """The terms one expression reaches (through lets too)."""
+        return self._reached([expr], {let.name: let.value for let in plan.lets})
 
     def terms_reached(self, plan: Plan) -> tuple[set[int], set[int]]:
         """The terms the objective reaches and those the constraints reach (through lets too)."""

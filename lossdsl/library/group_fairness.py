@@ -355,6 +355,10 @@ class Fairness(Term):
         if not hasattr(self, "window_samples"):
             # Set by fit, the training data's size: the window then spans about one epoch of samples.
             self.register_buffer("window_samples", None)
+        if not hasattr(self, "window_updates"):
+            # How many updates the audited value averages over, as of the last training call (1: none):
+            # the default multiplier rule slows to it. Rewritten by every training call, so not saved.
+            self.register_buffer("window_updates", torch.ones(()), persistent=False)
 
     @property
     def window_known(self) -> bool:
@@ -540,6 +544,11 @@ class Fairness(Term):
             if self.training:  # a batch of NaN (or inf) leaves the history as it was
                 finite = hard_sums.isfinite().all()
                 self.running_sums.copy_(torch.where(finite, hard_sums, self.running_sums.to(hard_sums.dtype)))
+                # An ema of momentum m averages over about 1 / (1 - m) updates.
+                if isinstance(momentum, torch.Tensor):
+                    self.window_updates.copy_(1 / (1 - momentum).clamp(min=1e-12))
+                else:
+                    self.window_updates.fill_(1 / max(1 - momentum, 1e-12))
         soft_rates, hard_rates = self._rates_of_sums(soft_sums), self._rates_of_sums(hard_sums)
         # The multiplier reads the audited statistic; the model's gradient is the batch's soft one
         # (TFCO's proxy-Lagrangian). Not mixed rate by rate: the window lags the model, and extreme
