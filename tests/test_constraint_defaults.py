@@ -374,3 +374,66 @@ def test_window_warning_false_silences_the_warning_and_audited_terms_lists_the_t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loss_fn(torch.stack([torch.zeros_like(logits), logits], 1), target, sex=group)
+
+
+@pytest.mark.parametrize("window", [1.0, 10.0, 1000.0])
+def test_the_default_rule_slows_to_the_window_of_its_measurement(window):
+    """From rest, a violated constraint's first update moves the integral by rate * e * unit with
+    e = 1 (the running scale is |g| itself) and rate = min(lr, per_window / W)."""
+    settings = duals.ADAPTIVE
+    rule = duals.rule_for("adaptive", settings.lr, equality=False)
+    state = torch.zeros(duals.STATE_SIZE)
+    for given in (window, torch.tensor(window)):
+        _, new_state = rule.update(torch.zeros(()), torch.tensor(0.3), state, given)
+        expected = min(settings.lr, settings.per_window / window) * settings.unit
+        # rel 1e-4: the bias correction 1 - 0.999 ** 1 is taken in float32 (0.00099998713: 1.3e-5 off)
+        assert float(new_state[2]) == pytest.approx(expected, rel=1e-4)
+    # The overrides take the step they are given, whatever the window.
+    plain = duals.rule_for("lagrangian", 0.5, equality=False)
+    lam, _ = plain.update(torch.zeros(()), torch.tensor(0.3), state, torch.tensor(window))
+    assert float(lam) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("how", ["fit", "groups", "unknown"])
+def test_a_fairness_constraint_tells_the_rule_how_many_updates_its_window_spans(how):
+    """fit on N rows: batches of n decay the window by exp(-n / N), about N / n updates; groups=K
+    without fit: ema(0.95), 20 updates; an unknown count: each batch alone, 1. The first violated
+    update's integral step is min(lr, per_window / W) * unit, in the generated forward and in the
+    reference one alike."""
+    rows, batch = 10_000, 250
+    logits, target, group = _batch(n=rows)
+    extra = ", groups=2" if how == "groups" else ""
+    spec = f"loss = ce()\nsubject to fairness(tpr_gap, group=sex{extra}) <= 0 as c"
+    expected_window = {"fit": 1 / (1 - np.exp(-batch / rows)), "groups": 1 / (1 - 0.95), "unknown": 1.0}[how]
+    for reference in (False, True):
+        loss_fn = lossdsl.compile(spec)
+        if how == "fit":
+            loss_fn.fit(sex=group)
+        forward = (lambda *a, **k: type(loss_fn).forward(loss_fn, *a, **k)) if reference else loss_fn
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", lossdsl.LossSpecWarning)
+            forward(torch.stack([torch.zeros_like(logits[:batch]), logits[:batch]], 1), target[:batch], sex=group[:batch])
+        assert float(loss_fn.terms[1].window_updates) == pytest.approx(expected_window, rel=1e-6)
+        step = min(duals.ADAPTIVE.lr, duals.ADAPTIVE.per_window / expected_window) * duals.ADAPTIVE.unit
+        if float(loss_fn.last_terms["c"]) > 0:
+            assert float(loss_fn.dual_state[0, 2]) == pytest.approx(step, rel=1e-4)
+        # Rewritten by every training call, not saved: checkpoints keep their keys.
+        assert "terms.1.window_updates" not in loss_fn.state_dict()
+
+
+def test_a_constraint_over_two_windowed_terms_takes_the_longer_window():
+    logits, target, group = _batch(n=4000)
+    spec = ("loss = ce()\nsubject to fairness(tpr_gap, group=sex) + fairness(fpr_gap, group=sex, groups=2, window=ema(0.5))"
+            " <= 0 as c")
+    pred = torch.stack([torch.zeros_like(logits[:200]), logits[:200]], 1)
+    states = []
+    for reference in (False, True):
+        loss_fn = lossdsl.compile(spec).fit(sex=group)
+        forward = (lambda *a, **k: type(loss_fn).forward(loss_fn, *a, **k)) if reference else loss_fn
+        forward(pred, target[:200], sex=group[:200])
+        windows = [float(loss_fn.terms[i].window_updates) for i in (1, 2)]
+        assert windows == pytest.approx([1 / (1 - np.exp(-200 / 4000)), 2.0], rel=1e-6)
+        states.append(loss_fn.dual_state.clone())
+        step = min(duals.ADAPTIVE.lr, duals.ADAPTIVE.per_window / max(windows)) * duals.ADAPTIVE.unit
+        assert float(loss_fn.dual_state[0, 2]) == pytest.approx(step, rel=1e-4)
+    torch.testing.assert_close(states[0], states[1], rtol=0, atol=0)

@@ -75,6 +75,11 @@ EXPECTED = {
         re.compile(r"^\d+ of 4 met; runs with a NaN multiplier: 0; largest multiplier in any run: \d+\.\d{3}$", re.M),
         "plot: ",
     ],
+    "constraint_defaults.py": [
+        re.compile(r"^large\s+eo_gap\s+0\.02 default\s+\|\s+[01]\.\d{4}\s+[01]\.\d{4} (met|missed)\s+\|\s+[01]\.\d{4}\s+\d+\.\d{2} \|", re.M),
+        re.compile(r"^large\s+eo_gap\s+0\.05 no window limit\s+\|", re.M),
+        re.compile(r"^default: \d+ of 2 met; no window limit: \d+ of 2 met$", re.M),
+    ],
 }
 # Examples that need more than torch and lossdsl: what they may import (pyproject's `examples` extra).
 EXTRA_IMPORTS = {
