@@ -7,6 +7,8 @@ loop over groups and no host synchronisation on CUDA (on the CPU the group count
 codes, which costs none there). On the CPU a few groups' sums are read back too, and where every
 rate is defined and every sum finite the single-rate gaps skip the guards that then change nothing
 (``_lean_gaps``): the one-liner's fpr_gap dispatches the hand-written two-mask gap's 36 ops, not 81.
+Their float64 sums cast 2^16 rows at a time (``_ChunkedRowSums``): the same sums, without a float64
+copy of every column (the one-liner's peak at N = 2^20: 28 MiB, not 44).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ _PREDICTED_MASS_FLOOR = float(torch.finfo(torch.float32).tiny)
 _SUM_DTYPE = torch.float64
 # Columns of the labels alone: no gradient reaches the prediction through them.
 _LABEL_COLUMNS = frozenset({"one", "y", "1-y"})
+# Rows of the CPU's lean sums cast to float64 at a time (_ChunkedRowSums): 512 KiB a column.
+_SUM_CHUNK = 65536
 # The most group slots the CPU's lean gaps read back (``_lean_gaps``): a read of 2 x K sums per
 # statistic, cheap next to the ops it saves for a few groups; more slots take the general ops.
 _LEAN_SLOTS = 64
@@ -447,13 +451,13 @@ class Fairness(Term):
                     self.fail(2, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
                 positive = target.to(prob.dtype)
                 negative = torch.rsub(positive, 1)  # (1 - positive, without the operator's Python layer)
-            stacked = torch.stack([column(prob, positive, negative) for column in columns])
+            per_sample = [column(prob, positive, negative) for column in columns]
             counted = self._read_slots(group, n) if batchable else None
             if counted is not None:  # the CPU, codes counted: the sums by row, read back
-                rows = _row_sums(stacked, *counted)
+                rows = _row_sums(per_sample, *counted)
                 lean = _lean_gaps(rows, self.ratio, floor, prob.dtype, constant_denominators)
                 return lean if lean is not None else _gap_of_one(self.ratio, floor, rows.T, prob.dtype)
-            sums = _summed(stacked, *self._slots([group]))
+            sums = _summed(torch.stack(per_sample), *self._slots([group]))
             if batchable:  # the default comparison written out: its ops, fewer Python calls
                 return _gap_of_one(self.ratio, floor, sums, prob.dtype)
             value = _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums)))
@@ -489,16 +493,16 @@ class Fairness(Term):
             if hard_names:
                 hard = (first._positive_logit(pred) > 0).to(prob.dtype)
                 stacked += [_COLUMN[name](hard, positive, negative) for name in hard_names]
-            columns = torch.stack(stacked)
             counted = (first._read_slots(codes[0], prob.shape[0])
                        if sample_weight is None and len(codes) == 1 and not hard_names and not first._syncs()
                        and _one_batch(terms, names) else None)
             if counted is not None:  # the CPU, codes counted, one statistic for all: the sums by row, read back
-                rows = _row_sums(columns, *counted)
+                rows = _row_sums(stacked, *counted)
                 lean = _lean_gaps(rows, first.ratio, first.floors[0], prob.dtype, _constant_denominators(terms))
                 if lean is not None:
                     return lean.unbind(0)
                 return tuple(_batched_gaps(first, rows.T, 0, len(terms), prob.dtype))
+            columns = torch.stack(stacked)
             layouts: dict[tuple, torch.Tensor] = {}  # terms whose slots agree share one index_add
             values: list = []
             batch: list[tuple[Fairness, int]] = []  # (term, first column): one statistic for them all
@@ -1051,16 +1055,53 @@ def _summed(columns: torch.Tensor, slots: torch.Tensor, num_slots: int) -> torch
     """``[k, N]`` columns summed per slot in float64, as ``[slots, k]`` (see ``Fairness._group_sums``)."""
     # Cast here, once for the stacked columns: computing them from a float64 p instead mixes dtypes
     # in each product (slower: 1.55 against 1.30 times float32's time at N = 2^20, and twice the memory).
-    if columns.device.type == "cpu":
-        return _row_sums(columns, slots, num_slots).T
     columns = columns.to(_SUM_DTYPE)
+    if columns.device.type == "cpu":
+        return columns.new_zeros(columns.shape[0], num_slots).scatter_add_(1, slots.expand_as(columns), columns).T
     return columns.new_zeros(num_slots, columns.shape[0]).index_add_(0, slots, columns.T)
 
 
-def _row_sums(columns: torch.Tensor, slots: torch.Tensor, num_slots: int) -> torch.Tensor:
-    """The CPU's ``[k, N]`` columns summed per slot in float64 along their rows, as ``[k, slots]``."""
-    columns = columns.to(_SUM_DTYPE)
-    return columns.new_zeros(columns.shape[0], num_slots).scatter_add_(1, slots.expand_as(columns), columns)
+def _row_sums(columns: list[torch.Tensor], slots: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """The CPU's per-sample columns (each ``[N]``, eager, host reads free) summed per slot in float64,
+    as ``[k, slots]``: the ops of ``_summed`` on their stack, or beyond ``_SUM_CHUNK`` rows
+    ``_ChunkedRowSums``, the same sums to the bit without the float64 copy of every column."""
+    if slots.shape[0] > _SUM_CHUNK:
+        return _ChunkedRowSums.apply(slots, num_slots, *columns)
+    stacked = torch.stack(columns).to(_SUM_DTYPE)
+    return stacked.new_zeros(stacked.shape[0], num_slots).scatter_add_(1, slots.expand_as(stacked), stacked)
+
+
+class _ChunkedRowSums(torch.autograd.Function):
+    """``scatter_add_`` of the float64 stack of the columns, ``_SUM_CHUNK`` rows at a time into the
+    same sums: each slot's values are added one after another in row order, as one scatter over all
+    rows adds them, so the sums are the same to the bit, but the float64 copy is a chunk's (2 MiB a
+    column), not the batch's (8 MiB a column and a million rows), and no stack of the columns is made.
+    The backward gathers each column's gradient from the sums' gradient cast to the column's dtype
+    first (a cast and a gather commute: the same values) and only for the columns that need one
+    (not the labels' ``1 - y``), instead of a float64 ``[k, N]`` gather cast back afterwards."""
+
+    @staticmethod
+    def forward(ctx, slots: torch.Tensor, num_slots: int, *columns: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(slots)
+        n = slots.shape[0]
+        sums = torch.zeros(len(columns), num_slots, dtype=_SUM_DTYPE, device=slots.device)
+        buffer = torch.empty(len(columns), min(n, _SUM_CHUNK), dtype=_SUM_DTYPE, device=slots.device)
+        for start in range(0, n, _SUM_CHUNK):
+            stop = min(start + _SUM_CHUNK, n)
+            block = buffer[:, : stop - start]
+            for row, column in zip(block, columns):
+                row.copy_(column[start:stop])
+            sums.scatter_add_(1, slots[start:stop].expand_as(block), block)
+        ctx.dtypes = [column.dtype for column in columns]
+        return sums
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:  # noqa: ANN001
+        (slots,) = ctx.saved_tensors
+        needs = ctx.needs_input_grad[2:]
+        grads = [grad[i].to(dtype).index_select(0, slots) if need else None
+                 for i, (need, dtype) in enumerate(zip(needs, ctx.dtypes))]
+        return (None, None, *grads)
 
 
 def _ranked_slots(codes: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
