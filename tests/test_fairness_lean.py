@@ -256,8 +256,9 @@ def test_chunked_row_sums_are_one_scatters_sums_and_gradients_to_the_bit(n, chun
     prob = torch.sigmoid(pred)
     columns = [prob * (1 - labels), 1 - labels, prob]
     weights = torch.randn(3, k, generator=g, dtype=torch.float64)
-    with mock.patch.object(group_fairness, "_SUM_CHUNK", chunk):
+    with mock.patch.object(group_fairness, "_SUM_CHUNK", chunk), mock.patch.object(group_fairness, "_CHUNKED_FROM", 0):
         ours = group_fairness._row_sums(columns, slots, k)
+    assert ours.grad_fn is not None and "ChunkedRowSums" in type(ours.grad_fn).__name__
     theirs = group_fairness._summed(torch.stack(columns), slots, k).T
     assert torch.equal(ours, theirs) and ours.dtype == torch.float64
     (grad,) = torch.autograd.grad((ours * weights).sum(), pred, retain_graph=True)
