@@ -60,7 +60,7 @@ _CHUNKED_FROM = 16384
 _LEAN_SLOTS = 64
 _SMALLEST_POSITIVE = math.ulp(0.0)
 # The difference of two rates as a product (one op, and one in the backward, for two selects and a sub).
-_PLUS_MINUS = torch.tensor([1.0, -1.0], dtype=_SUM_DTYPE)
+_PLUS_MINUS = torch.tensor([1.0, -1.0], dtype=_SUM_DTYPE, device="cpu")  # (the lean gaps are the CPU's)
 # How each column is computed from (p, y, 1 - y); resolved once per term, so the forward looks nothing up.
 _COLUMN = {
     "p": lambda p, y, n: p,
