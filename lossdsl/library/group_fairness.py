@@ -4,11 +4,16 @@ Rates are soft: computed per group from predicted probabilities, so they are
 differentiable; on hard 0/1 predictions they equal fairlearn's metrics. Group
 statistics are summed in float64 with one ``index_add`` over group slots, with no Python
 loop over groups and no host synchronisation on CUDA (on the CPU the group count is read from the
-codes, which costs none there).
+codes, which costs none there). On the CPU a few groups' sums are read back too, and where every
+rate is defined and every sum finite the single-rate gaps skip the guards that then change nothing
+(``_lean_gaps``): the one-liner's fpr_gap dispatches the hand-written two-mask gap's 36 ops, not 81.
+Beyond 2^14 rows their float64 sums cast 2^16 rows at a time (``_ChunkedRowSums``): the same sums, without a float64
+copy of every column (the one-liner's peak at N = 2^20: 28 MiB, not 44).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -43,6 +48,19 @@ _PREDICTED_MASS_FLOOR = float(torch.finfo(torch.float32).tiny)
 # (benchmarks/group_sums.py). Blocked float32 sums (runs of 2048, partials added in float64) cost
 # as much and stay float32-accurate per block (3.5e-5 off at N = 4096), and not for ranked slots.
 _SUM_DTYPE = torch.float64
+# Columns of the labels alone: no gradient reaches the prediction through them.
+_LABEL_COLUMNS = frozenset({"one", "y", "1-y"})
+# Rows of the CPU's lean sums cast to float64 at a time (_ChunkedRowSums): 512 KiB a column.
+_SUM_CHUNK = 65536
+# From how many rows the lean sums take _ChunkedRowSums (faster from about 2^14 rows on: it gathers
+# only the gradients needed, in the column's dtype; below, its Python layer costs more than that saves).
+_CHUNKED_FROM = 16384
+# The most group slots the CPU's lean gaps read back (``_lean_gaps``): a read of 2 x K sums per
+# statistic, cheap next to the ops it saves for a few groups; more slots take the general ops.
+_LEAN_SLOTS = 64
+_SMALLEST_POSITIVE = math.ulp(0.0)
+# The difference of two rates as a product (one op, and one in the backward, for two selects and a sub).
+_PLUS_MINUS = torch.tensor([1.0, -1.0], dtype=_SUM_DTYPE, device="cpu")  # (the lean gaps are the CPU's)
 # How each column is computed from (p, y, 1 - y); resolved once per term, so the forward looks nothing up.
 _COLUMN = {
     "p": lambda p, y, n: p,
@@ -423,6 +441,7 @@ class Fairness(Term):
             return None
         columns, reads_target, forward = self.columns, self.reads_target, self.forward
         batchable, floor = bool(self._batchable), self.floors[0] if self.floors else 0.0
+        constant_denominators = _constant_denominators([self])
 
         def straight_line(*inputs: torch.Tensor) -> torch.Tensor:
             pred, group = inputs[0], inputs[1]
@@ -438,9 +457,14 @@ class Fairness(Term):
                 if target.shape[0] != n:
                     self.fail(2, f"expected 0/1 labels of shape ({n},), got {tuple(target.shape)}")
                 positive = target.to(prob.dtype)
-                negative = 1 - positive
-            stacked = torch.stack([column(prob, positive, negative) for column in columns])
-            sums = _summed(stacked, *self._slots([group]))
+                negative = torch.rsub(positive, 1)  # (1 - positive, without the operator's Python layer)
+            per_sample = [column(prob, positive, negative) for column in columns]
+            counted = self._read_slots(group, n) if batchable else None
+            if counted is not None:  # the CPU, codes counted: the sums by row, read back
+                rows = _row_sums(per_sample, *counted)
+                lean = _lean_gaps(rows, self.ratio, floor, prob.dtype, constant_denominators)
+                return lean if lean is not None else _gap_of_one(self.ratio, floor, rows.T, prob.dtype)
+            sums = _summed(torch.stack(per_sample), *self._slots([group]))
             if batchable:  # the default comparison written out: its ops, fewer Python calls
                 return _gap_of_one(self.ratio, floor, sums, prob.dtype)
             value = _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums)))
@@ -476,6 +500,15 @@ class Fairness(Term):
             if hard_names:
                 hard = (first._positive_logit(pred) > 0).to(prob.dtype)
                 stacked += [_COLUMN[name](hard, positive, negative) for name in hard_names]
+            counted = (first._read_slots(codes[0], prob.shape[0])
+                       if sample_weight is None and len(codes) == 1 and not hard_names and not first._syncs()
+                       and _one_batch(terms, names) else None)
+            if counted is not None:  # the CPU, codes counted, one statistic for all: the sums by row, read back
+                rows = _row_sums(stacked, *counted)
+                lean = _lean_gaps(rows, first.ratio, first.floors[0], prob.dtype, _constant_denominators(terms))
+                if lean is not None:
+                    return lean.unbind(0)
+                return tuple(_batched_gaps(first, rows.T, 0, len(terms), prob.dtype))
             columns = torch.stack(stacked)
             layouts: dict[tuple, torch.Tensor] = {}  # terms whose slots agree share one index_add
             values: list = []
@@ -893,6 +926,16 @@ class Fairness(Term):
                 return counted
         return _ranked_slots(codes)
 
+    def _read_slots(self, codes: torch.Tensor, n: int) -> tuple[torch.Tensor, int] | None:
+        """``_slots`` of one group input where host reads are free and it gives K known or counted
+        slots (not under torch.distributed: the caller's check); else None (ranked codes, CUDA,
+        torch.compile), where the caller takes ``_slots``."""
+        if not host_reads_are_free(codes):
+            return None
+        if self.num_groups is not None and (self.num_groups <= n or self.momentum is not None):
+            return codes.long(), self.num_groups
+        return self._count_codes([codes], n)
+
     def _count_codes(self, codes: list[torch.Tensor], n: int) -> tuple[torch.Tensor, int] | None:
         """Slots from the codes read on the CPU: mixed-radix codes over the columns' counts and
         their product, or None where that needs more slots than ``n`` (or a code is negative)."""
@@ -958,6 +1001,60 @@ def _spread(rate: torch.Tensor, defined: torch.Tensor, ratio: bool) -> torch.Ten
     return torch.where(positive, 1 - safe_divide(smallest, largest, positive), 0.0)
 
 
+def _one_batch(terms: Sequence[Fairness], names: list[str]) -> bool:
+    """Whether the fused terms are one batch of ``_batched_gaps`` over all the columns: single-rate
+    statistics of one form and floor, none audited or windowed, one slot layout, each term's two
+    columns its own and in the terms' order."""
+    first = terms[0]
+    return (bool(first._batchable) and len(names) == 2 * len(terms)
+            and all(term._batchable == first._batchable and not term.audited and term.momentum is None
+                    and term.num_groups == first.num_groups for term in terms)
+            and names == [name for term in terms for name in term.column_names])
+
+
+def _constant_denominators(terms: Sequence[Fairness]) -> bool:
+    """Whether no single-rate term's denominator column reads the prediction (ppv's ``p`` does)."""
+    return all(term.column_names[1] in _LABEL_COLUMNS for term in terms)
+
+
+def _lean_gaps(rows: torch.Tensor, ratio: bool, floor: float, dtype: torch.dtype,
+               constant_denominators: bool) -> torch.Tensor | None:
+    """The gaps (or ratios) of single-rate statistics from their CPU group sums ``rows`` ``[2 m, K]``
+    (each statistic's numerator row, then its denominator row), by only the ops their values need:
+    the sums are read back (free on the CPU) and, where every slot's rate is defined, every sum is
+    finite, there are at least two slots and (for a ratio) each largest rate is positive, the guards
+    of ``_spread`` and ``_nan_if_any_nan`` change nothing, and are left out: the same values and
+    gradients to the bit, as a scalar for one statistic and ``[m]`` for several. Else None (an empty
+    group, NaN, inf, one slot, many slots): the caller takes the general ops on the same sums.
+    ``constant_denominators``: no denominator column reads the prediction (``one``, ``y``, ``1 - y``),
+    so none takes a gradient (the general ops compute one, for a column that has no use for it)."""
+    num_slots = rows.shape[1]
+    if not 2 <= num_slots <= _LEAN_SLOTS:
+        return None
+    lowest = floor if floor > 0 else _SMALLEST_POSITIVE  # _above_zero's defined, for finite sums
+    values = rows.tolist()
+    for numerators, denominators in zip(values[0::2], values[1::2]):
+        largest = -math.inf
+        for numerator, denominator in zip(numerators, denominators):
+            if not (-math.inf < numerator < math.inf and lowest <= denominator < math.inf):  # (False for NaN)
+                return None
+            largest = max(largest, numerator / denominator)  # (float64, as torch divides)
+        if ratio and not largest > 0:
+            return None
+    count = rows.shape[0] // 2
+    if count == 1:
+        numerator, denominator = rows.unbind(0)
+    else:
+        numerator, denominator = rows.view(count, 2, num_slots).unbind(1)
+    rate = numerator / (denominator.detach() if constant_denominators else denominator)
+    if num_slots == 2 and not ratio:  # largest minus smallest of two: |r0 - r1| (exact as r0 * 1 + r1 * -1),
+        value = (rate @ _PLUS_MINUS).abs()  # and a tie's gradient 0, as amax's and amin's halves cancel
+    else:
+        largest, smallest = rate.amax(-1), rate.amin(-1)
+        value = 1 - smallest / largest if ratio else largest - smallest
+    return value if value.dtype == dtype else value.to(dtype)
+
+
 def _columns_of(sums: torch.Tensor, own: list[int]) -> torch.Tensor:
     """A fused term's columns of the shared sums: a view where they are adjacent (no copy, and no
     index op in the backward), else gathered."""
@@ -974,6 +1071,49 @@ def _summed(columns: torch.Tensor, slots: torch.Tensor, num_slots: int) -> torch
     if columns.device.type == "cpu":
         return columns.new_zeros(columns.shape[0], num_slots).scatter_add_(1, slots.expand_as(columns), columns).T
     return columns.new_zeros(num_slots, columns.shape[0]).index_add_(0, slots, columns.T)
+
+
+def _row_sums(columns: list[torch.Tensor], slots: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """The CPU's per-sample columns (each ``[N]``, eager, host reads free) summed per slot in float64,
+    as ``[k, slots]``: the ops of ``_summed`` on their stack, or beyond ``_CHUNKED_FROM`` rows
+    ``_ChunkedRowSums``, the same sums to the bit without the float64 copy of every column."""
+    if slots.shape[0] > _CHUNKED_FROM:
+        return _ChunkedRowSums.apply(slots, num_slots, *columns)
+    stacked = torch.stack(columns).to(_SUM_DTYPE)
+    return stacked.new_zeros(stacked.shape[0], num_slots).scatter_add_(1, slots.expand_as(stacked), stacked)
+
+
+class _ChunkedRowSums(torch.autograd.Function):
+    """``scatter_add_`` of the float64 stack of the columns, ``_SUM_CHUNK`` rows at a time into the
+    same sums: each slot's values are added one after another in row order, as one scatter over all
+    rows adds them, so the sums are the same to the bit, but the float64 copy is a chunk's (2 MiB a
+    column), not the batch's (8 MiB a column and a million rows), and no stack of the columns is made.
+    The backward gathers each column's gradient from the sums' gradient cast to the column's dtype
+    first (a cast and a gather commute: the same values) and only for the columns that need one
+    (not the labels' ``1 - y``), instead of a float64 ``[k, N]`` gather cast back afterwards."""
+
+    @staticmethod
+    def forward(ctx, slots: torch.Tensor, num_slots: int, *columns: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(slots)
+        n = slots.shape[0]
+        sums = torch.zeros(len(columns), num_slots, dtype=_SUM_DTYPE, device=slots.device)
+        buffer = torch.empty(len(columns), min(n, _SUM_CHUNK), dtype=_SUM_DTYPE, device=slots.device)
+        for start in range(0, n, _SUM_CHUNK):
+            stop = min(start + _SUM_CHUNK, n)
+            block = buffer[:, : stop - start]
+            for row, column in zip(block, columns):
+                row.copy_(column[start:stop])
+            sums.scatter_add_(1, slots[start:stop].expand_as(block), block)
+        ctx.dtypes = [column.dtype for column in columns]
+        return sums
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:  # noqa: ANN001
+        (slots,) = ctx.saved_tensors
+        needs = ctx.needs_input_grad[2:]
+        grads = [grad[i].to(dtype).index_select(0, slots) if need else None
+                 for i, (need, dtype) in enumerate(zip(needs, ctx.dtypes))]
+        return (None, None, *grads)
 
 
 def _ranked_slots(codes: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
