@@ -839,3 +839,36 @@ def test_parses_on_several_threads_build_their_own_trees():
         specs = list(pool.map(parse, texts))
     assert specs == [parse(text) for text in texts]
     assert [spec.statements[0].value.right.left.value for spec in specs] == list(range(64))
+
+
+def _revalidated(node):
+    """The node as pydantic validation builds it from the same field values."""
+    return type(node)(**{name: getattr(node, name) for name in node.model_fields_set})
+
+
+def test_nodes_the_parser_builds_unvalidated_are_what_validation_builds():
+    import random
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fuzz_specs
+
+    rng = random.Random(1616)
+    texts = [path.read_text() for path in SPECS] + [fuzz_specs.spec_text(rng) for _ in range(100)]
+    texts.append('loss = f(-1, 2.5e3, "a\\\\"b", [x, (y,)], not a < b <= c and d implies e or g, k=(1))')
+    checked = 0
+    for text in texts:
+        try:
+            spec = parse(text, "a.loss")
+        except LossSpecError:
+            continue
+        for node in spec.walk():
+            for built in (node, node.span):
+                validated = _revalidated(built)
+                assert list(built.__dict__) == list(validated.__dict__)  # the fields, in order
+                assert repr(built.__dict__) == repr(validated.__dict__)  # the values, 1 and 1.0 apart
+                assert built.__pydantic_fields_set__ == validated.__pydantic_fields_set__
+                assert (built.__pydantic_extra__, built.__pydantic_private__) == (None, None)
+                assert built.model_dump() == validated.model_dump()
+                checked += 1
+    assert checked > 5000
