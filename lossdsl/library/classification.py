@@ -99,10 +99,9 @@ class CrossEntropy(LazyModuleMixin, Term):
       targets, then weighs the batch; in eval mode the counts are frozen; ``LossModule.fit(target=
       labels)`` replaces them with a data set's. The buffer is sized (zeros) by the first call's
       logits, in eval mode too, before anything runs (a torch lazy buffer, so ``torch.compile``
-      compiles a spec once); with no counts at all every weight is 1. A call refused for its
-      inputs' dtypes or shapes (E402) leaves the buffer unsized, as if the call never was; one
-      refused for a class index out of range leaves the counts as they were (a first such call
-      has sized the buffer, as zeros). It is saved in
+      compiles a spec once); with no counts at all every weight is 1. A call refused (E402: inputs
+      of the wrong dtype or shape, a class index out of range) leaves the buffer as it was, sized
+      or not, as if the call never was (on CUDA an index out of range is a device-side assert). It is saved in
       ``state_dict()``, as an empty tensor while unsized. Under
       ``torch.distributed`` the batch's counts are summed over all ranks first, so every rank
       keeps the global counts (``fit`` is per rank: give each rank the whole label set).
@@ -178,17 +177,35 @@ class CrossEntropy(LazyModuleMixin, Term):
         if not self.has_uninitialized_params():
             super()._infer_parameters(module, args, kwargs)
 
-    def _accepts(self, pred: torch.Tensor, target: torch.Tensor, sample_weight: object) -> bool:
-        """Whether forward's checks of dtypes and shapes pass these inputs (no diagnostic raised)."""
+    def _accepts(self, pred: torch.Tensor, target: torch.Tensor, sample_weight: object, indices: bool = True) -> bool:
+        """Whether forward's checks of dtypes and shapes pass these inputs (no diagnostic raised),
+        and with ``indices``, where reading them costs no synchronisation, whether every class index
+        is in range (one out of range fails in the count; on CUDA it is a device-side assert anyway)."""
         from ..errors import LossSpecError
 
         try:
             self.expect_float(0, pred)
             self.expect_real(1, target)
-            self._layout(pred, target, sample_weight if isinstance(sample_weight, torch.Tensor) else None)
+            _, _, labels, classes, _ = self._layout(
+                pred, target, sample_weight if isinstance(sample_weight, torch.Tensor) else None)
         except LossSpecError:
             return False
-        return True
+        if not indices or labels.is_floating_point() or labels.dtype == torch.bool or not host_reads_are_free(labels):
+            return True
+        return bool(((labels == self.ignore_index) | ((labels >= 0) & (labels < classes))).all())
+
+    def _on_counts_for_one_call(self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None,
+                                parts: bool) -> torch.Tensor:
+        """Forward on counts sized (zeros) for this call alone: the call has a class index out of range,
+        so it fails as it always did (torch's diagnostic), and the buffer goes back to unsized."""
+        unsized = self.class_counts
+        classes = 2 if pred.dim() == 1 or pred.shape[1] == 1 else int(pred.shape[1])
+        self.class_counts = torch.zeros(classes, dtype=torch.long, device=unsized.device)
+        try:
+            return self.forward(pred, target, sample_weight, parts=parts)
+        except BaseException:
+            self.class_counts = unsized
+            raise
 
     def _layout(self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None
                 ) -> tuple[bool, torch.Tensor | None, torch.Tensor, int, torch.Tensor | None]:
@@ -238,6 +255,8 @@ class CrossEntropy(LazyModuleMixin, Term):
         self.expect_real(1, target)
         if self.balanced and _unsized(self.class_counts):  # called as forward, not through the module's hook
             self.initialize_parameters(pred, target, sample_weight)
+            if _unsized(self.class_counts) and pred.dim() and self._accepts(pred, target, sample_weight, indices=False):
+                return self._on_counts_for_one_call(pred, target, sample_weight, parts)  # refused for its indices
         computed_in = accumulation_dtype(pred.dtype)
         if computed_in != pred.dtype:  # half precision: its sums and counts overflow at 65,504 (torch's too)
             return self.forward(pred.to(computed_in), target, sample_weight).to(pred.dtype)
@@ -309,6 +328,8 @@ class CrossEntropy(LazyModuleMixin, Term):
         Each checks the sizes it relies on per call and hands any other call to ``forward``, which
         gives the diagnostics (and an empty batch's 0)."""
         self.initialize_parameters(pred, target, sample_weight)
+        if self.balanced and _unsized(self.class_counts):  # inputs forward refuses: its diagnostics
+            return self.forward
         fast = self._straight_path(pred, target, sample_weight)
         return self.forward if fast is None else fast
 
