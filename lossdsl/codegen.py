@@ -127,7 +127,9 @@ def _zero_keeping_graph_of() -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def generate(module: LossModule, resolved: typing.Any) -> Callable[..., torch.Tensor]:
-    """The straight-line forward of ``module`` (bound to it), from its resolver's records."""
+    """The straight-line forward of ``module``, from its resolver's records: a function of
+    ``(self, pred, target, **inputs)``, kept unbound (``LossModule`` binds it at each look-up; bound
+    and kept on the module it would be a reference cycle)."""
     source = _Source()
     plan = module.plan
     source.globals.update(
@@ -160,7 +162,7 @@ def generate(module: LossModule, resolved: typing.Any) -> Callable[..., torch.Te
     exec(code, namespace)  # noqa: S102 - positions only: see the module docstring
     function = namespace["forward"]
     module._forward_source = "\n".join(source.lines)  # for explain and for the curious
-    return function.__get__(module)
+    return function
 
 
 def _silence_of() -> Callable:

@@ -1,9 +1,11 @@
 """Text to AST. This module only parses: names, types and terms are checked in ``checks``.
 
 The grammar is ``grammar/loss.lark`` (shipped as ``lossdsl.grammar``), an LALR
-grammar built once. A small post-lexer handles line continuation; a
-non-recursive transformer builds the pydantic AST, so deeply nested input gives
-a diagnostic, never a ``RecursionError``.
+grammar built once. A small post-lexer handles line continuation. The pydantic AST
+is built while the parser reduces (no Lark tree is built and walked afterwards, and
+each node's span is worked out only from the tokens and nodes of its own rule): the
+parser's loop is not recursive, so deeply nested input gives a diagnostic, never a
+``RecursionError``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from lark import Lark, Token, Transformer_NonRecursive, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import ast
 from .errors import Diagnostic, LossSpecError
@@ -200,16 +202,102 @@ def _private(status: os.stat_result) -> bool:
 
 @functools.cache
 def _parser() -> Lark:
-    return Lark.open_from_package(
+    parser = Lark.open_from_package(
         "lossdsl.grammar",
         "loss.lark",
         parser="lalr",
-        propagate_positions=True,
+        # The spans are worked out by _Reduce, from each rule's own tokens and nodes, as Lark's
+        # propagate_positions does; Lark's own pass costs as much again as the rest of the parse.
+        propagate_positions=False,
         maybe_placeholders=True,
         postlex=_LINE_JOINER,
         lexer_callbacks={"COMMENT": _keep_comment},
         cache=_grammar_cache(),
     )
+    _build_while_reducing(parser)
+    return parser
+
+
+# The _AstBuilder of the parse running on this thread (the parser, and so its callbacks, are shared).
+_BUILDING = threading.local()
+
+
+class _Extent:
+    """Where a reduced rule lies in the text, brackets that were dropped around it included (Lark's
+    "container" positions): the first token's start to the last token's end. ``_AstBuilder._span``
+    reads it as it read Lark's ``meta``."""
+
+    __slots__ = ("line", "column", "end_line", "end_column")
+
+    def __init__(self, line: int, column: int, end_line: int, end_column: int):
+        self.line, self.column, self.end_line, self.end_column = line, column, end_line, end_column
+
+
+class _Reduce:
+    """The parser's callback for one grammar rule: its children as Lark's tree builder would hand
+    them to a rule (anonymous tokens dropped, None for a missing optional, ``_statement`` spliced,
+    a ``?rule`` of one child replaced by it), then the builder's method of the rule's name with the
+    rule's extent. Every result's extent is kept (by id, for this parse) for the rule that takes it."""
+
+    def __init__(self, name: str, wrappers: list[Any]):
+        self.name = name
+        shaped: Any = self._call
+        for wrapper in wrappers:  # Lark's own child filter and single-child expansion, innermost first
+            shaped = wrapper(shaped)
+        self._shaped = shaped
+
+    def _call(self, children: list[Any]) -> Any:
+        builder: _AstBuilder = _BUILDING.builder
+        method = getattr(builder, self.name, None)
+        if method is None:  # a rule the builder has no method for (``_statement``): spliced by its parent
+            return Tree(self.name, children)
+        if builder.fatal is not None:  # the parse can only fail now: build nothing more
+            return _NOT_BUILT
+        return method(builder.extent, children)
+
+    def __call__(self, children: list[Any]) -> Any:
+        builder: _AstBuilder = _BUILDING.builder
+        extents = builder.extents
+        first = last = None
+        for child in children:
+            first = child if isinstance(child, Token) else extents.get(id(child)) if child is not None else None
+            if first is not None:
+                break
+        for child in reversed(children):
+            last = child if isinstance(child, Token) else extents.get(id(child)) if child is not None else None
+            if last is not None:
+                break
+        extent = None
+        if first is not None and last is not None:
+            extent = _Extent(first.line, first.column, last.end_line, last.end_column)
+        builder.extent = extent
+        result = self._shaped(children)
+        if not isinstance(result, Token):  # a token passed up keeps its own place
+            extents[id(result)] = extent
+        return result
+
+
+#: What a rule reduces to once a node could not be built (``_AstBuilder.fatal``).
+_NOT_BUILT = object()
+
+
+def _build_while_reducing(parser: Lark) -> None:
+    """Replace the parser's tree-building callbacks with ``_Reduce`` ones: the AST is built as the
+    parser reduces, and no Lark tree is built and walked afterwards."""
+    callbacks = parser.parser.parser.parser.callbacks
+    for rule, wrappers in parser._parse_tree_builder.rule_builders:
+        name = rule.alias or rule.options.template_source or rule.origin.name
+        only = rule.expansion[0] if len(rule.expansion) == 1 else None
+        if rule.options.expand1 and not rule.alias and only is not None and not only.is_term and not only.name.startswith("_"):
+            # ``?sum: product``: the one child itself, in the same place. Most reductions are these
+            # (each number or name passes up through every level of the expression rules).
+            callbacks[rule] = _first_child
+        else:
+            callbacks[rule] = _Reduce(str(name), wrappers)
+
+
+def _first_child(children: list[Any]) -> Any:
+    return children[0]
 
 
 def parse_with_comments(text: str, filename: str | None = None) -> tuple[ast.Spec, dict[int, str]]:
@@ -226,8 +314,11 @@ def parse_with_comments(text: str, filename: str | None = None) -> tuple[ast.Spe
 
 def parse(text: str, filename: str | None = None) -> ast.Spec:
     """Parse spec text into a ``Spec``; raise ``LossSpecError`` on a syntax error."""
+    parser = _parser()
+    builder = _AstBuilder(filename, text)
+    _BUILDING.builder = builder
     try:
-        tree = _parser().parse(text)
+        statements = parser.parse(text)
     except _UnclosedBracket as exc:
         token = exc.token
         diagnostic = Diagnostic(
@@ -240,13 +331,10 @@ def parse(text: str, filename: str | None = None) -> ast.Spec:
         raise LossSpecError([diagnostic]) from None
     except UnexpectedInput as exc:
         raise LossSpecError([_syntax_diagnostic(exc, text, filename)]) from None
-    builder = _AstBuilder(filename, text)
-    try:
-        statements = builder.transform(tree)
-    except VisitError as exc:
-        if isinstance(exc.orig_exc, LossSpecError):
-            raise exc.orig_exc from None
-        raise
+    finally:
+        _BUILDING.builder = None
+    if builder.fatal is not None:  # as the first node built wrong, after any syntax error
+        raise LossSpecError([builder.fatal])
     if builder.diagnostics:
         raise LossSpecError(builder.diagnostics)
     return ast.Spec(statements=tuple(statements), span=_whole_text_span(text, filename))
@@ -328,27 +416,59 @@ def _whole_text_span(text: str, filename: str | None) -> ast.Span:
 _ESCAPE = re.compile(r"\\(.)")
 
 
+# Per node class: its fields in order, and the defaults of those that have one.
+_FIELDS: dict[type, tuple[tuple[str, ...], dict[str, Any]]] = {}
+_new_object, _set_attribute = object.__new__, object.__setattr__
+
+
+def _construct(cls: type[Any], fields: dict[str, Any]) -> Any:
+    """``cls(**fields)`` without pydantic validating fields the grammar and the builder already
+    guarantee (an expression's operator, a number's range, a string without a line break, node
+    children that are nodes): the model as validation makes it (fields in order, defaults filled,
+    the fields given marked set), as ``model_construct`` does at a third of its cost. A ``Spec``
+    built in Python is validated as ever; tests/test_parser.py checks that validating what the
+    parser built changes nothing."""
+    shape = _FIELDS.get(cls)
+    if shape is None:
+        shape = _FIELDS[cls] = (tuple(cls.model_fields),
+                                {name: field.default for name, field in cls.model_fields.items() if not field.is_required()})
+    names, defaults = shape
+    node = _new_object(cls)
+    _set_attribute(node, "__dict__", {name: fields[name] if name in fields else defaults[name] for name in names})
+    _set_attribute(node, "__pydantic_fields_set__", set(fields))
+    _set_attribute(node, "__pydantic_extra__", None)
+    _set_attribute(node, "__pydantic_private__", None)
+    return node
+
+
 class _InputsHeader:
     def __init__(self, span: ast.Span):
         self.span = span
 
 
-@v_args(meta=True)
-class _AstBuilder(Transformer_NonRecursive):
-    """Lark tree to AST nodes, bottom-up and without recursion."""
+class _AstBuilder:
+    """AST nodes from the rules the parser reduces (bottom-up, by ``_Reduce``), one method a rule.
+
+    A problem that makes a node impossible (E004, E006) is kept as ``fatal`` and the parse goes on,
+    so a syntax error later in the text is still the one reported, as when the tree was built first."""
 
     def __init__(self, filename: str | None, text: str):
-        super().__init__()
         self.filename = filename
         self.text = text
         self.diagnostics: list[Diagnostic] = []
+        self.fatal: Diagnostic | None = None
+        self.extent: _Extent | None = None  # of the rule being reduced
+        self.extents: dict[int, _Extent | None] = {}
         self._depth: dict[int, int] = {}
+
+    def _fail(self, diagnostic: Diagnostic) -> None:
+        if self.fatal is None:
+            self.fatal = diagnostic
 
     # -- helpers --
     def _span(self, meta: Any) -> ast.Span:
-        return ast.Span(
-            line=meta.line, column=meta.column, end_line=meta.end_line, end_column=meta.end_column, filename=self.filename
-        )
+        return _construct(ast.Span, {"line": meta.line, "column": meta.column, "end_line": meta.end_line,
+                                     "end_column": meta.end_column, "filename": self.filename})
 
     def _node(self, cls: type[ast.Node], meta: Any, children: tuple[Any, ...] = (), **fields: Any) -> Any:
         depth = 1 + max((self._depth.get(id(child), 0) for child in children), default=0)
@@ -361,8 +481,9 @@ class _AstBuilder(Transformer_NonRecursive):
                 hint="split it with 'let' statements",
                 source=self.text,
             )
-            raise LossSpecError([diagnostic])
-        node = cls(span=span, **fields)
+            self._fail(diagnostic)
+        fields["span"] = span
+        node = _construct(cls, fields)
         self._depth[id(node)] = depth
         return node
 
@@ -473,7 +594,8 @@ class _AstBuilder(Transformer_NonRecursive):
         if not value <= ast.LARGEST_NUMBER:  # inf too
             diagnostic = Diagnostic("E006", "number too large", self._span(meta), source=self.text,
                                     hint=f"numbers go up to {ast.LARGEST_NUMBER!r} (float32's largest)")
-            raise LossSpecError([diagnostic])
+            self._fail(diagnostic)
+            value = 0  # never seen: the parse raises the diagnostic
         return self._node(ast.Number, meta, value=value)
 
     def name(self, meta: Any, children: list[Any]) -> ast.Name:

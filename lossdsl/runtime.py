@@ -51,6 +51,22 @@ def build(bound: BoundPlan) -> LossModule:
     return LossModule(bound)
 
 
+class _GeneratedOrReference:
+    """``LossModule.forward``: the module's straight-line forward (``lossdsl.codegen``) where it has
+    one, else the reference path, bound at each look-up. A generated forward kept bound on the module
+    would hold the module from its own ``__dict__``, a cycle only the cyclic collector frees; bound
+    here, a module goes when its last reference does. On the class, it is the reference function."""
+
+    def __init__(self, reference: Callable[..., torch.Tensor]):
+        self.reference = reference
+        self.__doc__, self.__wrapped__ = reference.__doc__, reference
+
+    def __get__(self, module: LossModule | None, owner: type | None = None) -> Callable[..., torch.Tensor]:
+        if module is None:
+            return self.reference
+        return module.__dict__.get("_generated_forward", self.reference).__get__(module)
+
+
 class LossModule(nn.Module):
     """A compiled loss spec. Call it with the input tensors; it returns a scalar.
 
@@ -160,7 +176,7 @@ class LossModule(nn.Module):
         # An instance attribute: this module's own code object (see codegen). A subclass that
         # overrides forward keeps its own (its super().forward is the reference path).
         if self.straight_line and type(self).forward is LossModule.forward:
-            self.forward = codegen.generate(self, resolve)
+            self._generated_forward = codegen.generate(self, resolve)
 
     def forward(self, pred: torch.Tensor | None = None, target: torch.Tensor | None = None, **inputs: torch.Tensor):
         if pred is not None:
@@ -205,6 +221,8 @@ class LossModule(nn.Module):
         if self._scheduled and self.training:
             self._advance_step()
         return total
+
+    forward = _GeneratedOrReference(forward)  # type: ignore[assignment]
 
     def _window(self, indices: tuple[int, ...]) -> torch.Tensor | float:
         """How many updates a constraint's value averages over: its audited terms' longest window, or 1."""
@@ -346,7 +364,7 @@ class LossModule(nn.Module):
         """``nn.DataParallel``'s replica shares this module's ``__dict__``, so its generated forward
         would run on this module's terms and state: the replica takes the reference path."""
         replica = super()._replicate_for_data_parallel()
-        replica.__dict__.pop("forward", None)
+        replica.__dict__.pop("_generated_forward", None)
         replica._specialised = {}
         return replica
 

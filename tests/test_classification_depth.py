@@ -778,3 +778,87 @@ def test_class_balanced_from_the_builder_and_back():
     x, t = logits(12, 3), skewed_labels(12, 3)
     torch.testing.assert_close(spec.compile()(pred=x, target=t),
                                lossdsl.compile("ce(weight=class_balanced(0.99), normalize=count, z_loss=1e-4)")(pred=x, target=t))
+
+
+def _fresh_reference_path(loss_fn):
+    import types
+
+    loss_fn.forward = types.MethodType(lossdsl.LossModule.forward, loss_fn)  # the table-walking path
+    return loss_fn
+
+
+# First calls lossdsl refuses (E402), each one whose logits alone would size class_counts (an index
+# out of range: on the CPU, where reading the targets costs no synchronisation).
+_REFUSED_FIRST_CALLS = {
+    "target_shape": lambda: {"pred": logits(4, 3), "target": torch.tensor([0, 1, 2])},
+    "binary_target_shape": lambda: {"pred": logits(4), "target": torch.zeros(4, 2)},
+    "probability_shape": lambda: {"pred": logits(4, 3), "target": torch.rand(4, 2)},
+    "one_class": lambda: {"pred": logits(4, 1, 2), "target": torch.zeros(4, 2, dtype=torch.long)},
+    "float_logits": lambda: {"pred": torch.zeros(4, 3, dtype=torch.long), "target": torch.tensor([0, 1, 2, 0])},
+    "scalar_logits": lambda: {"pred": torch.tensor(0.5), "target": torch.tensor(1)},
+    "index_out_of_range": lambda: {"pred": logits(4, 3), "target": torch.tensor([0, 1, 2, 7])},
+    "negative_index": lambda: {"pred": logits(2, 3, 2), "target": torch.tensor([[0, -2], [1, 1]])},
+}
+
+
+@pytest.mark.parametrize("path", ["straight_line", "reference", "compiled_call"])
+@pytest.mark.parametrize("refused", sorted(_REFUSED_FIRST_CALLS))
+@pytest.mark.parametrize("weight", ["balanced", "class_balanced(0.99)"])
+def test_a_refused_first_call_leaves_balanced_counts_as_they_were(weight, refused, path):
+    # The refused call's logits would size class_counts (3 classes, or 2); the next calls have 2
+    # classes: values and state must be a fresh module's, as if the refused call never was.
+    spec = f"ce(weight={weight})"
+    loss_fn, fresh = lossdsl.compile(spec), lossdsl.compile(spec)
+    if path == "reference":
+        loss_fn, fresh = _fresh_reference_path(loss_fn), _fresh_reference_path(fresh)
+    term = loss_fn.terms[0]
+    # The term's own __call__ (its lazy hook, as torch.compile runs it) raises torch's own IndexError
+    # for an index out of range; the module turns it into E402.
+    with pytest.raises((lossdsl.LossSpecError, IndexError)) as refusal:
+        if path == "compiled_call":
+            term(*_REFUSED_FIRST_CALLS[refused]().values())
+        else:
+            loss_fn(**_REFUSED_FIRST_CALLS[refused]())
+    if path != "compiled_call":
+        assert refusal.value.diagnostics[0].code == "E402"
+    assert term.class_counts.numel() == 0  # still unsized
+    binary_target = torch.tensor([0, 1, 1, 1, 0, 1])
+    later = [
+        {"pred": logits(6), "target": binary_target},
+        {"pred": logits(6), "target": torch.tensor([1, 1, 0, 1, 1, 1])},
+    ]
+    for inputs in later:
+        torch.testing.assert_close(loss_fn(**inputs), fresh(**inputs), rtol=0, atol=0)
+    torch.testing.assert_close(term.class_counts, torch.tensor([3, 9]))  # the later targets' classes, counted
+    assert loss_fn.state_dict().keys() == fresh.state_dict().keys()
+    for key, value in fresh.state_dict().items():
+        torch.testing.assert_close(loss_fn.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_a_torch_error_mid_count_leaves_the_counts_as_they_were():
+    # A class index out of range fails inside the count (E402 from torch's IndexError): the counts
+    # the call added before the bad index must not stay, or the next batch is weighed wrongly.
+    loss_fn, fresh = lossdsl.compile("ce(weight=balanced)"), lossdsl.compile("ce(weight=balanced)")
+    first = {"pred": logits(4, 3), "target": torch.tensor([0, 1, 2, 1])}
+    torch.testing.assert_close(loss_fn(**first), fresh(**first), rtol=0, atol=0)
+    with pytest.raises(lossdsl.LossSpecError):
+        loss_fn(pred=logits(4, 3), target=torch.tensor([0, 1, 2, 7]))
+    torch.testing.assert_close(loss_fn.terms[0].class_counts, torch.tensor([1, 2, 1]))
+    second = {"pred": logits(5, 3), "target": torch.tensor([2, 2, 0, 1, 2])}
+    torch.testing.assert_close(loss_fn(**second), fresh(**second), rtol=0, atol=0)
+    torch.testing.assert_close(loss_fn.terms[0].class_counts, torch.tensor([2, 3, 4]))
+
+
+def test_a_torch_error_mid_count_leaves_padded_counts_unkept():
+    # Logits of more classes than the counts hold pad them (the general form, here with smoothing);
+    # a call refused in the count must not keep the padded counts.
+    spec = "ce(weight=balanced, label_smoothing=0.1)"
+    loss_fn, fresh = lossdsl.compile(spec), lossdsl.compile(spec)
+    first = {"pred": logits(4, 3), "target": torch.tensor([0, 1, 2, 1])}
+    torch.testing.assert_close(loss_fn(**first), fresh(**first), rtol=0, atol=0)
+    with pytest.raises(lossdsl.LossSpecError):
+        loss_fn(pred=logits(4, 5), target=torch.tensor([0, 4, 3, 9]))
+    torch.testing.assert_close(loss_fn.terms[0].class_counts, torch.tensor([1, 2, 1]))
+    second = {"pred": logits(5, 5), "target": torch.tensor([4, 2, 0, 1, 3])}
+    torch.testing.assert_close(loss_fn(**second), fresh(**second), rtol=0, atol=0)
+    torch.testing.assert_close(loss_fn.terms[0].class_counts, torch.tensor([2, 3, 2, 1, 1]))

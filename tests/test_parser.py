@@ -734,3 +734,141 @@ def test_parse_with_comments_keeps_what_the_lexer_read_as_comments():
         results = list(pool.map(parse_with_comments, texts))
     for i, (_, found) in enumerate(results):
         assert found == {line: f"# number {i}" for line in range(1, 21)}
+
+
+# --- the AST built while the parser reduces (issue 16) ------------------------------------------
+
+# Lark's tree rules -> the AST kind each becomes (the rules that make a node).
+_RULE_KINDS = {
+    "let_stmt": "let", "loss_stmt": "loss", "bare_stmt": "loss", "param_stmt": "param", "include_stmt": "include",
+    "subject_stmt": "subject_to", "input_decl": "input", "comparison": "compare", "logic": "logic",
+    "logic_not": "not", "binop": "binop", "neg": "neg", "number": "number", "name": "name", "string": "string",
+    "tuple": "tuple", "list": "list", "keyword": "keyword", "call": "call",
+}
+
+
+def _lark_spans(text):
+    """Every node's (kind, line, column, end_line, end_column) by Lark's own propagate_positions on
+    the tree it builds: what the parser's spans were before it built the AST while reducing."""
+    from lark import Lark, Tree
+
+    from lossdsl.parsing import _LINE_JOINER
+
+    reference = _lark_spans.__dict__.get("parser")
+    if reference is None:
+        reference = _lark_spans.parser = Lark.open_from_package(
+            "lossdsl.grammar", "loss.lark", parser="lalr", propagate_positions=True, maybe_placeholders=True,
+            postlex=_LINE_JOINER)
+    found = []
+    stack = [reference.parse(text)]
+    while stack:
+        tree = stack.pop()
+        if isinstance(tree, Tree):
+            if tree.data in _RULE_KINDS:
+                meta = tree.meta
+                found.append((_RULE_KINDS[tree.data], meta.line, meta.column, meta.end_line, meta.end_column))
+            if tree.data != "signed_number":  # a param's number is a value in the AST, not a node
+                stack += tree.children
+    return sorted(found)
+
+
+def _ast_spans(spec):
+    return sorted((node.kind, node.span.line, node.span.column, node.span.end_line, node.span.end_column)
+                  for node in spec.walk() if node.kind not in ("spec", "inputs"))
+
+
+@pytest.mark.parametrize("text", [
+    "loss = (a + b) * c\n",  # a node's span takes in the brackets of its first and last operand
+    "loss = ((a)) * (-(b))\n",  # ... but a bracketed operand's own span does not
+    "param lam = -1.5\nparam mu = 2 in [-1, 3]\n",
+    "inputs:\n  x: logits[N, C] of 3\n  y: labels[]\n  z: real\nloss = ce(x, y)\n",
+    "soft_bound(not (a > 1) and (b < 2 implies c == 1))\n",
+    "f(\n  a,\n  b = [1, (2,)],\n)  # c\n",
+    "subject to (a <= 1) as one using penalty(10)\nloss = 1 +\n  2\n",
+], ids=range(7))
+def test_spans_built_while_reducing_are_lark_propagate_positions_spans(text):
+    spec = parse(text)
+    assert _ast_spans(spec) == _lark_spans(text)
+
+
+def test_spans_match_lark_on_the_fuzz_corpus_and_the_shipped_specs():
+    import random
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fuzz_specs
+
+    rng = random.Random(16)
+    texts = [path.read_text() for path in SPECS] + [fuzz_specs.spec_text(rng) for _ in range(150)]
+    compared = 0
+    for text in texts:
+        try:
+            spec = parse(text)
+        except LossSpecError:
+            continue
+        assert _ast_spans(spec) == _lark_spans(text), text
+        compared += 1
+    assert compared > 100
+
+
+def test_bracketed_operand_spans_by_hand():
+    # "loss = (a + b) * c": the product runs from its '(' (column 8) to the end of c (column 19, exclusive)
+    binop = parse("loss = (a + b) * c").statements[0].value
+    assert (binop.span.column, binop.span.end_column) == (8, 19)
+    assert (binop.left.span.column, binop.left.span.end_column) == (9, 14)  # a + b without its brackets
+    param = parse("param lam = -1.5").statements[0]
+    assert (param.span.column, param.span.end_column, param.value) == (1, 17, -1.5)
+
+
+def test_a_syntax_error_after_a_node_that_cannot_be_built_is_still_the_one_reported():
+    # The number is too large (E006) and the nesting too deep (E004); a syntax error later in the text
+    # is reported instead of them, as when the whole tree was parsed before any node was built.
+    deep = "-" * (MAX_NESTING + 1) + "a"
+    for text, code in (("let a = 1e39\nloss = (", "E002"), (f"let a = {deep}\nloss = ce(,)", "E001")):
+        (diagnostic,) = pytest.raises(LossSpecError, parse, text).value.diagnostics
+        assert (diagnostic.code, diagnostic.span.line) == (code, 2)
+    (diagnostic,) = pytest.raises(LossSpecError, parse, "let a = 1e39\nlet b = 1e40\nloss = a").value.diagnostics
+    assert (diagnostic.code, diagnostic.span.line) == ("E006", 1)  # the first one only
+
+
+def test_parses_on_several_threads_build_their_own_trees():
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"let a{i} = ce() + {i} * (mse() - {i})\nloss = a{i}\n" * 1 for i in range(64)]
+    with ThreadPoolExecutor(8) as pool:
+        specs = list(pool.map(parse, texts))
+    assert specs == [parse(text) for text in texts]
+    assert [spec.statements[0].value.right.left.value for spec in specs] == list(range(64))
+
+
+def _revalidated(node):
+    """The node as pydantic validation builds it from the same field values."""
+    return type(node)(**{name: getattr(node, name) for name in node.model_fields_set})
+
+
+def test_nodes_the_parser_builds_unvalidated_are_what_validation_builds():
+    import random
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fuzz_specs
+
+    rng = random.Random(1616)
+    texts = [path.read_text() for path in SPECS] + [fuzz_specs.spec_text(rng) for _ in range(100)]
+    texts.append('loss = f(-1, 2.5e3, "a\\\\"b", [x, (y,)], not a < b <= c and d implies e or g, k=(1))')
+    checked = 0
+    for text in texts:
+        try:
+            spec = parse(text, "a.loss")
+        except LossSpecError:
+            continue
+        for node in spec.walk():
+            for built in (node, node.span):
+                validated = _revalidated(built)
+                assert list(built.__dict__) == list(validated.__dict__)  # the fields, in order
+                assert repr(built.__dict__) == repr(validated.__dict__)  # the values, 1 and 1.0 apart
+                assert built.__pydantic_fields_set__ == validated.__pydantic_fields_set__
+                assert (built.__pydantic_extra__, built.__pydantic_private__) == (None, None)
+                assert built.model_dump() == validated.model_dump()
+                checked += 1
+    assert checked > 5000

@@ -245,3 +245,27 @@ def test_torch_func_transforms_take_the_paths_without_host_reads(text):
     leaf = pred[0].clone().requires_grad_()
     twin(pred=leaf, target=target[0], **{k: v[0] for k, v in inputs.items()}).backward()
     torch.testing.assert_close(jacobian, leaf.grad)
+
+
+@pytest.mark.parametrize("text", [
+    "mse()",
+    "ce(weight=balanced) + 0.1 * fairness(fpr_gap, group=sex) + soft_bound(y <= 2)",
+    "loss = warmup(10) * ce()\nsubject to mae(pred=aux, target=y) <= 0.5 using augmented(2)",
+])
+def test_a_module_is_freed_when_its_last_reference_goes(text):
+    # The generated forward is bound at each look-up, not kept bound on the module (a bound method in
+    # the module's own __dict__ is a reference cycle, freed only by the cyclic collector).
+    import gc
+    import weakref
+
+    module = lossdsl.compile(text)
+    assert module.forward.__func__ is not LossModule.forward  # the straight-line forward ...
+    assert module.forward.__self__ is module  # ... bound to this module
+    gc.collect()
+    gc.disable()
+    try:
+        module_ref = weakref.ref(module)
+        del module
+        assert module_ref() is None
+    finally:
+        gc.enable()

@@ -99,7 +99,9 @@ class CrossEntropy(LazyModuleMixin, Term):
       targets, then weighs the batch; in eval mode the counts are frozen; ``LossModule.fit(target=
       labels)`` replaces them with a data set's. The buffer is sized (zeros) by the first call's
       logits, in eval mode too, before anything runs (a torch lazy buffer, so ``torch.compile``
-      compiles a spec once); with no counts at all every weight is 1. It is saved in
+      compiles a spec once); with no counts at all every weight is 1. A call refused (E402: inputs
+      of the wrong dtype or shape, a class index out of range) leaves the buffer as it was, sized
+      or not, as if the call never was (on CUDA an index out of range is a device-side assert). It is saved in
       ``state_dict()``, as an empty tensor while unsized. Under
       ``torch.distributed`` the batch's counts are summed over all ranks first, so every rank
       keeps the global counts (``fit`` is per rank: give each rank the whole label set).
@@ -148,12 +150,16 @@ class CrossEntropy(LazyModuleMixin, Term):
             self._load_hook.remove()
             del self._initialize_hook, self._load_hook
 
-    def initialize_parameters(self, pred: torch.Tensor, *args: object, **kwargs: object) -> None:
+    def initialize_parameters(self, pred: torch.Tensor, target: object = None, sample_weight: object = None,
+                              **kwargs: object) -> None:
         """Size ``class_counts`` (zeros) for these logits: 2 for binary logits [N] or [N, 1], else C
         of [N, C, ...]. Called before the first forward (``LazyModuleMixin``'s hook, which dynamo
-        runs before tracing), by ``specialise`` and by ``forward`` itself; logits of no valid shape
-        leave it unsized for forward's diagnostic."""
+        runs before tracing), by ``specialise`` and by ``forward`` itself; inputs forward refuses
+        (its own checks of dtypes and shapes) leave it unsized for forward's diagnostic, so the next
+        call finds the module as a fresh one."""
         if not self.balanced or not _unsized(self.class_counts) or not isinstance(pred, torch.Tensor) or pred.dim() == 0:
+            return
+        if isinstance(target, torch.Tensor) and not self._accepts(pred, target, sample_weight):
             return
         # int(): under dynamo's dynamic shapes the class count is symbolic; the buffer needs a number
         classes = 2 if pred.dim() == 1 or pred.shape[1] == 1 else int(pred.shape[1])
@@ -163,28 +169,50 @@ class CrossEntropy(LazyModuleMixin, Term):
         with torch.no_grad(), _disable_current_modes():
             self.class_counts = torch.zeros(classes, dtype=torch.long, device=self.class_counts.device)
 
-    def _replicate_for_data_parallel(self) -> CrossEntropy:
-        if self.has_uninitialized_params():
-            return super()._replicate_for_data_parallel()  # torch's error: call it once first
-        return Term._replicate_for_data_parallel(self)
+    def _infer_parameters(self, module: CrossEntropy, args: tuple, kwargs: dict | None = None) -> None:
+        """The lazy hook: size ``class_counts``, then drop the hooks; inputs forward refuses leave the
+        buffer and the hooks as they were (torch's hook would raise that the module is not initialized,
+        in place of forward's diagnostic)."""
+        self.initialize_parameters(*args, **(kwargs or {}))
+        if not self.has_uninitialized_params():
+            super()._infer_parameters(module, args, kwargs)
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        key = prefix + "class_counts"
-        if key in destination and _unsized(destination[key]):  # unsized: the empty counts of before
-            destination[key] = torch.zeros(0, dtype=torch.long, device=destination[key].device)
+    def _accepts(self, pred: torch.Tensor, target: torch.Tensor, sample_weight: object, indices: bool = True) -> bool:
+        """Whether forward's checks of dtypes and shapes pass these inputs (no diagnostic raised),
+        and with ``indices``, where reading them costs no synchronisation, whether every class index
+        is in range (one out of range fails in the count; on CUDA it is a device-side assert anyway)."""
+        from ..errors import LossSpecError
 
-    def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
-    ) -> torch.Tensor:
-        self.expect_float(0, pred)
-        self.expect_real(1, target)
-        if self.balanced and _unsized(self.class_counts):  # called as forward, not through the module's hook
-            self.initialize_parameters(pred)
-        computed_in = accumulation_dtype(pred.dtype)
-        if computed_in != pred.dtype:  # half precision: its sums and counts overflow at 65,504 (torch's too)
-            return self.forward(pred.to(computed_in), target, sample_weight).to(pred.dtype)
+        try:
+            self.expect_float(0, pred)
+            self.expect_real(1, target)
+            _, _, labels, classes, _ = self._layout(
+                pred, target, sample_weight if isinstance(sample_weight, torch.Tensor) else None)
+        except LossSpecError:
+            return False
+        if not indices or labels.is_floating_point() or labels.dtype == torch.bool or not host_reads_are_free(labels):
+            return True
+        return bool(((labels == self.ignore_index) | ((labels >= 0) & (labels < classes))).all())
+
+    def _on_counts_for_one_call(self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None,
+                                parts: bool) -> torch.Tensor:
+        """Forward on counts sized (zeros) for this call alone: the call has a class index out of range,
+        so it fails as it always did (torch's diagnostic), and the buffer goes back to unsized."""
+        unsized = self.class_counts
+        classes = 2 if pred.dim() == 1 or pred.shape[1] == 1 else int(pred.shape[1])
+        self.class_counts = torch.zeros(classes, dtype=torch.long, device=unsized.device)
+        try:
+            return self.forward(pred, target, sample_weight, parts=parts)
+        except BaseException:
+            self.class_counts = unsized
+            raise
+
+    def _layout(self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None
+                ) -> tuple[bool, torch.Tensor | None, torch.Tensor, int, torch.Tensor | None]:
+        """Forward's checks of the shapes: whether the logits are binary, the binary logits [N] (else
+        None), the targets as the forms read them, the class count and the sample weights."""
         binary = pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1)
+        logits = None
         if binary:
             logits = pred if pred.dim() == 1 else pred[:, 0]
             if target.shape not in (logits.shape, pred.shape):
@@ -207,6 +235,32 @@ class CrossEntropy(LazyModuleMixin, Term):
                              "(for [N, 1, ...] masks use bce, focal or dice)")
         if sample_weight is not None:
             sample_weight = self.expect_sample_weight(2, sample_weight, pred.shape[0], pred.dtype)
+        return binary, logits, target, num_classes, sample_weight
+
+    def _replicate_for_data_parallel(self) -> CrossEntropy:
+        if self.has_uninitialized_params():
+            return super()._replicate_for_data_parallel()  # torch's error: call it once first
+        return Term._replicate_for_data_parallel(self)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + "class_counts"
+        if key in destination and _unsized(destination[key]):  # unsized: the empty counts of before
+            destination[key] = torch.zeros(0, dtype=torch.long, device=destination[key].device)
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None, *, parts: bool = False
+    ) -> torch.Tensor:
+        self.expect_float(0, pred)
+        self.expect_real(1, target)
+        if self.balanced and _unsized(self.class_counts):  # called as forward, not through the module's hook
+            self.initialize_parameters(pred, target, sample_weight)
+            if _unsized(self.class_counts) and pred.dim() and self._accepts(pred, target, sample_weight, indices=False):
+                return self._on_counts_for_one_call(pred, target, sample_weight, parts)  # refused for its indices
+        computed_in = accumulation_dtype(pred.dtype)
+        if computed_in != pred.dtype:  # half precision: its sums and counts overflow at 65,504 (torch's too)
+            return self.forward(pred.to(computed_in), target, sample_weight).to(pred.dtype)
+        binary, logits, target, num_classes, sample_weight = self._layout(pred, target, sample_weight)
         if parts:
             return self._per_sample(pred, target, binary, num_classes)
         if self.reduction == "none":
@@ -273,7 +327,9 @@ class CrossEntropy(LazyModuleMixin, Term):
 
         Each checks the sizes it relies on per call and hands any other call to ``forward``, which
         gives the diagnostics (and an empty batch's 0)."""
-        self.initialize_parameters(pred)
+        self.initialize_parameters(pred, target, sample_weight)
+        if self.balanced and _unsized(self.class_counts):  # inputs forward refuses: its diagnostics
+            return self.forward
         fast = self._straight_path(pred, target, sample_weight)
         return self.forward if fast is None else fast
 
@@ -514,7 +570,9 @@ class CrossEntropy(LazyModuleMixin, Term):
         counts = self.class_counts
         if self.training:
             ones = torch.ones_like(labels.reshape(-1)) if keep is None else keep.reshape(-1).long()
-            counts.index_add_(0, labels.reshape(-1), ones)
+            # Counted apart, then added: an index out of range raises inside index_add_ after adding
+            # the ones before it, and a refused call must leave the counts as they were.
+            counts.add_(torch.zeros_like(counts).index_add_(0, labels.reshape(-1), ones))
             if self.beta is not None:
                 weight = class_balanced_weight(counts, self.beta, pred.dtype)
             else:
@@ -618,15 +676,16 @@ class CrossEntropy(LazyModuleMixin, Term):
         counts = self.class_counts
         if counts.numel() > num_classes:
             self.fail(0, f"class counts hold {counts.numel()} classes but the logits have {num_classes}")
-        if counts.numel() < num_classes:  # first use, or classes that fit() never saw
+        padded = counts.numel() < num_classes
+        if padded:  # first use, or classes that fit() never saw
             counts = F.pad(counts, (0, num_classes - counts.numel()))
-            if self.training:
-                self.class_counts = counts
         if self.training:
             batch_counts = torch.zeros_like(counts).index_add_(0, labels.reshape(-1), keep.reshape(-1).long())
             if distributed.active():  # every rank counts the global batch
                 distributed.all_reduce_counts_(batch_counts)
             counts.add_(batch_counts)
+            if padded:  # kept once the batch is counted: a call refused in the count changes nothing
+                self.class_counts = counts
             if self.beta is not None:
                 return class_balanced_weight(counts, self.beta, dtype)
             # This batch is counted, so only an all-ignored batch has no counts, and it weighs nothing.
