@@ -357,7 +357,11 @@ class LossModule(nn.Module):
                 if isinstance(exc, _NOT_INPUT_ERRORS):
                     raise
                 raise self._torch_error(index, arguments, exc) from None
-        self._specialised[key] = functions = tuple(functions)
+        functions = tuple(functions)
+        # Not kept while a term still has a lazy buffer to size (a refused first call of
+        # ce(weight=balanced)): its specialise fell back to forward, and the next call may size it.
+        if not any(isinstance(b, torch.nn.parameter.UninitializedBuffer) for b in self.buffers()):
+            self._specialised[key] = functions
         return functions
 
     def _replicate_for_data_parallel(self) -> LossModule:

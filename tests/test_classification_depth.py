@@ -862,3 +862,15 @@ def test_a_torch_error_mid_count_leaves_padded_counts_unkept():
     second = {"pred": logits(5, 5), "target": torch.tensor([4, 2, 0, 1, 3])}
     torch.testing.assert_close(loss_fn(**second), fresh(**second), rtol=0, atol=0)
     torch.testing.assert_close(loss_fn.terms[0].class_counts, torch.tensor([2, 3, 2, 1, 1]))
+
+
+def test_a_refused_first_call_does_not_keep_its_signature_off_the_specialised_path():
+    # The refused call has the later calls' signature (3-class logits, int64 labels): the forward
+    # it fell back to, with the counts unsized, must not stay cached for them (review finding).
+    loss_fn, fresh = lossdsl.compile("ce(weight=balanced)"), lossdsl.compile("ce(weight=balanced)")
+    with pytest.raises(lossdsl.LossSpecError):
+        loss_fn(pred=logits(4, 3), target=torch.tensor([0, 1, 2, 7]))
+    valid = {"pred": logits(4, 3), "target": torch.tensor([0, 1, 2, 1])}
+    torch.testing.assert_close(loss_fn(**valid), fresh(**valid), rtol=0, atol=0)
+    names = [[f.__qualname__ for f in functions] for functions in (*loss_fn._specialised.values(), *fresh._specialised.values())]
+    assert len(names) == 2 and names[0] == names[1] and "forward" not in names[0][0]

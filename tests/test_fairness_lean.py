@@ -330,3 +330,43 @@ def test_a_large_batch_makes_no_float64_copy_of_its_columns(spec):
         values = lean(logits, codes, labels)
         values = values if isinstance(values, tuple) else (values,)
         assert all(torch.equal(value, term.forward(logits, codes, labels)) for value, term in zip(values, terms))
+
+
+@pytest.mark.parametrize("stats", [("fpr_gap",), ("tpr_gap",), ("fpr_gap", "tpr_gap")])
+def test_a_target_that_takes_a_gradient_gets_the_general_paths_gradient(stats):
+    """Soft labels that require grad make the label-only denominators differentiable: the lean
+    gaps (specialised and fused) must not detach them (review finding)."""
+    generator = torch.Generator().manual_seed(0)
+    n = 64
+    logits = torch.randn(n, generator=generator, dtype=torch.float64)
+    codes = torch.arange(n) % 3
+    soft = torch.rand(n, generator=generator, dtype=torch.float64)
+    spec = " + ".join(f"fairness({stat}, group=sex)" for stat in stats)
+    loss_fn = lossdsl.compile(spec)
+    grads = []
+    for path in ("reference", "generated"):
+        pred, target = logits.clone().requires_grad_(), soft.clone().requires_grad_()
+        forward = (lambda *a, **k: type(loss_fn).forward(loss_fn, *a, **k)) if path == "reference" else loss_fn
+        value = forward(pred, target, sex=codes)
+        grads.append((value.detach(), *torch.autograd.grad(value, (pred, target))))
+    for reference, generated in zip(grads[0], grads[1]):
+        torch.testing.assert_close(generated, reference, rtol=1e-12, atol=1e-15)
+
+
+def test_forward_mode_ad_through_a_large_batch_takes_the_ops_with_a_jvp():
+    """Beyond _CHUNKED_FROM rows the sums come from a custom Function without a jvp: under
+    forward-mode AD the module takes the ops, and its tangent equals the term's own forward's."""
+    import torch.autograd.forward_ad as forward_ad
+
+    generator = torch.Generator().manual_seed(1)
+    n = 2 * group_fairness._CHUNKED_FROM
+    codes = torch.randint(0, 3, (n,), generator=generator)
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    logits = torch.randn(n, generator=generator, dtype=torch.float64)
+    tangent = torch.randn(n, generator=generator, dtype=torch.float64)
+    loss_fn = lossdsl.compile("fairness(fpr_gap, group=sex)")
+    tangents = []
+    for call in (lambda p: loss_fn(p, labels, sex=codes), lambda p: loss_fn.terms[0].forward(p, codes, labels)):
+        with forward_ad.dual_level():
+            tangents.append(forward_ad.unpack_dual(call(forward_ad.make_dual(logits, tangent))).tangent)
+    torch.testing.assert_close(tangents[0], tangents[1], rtol=1e-12, atol=1e-15)

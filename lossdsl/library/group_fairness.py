@@ -462,7 +462,9 @@ class Fairness(Term):
             counted = self._read_slots(group, n) if batchable else None
             if counted is not None:  # the CPU, codes counted: the sums by row, read back
                 rows = _row_sums(per_sample, *counted)
-                lean = _lean_gaps(rows, self.ratio, floor, prob.dtype, constant_denominators)
+                # (a target that takes a gradient makes the label columns differentiable)
+                constant = constant_denominators and not (reads_target and positive.requires_grad)
+                lean = _lean_gaps(rows, self.ratio, floor, prob.dtype, constant)
                 return lean if lean is not None else _gap_of_one(self.ratio, floor, rows.T, prob.dtype)
             sums = _summed(torch.stack(per_sample), *self._slots([group]))
             if batchable:  # the default comparison written out: its ops, fewer Python calls
@@ -505,7 +507,8 @@ class Fairness(Term):
                        and _one_batch(terms, names) else None)
             if counted is not None:  # the CPU, codes counted, one statistic for all: the sums by row, read back
                 rows = _row_sums(stacked, *counted)
-                lean = _lean_gaps(rows, first.ratio, first.floors[0], prob.dtype, _constant_denominators(terms))
+                constant = _constant_denominators(terms) and not (positive is not None and positive.requires_grad)
+                lean = _lean_gaps(rows, first.ratio, first.floors[0], prob.dtype, constant)
                 if lean is not None:
                     return lean.unbind(0)
                 return tuple(_batched_gaps(first, rows.T, 0, len(terms), prob.dtype))
@@ -1077,7 +1080,8 @@ def _row_sums(columns: list[torch.Tensor], slots: torch.Tensor, num_slots: int) 
     """The CPU's per-sample columns (each ``[N]``, eager, host reads free) summed per slot in float64,
     as ``[k, slots]``: the ops of ``_summed`` on their stack, or beyond ``_CHUNKED_FROM`` rows
     ``_ChunkedRowSums``, the same sums to the bit without the float64 copy of every column."""
-    if slots.shape[0] > _CHUNKED_FROM:
+    # (not under forward-mode AD, for which the Function has no jvp: the ops below have one)
+    if slots.shape[0] > _CHUNKED_FROM and getattr(torch.autograd.forward_ad, "_current_level", -1) < 0:
         return _ChunkedRowSums.apply(slots, num_slots, *columns)
     stacked = torch.stack(columns).to(_SUM_DTYPE)
     return stacked.new_zeros(stacked.shape[0], num_slots).scatter_add_(1, slots.expand_as(stacked), stacked)
