@@ -267,19 +267,16 @@ def test_chunked_row_sums_are_one_scatters_sums_and_gradients_to_the_bit(n, chun
 
 
 def _peak_bytes(fn) -> int:
-    """The peak of the bytes ``fn`` holds above what it started with (torch.profiler's allocation
-    and free events, in time order), as benchmarks/harness.py measures it."""
-    from torch.profiler import ProfilerActivity, profile
+    """The peak of the bytes ``fn`` holds above what it started with, as the benchmarks measure it
+    (``benchmarks/harness.py``'s ``peak_memory_bytes``: torch.profiler's allocation events in time order)."""
+    import importlib.util
+    from pathlib import Path
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((event.start_ns(), event.nbytes()) for event in prof.profiler.kineto_results.events()
-                    if event.name() == "[memory]")
-    peak = level = 0
-    for _, nbytes in events:
-        level += nbytes
-        peak = max(peak, level)
-    return peak
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "harness.py"
+    spec = importlib.util.spec_from_file_location("benchmark_harness_for_tests", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    return harness.peak_memory_bytes(fn, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("spec", ["fairness(fpr_gap, group=sex)",
