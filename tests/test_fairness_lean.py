@@ -10,6 +10,8 @@ same float64 sums, value and gradient to the bit; and fairlearn's metric on hard
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -18,29 +20,19 @@ import torch
 from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lossdsl
 import lossdsl.library.group_fairness as group_fairness
 from lossdsl.library.group_fairness import Fairness
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_specialise import CountOps  # noqa: E402  (the ATen op counter of the specialised paths' tests)
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HARD = 40.0  # sigmoid(+-40) is 0 or 1 to float64's last place below 0.5: soft rates are the hard ones
 #: Single-rate statistics, ref=groups, agg=max: the ones the lean gaps cover (ppv: a floor, p's mass).
 LEAN = ["fpr_gap", "tpr_gap", "dp_gap", "tnr_gap", "fnr_ratio", "error_rate_gap", "accuracy_ratio",
         "ppv_gap", "ppv_ratio", "fpr_ratio"]
-
-
-class CountOps(TorchDispatchMode):
-    """The ATen ops dispatched (forward and backward) while it is active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        self.ops.append(str(func.overloadpacket.__name__))
-        return func(*args, **(kwargs or {}))
 
 
 @st.composite
