@@ -67,6 +67,16 @@ class _GeneratedOrReference:
         return module.__dict__.get("_generated_forward", self.reference).__get__(module)
 
 
+# torch.compile without fullgraph converts every new Python frame, and on this __get__'s frame (the
+# look-up of ``loss_fn.forward`` in nn.Module's call) dynamo recursed without end. Its code is marked
+# to run as it is; dynamo still inlines it where it traces through a module call (fullgraph, or a
+# compiled training step that calls the loss), so those keep one graph. (torch.compiler.disable would
+# not: it makes such a step break its graph.)
+_skip_code = getattr(getattr(torch._dynamo, "eval_frame", None), "skip_code", None)
+if _skip_code is not None:
+    _skip_code(_GeneratedOrReference.__get__.__code__)
+
+
 class LossModule(nn.Module):
     """A compiled loss spec. Call it with the input tensors; it returns a scalar.
 
