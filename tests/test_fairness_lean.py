@@ -177,6 +177,33 @@ def test_the_one_liners_gap_dispatches_no_more_ops_than_the_hand_written_two_mas
     assert len(ours.ops) < len(general.ops) - 30
 
 
+def test_the_lean_gaps_backward_stacks_no_zeros_for_the_detached_denominators():
+    """The lean gap takes each statistic's numerator and denominator row by select, not unbind:
+    unbind's backward stacked the numerators' gradient with zeros for the detached denominators
+    (zeros, expand, stack); the numerators' select_backward is one op. For one statistic and for
+    three fused (a view of [3, 2, K]), the same values and gradients as the forward's ops."""
+    g = torch.Generator().manual_seed(2)
+    logits, labels, codes = torch.randn(256, generator=g), torch.randint(0, 2, (256,), generator=g), \
+        torch.randint(0, 2, (256,), generator=g)
+    for spec in ("fairness(fpr_gap, group=sex)",
+                 "fairness(fpr_gap, group=sex) + fairness(tpr_gap, group=sex) + fairness(dp_gap, group=sex)"):
+        loss_fn = lossdsl.compile(spec)
+        pred = logits.clone().requires_grad_()
+        loss_fn(pred, labels, sex=codes)  # specialised at the first call
+        pred.grad = None
+        with CountOps() as forward_ops:
+            value = loss_fn(pred, labels, sex=codes)
+        with CountOps() as backward_ops:
+            value.backward()
+        fused = len(loss_fn.terms) > 1  # (its [3] of values is unbound into the terms' values: one unbind, one stack back)
+        assert forward_ops.ops.count("unbind") == fused and forward_ops.ops.count("select") >= 2, forward_ops.ops
+        assert "zeros" not in backward_ops.ops and backward_ops.ops.count("stack") == fused, backward_ops.ops
+        reference = pred.detach().clone().requires_grad_()
+        expected = sum(term.forward(reference, codes, labels) for term in loss_fn.terms)
+        expected.backward()
+        assert torch.equal(value, expected) and torch.equal(pred.grad, reference.grad)
+
+
 def _fairlearn(metric, labels, hard, codes):
     return MetricFrame(metrics=metric, y_true=labels.numpy(), y_pred=hard.numpy(),
                        sensitive_features=codes.numpy())
