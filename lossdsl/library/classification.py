@@ -401,13 +401,33 @@ class CrossEntropy(LazyModuleMixin, Term):
 
             return balanced
 
-        def class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        plain_softmax_form, nll_form, ignore_index = self._plain_softmax_form, self._nll_form, self.ignore_index
+        # _plain_softmax_form's first case, its attributes read here: torch's own mean once a read
+        # shows a kept target (a negative ignore_index: one max); any other call takes the method.
+        torchs_mean = self.reduction == "mean" and not weighted and ignore_index < 0
+        if pred.dim() == 2:  # (the signature's: [N, C] logits, [N] targets)
+
+            def class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                if (pred.shape[1] < 2 or target.shape[0] != pred.shape[0] or not target.shape[0]
+                        or (classes is not None and pred.shape[1] != classes)):
+                    return forward(pred, target)
+                if convert:
+                    target = target.long()
+                if not torchs_mean:
+                    return plain_softmax_form(pred, target)
+                if host_reads_are_free(target) and target.max().item() > ignore_index:
+                    return F.cross_entropy(pred, target, ignore_index=ignore_index)
+                return nll_form(pred, target)
+
+            return class_indices
+
+        def class_maps(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             if (pred.shape[1] < 2 or target.shape[1:] != pred.shape[2:] or target.shape[0] != pred.shape[0]
                     or not target.numel() or (classes is not None and pred.shape[1] != classes)):
                 return forward(pred, target)
-            return self._plain_softmax_form(pred, target.long() if convert else target)
+            return plain_softmax_form(pred, target.long() if convert else target)
 
-        return class_indices
+        return class_maps
 
     def _counted_straight(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """``_balanced_form`` for a training-mode signature (the caller has checked the sizes, the counts'
@@ -542,6 +562,10 @@ class CrossEntropy(LazyModuleMixin, Term):
         if (self.reduction == "mean" and self.class_weight is None and host_reads_are_free(target)
                 and self._any_kept(target)):
             return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
+        return self._nll_form(pred, target)
+
+    def _nll_form(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``_plain_softmax_form`` without the read: the NLL kernel's sum and kept weight."""
         log_prob = F.log_softmax(pred, dim=1)
         weight = self._class_weight(None, None, pred.shape[1], pred.dtype)
         if pred.dim() == 2:
