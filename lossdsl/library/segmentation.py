@@ -195,6 +195,12 @@ class _Overlap(Term):
         forward, softmax = self.forward, self.activation != "sigmoid"
         convert, squeeze = target.dtype != torch.long, target.dim() == pred.dim()
         background = self.include_background
+        # The usual options (absent classes smoothed, no class weights, no batch pooling, mean or
+        # sum): reduce_losses and reduce_scores come down to the scores' sum (over their count), in
+        # the logits' dtype (float32 or float64: its own accumulation dtype), written out below.
+        score, mean = self.score, self.reduction == "mean"
+        plain = (self.absent == "smoothed" and getattr(self, "class_weight", None) is None and not self.batch
+                 and self.reduction in ("mean", "sum"))
 
         def class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             n = pred.shape[0]
@@ -209,7 +215,12 @@ class _Overlap(Term):
             prob = torch.softmax(pred, dim=1) if softmax else torch.sigmoid(pred)
             if not background:
                 prob, mask = prob[:, 1:], mask[:, 1:]
-            prob, mask = self.flat_scores_layout(prob, mask, n, math.prod(pred.shape[2:]))
+            size = math.prod(pred.shape[2:])
+            if plain:  # flat_scores_layout, score and reduce_losses' ops, without their layers
+                loss = score(prob.reshape(n, prob.shape[1], size), mask.reshape(n, mask.shape[1], size), True)
+                total = loss.sum()
+                return total / loss.numel() if mean else total
+            prob, mask = self.flat_scores_layout(prob, mask, n, size)
             return self.reduce_losses(pred, prob, mask, None, False, positive=True)
 
         return class_indices
