@@ -425,7 +425,13 @@ class CrossEntropy(LazyModuleMixin, Term):
             if (pred.shape[1] < 2 or target.shape[1:] != pred.shape[2:] or target.shape[0] != pred.shape[0]
                     or not target.numel() or (classes is not None and pred.shape[1] != classes)):
                 return forward(pred, target)
-            return plain_softmax_form(pred, target.long() if convert else target)
+            if convert:
+                target = target.long()
+            if not torchs_mean:
+                return plain_softmax_form(pred, target)
+            if host_reads_are_free(target) and target.max().item() > ignore_index:
+                return F.cross_entropy(pred, target, ignore_index=ignore_index)
+            return nll_form(pred, target)
 
         return class_maps
 
