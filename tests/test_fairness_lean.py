@@ -204,6 +204,29 @@ def test_the_lean_gaps_backward_stacks_no_zeros_for_the_detached_denominators():
         assert torch.equal(value, expected) and torch.equal(pred.grad, reference.grad)
 
 
+def test_one_statistic_over_two_groups_declines_the_lean_ops_as_the_general_loop_does():
+    """The unrolled check of one statistic over two slots: taken where both groups have a finite,
+    positive denominator; declined (the general ops, the forward's value) for an empty group, a NaN
+    prediction, and a ratio whose largest rate is 0, as the loop over slots declines them."""
+    g = torch.Generator().manual_seed(4)
+    logits, labels = torch.randn(64, generator=g), torch.randint(0, 2, (64,), generator=g)
+    codes = torch.arange(64) % 2
+    assert _taken("fairness(fpr_gap, group=sex, groups=2)", logits, codes, labels) == [1]
+    assert _taken("fairness(fpr_gap, group=sex, groups=2)", logits, torch.zeros(64, dtype=torch.long), labels) == [None]
+    with_nan = logits.clone()
+    with_nan[3] = float("nan")
+    assert _taken("fairness(fpr_gap, group=sex)", with_nan, codes, labels) == [None]
+    assert _taken("fairness(dp_ratio, group=sex)", torch.full((64,), -200.0), codes, labels) == [None]  # rates 0
+    for spec, pred, group in (("fairness(fpr_gap, group=sex, groups=2)", logits, torch.zeros(64, dtype=torch.long)),
+                              ("fairness(fpr_gap, group=sex)", with_nan, codes),
+                              ("fairness(dp_ratio, group=sex)", torch.full((64,), -200.0), codes),
+                              ("fairness(fpr_ratio, group=sex)", logits, codes)):
+        term = lossdsl.compile(spec).terms[0]
+        arguments = (pred, group) if spec.startswith("fairness(dp_") else (pred, group, labels)  # dp reads no labels
+        value, expected = term.specialise(*arguments)(*arguments), term.forward(*arguments)
+        assert torch.allclose(value, expected, rtol=0, atol=0, equal_nan=True), (spec, value, expected)  # bits, NaN too
+
+
 def _fairlearn(metric, labels, hard, codes):
     return MetricFrame(metrics=metric, y_true=labels.numpy(), y_pred=hard.numpy(),
                        sensitive_features=codes.numpy())

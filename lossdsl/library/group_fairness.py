@@ -1054,6 +1054,13 @@ def _lean_gaps(rows: torch.Tensor, ratio: bool, floor: float, dtype: torch.dtype
         return None
     lowest = floor if floor > 0 else _SMALLEST_POSITIVE  # _above_zero's defined, for finite sums
     values = rows.tolist()
+    count = len(values) // 2
+    if count == 1 and num_slots == 2:  # one statistic over two groups (the one-liner's): the loop below, unrolled
+        (n0, n1), (d0, d1) = values
+        if not (-math.inf < n0 < math.inf and -math.inf < n1 < math.inf and lowest <= d0 < math.inf
+                and lowest <= d1 < math.inf) or (ratio and not max(n0 / d0, n1 / d1) > 0):
+            return None
+        values = ()
     for numerators, denominators in zip(values[0::2], values[1::2]):
         for numerator, denominator in zip(numerators, denominators):
             if not (-math.inf < numerator < math.inf and lowest <= denominator < math.inf):  # (False for NaN)
@@ -1061,7 +1068,6 @@ def _lean_gaps(rows: torch.Tensor, ratio: bool, floor: float, dtype: torch.dtype
         # (float64, as torch divides)
         if ratio and not max(numerator / denominator for numerator, denominator in zip(numerators, denominators)) > 0:
             return None
-    count = rows.shape[0] // 2
     # Two selects, not unbind: unbind's backward stacks the gradient with zeros for the detached
     # denominators (three ops); the numerators' select_backward is one, the denominators' none.
     if count == 1:
