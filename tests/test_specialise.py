@@ -322,6 +322,33 @@ def test_dice_straight_path_has_no_zero_over_zero_guard():
     torch.testing.assert_close(value, (1 - (2 * intersection + 1e-5) / (total + 1e-5)).mean())
 
 
+def test_dice_straight_path_dispatches_the_hand_written_dices_ops_and_two_views():
+    """dice() on class indices, on the CPU: the ops of the dice a user writes (softmax, a scattered
+    one-hot, the three pixel sums, the smoothed ratio, torch's mean: one op, which on the CPU is the
+    sum over the count, so the value is forward's to the bit), plus the two views to [N, C, pixels]."""
+    g = torch.Generator().manual_seed(5)
+    pred, target = torch.randn(2, 4, 8, 8, generator=g), torch.randint(0, 4, (2, 8, 8), generator=g)
+    term = lossdsl.compile("dice()").terms[0]
+    function = term.specialise(pred, target)
+    ours_leaf, hand_leaf, reference_leaf = (pred.clone().requires_grad_() for _ in range(3))
+    with CountOps() as ours:
+        value = function(ours_leaf, target)
+        value.backward()
+    with CountOps() as hand:
+        prob = torch.softmax(hand_leaf, 1)
+        mask = torch.zeros_like(hand_leaf).scatter_(1, target.unsqueeze(1), 1.0)
+        intersection, total = (prob * mask).sum((2, 3)), prob.sum((2, 3)) + mask.sum((2, 3))
+        expected = (1 - (2 * intersection + 1e-5) / (total + 1e-5)).mean()
+        expected.backward()
+    # the two views forward and one back; the sums over one flattened pixel axis unsqueeze once each in
+    # the backward where the hand-written sums over (2, 3) unsqueeze twice
+    assert sorted(ours.ops + ["unsqueeze", "unsqueeze"]) == sorted(hand.ops + ["view"] * 3), (ours.ops, hand.ops)
+    reference = term.forward(reference_leaf, target)
+    reference.backward()
+    assert torch.equal(value, reference) and torch.equal(ours_leaf.grad, reference_leaf.grad)
+    torch.testing.assert_close(value, expected)
+
+
 # --- soft_bound and tensor expressions -----------------------------------------------------------
 
 

@@ -198,7 +198,7 @@ class _Overlap(Term):
         # The usual options (absent classes smoothed, no class weights, no batch pooling, mean or
         # sum): reduce_losses and reduce_scores come down to the scores' sum (over their count), in
         # the logits' dtype (float32 or float64: its own accumulation dtype), written out below.
-        score, mean = self.straight_score(), self.reduction == "mean"
+        score, mean, on_cpu = self.straight_score(), self.reduction == "mean", pred.device.type == "cpu"
         plain = (self.absent == "smoothed" and getattr(self, "class_weight", None) is None and not self.batch
                  and self.reduction in ("mean", "sum"))
 
@@ -218,8 +218,11 @@ class _Overlap(Term):
             size = math.prod(pred.shape[2:])
             if plain:  # flat_scores_layout, score and reduce_losses' ops, without their layers
                 loss = score(prob.reshape(n, prob.shape[1], size), mask.reshape(n, mask.shape[1], size), True)
-                total = loss.sum()
-                return total / loss.numel() if mean else total
+                if not mean:
+                    return loss.sum()
+                # torch's mean on the CPU is the sum divided by the count (one op, the same bits); CUDA's
+                # multiplies by 1 / count, which can differ in the last bit from forward's division
+                return loss.mean() if on_cpu else loss.sum() / loss.numel()
             prob, mask = self.flat_scores_layout(prob, mask, n, size)
             return self.reduce_losses(pred, prob, mask, None, False, positive=True)
 
