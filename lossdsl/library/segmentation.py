@@ -367,7 +367,7 @@ class Dice(_Overlap):
             numerator = 2 * intersection
             if smooth_nr:
                 numerator = numerator + smooth_nr
-            return 1 - numerator / (total + smooth_dr)
+            return torch.rsub(numerator / (total + smooth_dr), 1)  # 1 - ratio, without the operator's Python layer
 
         return score
 
