@@ -12,9 +12,14 @@ import torch
 import torch.distributed as dist
 
 
+#: Whether this torch has ``torch.distributed`` at all (fixed when torch is built; asked once, not per call).
+_AVAILABLE = dist.is_available()
+
+
 def active() -> bool:
-    """Whether sums should be all-reduced: an initialised process group of more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether sums should be all-reduced: an initialised process group of more than one rank.
+    (Terms ask at every call: a group may be initialised after the loss is built.)"""
+    return _AVAILABLE and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -231,13 +231,19 @@ def host_reads_are_free(tensor: torch.Tensor) -> bool:
     torch.compile, a torch.func transform (vmap, grad: its tensors are wrapped) or tracing (make_fx
     in ``lossdsl explain``, fake tensors: their modes), where a read of data is an error. (A plain
     dispatch mode, such as a FLOP counter, sees the same ops as a call without it.)"""
-    if tensor.device.type != "cpu" or torch.compiler.is_compiling():
+    if not tensor.is_cpu or torch.compiler.is_compiling():
         return False
     functorch = torch._C._functorch
     if functorch.is_functorch_wrapped_tensor(tensor) or functorch.peek_interpreter_stack() is not None:
         return False
-    tracing = torch._C._TorchDispatchModeKey
-    return all(torch._C._get_dispatch_mode(key) is None for key in (tracing.PROXY, tracing.FAKE, tracing.FUNCTIONAL))
+    if not torch._C._len_torch_dispatch_stack():  # no mode at all, the usual call: none to look up (called per call)
+        return True
+    return all(torch._C._get_dispatch_mode(key) is None for key in _TRACING_MODES)
+
+
+#: The dispatch modes under which a tensor's data cannot be read (``host_reads_are_free``).
+_TRACING_MODES = (torch._C._TorchDispatchModeKey.PROXY, torch._C._TorchDispatchModeKey.FAKE,
+                  torch._C._TorchDispatchModeKey.FUNCTIONAL)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

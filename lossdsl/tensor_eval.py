@@ -96,6 +96,13 @@ def _compiled(expr: TensorIR, position: dict[str, int]) -> TensorFn:
         return lambda tensors: -operand(tensors)
     if isinstance(expr, Arith):
         op = ARITHMETIC[expr.op].function
+        # An input and a number (y - 100, 2 * y): one function, not three (the operands' own).
+        if isinstance(expr.left, Input) and isinstance(expr.right, Const):
+            index, value = position[expr.left.name], expr.right.value
+            return lambda tensors: op(tensors[index], value)
+        if isinstance(expr.left, Const) and isinstance(expr.right, Input):
+            value, index = expr.left.value, position[expr.right.name]
+            return lambda tensors: op(value, tensors[index])
         left, right = _compiled(expr.left, position), _compiled(expr.right, position)
         return lambda tensors: op(left(tensors), right(tensors))
     if isinstance(expr, Function):

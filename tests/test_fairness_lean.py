@@ -177,6 +177,56 @@ def test_the_one_liners_gap_dispatches_no_more_ops_than_the_hand_written_two_mas
     assert len(ours.ops) < len(general.ops) - 30
 
 
+def test_the_lean_gaps_backward_stacks_no_zeros_for_the_detached_denominators():
+    """The lean gap takes each statistic's numerator and denominator row by select, not unbind:
+    unbind's backward stacked the numerators' gradient with zeros for the detached denominators
+    (zeros, expand, stack); the numerators' select_backward is one op. For one statistic and for
+    three fused (a view of [3, 2, K]), the same values and gradients as the forward's ops."""
+    g = torch.Generator().manual_seed(2)
+    logits, labels, codes = torch.randn(256, generator=g), torch.randint(0, 2, (256,), generator=g), \
+        torch.randint(0, 2, (256,), generator=g)
+    for spec in ("fairness(fpr_gap, group=sex)",
+                 "fairness(fpr_gap, group=sex) + fairness(tpr_gap, group=sex) + fairness(dp_gap, group=sex)"):
+        loss_fn = lossdsl.compile(spec)
+        pred = logits.clone().requires_grad_()
+        loss_fn(pred, labels, sex=codes)  # specialised at the first call
+        pred.grad = None
+        with CountOps() as forward_ops:
+            value = loss_fn(pred, labels, sex=codes)
+        with CountOps() as backward_ops:
+            value.backward()
+        fused = len(loss_fn.terms) > 1  # (its [3] of values is unbound into the terms' values: one unbind, one stack back)
+        assert forward_ops.ops.count("unbind") == fused and forward_ops.ops.count("select") >= 2, forward_ops.ops
+        assert "zeros" not in backward_ops.ops and backward_ops.ops.count("stack") == fused, backward_ops.ops
+        reference = pred.detach().clone().requires_grad_()
+        expected = sum(term.forward(reference, codes, labels) for term in loss_fn.terms)
+        expected.backward()
+        assert torch.equal(value, expected) and torch.equal(pred.grad, reference.grad)
+
+
+def test_one_statistic_over_two_groups_declines_the_lean_ops_as_the_general_loop_does():
+    """The unrolled check of one statistic over two slots: taken where both groups have a finite,
+    positive denominator; declined (the general ops, the forward's value) for an empty group, a NaN
+    prediction, and a ratio whose largest rate is 0, as the loop over slots declines them."""
+    g = torch.Generator().manual_seed(4)
+    logits, labels = torch.randn(64, generator=g), torch.randint(0, 2, (64,), generator=g)
+    codes = torch.arange(64) % 2
+    assert _taken("fairness(fpr_gap, group=sex, groups=2)", logits, codes, labels) == [1]
+    assert _taken("fairness(fpr_gap, group=sex, groups=2)", logits, torch.zeros(64, dtype=torch.long), labels) == [None]
+    with_nan = logits.clone()
+    with_nan[3] = float("nan")
+    assert _taken("fairness(fpr_gap, group=sex)", with_nan, codes, labels) == [None]
+    assert _taken("fairness(dp_ratio, group=sex)", torch.full((64,), -200.0), codes, labels) == [None]  # rates 0
+    for spec, pred, group in (("fairness(fpr_gap, group=sex, groups=2)", logits, torch.zeros(64, dtype=torch.long)),
+                              ("fairness(fpr_gap, group=sex)", with_nan, codes),
+                              ("fairness(dp_ratio, group=sex)", torch.full((64,), -200.0), codes),
+                              ("fairness(fpr_ratio, group=sex)", logits, codes)):
+        term = lossdsl.compile(spec).terms[0]
+        arguments = (pred, group) if spec.startswith("fairness(dp_") else (pred, group, labels)  # dp reads no labels
+        value, expected = term.specialise(*arguments)(*arguments), term.forward(*arguments)
+        assert torch.allclose(value, expected, rtol=0, atol=0, equal_nan=True), (spec, value, expected)  # bits, NaN too
+
+
 def _fairlearn(metric, labels, hard, codes):
     return MetricFrame(metrics=metric, y_true=labels.numpy(), y_pred=hard.numpy(),
                        sensitive_features=codes.numpy())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -321,6 +322,33 @@ def test_dice_straight_path_has_no_zero_over_zero_guard():
     torch.testing.assert_close(value, (1 - (2 * intersection + 1e-5) / (total + 1e-5)).mean())
 
 
+def test_dice_straight_path_dispatches_the_hand_written_dices_ops_and_two_views():
+    """dice() on class indices, on the CPU: the ops of the dice a user writes (softmax, a scattered
+    one-hot, the three pixel sums, the smoothed ratio, torch's mean: one op, which on the CPU is the
+    sum over the count, so the value is forward's to the bit), plus the two views to [N, C, pixels]."""
+    g = torch.Generator().manual_seed(5)
+    pred, target = torch.randn(2, 4, 8, 8, generator=g), torch.randint(0, 4, (2, 8, 8), generator=g)
+    term = lossdsl.compile("dice()").terms[0]
+    function = term.specialise(pred, target)
+    ours_leaf, hand_leaf, reference_leaf = (pred.clone().requires_grad_() for _ in range(3))
+    with CountOps() as ours:
+        value = function(ours_leaf, target)
+        value.backward()
+    with CountOps() as hand:
+        prob = torch.softmax(hand_leaf, 1)
+        mask = torch.zeros_like(hand_leaf).scatter_(1, target.unsqueeze(1), 1.0)
+        intersection, total = (prob * mask).sum((2, 3)), prob.sum((2, 3)) + mask.sum((2, 3))
+        expected = (1 - (2 * intersection + 1e-5) / (total + 1e-5)).mean()
+        expected.backward()
+    # the two views forward and one back; the sums over one flattened pixel axis unsqueeze once each in
+    # the backward where the hand-written sums over (2, 3) unsqueeze twice
+    assert sorted(ours.ops + ["unsqueeze", "unsqueeze"]) == sorted(hand.ops + ["view"] * 3), (ours.ops, hand.ops)
+    reference = term.forward(reference_leaf, target)
+    reference.backward()
+    assert torch.equal(value, reference) and torch.equal(ours_leaf.grad, reference_leaf.grad)
+    torch.testing.assert_close(value, expected)
+
+
 # --- soft_bound and tensor expressions -----------------------------------------------------------
 
 
@@ -539,3 +567,78 @@ def test_compile_of_balanced_ce_masks_and_eager_cpu_skips_the_mask_with_equal_bi
             expected.backward()
             assert torch.equal(value, expected) and torch.equal(leaf.grad, other.grad)
             assert torch.equal(eager.terms[0].class_counts, compiled_source.terms[0].class_counts)
+
+
+def test_balanced_ce_counts_a_batch_read_in_range_in_place_with_the_hand_written_ops():
+    """ce(weight=balanced) in training on the CPU: a batch read (one aminmax) to hold only class
+    indices in [0, C) adds its ones straight into the counts, no copy counted apart, no mask and no
+    reshape: the hand-written balanced ce's ops plus the read, its value and counts to the bit. A
+    batch with an ignored target takes the masked form (forward's value); an index out of range is
+    forward's E402 and leaves the counts as they were."""
+    g = torch.Generator().manual_seed(3)
+    pred, target = torch.randn(64, generator=g), (torch.rand(64, generator=g) < 0.3).long()
+    loss_fn = lossdsl.compile("ce(weight=balanced)")
+    loss_fn(pred, target)  # counts sized and holding one batch
+    term = loss_fn.terms[0]
+    function = term.specialise(pred, target)
+    counts = term.class_counts.clone()
+
+    def hand_written(pred: torch.Tensor) -> torch.Tensor:
+        counts.index_add_(0, target, torch.ones_like(target))
+        weight = counts.to(pred.dtype)
+        weight = weight.sum() / (2 * weight.clamp_min(1))
+        share = weight[target]
+        return F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), weight=share, reduction="sum") / share.sum()
+
+    ours_leaf, hand_leaf = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    with CountOps() as ours:
+        value = function(ours_leaf, target)
+        value.backward()
+    with CountOps() as hand:
+        expected = hand_written(hand_leaf)
+        expected.backward()
+    assert ours.ops == ["aminmax", "_local_scalar_dense", "_local_scalar_dense",
+                        *[op if op != "index" else "index_select" for op in hand.ops]], (ours.ops, hand.ops)
+    assert torch.equal(value, expected) and torch.equal(ours_leaf.grad, hand_leaf.grad)
+    assert torch.equal(term.class_counts, counts) and counts.tolist() == [2 * int((target == 0).sum()),
+                                                                          2 * int((target == 1).sum())]
+    # sklearn's n / (C * count_c) over the two batches counted
+    n0, n1 = counts.tolist()
+    weights = torch.tensor([(n0 + n1) / (2 * n0), (n0 + n1) / (2 * n1)])[target]
+    torch.testing.assert_close(value, (F.binary_cross_entropy_with_logits(pred, target.float(), reduction="none")
+                                       * weights).sum() / weights.sum())
+
+    reference = copy.deepcopy(term)
+    ignored = torch.where(torch.arange(64) < 5, IGNORE, target)
+    assert torch.equal(function(pred, ignored), reference.forward(pred, ignored))
+    assert torch.equal(term.class_counts, reference.class_counts)
+    before = term.class_counts.clone()
+    out_of_range = torch.where(torch.arange(64) == 60, 2, target)
+    with pytest.raises((IndexError, RuntimeError)):
+        function(pred, out_of_range)
+    assert torch.equal(term.class_counts, before)
+    loss_fn.terms[0].class_counts.copy_(before)
+    with pytest.raises(lossdsl.LossSpecError, match="E402"):
+        loss_fn(pred, out_of_range)
+    assert torch.equal(loss_fn.terms[0].class_counts, before)
+
+
+def test_host_reads_are_free_only_for_plain_cpu_tensors_outside_tracing():
+    """True for a CPU tensor in eager mode, under a plain dispatch mode too (an op counter sees the
+    ops of a call without it); False for a meta tensor, under FakeTensorMode, make_fx and vmap."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from lossdsl.registry import host_reads_are_free
+
+    tensor = torch.zeros(3, dtype=torch.long)
+    assert host_reads_are_free(tensor)
+    with CountOps():
+        assert host_reads_are_free(tensor)
+    assert not host_reads_are_free(torch.zeros(3, device="meta"))
+    with FakeTensorMode():
+        assert not host_reads_are_free(torch.zeros(3))
+    seen = []
+    make_fx(lambda x: seen.append(host_reads_are_free(x)) or x + 1)(tensor)
+    torch.func.vmap(lambda x: seen.append(host_reads_are_free(x)) or x + 1)(torch.zeros(2, 3))
+    assert seen == [False, False]

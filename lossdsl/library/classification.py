@@ -357,12 +357,14 @@ class CrossEntropy(LazyModuleMixin, Term):
             if self.balanced:
                 if self.label_smoothing or convert:
                     return None
+                counted = self._counted_straight()
+                buffers = self._buffers  # class_counts read per call: fit() and load_state_dict replace it
 
                 def binary_balanced(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-                    if (target.shape != pred.shape or not pred.shape[0] or self.class_counts.shape[0] != 2
-                            or distributed.active()):
+                    counts = buffers["class_counts"]
+                    if target.shape != pred.shape or not pred.shape[0] or counts.shape[0] != 2 or distributed.active():
                         return forward(pred, target)
-                    return self._balanced_form(pred, target)
+                    return counted(pred, target, counts)
 
                 return binary_balanced
             if self._nothing_to_ignore(target):  # bool or uint8 cannot equal a negative ignore_index
@@ -387,22 +389,85 @@ class CrossEntropy(LazyModuleMixin, Term):
         if self.balanced:
             if convert:
                 return None
+            counted = self._counted_straight()
+            buffers = self._buffers
 
             def balanced(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                counts = buffers["class_counts"]
                 if (pred.shape[1] < 2 or target.shape[1:] != pred.shape[2:] or target.shape[0] != pred.shape[0]
-                        or not target.numel() or self.class_counts.shape[0] != pred.shape[1] or distributed.active()):
+                        or not target.numel() or counts.shape[0] != pred.shape[1] or distributed.active()):
                     return forward(pred, target)
-                return self._balanced_form(pred, target)
+                return counted(pred, target, counts)
 
             return balanced
 
-        def class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        plain_softmax_form, nll_form, ignore_index = self._plain_softmax_form, self._nll_form, self.ignore_index
+        # _plain_softmax_form's first case, its attributes read here: torch's own mean once a read
+        # shows a kept target (a negative ignore_index: one max); any other call takes the method.
+        torchs_mean = self.reduction == "mean" and not weighted and ignore_index < 0
+        if pred.dim() == 2:  # (the signature's: [N, C] logits, [N] targets)
+
+            def class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                if (pred.shape[1] < 2 or target.shape[0] != pred.shape[0] or not target.shape[0]
+                        or (classes is not None and pred.shape[1] != classes)):
+                    return forward(pred, target)
+                if convert:
+                    target = target.long()
+                if not torchs_mean:
+                    return plain_softmax_form(pred, target)
+                if host_reads_are_free(target) and target.max().item() > ignore_index:
+                    return F.cross_entropy(pred, target, ignore_index=ignore_index)
+                return nll_form(pred, target)
+
+            return class_indices
+
+        def class_maps(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             if (pred.shape[1] < 2 or target.shape[1:] != pred.shape[2:] or target.shape[0] != pred.shape[0]
                     or not target.numel() or (classes is not None and pred.shape[1] != classes)):
                 return forward(pred, target)
-            return self._plain_softmax_form(pred, target.long() if convert else target)
+            if convert:
+                target = target.long()
+            if not torchs_mean:
+                return plain_softmax_form(pred, target)
+            if host_reads_are_free(target) and target.max().item() > ignore_index:
+                return F.cross_entropy(pred, target, ignore_index=ignore_index)
+            return nll_form(pred, target)
 
-        return class_indices
+        return class_maps
+
+    def _counted_straight(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``_balanced_form`` for a training-mode signature (the caller has checked the sizes, the counts'
+        among them): on the CPU (outside torch.compile) a batch read to hold only class indices in
+        [0, C) while ``ignore_index`` lies outside them has no target to ignore and none out of range,
+        so its ones go straight into ``class_counts`` (no copy to count apart and add: nothing can
+        raise halfway) and no mask is built: the same counts, values and gradients, fewer ops. Any
+        other batch, and eval mode (frozen counts, the unseen-class rule), take ``_balanced_form``."""
+        balanced_form, beta, reduction, ignore_index = self._balanced_form, self.beta, self.reduction, self.ignore_index
+        if not self.training:
+            return lambda pred, target, counts: balanced_form(pred, target)
+
+        def counted(pred: torch.Tensor, target: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+            classes = counts.shape[0]
+            if 0 <= ignore_index < classes or not host_reads_are_free(target):
+                return balanced_form(pred, target)
+            low, high = torch.aminmax(target)
+            if low.item() < 0 or high.item() >= classes:  # ignored targets, or an index out of range (its E402)
+                return balanced_form(pred, target)
+            labels = target if target.dim() == 1 else target.reshape(-1)
+            counts.index_add_(0, labels, torch.ones_like(labels))
+            if beta is not None:
+                weight = class_balanced_weight(counts, beta, pred.dtype)
+            else:
+                weight = counts.to(pred.dtype)
+                weight = weight.sum() / (classes * weight.clamp_min(1))
+            if pred.dim() == 1:  # binary logits: the sigmoid form, each target weighted by its class's weight
+                share = weight.index_select(0, target)
+                total = F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), weight=share, reduction="sum")
+                return total if reduction == "sum" else total / share.sum()
+            total = F.cross_entropy(pred, target, weight=weight, ignore_index=ignore_index, reduction="sum")
+            return total if reduction == "sum" else total / weight[target].sum()
+
+        return counted
 
     def _general_form(
         self, pred: torch.Tensor, target: torch.Tensor, binary: bool, num_classes: int,
@@ -503,6 +568,10 @@ class CrossEntropy(LazyModuleMixin, Term):
         if (self.reduction == "mean" and self.class_weight is None and host_reads_are_free(target)
                 and self._any_kept(target)):
             return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
+        return self._nll_form(pred, target)
+
+    def _nll_form(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``_plain_softmax_form`` without the read: the NLL kernel's sum and kept weight."""
         log_prob = F.log_softmax(pred, dim=1)
         weight = self._class_weight(None, None, pred.shape[1], pred.dtype)
         if pred.dim() == 2:

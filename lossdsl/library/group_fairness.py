@@ -442,13 +442,15 @@ class Fairness(Term):
         columns, reads_target, forward = self.columns, self.reads_target, self.forward
         batchable, floor = bool(self._batchable), self.floors[0] if self.floors else 0.0
         constant_denominators = _constant_denominators([self])
+        ratio, sync, known = self.ratio, self.sync, self.num_groups
+        as_long = group.dtype != torch.long  # (the signature's: int64 codes index as they are)
 
         def straight_line(*inputs: torch.Tensor) -> torch.Tensor:
             pred, group = inputs[0], inputs[1]
             n = pred.shape[0]
             if group.shape[0] != n:
                 self.fail(1, f"expected group codes of shape ({n},), got {tuple(group.shape)}")
-            if n == 0 or self._syncs():  # (rare: the forward's own handling)
+            if n == 0 or (sync and distributed.active()):  # (rare: the forward's own handling)
                 return forward(*inputs)
             prob = torch.sigmoid(pred)
             positive = negative = None
@@ -459,16 +461,32 @@ class Fairness(Term):
                 positive = target.to(prob.dtype)
                 negative = torch.rsub(positive, 1)  # (1 - positive, without the operator's Python layer)
             per_sample = [column(prob, positive, negative) for column in columns]
-            counted = self._read_slots(group, n) if batchable else None
+            counted = None
+            if batchable and host_reads_are_free(group):  # _read_slots of one 1-D column, inline
+                if known is not None and known <= n:
+                    counted = (group.long() if as_long else group), known
+                else:  # _count_codes of one column: slots 0 ... largest code, when no more than n
+                    low, high = torch.aminmax(group)
+                    low, high = low.item(), high.item()  # a host read: free on the CPU
+                    if known is not None and (low < 0 or high >= known):
+                        self._count_codes([group], n)  # its E402 for the code outside [0, K)
+                    if low >= 0 and high < n:
+                        counted = (group.long() if as_long else group), high + 1
             if counted is not None:  # the CPU, codes counted: the sums by row, read back
-                rows = _row_sums(per_sample, *counted)
+                slots, num_slots = counted
+                if n > _CHUNKED_FROM:
+                    rows = _row_sums(per_sample, slots, num_slots)
+                else:  # _row_sums' ops
+                    stacked = torch.stack(per_sample).to(_SUM_DTYPE)
+                    rows = stacked.new_zeros(stacked.shape[0], num_slots).scatter_add_(
+                        1, slots.expand(stacked.shape[0], n), stacked)
                 # (a target that takes a gradient makes the label columns differentiable)
                 constant = constant_denominators and not (reads_target and positive.requires_grad)
-                lean = _lean_gaps(rows, self.ratio, floor, prob.dtype, constant)
-                return lean if lean is not None else _gap_of_one(self.ratio, floor, rows.T, prob.dtype)
+                lean = _lean_gaps(rows, ratio, floor, prob.dtype, constant)
+                return lean if lean is not None else _gap_of_one(ratio, floor, rows.T, prob.dtype)
             sums = _summed(torch.stack(per_sample), *self._slots([group]))
             if batchable:  # the default comparison written out: its ops, fewer Python calls
-                return _gap_of_one(self.ratio, floor, sums, prob.dtype)
+                return _gap_of_one(ratio, floor, sums, prob.dtype)
             value = _nan_if_any_nan(sums, self._statistic(self._rates_of_sums(sums)))
             return value if value.dtype == prob.dtype else value.to(prob.dtype)
 
@@ -1036,19 +1054,27 @@ def _lean_gaps(rows: torch.Tensor, ratio: bool, floor: float, dtype: torch.dtype
         return None
     lowest = floor if floor > 0 else _SMALLEST_POSITIVE  # _above_zero's defined, for finite sums
     values = rows.tolist()
+    count = len(values) // 2
+    if count == 1 and num_slots == 2:  # one statistic over two groups (the one-liner's): the loop below, unrolled
+        (n0, n1), (d0, d1) = values
+        if not (-math.inf < n0 < math.inf and -math.inf < n1 < math.inf and lowest <= d0 < math.inf
+                and lowest <= d1 < math.inf) or (ratio and not max(n0 / d0, n1 / d1) > 0):
+            return None
+        values = ()
     for numerators, denominators in zip(values[0::2], values[1::2]):
-        largest = -math.inf
         for numerator, denominator in zip(numerators, denominators):
             if not (-math.inf < numerator < math.inf and lowest <= denominator < math.inf):  # (False for NaN)
                 return None
-            largest = max(largest, numerator / denominator)  # (float64, as torch divides)
-        if ratio and not largest > 0:
+        # (float64, as torch divides)
+        if ratio and not max(numerator / denominator for numerator, denominator in zip(numerators, denominators)) > 0:
             return None
-    count = rows.shape[0] // 2
+    # Two selects, not unbind: unbind's backward stacks the gradient with zeros for the detached
+    # denominators (three ops); the numerators' select_backward is one, the denominators' none.
     if count == 1:
-        numerator, denominator = rows.unbind(0)
+        numerator, denominator = rows[0], rows[1]
     else:
-        numerator, denominator = rows.view(count, 2, num_slots).unbind(1)
+        pairs = rows.view(count, 2, num_slots)
+        numerator, denominator = pairs[:, 0], pairs[:, 1]
     rate = numerator / (denominator.detach() if constant_denominators else denominator)
     if num_slots == 2 and not ratio:  # largest minus smallest of two: |r0 - r1| (exact as r0 * 1 + r1 * -1),
         value = (rate @ _PLUS_MINUS).abs()  # and a tie's gradient 0, as amax's and amin's halves cancel

@@ -195,6 +195,12 @@ class _Overlap(Term):
         forward, softmax = self.forward, self.activation != "sigmoid"
         convert, squeeze = target.dtype != torch.long, target.dim() == pred.dim()
         background = self.include_background
+        # The usual options (absent classes smoothed, no class weights, no batch pooling, mean or
+        # sum): reduce_losses and reduce_scores come down to the scores' sum (over their count), in
+        # the logits' dtype (float32 or float64: its own accumulation dtype), written out below.
+        score, mean, on_cpu = self.straight_score(), self.reduction == "mean", pred.device.type == "cpu"
+        plain = (self.absent == "smoothed" and getattr(self, "class_weight", None) is None and not self.batch
+                 and self.reduction in ("mean", "sum"))
 
         def class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             n = pred.shape[0]
@@ -209,10 +215,23 @@ class _Overlap(Term):
             prob = torch.softmax(pred, dim=1) if softmax else torch.sigmoid(pred)
             if not background:
                 prob, mask = prob[:, 1:], mask[:, 1:]
-            prob, mask = self.flat_scores_layout(prob, mask, n, math.prod(pred.shape[2:]))
+            size = math.prod(pred.shape[2:])
+            if plain:  # flat_scores_layout, score and reduce_losses' ops, without their layers
+                loss = score(prob.reshape(n, prob.shape[1], size), mask.reshape(n, mask.shape[1], size), True)
+                if not mean:
+                    return loss.sum()
+                # torch's mean on the CPU is the sum divided by the count (one op, the same bits); CUDA's
+                # multiplies by 1 / count, which can differ in the last bit from forward's division
+                return loss.mean() if on_cpu else loss.sum() / loss.numel()
+            prob, mask = self.flat_scores_layout(prob, mask, n, size)
             return self.reduce_losses(pred, prob, mask, None, False, positive=True)
 
         return class_indices
+
+    def straight_score(self) -> Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]:
+        """``score`` for the straight path's float32 or float64 inputs (probabilities in [0, 1], 0/1
+        masks): ``score`` itself, or a subclass's ops written out without its helpers' layers."""
+        return self.score
 
     def flat_scores_layout(self, prob: torch.Tensor, mask: torch.Tensor, n: int, size: int
                            ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,6 +351,25 @@ class Dice(_Overlap):
     def score(self, prob: torch.Tensor, mask: torch.Tensor, positive: bool = False) -> torch.Tensor:
         intersection, total = self.intersection_and_total(prob, mask)
         return self.one_minus_ratio(2 * intersection, total, positive)
+
+    def straight_score(self) -> Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]:
+        """Not squared, with ``smooth_dr > 0`` (no 0/0 guard for positive inputs): ``score``'s ops,
+        ``intersection_and_total``'s sums (in the inputs' dtype, their own accumulation dtype) and
+        ``one_minus_ratio``'s smoothed ratio, in one function."""
+        smooth_nr, smooth_dr = self.smooth_nr, self.smooth_dr
+        if type(self).score is not Dice.score or self.squared or not smooth_dr:  # (jaccard's score is its own)
+            return self.score
+
+        def score(prob: torch.Tensor, mask: torch.Tensor, positive: bool) -> torch.Tensor:
+            dtype = prob.dtype
+            intersection = (prob * mask).sum(-1, dtype=dtype)
+            total = prob.sum(-1, dtype=dtype) + mask.sum(-1, dtype=dtype)
+            numerator = 2 * intersection
+            if smooth_nr:
+                numerator = numerator + smooth_nr
+            return torch.rsub(numerator / (total + smooth_dr), 1)  # 1 - ratio, without the operator's Python layer
+
+        return score
 
     def intersection_and_total(self, prob: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``I = sum(p * g)`` and ``|P| + |G|`` (of squares with ``squared``, MONAI's ``squared_pred``)."""

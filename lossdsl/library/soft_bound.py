@@ -117,6 +117,14 @@ class SoftBound(Term):
         forward, violation, reduction = self.forward, self._violation, self.reduction
         computed_in = accumulation_dtype(tensors[0].dtype)
         cast_back = computed_in != tensors[0].dtype
+        if len(tensors) == 1 and not cast_back and reduction == "mean":  # soft_bound(y <= 100): no shapes to compare
+
+            def straight_mean(y: torch.Tensor) -> torch.Tensor:
+                if not y.numel():
+                    return forward(y)
+                return violation((y,)).mean()  # (its own dtype: float32 or float64 sums in it)
+
+            return straight_mean
 
         def straight(*tensors: torch.Tensor) -> torch.Tensor:
             shape = tensors[0].shape
@@ -171,7 +179,8 @@ class SoftBound(Term):
 
     @staticmethod
     def _squared(excess: torch.Tensor) -> torch.Tensor:
-        return _square(F.relu(excess))
+        violation = torch.relu(excess)  # (F.relu's op, without its Python layer)
+        return violation * violation  # _square's product
 
     def _softplus(self, excess: torch.Tensor) -> torch.Tensor:
         return F.softplus(excess, beta=self.sharpness)
