@@ -7,6 +7,7 @@ pre-built closures. No parsing, no registry look-ups, no host synchronisation.
 
 from __future__ import annotations
 
+import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
 
@@ -64,17 +65,27 @@ class _GeneratedOrReference:
     def __get__(self, module: LossModule | None, owner: type | None = None) -> Callable[..., torch.Tensor]:
         if module is None:
             return self.reference
+        if not _dynamo_prepared and "torch._dynamo" in sys.modules:
+            _prepare_for_dynamo()
         return module.__dict__.get("_generated_forward", self.reference).__get__(module)
 
 
-# torch.compile without fullgraph converts every new Python frame, and on this __get__'s frame (the
-# look-up of ``loss_fn.forward`` in nn.Module's call) dynamo recursed without end. Its code is marked
-# to run as it is; dynamo still inlines it where it traces through a module call (fullgraph, or a
-# compiled training step that calls the loss), so those keep one graph. (torch.compiler.disable would
-# not: it makes such a step break its graph.)
-_skip_code = getattr(getattr(torch._dynamo, "eval_frame", None), "skip_code", None)
-if _skip_code is not None:
-    _skip_code(_GeneratedOrReference.__get__.__code__)
+# torch.compile without fullgraph converts every new Python frame, and on __get__'s frame (the look-up
+# of ``loss_fn.forward`` in nn.Module's call) dynamo recursed without end. Its code is marked to run as
+# it is; dynamo still inlines it where it traces through a module call (fullgraph, or a compiled
+# training step that calls the loss), so those keep one graph (torch.compiler.disable would not: such
+# a step would break its graph). Marked once dynamo is loaded, not by importing it here (1.6 s): at
+# the first look-up after that (``torch.compile(loss_fn)`` makes one before it compiles), or by
+# ``LossModule.compile``.
+_dynamo_prepared = False
+
+
+def _prepare_for_dynamo() -> None:
+    global _dynamo_prepared
+    skip_code = getattr(getattr(sys.modules.get("torch._dynamo"), "eval_frame", None), "skip_code", None)
+    if skip_code is not None:
+        skip_code(_GeneratedOrReference.__get__.__code__)
+    _dynamo_prepared = True
 
 
 class LossModule(nn.Module):
@@ -233,6 +244,14 @@ class LossModule(nn.Module):
         return total
 
     forward = _GeneratedOrReference(forward)  # type: ignore[assignment]
+
+    def compile(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        """``nn.Module.compile`` (``torch.compile`` of the module's call, in place), with the look-up of
+        ``forward`` marked for dynamo first (``_prepare_for_dynamo``): no eager look-up comes before it."""
+        import torch._dynamo  # noqa: F401 - what torch.compile loads anyway
+
+        _prepare_for_dynamo()
+        super().compile(*args, **kwargs)
 
     def _window(self, indices: tuple[int, ...]) -> torch.Tensor | float:
         """How many updates a constraint's value averages over: its audited terms' longest window, or 1."""

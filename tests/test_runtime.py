@@ -275,6 +275,32 @@ def test_a_compiled_training_step_that_calls_the_loss_matches_eager(fullgraph):
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got_grad, expected_grad)
 
+FRESH_PROCESS_COMPILES = """
+import sys, torch, lossdsl
+modules = [lossdsl.compile("ce() + 0.1 * fairness(fpr_gap, group=sex)") for _ in range(3)]
+assert "torch._dynamo" not in sys.modules, "building a module loaded dynamo"
+g = torch.Generator().manual_seed(0)
+x, y, s = torch.randn(64, generator=g), torch.randint(0, 2, (64,), generator=g), torch.randint(0, 2, (64,), generator=g)
+expected = modules[0](x, y, sex=s)
+modules[1].compile()  # nn.Module.compile: no eager call before its first compiled one
+compiled = torch.compile(modules[2])
+for got in (modules[1](x, y, sex=s), compiled(x, y, sex=s)):
+    torch.testing.assert_close(got, expected)
+print("ok")
+"""
+
+
+def test_a_fresh_process_compiles_without_loading_dynamo_first(tmp_path):
+    # Building a module does not import torch._dynamo (1.6 s); once torch.compile or
+    # LossModule.compile has, neither recurses on the look-up of forward.
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS_COMPILES], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+
 NEW_FEATURES = {  # today's features under torch.compile(fullgraph=True): spec -> inputs
     "soft_bound(not (0 <= y <= 1)) + soft_bound(0 <= y <= 1 implies z <= 0, penalty=hinge)": "yz",
     "fairness(tpr_gap, group=g, groups=3, agg=smoothmax(0.1), hard=true) + fairness(dp_ratio, group=g, agg=mean)": "pg",

@@ -623,6 +623,22 @@ def test_balanced_ce_counts_a_batch_read_in_range_in_place_with_the_hand_written
     assert torch.equal(loss_fn.terms[0].class_counts, before)
 
 
+def test_balanced_ce_fast_path_follows_the_terms_own_mode():
+    """The specialised forward is kept per the module's signature (its training flag among them); the
+    term put in eval mode alone freezes its counts, as its forward does."""
+    g = torch.Generator().manual_seed(4)
+    pred, target = torch.randn(32, generator=g), (torch.rand(32, generator=g) < 0.4).long()
+    ours, reference = lossdsl.compile("ce(weight=balanced)"), lossdsl.compile("ce(weight=balanced)")
+    for step in range(4):
+        if step == 2:
+            ours.terms[0].eval(), reference.terms[0].eval()
+        value = ours(pred, target)
+        expected = reference.terms[0](pred, target)
+        assert torch.equal(value, expected)
+        assert torch.equal(ours.terms[0].class_counts, reference.terms[0].class_counts)
+    n1 = int(target.sum())
+    assert ours.terms[0].class_counts.tolist() == [2 * (32 - n1), 2 * n1]  # two training calls counted
+
 def test_host_reads_are_free_only_for_plain_cpu_tensors_outside_tracing():
     """True for a CPU tensor in eager mode, under a plain dispatch mode too (an op counter sees the
     ops of a call without it); False for a meta tensor, under FakeTensorMode, make_fx and vmap."""

@@ -443,12 +443,13 @@ class CrossEntropy(LazyModuleMixin, Term):
         raise halfway) and no mask is built: the same counts, values and gradients, fewer ops. Any
         other batch, and eval mode (frozen counts, the unseen-class rule), take ``_balanced_form``."""
         balanced_form, beta, reduction, ignore_index = self._balanced_form, self.beta, self.reduction, self.ignore_index
-        if not self.training:
-            return lambda pred, target, counts: balanced_form(pred, target)
+        term = self
 
         def counted(pred: torch.Tensor, target: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
             classes = counts.shape[0]
-            if 0 <= ignore_index < classes or not host_reads_are_free(target):
+            # The term's own mode, read per call: the signature is the module's, and term.eval() alone
+            # freezes this term's counts as forward does.
+            if not term.training or 0 <= ignore_index < classes or not host_reads_are_free(target):
                 return balanced_form(pred, target)
             low, high = torch.aminmax(target)
             if low.item() < 0 or high.item() >= classes:  # ignored targets, or an index out of range (its E402)
