@@ -13,8 +13,9 @@ iterate) with exactly ``loss = ce()`` / ``subject to fairness(STAT, group=g) <= 
 
 and two yardsticks per data set and statistic: ``ce alone`` (``loss = ce()``, the unconstrained
 model: its gap, and how far its last iterate moves on its own) and fairlearn's
-``ExponentiatedGradient`` (logistic regression, the same constraint and bound, its randomised
-predictions audited on the same rows), whose accuracy the issue's target asks the rule to match.
+``ExponentiatedGradient`` (logistic regression, the same constraint and bound, fitted on each
+seed's data, its randomised predictions audited on the same rows; medians over the seeds as for
+the rules), whose accuracy the issue's target asks the rule to match.
 
 Data (drawn from fixed seeds; a model sees only its training rows, audited on the same rows):
 
@@ -88,15 +89,15 @@ def audited_gap(stat: str, logits: torch.Tensor, target: torch.Tensor, group: to
     return float(lossdsl.audit(lossdsl.compile(spec), logits, target, g=group).constraints["c"].value)
 
 
-def exponentiated_gradient(kind: str, stat: str, bound: float) -> dict[str, float]:
-    """fairlearn's reduction (logistic regression, the same constraint and bound) on seed 0's data:
+def exponentiated_gradient(kind: str, stat: str, bound: float, seed: int) -> dict[str, float]:
+    """fairlearn's reduction (logistic regression, the same constraint and bound) on one seed's data:
     accuracy and audited gap of its randomised predictions (random_state 0) on the same rows."""
     from fairlearn.reductions import (
         DemographicParity, EqualizedOdds, ExponentiatedGradient, FalsePositiveRateParity, TruePositiveRateParity,
     )
     from sklearn.linear_model import LogisticRegression
 
-    x, y, group = make_data(kind, 0)
+    x, y, group = make_data(kind, seed)
     constraint = {"fpr_gap": FalsePositiveRateParity, "tpr_gap": TruePositiveRateParity,
                   "dp_gap": DemographicParity, "eo_gap": EqualizedOdds}[stat](difference_bound=bound)
     with warnings.catch_warnings():
@@ -178,8 +179,10 @@ def main() -> None:
             report(kind, stat, None, UNCONSTRAINED, [train(kind, stat, 1.0, UNCONSTRAINED, seed, args.epochs) for seed in seeds], width)
             for bound in BOUNDS:
                 cases += 1
-                baseline = exponentiated_gradient(kind, stat, bound)
-                print(f"{kind:<6} {stat:<8} {bound:>4} {'ExpGrad (LR)':<16} | {'':<{width}} {baseline['gap']:7.4f} "
+                baselines = [exponentiated_gradient(kind, stat, bound, seed) for seed in seeds]  # each seed's data
+                gaps = " ".join(f"{r['gap']:7.4f}" for r in baselines)
+                baseline = {key: statistics.median(r[key] for r in baselines) for key in ("gap", "acc")}
+                print(f"{kind:<6} {stat:<8} {bound:>4} {'ExpGrad (LR)':<16} | {gaps:<{width}} {baseline['gap']:7.4f} "
                       f"{'met' if baseline['gap'] <= bound + TOLERANCE else 'missed':<6} | {baseline['acc']:6.4f}", flush=True)
                 for rule in rules:
                     runs = [train(kind, stat, bound, rule, seed, args.epochs) for seed in seeds]

@@ -79,7 +79,7 @@ EXPECTED = {
         re.compile(r"^large\s+eo_gap\s+0\.02 default\s+\|\s+[01]\.\d{4}\s+[01]\.\d{4} (met|missed)\s+\|\s+[01]\.\d{4}\s+\d+\.\d{2} \|", re.M),
         re.compile(r"^large\s+eo_gap\s+0\.05 no window limit\s+\|", re.M),
         re.compile(r"^large\s+eo_gap\s+- ce alone\s+\|\s+[01]\.\d{4}\s+[01]\.\d{4} -\s+\|\s+[01]\.\d{4}\s+0\.00 \|", re.M),
-        re.compile(r"^large\s+eo_gap\s+0\.02 ExpGrad \(LR\)\s+\|\s+[01]\.\d{4} (met|missed)\s+\|\s+[01]\.\d{4}$", re.M),
+        re.compile(r"^large\s+eo_gap\s+0\.02 ExpGrad \(LR\)\s+\|\s+[01]\.\d{4}\s+[01]\.\d{4} (met|missed)\s+\|\s+[01]\.\d{4}$", re.M),
         re.compile(r"^default: \d+ of 2 met, accuracy at least ExpGrad's in \d; "
                    r"no window limit: \d+ of 2 met, accuracy at least ExpGrad's in \d$", re.M),
     ],
