@@ -82,8 +82,11 @@ _dynamo_prepared = False
 
 def _prepare_for_dynamo() -> None:
     global _dynamo_prepared
-    skip_code = getattr(getattr(sys.modules.get("torch._dynamo"), "eval_frame", None), "skip_code", None)
-    if skip_code is not None:
+    eval_frame = getattr(sys.modules.get("torch._dynamo"), "eval_frame", None)
+    if eval_frame is None:  # dynamo is still being imported: a later look-up marks it
+        return
+    skip_code = getattr(eval_frame, "skip_code", None)
+    if skip_code is not None:  # (a torch without it: nothing to mark)
         skip_code(_GeneratedOrReference.__get__.__code__)
     _dynamo_prepared = True
 
