@@ -257,6 +257,7 @@ def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
         pred, target, g = _distributed_batch()
         part = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         torch.save(_distributed_steps(pred[part], target[part], g[part]), os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while another still talks to it (a rare SIGABRT in CI)
     finally:
         dist.destroy_process_group()
 

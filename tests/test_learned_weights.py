@@ -349,6 +349,7 @@ def _dwa_worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         torch.set_num_threads(1)
         torch.save(_dwa_history(rank, 2), os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while another still talks to it (a rare SIGABRT in CI)
     finally:
         dist.destroy_process_group()
 
