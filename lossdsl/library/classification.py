@@ -405,26 +405,7 @@ class CrossEntropy(LazyModuleMixin, Term):
         # _plain_softmax_form's first case, its attributes read here: torch's own mean once a read
         # shows a kept target (a negative ignore_index: one max); any other call takes the method.
         torchs_mean = self.reduction == "mean" and not weighted and ignore_index < 0
-        if pred.dim() == 2:  # (the signature's: [N, C] logits, [N] targets)
-
-            def class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-                if (pred.shape[1] < 2 or target.shape[0] != pred.shape[0] or not target.shape[0]
-                        or (classes is not None and pred.shape[1] != classes)):
-                    return forward(pred, target)
-                if convert:
-                    target = target.long()
-                if not torchs_mean:
-                    return plain_softmax_form(pred, target)
-                if host_reads_are_free(target) and target.max().item() > ignore_index:
-                    return F.cross_entropy(pred, target, ignore_index=ignore_index)
-                return nll_form(pred, target)
-
-            return class_indices
-
-        def class_maps(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            if (pred.shape[1] < 2 or target.shape[1:] != pred.shape[2:] or target.shape[0] != pred.shape[0]
-                    or not target.numel() or (classes is not None and pred.shape[1] != classes)):
-                return forward(pred, target)
+        def softmax_form(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             if convert:
                 target = target.long()
             if not torchs_mean:
@@ -432,6 +413,22 @@ class CrossEntropy(LazyModuleMixin, Term):
             if host_reads_are_free(target) and target.max().item() > ignore_index:
                 return F.cross_entropy(pred, target, ignore_index=ignore_index)
             return nll_form(pred, target)
+
+        if pred.dim() == 2:  # (the signature's: [N, C] logits, [N] targets)
+
+            def class_indices(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                if (pred.shape[1] < 2 or target.shape[0] != pred.shape[0] or not target.shape[0]
+                        or (classes is not None and pred.shape[1] != classes)):
+                    return forward(pred, target)
+                return softmax_form(pred, target)
+
+            return class_indices
+
+        def class_maps(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if (pred.shape[1] < 2 or target.shape[1:] != pred.shape[2:] or target.shape[0] != pred.shape[0]
+                    or not target.numel() or (classes is not None and pred.shape[1] != classes)):
+                return forward(pred, target)
+            return softmax_form(pred, target)
 
         return class_maps
 
