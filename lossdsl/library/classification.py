@@ -405,6 +405,7 @@ class CrossEntropy(LazyModuleMixin, Term):
         # _plain_softmax_form's first case, its attributes read here: torch's own mean once a read
         # shows a kept target (a negative ignore_index: one max); any other call takes the method.
         torchs_mean = self.reduction == "mean" and not weighted and ignore_index < 0
+
         def softmax_form(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             if convert:
                 target = target.long()
